@@ -12,6 +12,7 @@ mod close;
 mod codec;
 mod error;
 mod frame;
+mod handshake;
 mod utf8;
 
 #[cfg(test)]
@@ -24,3 +25,8 @@ pub use close::{
 pub use codec::{Decoder, Event, Limits, Role};
 pub use error::ProtocolError;
 pub use frame::{encode_frame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
+pub use handshake::{
+    accept_key, accept_response, client_request, generate_key, generate_mask, parse_request,
+    parse_response, reject_response, HandshakeError, Request, Response, DEFAULT_MAX_HEADER_BYTES,
+    MAX_HEADERS,
+};

@@ -880,3 +880,347 @@ fn valid_stream_decodes_identically_at_every_split_point() {
         }
     }
 }
+
+// ---------------------------------------------------------------- opening handshake (§4)
+
+const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn request_with(lines: &[&str]) -> Vec<u8> {
+    let mut s = String::from("GET /chat?room=1 HTTP/1.1\r\n");
+    for l in lines {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+const GOOD: &[&str] = &[
+    "Host: server.example.com",
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Origin: http://example.com",
+    "Sec-WebSocket-Protocol: chat, superchat",
+    "Sec-WebSocket-Version: 13",
+];
+
+fn good_without(name: &str) -> Vec<&'static str> {
+    GOOD.iter()
+        .copied()
+        .filter(|l| {
+            !l.to_ascii_lowercase()
+                .starts_with(&name.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+fn status_of(bytes: &[u8]) -> u16 {
+    parse_request(bytes, DEFAULT_MAX_HEADER_BYTES)
+        .map(|_| 101)
+        .unwrap_or_else(|e| e.status)
+}
+
+#[test]
+fn accept_key_matches_rfc_example() {
+    assert_eq!(accept_key(RFC_KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}
+
+#[test]
+fn handshake_rfc_example_request_is_accepted() {
+    let bytes = request_with(GOOD);
+    let (req, n) = parse_request(&bytes, DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, bytes.len());
+    assert_eq!(req.method(), "GET");
+    assert_eq!(req.path(), "/chat");
+    assert_eq!(req.query(), Some("room=1"));
+    assert_eq!(req.host(), "server.example.com");
+    assert_eq!(req.origin(), Some("http://example.com"));
+    assert_eq!(req.key(), RFC_KEY);
+    assert_eq!(req.header("sec-websocket-version"), Some("13"));
+    assert_eq!(req.headers().count(), GOOD.len());
+    assert_eq!(req.protocols().collect::<Vec<_>>(), ["chat", "superchat"]);
+    let resp = String::from_utf8(accept_response(&req, Some("chat"), &[("X-Shard", "3")])).unwrap();
+    assert_eq!(
+        resp,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\
+         X-Shard: 3\r\n\r\n"
+    );
+}
+
+#[test]
+fn handshake_incomplete_request_needs_more_bytes() {
+    let bytes = request_with(GOOD);
+    for cut in 0..bytes.len() {
+        assert_eq!(
+            parse_request(&bytes[..cut], DEFAULT_MAX_HEADER_BYTES),
+            Ok(None),
+            "cut {cut}"
+        );
+    }
+}
+
+#[test]
+fn handshake_missing_key_is_400() {
+    assert_eq!(
+        status_of(&request_with(&good_without("Sec-WebSocket-Key"))),
+        400
+    );
+}
+
+#[test]
+fn handshake_key_not_16_base64_bytes_is_400() {
+    for key in [
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZXg=",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+    ] {
+        let mut lines = good_without("Sec-WebSocket-Key");
+        let line = format!("Sec-WebSocket-Key: {key}");
+        lines.push(&line);
+        assert_eq!(status_of(&request_with(&lines)), 400, "{key}");
+    }
+}
+
+#[test]
+fn handshake_repeated_key_is_400() {
+    let mut lines = GOOD.to_vec();
+    lines.push("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==");
+    assert_eq!(status_of(&request_with(&lines)), 400);
+}
+
+#[test]
+fn handshake_missing_host_is_400() {
+    assert_eq!(status_of(&request_with(&good_without("Host"))), 400);
+}
+
+#[test]
+fn handshake_missing_upgrade_or_connection_token_is_400() {
+    assert_eq!(status_of(&request_with(&good_without("Upgrade"))), 400);
+    assert_eq!(status_of(&request_with(&good_without("Connection"))), 400);
+    let mut lines = good_without("Upgrade");
+    lines.push("Upgrade: h2c");
+    assert_eq!(status_of(&request_with(&lines)), 400);
+}
+
+#[test]
+fn upgrade_and_connection_tokens_are_case_insensitive_lists() {
+    let mut lines = good_without("Upgrade");
+    lines.retain(|l| !l.starts_with("Connection"));
+    lines.push("upgrade: foo/2, WebSocket");
+    lines.push("CONNECTION: keep-alive");
+    lines.push("connection: , UPGRADE ");
+    let (req, _) = parse_request(&request_with(&lines), DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.key(), RFC_KEY);
+}
+
+#[test]
+fn handshake_version_12_is_426() {
+    let mut lines = good_without("Sec-WebSocket-Version");
+    lines.push("Sec-WebSocket-Version: 12");
+    let err = parse_request(&request_with(&lines), DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+    assert_eq!(err.status, 426);
+    let resp = String::from_utf8(err.response()).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{resp}"
+    );
+    assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+    assert!(resp.contains("\r\nConnection: close\r\n"));
+    assert_eq!(
+        status_of(&request_with(&good_without("Sec-WebSocket-Version"))),
+        426
+    );
+}
+
+#[test]
+fn handshake_post_is_405() {
+    let mut bytes = b"POST".to_vec();
+    bytes.extend_from_slice(&request_with(GOOD)[3..]);
+    assert_eq!(status_of(&bytes), 405);
+}
+
+#[test]
+fn handshake_http_1_0_is_400() {
+    let bytes = String::from_utf8(request_with(GOOD))
+        .unwrap()
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    assert_eq!(status_of(bytes.as_bytes()), 400);
+}
+
+#[test]
+fn handshake_malformed_request_is_400() {
+    assert_eq!(status_of(b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n"), 400);
+    assert_eq!(status_of(b"\x00\x01garbage\r\n\r\n"), 400);
+}
+
+#[test]
+fn handshake_header_block_over_limit_is_431() {
+    let bytes = request_with(GOOD);
+    // Complete, but larger than the limit.
+    let err = parse_request(&bytes, bytes.len() - 1).unwrap_err();
+    assert_eq!(err.status, 431);
+    assert!(parse_request(&bytes, bytes.len()).unwrap().is_some());
+    // Still incomplete when the limit is reached.
+    let partial = &bytes[..100];
+    assert_eq!(parse_request(partial, 101), Ok(None));
+    assert_eq!(parse_request(partial, 100).unwrap_err().status, 431);
+}
+
+#[test]
+fn handshake_more_than_64_headers_is_431() {
+    let extra: Vec<String> = (0..MAX_HEADERS).map(|i| format!("X-H{i}: v")).collect();
+    let mut lines: Vec<&str> = GOOD.to_vec();
+    lines.extend(extra.iter().map(String::as_str));
+    assert_eq!(status_of(&request_with(&lines)), 431);
+}
+
+#[test]
+fn handshake_pipelined_frame_bytes_are_left() {
+    let mut bytes = request_with(GOOD);
+    let head = bytes.len();
+    bytes.extend_from_slice(&cframe(OpCode::Text, true, b"early"));
+    let (_, n) = parse_request(&bytes, DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, head);
+    let (ev, r) = decode_server(&bytes[n..]);
+    r.unwrap();
+    assert_eq!(ev, vec![Ev::Text("early".into())]);
+}
+
+#[test]
+fn handshake_absolute_form_target_is_split() {
+    let bytes = String::from_utf8(request_with(GOOD)).unwrap().replacen(
+        "/chat?room=1",
+        "ws://server.example.com/chat?room=1",
+        1,
+    );
+    let (req, _) = parse_request(bytes.as_bytes(), DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!((req.path(), req.query()), ("/chat", Some("room=1")));
+}
+
+#[test]
+fn protocols_are_collected_across_repeated_headers() {
+    let mut lines = good_without("Sec-WebSocket-Protocol");
+    lines.push("Sec-WebSocket-Protocol: a");
+    lines.push("sec-websocket-protocol: b ,c,,");
+    let (req, _) = parse_request(&request_with(&lines), DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!(req.protocols().collect::<Vec<_>>(), ["a", "b", "c"]);
+}
+
+#[test]
+fn reject_response_is_complete_and_closes() {
+    let r = String::from_utf8(reject_response(
+        503,
+        &[("Retry-After", "1"), ("Bad\r\n", "x")],
+        "full",
+    ))
+    .unwrap();
+    assert_eq!(
+        r,
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\nRetry-After: 1\r\n\r\nfull\n"
+    );
+}
+
+#[test]
+fn header_injection_in_extra_headers_is_dropped() {
+    let (req, _) = parse_request(&request_with(GOOD), DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    let r = accept_response(&req, None, &[("X-A", "1\r\nSet-Cookie: x")]);
+    assert!(!String::from_utf8(r).unwrap().contains("Set-Cookie"));
+}
+
+#[test]
+fn client_request_is_accepted_by_server_and_response_validates() {
+    let key = generate_key();
+    assert_eq!(BASE64_LEN, key.len());
+    let req_bytes = client_request(
+        "localhost:9000",
+        "/ws?x=1",
+        &key,
+        &["chat", "v2"],
+        &[("Origin", "http://o")],
+    );
+    let (req, n) = parse_request(&req_bytes, DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, req_bytes.len());
+    assert_eq!(req.protocols().collect::<Vec<_>>(), ["chat", "v2"]);
+    assert_eq!(req.origin(), Some("http://o"));
+    let mut resp_bytes = accept_response(&req, Some("v2"), &[]);
+    let head = resp_bytes.len();
+    resp_bytes.extend_from_slice(&frame(OpCode::Text, true, b"hi", None));
+    let (resp, n) = parse_response(&resp_bytes, &key, DEFAULT_MAX_HEADER_BYTES)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, head);
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.protocol(), Some("v2"));
+    assert_eq!(
+        parse_response(&resp_bytes[..head - 1], &key, DEFAULT_MAX_HEADER_BYTES),
+        Ok(None)
+    );
+}
+
+const BASE64_LEN: usize = 24;
+
+#[test]
+fn generated_keys_differ() {
+    assert_ne!(generate_key(), generate_key());
+    assert_ne!(
+        (0..4).map(|_| generate_mask()).collect::<Vec<_>>(),
+        vec![generate_mask(); 4]
+    );
+}
+
+#[test]
+fn client_rejects_wrong_accept_key() {
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key("AAAAAAAAAAAAAAAAAAAAAA==")
+    );
+    let err = parse_response(resp.as_bytes(), RFC_KEY, DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+    assert_eq!(err.status, 502);
+}
+
+#[test]
+fn client_rejects_non_101_and_missing_tokens_and_extensions() {
+    let ok_accept = accept_key(RFC_KEY);
+    let cases = [
+        ("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_string(), 403),
+        (format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ok_accept}\r\n\r\n"), 502),
+        (format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ok_accept}\r\n\r\n"), 502),
+        (format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: {ok_accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"), 502),
+        ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_string(), 502),
+    ];
+    for (resp, status) in cases {
+        let err = parse_response(resp.as_bytes(), RFC_KEY, DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+        assert_eq!(err.status, status, "{resp}");
+    }
+    let resp = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nsec-websocket-accept: {ok_accept}\r\n\r\n");
+    assert!(
+        parse_response(resp.as_bytes(), RFC_KEY, DEFAULT_MAX_HEADER_BYTES)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn client_response_header_block_over_limit_is_431() {
+    let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n";
+    assert_eq!(parse_response(resp, RFC_KEY, 20).unwrap_err().status, 431);
+}
