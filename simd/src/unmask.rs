@@ -188,3 +188,49 @@ pub(crate) fn unmask_bytes(buf: &mut [u8], key: [u8; 4]) {
         *b ^= key[i & 3];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_key_starts_at_offset_modulo_4() {
+        let k = [1, 2, 3, 4];
+        assert_eq!(rotate_key(k, 0), [1, 2, 3, 4]);
+        assert_eq!(rotate_key(k, 1), [2, 3, 4, 1]);
+        assert_eq!(rotate_key(k, 2), [3, 4, 1, 2]);
+        assert_eq!(rotate_key(k, 7), [4, 1, 2, 3]);
+        assert_eq!(rotate_key(k, usize::MAX), [4, 1, 2, 3]);
+    }
+
+    #[test]
+    fn u64_kernel_matches_byte_loop_for_lengths_up_to_64() {
+        let key = [0x11, 0x22, 0x44, 0x88];
+        for len in 0..=64 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut want = data.clone();
+            unmask_bytes(&mut want, key);
+            let mut got = data.clone();
+            unmask_u64(&mut got, key);
+            assert_eq!(got, want, "len {len}");
+        }
+    }
+
+    #[test]
+    fn inline_path_for_short_frames_continues_the_key_at_offset() {
+        let mut b = [0u8; 15];
+        unmask(&mut b, [1, 2, 3, 4], 3);
+        assert_eq!(b, [4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2]);
+        let mut b = [0u8; 16];
+        unmask(&mut b, [1, 2, 3, 4], 3);
+        assert_eq!(b, [4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3]);
+    }
+
+    #[test]
+    fn kernel_names_are_distinct() {
+        let mut names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
+        names.dedup();
+        assert_eq!(names.len(), Kernel::ALL.len());
+        assert_eq!(Kernel::Avx512.to_string(), "avx512");
+    }
+}

@@ -220,3 +220,41 @@ fn incomplete_tail_len(b: &[u8]) -> usize {
     }
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_tail_is_a_lead_byte_with_too_few_continuations() {
+        assert_eq!(incomplete_tail_len(b""), 0);
+        assert_eq!(incomplete_tail_len(b"abc"), 0);
+        assert_eq!(incomplete_tail_len(b"a\xC3"), 1);
+        assert_eq!(incomplete_tail_len(b"a\xC3\xA9"), 0);
+        assert_eq!(incomplete_tail_len(b"a\xE2\x82"), 2);
+        assert_eq!(incomplete_tail_len(b"\xF0\x9F\x98"), 3);
+        assert_eq!(incomplete_tail_len(b"\xF0\x9F\x98\x80"), 0);
+        // Stray continuations are left to the full check.
+        assert_eq!(incomplete_tail_len(b"\x80\x80\x80"), 0);
+        assert_eq!(incomplete_tail_len(b"\xFF"), 0);
+    }
+
+    #[test]
+    fn sequence_length_follows_the_lead_byte_bits() {
+        assert_eq!(sequence_len(b'a'), 1);
+        assert_eq!(sequence_len(0x80), 0);
+        assert_eq!(sequence_len(0xC3), 2);
+        assert_eq!(sequence_len(0xE2), 3);
+        assert_eq!(sequence_len(0xF0), 4);
+        assert_eq!(sequence_len(0xF8), 0);
+    }
+
+    #[test]
+    fn error_display_names_the_position() {
+        let e = validate_utf8(b"ab\xFF").unwrap_err();
+        assert_eq!(e.to_string(), "invalid UTF-8 sequence of 1 bytes at byte 2");
+        let e = validate_utf8(b"ab\xE2\x82").unwrap_err();
+        assert_eq!(e.error_len(), None);
+        assert_eq!(e.valid_up_to(), 2);
+    }
+}
