@@ -4,7 +4,7 @@ use core::fmt;
 
 use super::codec::Role;
 use super::error::ProtocolError;
-use super::utf8::validate_utf8;
+use percore_simd::validate_utf8;
 
 /// A close status code (RFC 6455 §7.4).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]

@@ -5,7 +5,7 @@ use core::ops::ControlFlow;
 use super::close::{parse_close_payload, CloseFrame};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode};
-use super::utf8::{validate_utf8, Utf8Validator};
+use percore_simd::{validate_utf8, Utf8Validator};
 
 /// Which end of the connection this is: decides which frames must be masked.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -71,14 +71,24 @@ enum Phase {
 
 /// Incremental, in-place frame decoder and message assembler for one connection.
 ///
-/// Idle, it owns no heap memory (see [`Decoder::shrink`]).
+/// Idle, it is a few words and owns no heap memory (see [`Decoder::shrink`]); the state of a
+/// fragmented or split message lives in a box allocated the first time one arrives.
 #[derive(Debug)]
 pub struct Decoder {
-    /// Partial message: fragments so far, or the received part of a split frame.
-    msg: Vec<u8>,
+    /// State of the message being assembled; `None` until one is fragmented or split.
+    partial: Option<Box<Partial>>,
     max_frame_bytes: u64,
     max_message_bytes: u64,
-    /// Payload bytes of the current (split) data frame not yet received.
+    phase: Phase,
+    role: Role,
+}
+
+/// A data message that did not arrive as one whole frame in one buffer.
+#[derive(Debug)]
+struct Partial {
+    /// Fragments so far, or the received part of a split frame.
+    msg: Vec<u8>,
+    /// Payload bytes of the current data frame not yet received.
     frame_remaining: u64,
     utf8: Utf8Validator,
     /// Masking key of the current data frame.
@@ -89,25 +99,76 @@ pub struct Decoder {
     in_frame: bool,
     /// The current data frame is the last of its message.
     frame_fin: bool,
-    msg_kind: MsgKind,
-    phase: Phase,
-    role: Role,
+    /// `MsgKind::None` when no message is in progress (the box is kept for reuse).
+    kind: MsgKind,
 }
 
-impl Decoder {
-    /// No heap allocation until a fragmented or split message needs one.
-    pub fn new(role: Role, limits: Limits) -> Self {
+impl Partial {
+    fn new() -> Self {
         Self {
             msg: Vec::new(),
-            max_frame_bytes: limits.max_frame_bytes as u64,
-            max_message_bytes: limits.max_message_bytes as u64,
             frame_remaining: 0,
             utf8: Utf8Validator::new(),
             frame_mask: None,
             frame_key_offset: 0,
             in_frame: false,
             frame_fin: false,
-            msg_kind: MsgKind::None,
+            kind: MsgKind::None,
+        }
+    }
+
+    /// Unmask, check and append the next bytes of the current frame; returns how many of
+    /// `buf` belong to it.
+    fn stream(&mut self, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+        let take = usize::try_from(self.frame_remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let chunk = &mut buf[..take];
+        if let Some(key) = self.frame_mask {
+            percore_simd::unmask(chunk, key, usize::from(self.frame_key_offset));
+            self.frame_key_offset = ((usize::from(self.frame_key_offset) + take) & 3) as u8;
+        }
+        if self.kind == MsgKind::Text {
+            self.utf8
+                .feed(chunk)
+                .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
+        }
+        self.msg.extend_from_slice(chunk);
+        self.frame_remaining -= take as u64;
+        if self.frame_remaining == 0 {
+            self.in_frame = false;
+        }
+        Ok(take)
+    }
+
+    /// The last fragment arrived: hand out the assembled message and reset for the next one.
+    fn deliver<F>(&mut self, on_event: &mut F) -> Result<ControlFlow<()>, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        let kind = core::mem::replace(&mut self.kind, MsgKind::None);
+        let flow = if kind == MsgKind::Text {
+            self.utf8
+                .finish()
+                .map_err(|_| ProtocolError::invalid_utf8("text ends inside a UTF-8 sequence"))?;
+            let text = validate_utf8(&self.msg)
+                .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
+            on_event(Event::Text(text))
+        } else {
+            on_event(Event::Binary(&self.msg))
+        };
+        self.msg.clear();
+        Ok(flow)
+    }
+}
+
+impl Decoder {
+    /// No heap allocation until a fragmented or split message needs one.
+    pub fn new(role: Role, limits: Limits) -> Self {
+        Self {
+            partial: None,
+            max_frame_bytes: limits.max_frame_bytes as u64,
+            max_message_bytes: limits.max_message_bytes as u64,
             phase: Phase::Active,
             role,
         }
@@ -146,32 +207,39 @@ impl Decoder {
         let r = self.decode_frames(buf, &mut on_event);
         if r.is_err() {
             self.phase = Phase::Failed;
-            self.msg = Vec::new();
+            self.partial = None;
         }
         r
     }
 
     /// Bytes currently held for a partial message (for memory accounting).
     pub fn buffered_bytes(&self) -> usize {
-        self.msg.len()
+        self.partial.as_ref().map_or(0, |p| p.msg.len())
     }
 
-    /// Heap capacity held by the message buffer (for memory accounting).
-    pub fn buffered_capacity(&self) -> usize {
-        self.msg.capacity()
+    /// Heap bytes held: the message buffer's capacity plus its bookkeeping box (for memory
+    /// accounting). Zero for a decoder that never saw a split message, or after [`shrink`].
+    ///
+    /// [`shrink`]: Decoder::shrink
+    pub fn heap_bytes(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |p| core::mem::size_of::<Partial>() + p.msg.capacity())
     }
 
     /// Release the internal message buffer if no message is in progress (idle connections hold
     /// none).
     pub fn shrink(&mut self) {
-        if self.msg.is_empty() {
-            self.msg = Vec::new();
+        if !self.in_message() {
+            self.partial = None;
         }
     }
 
     /// Is a data message partly received (fragments or part of a frame held)?
     pub fn in_message(&self) -> bool {
-        self.msg_kind != MsgKind::None
+        self.partial
+            .as_ref()
+            .is_some_and(|p| p.kind != MsgKind::None)
     }
 
     /// Did decoding stop at a close frame?
@@ -190,29 +258,12 @@ impl Decoder {
     {
         let mut pos = 0usize;
         loop {
-            if self.in_frame {
-                let rest = &mut buf[pos..];
-                let take = usize::try_from(self.frame_remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(rest.len());
-                let chunk = &mut rest[..take];
-                if let Some(key) = self.frame_mask {
-                    percore_simd::unmask(chunk, key, usize::from(self.frame_key_offset));
-                    self.frame_key_offset = ((usize::from(self.frame_key_offset) + take) & 3) as u8;
+            if let Some(p) = self.partial.as_deref_mut().filter(|p| p.in_frame) {
+                pos += p.stream(&mut buf[pos..])?;
+                if p.in_frame {
+                    return Ok(pos); // `buf` is used up
                 }
-                if self.msg_kind == MsgKind::Text {
-                    self.utf8
-                        .feed(chunk)
-                        .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
-                }
-                self.msg.extend_from_slice(chunk);
-                pos += take;
-                self.frame_remaining -= take as u64;
-                if self.frame_remaining > 0 {
-                    return Ok(pos);
-                }
-                self.in_frame = false;
-                if self.frame_fin && self.deliver_message(on_event)?.is_break() {
+                if p.frame_fin && p.deliver(on_event)?.is_break() {
                     return Ok(pos);
                 }
                 continue;
@@ -230,7 +281,8 @@ impl Decoder {
                 }
                 _ => {}
             }
-            // Both fit in `buf`'s length from here on, so the additions cannot overflow.
+            // `body` <= buf.len(), and payloads are checked against what is left of `buf`
+            // before they are added to it, so these sums cannot overflow.
             let body = pos + n;
 
             if h.opcode.is_control() {
@@ -251,7 +303,7 @@ impl Decoder {
                     _ => {
                         let frame = parse_close_payload(payload)?;
                         self.phase = Phase::Closed;
-                        self.msg = Vec::new();
+                        self.partial = None;
                         let _ = on_event(Event::Close(frame));
                         return Ok(pos);
                     }
@@ -265,7 +317,11 @@ impl Decoder {
             if h.payload_len > self.max_frame_bytes {
                 return Err(ProtocolError::too_big("frame larger than max_frame_bytes"));
             }
-            let kind = match (h.opcode, self.msg_kind) {
+            let (current, held) = match self.partial.as_deref() {
+                Some(p) => (p.kind, p.msg.len() as u64),
+                None => (MsgKind::None, 0),
+            };
+            let kind = match (h.opcode, current) {
                 (OpCode::Continuation, MsgKind::None) => {
                     return Err(ProtocolError::protocol(
                         "continuation frame without a message in progress",
@@ -280,14 +336,13 @@ impl Decoder {
                 (OpCode::Text, MsgKind::None) => MsgKind::Text,
                 (_, MsgKind::None) => MsgKind::Binary,
             };
-            if self.msg.len() as u64 + h.payload_len > self.max_message_bytes {
+            if held + h.payload_len > self.max_message_bytes {
                 return Err(ProtocolError::too_big(
                     "message larger than max_message_bytes",
                 ));
             }
 
-            let avail = (buf.len() - body) as u64;
-            if h.fin && self.msg_kind == MsgKind::None && h.payload_len <= avail {
+            if h.fin && current == MsgKind::None && h.payload_len <= (buf.len() - body) as u64 {
                 // Zero copy: the whole message is this frame, and it is all in `buf`.
                 let end = body + h.payload_len as usize;
                 let payload = &mut buf[body..end];
@@ -310,36 +365,17 @@ impl Decoder {
             }
 
             // Fragmented or split: stream the payload into the message buffer.
-            if self.msg_kind == MsgKind::None {
-                self.msg_kind = kind;
-                self.utf8.reset();
+            let p = self.partial.get_or_insert_with(|| Box::new(Partial::new()));
+            if p.kind == MsgKind::None {
+                p.kind = kind;
+                p.utf8.reset();
             }
-            self.in_frame = true;
-            self.frame_fin = h.fin;
-            self.frame_remaining = h.payload_len;
-            self.frame_mask = h.mask;
-            self.frame_key_offset = 0;
+            p.in_frame = true;
+            p.frame_fin = h.fin;
+            p.frame_remaining = h.payload_len;
+            p.frame_mask = h.mask;
+            p.frame_key_offset = 0;
             pos = body;
         }
-    }
-
-    /// The last fragment arrived: hand out the assembled message and reset for the next one.
-    fn deliver_message<F>(&mut self, on_event: &mut F) -> Result<ControlFlow<()>, ProtocolError>
-    where
-        F: FnMut(Event<'_>) -> ControlFlow<()>,
-    {
-        let kind = core::mem::replace(&mut self.msg_kind, MsgKind::None);
-        let flow = if kind == MsgKind::Text {
-            self.utf8
-                .finish()
-                .map_err(|_| ProtocolError::invalid_utf8("text ends inside a UTF-8 sequence"))?;
-            let text = validate_utf8(&self.msg)
-                .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
-            on_event(Event::Text(text))
-        } else {
-            on_event(Event::Binary(&self.msg))
-        };
-        self.msg.clear();
-        Ok(flow)
     }
 }

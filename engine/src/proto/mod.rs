@@ -13,7 +13,6 @@ mod codec;
 mod error;
 mod frame;
 mod handshake;
-mod utf8;
 
 #[cfg(test)]
 mod tests;

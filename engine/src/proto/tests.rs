@@ -612,7 +612,7 @@ fn single_frame_in_buffer_is_borrowed_zero_copy() {
     })
     .unwrap();
     assert!(inside);
-    assert_eq!(dec.buffered_capacity(), 0);
+    assert_eq!(dec.heap_bytes(), 0);
 }
 
 #[test]
@@ -681,9 +681,9 @@ fn idle_decoder_holds_no_heap_after_shrink() {
     .unwrap();
     assert_eq!(got, 4000);
     assert!(!dec.in_message());
-    assert!(dec.buffered_capacity() > 0);
+    assert!(dec.heap_bytes() > 0);
     dec.shrink();
-    assert_eq!(dec.buffered_capacity(), 0);
+    assert_eq!(dec.heap_bytes(), 0);
 }
 
 #[test]
