@@ -39,7 +39,7 @@ impl Default for Limits {
 
 /// What [`Decoder::decode`] hands out. Payloads borrow the caller's buffer (single complete
 /// frames) or the decoder's message buffer (fragmented or split messages).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete, UTF-8-validated text message.
     Text(&'a str),
