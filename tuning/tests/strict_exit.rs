@@ -1,0 +1,38 @@
+//! --strict exits 2 when a knob must be raised, 0 otherwise; without it always 0.
+mod common;
+
+use common::run;
+
+#[test]
+fn strict_on_a_tuned_host_exits_0() {
+    let (code, out, _) = run("tuned", &["--connections", "1000000", "--strict"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn strict_with_a_knob_to_raise_exits_2() {
+    let (code, _, _) = run("default", &["--connections", "100000", "--strict"]);
+    assert_eq!(code, percore_tune::EXIT_STRICT_RAISE);
+    let (code, _, _) = run(
+        "container",
+        &["--connections", "1000000", "--strict", "--json"],
+    );
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn without_strict_a_knob_to_raise_exits_0() {
+    let (code, out, _) = run("container", &["--connections", "1000000"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("raise"));
+}
+
+#[test]
+fn strict_applies_to_emit_and_dry_run_too() {
+    let (code, _, _) = run("default", &["--strict", "--emit", "sysctl"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = run("default", &["--strict", "--apply"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = run("tuned", &["--strict", "--apply"]);
+    assert_eq!(code, 0);
+}
