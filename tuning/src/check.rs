@@ -206,7 +206,11 @@ pub fn check(host: &Host, n: u64) -> Report {
          generator on the same host needs as many again.",
     ));
 
-    let backlog_rec: u64 = if n >= 250_000 { 65_535 } else { 4_096 };
+    let backlog_rec: u64 = match n {
+        250_000.. => 65_535,
+        50_000.. => 4_096,
+        _ => 1_024,
+    };
     knobs.push(at_least(
         "net.core.somaxconn",
         &host.somaxconn,

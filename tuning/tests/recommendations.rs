@@ -139,3 +139,20 @@ fn default_host_flags_thp_always_and_counts_numa_node_dirs() {
     // Fixture roots are not probed.
     assert_eq!(knob(&r, "io_uring probe").status, Status::Unknown);
 }
+
+#[test]
+fn listen_backlog_target_grows_with_connections() {
+    for (n, rec) in [
+        (10_000, ">= 1024"),
+        (100_000, ">= 4096"),
+        (1_000_000, ">= 65535"),
+    ] {
+        let r = report("container", n);
+        assert_eq!(knob(&r, "net.core.somaxconn").recommended, rec, "{n}");
+        assert_eq!(
+            knob(&r, "net.ipv4.tcp_max_syn_backlog").recommended,
+            rec,
+            "{n}"
+        );
+    }
+}

@@ -36,3 +36,11 @@ fn strict_applies_to_emit_and_dry_run_too() {
     let (code, _, _) = run("tuned", &["--strict", "--apply"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn strict_on_this_machines_limits_passes_at_10k_and_fails_at_1m() {
+    let (code, out, _) = run("container", &["--connections", "10000", "--strict"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, _) = run("container", &["--connections", "1000000", "--strict"]);
+    assert_eq!(code, 2);
+}
