@@ -222,14 +222,21 @@ pub fn check(host: &Host, n: u64) -> Report {
          A reconnect storm after a restart brings all N clients back within seconds; the server \
          must also pass the large backlog to listen().",
     ));
-    knobs.push(at_least(
+    let mut syn = at_least(
         "net.ipv4.tcp_max_syn_backlog",
         &host.tcp_max_syn_backlog,
         backlog_rec,
-        "Half-open (SYN_RECV) queue per listener. With syncookies on, overflow is answered with \
-         cookies (TcpExtSyncookiesSent; the SYN carries no window scaling/SACK options); without \
-         them SYNs are dropped (TcpExtListenDrops).",
-    ));
+        "Half-open (SYN_RECV) requests. With tcp_syncookies=0 the kernel drops new SYNs once \
+         3/4 of it is used (TcpExtListenDrops, clients wait 1 s+); with cookies on, the \
+         half-open queue is bounded by the listen backlog and overflow is answered with cookies \
+         (TcpExtSyncookiesSent; those connections lose window scaling/SACK unless timestamps \
+         are on), so this value matters little.",
+    );
+    if syn.status == Status::Raise && matches!(host.tcp_syncookies, Ok(c) if c >= 1) {
+        syn.status = Status::Info;
+        syn.set = None;
+    }
+    knobs.push(syn);
     knobs.push(match &host.tcp_syncookies {
         Ok(v) if *v >= 1 => Knob {
             name: "net.ipv4.tcp_syncookies".into(),

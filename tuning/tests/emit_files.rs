@@ -10,7 +10,6 @@ fn sysctl_file_sets_only_values_below_target() {
     assert!(out.starts_with("# /etc/sysctl.d/90-percore.conf"));
     for line in [
         "net.core.somaxconn = 65535",
-        "net.ipv4.tcp_max_syn_backlog = 65535",
         "net.ipv4.tcp_mem = 500000 1000000 2000000",
         "net.core.netdev_max_backlog = 16384",
         "net.ipv4.tcp_max_orphans = 1000000",
@@ -22,6 +21,7 @@ fn sysctl_file_sets_only_values_below_target() {
     assert!(out.contains("# ok: fs.file-max = 9223372036854775807"));
     assert!(!out.lines().any(|l| l.starts_with("fs.file-max")));
     assert!(out.contains("# info: net.ipv4.ip_local_port_range"));
+    assert!(out.contains("# info: net.ipv4.tcp_max_syn_backlog = 1024"));
     assert!(!out.contains("RLIMIT_NOFILE soft"));
 }
 

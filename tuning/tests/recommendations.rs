@@ -17,12 +17,10 @@ fn default_host_at_100k_needs_131072_fds_and_4096_backlog() {
     let somax = knob(&r, "net.core.somaxconn");
     assert_eq!(somax.recommended, ">= 4096");
     assert_eq!(somax.status, Status::Ok);
+    // 1024 < 4096, but syncookies are on: overflow gets cookies, nothing is dropped.
     let syn = knob(&r, "net.ipv4.tcp_max_syn_backlog");
-    assert_eq!(syn.status, Status::Raise);
-    assert_eq!(
-        syn.set,
-        Some(("net.ipv4.tcp_max_syn_backlog".into(), "4096".into()))
-    );
+    assert_eq!(syn.status, Status::Info);
+    assert_eq!(syn.set, None);
     // 100k x 4 KiB = 100000 pages at pressure; the 8 GiB default (123271) is enough.
     let mem = knob(&r, "net.ipv4.tcp_mem");
     assert_eq!(mem.recommended, "50000 100000 200000");
@@ -155,4 +153,24 @@ fn listen_backlog_target_grows_with_connections() {
             "{n}"
         );
     }
+}
+
+#[test]
+fn syn_backlog_below_target_is_raise_only_without_syncookies() {
+    let dir = common::scratch_copy("default", "no-cookies");
+    std::fs::write(dir.join("proc/sys/net/ipv4/tcp_syncookies"), "0\n").unwrap();
+    let r = percore_tune::check(&percore_tune::Host::read(&common::roots(&dir)), 100_000);
+    let syn = knob(&r, "net.ipv4.tcp_max_syn_backlog");
+    assert_eq!(syn.status, Status::Raise);
+    assert_eq!(
+        syn.set,
+        Some(("net.ipv4.tcp_max_syn_backlog".into(), "4096".into()))
+    );
+    let cookies = knob(&r, "net.ipv4.tcp_syncookies");
+    assert_eq!(cookies.status, Status::Raise);
+    assert_eq!(
+        cookies.set,
+        Some(("net.ipv4.tcp_syncookies".into(), "1".into()))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
