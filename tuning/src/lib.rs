@@ -38,13 +38,13 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 100_000)]
     pub connections: u64,
     /// Print a JSON object instead of the table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "emit")]
     pub json: bool,
     /// Print a configuration file instead of the table.
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
     /// Show the sysctl writes needed (dry run); with --yes, make them (root only).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["emit", "json"])]
     pub apply: bool,
     /// With --apply: really write /proc/sys values.
     #[arg(long, requires = "apply")]

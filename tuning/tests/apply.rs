@@ -92,7 +92,7 @@ fn apply_yes_reports_a_failed_write_and_exits_1() {
 }
 
 #[test]
-fn yes_without_apply_is_an_argument_error() {
+fn yes_without_apply_and_mixed_output_modes_are_argument_errors() {
     // `requires = "apply"`: clap rejects --yes alone.
     use clap::Parser;
     #[derive(Parser)]
@@ -101,6 +101,9 @@ fn yes_without_apply_is_an_argument_error() {
         args: percore_tune::TuneArgs,
     }
     assert!(Cli::try_parse_from(["tune", "--yes"]).is_err());
+    assert!(Cli::try_parse_from(["tune", "--apply", "--emit", "sysctl"]).is_err());
+    assert!(Cli::try_parse_from(["tune", "--apply", "--json"]).is_err());
+    assert!(Cli::try_parse_from(["tune", "--json", "--emit", "systemd"]).is_err());
     let (code, _, _) = run("tuned", &["--apply"]);
     assert_eq!(code, 0);
 }
