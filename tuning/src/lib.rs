@@ -19,6 +19,10 @@ pub use check::{check, Knob, MemoryEstimate, Report, Status};
 pub use host::{Host, Roots};
 pub use probe::UringProbe;
 
+/// Largest `--connections` accepted: far beyond any single host, small enough that every
+/// estimate (bytes, pages, fds) stays within `u64`.
+pub const CONNECTIONS_MAX: u64 = 1_000_000_000;
+
 /// Exit code of `--strict` when a knob must be raised.
 pub const EXIT_STRICT_RAISE: i32 = 2;
 
@@ -34,8 +38,8 @@ pub enum Emit {
 /// Arguments of `percore tune`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TuneArgs {
-    /// Target number of concurrent connections on this host.
-    #[arg(long, default_value_t = 100_000)]
+    /// Target number of concurrent connections on this host (at most 1e9).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=CONNECTIONS_MAX))]
     pub connections: u64,
     /// Print a JSON object instead of the table.
     #[arg(long, conflicts_with = "emit")]

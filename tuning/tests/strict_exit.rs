@@ -44,3 +44,20 @@ fn strict_on_this_machines_limits_passes_at_10k_and_fails_at_1m() {
     let (code, _, _) = run("container", &["--connections", "1000000", "--strict"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn connections_beyond_the_maximum_are_rejected_and_the_maximum_checks() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: percore_tune::TuneArgs,
+    }
+    assert!(Cli::try_parse_from(["tune", "--connections", "1000000001"]).is_err());
+    assert!(Cli::try_parse_from(["tune", "--connections", "-1"]).is_err());
+    let (code, out, _) = run("tuned", &["--connections", "1000000000"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1000000000 connections"));
+    let (code, _, _) = run("tuned", &["--connections", "0", "--strict"]);
+    assert_eq!(code, 0);
+}
