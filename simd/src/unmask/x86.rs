@@ -9,7 +9,12 @@
 
 use core::arch::x86_64::*;
 
-use super::{unmask_u64, Kernel, UnmaskFn};
+use super::{rotate_key, unmask_u64, Kernel, UnmaskFn};
+
+/// From this length on, the wide kernels first unmask a few bytes so that the main loop's
+/// stores are aligned: a store that crosses a cache line costs two, and a payload after a
+/// frame header rarely starts on a 32- or 64-byte boundary.
+const ALIGN_FROM_LEN: usize = 256;
 
 /// The entry point of an x86_64 `kernel`, or `None` when this CPU lacks its feature.
 ///
@@ -80,16 +85,22 @@ unsafe fn unmask_sse2(buf: &mut [u8], key: [u8; 4]) {
     unmask_u64(&mut buf[i..], key);
 }
 
-/// AVX2: 128 bytes per iteration in four registers, then 32 at a time, then the `u64` tail.
+/// AVX2: on long buffers first the bytes up to a 32-byte boundary, then 128 bytes per
+/// iteration in four registers, then 32 and 16 at a time, then the `u64` tail.
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn unmask_avx2(buf: &mut [u8], key: [u8; 4]) {
-    let k = _mm256_set1_epi32(i32::from_ne_bytes(key));
+unsafe fn unmask_avx2(buf: &mut [u8], mut key: [u8; 4]) {
     let len = buf.len();
     let p = buf.as_mut_ptr();
     let mut i = 0;
+    if len >= ALIGN_FROM_LEN {
+        i = (32 - (p as usize & 31)) & 31;
+        unmask_u64(&mut buf[..i], key);
+        key = rotate_key(key, i);
+    }
+    let k = _mm256_set1_epi32(i32::from_ne_bytes(key));
     while i + 128 <= len {
         // SAFETY: `i + 128 <= len`, so the four 32-byte loads and stores stay inside `buf`;
         // `loadu`/`storeu` have no alignment requirement.
@@ -124,17 +135,34 @@ unsafe fn unmask_avx2(buf: &mut [u8], key: [u8; 4]) {
     unmask_u64(&mut buf[i..], key);
 }
 
-/// AVX-512BW: 256 bytes per iteration in four registers, then 64 at a time, then one masked
-/// load and store for the last 0..63 bytes (no scalar tail).
+/// AVX-512BW: on long buffers first one masked access up to a 64-byte boundary, then 256
+/// bytes per iteration in four registers, then 64 at a time, then one masked load and store
+/// for the last 0..63 bytes (no scalar loop).
 ///
 /// # Safety
 /// The CPU must support AVX-512F and AVX-512BW.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn unmask_avx512(buf: &mut [u8], key: [u8; 4]) {
-    let k = _mm512_set1_epi32(i32::from_ne_bytes(key));
+    let mut k = _mm512_set1_epi32(i32::from_ne_bytes(key));
     let len = buf.len();
     let p = buf.as_mut_ptr();
     let mut i = 0;
+    if len >= ALIGN_FROM_LEN {
+        let head = (64 - (p as usize & 63)) & 63;
+        if head > 0 {
+            // `head < 64`, so the shift does not overflow; bit j selects byte j.
+            let m: __mmask64 = (1u64 << head) - 1;
+            // SAFETY: the mask enables only bytes `0..head` and `head < 64 <= len`, so only
+            // bytes inside `buf` are touched; masked-off bytes are neither read nor written and
+            // cannot fault (AVX-512 fault suppression).
+            unsafe {
+                let a = _mm512_maskz_loadu_epi8(m, p.cast());
+                _mm512_mask_storeu_epi8(p.cast(), m, _mm512_xor_si512(a, k));
+            }
+            i = head;
+            k = _mm512_set1_epi32(i32::from_ne_bytes(rotate_key(key, head)));
+        }
+    }
     while i + 256 <= len {
         // SAFETY: `i + 256 <= len`, so the four 64-byte loads and stores stay inside `buf`;
         // `loadu`/`storeu` have no alignment requirement.
