@@ -33,6 +33,15 @@ impl Utf8Error {
             error_len: e.error_len().map(|n| n as u8),
         }
     }
+
+    /// The same for an error from `std`, which the validator uses on pieces of at most four
+    /// bytes (the same rules as `simdutf8::compat`, without its dispatch cost).
+    fn from_std(e: std::str::Utf8Error, before: usize) -> Utf8Error {
+        Utf8Error {
+            valid_up_to: before.saturating_add(e.valid_up_to()),
+            error_len: e.error_len().map(|n| n as u8),
+        }
+    }
 }
 
 impl fmt::Display for Utf8Error {
@@ -116,9 +125,9 @@ impl Utf8Validator {
         if !tail.is_empty() {
             // The tail is a lead byte and fewer continuations than it needs; check that they
             // can still be completed (`F4 90`, `ED A0`, `E0 80` cannot).
-            if let Err(e) = simdutf8::compat::from_utf8(tail) {
+            if let Err(e) = std::str::from_utf8(tail) {
                 if e.error_len().is_some() {
-                    return Err(Utf8Error::from_compat(e, self.consumed));
+                    return Err(Utf8Error::from_std(e, self.consumed));
                 }
             }
             self.pending[..tail.len()].copy_from_slice(tail);
@@ -162,7 +171,7 @@ impl Utf8Validator {
         cp[..have].copy_from_slice(&self.pending[..have]);
         cp[have..have + take].copy_from_slice(&chunk[..take]);
         let len = have + take;
-        match simdutf8::compat::from_utf8(&cp[..len]) {
+        match std::str::from_utf8(&cp[..len]) {
             Ok(_) => {
                 self.consumed = self.consumed.saturating_add(len);
                 self.pending_len = 0;
@@ -172,7 +181,7 @@ impl Utf8Validator {
                 self.pending[..len].copy_from_slice(&cp[..len]);
                 self.pending_len = len as u8;
             }
-            Err(e) => return Err(Utf8Error::from_compat(e, self.consumed)),
+            Err(e) => return Err(Utf8Error::from_std(e, self.consumed)),
         }
         Ok(&chunk[take..])
     }
