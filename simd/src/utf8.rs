@@ -130,7 +130,10 @@ impl Utf8Validator {
                     return Err(Utf8Error::from_std(e, self.consumed));
                 }
             }
-            self.pending[..tail.len()].copy_from_slice(tail);
+            // `tail.len()` is 1 to 3.
+            for (dst, &src) in self.pending.iter_mut().zip(tail) {
+                *dst = src;
+            }
             self.pending_len = tail.len() as u8;
         }
         Ok(())
@@ -167,9 +170,11 @@ impl Utf8Validator {
         let have = usize::from(self.pending_len);
         let need = sequence_len(self.pending[0]).saturating_sub(have);
         let take = need.min(chunk.len());
-        let mut cp = [0u8; 4];
-        cp[..have].copy_from_slice(&self.pending[..have]);
-        cp[have..have + take].copy_from_slice(&chunk[..take]);
+        // Fixed-size copy of the pending bytes, then at most three more: no memcpy call.
+        let mut cp = [self.pending[0], self.pending[1], self.pending[2], 0];
+        for (dst, &src) in cp[have..].iter_mut().zip(&chunk[..take]) {
+            *dst = src;
+        }
         let len = have + take;
         match std::str::from_utf8(&cp[..len]) {
             Ok(_) => {
@@ -177,8 +182,8 @@ impl Utf8Validator {
                 self.pending_len = 0;
             }
             Err(e) if e.error_len().is_none() => {
-                // Still incomplete: `chunk` ended before the code point did.
-                self.pending[..len].copy_from_slice(&cp[..len]);
+                // Still incomplete: `chunk` ended before the code point did (`len <= 3`).
+                self.pending = [cp[0], cp[1], cp[2]];
                 self.pending_len = len as u8;
             }
             Err(e) => return Err(Utf8Error::from_std(e, self.consumed)),
@@ -220,6 +225,12 @@ fn sequence_len(b: u8) -> usize {
 /// it announces (0 to 3).
 #[inline]
 fn incomplete_tail_len(b: &[u8]) -> usize {
+    // Text mostly ends in ASCII: one load and one compare decide it.
+    match b.last() {
+        None => return 0,
+        Some(&last) if last < 0x80 => return 0,
+        Some(_) => {}
+    }
     for i in 1..=b.len().min(3) {
         let byte = b[b.len() - i];
         if byte & 0xC0 == 0x80 {
