@@ -43,12 +43,13 @@ fn bench_text(c: &mut Criterion, group: &str, pattern: &str) {
         g.bench_function(BenchmarkId::new("simdutf8_basic", label), |b| {
             b.iter(|| simdutf8::basic::from_utf8(black_box(&msg)).is_ok())
         });
-        // What cutting alone costs: simdutf8 per 4 KiB chunk, ignoring split code points.
+        // What cutting alone costs: simdutf8 on every 4 KiB chunk, whatever its verdict
+        // (the cuts split code points, so this is not a validation).
         g.bench_function(BenchmarkId::new("simdutf8_basic_4KiB_chunks", label), |b| {
             b.iter(|| {
-                black_box(&msg)
-                    .chunks(4096)
-                    .all(|c| simdutf8::basic::from_utf8(c).is_ok())
+                for c in black_box(&msg).chunks(4096) {
+                    black_box(simdutf8::basic::from_utf8(c).is_ok());
+                }
             })
         });
         g.bench_function(BenchmarkId::new("validate_utf8", label), |b| {
