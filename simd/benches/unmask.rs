@@ -20,8 +20,8 @@ fn payload(storage: &mut [u8], size: usize) -> &mut [u8] {
 
 fn bench_unmask(c: &mut Criterion) {
     let mut g = c.benchmark_group("unmask");
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_millis(1500))
+        .warm_up_time(Duration::from_millis(300));
     for (size, label) in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
         let src = vec![0xa5u8; size];

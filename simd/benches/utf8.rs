@@ -30,8 +30,8 @@ fn text(pattern: &str, len: usize) -> Vec<u8> {
 
 fn bench_text(c: &mut Criterion, group: &str, pattern: &str) {
     let mut g = c.benchmark_group(group);
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_millis(1500))
+        .warm_up_time(Duration::from_millis(300));
     for (size, label) in SIZES {
         let msg = text(pattern, size);
         assert!(std::str::from_utf8(&msg).is_ok());

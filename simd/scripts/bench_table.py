@@ -33,7 +33,7 @@ def table(group, sizes, baseline, ratio_to):
             v, ref = gibs(group, b, s), gibs(group, ratio_to, s)
             if v is None:
                 cells.append("–")
-            elif ref and b != ratio_to:
+            elif ref and b not in (ratio_to, "copy_from_slice"):
                 cells.append(f"{v:.1f} ({v / ref:.2f}×)")
             else:
                 cells.append(f"{v:.1f}")

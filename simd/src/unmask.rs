@@ -20,7 +20,7 @@ pub enum Kernel {
     Sse2,
     /// x86_64 AVX2, 32 bytes per register.
     Avx2,
-    /// x86_64 AVX-512BW, 64 bytes per register, masked loads and stores for the tail.
+    /// x86_64 AVX-512 (F), 64 bytes per register; AVX2 for the unaligned head and the tail.
     Avx512,
     /// aarch64 NEON (Advanced SIMD), 16 bytes per register.
     Neon,
