@@ -7,6 +7,23 @@
 //!   straddling chunk and frame boundaries, and reports an error as soon as the bytes seen so far
 //!   can no longer be valid UTF-8 (RFC 6455 §8.1 "fail fast"). [`validate_utf8`] checks a whole
 //!   buffer at once. Both run on `simdutf8`.
+//!
+//! ```
+//! use percore_simd::{unmask, Utf8Validator};
+//!
+//! let key = [0x37, 0xfa, 0x21, 0x3d];
+//! let mut payload = *b"Hello";
+//! unmask(&mut payload, key, 0); // mask
+//! unmask(&mut payload[..2], key, 0); // unmask as two reads deliver it,
+//! unmask(&mut payload[2..], key, 2); // continuing the key at byte 2
+//! assert_eq!(&payload, b"Hello");
+//!
+//! let mut v = Utf8Validator::new();
+//! v.feed(&[0xE2, 0x82]).unwrap(); // "€" cut in two
+//! v.feed(&[0xAC]).unwrap();
+//! v.finish().unwrap();
+//! assert!(v.feed(&[0xF4, 0x90]).is_err()); // above U+10FFFF: fails at once
+//! ```
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]

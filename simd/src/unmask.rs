@@ -7,7 +7,7 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Below this length [`unmask`] runs a byte loop inline instead of dispatching: a vector
+/// Below this length [`unmask`] runs the scalar code inline instead of dispatching: a vector
 /// kernel cannot win on a payload shorter than one SSE2 register.
 const INLINE_LEN_MAX: usize = 16;
 
@@ -20,7 +20,7 @@ pub enum Kernel {
     Sse2,
     /// x86_64 AVX2, 32 bytes per register.
     Avx2,
-    /// x86_64 AVX-512BW, 64 bytes per register, masked loads and stores for the tail.
+    /// x86_64 AVX-512 (F), 64 bytes per register; AVX2 for the unaligned head and the tail.
     Avx512,
     /// aarch64 NEON (Advanced SIMD), 16 bytes per register.
     Neon,
@@ -92,16 +92,16 @@ impl std::error::Error for Unsupported {}
 /// `unmask(&mut p, key, 0)`.
 ///
 /// The fastest kernel the CPU supports ([`selected_kernel`]) is chosen on the first call and
-/// reused; payloads shorter than 16 bytes are handled inline without dispatch.
+/// reused; payloads shorter than 16 bytes are handled inline by the scalar code, without
+/// dispatch.
 #[inline]
 pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    let key = rotate_key(key, offset);
     if buf.len() < INLINE_LEN_MAX {
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b ^= key[(offset.wrapping_add(i)) & 3];
-        }
+        unmask_u64(buf, key);
         return;
     }
-    selected().1(buf, rotate_key(key, offset));
+    selected().1(buf, key);
 }
 
 /// [`unmask`] on a given kernel, for tests and benches; `Err` when the CPU cannot run it.
@@ -159,7 +159,7 @@ fn kernel_fn(kernel: Kernel) -> Option<UnmaskFn> {
 
 /// The key as it applies from the byte at `offset` on: `key[offset % 4]` first.
 #[inline]
-fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
+pub(crate) fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
     let s = offset & 3;
     [key[s], key[(s + 1) & 3], key[(s + 2) & 3], key[(s + 3) & 3]]
 }
@@ -168,6 +168,7 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
 ///
 /// `key` applies from `buf[0]`. Every eight-byte step is a multiple of four, so the key phase
 /// of the tail is again 0.
+#[inline]
 pub(crate) fn unmask_u64(buf: &mut [u8], key: [u8; 4]) {
     let k = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],

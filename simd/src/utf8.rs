@@ -33,6 +33,15 @@ impl Utf8Error {
             error_len: e.error_len().map(|n| n as u8),
         }
     }
+
+    /// The same for an error from `std`, which the validator uses on pieces of at most four
+    /// bytes (the same rules as `simdutf8::compat`, without its dispatch cost).
+    fn from_std(e: std::str::Utf8Error, before: usize) -> Utf8Error {
+        Utf8Error {
+            valid_up_to: before.saturating_add(e.valid_up_to()),
+            error_len: e.error_len().map(|n| n as u8),
+        }
+    }
 }
 
 impl fmt::Display for Utf8Error {
@@ -116,12 +125,15 @@ impl Utf8Validator {
         if !tail.is_empty() {
             // The tail is a lead byte and fewer continuations than it needs; check that they
             // can still be completed (`F4 90`, `ED A0`, `E0 80` cannot).
-            if let Err(e) = simdutf8::compat::from_utf8(tail) {
+            if let Err(e) = std::str::from_utf8(tail) {
                 if e.error_len().is_some() {
-                    return Err(Utf8Error::from_compat(e, self.consumed));
+                    return Err(Utf8Error::from_std(e, self.consumed));
                 }
             }
-            self.pending[..tail.len()].copy_from_slice(tail);
+            // `tail.len()` is 1 to 3.
+            for (dst, &src) in self.pending.iter_mut().zip(tail) {
+                *dst = src;
+            }
             self.pending_len = tail.len() as u8;
         }
         Ok(())
@@ -158,21 +170,23 @@ impl Utf8Validator {
         let have = usize::from(self.pending_len);
         let need = sequence_len(self.pending[0]).saturating_sub(have);
         let take = need.min(chunk.len());
-        let mut cp = [0u8; 4];
-        cp[..have].copy_from_slice(&self.pending[..have]);
-        cp[have..have + take].copy_from_slice(&chunk[..take]);
+        // Fixed-size copy of the pending bytes, then at most three more: no memcpy call.
+        let mut cp = [self.pending[0], self.pending[1], self.pending[2], 0];
+        for (dst, &src) in cp[have..].iter_mut().zip(&chunk[..take]) {
+            *dst = src;
+        }
         let len = have + take;
-        match simdutf8::compat::from_utf8(&cp[..len]) {
+        match std::str::from_utf8(&cp[..len]) {
             Ok(_) => {
                 self.consumed = self.consumed.saturating_add(len);
                 self.pending_len = 0;
             }
             Err(e) if e.error_len().is_none() => {
-                // Still incomplete: `chunk` ended before the code point did.
-                self.pending[..len].copy_from_slice(&cp[..len]);
+                // Still incomplete: `chunk` ended before the code point did (`len <= 3`).
+                self.pending = [cp[0], cp[1], cp[2]];
                 self.pending_len = len as u8;
             }
-            Err(e) => return Err(Utf8Error::from_compat(e, self.consumed)),
+            Err(e) => return Err(Utf8Error::from_std(e, self.consumed)),
         }
         Ok(&chunk[take..])
     }
@@ -211,6 +225,12 @@ fn sequence_len(b: u8) -> usize {
 /// it announces (0 to 3).
 #[inline]
 fn incomplete_tail_len(b: &[u8]) -> usize {
+    // Text mostly ends in ASCII: one load and one compare decide it.
+    match b.last() {
+        None => return 0,
+        Some(&last) if last < 0x80 => return 0,
+        Some(_) => {}
+    }
     for i in 1..=b.len().min(3) {
         let byte = b[b.len() - i];
         if byte & 0xC0 == 0x80 {
