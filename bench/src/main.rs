@@ -2,6 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod load;
+mod sys;
+
 /// percore: WebSocket engine benchmark server, load generator and kernel tuning reference.
 #[derive(Parser)]
 #[command(name = "percore", version, about)]
@@ -14,11 +18,17 @@ struct Cli {
 enum Command {
     /// Print the version and exit.
     Version,
+    /// WebSocket load generator (echo / broadcast / idle), many connections per thread.
+    Load(load::LoadArgs),
+    /// Start servers and the load generator, run the benchmark matrix, print one table.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("percore {}", env!("CARGO_PKG_VERSION")),
+        Command::Load(args) => std::process::exit(load::main(args)),
+        Command::Bench(args) => std::process::exit(bench::main(args)),
     }
 }
