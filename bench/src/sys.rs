@@ -51,7 +51,10 @@ fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io:
 /// Open a non-blocking TCP socket with TCP_NODELAY, bind it to `src` (with SO_REUSEADDR, so a
 /// source port can be reused towards other destinations) when given, and start connecting to
 /// `dst`. The connection completes later: wait for writability, then check `take_error`.
-pub fn connect_from(src: Option<SocketAddrV4>, dst: SocketAddrV4) -> io::Result<std::net::TcpStream> {
+pub fn connect_from(
+    src: Option<SocketAddrV4>,
+    dst: SocketAddrV4,
+) -> io::Result<std::net::TcpStream> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -163,7 +166,11 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
         for entry in dir.flatten() {
             let p = entry.path().join("schedstat");
             if let Ok(s) = std::fs::read_to_string(p) {
-                if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                if let Some(ns) = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
                     total += ns;
                     any = true;
                 }

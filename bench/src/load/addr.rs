@@ -29,7 +29,10 @@ pub fn source_for(id: u32, base: u32, attempt: u32) -> SocketAddrV4 {
     let k = k as u32;
     let host = FIRST_HOST + k / PORTS_PER_IP;
     let port = PORT_FIRST as u32 + k % PORTS_PER_IP;
-    SocketAddrV4::new(Ipv4Addr::new(127, 0, (host >> 8) as u8, host as u8), port as u16)
+    SocketAddrV4::new(
+        Ipv4Addr::new(127, 0, (host >> 8) as u8, host as u8),
+        port as u16,
+    )
 }
 
 /// A base for this run: rotates with the clock so consecutive runs use different sources.
@@ -53,12 +56,23 @@ mod tests {
 
     #[test]
     fn sources_are_loopback_but_never_127_0_0_1_and_ports_stay_in_range() {
-        for id in [0, 1, 49_999, 50_000, 99_999, CAPACITY - 1, CAPACITY, u32::MAX] {
+        for id in [
+            0,
+            1,
+            49_999,
+            50_000,
+            99_999,
+            CAPACITY - 1,
+            CAPACITY,
+            u32::MAX,
+        ] {
             for base in [0, run_base(7), run_base(u64::MAX)] {
                 let a = source_for(id, base, 0);
                 assert!(a.ip().is_loopback());
                 assert_ne!(*a.ip(), Ipv4Addr::new(127, 0, 0, 1));
-                assert!(a.port() >= PORT_FIRST && (a.port() as u32) < PORT_FIRST as u32 + PORTS_PER_IP);
+                assert!(
+                    a.port() >= PORT_FIRST && (a.port() as u32) < PORT_FIRST as u32 + PORTS_PER_IP
+                );
             }
         }
     }
@@ -66,8 +80,14 @@ mod tests {
     #[test]
     fn ids_roll_over_to_the_next_source_ip_after_ports_per_ip() {
         assert_eq!(source_for(0, 0, 0), "127.0.0.2:10000".parse().unwrap());
-        assert_eq!(source_for(PORTS_PER_IP - 1, 0, 0), "127.0.0.2:59999".parse().unwrap());
-        assert_eq!(source_for(PORTS_PER_IP, 0, 0), "127.0.0.3:10000".parse().unwrap());
+        assert_eq!(
+            source_for(PORTS_PER_IP - 1, 0, 0),
+            "127.0.0.2:59999".parse().unwrap()
+        );
+        assert_eq!(
+            source_for(PORTS_PER_IP, 0, 0),
+            "127.0.0.3:10000".parse().unwrap()
+        );
     }
 
     #[test]

@@ -197,7 +197,10 @@ pub fn processes_for(n: u32, per_process: u32) -> usize {
 impl LoadArgs {
     fn validate(&self) -> Result<(), String> {
         if self.size < payload::HEADER_BYTES {
-            return Err(format!("--size must be at least {} bytes", payload::HEADER_BYTES));
+            return Err(format!(
+                "--size must be at least {} bytes",
+                payload::HEADER_BYTES
+            ));
         }
         if self.size > 16 << 20 {
             return Err("--size is limited to 16 MiB".into());
@@ -240,9 +243,9 @@ impl LoadArgs {
             in_flight: self.in_flight.max(1),
             timeout_ns: (self.timeout * 1e9) as u64,
             explicit_sources: target.addr.ip().is_loopback(),
-            source_base: self
-                .source_base
-                .unwrap_or_else(|| addr::run_base(mono_ns() / 1_000_000 ^ std::process::id() as u64)),
+            source_base: self.source_base.unwrap_or_else(|| {
+                addr::run_base(mono_ns() / 1_000_000 ^ std::process::id() as u64)
+            }),
         }
     }
 }
@@ -316,7 +319,11 @@ impl Group for LocalRun {
     }
     fn progress(&mut self) -> (u64, u64, u64) {
         let s = &self.shared;
-        (s.established.load(Relaxed), s.messages.load(Relaxed), s.errors.load(Relaxed))
+        (
+            s.established.load(Relaxed),
+            s.messages.load(Relaxed),
+            s.errors.load(Relaxed),
+        )
     }
     fn finish(self: Box<Self>) -> Result<Partial, String> {
         Ok(LocalRun::finish(*self))
@@ -341,11 +348,16 @@ fn parse_line(l: &str) -> Option<Line> {
         return Some(Line::Ended);
     }
     if let Some(rest) = l.strip_prefix("progress ") {
-        let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         return (v.len() == 3).then(|| Line::Progress(v[0], v[1], v[2]));
     }
     if let Some(rest) = l.strip_prefix("result ") {
-        return serde_json::from_str(rest).ok().map(|p| Line::Result(Box::new(p)));
+        return serde_json::from_str(rest)
+            .ok()
+            .map(|p| Line::Result(Box::new(p)));
     }
     None
 }
@@ -397,7 +409,9 @@ impl Processes {
             if let Some(c) = &args.cpu {
                 cmd.args(["--cpu", c]);
             }
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
             // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
             unsafe {
                 cmd.pre_exec(sys::die_with_parent);
@@ -505,7 +519,7 @@ impl Group for Processes {
         if parts.is_empty() {
             return Err(format!("{missing} worker process(es) returned no result"));
         }
-        let mut merged = Partial::merge(&parts);
+        let merged = Partial::merge(&parts);
         if missing > 0 {
             eprintln!("percore load: {missing} worker process(es) returned no result");
         }
@@ -568,7 +582,8 @@ pub fn run(args: &LoadArgs, target: &Target, cpus: &[usize]) -> Result<Summary, 
     let progress = !args.quiet;
     let mut last_print = start_ns;
     // Connect phase: bounded by the per-connection timeout times the number of batches.
-    let batches = (args.connections as u64).div_ceil(args.in_flight.max(1) as u64 * (args.threads * n_proc) as u64);
+    let batches = (args.connections as u64)
+        .div_ceil(args.in_flight.max(1) as u64 * (args.threads * n_proc) as u64);
     let connect_deadline =
         start_ns + (args.timeout * 1e9) as u64 * (batches + 1) + ramp_ns(args) + 5_000_000_000;
     while !group.ready() {
@@ -712,7 +727,10 @@ fn worker_main(args: &LoadArgs, target: &Target, cpus: &[usize]) -> i32 {
         std::thread::sleep(Duration::from_millis(2));
     }
     let part = run.finish();
-    say(&format!("result {}\n", serde_json::to_string(&part).unwrap_or_default()));
+    say(&format!(
+        "result {}\n",
+        serde_json::to_string(&part).unwrap_or_default()
+    ));
     0
 }
 

@@ -77,7 +77,12 @@ pub fn read(buf: &[u8], size: usize) -> Result<Stamp, Mismatch> {
 }
 
 /// Verify an echo received by connection `conn` which expects sequence number `expected_seq`.
-pub fn check_echo(buf: &[u8], size: usize, conn: u32, expected_seq: u64) -> Result<Stamp, Mismatch> {
+pub fn check_echo(
+    buf: &[u8],
+    size: usize,
+    conn: u32,
+    expected_seq: u64,
+) -> Result<Stamp, Mismatch> {
     let stamp = read(buf, size)?;
     if stamp.conn != conn {
         return Err(Mismatch::WrongConn);
@@ -110,7 +115,14 @@ mod tests {
 
     fn msg(size: usize, conn: u32, seq: u64) -> Vec<u8> {
         let mut v = vec![0u8; size];
-        write(&mut v, Stamp { conn, seq, ts_ns: 1234 });
+        write(
+            &mut v,
+            Stamp {
+                conn,
+                seq,
+                ts_ns: 1234,
+            },
+        );
         v
     }
 
@@ -120,7 +132,11 @@ mod tests {
             let m = msg(size, 9, 3);
             assert_eq!(
                 check_echo(&m, size, 9, 3),
-                Ok(Stamp { conn: 9, seq: 3, ts_ns: 1234 })
+                Ok(Stamp {
+                    conn: 9,
+                    seq: 3,
+                    ts_ns: 1234
+                })
             );
         }
     }
@@ -168,9 +184,15 @@ mod tests {
         assert!(check_broadcast(&msg(32, 1, 0), 32, &mut next).is_ok());
         assert!(check_broadcast(&msg(32, 0, 1), 32, &mut next).is_ok());
         // Publisher 0 message 2 lost: 3 is out of order, then 4 is fine again.
-        assert_eq!(check_broadcast(&msg(32, 0, 3), 32, &mut next), Err(Mismatch::OutOfOrder));
+        assert_eq!(
+            check_broadcast(&msg(32, 0, 3), 32, &mut next),
+            Err(Mismatch::OutOfOrder)
+        );
         assert!(check_broadcast(&msg(32, 0, 4), 32, &mut next).is_ok());
         // Unknown publisher.
-        assert_eq!(check_broadcast(&msg(32, 2, 0), 32, &mut next), Err(Mismatch::WrongConn));
+        assert_eq!(
+            check_broadcast(&msg(32, 2, 0), 32, &mut next),
+            Err(Mismatch::WrongConn)
+        );
     }
 }

@@ -198,7 +198,13 @@ impl Summary {
         } else {
             0.0
         };
-        let pct = |q: f64| if h.is_empty() { 0.0 } else { us(h.value_at_quantile(q)) };
+        let pct = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                us(h.value_at_quantile(q))
+            }
+        };
         let server_cpu_us = cx.server_cpu_ns.map(|ns| ns as f64 / 1e3);
         Summary {
             mode: cx.mode.clone(),
@@ -225,7 +231,11 @@ impl Summary {
             p99_us: pct(0.99),
             p999_us: pct(0.999),
             max_us: if h.is_empty() { 0.0 } else { us(h.max()) },
-            mean_us: if h.is_empty() { 0.0 } else { (h.mean() / 100.0).round() / 10.0 },
+            mean_us: if h.is_empty() {
+                0.0
+            } else {
+                (h.mean() / 100.0).round() / 10.0
+            },
             errors: p.errors.total(),
             errors_detail: p.errors,
             open_at_end: p.open_at_end,
@@ -252,7 +262,11 @@ impl Summary {
         );
         s += &format!(
             "connections  {:>10} / {} established in {:.3} s ({}/s), {} open at end\n",
-            self.connections, self.connections_target, self.connect_s, self.connect_per_s, self.open_at_end
+            self.connections,
+            self.connections_target,
+            self.connect_s,
+            self.connect_per_s,
+            self.open_at_end
         );
         if self.mode != "idle" {
             s += &format!(
@@ -363,8 +377,19 @@ mod tests {
         assert_eq!(s.server_cpu_us_per_msg, Some(5.0));
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         for key in [
-            "connections", "connect_s", "messages", "msgs_per_s", "p50_us", "p90_us", "p99_us",
-            "p999_us", "max_us", "errors", "mode", "size", "duration_s",
+            "connections",
+            "connect_s",
+            "messages",
+            "msgs_per_s",
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+            "errors",
+            "mode",
+            "size",
+            "duration_s",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }

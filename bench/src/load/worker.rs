@@ -136,7 +136,6 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
-    id: u32,
     state: State,
     started_ns: u64,
     key: String,
@@ -236,14 +235,6 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
 }
 
 impl Thread {
-    fn rand_u32(&mut self) -> u32 {
-        // xorshift64: masks and keys need to vary, not to be secret.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 16) as u32
-    }
-
     fn run(&mut self, job: &ThreadJob) {
         let mut events = Events::with_capacity(1024);
         let mut next_id = job.ids.start;
@@ -299,8 +290,11 @@ impl Thread {
                 Phase::Running => {
                     if now >= self.end_ns {
                         self.phase = Phase::Ended;
-                        self.part.open_at_end =
-                            self.conns.iter().filter(|(_, c)| c.state == State::Open).count() as u64;
+                        self.part.open_at_end = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.state == State::Open)
+                            .count() as u64;
                         self.shared.ended.fetch_add(1, Relaxed);
                     } else if let Some(iv) = interval_ns {
                         let mut sent_any = Vec::new();
@@ -363,14 +357,20 @@ impl Thread {
                 }
                 Phase::Ended => 10_000_000,
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_nanos(wait_ns))) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait_ns)))
+            {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return;
                 }
             }
             for ev in events.iter() {
                 let key = ev.token().0;
-                self.on_event(key, ev.is_readable() || ev.is_read_closed() || ev.is_error());
+                self.on_event(
+                    key,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                );
             }
         }
     }
@@ -397,7 +397,10 @@ impl Thread {
                 Ok(s) => break s,
                 Err(e)
                     if attempt < 8
-                        && matches!(e.raw_os_error(), Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)) =>
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
+                        ) =>
                 {
                     attempt += 1;
                 }
@@ -413,7 +416,11 @@ impl Thread {
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .is_err()
         {
             self.part.errors.connect += 1;
@@ -610,10 +617,7 @@ impl Thread {
                         }
                     }
                     Event::Ping(p) => {
-                        *rng ^= *rng << 13;
-                        *rng ^= *rng >> 7;
-                        *rng ^= *rng << 17;
-                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, (*rng as u32).to_le_bytes());
+                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng));
                     }
                     Event::Pong => {}
                     Event::Close => {
@@ -659,7 +663,11 @@ impl Thread {
 
     fn queue_message(&mut self, key: usize, ts_ns: u64) {
         let Thread {
-            conns, msg, rng, part, ..
+            conns,
+            msg,
+            rng,
+            part,
+            ..
         } = self;
         if let Some(c) = conns.get_mut(key) {
             write_message(&mut c.flow, msg, rng, ts_ns);
@@ -690,7 +698,14 @@ impl Thread {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     let expected = self.phase == Phase::Ended;
-                    return self.remove(key, if expected { None } else { Some(|e| e.closed += 1) });
+                    return self.remove(
+                        key,
+                        if expected {
+                            None
+                        } else {
+                            Some(|e| e.closed += 1)
+                        },
+                    );
                 }
             }
         }
@@ -705,7 +720,9 @@ impl Thread {
         let mut dead: Vec<(usize, fn(&mut Errors))> = Vec::new();
         for (k, c) in self.conns.iter() {
             match c.state {
-                State::Connecting if now - c.started_ns > timeout => dead.push((k, |e| e.connect += 1)),
+                State::Connecting if now - c.started_ns > timeout => {
+                    dead.push((k, |e| e.connect += 1))
+                }
                 State::Handshaking if now - c.started_ns > timeout => {
                     dead.push((k, |e| e.handshake += 1))
                 }
@@ -731,15 +748,20 @@ impl Thread {
             .fetch_add(m - self.reported_messages, Relaxed);
         self.reported_messages = m;
         let e = self.part.errors.total();
-        self.shared.errors.fetch_add(e - self.reported_errors, Relaxed);
+        self.shared
+            .errors
+            .fetch_add(e - self.reported_errors, Relaxed);
         self.reported_errors = e;
     }
 
     fn finish(mut self) -> Partial {
         if self.phase != Phase::Ended {
             // Aborted before the window ended: still account for the open connections.
-            self.part.open_at_end =
-                self.conns.iter().filter(|(_, c)| c.state == State::Open).count() as u64;
+            self.part.open_at_end = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state == State::Open)
+                .count() as u64;
             if self.phase == Phase::Connecting {
                 self.shared.ready.fetch_add(1, Relaxed);
             }
@@ -770,8 +792,16 @@ fn write_message(c: &mut Flow, msg: &mut [u8], rng: &mut u64, ts_ns: u64) {
         c.progress_ns = ts_ns;
     }
     c.outstanding += 1;
+    ws::encode(&mut c.wbuf, Op::Binary, msg, next_mask(rng));
+}
+
+/// A frame mask from the thread's xorshift64 state: masks must vary, not be secret.
+fn next_mask(rng: &mut u64) -> [u8; 4] {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
-    ws::encode(&mut c.wbuf, Op::Binary, msg, (*rng as u32).to_le_bytes());
+    ((*rng >> 16) as u32).to_le_bytes()
 }
+
+#[cfg(test)]
+mod tests;

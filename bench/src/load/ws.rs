@@ -31,15 +31,15 @@ pub struct ProtocolViolation;
 
 /// A new random `Sec-WebSocket-Key` and the upgrade request carrying it.
 pub fn handshake_request(host: &str, path: &str) -> (Vec<u8>, String) {
-    let key = percore::proto::handshake::generate_key();
-    let req = percore::proto::handshake::client_request(host, path, &key, &[], &[]);
+    let key = percore::proto::generate_key();
+    let req = percore::proto::client_request(host, path, &key, &[], &[]);
     (req, key)
 }
 
 /// Check the server's upgrade response: Ok(None) = incomplete, Ok(Some(n)) = valid 101
 /// occupying `buf[..n]` (bytes after it are frames), Err = rejected or malformed.
 pub fn handshake_response(buf: &[u8], key: &str) -> Result<Option<usize>, ProtocolViolation> {
-    match percore::proto::handshake::parse_response(buf, key, 16 << 10) {
+    match percore::proto::parse_response(buf, key, 16 << 10) {
         Ok(Some((_resp, n))) => Ok(Some(n)),
         Ok(None) => Ok(None),
         Err(_) => Err(ProtocolViolation),
