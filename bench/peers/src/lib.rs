@@ -24,9 +24,23 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// Accept queue length: connection bursts of 100k must not overflow it (the kernel caps it
+/// at net.core.somaxconn).
+const BACKLOG: u32 = 4096;
+
 /// Bind, print `listening on ADDR` (the real address, also for port 0) and return the listener.
 pub async fn listen(addr: SocketAddr) -> tokio::net::TcpListener {
-    let l = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| {
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let s = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(BACKLOG)
+    };
+    let l = bind().unwrap_or_else(|e| {
         eprintln!("bind {addr}: {e}");
         std::process::exit(1)
     });
