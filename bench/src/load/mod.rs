@@ -194,6 +194,11 @@ pub fn processes_for(n: u32, per_process: u32) -> usize {
     n.div_ceil(per_process.max(1)).max(1) as usize
 }
 
+/// A finite number above zero.
+fn positive(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
+}
+
 impl LoadArgs {
     fn validate(&self) -> Result<(), String> {
         if self.size < payload::HEADER_BYTES {
@@ -208,13 +213,17 @@ impl LoadArgs {
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
-        if !(self.duration > 0.0 && self.duration <= 86_400.0) {
+        if !positive(self.duration) || self.duration > 86_400.0 {
             return Err("--duration must be in (0, 86400] seconds".into());
         }
         if self.threads == 0 || self.threads > 256 {
             return Err("--threads must be in 1..=256".into());
         }
-        if self.rate.is_some_and(|r| !(r > 0.0)) || self.ramp.is_some_and(|r| !(r > 0.0)) {
+        if [self.rate, self.ramp]
+            .iter()
+            .flatten()
+            .any(|&r| !positive(r))
+        {
             return Err("--rate and --ramp must be positive".into());
         }
         if self.mode == Mode::Broadcast
@@ -222,7 +231,7 @@ impl LoadArgs {
         {
             return Err("--publishers must be in 1..=--connections".into());
         }
-        if !(self.timeout > 0.0) {
+        if !positive(self.timeout) {
             return Err("--timeout must be positive".into());
         }
         Ok(())
@@ -244,7 +253,7 @@ impl LoadArgs {
             timeout_ns: (self.timeout * 1e9) as u64,
             explicit_sources: target.addr.ip().is_loopback(),
             source_base: self.source_base.unwrap_or_else(|| {
-                addr::run_base(mono_ns() / 1_000_000 ^ std::process::id() as u64)
+                addr::run_base((mono_ns() / 1_000_000) ^ std::process::id() as u64)
             }),
         }
     }

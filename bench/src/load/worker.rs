@@ -173,6 +173,9 @@ enum Phase {
 
 const SCAN_INTERVAL_NS: u64 = 100_000_000;
 
+/// Bumps the counter of one error kind.
+type CountError = fn(&mut Errors);
+
 struct Thread {
     cfg: Arc<RunConfig>,
     shared: Arc<Shared>,
@@ -717,7 +720,7 @@ impl Thread {
 
     fn scan_timeouts(&mut self, now: u64) {
         let timeout = self.cfg.timeout_ns;
-        let mut dead: Vec<(usize, fn(&mut Errors))> = Vec::new();
+        let mut dead: Vec<(usize, CountError)> = Vec::new();
         for (k, c) in self.conns.iter() {
             match c.state {
                 State::Connecting if now - c.started_ns > timeout => {
