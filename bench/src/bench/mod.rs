@@ -153,6 +153,8 @@ pub struct Row {
     pub p999_us: f64,
     /// Server RSS at the end of the window, KiB.
     pub rss_kb: Option<u64>,
+    /// Load generator CPU time per message, µs (near 1 s/s of CPU: the load was the limit).
+    pub load_cpu_us_per_msg: Option<f64>,
     /// Load generator errors.
     pub errors: u64,
     /// Why the cell has no figures, if it has none.
@@ -355,6 +357,7 @@ fn empty_row(kind: &ServerKind, scenario: &str, note: String) -> Row {
         p99_us: 0.0,
         p999_us: 0.0,
         rss_kb: None,
+        load_cpu_us_per_msg: None,
         errors: 0,
         note: Some(note),
     }
@@ -394,6 +397,7 @@ fn cell(args: &BenchArgs, kind: &ServerKind, sc: &Scenario, duration: f64) -> Ro
             p99_us: s.p99_us,
             p999_us: s.p999_us,
             rss_kb: s.server_rss_kb,
+            load_cpu_us_per_msg: s.client_cpu_us_per_msg,
             errors: s.errors,
             note: None,
         },
@@ -489,8 +493,8 @@ fn row_cells(r: &Row) -> Vec<String> {
 /// Rows as a markdown table.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| server | backend | scenario | conns | msgs/s | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | RSS MiB | errors |\n\
-         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| server | backend | scenario | conns | msgs/s | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | RSS MiB | load CPU µs/msg | errors |\n\
+         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         let c = row_cells(r);
@@ -506,11 +510,11 @@ pub fn markdown(rows: &[Row]) -> String {
 /// Rows as CSV.
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "server,backend,scenario,connections,msgs_per_s,cpu_us_per_msg,p50_us,p99_us,p999_us,rss_kb,errors,note\n",
+        "server,backend,scenario,connections,msgs_per_s,cpu_us_per_msg,p50_us,p99_us,p999_us,rss_kb,load_cpu_us_per_msg,errors,note\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.server,
             r.backend,
             r.scenario,
@@ -521,6 +525,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.p99_us,
             r.p999_us,
             r.rss_kb.map(|v| v.to_string()).unwrap_or_default(),
+            r.load_cpu_us_per_msg
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
             r.errors,
             r.note.as_deref().unwrap_or("").replace([',', '\n'], ";"),
         ));
@@ -612,6 +619,7 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
                     p99_us: 0.0,
                     p999_us: 0.0,
                     rss_kb: s.server_rss_kb,
+                    load_cpu_us_per_msg: None,
                     errors: s.errors,
                     note: Some(format!(
                         "RSS empty {:.1} MiB, {:.0} bytes/connection, connected in {:.2} s, {} open at end",
@@ -712,6 +720,7 @@ mod tests {
             p99_us: 20.0,
             p999_us: 30.0,
             rss_kb: Some(2048),
+            load_cpu_us_per_msg: Some(3.0),
             errors: 0,
             note: note.map(String::from),
         }
@@ -732,7 +741,7 @@ mod tests {
     fn csv_escapes_commas_in_notes() {
         let c = csv(&[row("percore", Some("a, b"))]);
         assert_eq!(c.lines().count(), 2);
-        assert_eq!(c.lines().nth(1).unwrap().split(',').count(), 12);
+        assert_eq!(c.lines().nth(1).unwrap().split(',').count(), 13);
     }
 
     #[test]

@@ -34,9 +34,10 @@ use crate::sys::{self, mono_ns};
 /// Arguments of `percore load`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Server URL, ws://HOST:PORT/PATH (IPv4).
-    #[arg(long)]
-    pub url: String,
+    /// Server URL, ws://HOST:PORT/PATH (IPv4). Repeat (or separate with commas) to spread
+    /// connections round robin over several servers.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     pub connections: u32,
@@ -237,11 +238,9 @@ impl LoadArgs {
         Ok(())
     }
 
-    fn run_config(&self, target: &Target, processes: usize) -> RunConfig {
+    fn run_config(&self, targets: &[Target], processes: usize) -> RunConfig {
         RunConfig {
-            dst: target.addr,
-            host: target.host.clone(),
-            path: target.path.clone(),
+            targets: targets.to_vec(),
             mode: self.mode,
             size: self.size,
             publishers: self.publishers,
@@ -251,7 +250,7 @@ impl LoadArgs {
             total_threads: self.threads * processes,
             in_flight: self.in_flight.max(1),
             timeout_ns: (self.timeout * 1e9) as u64,
-            explicit_sources: target.addr.ip().is_loopback(),
+            explicit_sources: targets.iter().all(|t| t.addr.ip().is_loopback()),
             source_base: self.source_base.unwrap_or_else(|| {
                 addr::run_base((mono_ns() / 1_000_000) ^ std::process::id() as u64)
             }),
@@ -395,7 +394,7 @@ impl Processes {
             let mut cmd = Command::new(&exe);
             cmd.arg("load")
                 .arg("--worker")
-                .args(["--url", &args.url])
+                .args(["--url", &args.url.join(",")])
                 .args(["--connections", &ids.len().to_string()])
                 .args(["--first-id", &ids.start.to_string()])
                 .args(["--total-connections", &args.connections.to_string()])
@@ -542,7 +541,12 @@ pub fn main(args: LoadArgs) -> i32 {
         eprintln!("percore load: {e}");
         return 2;
     }
-    let target = match parse_url(&args.url) {
+    let targets = match args
+        .url
+        .iter()
+        .map(|u| parse_url(u))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("percore load: {e}");
@@ -557,9 +561,9 @@ pub fn main(args: LoadArgs) -> i32 {
         }
     };
     if args.worker {
-        return worker_main(&args, &target, &cpus);
+        return worker_main(&args, &targets, &cpus);
     }
-    match run(&args, &target, &cpus) {
+    match run(&args, &targets, &cpus) {
         Ok(summary) => {
             if args.json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -576,13 +580,13 @@ pub fn main(args: LoadArgs) -> i32 {
 }
 
 /// Drive a whole run (in this process, or through worker processes) and summarise it.
-pub fn run(args: &LoadArgs, target: &Target, cpus: &[usize]) -> Result<Summary, String> {
+pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summary, String> {
     let n_proc = args
         .processes
         .unwrap_or_else(|| processes_for(args.connections, args.conns_per_process))
         .max(1);
     let start_ns = mono_ns();
-    let cfg = args.run_config(target, n_proc);
+    let cfg = args.run_config(targets, n_proc);
     let mut group: Box<dyn Group> = if n_proc == 1 {
         Box::new(LocalRun::start(cfg, args, cpus))
     } else {
@@ -678,8 +682,8 @@ fn sleep_until(t: u64) {
 }
 
 /// A worker process: run the threads, talk to the driver over stdin/stdout.
-fn worker_main(args: &LoadArgs, target: &Target, cpus: &[usize]) -> i32 {
-    let cfg = args.run_config(target, args.worker_count);
+fn worker_main(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> i32 {
+    let cfg = args.run_config(targets, args.worker_count);
     let run = LocalRun::start(cfg, args, cpus);
     let shared = run.shared.clone();
     // Commands from the driver; EOF (driver gone) aborts.

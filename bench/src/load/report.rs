@@ -66,6 +66,9 @@ pub struct Partial {
     pub open_at_end: u64,
     /// Errors by kind.
     pub errors: Errors,
+    /// CPU time the load generator's threads used inside the window, nanoseconds.
+    #[serde(default)]
+    pub cpu_ns: u64,
     /// Latency histogram as (nanoseconds, count) pairs, zero counts left out.
     pub hist: Vec<(u64, u64)>,
 }
@@ -99,6 +102,7 @@ impl Partial {
             out.messages += p.messages;
             out.sent += p.sent;
             out.open_at_end += p.open_at_end;
+            out.cpu_ns += p.cpu_ns;
             out.errors.add(&p.errors);
             let _ = h.add(p.histogram());
         }
@@ -160,6 +164,9 @@ pub struct Summary {
     pub server_cpu_us_per_msg: Option<f64>,
     /// Server resident memory at the end of the window (KiB).
     pub server_rss_kb: Option<u64>,
+    /// Load generator CPU µs per message (all its threads), to tell whether the server or
+    /// the load generator was the bottleneck.
+    pub client_cpu_us_per_msg: Option<f64>,
 }
 
 /// Measurement context the parts do not carry.
@@ -246,6 +253,8 @@ impl Summary {
                 .filter(|_| p.messages > 0)
                 .map(|c| (c / p.messages as f64 * 1000.0).round() / 1000.0),
             server_rss_kb: cx.server_rss_kb,
+            client_cpu_us_per_msg: (p.messages > 0)
+                .then(|| (p.cpu_ns as f64 / 1e3 / p.messages as f64 * 1000.0).round() / 1000.0),
         }
     }
 
@@ -289,6 +298,9 @@ impl Summary {
                 s += &format!(", {per:.3} µs/msg");
             }
             s += "\n";
+        }
+        if let Some(c) = self.client_cpu_us_per_msg {
+            s += &format!("load cpu     {c:>10.3} µs/msg\n");
         }
         if let Some(rss) = self.server_rss_kb {
             s += &format!("server rss   {rss:>10} KiB\n");

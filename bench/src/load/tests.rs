@@ -118,7 +118,7 @@ fn invalid_arguments_are_refused() {
 #[test]
 fn open_loop_rate_is_shared_by_connections_or_by_publishers() {
     let a = args(&["--connections", "100", "--rate", "1000"]);
-    let t = parse_url(&a.url).unwrap();
+    let t = [parse_url(&a.url[0]).unwrap()];
     let cfg = a.run_config(&t, 1);
     assert_eq!(cfg.thread_rate(&(0..25)), Some(250.0));
     let a = args(&[
@@ -155,4 +155,11 @@ fn worker_lines_round_trip() {
         _ => panic!("result line not parsed"),
     }
     assert!(parse_line("garbage").is_none());
+}
+
+#[test]
+fn several_urls_are_accepted_repeated_or_comma_separated() {
+    let a = args(&["--url", "ws://127.0.0.1:2/,ws://127.0.0.1:3/"]);
+    assert_eq!(a.url.len(), 3);
+    assert!(a.url.iter().all(|u| parse_url(u).is_ok()));
 }

@@ -6,7 +6,6 @@
 //! with every connection still there) and then resets them all.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddrV4;
 use std::ops::{ControlFlow, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -48,12 +47,8 @@ impl Mode {
 /// Settings shared by every thread of a run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Server address.
-    pub dst: SocketAddrV4,
-    /// Host header.
-    pub host: String,
-    /// Request path.
-    pub path: String,
+    /// Servers; connection `id` goes to `targets[id % targets.len()]` (never empty).
+    pub targets: Vec<super::Target>,
     /// Behaviour once connected.
     pub mode: Mode,
     /// Payload bytes per message (>= payload::HEADER_BYTES).
@@ -188,6 +183,7 @@ struct Thread {
     rng: u64,
     phase: Phase,
     go_ns: u64,
+    cpu_at_go: u64,
     end_ns: u64,
     pending: u32,
     reported_messages: u64,
@@ -228,6 +224,7 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         rng: mono_ns() ^ ((job.index as u64 + 1) << 40) | 1,
         phase: Phase::Connecting,
         go_ns: 0,
+        cpu_at_go: 0,
         end_ns: 0,
         pending: 0,
         reported_messages: 0,
@@ -281,6 +278,7 @@ impl Thread {
                     let go = self.shared.go_ns.load(Relaxed);
                     if go != 0 && now >= go {
                         self.go_ns = go;
+                        self.cpu_at_go = sys::thread_cpu_ns();
                         self.end_ns = self.shared.end_ns.load(Relaxed);
                         self.phase = Phase::Running;
                         next_due = go;
@@ -293,6 +291,7 @@ impl Thread {
                 Phase::Running => {
                     if now >= self.end_ns {
                         self.phase = Phase::Ended;
+                        self.part.cpu_ns = sys::thread_cpu_ns().saturating_sub(self.cpu_at_go);
                         self.part.open_at_end = self
                             .conns
                             .iter()
@@ -396,7 +395,8 @@ impl Thread {
                 .cfg
                 .explicit_sources
                 .then(|| addr::source_for(id, self.cfg.source_base, attempt));
-            match sys::connect_from(src, self.cfg.dst) {
+            let dst = self.cfg.targets[id as usize % self.cfg.targets.len()].addr;
+            match sys::connect_from(src, dst) {
                 Ok(s) => break s,
                 Err(e)
                     if attempt < 8
@@ -483,7 +483,8 @@ impl Thread {
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                     Err(_) => return self.remove(key, Some(|e| e.connect += 1)),
                 }
-                let (req, k) = ws::handshake_request(&self.cfg.host, &self.cfg.path);
+                let t = &self.cfg.targets[c.flow.id as usize % self.cfg.targets.len()];
+                let (req, k) = ws::handshake_request(&t.host, &t.path);
                 c.key = k;
                 c.state = State::Handshaking;
                 c.flow.wbuf = req;

@@ -2,7 +2,7 @@
 //! connection. Every run is a fraction of a second and a handful of connections.
 
 use super::*;
-use std::net::TcpListener;
+use std::net::{SocketAddrV4, TcpListener};
 use tungstenite::Message;
 
 /// How the test server answers data messages.
@@ -111,9 +111,11 @@ fn serve(s: std::net::TcpStream, answer: Answer, peers: Peers) {
 
 fn config(dst: SocketAddrV4, mode: Mode, connections: u32) -> RunConfig {
     RunConfig {
-        dst,
-        host: dst.to_string(),
-        path: "/".into(),
+        targets: vec![crate::load::Target {
+            addr: dst,
+            host: dst.to_string(),
+            path: "/".into(),
+        }],
         mode,
         size: 64,
         publishers: 1,
@@ -250,4 +252,21 @@ fn broadcast_delivers_every_publish_to_every_connection() {
         p.sent,
         p.messages
     );
+}
+
+#[test]
+fn connections_are_spread_over_several_servers() {
+    let a = server(Answer::Echo);
+    let b = server(Answer::Corrupt);
+    let mut cfg = config(a, Mode::Echo, 4);
+    cfg.targets.push(crate::load::Target {
+        addr: b,
+        host: b.to_string(),
+        path: "/".into(),
+    });
+    let p = run(cfg, 200);
+    // Ids 1 and 3 went to the corrupting server.
+    assert_eq!(p.established, 4);
+    assert_eq!(p.errors.mismatch, 2);
+    assert_eq!(p.open_at_end, 2);
 }
