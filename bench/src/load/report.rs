@@ -261,9 +261,10 @@ impl Summary {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let rate = match self.rate {
-            Some(r) => format!("open loop {r} msg/s"),
-            None => "closed loop".to_string(),
+        let rate = match (self.mode.as_str(), self.rate) {
+            ("idle", _) => "held".to_string(),
+            (_, Some(r)) => format!("open loop {r} msg/s"),
+            (_, None) => "closed loop".to_string(),
         };
         s += &format!(
             "mode {}  size {} B  {}  window {:.2} s  {} process(es) x {} thread(s)\n",
