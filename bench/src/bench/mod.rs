@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Hold the idle connections this many seconds.
     #[arg(long, default_value_t = 2.0)]
     pub idle_duration: f64,
+    /// Server processes sharing the idle connections (default: one per 18000 connections,
+    /// the most one process holds under RLIMIT_NOFILE = 20000). RSS is summed over them.
+    #[arg(long)]
+    pub idle_servers: Option<usize>,
     /// CPU for the server.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
@@ -295,14 +299,20 @@ impl Drop for ServerProc {
     }
 }
 
-/// Run `percore load` pinned to `cpu` against `server` and parse its JSON summary.
-fn run_load(server: &ServerProc, cpu: usize, extra: &[String]) -> Result<Summary, String> {
+/// Run `percore load` pinned to `cpu` against `servers` (connections spread round robin) and
+/// parse its JSON summary.
+fn run_load(servers: &[ServerProc], cpu: usize, extra: &[String]) -> Result<Summary, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("ws://{}/", s.addr))
+        .collect();
+    let pids: Vec<String> = servers.iter().map(|s| s.pid().to_string()).collect();
     let mut cmd = Command::new(exe);
     cmd.arg("load")
-        .args(["--url", &format!("ws://{}/", server.addr)])
+        .args(["--url", &urls.join(",")])
         .args(["--json", "--quiet", "--cpu", &cpu.to_string()])
-        .args(["--server-pid", &server.pid().to_string()])
+        .args(["--server-pid", &pids.join(",")])
         .args(extra)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
@@ -385,7 +395,7 @@ fn cell(args: &BenchArgs, kind: &ServerKind, sc: &Scenario, duration: f64) -> Ro
         ]);
         extra.extend(["--rate".into(), args.broadcast_rate.to_string()]);
     }
-    match run_load(&server, args.load_cpu, &extra) {
+    match run_load(std::slice::from_ref(&server), args.load_cpu, &extra) {
         Ok(s) => Row {
             server: kind.name().to_string(),
             backend: kind.backend().to_string(),
@@ -582,8 +592,19 @@ fn save(prefix: &Path, rows: &[Row], title: &str) -> Result<(), String> {
 fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
     let mut rows = Vec::new();
     for kind in servers(args) {
-        let name = format!("idle {n}");
-        let server = match ServerProc::start(&kind, args.server_cpu, false) {
+        let k = args
+            .idle_servers
+            .unwrap_or_else(|| n.div_ceil(18_000) as usize)
+            .max(1);
+        let name = if k == 1 {
+            format!("idle {n}")
+        } else {
+            format!("idle {n} ({k} processes)")
+        };
+        let servers: Result<Vec<ServerProc>, String> = (0..k)
+            .map(|_| ServerProc::start(&kind, args.server_cpu, false))
+            .collect();
+        let servers = match servers {
             Ok(s) => s,
             Err(e) => {
                 rows.push(empty_row(&kind, &name, e));
@@ -591,7 +612,10 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
             }
         };
         std::thread::sleep(Duration::from_millis(200));
-        let empty = sys::process_rss_kb(server.pid()).unwrap_or(0);
+        let empty: u64 = servers
+            .iter()
+            .map(|s| sys::process_rss_kb(s.pid()).unwrap_or(0))
+            .sum();
         let extra: Vec<String> = vec![
             "--mode".into(),
             "idle".into(),
@@ -600,7 +624,7 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
             "--duration".into(),
             args.idle_duration.to_string(),
         ];
-        match run_load(&server, args.load_cpu, &extra) {
+        match run_load(&servers, args.load_cpu, &extra) {
             Ok(s) => {
                 let full = s.server_rss_kb.unwrap_or(0);
                 let per = if s.connections > 0 {
@@ -755,6 +779,7 @@ mod tests {
             json: false,
             idle: None,
             idle_duration: 1.0,
+            idle_servers: None,
             server_cpu: 0,
             load_cpu: 1,
             broadcast_rate: 1.0,

@@ -81,9 +81,10 @@ pub struct LoadArgs {
     /// Connects + handshakes in flight per thread.
     #[arg(long, default_value_t = 256)]
     pub in_flight: u32,
-    /// Measure this process (the server): CPU time over the window and RSS at its end.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Measure these processes (the servers; comma separated): CPU time over the window and
+    /// RSS at its end, summed.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -622,7 +623,7 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
     let end_ns = go_ns + window_ns;
     group.go(go_ns, end_ns);
     sleep_until(go_ns);
-    let cpu0 = args.server_pid.and_then(sys::process_cpu_ns);
+    let cpu0 = sum_over(&args.server_pid, sys::process_cpu_ns);
     let mut last_print = go_ns;
     let mut last_msgs = 0;
     let long = args.duration >= 3.0 && progress;
@@ -645,8 +646,8 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
             last_print = now;
         }
     }
-    let cpu1 = args.server_pid.and_then(sys::process_cpu_ns);
-    let rss = args.server_pid.and_then(sys::process_rss_kb);
+    let cpu1 = sum_over(&args.server_pid, sys::process_cpu_ns);
+    let rss = sum_over(&args.server_pid, sys::process_rss_kb);
     let end_deadline = mono_ns() + 10_000_000_000;
     while !group.ended() && mono_ns() < end_deadline {
         std::thread::sleep(Duration::from_millis(1));
@@ -666,6 +667,14 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
             server_rss_kb: rss,
         },
     ))
+}
+
+/// Sum of `f(pid)` over `pids`; None if there are none or any cannot be read.
+fn sum_over(pids: &[u32], f: fn(u32) -> Option<u64>) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| f(p)).sum()
 }
 
 fn ramp_ns(args: &LoadArgs) -> u64 {
