@@ -428,6 +428,7 @@ pub fn table(rows: &[Row]) -> String {
         "p99 µs",
         "p99.9 µs",
         "rss MiB",
+        "load µs/msg",
         "errors",
     ];
     let cells: Vec<Vec<String>> = rows.iter().map(row_cells).collect();
@@ -495,6 +496,9 @@ fn row_cells(r: &Row) -> Vec<String> {
         },
         r.rss_kb
             .map(|v| format!("{:.1}", v as f64 / 1024.0))
+            .unwrap_or_else(na),
+        r.load_cpu_us_per_msg
+            .map(|v| format!("{v:.2}"))
             .unwrap_or_else(na),
         r.errors.to_string(),
     ]
