@@ -507,16 +507,13 @@ fn row_cells(r: &Row) -> Vec<String> {
 /// Rows as a markdown table.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| server | backend | scenario | conns | msgs/s | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | RSS MiB | load CPU µs/msg | errors |\n\
-         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| server | backend | scenario | conns | msgs/s | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | RSS MiB | load CPU µs/msg | errors | note |\n\
+         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
     );
     for r in rows {
         let c = row_cells(r);
-        s.push_str(&format!("| {} |", c.join(" | ")));
-        if let Some(n) = &r.note {
-            s.push_str(&format!(" {n} |"));
-        }
-        s.push('\n');
+        let note = r.note.as_deref().unwrap_or("").replace('|', "/");
+        s.push_str(&format!("| {} | {note} |\n", c.join(" | ")));
     }
     s
 }
