@@ -235,7 +235,7 @@ impl ServerProc {
         };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         let cpus = [cpu];
         // SAFETY: the closure only makes the async-signal-safe calls prctl(2) and
         // sched_setaffinity(2), before exec.
@@ -259,13 +259,27 @@ impl ServerProc {
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
+        // Keep the end of stderr to explain a failed start; drain it so the server never blocks.
+        let stderr = child.stderr.take().ok_or("server stderr")?;
+        let last_err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = last_err.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    *s = line;
+                }
+            }
+        });
         let mut proc = ServerProc {
             child,
             addr: String::new(),
         };
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| format!("{} did not report its address", kind.name()))?;
+        let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            // Give a failing server a moment to finish its message.
+            std::thread::sleep(Duration::from_millis(100));
+            let why = last_err.lock().map(|s| s.clone()).unwrap_or_default();
+            format!("{} did not start: {why}", kind.name())
+        })?;
         let addr = line
             .strip_prefix("listening on ")
             .and_then(|r| r.split_whitespace().next())
