@@ -320,8 +320,7 @@ impl Group for LocalRun {
         self.all(&self.shared.ready)
     }
     fn go(&mut self, go_ns: u64, end_ns: u64) {
-        self.shared.end_ns.store(end_ns, Relaxed);
-        self.shared.go_ns.store(go_ns, Relaxed);
+        self.shared.start(go_ns, end_ns);
     }
     fn ended(&mut self) -> bool {
         self.all(&self.shared.ended)
@@ -706,8 +705,7 @@ fn worker_main(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> i32 {
                 Some("go") => {
                     let go: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
                     let end: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                    reader_shared.end_ns.store(end, Relaxed);
-                    reader_shared.go_ns.store(go, Relaxed);
+                    reader_shared.start(go, end);
                 }
                 Some("release") => {
                     reader_shared.release.store(true, Relaxed);

@@ -7,7 +7,8 @@
 
 use std::io::{self, Read, Write};
 use std::ops::{ControlFlow, Range};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +94,8 @@ impl RunConfig {
 pub struct Shared {
     /// Threads that finished their connect phase.
     pub ready: AtomicUsize,
-    /// Start of the measured window (CLOCK_MONOTONIC ns); 0 = not given yet.
+    /// Start of the measured window (CLOCK_MONOTONIC ns); 0 = not given yet. Set with
+    /// [`Shared::start`], after `end_ns`.
     pub go_ns: AtomicU64,
     /// End of the measured window.
     pub end_ns: AtomicU64,
@@ -109,6 +111,15 @@ pub struct Shared {
     pub messages: AtomicU64,
     /// Progress: errors.
     pub errors: AtomicU64,
+}
+
+impl Shared {
+    /// Announce the measured window `[go_ns, end_ns)` to the threads.
+    pub fn start(&self, go_ns: u64, end_ns: u64) {
+        self.end_ns.store(end_ns, Relaxed);
+        // Release: a thread that sees go_ns (Acquire) also sees end_ns.
+        self.go_ns.store(go_ns, Release);
+    }
 }
 
 /// The work of one thread.
@@ -275,7 +286,7 @@ impl Thread {
                     }
                 }
                 Phase::Ready => {
-                    let go = self.shared.go_ns.load(Relaxed);
+                    let go = self.shared.go_ns.load(Acquire);
                     if go != 0 && now >= go {
                         self.go_ns = go;
                         self.cpu_at_go = sys::thread_cpu_ns();
@@ -347,7 +358,7 @@ impl Thread {
                 }
                 Phase::Running => {
                     let mut w = self.end_ns.saturating_sub(now);
-                    if interval_ns.is_some() {
+                    if interval_ns.is_some() && !rr.is_empty() {
                         w = w.min(next_due.saturating_sub(now));
                     }
                     // Below a millisecond, epoll_wait cannot sleep precisely: spin instead.

@@ -147,8 +147,7 @@ fn run(cfg: RunConfig, window_ms: u64) -> Partial {
         std::thread::sleep(Duration::from_millis(1));
     }
     let go = mono_ns();
-    shared.end_ns.store(go + window_ms * 1_000_000, Relaxed);
-    shared.go_ns.store(go, Relaxed);
+    shared.start(go, go + window_ms * 1_000_000);
     while shared.ended.load(Relaxed) < 1 {
         assert!(mono_ns() < deadline, "window did not end");
         std::thread::sleep(Duration::from_millis(1));
