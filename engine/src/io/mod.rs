@@ -55,6 +55,7 @@ pub(crate) struct DriverConfig {
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
     pub(crate) recv_buffer_bytes: usize,
     /// Number of receive buffers (io_uring buffer-ring entries; epoll ignores it).
+    #[allow(dead_code)] // read by completion-based backends
     pub(crate) recv_buffers: usize,
     /// Upper bound on completions handled per [`Driver::poll`] call (io_uring CQ size hint,
     /// epoll events capacity).
@@ -94,10 +95,12 @@ pub(crate) enum Completion<'a> {
         /// The connection.
         token: Token,
         /// `None` for an orderly EOF.
+        #[allow(dead_code)] // for diagnostics
         error: Option<io::Error>,
     },
     /// A token given to [`Driver::close`] that the driver could not release at once is now
     /// released: no operation refers to it or to its send queue any more.
+    #[allow(dead_code)] // produced by completion-based backends
     Released {
         /// The connection.
         token: Token,
@@ -262,7 +265,8 @@ impl SendQueue {
                 _ => unreachable!("checked above"),
             }
         } else {
-            self.chunks.push_back(Chunk::Owned(Vec::with_capacity(extra)));
+            self.chunks
+                .push_back(Chunk::Owned(Vec::with_capacity(extra)));
             match self.chunks.back_mut() {
                 Some(Chunk::Owned(v)) => v,
                 _ => unreachable!("just pushed"),
