@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod load;
+mod serve;
 mod sys;
 
 /// percore: WebSocket engine benchmark server, load generator and kernel tuning reference.
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Print the version and exit.
     Version,
+    /// Run an echo server until SIGINT/SIGTERM (prints `listening on ADDR backend=B shards=N`).
+    Serve(serve::ServeArgs),
     /// WebSocket load generator (echo / broadcast / idle), many connections per thread.
     Load(load::LoadArgs),
     /// Start servers and the load generator, run the benchmark matrix, print one table.
@@ -28,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("percore {}", env!("CARGO_PKG_VERSION")),
+        Command::Serve(args) => serve::main(args),
         Command::Load(args) => std::process::exit(load::main(args)),
         Command::Bench(args) => std::process::exit(bench::main(args)),
     }
