@@ -259,14 +259,18 @@ impl ServerProc {
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        // Keep the end of stderr to explain a failed start; drain it so the server never blocks.
+        // Keep the first line of stderr to explain a failed start; drain the rest so the server
+        // never blocks on a full pipe.
         let stderr = child.stderr.take().ok_or("server stderr")?;
         let last_err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = last_err.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The first line says what went wrong (clap and percore serve both start so).
                 if let Ok(mut s) = sink.lock() {
-                    *s = line;
+                    if s.is_empty() {
+                        *s = line;
+                    }
                 }
             }
         });
