@@ -564,6 +564,18 @@ pub fn csv(rows: &[Row]) -> String {
     s
 }
 
+/// `a` as a shell word: unchanged if it is plain, else in single quotes.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
 /// Host description for saved results.
 fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -585,14 +597,17 @@ fn machine() -> String {
 }
 
 fn save(prefix: &Path, rows: &[Row], title: &str) -> Result<(), String> {
-    let cmd: Vec<String> = std::env::args().collect();
+    let cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let md = format!(
-        "# {title}\n\n- command: `{}`\n- date: {date}\n- machine: {}\n\n{}",
+        "# {title}\n\n- command: `{}`\n- date: {date}\n- machine: {}\n\n\
+         One run. On a shared host absolute figures move from run to run: compare servers by\n\
+         the ratios inside this table, and by server CPU µs/message more than by msgs/s.\n\
+         Method and columns: bench/README.md.\n\n{}",
         cmd.join(" "),
         machine(),
         markdown(rows)
@@ -785,6 +800,14 @@ mod tests {
         let c = csv(&[row("percore", Some("a, b"))]);
         assert_eq!(c.lines().count(), 2);
         assert_eq!(c.lines().nth(1).unwrap().split(',').count(), 13);
+    }
+
+    #[test]
+    fn saved_command_lines_quote_words_with_spaces_or_nothing() {
+        assert_eq!(shell_quote("--scenarios"), "--scenarios");
+        assert_eq!(shell_quote("echo 100"), "'echo 100'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
     #[test]
