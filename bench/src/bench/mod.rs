@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Publishes per second in the broadcast scenario (each goes to every connection).
     #[arg(long, default_value_t = 200.0)]
     pub broadcast_rate: f64,
+    /// Run every cell this many times (servers alternating) and report the medians.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Also write the table as markdown and CSV: PREFIX.md and PREFIX.csv.
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -433,6 +436,40 @@ fn cell(args: &BenchArgs, kind: &ServerKind, sc: &Scenario, duration: f64) -> Ro
     }
 }
 
+/// One row for several runs of a cell: the median of each figure (upper median for an even
+/// count), errors summed, the largest RSS. A failed run (with a note) is reported as is.
+pub fn median_row(runs: &[Row]) -> Option<Row> {
+    let first = runs.first()?;
+    if runs.len() == 1 || runs.iter().any(|r| r.note.is_some()) {
+        return runs
+            .iter()
+            .find(|r| r.note.is_some())
+            .or(Some(first))
+            .cloned();
+    }
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    let m = |f: fn(&Row) -> f64| median(runs.iter().map(f).collect());
+    let mo = |f: fn(&Row) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    Some(Row {
+        connections: runs.iter().map(|r| r.connections).min().unwrap_or(0),
+        msgs_per_s: m(|r| r.msgs_per_s),
+        cpu_us_per_msg: mo(|r| r.cpu_us_per_msg),
+        p50_us: m(|r| r.p50_us),
+        p99_us: m(|r| r.p99_us),
+        p999_us: m(|r| r.p999_us),
+        rss_kb: runs.iter().filter_map(|r| r.rss_kb).max(),
+        load_cpu_us_per_msg: mo(|r| r.load_cpu_us_per_msg),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        ..first.clone()
+    })
+}
+
 /// Render rows as an aligned plain-text table.
 pub fn table(rows: &[Row]) -> String {
     let head = [
@@ -721,30 +758,43 @@ pub fn main(args: BenchArgs) -> i32 {
                     continue;
                 }
             }
-            for kind in servers(&args) {
-                if sc.broadcast {
-                    let skip = match &kind {
-                        ServerKind::Peer(_) => Some("peer is an echo server"),
-                        ServerKind::Percore(_) if !broadcast => {
-                            Some("percore serve has no broadcast mode yet")
+            let kinds = servers(&args);
+            // Runs of each server, alternating: A B C, A B C, ...
+            let mut runs: Vec<Vec<Row>> = vec![Vec::new(); kinds.len()];
+            for round in 0..args.repeat.max(1) {
+                for (i, kind) in kinds.iter().enumerate() {
+                    if sc.broadcast {
+                        let skip = match kind {
+                            ServerKind::Peer(_) => Some("peer is an echo server"),
+                            ServerKind::Percore(_) if !broadcast => {
+                                Some("percore serve has no broadcast mode yet")
+                            }
+                            _ => None,
+                        };
+                        if let Some(why) = skip {
+                            if round == 0 {
+                                runs[i].push(empty_row(kind, sc.name, format!("skipped: {why}")));
+                            }
+                            continue;
                         }
-                        _ => None,
-                    };
-                    if let Some(why) = skip {
-                        rows.push(empty_row(&kind, sc.name, format!("skipped: {why}")));
+                    }
+                    if runs[i].first().is_some_and(|r| r.note.is_some()) {
+                        // The first run failed: the others would too.
                         continue;
                     }
+                    if !args.json {
+                        eprintln!(
+                            "percore bench: {} / {} / {} (run {})",
+                            kind.name(),
+                            kind.backend(),
+                            sc.name,
+                            round + 1
+                        );
+                    }
+                    runs[i].push(cell(&args, kind, sc, duration));
                 }
-                if !args.json {
-                    eprintln!(
-                        "percore bench: {} / {} / {}",
-                        kind.name(),
-                        kind.backend(),
-                        sc.name
-                    );
-                }
-                rows.push(cell(&args, &kind, sc, duration));
             }
+            rows.extend(runs.iter().filter_map(|r| median_row(r)));
         }
         (rows, "percore bench".to_string())
     };
@@ -811,6 +861,27 @@ mod tests {
     }
 
     #[test]
+    fn repeated_runs_report_the_median_of_each_figure_and_all_errors() {
+        let mut a = row("percore", None);
+        let mut b = row("percore", None);
+        let c = row("percore", None);
+        a.cpu_us_per_msg = Some(9.0);
+        a.errors = 1;
+        b.cpu_us_per_msg = Some(3.0);
+        b.msgs_per_s = 1.0;
+        let m = median_row(&[a, b, c]).unwrap();
+        assert_eq!(m.cpu_us_per_msg, Some(4.567));
+        assert_eq!(m.msgs_per_s, 12345.0);
+        assert_eq!(m.errors, 1);
+        let failed = row("percore", Some("did not start"));
+        assert!(median_row(&[row("percore", None), failed])
+            .unwrap()
+            .note
+            .is_some());
+        assert!(median_row(&[]).is_none());
+    }
+
+    #[test]
     fn peers_run_only_with_compare() {
         let mut a = BenchArgs {
             duration: 1.0,
@@ -825,6 +896,7 @@ mod tests {
             server_cpu: 0,
             load_cpu: 1,
             broadcast_rate: 1.0,
+            repeat: 1,
             save: None,
         };
         assert_eq!(
