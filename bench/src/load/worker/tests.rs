@@ -269,3 +269,18 @@ fn connections_are_spread_over_several_servers() {
     assert_eq!(p.errors.mismatch, 2);
     assert_eq!(p.open_at_end, 2);
 }
+
+#[test]
+fn closed_loop_broadcast_publisher_sends_when_its_own_copy_returns() {
+    let mut cfg = config(server(Answer::Broadcast), Mode::Broadcast, 3);
+    cfg.publishers = 1;
+    let p = run(cfg, 200);
+    assert_eq!(p.errors.total(), 0, "{:?}", p.errors);
+    assert!(p.sent > 1, "sent {}", p.sent);
+    assert!(
+        p.messages >= (p.sent - 1) * 3,
+        "sent {} delivered {}",
+        p.sent,
+        p.messages
+    );
+}
