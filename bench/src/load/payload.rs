@@ -37,14 +37,28 @@ fn fill_byte(i: usize, seq: u64) -> u8 {
     (i as u8).wrapping_mul(31).wrapping_add(7) ^ (seq as u8)
 }
 
+/// The filler repeats every 256 bytes: one period for sequence number `seq`.
+fn period(seq: u64) -> [u8; 256] {
+    let mut p = [0u8; 256];
+    for (i, b) in p.iter_mut().enumerate() {
+        *b = fill_byte(i, seq);
+    }
+    p
+}
+
 /// Fill `buf` (its whole length is the payload) with `stamp` and the filler.
 pub fn write(buf: &mut [u8], stamp: Stamp) {
     debug_assert!(buf.len() >= HEADER_BYTES);
     buf[0..4].copy_from_slice(&stamp.conn.to_le_bytes());
     buf[4..12].copy_from_slice(&stamp.seq.to_le_bytes());
     buf[12..20].copy_from_slice(&stamp.ts_ns.to_le_bytes());
-    for (i, b) in buf.iter_mut().enumerate().skip(HEADER_BYTES) {
-        *b = fill_byte(i, stamp.seq);
+    let p = period(stamp.seq);
+    // Position i holds p[i % 256]: the first block starts inside a period, then whole periods.
+    let (head, rest) = buf.split_at_mut(buf.len().min(256));
+    let n = head.len();
+    head[HEADER_BYTES..].copy_from_slice(&p[HEADER_BYTES..n]);
+    for chunk in rest.chunks_mut(256) {
+        chunk.copy_from_slice(&p[..chunk.len()]);
     }
 }
 
@@ -64,11 +78,10 @@ pub fn read(buf: &[u8], size: usize) -> Result<Stamp, Mismatch> {
         seq: u64::from_le_bytes(s),
         ts_ns: u64::from_le_bytes(t),
     };
-    let ok = buf
-        .iter()
-        .enumerate()
-        .skip(HEADER_BYTES)
-        .all(|(i, &b)| b == fill_byte(i, stamp.seq));
+    let p = period(stamp.seq);
+    let (head, rest) = buf.split_at(buf.len().min(256));
+    let ok = head[HEADER_BYTES..] == p[HEADER_BYTES..head.len()]
+        && rest.chunks(256).all(|c| c == &p[..c.len()]);
     if ok {
         Ok(stamp)
     } else {
@@ -137,6 +150,30 @@ mod tests {
                     seq: 3,
                     ts_ns: 1234
                 })
+            );
+        }
+    }
+
+    #[test]
+    fn filler_is_the_position_pattern_at_every_offset() {
+        for size in [20, 255, 256, 257, 1000, 4096 + 3] {
+            let m = msg(size, 1, 77);
+            for (i, &b) in m.iter().enumerate().skip(HEADER_BYTES) {
+                assert_eq!(b, fill_byte(i, 77), "size {size} offset {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupted_byte_is_caught_at_every_offset() {
+        let clean = msg(600, 2, 5);
+        for i in HEADER_BYTES..600 {
+            let mut m = clean.clone();
+            m[i] ^= 0x01;
+            assert_eq!(
+                check_echo(&m, 600, 2, 5),
+                Err(Mismatch::Corrupt),
+                "offset {i}"
             );
         }
     }
