@@ -20,7 +20,10 @@ pub fn addr_arg() -> SocketAddr {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: {} [--addr HOST:PORT]", std::env::args().next().unwrap_or_default());
+    eprintln!(
+        "usage: {} [--addr HOST:PORT]",
+        std::env::args().next().unwrap_or_default()
+    );
     std::process::exit(2)
 }
 
@@ -44,6 +47,9 @@ pub async fn listen(addr: SocketAddr) -> tokio::net::TcpListener {
         eprintln!("bind {addr}: {e}");
         std::process::exit(1)
     });
-    println!("listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    println!(
+        "listening on {}",
+        l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
     l
 }

@@ -58,14 +58,13 @@ async fn handle(mut s: TcpStream) {
             Ok(f) => f,
             Err(_) => return,
         };
-        match frame.opcode {
+        let echo = match frame.opcode {
             OpCode::Close => return,
-            OpCode::Text | OpCode::Binary => {
-                if ws.write_frame(frame).await.is_err() {
-                    return;
-                }
-            }
-            _ => {}
+            OpCode::Text | OpCode::Binary => frame,
+            _ => continue,
+        };
+        if ws.write_frame(echo).await.is_err() {
+            return;
         }
     }
 }
