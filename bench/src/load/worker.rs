@@ -732,6 +732,9 @@ impl Thread {
 
     fn scan_timeouts(&mut self, now: u64) {
         let timeout = self.cfg.timeout_ns;
+        // An open-loop publisher does not wait for its own copies (a server may leave the
+        // sender out of a broadcast): only echoes and closed-loop publishers can time out.
+        let answers_expected = !(self.cfg.mode == Mode::Broadcast && self.cfg.rate.is_some());
         let mut dead: Vec<(usize, CountError)> = Vec::new();
         for (k, c) in self.conns.iter() {
             match c.state {
@@ -743,6 +746,7 @@ impl Thread {
                 }
                 State::Open
                     if self.phase == Phase::Running
+                        && answers_expected
                         && c.flow.outstanding > 0
                         && now.saturating_sub(c.flow.progress_ns) > timeout =>
                 {

@@ -21,6 +21,8 @@ enum Answer {
     PingThenEcho,
     /// Every data message goes to every connection.
     Broadcast,
+    /// Every data message goes to every other connection (not the sender).
+    BroadcastOthers,
 }
 
 type Peers = Arc<std::sync::Mutex<Vec<std::sync::mpsc::Sender<Vec<u8>>>>>;
@@ -49,7 +51,11 @@ fn serve(s: std::net::TcpStream, answer: Answer, peers: Peers) {
         return;
     };
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    peers.lock().unwrap().push(tx);
+    let me = {
+        let mut p = peers.lock().unwrap();
+        p.push(tx);
+        p.len() - 1
+    };
     let mut first = true;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     if let Answer::PingThenEcho = answer {
@@ -96,8 +102,11 @@ fn serve(s: std::net::TcpStream, answer: Answer, peers: Peers) {
                 let _ = ws.flush();
                 return;
             }
-            Answer::Broadcast => {
-                for p in peers.lock().unwrap().iter() {
+            Answer::Broadcast | Answer::BroadcastOthers => {
+                for (i, p) in peers.lock().unwrap().iter().enumerate() {
+                    if matches!(answer, Answer::BroadcastOthers) && i == me {
+                        continue;
+                    }
                     let _ = p.send(data.clone());
                 }
                 Ok(())
@@ -281,6 +290,21 @@ fn closed_loop_broadcast_publisher_sends_when_its_own_copy_returns() {
     // still in flight when the window closes (the test server relays through threads).
     assert!(
         p.messages >= p.sent * 2,
+        "sent {} delivered {}",
+        p.sent,
+        p.messages
+    );
+}
+
+#[test]
+fn open_loop_publisher_left_out_of_its_broadcast_is_not_a_timeout() {
+    let mut cfg = config(server(Answer::BroadcastOthers), Mode::Broadcast, 3);
+    cfg.rate = Some(200.0);
+    cfg.timeout_ns = 100_000_000;
+    let p = run(cfg, 400);
+    assert_eq!(p.errors.total(), 0, "{:?}", p.errors);
+    assert!(
+        p.messages >= (p.sent - 3) * 2,
         "sent {} delivered {}",
         p.sent,
         p.messages
