@@ -293,7 +293,9 @@ impl Thread {
                         self.end_ns = self.shared.end_ns.load(Relaxed);
                         self.phase = Phase::Running;
                         next_due = go;
+                        // Open loop: the connections that send, served round robin.
                         rr = self.conns.iter().map(|(k, _)| k).collect();
+                        rr.retain(|&k| self.is_sender(k));
                         if interval_ns.is_none() {
                             self.start_closed_loop(now);
                         }
@@ -314,13 +316,13 @@ impl Thread {
                         while next_due <= now && !rr.is_empty() {
                             let key = rr[rr_pos % rr.len()];
                             rr_pos += 1;
-                            if self.is_sender(key) {
-                                self.queue_message(key, next_due);
-                                sent_any.push(key);
-                            } else if !self.conns.contains(key) {
-                                rr.retain(|k| self.conns.contains(*k));
+                            if !self.is_sender(key) {
+                                // Closed since: serve the others.
+                                rr.retain(|&k| self.is_sender(k));
                                 continue;
                             }
+                            self.queue_message(key, next_due);
+                            sent_any.push(key);
                             next_due += iv;
                         }
                         sent_any.dedup();
