@@ -2,6 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod load;
+mod serve;
+mod sys;
+
 /// percore: WebSocket engine benchmark server, load generator and kernel tuning reference.
 #[derive(Parser)]
 #[command(name = "percore", version, about)]
@@ -16,6 +21,12 @@ enum Command {
     Version,
     /// Check this host's limits for a target connection count and say what to change.
     Tune(percore_tune::TuneArgs),
+    /// Run an echo server until SIGINT/SIGTERM (prints `listening on ADDR backend=B shards=N`).
+    Serve(serve::ServeArgs),
+    /// WebSocket load generator (echo / broadcast / idle), many connections per thread.
+    Load(load::LoadArgs),
+    /// Start servers and the load generator, run the benchmark matrix, print one table.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -23,5 +34,8 @@ fn main() {
     match cli.command {
         Command::Version => println!("percore {}", env!("CARGO_PKG_VERSION")),
         Command::Tune(a) => std::process::exit(percore_tune::run(a)),
+        Command::Serve(args) => serve::main(args),
+        Command::Load(args) => std::process::exit(load::main(args)),
+        Command::Bench(args) => std::process::exit(bench::main(args)),
     }
 }

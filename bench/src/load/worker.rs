@@ -1,0 +1,828 @@
+//! One event loop per thread (mio, edge triggered), many connections each.
+//!
+//! A thread opens its range of connection ids (bounded number in flight, optional ramp),
+//! reports ready, waits for the common start time, runs the measured window, reports the
+//! window's end, keeps its connections open until released (so the server can be measured
+//! with every connection still there) and then resets them all.
+
+use std::io::{self, Read, Write};
+use std::ops::{ControlFlow, Range};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::addr;
+use super::payload::{self, Mismatch, Stamp};
+use super::report::{self, Errors, Partial};
+use super::ws::{self, Event, Op};
+use crate::sys::{self, mono_ns};
+
+/// What the connections do once open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each connection sends messages and checks the echoes.
+    Echo,
+    /// Publishers send; every connection receives every publisher's messages.
+    Broadcast,
+    /// Connect, then only answer pings.
+    Idle,
+}
+
+impl Mode {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Broadcast => "broadcast",
+            Mode::Idle => "idle",
+        }
+    }
+}
+
+/// Settings shared by every thread of a run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Servers; connection `id` goes to `targets[id % targets.len()]` (never empty).
+    pub targets: Vec<super::Target>,
+    /// Behaviour once connected.
+    pub mode: Mode,
+    /// Payload bytes per message (>= payload::HEADER_BYTES).
+    pub size: usize,
+    /// Publishers (broadcast): connection ids 0..publishers publish.
+    pub publishers: u32,
+    /// Connections in the whole run (all processes).
+    pub total_connections: u32,
+    /// Open-loop rate for the whole run (messages/s); None = closed loop.
+    pub rate: Option<f64>,
+    /// Connection ramp for the whole run (connections/s); None = as fast as possible.
+    pub ramp: Option<f64>,
+    /// Threads in the whole run (for the ramp share).
+    pub total_threads: usize,
+    /// Connects + handshakes in flight per thread.
+    pub in_flight: u32,
+    /// Deadline for TCP connect + handshake, and for an expected echo.
+    pub timeout_ns: u64,
+    /// Bind explicit 127.0.0.x source addresses (loopback destinations only).
+    pub explicit_sources: bool,
+    /// Rotation of the source address window for this run.
+    pub source_base: u32,
+}
+
+impl RunConfig {
+    /// Open-loop rate for a thread owning `ids` (messages/s).
+    pub fn thread_rate(&self, ids: &Range<u32>) -> Option<f64> {
+        let rate = self.rate?;
+        match self.mode {
+            Mode::Echo => Some(rate * ids.len() as f64 / self.total_connections.max(1) as f64),
+            Mode::Broadcast => {
+                let pubs = ids.end.min(self.publishers).saturating_sub(ids.start);
+                Some(rate * pubs as f64 / self.publishers.max(1) as f64)
+            }
+            Mode::Idle => None,
+        }
+    }
+}
+
+/// Coordination between the threads of one process and whoever drives them.
+#[derive(Default)]
+pub struct Shared {
+    /// Threads that finished their connect phase.
+    pub ready: AtomicUsize,
+    /// Start of the measured window (CLOCK_MONOTONIC ns); 0 = not given yet. Set with
+    /// [`Shared::start`], after `end_ns`.
+    pub go_ns: AtomicU64,
+    /// End of the measured window.
+    pub end_ns: AtomicU64,
+    /// Threads past the end of the window.
+    pub ended: AtomicUsize,
+    /// Close everything and return.
+    pub release: AtomicBool,
+    /// Give up now (the driver went away).
+    pub abort: AtomicBool,
+    /// Progress: connections established.
+    pub established: AtomicU64,
+    /// Progress: messages received in the window.
+    pub messages: AtomicU64,
+    /// Progress: errors.
+    pub errors: AtomicU64,
+}
+
+impl Shared {
+    /// Announce the measured window `[go_ns, end_ns)` to the threads.
+    pub fn start(&self, go_ns: u64, end_ns: u64) {
+        self.end_ns.store(end_ns, Relaxed);
+        // Release: a thread that sees go_ns (Acquire) also sees end_ns.
+        self.go_ns.store(go_ns, Release);
+    }
+}
+
+/// The work of one thread.
+#[derive(Clone, Debug)]
+pub struct ThreadJob {
+    /// Global connection ids this thread owns.
+    pub ids: Range<u32>,
+    /// CPU to pin to.
+    pub cpu: Option<usize>,
+    /// Index of this thread in the whole run (for the ramp share).
+    pub index: usize,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum State {
+    Connecting,
+    Handshaking,
+    Open,
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: State,
+    started_ns: u64,
+    key: String,
+    /// Unconsumed bytes (partial frame or partial handshake response).
+    tail: Vec<u8>,
+    decoder: ws::Decoder,
+    flow: Flow,
+}
+
+/// The message flow of one connection (apart from the socket and decoder, so that the
+/// decoder's callback can update it).
+struct Flow {
+    id: u32,
+    /// Bytes waiting for the socket to become writable.
+    wbuf: Vec<u8>,
+    /// Next sequence number to send.
+    next_seq: u64,
+    /// Next sequence number expected back (echo mode).
+    expect_seq: u64,
+    /// Messages sent and not yet received back (own messages).
+    outstanding: u64,
+    /// Last time an expected message arrived (or the first was sent).
+    progress_ns: u64,
+    /// Next expected sequence number per publisher (broadcast mode).
+    next_from: Box<[u64]>,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    Connecting,
+    Ready,
+    Running,
+    Ended,
+}
+
+const SCAN_INTERVAL_NS: u64 = 100_000_000;
+
+/// Bumps the counter of one error kind.
+type CountError = fn(&mut Errors);
+
+struct Thread {
+    cfg: Arc<RunConfig>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    conns: Slab<Conn>,
+    scratch: Vec<u8>,
+    msg: Vec<u8>,
+    hist: hdrhistogram::Histogram<u64>,
+    part: Partial,
+    rng: u64,
+    phase: Phase,
+    go_ns: u64,
+    cpu_at_go: u64,
+    end_ns: u64,
+    pending: u32,
+    reported_messages: u64,
+    reported_errors: u64,
+}
+
+/// Run one thread's share of the load and return what it measured.
+pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> Partial {
+    if let Some(cpu) = job.cpu {
+        sys::pin_current_thread(cpu);
+    }
+    let poll = match Poll::new() {
+        Ok(p) => p,
+        Err(_) => {
+            let mut part = Partial {
+                target: job.ids.len() as u64,
+                ..Partial::default()
+            };
+            part.errors.connect = job.ids.len() as u64;
+            shared.ready.fetch_add(1, Relaxed);
+            shared.ended.fetch_add(1, Relaxed);
+            return part;
+        }
+    };
+    let scratch_len = (256 << 10).max(4 * (cfg.size + 64));
+    let mut t = Thread {
+        msg: vec![0u8; cfg.size],
+        cfg,
+        shared,
+        poll,
+        conns: Slab::with_capacity(job.ids.len()),
+        scratch: vec![0u8; scratch_len],
+        hist: report::new_histogram(),
+        part: Partial {
+            target: job.ids.len() as u64,
+            ..Partial::default()
+        },
+        rng: mono_ns() ^ ((job.index as u64 + 1) << 40) | 1,
+        phase: Phase::Connecting,
+        go_ns: 0,
+        cpu_at_go: 0,
+        end_ns: 0,
+        pending: 0,
+        reported_messages: 0,
+        reported_errors: 0,
+    };
+    t.run(&job);
+    t.finish()
+}
+
+impl Thread {
+    fn run(&mut self, job: &ThreadJob) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_id = job.ids.start;
+        let start_ns = mono_ns();
+        let ramp = self
+            .cfg
+            .ramp
+            .map(|r| r / self.cfg.total_threads.max(1) as f64);
+        let mut next_scan = start_ns + SCAN_INTERVAL_NS;
+        let interval_ns = self
+            .cfg
+            .thread_rate(&job.ids)
+            .filter(|r| *r > 0.0)
+            .map(|r| (1e9 / r).max(1.0) as u64);
+        let mut next_due = 0u64;
+        let mut rr: Vec<usize> = Vec::new();
+        let mut rr_pos = 0usize;
+        loop {
+            let now = mono_ns();
+            if self.shared.abort.load(Relaxed) {
+                return;
+            }
+            match self.phase {
+                Phase::Connecting => {
+                    while next_id < job.ids.end && self.pending < self.cfg.in_flight {
+                        if let Some(r) = ramp {
+                            let allowed = ((now - start_ns) as f64 / 1e9 * r) as u64 + 1;
+                            if (next_id - job.ids.start) as u64 >= allowed {
+                                break;
+                            }
+                        }
+                        self.start_connect(next_id, now);
+                        next_id += 1;
+                    }
+                    if next_id == job.ids.end && self.pending == 0 {
+                        self.phase = Phase::Ready;
+                        self.shared.ready.fetch_add(1, Relaxed);
+                    }
+                }
+                Phase::Ready => {
+                    let go = self.shared.go_ns.load(Acquire);
+                    if go != 0 && now >= go {
+                        self.go_ns = go;
+                        self.cpu_at_go = sys::thread_cpu_ns();
+                        self.end_ns = self.shared.end_ns.load(Relaxed);
+                        self.phase = Phase::Running;
+                        next_due = go;
+                        // Open loop: the connections that send, served round robin.
+                        rr = self.conns.iter().map(|(k, _)| k).collect();
+                        rr.retain(|&k| self.is_sender(k));
+                        if interval_ns.is_none() {
+                            self.start_closed_loop(now);
+                        }
+                    }
+                }
+                Phase::Running => {
+                    if now >= self.end_ns {
+                        self.phase = Phase::Ended;
+                        self.part.cpu_ns = sys::thread_cpu_ns().saturating_sub(self.cpu_at_go);
+                        self.part.open_at_end = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.state == State::Open)
+                            .count() as u64;
+                        self.shared.ended.fetch_add(1, Relaxed);
+                    } else if let Some(iv) = interval_ns {
+                        let mut sent_any = Vec::new();
+                        while next_due <= now && !rr.is_empty() {
+                            let key = rr[rr_pos % rr.len()];
+                            rr_pos += 1;
+                            if !self.is_sender(key) {
+                                // Closed since: serve the others.
+                                rr.retain(|&k| self.is_sender(k));
+                                continue;
+                            }
+                            self.queue_message(key, next_due);
+                            sent_any.push(key);
+                            next_due += iv;
+                        }
+                        sent_any.dedup();
+                        for key in sent_any {
+                            self.flush(key);
+                        }
+                    }
+                }
+                Phase::Ended => {
+                    if self.shared.release.load(Relaxed) {
+                        return;
+                    }
+                }
+            }
+            if now >= next_scan {
+                next_scan = now + SCAN_INTERVAL_NS;
+                self.scan_timeouts(now);
+                self.report_progress();
+            }
+            let wait_ns = match self.phase {
+                Phase::Connecting => {
+                    if ramp.is_some() || self.pending >= self.cfg.in_flight {
+                        1_000_000
+                    } else {
+                        10_000_000
+                    }
+                }
+                Phase::Ready => {
+                    let go = self.shared.go_ns.load(Relaxed);
+                    if go != 0 {
+                        go.saturating_sub(now).min(10_000_000)
+                    } else {
+                        10_000_000
+                    }
+                }
+                Phase::Running => {
+                    let mut w = self.end_ns.saturating_sub(now);
+                    if interval_ns.is_some() && !rr.is_empty() {
+                        w = w.min(next_due.saturating_sub(now));
+                    }
+                    // Below a millisecond, epoll_wait cannot sleep precisely: spin instead.
+                    if w < 1_000_000 {
+                        0
+                    } else {
+                        w.min(10_000_000)
+                    }
+                }
+                Phase::Ended => 10_000_000,
+            };
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait_ns)))
+            {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                let key = ev.token().0;
+                self.on_event(
+                    key,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                );
+            }
+        }
+    }
+
+    fn is_sender(&self, key: usize) -> bool {
+        match self.conns.get(key) {
+            Some(c) if c.state == State::Open => match self.cfg.mode {
+                Mode::Echo => true,
+                Mode::Broadcast => c.flow.id < self.cfg.publishers,
+                Mode::Idle => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn start_connect(&mut self, id: u32, now: u64) {
+        let mut attempt = 0;
+        let stream = loop {
+            let src = self
+                .cfg
+                .explicit_sources
+                .then(|| addr::source_for(id, self.cfg.source_base, attempt));
+            let dst = self.cfg.targets[id as usize % self.cfg.targets.len()].addr;
+            match sys::connect_from(src, dst) {
+                Ok(s) => break s,
+                Err(e)
+                    if attempt < 8
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
+                        ) =>
+                {
+                    attempt += 1;
+                }
+                Err(_) => {
+                    self.part.errors.connect += 1;
+                    return;
+                }
+            }
+        };
+        let mut stream = TcpStream::from_std(stream);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.part.errors.connect += 1;
+            return;
+        }
+        let publishers = if self.cfg.mode == Mode::Broadcast {
+            self.cfg.publishers as usize
+        } else {
+            0
+        };
+        entry.insert(Conn {
+            stream,
+            state: State::Connecting,
+            started_ns: now,
+            key: String::new(),
+            tail: Vec::new(),
+            decoder: ws::Decoder::new((self.cfg.size + 1024).max(64 << 10)),
+            flow: Flow {
+                id,
+                wbuf: Vec::new(),
+                next_seq: 0,
+                expect_seq: 0,
+                outstanding: 0,
+                progress_ns: now,
+                next_from: vec![0u64; publishers].into_boxed_slice(),
+            },
+        });
+        self.pending += 1;
+    }
+
+    /// Drop a connection; `err` says which error counter it goes to (None: expected).
+    fn remove(&mut self, key: usize, err: Option<fn(&mut Errors)>) {
+        if let Some(mut c) = self.conns.try_remove(key) {
+            if matches!(c.state, State::Connecting | State::Handshaking) {
+                self.pending -= 1;
+            }
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            sys::set_linger_zero(&c.stream);
+            if let Some(f) = err {
+                f(&mut self.part.errors);
+            }
+        }
+    }
+
+    fn on_event(&mut self, key: usize, readable: bool) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        match c.state {
+            State::Connecting => {
+                match c.stream.take_error() {
+                    Ok(None) => {}
+                    _ => return self.remove(key, Some(|e| e.connect += 1)),
+                }
+                match c.stream.peer_addr() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(_) => return self.remove(key, Some(|e| e.connect += 1)),
+                }
+                let t = &self.cfg.targets[c.flow.id as usize % self.cfg.targets.len()];
+                let (req, k) = ws::handshake_request(&t.host, &t.path);
+                c.key = k;
+                c.state = State::Handshaking;
+                c.flow.wbuf = req;
+                self.flush(key);
+            }
+            State::Handshaking => {
+                if !c.flow.wbuf.is_empty() {
+                    self.flush(key);
+                }
+                if readable {
+                    self.read_handshake(key);
+                }
+            }
+            State::Open => {
+                if readable {
+                    self.read_frames(key);
+                }
+                if self.conns.get(key).is_some_and(|c| !c.flow.wbuf.is_empty()) {
+                    self.flush(key);
+                }
+            }
+        }
+    }
+
+    fn read_handshake(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => return self.remove(key, Some(|e| e.handshake += 1)),
+                Ok(n) => c.tail.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.remove(key, Some(|e| e.handshake += 1)),
+            }
+            if c.tail.len() > 16 << 10 {
+                break;
+            }
+        }
+        match ws::handshake_response(&c.tail, &c.key) {
+            Ok(None) if c.tail.len() <= 16 << 10 => {}
+            Ok(Some(n)) => {
+                c.tail.drain(..n);
+                c.key = String::new();
+                c.state = State::Open;
+                let now = mono_ns();
+                c.flow.progress_ns = now;
+                self.pending -= 1;
+                self.part.established += 1;
+                self.part.connect_done_ns = now;
+                self.shared.established.fetch_add(1, Relaxed);
+                if !self.conns[key].tail.is_empty() {
+                    self.read_frames(key);
+                }
+            }
+            _ => self.remove(key, Some(|e| e.handshake += 1)),
+        }
+    }
+
+    fn read_frames(&mut self, key: usize) {
+        let Thread {
+            conns,
+            scratch,
+            msg,
+            hist,
+            part,
+            cfg,
+            rng,
+            phase,
+            go_ns,
+            end_ns,
+            ..
+        } = self;
+        let Some(c) = conns.get_mut(key) else {
+            return;
+        };
+        let mut tail = c.tail.len();
+        scratch[..tail].copy_from_slice(&c.tail);
+        let mut failure: Option<fn(&mut Errors)> = None;
+        'read: loop {
+            let n = match c.stream.read(&mut scratch[tail..]) {
+                Ok(0) => {
+                    failure = Some(|e| e.closed += 1);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failure = Some(|e| e.closed += 1);
+                    break;
+                }
+            };
+            let total = tail + n;
+            let now = mono_ns();
+            let in_window = *phase == Phase::Running && now < *end_ns;
+            let c_ref = &mut c.flow;
+            let res = c.decoder.decode(&mut scratch[..total], |ev| {
+                match ev {
+                    Event::Data(p) => {
+                        let r = match cfg.mode {
+                            Mode::Echo => {
+                                payload::check_echo(p, cfg.size, c_ref.id, c_ref.expect_seq)
+                            }
+                            Mode::Broadcast => {
+                                payload::check_broadcast(p, cfg.size, &mut c_ref.next_from)
+                            }
+                            Mode::Idle => Err(Mismatch::WrongConn),
+                        };
+                        let stamp = match r {
+                            Ok(s) => s,
+                            Err(_) => {
+                                failure = Some(|e| e.mismatch += 1);
+                                return ControlFlow::Break(());
+                            }
+                        };
+                        let own = cfg.mode == Mode::Echo || stamp.conn == c_ref.id;
+                        if own {
+                            c_ref.expect_seq += 1;
+                            c_ref.outstanding = c_ref.outstanding.saturating_sub(1);
+                            c_ref.progress_ns = now;
+                        }
+                        if in_window && stamp.ts_ns >= *go_ns {
+                            part.messages += 1;
+                            report::record(hist, now.saturating_sub(stamp.ts_ns));
+                        }
+                        // Closed loop: the answer to the last message sent triggers the next.
+                        let closed_loop = cfg.rate.is_none();
+                        if closed_loop && own && in_window && c_ref.outstanding == 0 {
+                            write_message(c_ref, msg, rng, now);
+                            part.sent += 1;
+                        }
+                    }
+                    Event::Ping(p) => {
+                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng));
+                    }
+                    Event::Pong => {}
+                    Event::Close => {
+                        failure = Some(|e| e.closed += 1);
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+            match res {
+                Ok(consumed) if failure.is_none() => {
+                    scratch.copy_within(consumed..total, 0);
+                    tail = total - consumed;
+                    if tail + 1024 > scratch.len() {
+                        // A frame larger than the scratch buffer: the decoder never leaves
+                        // more than a partial header, so this means a protocol violation.
+                        failure = Some(|e| e.closed += 1);
+                        break 'read;
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    failure = Some(|e| e.closed += 1);
+                    break;
+                }
+            }
+            if n < scratch.len() - total {
+                // Short read: the socket is drained (an edge will come for new data).
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            // A close after the window is the server shutting down, not an error.
+            let expected = *phase == Phase::Ended;
+            return self.remove(key, if expected { None } else { Some(f) });
+        }
+        c.tail.clear();
+        c.tail.extend_from_slice(&scratch[..tail]);
+        if c.tail.capacity() > 4096 && c.tail.is_empty() {
+            c.tail = Vec::new();
+        }
+    }
+
+    fn queue_message(&mut self, key: usize, ts_ns: u64) {
+        let Thread {
+            conns,
+            msg,
+            rng,
+            part,
+            ..
+        } = self;
+        if let Some(c) = conns.get_mut(key) {
+            write_message(&mut c.flow, msg, rng, ts_ns);
+            part.sent += 1;
+        }
+    }
+
+    fn start_closed_loop(&mut self, now: u64) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if self.is_sender(key) {
+                self.queue_message(key, now);
+                self.flush(key);
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut off = 0;
+        while off < c.flow.wbuf.len() {
+            match c.stream.write(&c.flow.wbuf[off..]) {
+                Ok(0) => break,
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    let expected = self.phase == Phase::Ended;
+                    return self.remove(
+                        key,
+                        if expected {
+                            None
+                        } else {
+                            Some(|e| e.closed += 1)
+                        },
+                    );
+                }
+            }
+        }
+        c.flow.wbuf.drain(..off);
+        if c.flow.wbuf.is_empty() && c.flow.wbuf.capacity() > 64 << 10 {
+            c.flow.wbuf = Vec::new();
+        }
+    }
+
+    fn scan_timeouts(&mut self, now: u64) {
+        let timeout = self.cfg.timeout_ns;
+        // An open-loop publisher does not wait for its own copies (a server may leave the
+        // sender out of a broadcast): only echoes and closed-loop publishers can time out.
+        let answers_expected = !(self.cfg.mode == Mode::Broadcast && self.cfg.rate.is_some());
+        let mut dead: Vec<(usize, CountError)> = Vec::new();
+        for (k, c) in self.conns.iter() {
+            match c.state {
+                State::Connecting if now - c.started_ns > timeout => {
+                    dead.push((k, |e| e.connect += 1))
+                }
+                State::Handshaking if now - c.started_ns > timeout => {
+                    dead.push((k, |e| e.handshake += 1))
+                }
+                State::Open
+                    if self.phase == Phase::Running
+                        && answers_expected
+                        && c.flow.outstanding > 0
+                        && now.saturating_sub(c.flow.progress_ns) > timeout =>
+                {
+                    dead.push((k, |e| e.timeout += 1))
+                }
+                _ => {}
+            }
+        }
+        for (k, f) in dead {
+            self.remove(k, Some(f));
+        }
+    }
+
+    fn report_progress(&mut self) {
+        let m = self.part.messages;
+        self.shared
+            .messages
+            .fetch_add(m - self.reported_messages, Relaxed);
+        self.reported_messages = m;
+        let e = self.part.errors.total();
+        self.shared
+            .errors
+            .fetch_add(e - self.reported_errors, Relaxed);
+        self.reported_errors = e;
+    }
+
+    fn finish(mut self) -> Partial {
+        if self.phase != Phase::Ended {
+            // Aborted before the window ended: still account for the open connections.
+            self.part.open_at_end = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state == State::Open)
+                .count() as u64;
+            if self.phase == Phase::Connecting {
+                self.shared.ready.fetch_add(1, Relaxed);
+            }
+            self.shared.ended.fetch_add(1, Relaxed);
+        }
+        self.report_progress();
+        for (_, c) in self.conns.iter() {
+            sys::set_linger_zero(&c.stream);
+        }
+        self.conns.clear();
+        self.part.set_histogram(&self.hist);
+        self.part
+    }
+}
+
+/// Append the connection's next message (stamped `ts_ns`) to its write buffer.
+fn write_message(c: &mut Flow, msg: &mut [u8], rng: &mut u64, ts_ns: u64) {
+    payload::write(
+        msg,
+        Stamp {
+            conn: c.id,
+            seq: c.next_seq,
+            ts_ns,
+        },
+    );
+    c.next_seq += 1;
+    if c.outstanding == 0 {
+        c.progress_ns = ts_ns;
+    }
+    c.outstanding += 1;
+    ws::encode(&mut c.wbuf, Op::Binary, msg, next_mask(rng));
+}
+
+/// A frame mask from the thread's xorshift64 state: masks must vary, not be secret.
+fn next_mask(rng: &mut u64) -> [u8; 4] {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    ((*rng >> 16) as u32).to_le_bytes()
+}
+
+#[cfg(test)]
+mod tests;
