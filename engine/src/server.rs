@@ -147,8 +147,10 @@ impl ServerBuilder {
     }
 
     /// Most bytes queued for one connection and not yet written (default 4 MiB). A send that
-    /// would pass it triggers the [`SlowConsumer`] policy. Worst-case memory is this times the
-    /// number of slow readers.
+    /// would take a non-empty queue past it triggers the [`SlowConsumer`] policy (a single
+    /// message onto an empty queue is always accepted, so echoing a message larger than this
+    /// works). Worst-case memory is this (or the largest message sent) times the number of
+    /// slow readers.
     pub fn send_queue_bytes_max(mut self, n: usize) -> Self {
         self.config.send_queue_bytes_max = n;
         self
@@ -240,7 +242,7 @@ impl ServerBuilder {
         let config = Arc::new(config);
         let factory = Arc::new(factory);
         let open = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<Waker>>(n);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -268,12 +270,13 @@ impl ServerBuilder {
             shards.push((mail_tx, stats));
         }
         drop(ready_tx);
-        let mut wakers = Vec::with_capacity(n);
+        // Shards report in any order: keep each waker at its shard's index, next to its mailbox.
+        let mut wakers: Vec<Option<Waker>> = (0..n).map(|_| None).collect();
         let mut failure = None;
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok(Ok(w)) => wakers.push(w),
-                Ok(Err(e)) => failure = Some(e),
+                Ok((i, Ok(w))) => wakers[i] = Some(w),
+                Ok((_, Err(e))) => failure = Some(e),
                 Err(_) => {
                     failure
                         .get_or_insert_with(|| io::Error::other("a shard exited while starting"));
@@ -317,7 +320,8 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     backend: Backend,
     mail: Vec<crossbeam_channel::Sender<Mail>>,
-    wakers: Vec<Waker>,
+    /// `wakers[i]` wakes shard `i` (`None`: it failed to start).
+    wakers: Vec<Option<Waker>>,
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -373,7 +377,9 @@ impl ServerHandle {
         }
         for (mail, waker) in self.mail.iter().zip(&self.wakers) {
             let _ = mail.send(Mail::Shutdown(at));
-            let _ = waker.wake();
+            if let Some(w) = waker {
+                let _ = w.wake();
+            }
         }
         for t in threads {
             let _ = t.join();
