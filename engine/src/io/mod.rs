@@ -62,6 +62,7 @@ pub(crate) struct DriverConfig {
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
     pub(crate) recv_buffer_bytes: usize,
     /// Number of receive buffers (io_uring buffer-ring entries; epoll ignores it).
+    #[allow(dead_code)] // read by completion-based backends
     pub(crate) recv_buffers: usize,
     /// Upper bound on completions handled per [`Driver::poll`] call (io_uring CQ size hint,
     /// epoll events capacity).
@@ -118,10 +119,12 @@ pub(crate) enum Completion<'a> {
         /// The connection.
         token: Token,
         /// `None` for an orderly EOF.
+        #[allow(dead_code)] // for diagnostics
         error: Option<io::Error>,
     },
     /// A token given to [`Driver::close`] that the driver could not release at once is now
     /// released: no operation refers to it or to its send queue any more.
+    #[allow(dead_code)] // produced by completion-based backends
     Released {
         /// The connection.
         token: Token,
