@@ -202,7 +202,9 @@ impl ServerBuilder {
 
     /// io_uring with [`ServerBuilder::direct_fds`]: the most connections one shard holds
     /// (default 20 000; its file table has this many entries plus 256, about 8 bytes of kernel
-    /// memory each). Past it, new connections wait in the listen backlog until one closes.
+    /// memory each). The kernel caps one table at `RLIMIT_NOFILE` entries, so this is clamped
+    /// to it: the process can hold shards × `RLIMIT_NOFILE` connections. Past the cap, new
+    /// connections wait in the listen backlog until one closes.
     pub fn direct_fds_max(mut self, n: u32) -> Self {
         self.config.direct_fds_max = n.max(1);
         self

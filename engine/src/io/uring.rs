@@ -7,8 +7,8 @@
 //! What runs in the ring:
 //! - one multishot accept on the shard's listener, producing plain descriptors, or io_uring
 //!   *direct* descriptors in the ring's fixed-file table when `direct_fds` is set (those do not
-//!   count against `RLIMIT_NOFILE`; the table size `direct_fds_max` is then the shard's
-//!   connection cap);
+//!   count against `RLIMIT_NOFILE`; `direct_fds_max`, at most `RLIMIT_NOFILE` since the kernel
+//!   caps each table there, is then the shard's connection cap);
 //! - one multishot recv per connection, drawing from the shard's provided-buffer ring. A buffer
 //!   is lent to the shard for one [`Completion::Recv`] callback and goes back to the ring as soon
 //!   as it returns, so an idle connection owns no receive buffer;
@@ -76,8 +76,10 @@ pub(crate) struct UringConfig {
     pub direct_fds: bool,
     /// With `direct_fds`: the most connections one shard holds. The fixed-file table is
     /// registered with 256 more entries, so a burst accepted in the turn that reaches the cap
-    /// still finds slots; near the cap accepts go one at a time, which keeps it exact. Cost:
-    /// 8 bytes of kernel memory per entry.
+    /// still finds slots; near the cap accepts go one at a time, which keeps it exact. The
+    /// kernel caps one table at `RLIMIT_NOFILE` entries, and this cap with it: a process holds
+    /// at most shards × `RLIMIT_NOFILE` direct descriptors (not counted against the limit).
+    /// Cost: 8 bytes of kernel memory per entry.
     pub direct_fds_max: u32,
 }
 
@@ -506,7 +508,7 @@ pub(crate) struct UringDriver {
 
 impl Driver for UringDriver {
     fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self> {
-        let cfg = UringConfig::from_driver(cfg);
+        let mut cfg = UringConfig::from_driver(cfg);
         listener.set_nonblocking(true)?;
         // Accepted sockets inherit TCP_NODELAY from the listener (there is no setsockopt on a
         // direct descriptor without a real fd).
@@ -516,11 +518,17 @@ impl Driver for UringDriver {
             .build(cfg.sq_entries)?;
         let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size)?;
         if cfg.direct_fds {
-            // Slack past the cap: the accept is only stopped once the cap is reached, so
-            // connections arriving in that same turn still find a slot instead of being
-            // accepted and closed by the kernel (ENFILE).
-            ring.submitter()
-                .register_files_sparse(cfg.direct_fds_max.saturating_add(DIRECT_FDS_SLACK))?;
+            // Slack past the cap: a multishot accept is only stopped once the room left is
+            // small, so connections arriving in that same turn still find a slot instead of
+            // being accepted and closed by the kernel (ENFILE). The kernel refuses a table
+            // larger than RLIMIT_NOFILE: the cap is clamped to it.
+            let limit = nofile_limit();
+            let table = cfg
+                .direct_fds_max
+                .saturating_add(DIRECT_FDS_SLACK)
+                .min(limit);
+            cfg.direct_fds_max = cfg.direct_fds_max.min(table);
+            ring.submitter().register_files_sparse(table)?;
         }
         let mut me = Self {
             ring,
@@ -1168,6 +1176,20 @@ impl Drop for UringDriver {
     }
 }
 
+/// The soft `RLIMIT_NOFILE` (at least 1), the largest fixed-file table the kernel accepts.
+fn nofile_limit() -> u32 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    if r < 0 {
+        return 1024;
+    }
+    rl.rlim_cur.clamp(1, u64::from(u32::MAX)) as u32
+}
+
 fn set_nodelay(fd: RawFd) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads one c_int from a live local.
@@ -1639,6 +1661,17 @@ mod tests {
             m.turn(&mut st, &mut echo);
         }
         assert_eq!(m.next, 5);
+    }
+
+    #[test]
+    fn direct_fds_max_past_the_descriptor_limit_is_clamped_to_it() {
+        let cfg = DriverConfig {
+            direct_fds_max: u32::MAX,
+            ..config(true)
+        };
+        // The kernel refuses a file table larger than RLIMIT_NOFILE: clamped, the ring starts.
+        let m = Mini::new(cfg);
+        assert_eq!(m.d.cfg.direct_fds_max, nofile_limit());
     }
 
     #[test]
