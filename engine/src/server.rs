@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub(crate) send_queue_low_water_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
+    pub(crate) recv_buffers: usize,
+    pub(crate) direct_fds: bool,
+    pub(crate) direct_fds_max: u32,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) pong_timeout: Duration,
@@ -58,6 +61,9 @@ impl Default for Config {
             send_queue_low_water_bytes: 64 << 10,
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
+            recv_buffers: 256,
+            direct_fds: false,
+            direct_fds_max: 20_000,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(20),
@@ -173,6 +179,36 @@ impl ServerBuilder {
     /// means fewer reads per large message, at this cost per shard.
     pub fn recv_buffer_bytes(mut self, n: usize) -> Self {
         self.config.recv_buffer_bytes = n.max(4096);
+        self
+    }
+
+    /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
+    /// down to a power of two, at most 32768), each `recv_buffer_bytes` long: 16 MiB per shard
+    /// by default. They are shared by all of the shard's connections (an idle connection holds
+    /// none) and bound how many receive completions one loop turn handles; past that, the
+    /// affected receives are re-armed on the next turn. epoll ignores it.
+    pub fn recv_buffers(mut self, n: usize) -> Self {
+        self.config.recv_buffers = n.max(1);
+        self
+    }
+
+    /// io_uring: accept connections as direct descriptors (entries of each shard's ring
+    /// file table) instead of file descriptors (default off). They do not count against
+    /// `RLIMIT_NOFILE`, so one process can hold more connections than its descriptor limit;
+    /// [`ServerBuilder::direct_fds_max`] then caps each shard. Peer addresses are not known in
+    /// this mode ([`crate::Conn::peer_addr`] is `0.0.0.0:0`). epoll ignores it.
+    pub fn direct_fds(mut self, on: bool) -> Self {
+        self.config.direct_fds = on;
+        self
+    }
+
+    /// io_uring with [`ServerBuilder::direct_fds`]: the most connections one shard holds
+    /// (default 20 000; its file table has this many entries plus 256, about 8 bytes of kernel
+    /// memory each). The kernel caps one table at `RLIMIT_NOFILE` entries, so this is clamped
+    /// to it: the process can hold shards × `RLIMIT_NOFILE` connections. Past the cap, new
+    /// connections wait in the listen backlog until one closes.
+    pub fn direct_fds_max(mut self, n: u32) -> Self {
+        self.config.direct_fds_max = n.max(1);
         self
     }
 
@@ -375,11 +411,12 @@ impl ServerHandle {
         if threads.is_empty() {
             return;
         }
-        for (mail, waker) in self.mail.iter().zip(&self.wakers) {
+        // Every mail before any wake-up, so a woken shard always finds its mail.
+        for mail in &self.mail {
             let _ = mail.send(Mail::Shutdown(at));
-            if let Some(w) = waker {
-                let _ = w.wake();
-            }
+        }
+        for waker in self.wakers.iter().flatten() {
+            let _ = waker.wake();
         }
         for t in threads {
             let _ = t.join();

@@ -6,7 +6,7 @@
 //! short write and dropped again once the queue has drained.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +64,10 @@ impl EpollDriver {
                     }
                     // Latency first: small frames go out at once.
                     let _ = socket.set_nodelay(true);
-                    on(Completion::Accepted { socket, peer });
+                    on(Completion::Accepted {
+                        socket: super::Socket::Stream(socket),
+                        peer,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // WouldBlock, or out of descriptors/memory: try again on the next readiness
@@ -139,7 +142,13 @@ impl Driver for EpollDriver {
         self.waker.clone()
     }
 
-    fn register(&mut self, token: Token, socket: TcpStream) -> io::Result<()> {
+    fn register(&mut self, token: Token, socket: super::Socket) -> io::Result<()> {
+        let super::Socket::Stream(socket) = socket else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "epoll cannot drive an io_uring direct descriptor",
+            ));
+        };
         let mut stream = mio::net::TcpStream::from_std(socket);
         self.poll
             .registry()

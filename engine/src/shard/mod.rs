@@ -10,7 +10,7 @@ pub(crate) mod timer;
 
 use std::io;
 use std::marker::PhantomData;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::io::{Completion, Driver, DriverConfig, SendQueue, Token, WithDriver};
+use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token, WithDriver};
 use crate::proto::{
     self, CloseCode, CloseFrame, CloseState, Decoder, Event, Limits, OpCode, ProtocolError, Role,
 };
@@ -61,7 +61,9 @@ where
         }
         let dcfg = DriverConfig {
             recv_buffer_bytes: self.config.recv_buffer_bytes,
-            recv_buffers: 256,
+            recv_buffers: self.config.recv_buffers,
+            direct_fds: self.config.direct_fds,
+            direct_fds_max: self.config.direct_fds_max,
             events_max: 1024,
         };
         let driver = match D::new(self.listener, &dcfg) {
@@ -264,7 +266,7 @@ struct Shard<H: Handler> {
     slab: Slab<Entry<H::State>>,
     ctx: Ctx,
     open: Arc<AtomicUsize>,
-    accepted: Vec<(TcpStream, SocketAddr)>,
+    accepted: Vec<(Socket, SocketAddr)>,
     to_close: Vec<u32>,
     expired: Vec<timer::Entry>,
     next_generation: u32,
