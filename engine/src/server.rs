@@ -153,8 +153,10 @@ impl ServerBuilder {
     }
 
     /// Most bytes queued for one connection and not yet written (default 4 MiB). A send that
-    /// would pass it triggers the [`SlowConsumer`] policy. Worst-case memory is this times the
-    /// number of slow readers.
+    /// would take a non-empty queue past it triggers the [`SlowConsumer`] policy (a single
+    /// message onto an empty queue is always accepted, so echoing a message larger than this
+    /// works). Worst-case memory is this (or the largest message sent) times the number of
+    /// slow readers.
     pub fn send_queue_bytes_max(mut self, n: usize) -> Self {
         self.config.send_queue_bytes_max = n;
         self
@@ -276,7 +278,7 @@ impl ServerBuilder {
         let config = Arc::new(config);
         let factory = Arc::new(factory);
         let open = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<Waker>>(n);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -304,12 +306,13 @@ impl ServerBuilder {
             shards.push((mail_tx, stats));
         }
         drop(ready_tx);
-        let mut wakers = Vec::with_capacity(n);
+        // Shards report in any order: keep each waker at its shard's index, next to its mailbox.
+        let mut wakers: Vec<Option<Waker>> = (0..n).map(|_| None).collect();
         let mut failure = None;
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok(Ok(w)) => wakers.push(w),
-                Ok(Err(e)) => failure = Some(e),
+                Ok((i, Ok(w))) => wakers[i] = Some(w),
+                Ok((_, Err(e))) => failure = Some(e),
                 Err(_) => {
                     failure
                         .get_or_insert_with(|| io::Error::other("a shard exited while starting"));
@@ -353,7 +356,8 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     backend: Backend,
     mail: Vec<crossbeam_channel::Sender<Mail>>,
-    wakers: Vec<Waker>,
+    /// `wakers[i]` wakes shard `i` (`None`: it failed to start).
+    wakers: Vec<Option<Waker>>,
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -407,12 +411,11 @@ impl ServerHandle {
         if threads.is_empty() {
             return;
         }
-        // Every mail before any wake-up: `wakers` is in the order the shards became ready,
-        // not in shard order, so a shard may be woken through another's index.
+        // Every mail before any wake-up, so a woken shard always finds its mail.
         for mail in &self.mail {
             let _ = mail.send(Mail::Shutdown(at));
         }
-        for waker in &self.wakers {
+        for waker in self.wakers.iter().flatten() {
             let _ = waker.wake();
         }
         for t in threads {

@@ -43,7 +43,7 @@ pub(crate) struct Run<H, F> {
     pub(crate) stats: Arc<ShardStats>,
     pub(crate) open: Arc<AtomicUsize>,
     pub(crate) mail: Receiver<Mail>,
-    pub(crate) ready: Sender<io::Result<crate::io::Waker>>,
+    pub(crate) ready: Sender<(usize, io::Result<crate::io::Waker>)>,
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) handler: PhantomData<fn() -> H>,
 }
@@ -69,12 +69,12 @@ where
         let driver = match D::new(self.listener, &dcfg) {
             Ok(d) => d,
             Err(e) => {
-                let _ = self.ready.send(Err(e));
+                let _ = self.ready.send((self.index, Err(e)));
                 return;
             }
         };
         let handler = (self.factory)(self.index);
-        if self.ready.send(Ok(driver.waker())).is_err() {
+        if self.ready.send((self.index, Ok(driver.waker()))).is_err() {
             return;
         }
         let mut shard = Shard::new(self.index, handler, self.config, self.stats, self.open);
@@ -213,8 +213,11 @@ impl Ctx {
             return Err(SendError::Closed);
         }
         let key = id.key;
-        if conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
-            > self.config.send_queue_bytes_max
+        // A message always fits an empty queue (its size is bounded by the application), so
+        // one message larger than the limit still goes out; what the limit stops is a backlog.
+        if !conn.queue.is_empty()
+            && conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
+                > self.config.send_queue_bytes_max
         {
             ShardStats::bump(&self.stats.slow_consumers, 1);
             let code = match self.config.slow_consumer {
