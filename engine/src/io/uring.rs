@@ -103,7 +103,21 @@ impl UringConfig {
 /// flags the backend uses can be set up (which needs Linux ≥ 6.1, so multishot accept and recv
 /// exist), every opcode the backend submits is supported and a provided-buffer ring can be
 /// registered. `Err` says why not, in one line.
+///
+/// The probe runs on a thread of its own: tearing a ring down queues task work to the thread
+/// that created it with `TWA_SIGNAL`, which makes a blocking socket call with a timeout on that
+/// thread fail with `EINTR` (seen as failed client handshakes on the thread that started the
+/// server).
 pub(crate) fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("percore-uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot start the io_uring probe thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+}
+
+fn probe_here() -> Result<(), String> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         if v.trim() == "2" {
             return Err("io_uring is disabled (kernel.io_uring_disabled = 2)".into());
@@ -1348,6 +1362,12 @@ mod tests {
         // Generations wrap at 24 bits rather than bleeding into the kind.
         let op = OpId::new(OpKind::Recv, 1, u32::MAX);
         assert_eq!(OpId::decode(op.encode()).unwrap().kind, OpKind::Recv);
+    }
+
+    #[test]
+    fn idle_connection_costs_the_driver_24_bytes() {
+        // An idle connection has a slot and an armed recv; no buffer, no send op.
+        assert!(std::mem::size_of::<Option<ConnIo>>() <= 24);
     }
 
     #[test]
