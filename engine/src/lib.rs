@@ -37,6 +37,7 @@
 
 pub mod proto;
 
+mod client;
 mod io;
 mod server;
 mod shard;
@@ -44,6 +45,7 @@ mod shard;
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use client::Connect;
 pub use proto::CloseCode;
 pub use proto::Request;
 pub use server::{Server, ServerBuilder, ServerHandle, Stats};

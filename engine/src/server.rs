@@ -328,6 +328,7 @@ impl ServerBuilder {
             stats: shards.into_iter().map(|(_, s)| s).collect(),
             open,
             threads: Mutex::new(threads),
+            handshake_timeout: config.handshake_timeout,
         };
         match failure {
             Some(e) => {
@@ -361,6 +362,7 @@ pub struct ServerHandle {
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -382,6 +384,22 @@ impl ServerHandle {
     /// The backend actually running (`Auto` resolved).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// Deliver `mail` to shard `shard % shards` and wake it.
+    pub(crate) fn mail_to(&self, shard: usize, mail: Mail) -> io::Result<()> {
+        let i = shard % self.mail.len().max(1);
+        let stopped = || io::Error::new(io::ErrorKind::NotConnected, "server is shut down");
+        let tx = self.mail.get(i).ok_or_else(stopped)?;
+        tx.send(mail).map_err(|_| stopped())?;
+        match self.wakers.get(i) {
+            Some(Some(w)) => w.wake(),
+            _ => Err(stopped()),
+        }
     }
 
     /// Number of shards.
