@@ -277,6 +277,17 @@ impl<S> Conn<'_, S> {
             .send_data(self.inner, self.id, opcode, msg.as_bytes())
     }
 
+    /// Queue `msg` for every open connection of the server, on every shard (this one
+    /// included). The frame is serialized once and shared by all the send queues; delivery
+    /// happens at the end of the current loop turn. Each receiver's send-queue limit applies.
+    pub fn broadcast(&mut self, msg: Message<'_>) {
+        let opcode = match msg {
+            Message::Text(_) => proto::OpCode::Text,
+            Message::Binary(_) => proto::OpCode::Binary,
+        };
+        self.ctx.broadcast(opcode, msg.as_bytes());
+    }
+
     /// Queue a text message.
     pub fn send_text(&mut self, s: &str) -> Result<(), SendError> {
         self.send(Message::Text(s))

@@ -330,6 +330,18 @@ impl ServerBuilder {
             threads: Mutex::new(threads),
             handshake_timeout: config.handshake_timeout,
         };
+        if failure.is_none() {
+            // Let every shard reach the others (broadcasts).
+            let peers: Arc<[crate::shard::Peer]> = handle
+                .mail
+                .iter()
+                .zip(&handle.wakers)
+                .filter_map(|(m, w)| Some((m.clone(), w.clone()?)))
+                .collect();
+            for i in 0..handle.mail.len() {
+                let _ = handle.mail_to(i, Mail::Peers(peers.clone()));
+            }
+        }
         match failure {
             Some(e) => {
                 handle.shutdown(Duration::ZERO);

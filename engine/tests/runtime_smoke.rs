@@ -257,6 +257,34 @@ fn outbound_connection_refused_by_the_server_reports_1006(backend: Backend) {
     }
 }
 
+fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
+    struct Fanout;
+    impl Handler for Fanout {
+        type State = ();
+        fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+            conn.broadcast(msg);
+        }
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(2))
+        .pin(false)
+        .backend(backend)
+        .start(|_| Fanout)
+        .unwrap();
+    // Enough connections that both shards hold some (SO_REUSEPORT spreads them by hash).
+    let mut clients: Vec<Client> = (0..8).map(|_| connect(&server)).collect();
+    // Make sure every connection is open on its shard before publishing.
+    for c in clients.iter_mut() {
+        c.send(TMessage::Ping(b"ready".to_vec())).unwrap();
+        assert_eq!(c.read().unwrap(), TMessage::Pong(b"ready".to_vec()));
+    }
+    clients[0].send(TMessage::text("to everyone")).unwrap();
+    for c in clients.iter_mut() {
+        assert_eq!(c.read().unwrap(), TMessage::text("to everyone"));
+    }
+}
+
 /// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -285,4 +313,5 @@ on_both_backends!(
     on_close_reports_the_peer_close_code,
     outbound_connection_exchanges_messages_and_closes,
     outbound_connection_refused_by_the_server_reports_1006,
+    broadcast_reaches_every_connection_on_every_shard,
 );

@@ -28,13 +28,19 @@ use crate::{Conn, ConnId, Handler, Message, SendError, SlowConsumer};
 use self::timer::TimerWheel;
 
 /// Messages to a shard from other threads.
-#[derive(Debug)]
 pub(crate) enum Mail {
     /// Graceful shutdown: close 1001 to everyone, then stop by this instant at the latest.
     Shutdown(Instant),
     /// Run an outbound connection (TCP already connected): send `request`, expect a 101.
     Connect(Box<Outbound>),
+    /// Every shard's mailbox and waker (sent once, when all shards have started).
+    Peers(Arc<[Peer]>),
+    /// Queue this encoded frame for every open connection of the shard.
+    Broadcast(Arc<[u8]>),
 }
+
+/// How to reach a shard from another thread.
+pub(crate) type Peer = (Sender<Mail>, crate::io::Waker);
 
 /// An outbound connection handed to a shard by [`crate::ServerHandle::connect`].
 #[derive(Debug)]
@@ -171,6 +177,8 @@ pub(crate) struct Ctx {
     idle_ticks: u32,
     pong_ticks: u32,
     close_ticks: u32,
+    /// Frames to broadcast at the end of this loop turn (serialized once each).
+    broadcasts: Vec<Arc<[u8]>>,
 }
 
 impl Ctx {
@@ -237,24 +245,53 @@ impl Ctx {
             && conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
                 > self.config.send_queue_bytes_max
         {
-            ShardStats::bump(&self.stats.slow_consumers, 1);
-            let code = match self.config.slow_consumer {
-                SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
-                _ => CloseCode::POLICY_VIOLATION,
-            };
-            if !conn.queue.in_flight() {
-                conn.queue.clear();
-            }
-            let reason = "send queue full";
-            if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
-                self.push_frame(key, conn, OpCode::Close, &p[..n]);
-            }
-            conn.close_info = Some(Box::new((Some(code), reason.to_owned())));
-            self.finish_after_flush(key, conn, true);
+            self.slow_consumer(key, conn);
             return Err(SendError::QueueFull);
         }
         self.push_frame(key, conn, op, payload);
         Ok(())
+    }
+
+    /// Apply the slow-consumer policy: drop what is queued, close, hang up after the flush.
+    fn slow_consumer<S>(&mut self, key: u32, conn: &mut Connection<S>) {
+        ShardStats::bump(&self.stats.slow_consumers, 1);
+        let code = match self.config.slow_consumer {
+            SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
+            _ => CloseCode::POLICY_VIOLATION,
+        };
+        if !conn.queue.in_flight() {
+            conn.queue.clear();
+        }
+        let reason = "send queue full";
+        if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
+            self.push_frame(key, conn, OpCode::Close, &p[..n]);
+        }
+        conn.close_info = Some(Box::new((Some(code), reason.to_owned())));
+        self.finish_after_flush(key, conn, true);
+    }
+
+    /// `Conn::broadcast`: serialize once, deliver at the end of the loop turn.
+    pub(crate) fn broadcast(&mut self, op: OpCode, payload: &[u8]) {
+        let mut v = Vec::with_capacity(payload.len() + proto::MAX_HEADER_LEN);
+        proto::encode_frame(&mut v, op, true, payload, None);
+        self.broadcasts.push(v.into());
+    }
+
+    /// Queue a shared, already encoded server frame (a broadcast) on an open connection,
+    /// applying the send-queue limit.
+    fn push_shared<S>(&mut self, key: u32, conn: &mut Connection<S>, frame: &Arc<[u8]>) {
+        if conn.phase != Phase::Open || !conn.close.can_send() || conn.flags & CLIENT != 0 {
+            return;
+        }
+        if !conn.queue.is_empty()
+            && conn.queue.len() + frame.len() > self.config.send_queue_bytes_max
+        {
+            self.slow_consumer(key, conn);
+            return;
+        }
+        conn.queue.push_shared(frame.clone());
+        ShardStats::bump(&self.stats.frames_sent, 1);
+        self.mark_dirty(key, conn);
     }
 
     /// `Conn::close`: start the close handshake.
@@ -289,6 +326,8 @@ struct Shard<H: Handler> {
     expired: Vec<timer::Entry>,
     next_generation: u32,
     woke: bool,
+    /// Every shard's mailbox (`None` until all have started).
+    peers: Option<Arc<[Peer]>>,
     shutdown_at: Option<Instant>,
 }
 
@@ -314,6 +353,7 @@ impl<H: Handler> Shard<H> {
             idle_ticks: wheel.ticks(config.idle_timeout),
             pong_ticks: wheel.ticks(config.pong_timeout),
             close_ticks: wheel.ticks(config.close_timeout),
+            broadcasts: Vec::new(),
             wheel,
             config,
             stats,
@@ -328,6 +368,7 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             next_generation: 0,
             woke: false,
+            peers: None,
             shutdown_at: None,
         }
     }
@@ -360,10 +401,13 @@ impl<H: Handler> Shard<H> {
                     match m {
                         Mail::Shutdown(at) => self.begin_shutdown(&mut driver, at),
                         Mail::Connect(out) => self.register_outbound(&mut driver, *out),
+                        Mail::Peers(p) => self.peers = Some(p),
+                        Mail::Broadcast(frame) => self.fan_out(&frame),
                     }
                 }
             }
             self.fire_timers(now);
+            self.send_broadcasts();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
             if let Some(at) = self.shutdown_at {
@@ -756,6 +800,36 @@ impl<H: Handler> Shard<H> {
             if driver.close(Token(key)) && self.slab.contains(key) {
                 self.slab.remove(key);
             }
+        }
+    }
+
+    /// Deliver this turn's broadcasts: to this shard's connections, and through the mailboxes
+    /// to the other shards (one wake-up each).
+    fn send_broadcasts(&mut self) {
+        if self.ctx.broadcasts.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(&mut self.ctx.broadcasts);
+        for f in &frames {
+            self.fan_out(f);
+        }
+        if let Some(peers) = &self.peers {
+            for (i, (tx, waker)) in peers.iter().enumerate() {
+                if i == self.ctx.shard as usize {
+                    continue;
+                }
+                for f in &frames {
+                    let _ = tx.send(Mail::Broadcast(f.clone()));
+                }
+                let _ = waker.wake();
+            }
+        }
+    }
+
+    /// Queue `frame` on every open connection of this shard.
+    fn fan_out(&mut self, frame: &Arc<[u8]>) {
+        for (key, e) in self.slab.iter_mut() {
+            self.ctx.push_shared(key as u32, &mut e.conn, frame);
         }
     }
 
