@@ -277,9 +277,11 @@ impl<S> Conn<'_, S> {
             .send_data(self.inner, self.id, opcode, msg.as_bytes())
     }
 
-    /// Queue `msg` for every open connection of the server, on every shard (this one
-    /// included). The frame is serialized once and shared by all the send queues; delivery
-    /// happens at the end of the current loop turn. Each receiver's send-queue limit applies.
+    /// Queue `msg` for every open accepted connection of the server, on every shard (this one
+    /// included; outbound connections made with [`ServerHandle::connect`] are left out, their
+    /// frames must be masked one by one). The frame is serialized once and shared by all the
+    /// send queues; delivery happens at the end of the current loop turn. Each receiver's
+    /// send-queue limit applies.
     pub fn broadcast(&mut self, msg: Message<'_>) {
         let opcode = match msg {
             Message::Text(_) => proto::OpCode::Text,

@@ -414,6 +414,21 @@ impl ServerHandle {
         }
     }
 
+    /// Queue `msg` for every open accepted connection on every shard, like
+    /// [`crate::Conn::broadcast`], from any thread (serialized once here).
+    pub fn broadcast(&self, msg: crate::Message<'_>) {
+        let op = match msg {
+            crate::Message::Text(_) => crate::proto::OpCode::Text,
+            crate::Message::Binary(_) => crate::proto::OpCode::Binary,
+        };
+        let mut v = Vec::with_capacity(msg.as_bytes().len() + crate::proto::MAX_HEADER_LEN);
+        crate::proto::encode_frame(&mut v, op, true, msg.as_bytes(), None);
+        let frame: Arc<[u8]> = v.into();
+        for i in 0..self.mail.len() {
+            let _ = self.mail_to(i, Mail::Broadcast(frame.clone()));
+        }
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.mail.len()

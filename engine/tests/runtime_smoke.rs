@@ -283,6 +283,14 @@ fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
     for c in clients.iter_mut() {
         assert_eq!(c.read().unwrap(), TMessage::text("to everyone"));
     }
+    // And from outside the shards.
+    server.broadcast(Message::Binary(b"from the handle"));
+    for c in clients.iter_mut() {
+        assert_eq!(
+            c.read().unwrap(),
+            TMessage::binary(b"from the handle".to_vec())
+        );
+    }
 }
 
 /// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
