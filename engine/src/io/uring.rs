@@ -1253,6 +1253,8 @@ mod tests {
         next: usize,
         sent: usize,
         released: usize,
+        /// Tokens given to `close` (a shard sends nothing more on them).
+        closing: Vec<usize>,
     }
 
     impl Mini {
@@ -1266,6 +1268,7 @@ mod tests {
                 next: 0,
                 sent: 0,
                 released: 0,
+                closing: Vec::new(),
             }
         }
 
@@ -1323,6 +1326,7 @@ mod tests {
                     }
                     Action::Echo(t, b) => self.queues.get_mut(&t.0).unwrap().push(&b),
                     Action::Close(t) => {
+                        self.closing.push(t.0);
                         if self.d.close(t) {
                             self.queues.remove(&t.0);
                             self.released += 1;
@@ -1332,7 +1336,7 @@ mod tests {
                 }
             }
             for (t, q) in &mut self.queues {
-                if !q.is_empty() && !q.in_flight() {
+                if !q.is_empty() && !q.in_flight() && !self.closing.contains(t) {
                     self.d.send(Token(*t), q).unwrap();
                 }
             }
@@ -1584,6 +1588,54 @@ mod tests {
             );
             assert_eq!(got, b"late");
         }
+    }
+
+    #[test]
+    fn reset_peer_is_reported_closed_once_then_released() {
+        let mut m = Mini::new(config(false));
+        let c = TcpStream::connect(m.addr).unwrap();
+        let mut st = ();
+        m.pump(
+            &mut st,
+            |_, acts, c| {
+                if let Completion::Accepted { socket, .. } = c {
+                    acts.push(Action::Register(socket));
+                }
+            },
+            |_, m| m.next == 1,
+        );
+        // RST from the peer (linger 0), then more than the socket buffers can take: the recv
+        // and the send both fail, in whichever order.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads one linger struct from a live local.
+        let r = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        drop(c);
+        m.queues.get_mut(&0).unwrap().push(&vec![7u8; 8 << 20]);
+        let mut closed = 0;
+        m.pump(
+            &mut closed,
+            |closed, acts, c| {
+                if let Completion::Closed { error, token } = c {
+                    assert!(error.is_some(), "a reset is an error");
+                    *closed += 1;
+                    acts.push(Action::Close(token));
+                }
+            },
+            |_, m| m.released == 1,
+        );
+        assert_eq!(closed, 1);
     }
 
     #[test]
