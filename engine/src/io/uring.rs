@@ -143,7 +143,8 @@ fn probe_here() -> Result<(), String> {
             return Err(format!("io_uring opcode {name} not supported"));
         }
     }
-    let bufs = BufRing::new(&ring, 1, 64).map_err(|e| format!("io_uring buffer ring: {e}"))?;
+    let bufs =
+        BufRing::new(&ring, 1, 64, false).map_err(|e| format!("io_uring buffer ring: {e}"))?;
     let unregistered = ring.submitter().unregister_buf_ring(BGID);
     drop(bufs);
     unregistered.map_err(|e| format!("io_uring buffer ring: {e}"))
@@ -221,9 +222,17 @@ impl OpId {
 // ---------------------------------------------------------------------------------------------
 // provided-buffer ring
 
+/// `IOU_PBUF_RING_INC` (Linux 6.12): the kernel consumes a provided buffer incrementally.
+const PBUF_RING_INC: u16 = 2;
+
 /// A provided-buffer ring: `count` buffers of `size` bytes, registered with the ring as buffer
 /// group [`BGID`]. A buffer is either in the ring (the kernel may fill it) or lent out by one
 /// recv completion until [`BufRing::recycle`] puts it back.
+///
+/// Where the kernel supports it the ring is *incremental*: a recv takes only the bytes it
+/// fills from the head buffer, so many small messages share one buffer instead of taking one
+/// each; completions then carry consecutive slices of a buffer (`F_BUF_MORE` while the
+/// kernel keeps using the rest), and the buffer goes back to the ring after its last slice.
 struct BufRing {
     /// `count` ring entries, page aligned (mmap).
     entries: NonNull<types::BufRingEntry>,
@@ -237,10 +246,13 @@ struct BufRing {
     tail: u16,
     /// Keep the memory mapped on drop (the kernel might still write into it).
     leak: bool,
+    /// Incremental consumption: `offsets[bid]` is where the next slice of `bid` starts.
+    /// Empty when the ring is not incremental.
+    offsets: Box<[u32]>,
 }
 
 impl BufRing {
-    fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<Self> {
+    fn new(ring: &IoUring, count: u16, size: u32, incremental: bool) -> io::Result<Self> {
         if !count.is_power_of_two() || count > 32768 || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -266,6 +278,7 @@ impl BufRing {
             size,
             tail: 0,
             leak: false,
+            offsets: Box::default(),
         };
         for bid in 0..count {
             me.push(bid);
@@ -275,13 +288,18 @@ impl BufRing {
         // stay mapped until `self` is dropped, and `self` is only dropped after the ring (see
         // field order in `Driver` and `probe`, where the ring outlives nothing that uses it:
         // unregistering happens implicitly when the ring fd closes before the munmap).
-        unsafe {
+        let register = |flags| unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
                 count,
                 BGID,
-                0,
-            )?;
+                flags,
+            )
+        };
+        if incremental && register(PBUF_RING_INC).is_ok() {
+            me.offsets = vec![0; usize::from(count)].into_boxed_slice();
+        } else {
+            register(0)?;
         }
         Ok(me)
     }
@@ -320,16 +338,35 @@ impl BufRing {
         self.publish();
     }
 
-    /// The first `len` bytes of buffer `bid`, lent out by a recv completion.
-    fn get(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        let bid = usize::from(bid % self.count);
-        let len = len.min(self.size as usize);
-        // SAFETY: the buffer lies inside the `bufs` mapping (bid < count, len ≤ size). The
-        // kernel handed it to us with this completion and does not touch it again until
-        // `recycle` puts it back in the ring; `&mut self` makes this the only view of it.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(bid * self.size as usize), len)
+    /// Account for a completion that filled `len` bytes of buffer `bid` (`buf_more`: its
+    /// `F_BUF_MORE` flag). Returns where those bytes start in the buffer and whether the kernel
+    /// is done with the buffer (then it goes back with [`BufRing::recycle`] once handled).
+    fn consume(&mut self, bid: u16, len: usize, buf_more: bool) -> (usize, bool) {
+        let Some(off) = self.offsets.get_mut(usize::from(bid)) else {
+            return (0, true);
+        };
+        let start = *off as usize;
+        if buf_more {
+            *off = (start + len).min(self.size as usize) as u32;
+            (start, false)
+        } else {
+            *off = 0;
+            (start, true)
         }
+    }
+
+    /// Bytes `start..start + len` of buffer `bid`, lent out by a recv completion.
+    fn get(&mut self, bid: u16, start: usize, len: usize) -> &mut [u8] {
+        let bid = usize::from(bid % self.count);
+        let size = self.size as usize;
+        let start = start.min(size);
+        let len = len.min(size - start);
+        // SAFETY: the range lies inside buffer `bid`, inside the `bufs` mapping (bid < count,
+        // start + len ≤ size). The kernel handed these bytes to us with this completion and
+        // does not write them again until `recycle` puts the buffer back in the ring (an
+        // incremental ring only fills the bytes after them); `&mut self` makes this the only
+        // view of them.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(bid * size + start), len) }
     }
 }
 
@@ -530,7 +567,7 @@ impl Driver for UringDriver {
         let ring = builder()
             .setup_cqsize(cfg.sq_entries * 4)
             .build(cfg.sq_entries)?;
-        let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size)?;
+        let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size, true)?;
         if cfg.direct_fds {
             // Slack past the cap: a multishot accept is only stopped once the room left is
             // small, so connections arriving in that same turn still find a slot instead of
@@ -838,10 +875,13 @@ impl UringDriver {
             OpKind::Accept => self.on_accept(res, more, on)?,
             OpKind::Recv => {
                 let token = Token(op.slot as usize);
-                let bid = cqueue::buffer_select(cqe.flags());
+                let len = usize::try_from(res).unwrap_or(0);
+                let buf_more = cqueue::buffer_more(cqe.flags());
+                let taken = cqueue::buffer_select(cqe.flags())
+                    .map(|bid| (bid, self.bufs.consume(bid, len, buf_more)));
                 let conn = self.conns.get_mut(token.0).and_then(Option::as_mut);
                 let Some(c) = conn.filter(|c| c.gen == op.gen) else {
-                    if let Some(bid) = bid {
+                    if let Some((bid, (_, true))) = taken {
                         self.bufs.recycle(bid);
                     }
                     return Ok(());
@@ -851,21 +891,23 @@ impl UringDriver {
                 }
                 let live = !c.closing && !c.closed_reported;
                 if res > 0 {
-                    if let Some(bid) = bid {
+                    if let Some((bid, (start, finished))) = taken {
                         if live {
                             on(Completion::Recv {
                                 token,
-                                buf: self.bufs.get(bid, res as usize),
+                                buf: self.bufs.get(bid, start, len),
                             });
                         }
-                        self.bufs.recycle(bid);
+                        if finished {
+                            self.bufs.recycle(bid);
+                        }
                     }
                     if !more {
                         self.revisit.push(token);
                     }
                     return Ok(());
                 }
-                if let Some(bid) = bid {
+                if let Some((bid, (_, true))) = taken {
                     self.bufs.recycle(bid);
                 }
                 if res == -libc::ENOBUFS || !live || res == -libc::ECANCELED {
@@ -1417,6 +1459,32 @@ mod tests {
     #[test]
     fn accepted_connection_echoes_with_direct_fds() {
         echo_roundtrip(true);
+    }
+
+    #[test]
+    fn small_receives_share_one_buffer_when_the_ring_is_incremental() {
+        let mut m = Mini::new(config(false));
+        assert!(
+            !m.d.bufs.offsets.is_empty(),
+            "Linux ≥ 6.12 consumes buffers incrementally"
+        );
+        let mut c = TcpStream::connect(m.addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut on =
+            |got: &mut Vec<(usize, Vec<u8>)>, acts: &mut Vec<Action>, c: Completion<'_>| match c {
+                Completion::Accepted { socket, .. } => acts.push(Action::Register(socket)),
+                Completion::Recv { buf, .. } => got.push((buf.as_ptr() as usize, buf.to_vec())),
+                _ => {}
+            };
+        c.write_all(b"first").unwrap();
+        m.pump(&mut got, &mut on, |got, _| got.len() == 1);
+        c.write_all(b"second").unwrap();
+        m.pump(&mut got, &mut on, |got, _| got.len() == 2);
+        assert_eq!(got[0].1, b"first");
+        assert_eq!(got[1].1, b"second");
+        // The second recv continued in the same buffer, right after the first one's bytes.
+        assert_eq!(got[1].0, got[0].0 + 5);
     }
 
     #[test]
