@@ -9,9 +9,11 @@
 //!   *direct* descriptors in the ring's fixed-file table when `direct_fds` is set (those do not
 //!   count against `RLIMIT_NOFILE`; `direct_fds_max`, at most `RLIMIT_NOFILE` since the kernel
 //!   caps each table there, is then the shard's connection cap);
-//! - one multishot recv per connection, drawing from the shard's provided-buffer ring. A buffer
-//!   is lent to the shard for one [`Completion::Recv`] callback and goes back to the ring as soon
-//!   as it returns, so an idle connection owns no receive buffer;
+//! - one multishot recv per connection, drawing from the shard's provided-buffer ring. The
+//!   received bytes are lent to the shard for one [`Completion::Recv`] callback, and the buffer
+//!   goes back to the ring as soon as it returns (on Linux ≥ 6.12 the ring is incremental: small
+//!   receives share a buffer, which goes back after its last slice). An idle connection owns no
+//!   receive buffer;
 //! - at most one `sendmsg` per connection, over the iovecs of its [`SendQueue`]'s chunks (which do
 //!   not move while the queue is in flight); every dirty connection's send is submitted by the
 //!   same `io_uring_enter` that waits for the next completions, so a loop turn costs one syscall;
@@ -21,9 +23,15 @@
 //! released (and its socket closed) only once none of its operations is in flight.
 //!
 //! Memory: per shard, `recv_buffers × recv_buffer_bytes` of receive buffers (shared by all
-//! connections), 16 bytes per buffer-ring entry, 64 bytes per SQ entry and 4 × 16 bytes per
-//! CQ entry; per connection, one [`ConnIo`] slot (24 bytes) and, only while a send is in flight,
-//! a pooled [`SendOp`] (msghdr + up to [`IOV_MAX`] iovecs).
+//! connections, touched as they are used), 16 bytes per buffer-ring entry, 64 bytes per SQ
+//! entry and 4 × 16 bytes per CQ entry; per connection, one [`ConnIo`] slot (24 bytes) and,
+//! only while a send is in flight, a pooled [`SendOp`] (msghdr + up to [`IOV_MAX`] iovecs). In
+//! the kernel an idle connection holds its armed multishot recv (one request, ~256 bytes) where
+//! epoll holds an epitem (~128 bytes).
+//!
+//! Teardown: [`Drop`] cancels every operation and waits (bounded) for their completions before
+//! the buffers, iovecs and — since the driver is dropped before the shard's connections — the
+//! send-queue chunks they point to are freed.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
