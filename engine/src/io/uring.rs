@@ -649,7 +649,12 @@ impl Driver for UringDriver {
             closed_reported: false,
             send: None,
         });
-        self.arm_recv(token)
+        let armed = self.arm_recv(token);
+        if armed.is_err() {
+            // The contract: on error the socket is dropped and the token is free again.
+            self.release(token);
+        }
+        armed
     }
 
     fn poll<F>(&mut self, timeout: Option<Duration>, mut on: F) -> io::Result<()>
@@ -726,7 +731,18 @@ impl Driver for UringDriver {
         // memory does not move or get freed while the queue is in flight (SendQueue contract:
         // no append to an in-flight chunk, and the shard keeps the queue until `Sent` or
         // `Released`).
-        unsafe { self.push(&sqe) }
+        let pushed = unsafe { self.push(&sqe) };
+        if pushed.is_err() {
+            // Never reached the kernel: nothing is in flight.
+            queue.set_in_flight(false);
+            if let Some(c) = self.conn_mut(token) {
+                c.send_in_flight = false;
+                if let Some(op) = c.send.take() {
+                    self.recycle_op(op);
+                }
+            }
+        }
+        pushed
     }
 
     fn shutdown_write(&mut self, token: Token) {
@@ -1165,7 +1181,14 @@ impl UringDriver {
         c.recv_armed = true;
         // SAFETY: the recv writes only into provided buffers of group BGID, which the buffer
         // ring keeps mapped as long as the ring exists (see `Drop`).
-        unsafe { self.push(&sqe.user_data(ud)) }
+        let pushed = unsafe { self.push(&sqe.user_data(ud)) };
+        if pushed.is_err() {
+            // Never reached the kernel; the token must still be releasable.
+            if let Some(c) = self.conn_mut(token) {
+                c.recv_armed = false;
+            }
+        }
+        pushed
     }
 
     /// Queue one submission; when the SQ is full, submit what is queued first.
