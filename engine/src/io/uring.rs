@@ -666,7 +666,7 @@ impl Driver for UringDriver {
         if let Some(at) = self.accept_retry_at {
             let now = Instant::now();
             if at <= now {
-                self.arm_accept()?;
+                self.arm_accept_or_retry();
             } else {
                 timeout = Some(timeout.map_or(at - now, |t| t.min(at - now)));
             }
@@ -864,7 +864,16 @@ impl UringDriver {
                     on(Completion::Released { token });
                 }
             } else if !c.recv_armed && !c.closed_reported {
-                self.arm_recv(token)?;
+                if let Err(error) = self.arm_recv(token) {
+                    // This connection cannot receive any more: the shard closes it.
+                    if let Some(c) = self.conn_mut(token) {
+                        c.closed_reported = true;
+                    }
+                    on(Completion::Closed {
+                        token,
+                        error: Some(error),
+                    });
+                }
             }
         }
         Ok(())
@@ -888,7 +897,7 @@ impl UringDriver {
             OpKind::CloseDirect => {
                 self.direct_open = self.direct_open.saturating_sub(1);
                 if !self.accept_armed && self.accept_retry_at.is_none() {
-                    self.arm_accept()?;
+                    self.arm_accept_or_retry();
                 }
             }
             OpKind::Wake => {
@@ -1025,7 +1034,7 @@ impl UringDriver {
                 }),
             }
             if !more {
-                self.arm_accept()?;
+                self.arm_accept_or_retry();
             } else if self.direct_room() <= DIRECT_FDS_SLACK {
                 // Near the cap: switch to one-shot accepts (see `arm_accept`).
                 self.cancel_accept();
@@ -1142,6 +1151,14 @@ impl UringDriver {
         unsafe { self.push(&sqe) }?;
         self.accept_armed = true;
         Ok(())
+    }
+
+    /// [`UringDriver::arm_accept`] from the loop: a failure is retried after `ACCEPT_RETRY`
+    /// instead of failing the shard.
+    fn arm_accept_or_retry(&mut self) {
+        if self.arm_accept().is_err() {
+            self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+        }
     }
 
     /// With direct descriptors: is the connection cap (`direct_fds_max`) reached?
