@@ -78,9 +78,10 @@ pub(crate) struct UringConfig {
     pub buf_size: u32,
     /// Accept connections as io_uring direct descriptors (the ring's fixed-file table) instead of
     /// plain file descriptors. Direct descriptors do not count against `RLIMIT_NOFILE`; the
-    /// table's size [`UringConfig::direct_fds_max`] becomes the shard's connection cap. The peer
-    /// address of a direct descriptor cannot be asked (`getpeername` needs a real descriptor):
-    /// it is reported as `0.0.0.0:0`.
+    /// table's size [`UringConfig::direct_fds_max`] becomes the shard's connection cap.
+    /// `getpeername` needs a real descriptor, so each accepted one is installed as a plain
+    /// descriptor for one `getpeername` and closed again (Linux ≥ 6.8; where that is missing,
+    /// or no plain descriptor is free, the peer address is reported as `0.0.0.0:0`).
     pub direct_fds: bool,
     /// With `direct_fds`: the most connections one shard holds. The fixed-file table is
     /// registered with 256 more entries, so a burst accepted in the turn that reaches the cap
@@ -182,6 +183,8 @@ enum OpKind {
     Wake = 5,
     /// Close of a direct descriptor: its completion frees a table slot.
     CloseDirect = 6,
+    /// A direct descriptor installed as a plain one just long enough to ask its peer address.
+    PeerOf = 7,
 }
 
 /// `user_data` of a submission: kind (8 bits), slot generation (24 bits), slot index (32 bits).
@@ -217,6 +220,7 @@ impl OpId {
             4 => OpKind::Ignore,
             5 => OpKind::Wake,
             6 => OpKind::CloseDirect,
+            7 => OpKind::PeerOf,
             _ => return None,
         };
         Some(Self {
@@ -546,6 +550,9 @@ pub(crate) struct UringDriver {
     accept_retry_at: Option<Instant>,
     /// Direct descriptors accepted and not yet closed (the connection cap in that mode).
     direct_open: u32,
+    /// The kernel can install a direct descriptor as a plain one (Linux 6.8): used to learn
+    /// the peer address of each accepted direct descriptor.
+    fd_install: bool,
     conns: Vec<Option<ConnIo>>,
     /// Generation given to the next registered connection (24 bits, wrapping).
     next_gen: u32,
@@ -589,6 +596,10 @@ impl Driver for UringDriver {
             cfg.direct_fds_max = cfg.direct_fds_max.min(table);
             ring.submitter().register_files_sparse(table)?;
         }
+        let mut probe = io_uring::Probe::new();
+        let fd_install = cfg.direct_fds
+            && ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::FixedFdInstall::CODE);
         let mut me = Self {
             ring,
             bufs,
@@ -600,6 +611,7 @@ impl Driver for UringDriver {
             accept_armed: false,
             accept_retry_at: None,
             direct_open: 0,
+            fd_install,
             conns: Vec::new(),
             next_gen: 0,
             in_flight: 0,
@@ -900,6 +912,7 @@ impl UringDriver {
                     self.arm_accept_or_retry();
                 }
             }
+            OpKind::PeerOf => self.on_peer_of(op.slot, res, on)?,
             OpKind::Wake => {
                 self.wake_armed = false;
                 self.arm_wake()?;
@@ -1024,14 +1037,17 @@ impl UringDriver {
                         });
                     }
                 }
-                Sock::Fixed(index) => on(Completion::Accepted {
-                    socket: Socket::Direct(DirectFd {
-                        index,
-                        orphans: self.orphans.clone(),
-                        registered: false,
-                    }),
-                    peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-                }),
+                Sock::Fixed(index) if self.fd_install => {
+                    // Reported once the peer address is known (`on_peer_of`).
+                    let sqe = opcode::FixedFdInstall::new(types::Fixed(index), 0)
+                        .build()
+                        .user_data(OpId::new(OpKind::PeerOf, index as usize, 0).encode());
+                    // SAFETY: an fd install points at no user memory.
+                    if unsafe { self.push(&sqe) }.is_err() {
+                        self.deliver_direct(index, None, on);
+                    }
+                }
+                Sock::Fixed(index) => self.deliver_direct(index, None, on),
             }
             if !more {
                 self.arm_accept_or_retry();
@@ -1044,6 +1060,53 @@ impl UringDriver {
             self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
         }
         Ok(())
+    }
+
+    /// The plain descriptor installed for direct descriptor `index` (`res`) is here: ask its
+    /// peer address, close it, report the connection.
+    fn on_peer_of<F: FnMut(Completion<'_>)>(
+        &mut self,
+        index: u32,
+        res: i32,
+        on: &mut F,
+    ) -> io::Result<()> {
+        if self.listener.is_none() {
+            if res >= 0 {
+                // SAFETY: the kernel just installed `res` for us; nothing else owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            return self.close_sock(Sock::Fixed(index));
+        }
+        if res < 0 {
+            // No descriptor to spare (EMFILE): the peer stays unknown.
+            self.deliver_direct(index, None, on);
+            return Ok(());
+        }
+        // SAFETY: the kernel just installed `res` for us; nothing else owns it. Dropping it
+        // closes only this descriptor: the fixed-file table keeps the socket.
+        let installed = TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) });
+        match installed.peer_addr() {
+            Ok(peer) => self.deliver_direct(index, Some(peer), on),
+            // A peer that already reset has no address: drop it, as for plain descriptors.
+            Err(_) => self.close_sock(Sock::Fixed(index))?,
+        }
+        Ok(())
+    }
+
+    fn deliver_direct<F: FnMut(Completion<'_>)>(
+        &mut self,
+        index: u32,
+        peer: Option<SocketAddr>,
+        on: &mut F,
+    ) {
+        on(Completion::Accepted {
+            socket: Socket::Direct(DirectFd {
+                index,
+                orphans: self.orphans.clone(),
+                registered: false,
+            }),
+            peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        });
     }
 
     /// Forget `token` and close its socket (nothing of it may be in flight).
@@ -1536,21 +1599,24 @@ mod tests {
     }
 
     #[test]
-    fn accepted_plain_socket_reports_the_peer_address() {
-        let mut m = Mini::new(config(false));
-        let c = TcpStream::connect(m.addr).unwrap();
-        let mut peer = None;
-        m.pump(
-            &mut peer,
-            |peer, acts, c| {
-                if let Completion::Accepted { socket, peer: p } = c {
-                    *peer = Some(p);
-                    acts.push(Action::Drop(socket));
-                }
-            },
-            |peer, _| peer.is_some(),
-        );
-        assert_eq!(peer, Some(c.local_addr().unwrap()));
+    fn accepted_socket_reports_the_peer_address_plain_or_direct() {
+        for direct in [false, true] {
+            let mut m = Mini::new(config(direct));
+            let c = TcpStream::connect(m.addr).unwrap();
+            let mut peer = None;
+            m.pump(
+                &mut peer,
+                |peer, acts, c| {
+                    if let Completion::Accepted { socket, peer: p } = c {
+                        assert_eq!(matches!(socket, Socket::Direct(_)), direct);
+                        *peer = Some(p);
+                        acts.push(Action::Drop(socket));
+                    }
+                },
+                |peer, _| peer.is_some(),
+            );
+            assert_eq!(peer, Some(c.local_addr().unwrap()), "direct: {direct}");
+        }
     }
 
     #[test]
