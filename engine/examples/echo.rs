@@ -11,8 +11,8 @@ impl Handler for Echo {
 }
 
 fn main() -> std::io::Result<()> {
-    let server = Server::builder().bind("127.0.0.1:9001").start(|_shard| Echo)?;
-    println!("listening on {} backend={:?}", server.local_addr(), server.backend());
+    let server = Server::builder().bind("127.0.0.1:9001").start(|_| Echo)?;
+    println!("listening on {}", server.local_addr());
     loop {
         std::thread::park(); // the shards run until the process ends
     }
