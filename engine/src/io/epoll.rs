@@ -1,0 +1,248 @@
+//! The epoll backend, on mio (edge-triggered readiness turned into completions).
+//!
+//! Receiving: when a socket is readable the driver reads it until `WouldBlock` into one
+//! per-shard scratch buffer and lends each filled slice to the shard. Sending is synchronous
+//! (`writev` straight from the send queue's chunks); `WRITABLE` interest is armed only after a
+//! short write and dropped again once the queue has drained.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll};
+
+use super::{Completion, Driver, DriverConfig, SendQueue, Token, Wake, Waker};
+
+const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
+const WAKER: mio::Token = mio::Token(usize::MAX);
+
+/// Most iovecs passed to one `writev`.
+const IOV_MAX: usize = 64;
+
+/// A registered connection socket.
+struct Socket {
+    stream: mio::net::TcpStream,
+    /// `WRITABLE` interest is registered (a short write left bytes queued).
+    write_armed: bool,
+    /// EOF or an error was reported: read no more.
+    done: bool,
+}
+
+/// The epoll driver of one shard.
+pub(crate) struct EpollDriver {
+    poll: Poll,
+    events: Events,
+    listener: Option<TcpListener>,
+    waker: Arc<mio::Waker>,
+    sockets: Vec<Option<Socket>>,
+    scratch: Box<[u8]>,
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) -> io::Result<()> {
+        mio::Waker::wake(self)
+    }
+}
+
+impl EpollDriver {
+    fn socket(&mut self, token: Token) -> Option<&mut Socket> {
+        self.sockets.get_mut(token.0).and_then(Option::as_mut)
+    }
+
+    fn accept_all<F: FnMut(Completion<'_>)>(&mut self, on: &mut F) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((socket, peer)) => {
+                    if socket.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    // Latency first: small frames go out at once.
+                    let _ = socket.set_nodelay(true);
+                    on(Completion::Accepted { socket, peer });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock, or out of descriptors/memory: try again on the next readiness
+                // event (the pending connection stays in the backlog).
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read_all<F: FnMut(Completion<'_>)>(&mut self, token: Token, drain: bool, on: &mut F) {
+        loop {
+            let Some(sock) = self.sockets.get_mut(token.0).and_then(Option::as_mut) else {
+                return;
+            };
+            if sock.done {
+                return;
+            }
+            match sock.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    sock.done = true;
+                    on(Completion::Closed { token, error: None });
+                    return;
+                }
+                Ok(n) => {
+                    on(Completion::Recv {
+                        token,
+                        buf: &mut self.scratch[..n],
+                    });
+                    if n < self.scratch.len() && !drain {
+                        // A short read drained the socket (edge-triggered: the next arrival
+                        // raises a new event), saving the read that would say WouldBlock.
+                        // Not when the peer also closed: that EOF raises no further event.
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    sock.done = true;
+                    on(Completion::Closed {
+                        token,
+                        error: Some(e),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Driver for EpollDriver {
+    fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        listener.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            LISTENER,
+            Interest::READABLE,
+        )?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(cfg.events_max.max(16)),
+            listener: Some(listener),
+            waker,
+            sockets: Vec::new(),
+            scratch: vec![0u8; cfg.recv_buffer_bytes.max(4096)].into_boxed_slice(),
+        })
+    }
+
+    fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    fn register(&mut self, token: Token, socket: TcpStream) -> io::Result<()> {
+        let mut stream = mio::net::TcpStream::from_std(socket);
+        self.poll
+            .registry()
+            .register(&mut stream, mio::Token(token.0), Interest::READABLE)?;
+        if self.sockets.len() <= token.0 {
+            self.sockets.resize_with(token.0 + 1, || None);
+        }
+        self.sockets[token.0] = Some(Socket {
+            stream,
+            write_armed: false,
+            done: false,
+        });
+        Ok(())
+    }
+
+    fn poll<F>(&mut self, timeout: Option<Duration>, mut on: F) -> io::Result<()>
+    where
+        F: FnMut(Completion<'_>),
+    {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // `events` is borrowed by the loop while the handlers need `&mut self`: take it out.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER => on(Completion::Wake),
+                LISTENER => self.accept_all(&mut on),
+                mio::Token(t) => {
+                    let token = Token(t);
+                    if ev.is_writable() {
+                        if let Some(sock) = self.socket(token) {
+                            if sock.write_armed {
+                                on(Completion::Sent { token, n: 0 });
+                            }
+                        }
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_all(token, ev.is_read_closed() || ev.is_error(), &mut on);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    fn send(&mut self, token: Token, queue: &mut SendQueue) -> io::Result<()> {
+        let registry = self.poll.registry();
+        let Some(sock) = self.sockets.get_mut(token.0).and_then(Option::as_mut) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        while !queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOV_MAX];
+            let n = queue.io_slices(&mut slices);
+            match sock.stream.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => queue.advance(w),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sock.write_armed {
+                        registry.reregister(
+                            &mut sock.stream,
+                            mio::Token(token.0),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )?;
+                        sock.write_armed = true;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if sock.write_armed {
+            registry.reregister(&mut sock.stream, mio::Token(token.0), Interest::READABLE)?;
+            sock.write_armed = false;
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(&mut self, token: Token) {
+        if let Some(sock) = self.socket(token) {
+            let _ = sock.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    fn close(&mut self, token: Token) -> bool {
+        if let Some(slot) = self.sockets.get_mut(token.0) {
+            if let Some(mut sock) = slot.take() {
+                let _ = self.poll.registry().deregister(&mut sock.stream);
+            }
+        }
+        true
+    }
+
+    fn stop_accepting(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&listener.as_raw_fd()));
+        }
+    }
+}

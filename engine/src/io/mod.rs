@@ -1,0 +1,400 @@
+//! The I/O backends behind one narrow, completion-style interface.
+//!
+//! A shard owns exactly one [`Driver`]. The driver owns the shard's listening socket and every
+//! accepted socket; the shard owns everything else (connection state, send queues, timers).
+//! Nothing outside `io/` names epoll or io_uring: the shard is generic over `D: Driver` and the
+//! server picks the concrete type through [`run_with_backend`].
+//!
+//! # The contract, in one place
+//!
+//! * **Tokens.** The shard names each connection by a [`Token`] (its slab key, `< 2^32`).
+//!   The shard never reuses a token until the driver has *released* it (see [`Driver::close`]).
+//! * **Receiving** is completion-style: the driver reads on its own (epoll: into one per-shard
+//!   scratch buffer when the socket is readable; io_uring: multishot recv into a provided-buffer
+//!   ring) and hands each filled buffer to the shard's callback as
+//!   [`Completion::Recv`]. The buffer is lent for the duration of the callback only: the shard
+//!   processes it in place (unmasking mutates it) and copies any unconsumed tail away. When the
+//!   callback returns, the driver reuses the buffer (epoll: next read; io_uring: back to the ring).
+//! * **Sending** goes through a per-connection [`SendQueue`] owned by the shard. The shard
+//!   calls [`Driver::send`] when the queue is non-empty and not [`SendQueue::in_flight`]. A backend
+//!   either writes synchronously and calls [`SendQueue::advance`] itself (epoll), or submits the
+//!   queue's chunks, marks the queue in flight with [`SendQueue::set_in_flight`] and later reports
+//!   [`Completion::Sent`] (io_uring). While a queue is in flight the heap memory of its chunks
+//!   does not move: pushes never reallocate a chunk that is in flight (they start a new one), and
+//!   the shard never drops a queue that is in flight (it waits for the release after `close`).
+//! * **Closing.** The shard calls [`Driver::close`] exactly once per registered token. From then
+//!   on the driver reports nothing but (eventually) the release of that token; the shard keeps
+//!   the connection slot (and its send queue) until it is released.
+//! * **Waking.** [`Driver::waker`] returns a handle other threads use to interrupt
+//!   [`Driver::poll`]; the wake-up is reported as [`Completion::Wake`] (spurious wake-ups are fine).
+//!
+//! # Adding a backend
+//!
+//! Implement [`Driver`] in a module next to `epoll.rs`, return `true` for it from
+//! [`backend_available`], and add an arm to [`run_with_backend`].
+
+pub(crate) mod epoll;
+
+use std::collections::VecDeque;
+use std::io;
+use std::io::IoSlice;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Backend;
+
+/// Names one connection inside one shard: the shard's slab key (always `< 2^32`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub(crate) struct Token(pub(crate) usize);
+
+/// Driver-level settings the shard passes to [`Driver::new`].
+#[derive(Clone, Debug)]
+pub(crate) struct DriverConfig {
+    /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
+    /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
+    pub(crate) recv_buffer_bytes: usize,
+    /// Number of receive buffers (io_uring buffer-ring entries; epoll ignores it).
+    #[allow(dead_code)] // read by completion-based backends
+    pub(crate) recv_buffers: usize,
+    /// Upper bound on completions handled per [`Driver::poll`] call (io_uring CQ size hint,
+    /// epoll events capacity).
+    pub(crate) events_max: usize,
+}
+
+/// What a backend reports to the shard from [`Driver::poll`].
+#[derive(Debug)]
+pub(crate) enum Completion<'a> {
+    /// A connection was accepted on the shard's listener. It is not registered yet: the shard
+    /// calls [`Driver::register`] (after `poll` returns) or drops it.
+    Accepted {
+        /// The accepted socket, non-blocking, `TCP_NODELAY` set.
+        socket: TcpStream,
+        /// The peer address.
+        peer: SocketAddr,
+    },
+    /// Bytes arrived on a connection. `buf` is non-empty and lent only for this callback.
+    Recv {
+        /// The connection.
+        token: Token,
+        /// The received bytes; the shard may modify them in place.
+        buf: &'a mut [u8],
+    },
+    /// A send that the backend started asynchronously finished (io_uring), or (epoll) the socket
+    /// became writable again after a short write, reported with `n = 0`. The shard then calls
+    /// [`SendQueue::complete`] with `n` and, if the queue is still non-empty, `send` again.
+    Sent {
+        /// The connection.
+        token: Token,
+        /// Bytes written from the front of the queue.
+        n: usize,
+    },
+    /// The peer closed its side (EOF) or the socket failed (reset, error on send or receive).
+    /// No more `Recv` follows for this token; the shard must still call [`Driver::close`].
+    Closed {
+        /// The connection.
+        token: Token,
+        /// `None` for an orderly EOF.
+        #[allow(dead_code)] // for diagnostics
+        error: Option<io::Error>,
+    },
+    /// A token given to [`Driver::close`] that the driver could not release at once is now
+    /// released: no operation refers to it or to its send queue any more.
+    #[allow(dead_code)] // produced by completion-based backends
+    Released {
+        /// The connection.
+        token: Token,
+    },
+    /// [`Waker::wake`] was called (the shard should look at its mailbox).
+    Wake,
+}
+
+/// A cross-thread wake-up for one shard's driver (mio `Waker`, eventfd, `msg_ring`...).
+pub(crate) trait Wake: Send + Sync {
+    /// Interrupt the driver's current or next [`Driver::poll`]; it reports [`Completion::Wake`].
+    fn wake(&self) -> io::Result<()>;
+}
+
+/// Shared handle to a shard's wake-up mechanism.
+pub(crate) type Waker = Arc<dyn Wake>;
+
+/// One shard's I/O backend. All methods are called on the shard's own thread only.
+pub(crate) trait Driver: Sized {
+    /// Take ownership of the shard's (already bound and listening, `SO_REUSEPORT`) listener and
+    /// prepare to accept on it. The listener may be blocking; the driver sets what it needs.
+    fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self>;
+
+    /// A handle that other threads use to interrupt [`Driver::poll`].
+    fn waker(&self) -> Waker;
+
+    /// Start receiving on `socket` under `token` (a token not in use). Must not call back.
+    /// On error the socket is dropped and the token is free again.
+    fn register(&mut self, token: Token, socket: TcpStream) -> io::Result<()>;
+
+    /// Wait until at least one completion is ready or `timeout` passes (`None`: no limit,
+    /// `Some(ZERO)`: do not block), then call `on` for every ready completion, in order.
+    /// Received buffers are lent to `on` and reused after it returns.
+    fn poll<F>(&mut self, timeout: Option<Duration>, on: F) -> io::Result<()>
+    where
+        F: FnMut(Completion<'_>);
+
+    /// Write the front of `queue` to `token`'s socket. Called only when the queue is non-empty
+    /// and not in flight. Either write now and [`SendQueue::advance`] over what was written
+    /// (arranging a later `Sent { n: 0 }` if some is left), or submit, call
+    /// [`SendQueue::set_in_flight`]`(true)` and report `Sent { n }` when done. A failure is
+    /// reported either as `Err` here or later as [`Completion::Closed`] with an error.
+    fn send(&mut self, token: Token, queue: &mut SendQueue) -> io::Result<()>;
+
+    /// Half-close: send FIN on `token`'s socket (`shutdown(SHUT_WR)`) and keep receiving until the
+    /// peer closes too ([`Completion::Closed`]). Called only when the queue is empty and not in
+    /// flight; used to let the peer read a final response or close frame before we close (a
+    /// close with unread input would send RST and could destroy what we wrote). Errors are
+    /// ignored: the shard's close timeout bounds the wait anyway.
+    fn shutdown_write(&mut self, token: Token);
+
+    /// Stop everything for `token` and close its socket (pending queue bytes are not written).
+    /// Returns `true` if the token is released now, `false` if operations are still in flight;
+    /// then a [`Completion::Released`] follows and the shard must keep the queue alive until it.
+    fn close(&mut self, token: Token) -> bool;
+
+    /// Stop accepting and close the listener (graceful shutdown). Idempotent.
+    fn stop_accepting(&mut self);
+}
+
+/// Is `backend` usable on this host (kernel support, permissions)? `Auto` is always usable.
+pub(crate) fn backend_available(backend: Backend) -> bool {
+    match backend {
+        Backend::Auto | Backend::Epoll => true,
+        Backend::IoUring => false,
+    }
+}
+
+/// Resolve `Auto` to the best backend available on this host.
+pub(crate) fn resolve(backend: Backend) -> Backend {
+    match backend {
+        Backend::Auto if backend_available(Backend::IoUring) => Backend::IoUring,
+        Backend::Auto => Backend::Epoll,
+        other => other,
+    }
+}
+
+/// Something that runs with a concrete driver type (the shard loop).
+pub(crate) trait WithDriver {
+    /// What the run returns.
+    type Output;
+    /// Run with the driver type `D`.
+    fn run<D: Driver>(self) -> Self::Output;
+}
+
+/// Run `f` with the driver type of `backend` (already resolved: not `Auto`).
+pub(crate) fn run_with_backend<W: WithDriver>(backend: Backend, f: W) -> Option<W::Output> {
+    match backend {
+        Backend::Epoll => Some(f.run::<epoll::EpollDriver>()),
+        Backend::Auto | Backend::IoUring => None,
+    }
+}
+
+/// One chunk of a send queue: bytes owned by this queue, or shared with other queues (a
+/// broadcast frame serialized once).
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    /// Bytes owned by this queue.
+    Owned(Vec<u8>),
+    /// Bytes shared with other queues.
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// Owned chunks are coalesced up to this size before a new one is started, so that many small
+/// frames become one `writev` entry.
+const COALESCE_BYTES: usize = 16 << 10;
+
+/// A connection's outgoing bytes: a FIFO of chunks plus an offset into the first one.
+///
+/// The heap memory of a chunk never moves while the queue is in flight (see the module docs):
+/// [`SendQueue::push`] only appends to the last chunk when the queue is not in flight.
+/// An empty queue holds no heap memory.
+#[derive(Debug, Default)]
+pub(crate) struct SendQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of `chunks[0]` already written.
+    head: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+    in_flight: bool,
+}
+
+impl SendQueue {
+    /// Bytes queued and not yet written.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing left to write?
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Has the backend submitted this queue's chunks and not yet reported completion?
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Backend only: mark the queue as submitted (`true`) or done (`false`).
+    #[allow(dead_code)] // used by completion-based backends
+    pub(crate) fn set_in_flight(&mut self, in_flight: bool) {
+        self.in_flight = in_flight;
+    }
+
+    /// Append bytes produced by `fill` (which appends to the Vec it is given and returns nothing).
+    /// Coalesces into the last owned chunk when allowed.
+    pub(crate) fn push_with(&mut self, extra: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let coalesce = !self.in_flight
+            && matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.len() + extra <= COALESCE_BYTES);
+        let v = if coalesce {
+            match self.chunks.back_mut() {
+                Some(Chunk::Owned(v)) => v,
+                _ => unreachable!("checked above"),
+            }
+        } else {
+            self.chunks
+                .push_back(Chunk::Owned(Vec::with_capacity(extra)));
+            match self.chunks.back_mut() {
+                Some(Chunk::Owned(v)) => v,
+                _ => unreachable!("just pushed"),
+            }
+        };
+        let before = v.len();
+        fill(v);
+        self.len += v.len() - before;
+    }
+
+    /// Append a copy of `bytes`.
+    #[allow(dead_code)]
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.push_with(bytes.len(), |v| v.extend_from_slice(bytes));
+    }
+
+    /// Append a shared chunk (no copy).
+    #[allow(dead_code)]
+    pub(crate) fn push_shared(&mut self, bytes: Arc<[u8]>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        self.chunks.push_back(Chunk::Shared(bytes));
+    }
+
+    /// Fill `out` with slices over the front of the queue, in order; returns how many were
+    /// filled. The first slice starts at the first unwritten byte.
+    pub(crate) fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            if n == out.len() {
+                break;
+            }
+            let b = chunk.bytes();
+            let b = if i == 0 { &b[self.head..] } else { b };
+            if !b.is_empty() {
+                out[n] = IoSlice::new(b);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The chunks, front first, with the number of bytes of the first one already written
+    /// (for backends that build their own iovec arrays).
+    #[allow(dead_code)]
+    pub(crate) fn chunks(&self) -> (impl Iterator<Item = &[u8]>, usize) {
+        (self.chunks.iter().map(Chunk::bytes), self.head)
+    }
+
+    /// Drop `n` written bytes from the front (`n <= len`).
+    pub(crate) fn advance(&mut self, mut n: usize) {
+        debug_assert!(n <= self.len);
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head;
+            if n >= left {
+                n -= left;
+                self.head = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head += n;
+                n = 0;
+            }
+        }
+        if self.len == 0 {
+            self.chunks = VecDeque::new();
+            self.head = 0;
+        }
+    }
+
+    /// Shard only: a [`Completion::Sent`] arrived: the queue is no longer in flight and `n`
+    /// bytes were written.
+    pub(crate) fn complete(&mut self, n: usize) {
+        self.in_flight = false;
+        self.advance(n);
+    }
+
+    /// Drop everything queued (the connection is going away). Must not be in flight.
+    pub(crate) fn clear(&mut self) {
+        debug_assert!(!self.in_flight);
+        self.chunks = VecDeque::new();
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(q: &SendQueue) -> Vec<u8> {
+        let mut s = [IoSlice::new(&[]); 64];
+        let n = q.io_slices(&mut s);
+        s[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn send_queue_advance_across_chunks_keeps_order() {
+        let mut q = SendQueue::default();
+        q.push(b"hello ");
+        q.push_shared(Arc::from(&b"shared "[..]));
+        q.push(b"world");
+        assert_eq!(q.len(), 18);
+        assert_eq!(collect(&q), b"hello shared world");
+        q.advance(8);
+        assert_eq!(collect(&q), b"ared world");
+        q.advance(10);
+        assert!(q.is_empty());
+        assert_eq!(collect(&q), b"");
+    }
+
+    #[test]
+    fn send_queue_in_flight_never_appends_to_submitted_chunk() {
+        let mut q = SendQueue::default();
+        q.push(b"abc");
+        let p = q.chunks().0.next().map(<[u8]>::as_ptr);
+        q.set_in_flight(true);
+        q.push(b"def");
+        let first = q.chunks().0.next().map(<[u8]>::as_ptr);
+        assert_eq!(first, p);
+        assert_eq!(q.chunks().0.nth(1), Some(&b"def"[..]));
+        q.complete(3);
+        assert_eq!(collect(&q), b"def");
+    }
+}

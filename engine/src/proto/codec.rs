@@ -1,0 +1,381 @@
+//! Message assembly: frames in, whole messages and control frames out (RFC 6455 §5.4, §5.5).
+
+use core::ops::ControlFlow;
+
+use super::close::{parse_close_payload, CloseFrame};
+use super::error::ProtocolError;
+use super::frame::{FrameHeader, OpCode};
+use percore_simd::{validate_utf8, Utf8Validator};
+
+/// Which end of the connection this is: decides which frames must be masked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Accepts connections: received frames must be masked, sent frames are not.
+    Server,
+    /// Opens connections: received frames must not be masked, sent frames are.
+    Client,
+}
+
+/// Receive-side limits. Defaults: max_frame_bytes = 16 MiB, max_message_bytes = 16 MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted frame payload; a larger declared length is 1009 before any payload byte
+    /// is read. Costs nothing by itself: a frame split across reads is buffered up to this size.
+    pub max_frame_bytes: usize,
+    /// Largest accepted message (sum of its fragments); beyond it 1009. This is the most memory
+    /// one connection's partial message can hold: with 100k connections, size it so that the
+    /// connections expected to be mid-message at once fit in RAM.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What [`Decoder::decode`] hands out. Payloads borrow the caller's buffer (single complete
+/// frames) or the decoder's message buffer (fragmented or split messages).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete, UTF-8-validated text message.
+    Text(&'a str),
+    /// A complete binary message.
+    Binary(&'a [u8]),
+    /// A ping; the driver answers with a pong carrying the same payload.
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// A valid close frame. Decoding stops after it.
+    Close(CloseFrame<'a>),
+}
+
+/// Kind of the data message being assembled.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum MsgKind {
+    None,
+    Text,
+    Binary,
+}
+
+/// Decoder life cycle.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Active,
+    Closed,
+    Failed,
+}
+
+/// Incremental, in-place frame decoder and message assembler for one connection.
+///
+/// Idle, it is a few words and owns no heap memory (see [`Decoder::shrink`]); the state of a
+/// fragmented or split message lives in a box allocated the first time one arrives.
+#[derive(Debug)]
+pub struct Decoder {
+    /// State of the message being assembled; `None` until one is fragmented or split.
+    partial: Option<Box<Partial>>,
+    max_frame_bytes: u64,
+    max_message_bytes: u64,
+    phase: Phase,
+    role: Role,
+}
+
+/// A data message that did not arrive as one whole frame in one buffer.
+#[derive(Debug)]
+struct Partial {
+    /// Fragments so far, or the received part of a split frame.
+    msg: Vec<u8>,
+    /// Payload bytes of the current data frame not yet received.
+    frame_remaining: u64,
+    utf8: Utf8Validator,
+    /// Masking key of the current data frame.
+    frame_mask: Option<[u8; 4]>,
+    /// Key index of the next payload byte of the current data frame (0..=3).
+    frame_key_offset: u8,
+    /// A data frame's header was consumed and its payload is still streaming in.
+    in_frame: bool,
+    /// The current data frame is the last of its message.
+    frame_fin: bool,
+    /// `MsgKind::None` when no message is in progress (the box is kept for reuse).
+    kind: MsgKind,
+}
+
+impl Partial {
+    fn new() -> Self {
+        Self {
+            msg: Vec::new(),
+            frame_remaining: 0,
+            utf8: Utf8Validator::new(),
+            frame_mask: None,
+            frame_key_offset: 0,
+            in_frame: false,
+            frame_fin: false,
+            kind: MsgKind::None,
+        }
+    }
+
+    /// Unmask, check and append the next bytes of the current frame; returns how many of
+    /// `buf` belong to it.
+    fn stream(&mut self, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+        let take = usize::try_from(self.frame_remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let chunk = &mut buf[..take];
+        if let Some(key) = self.frame_mask {
+            percore_simd::unmask(chunk, key, usize::from(self.frame_key_offset));
+            self.frame_key_offset = ((usize::from(self.frame_key_offset) + take) & 3) as u8;
+        }
+        if self.kind == MsgKind::Text {
+            self.utf8
+                .feed(chunk)
+                .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
+        }
+        self.msg.extend_from_slice(chunk);
+        self.frame_remaining -= take as u64;
+        if self.frame_remaining == 0 {
+            self.in_frame = false;
+        }
+        Ok(take)
+    }
+
+    /// The last fragment arrived: hand out the assembled message and reset for the next one.
+    fn deliver<F>(&mut self, on_event: &mut F) -> Result<ControlFlow<()>, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        let kind = core::mem::replace(&mut self.kind, MsgKind::None);
+        let flow = if kind == MsgKind::Text {
+            self.utf8
+                .finish()
+                .map_err(|_| ProtocolError::invalid_utf8("text ends inside a UTF-8 sequence"))?;
+            let text = validate_utf8(&self.msg)
+                .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
+            on_event(Event::Text(text))
+        } else {
+            on_event(Event::Binary(&self.msg))
+        };
+        self.msg.clear();
+        Ok(flow)
+    }
+}
+
+impl Decoder {
+    /// No heap allocation until a fragmented or split message needs one.
+    pub fn new(role: Role, limits: Limits) -> Self {
+        Self {
+            partial: None,
+            max_frame_bytes: limits.max_frame_bytes as u64,
+            max_message_bytes: limits.max_message_bytes as u64,
+            phase: Phase::Active,
+            role,
+        }
+    }
+
+    /// Decode `buf` in place (unmasking it). Calls `on_event` for each complete message and each
+    /// control frame; the callback returns `ControlFlow::Break(())` to stop early.
+    ///
+    /// Returns the number of bytes consumed. The unconsumed tail is only ever a partial frame
+    /// header or a partial control frame (at most `MAX_HEADER_LEN + 125` bytes), or frames after
+    /// an early `Break`; the caller presents it again, followed by new bytes, on the next call.
+    /// A data frame whose payload ends beyond `buf` is consumed: its bytes are unmasked and
+    /// appended to an internal message buffer, and text is UTF-8-checked as it streams in (fail
+    /// fast, 1007 as soon as bytes can no longer be valid).
+    ///
+    /// Zero copy: a single-frame message lying entirely in `buf` is handed out borrowed from
+    /// `buf`. Server role: unmasked client frame -> 1002. Client role: masked server frame ->
+    /// 1002. Continuation without a started message, or a new data frame inside a fragmented
+    /// message -> 1002. Frame > max_frame_bytes or message > max_message_bytes -> 1009.
+    ///
+    /// After a Close event, decode stops (returns); later calls consume nothing and return
+    /// `Ok(0)`. After an error the connection must be failed; later calls return an error.
+    pub fn decode<F>(&mut self, buf: &mut [u8], mut on_event: F) -> Result<usize, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        match self.phase {
+            Phase::Active => {}
+            Phase::Closed => return Ok(0),
+            Phase::Failed => {
+                return Err(ProtocolError::protocol(
+                    "decoder used after a protocol error",
+                ))
+            }
+        }
+        let r = self.decode_frames(buf, &mut on_event);
+        if r.is_err() {
+            self.phase = Phase::Failed;
+            self.partial = None;
+        }
+        r
+    }
+
+    /// Bytes currently held for a partial message (for memory accounting).
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.msg.len())
+    }
+
+    /// Heap bytes held: the message buffer's capacity plus its bookkeeping box (for memory
+    /// accounting). Zero for a decoder that never saw a split message, or after [`shrink`].
+    ///
+    /// [`shrink`]: Decoder::shrink
+    pub fn heap_bytes(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |p| core::mem::size_of::<Partial>() + p.msg.capacity())
+    }
+
+    /// Release the internal message buffer if no message is in progress (idle connections hold
+    /// none).
+    pub fn shrink(&mut self) {
+        if !self.in_message() {
+            self.partial = None;
+        }
+    }
+
+    /// Is a data message partly received (fragments or part of a frame held)?
+    pub fn in_message(&self) -> bool {
+        self.partial
+            .as_ref()
+            .is_some_and(|p| p.kind != MsgKind::None)
+    }
+
+    /// Did decoding stop at a close frame?
+    pub fn received_close(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The role this decoder was built for.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    fn decode_frames<F>(&mut self, buf: &mut [u8], on_event: &mut F) -> Result<usize, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        let mut pos = 0usize;
+        loop {
+            if let Some(p) = self.partial.as_deref_mut().filter(|p| p.in_frame) {
+                pos += p.stream(&mut buf[pos..])?;
+                if p.in_frame {
+                    return Ok(pos); // `buf` is used up
+                }
+                if p.frame_fin && p.deliver(on_event)?.is_break() {
+                    return Ok(pos);
+                }
+                continue;
+            }
+
+            let Some((h, n)) = FrameHeader::parse(&buf[pos..])? else {
+                return Ok(pos);
+            };
+            match (self.role, h.mask.is_some()) {
+                (Role::Server, false) => {
+                    return Err(ProtocolError::protocol("unmasked frame from a client"))
+                }
+                (Role::Client, true) => {
+                    return Err(ProtocolError::protocol("masked frame from a server"))
+                }
+                _ => {}
+            }
+            // `body` <= buf.len(), and payloads are checked against what is left of `buf`
+            // before they are added to it, so these sums cannot overflow.
+            let body = pos + n;
+
+            if h.opcode.is_control() {
+                // `parse` guarantees payload_len <= 125.
+                let end = body + h.payload_len as usize;
+                if end > buf.len() {
+                    return Ok(pos);
+                }
+                let payload = &mut buf[body..end];
+                if let Some(key) = h.mask {
+                    percore_simd::unmask(payload, key, 0);
+                }
+                pos = end;
+                let payload = &*payload;
+                let flow = match h.opcode {
+                    OpCode::Ping => on_event(Event::Ping(payload)),
+                    OpCode::Pong => on_event(Event::Pong(payload)),
+                    _ => {
+                        let frame = parse_close_payload(payload)?;
+                        self.phase = Phase::Closed;
+                        self.partial = None;
+                        let _ = on_event(Event::Close(frame));
+                        return Ok(pos);
+                    }
+                };
+                if flow.is_break() {
+                    return Ok(pos);
+                }
+                continue;
+            }
+
+            if h.payload_len > self.max_frame_bytes {
+                return Err(ProtocolError::too_big("frame larger than max_frame_bytes"));
+            }
+            let (current, held) = match self.partial.as_deref() {
+                Some(p) => (p.kind, p.msg.len() as u64),
+                None => (MsgKind::None, 0),
+            };
+            let kind = match (h.opcode, current) {
+                (OpCode::Continuation, MsgKind::None) => {
+                    return Err(ProtocolError::protocol(
+                        "continuation frame without a message in progress",
+                    ))
+                }
+                (OpCode::Continuation, k) => k,
+                (_, MsgKind::Text | MsgKind::Binary) => {
+                    return Err(ProtocolError::protocol(
+                        "new data frame inside a fragmented message",
+                    ))
+                }
+                (OpCode::Text, MsgKind::None) => MsgKind::Text,
+                (_, MsgKind::None) => MsgKind::Binary,
+            };
+            if held + h.payload_len > self.max_message_bytes {
+                return Err(ProtocolError::too_big(
+                    "message larger than max_message_bytes",
+                ));
+            }
+
+            if h.fin && current == MsgKind::None && h.payload_len <= (buf.len() - body) as u64 {
+                // Zero copy: the whole message is this frame, and it is all in `buf`.
+                let end = body + h.payload_len as usize;
+                let payload = &mut buf[body..end];
+                if let Some(key) = h.mask {
+                    percore_simd::unmask(payload, key, 0);
+                }
+                pos = end;
+                let payload = &*payload;
+                let flow = if kind == MsgKind::Text {
+                    let text = validate_utf8(payload)
+                        .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
+                    on_event(Event::Text(text))
+                } else {
+                    on_event(Event::Binary(payload))
+                };
+                if flow.is_break() {
+                    return Ok(pos);
+                }
+                continue;
+            }
+
+            // Fragmented or split: stream the payload into the message buffer.
+            let p = self.partial.get_or_insert_with(|| Box::new(Partial::new()));
+            if p.kind == MsgKind::None {
+                p.kind = kind;
+                p.utf8.reset();
+            }
+            p.in_frame = true;
+            p.frame_fin = h.fin;
+            p.frame_remaining = h.payload_len;
+            p.frame_mask = h.mask;
+            p.frame_key_offset = 0;
+            pos = body;
+        }
+    }
+}

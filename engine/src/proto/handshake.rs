@@ -1,0 +1,503 @@
+//! The opening handshake (RFC 6455 §4): server-side request validation and response, and the
+//! client side's request and response check.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// The GUID appended to the client key before hashing (§1.3).
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Most header lines a request or response may carry; more is 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// Default for the handshake header-block limit (`max_header_bytes`): 8 KiB, the size most
+/// servers allow. The driver holds at most this much per connection during the handshake.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
+
+/// A parsed, validated upgrade request (owned: the handshake happens once per connection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    host: usize,
+    key: usize,
+}
+
+impl Request {
+    /// The request method (always `GET` once validated).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The request path, without the query (`/chat` for `GET /chat?room=1`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The query string after `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The first header named `name` (case-insensitive), value trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// All headers in order, values trimmed.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The `Host` header.
+    pub fn host(&self) -> &str {
+        &self.headers[self.host].1
+    }
+
+    /// The `Origin` header, if the client sent one (browsers do).
+    pub fn origin(&self) -> Option<&str> {
+        self.header("Origin")
+    }
+
+    /// The `Sec-WebSocket-Key` (validated: base64 of 16 bytes).
+    pub fn key(&self) -> &str {
+        &self.headers[self.key].1
+    }
+
+    /// The offered `Sec-WebSocket-Protocol` tokens, in order, across repeated headers.
+    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+        tokens(&self.headers, "Sec-WebSocket-Protocol")
+    }
+}
+
+/// Error with the HTTP status to answer: 400 (malformed / missing key / bad Host), 405 (method
+/// not GET), 426 (wrong or missing Sec-WebSocket-Version; response carries
+/// `Sec-WebSocket-Version: 13`), 431 (header block larger than the limit).
+///
+/// Client side ([`parse_response`]): `status` is the server's status when it was not 101, 431
+/// when the response header block is over the limit, and 502 when the response is malformed or
+/// fails validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeError {
+    /// HTTP status code.
+    pub status: u16,
+    /// Short explanation, used as the response body.
+    pub reason: &'static str,
+}
+
+impl HandshakeError {
+    const fn new(status: u16, reason: &'static str) -> Self {
+        Self { status, reason }
+    }
+
+    /// The full HTTP/1.1 response to send before closing: `Connection: close`, a text body
+    /// with the reason, and `Sec-WebSocket-Version: 13` for 426.
+    pub fn response(&self) -> Vec<u8> {
+        let extra: &[(&str, &str)] = if self.status == 426 {
+            &[("Sec-WebSocket-Version", "13")]
+        } else {
+            &[]
+        };
+        reject_response(self.status, extra, self.reason)
+    }
+}
+
+impl core::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "websocket handshake failed ({}): {}",
+            self.status, self.reason
+        )
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// Parse and validate an upgrade request.
+///
+/// Ok(None): incomplete, need more bytes (and fewer than max_header_bytes so far).
+/// Ok(Some((req, n))): request occupies buf[..n]; bytes after n are pipelined WebSocket frames.
+pub fn parse_request(
+    buf: &[u8],
+    max_header_bytes: usize,
+) -> Result<Option<(Request, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_header_bytes {
+                Err(too_large())
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HandshakeError::new(431, "too many header fields"))
+        }
+        Err(_) => return Err(HandshakeError::new(400, "malformed HTTP request")),
+    };
+    if n > max_header_bytes {
+        return Err(too_large());
+    }
+    let method = req.method.unwrap_or_default();
+    if method != "GET" {
+        return Err(HandshakeError::new(405, "method must be GET"));
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::new(400, "HTTP/1.1 required"));
+    }
+    let target = req.path.unwrap_or_default();
+    let (path, query) =
+        split_target(target).ok_or(HandshakeError::new(400, "malformed request target"))?;
+    let headers = owned_headers(req.headers);
+
+    let host = single_header(&headers, "Host")
+        .map_err(|_| HandshakeError::new(400, "exactly one Host header required"))?;
+    if headers[host].1.is_empty() {
+        return Err(HandshakeError::new(400, "empty Host header"));
+    }
+    if !has_token(&headers, "Upgrade", "websocket") {
+        return Err(HandshakeError::new(400, "Upgrade: websocket required"));
+    }
+    if !has_token(&headers, "Connection", "Upgrade") {
+        return Err(HandshakeError::new(400, "Connection: Upgrade required"));
+    }
+    match single_header(&headers, "Sec-WebSocket-Version") {
+        Ok(i) if headers[i].1 == "13" => {}
+        _ => {
+            return Err(HandshakeError::new(
+                426,
+                "Sec-WebSocket-Version 13 required",
+            ))
+        }
+    }
+    let key = single_header(&headers, "Sec-WebSocket-Key")
+        .map_err(|_| HandshakeError::new(400, "exactly one Sec-WebSocket-Key required"))?;
+    if !matches!(BASE64.decode(&headers[key].1), Ok(k) if k.len() == 16) {
+        return Err(HandshakeError::new(
+            400,
+            "Sec-WebSocket-Key is not 16 base64 bytes",
+        ));
+    }
+    Ok(Some((
+        Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+            headers,
+            host,
+            key,
+        },
+        n,
+    )))
+}
+
+/// `Sec-WebSocket-Accept` for a client key: base64(sha1(key + GUID)) (§4.2.2).
+pub fn accept_key(client_key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(client_key.as_bytes());
+    sha.update(ACCEPT_GUID);
+    BASE64.encode(sha.finalize())
+}
+
+/// "HTTP/1.1 101 Switching Protocols" with Upgrade, Connection, Sec-WebSocket-Accept,
+/// Sec-WebSocket-Protocol if chosen, and extra headers. Header names or values containing CR or
+/// LF are left out (they would split the response).
+pub fn accept_response(
+    req: &Request,
+    protocol: Option<&str>,
+    extra_headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n");
+    out.extend_from_slice(b"Connection: Upgrade\r\n");
+    push_header(&mut out, "Sec-WebSocket-Accept", &accept_key(req.key()));
+    if let Some(p) = protocol {
+        push_header(&mut out, "Sec-WebSocket-Protocol", p);
+    }
+    for (n, v) in extra_headers {
+        push_header(&mut out, n, v);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Any non-101 response (e.g. 403 from the embedder, 503 when full), `Connection: close`, text
+/// body. Header names or values containing CR or LF are left out.
+pub fn reject_response(status: u16, extra_headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status, reason_phrase(status)).as_bytes());
+    out.extend_from_slice(b"Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    push_header(&mut out, "Content-Length", &(body.len() + 1).to_string());
+    for (n, v) in extra_headers {
+        push_header(&mut out, n, v);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+// ---------------------------------------------------------------- client side
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+pub fn generate_key() -> String {
+    let mut k = [0u8; 16];
+    fill_random(&mut k);
+    BASE64.encode(k)
+}
+
+/// A fresh masking key for one client frame (§5.3: unpredictable, from a strong source).
+pub fn generate_mask() -> [u8; 4] {
+    let mut k = [0u8; 4];
+    fill_random(&mut k);
+    k
+}
+
+/// The client's upgrade request: `GET path HTTP/1.1` with Host, Upgrade, Connection,
+/// Sec-WebSocket-Key, Sec-WebSocket-Version 13, Sec-WebSocket-Protocol when `protocols` is not
+/// empty, and extra headers. Header names or values containing CR or LF are left out.
+pub fn client_request(
+    host: &str,
+    path: &str,
+    key: &str,
+    protocols: &[&str],
+    extra_headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200);
+    let path = if path.is_empty() || path.contains(['\r', '\n', ' ']) {
+        "/"
+    } else {
+        path
+    };
+    out.extend_from_slice(format!("GET {path} HTTP/1.1\r\n").as_bytes());
+    push_header(&mut out, "Host", host);
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+    push_header(&mut out, "Sec-WebSocket-Key", key);
+    out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
+    if !protocols.is_empty() {
+        push_header(&mut out, "Sec-WebSocket-Protocol", &protocols.join(", "));
+    }
+    for (n, v) in extra_headers {
+        push_header(&mut out, n, v);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A validated `101 Switching Protocols` response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The status code (always 101 once validated).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The first header named `name` (case-insensitive), value trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// All headers in order, values trimmed.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The subprotocol the server chose, if any. The caller checks it is one it offered.
+    pub fn protocol(&self) -> Option<&str> {
+        self.header("Sec-WebSocket-Protocol")
+    }
+}
+
+/// Validates 101, Upgrade/Connection tokens, Sec-WebSocket-Accept against `key`; rejects any
+/// extension (none is ever offered) and more than one subprotocol.
+///
+/// Ok(None): incomplete. Ok(Some((resp, n))): the response occupies buf[..n]; bytes after n are
+/// WebSocket frames the server sent right away.
+pub fn parse_response(
+    buf: &[u8],
+    key: &str,
+    max_header_bytes: usize,
+) -> Result<Option<(Response, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_header_bytes {
+                Err(too_large())
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HandshakeError::new(431, "too many header fields"))
+        }
+        Err(_) => return Err(bad_response("malformed HTTP response")),
+    };
+    if n > max_header_bytes {
+        return Err(too_large());
+    }
+    let status = resp.code.unwrap_or_default();
+    if status != 101 {
+        return Err(HandshakeError::new(
+            status,
+            "server did not switch protocols",
+        ));
+    }
+    if resp.version != Some(1) {
+        return Err(bad_response("HTTP/1.1 required"));
+    }
+    let headers = owned_headers(resp.headers);
+    if !has_token(&headers, "Upgrade", "websocket") {
+        return Err(bad_response("Upgrade: websocket missing"));
+    }
+    if !has_token(&headers, "Connection", "Upgrade") {
+        return Err(bad_response("Connection: Upgrade missing"));
+    }
+    match single_header(&headers, "Sec-WebSocket-Accept") {
+        Ok(i) if headers[i].1 == accept_key(key) => {}
+        _ => return Err(bad_response("Sec-WebSocket-Accept does not match the key")),
+    }
+    if find_header(&headers, "Sec-WebSocket-Extensions").is_some() {
+        return Err(bad_response(
+            "server chose an extension that was not offered",
+        ));
+    }
+    if tokens(&headers, "Sec-WebSocket-Protocol").count() > 1 {
+        return Err(bad_response("server chose more than one subprotocol"));
+    }
+    Ok(Some((Response { status, headers }, n)))
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn too_large() -> HandshakeError {
+    HandshakeError::new(431, "header block too large")
+}
+
+fn bad_response(reason: &'static str) -> HandshakeError {
+    HandshakeError::new(502, reason)
+}
+
+/// Header values are copied lossily: a non-UTF-8 byte in some unrelated header (obs-text) must
+/// not fail the handshake.
+fn owned_headers(raw: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    raw.iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).trim().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Index of the only header named `name`; `Err` if it is missing or repeated.
+fn single_header(headers: &[(String, String)], name: &str) -> Result<usize, ()> {
+    let mut found = None;
+    for (i, (n, _)) in headers.iter().enumerate() {
+        if n.eq_ignore_ascii_case(name) {
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(i);
+        }
+    }
+    found.ok_or(())
+}
+
+/// Comma-separated tokens across every header named `name`, trimmed, empty ones skipped.
+fn tokens<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Split a request target into path and query. Origin form (`/p?q`) and absolute form
+/// (`ws://host/p?q`) are accepted.
+fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let rest = if target.starts_with('/') {
+        target
+    } else {
+        let (_, after_scheme) = target.split_once("://")?;
+        match after_scheme.find(['/', '?']) {
+            Some(i) => &after_scheme[i..],
+            None => "/",
+        }
+    };
+    Some(match rest.split_once('?') {
+        Some(("", q)) => ("/", Some(q)),
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    })
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    if name.is_empty() || name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
+        return;
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// OS randomness; if the OS source fails (it does not on Linux ≥ 3.17), std's per-process
+/// random hash keys, which are also seeded from the OS, fill the buffer instead.
+fn fill_random(out: &mut [u8]) {
+    if getrandom::getrandom(out).is_ok() {
+        return;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    for chunk in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(chunk.as_ptr() as usize);
+        let v = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}

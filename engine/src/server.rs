@@ -1,0 +1,457 @@
+//! The builder, shard spawning and the handle to a running server.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::io::{self as backend_io, Waker};
+use crate::shard::{self, Mail};
+use crate::{Backend, Handler, Shards, SlowConsumer};
+
+/// Entry point: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults (sized for 100k+ connections per server).
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+/// Everything a shard needs to know; built by [`ServerBuilder`].
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) shards: Shards,
+    pub(crate) pin: bool,
+    pub(crate) backend: Backend,
+    pub(crate) backlog: u32,
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_header_bytes_max: usize,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) send_queue_bytes_max: usize,
+    pub(crate) send_queue_low_water_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) recv_buffer_bytes: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shards: Shards::PerCore,
+            pin: true,
+            backend: Backend::Auto,
+            backlog: 4096,
+            max_connections: 200_000,
+            handshake_header_bytes_max: 8 << 10,
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+            send_queue_bytes_max: 4 << 20,
+            send_queue_low_water_bytes: 64 << 10,
+            slow_consumer: SlowConsumer::Close1008,
+            recv_buffer_bytes: 64 << 10,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            pong_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Configures and starts a server. Every setter documents what the limit costs.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    addr: io::Result<SocketAddr>,
+    config: Config,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self {
+            addr: Ok(SocketAddr::from(([0, 0, 0, 0], 9001))),
+            config: Config::default(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Address to listen on (default `0.0.0.0:9001`). Port 0 picks a free port, shared by all
+    /// shards (each shard has its own `SO_REUSEPORT` listener on it).
+    pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
+        self.addr = addr.to_socket_addrs().and_then(|mut a| {
+            a.next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
+        });
+        self
+    }
+
+    /// Number of shards (threads), default one per core.
+    pub fn shards(mut self, shards: Shards) -> Self {
+        self.config.shards = shards;
+        self
+    }
+
+    /// Pin shard `i` to core `i` (default `true`). Turn off on shared or oversubscribed hosts.
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.config.pin = pin;
+        self
+    }
+
+    /// I/O backend (default [`Backend::Auto`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.config.backend = backend;
+        self
+    }
+
+    /// Listen backlog per shard (default 4096; the kernel caps it at `net.core.somaxconn`).
+    /// Each pending connection costs kernel memory until accepted.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.config.backlog = backlog;
+        self
+    }
+
+    /// Most connections open at once across all shards (default 200 000); further upgrade
+    /// requests are answered with HTTP 503. Each open connection costs its slab entry (a few
+    /// hundred bytes) plus kernel socket buffers.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Largest accepted HTTP upgrade request header block (default 8 KiB); larger gets HTTP
+    /// 431. A connection in its handshake holds up to this much.
+    pub fn handshake_header_bytes_max(mut self, n: usize) -> Self {
+        self.config.handshake_header_bytes_max = n;
+        self
+    }
+
+    /// Largest accepted frame payload (default 16 MiB); larger closes with 1009.
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.config.max_frame_bytes = n;
+        self
+    }
+
+    /// Largest accepted message, all fragments together (default 16 MiB); larger closes with
+    /// 1009. A message split over several reads is assembled in a buffer of up to this size.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.config.max_message_bytes = n;
+        self
+    }
+
+    /// Most bytes queued for one connection and not yet written (default 4 MiB). A send that
+    /// would pass it triggers the [`SlowConsumer`] policy. Worst-case memory is this times the
+    /// number of slow readers.
+    pub fn send_queue_bytes_max(mut self, n: usize) -> Self {
+        self.config.send_queue_bytes_max = n;
+        self
+    }
+
+    /// After a flush left at least this many bytes queued, [`Handler::on_drain`] is called once
+    /// the queue falls below it again (default 64 KiB).
+    pub fn send_queue_low_water_bytes(mut self, n: usize) -> Self {
+        self.config.send_queue_low_water_bytes = n;
+        self
+    }
+
+    /// What to do with a connection past `send_queue_bytes_max` (default close with 1008).
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// Size of each shard's receive buffer (default 64 KiB, one per shard on epoll). Bigger
+    /// means fewer reads per large message, at this cost per shard.
+    pub fn recv_buffer_bytes(mut self, n: usize) -> Self {
+        self.config.recv_buffer_bytes = n.max(4096);
+        self
+    }
+
+    /// Time allowed from accept to a complete upgrade request (default 10 s); slower clients
+    /// (slowloris) are dropped.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.handshake_timeout = d;
+        self
+    }
+
+    /// After this long without receiving anything a ping is sent (default 60 s;
+    /// `Duration::ZERO` turns idle pings off). Costs nothing per message: the timer re-checks
+    /// the last activity when it fires.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// No answer this long after an idle ping: the connection is dropped and `on_close` gets
+    /// 1006 (default 20 s).
+    pub fn pong_timeout(mut self, d: Duration) -> Self {
+        self.config.pong_timeout = d;
+        self
+    }
+
+    /// Time allowed for a close handshake (or for the peer to hang up after we failed the
+    /// connection) before the socket is dropped (default 5 s).
+    pub fn close_timeout(mut self, d: Duration) -> Self {
+        self.config.close_timeout = d;
+        self
+    }
+
+    /// Bind, spawn the shards and start serving. `factory(shard_index)` is called on each
+    /// shard's own thread to create that shard's handler. Fails if the address cannot be bound,
+    /// the backend is not available or a shard cannot start.
+    pub fn start<H, F>(self, factory: F) -> io::Result<ServerHandle>
+    where
+        H: Handler,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        let addr = self.addr?;
+        let config = self.config;
+        if !backend_io::backend_available(config.backend) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("backend {} is not available on this host", config.backend),
+            ));
+        }
+        let backend = backend_io::resolve(config.backend);
+        let n = match config.shards {
+            Shards::Count(n) => n.max(1),
+            Shards::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let mut listeners = Vec::with_capacity(n);
+        let first = reuseport_listener(addr, config.backlog)?;
+        let local_addr = first.local_addr()?;
+        listeners.push(first);
+        for _ in 1..n {
+            listeners.push(reuseport_listener(local_addr, config.backlog)?);
+        }
+
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let config = Arc::new(config);
+        let factory = Arc::new(factory);
+        let open = Arc::new(AtomicUsize::new(0));
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<Waker>>(n);
+        let mut shards = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (mail_tx, mail_rx) = crossbeam_channel::unbounded();
+            let stats = Arc::new(ShardStats::default());
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let run = shard::Run {
+                index,
+                listener,
+                config: config.clone(),
+                factory: factory.clone(),
+                stats: stats.clone(),
+                open: open.clone(),
+                mail: mail_rx,
+                ready: ready_tx.clone(),
+                core,
+                handler: std::marker::PhantomData,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("percore-shard-{index}"))
+                .spawn(move || {
+                    backend_io::run_with_backend(backend, run);
+                })?;
+            threads.push(thread);
+            shards.push((mail_tx, stats));
+        }
+        drop(ready_tx);
+        let mut wakers = Vec::with_capacity(n);
+        let mut failure = None;
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(w)) => wakers.push(w),
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => {
+                    failure
+                        .get_or_insert_with(|| io::Error::other("a shard exited while starting"));
+                    break;
+                }
+            }
+        }
+        let handle = ServerHandle {
+            local_addr,
+            backend,
+            mail: shards.iter().map(|(m, _)| m.clone()).collect(),
+            wakers,
+            stats: shards.into_iter().map(|(_, s)| s).collect(),
+            open,
+            threads: Mutex::new(threads),
+        };
+        match failure {
+            Some(e) => {
+                handle.shutdown(Duration::ZERO);
+                Err(e)
+            }
+            None => Ok(handle),
+        }
+    }
+}
+
+/// One `SO_REUSEPORT` listener on `addr`.
+fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    backend: Backend,
+    mail: Vec<crossbeam_channel::Sender<Mail>>,
+    wakers: Vec<Waker>,
+    stats: Vec<Arc<ShardStats>>,
+    open: Arc<AtomicUsize>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .field("backend", &self.backend)
+            .field("shards", &self.mail.len())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address the shards listen on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The backend actually running (`Auto` resolved).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.mail.len()
+    }
+
+    /// Counters summed over all shards (each read with relaxed ordering: a snapshot, not an
+    /// atomic cut).
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            connections_open: self.open.load(Ordering::Relaxed) as u64,
+            ..Stats::default()
+        };
+        for st in &self.stats {
+            st.add_to(&mut s);
+        }
+        s
+    }
+
+    /// Graceful shutdown: stop accepting, send close 1001 to every open connection, keep
+    /// flushing and wait for the close replies until `deadline` has passed, then drop the
+    /// remaining sockets (their `on_close` gets 1006) and join the shard threads. Idempotent.
+    pub fn shutdown(&self, deadline: Duration) {
+        let at = Instant::now() + deadline;
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        if threads.is_empty() {
+            return;
+        }
+        for (mail, waker) in self.mail.iter().zip(&self.wakers) {
+            let _ = mail.send(Mail::Shutdown(at));
+            let _ = waker.wake();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+/// Server counters (summed over shards).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// TCP connections currently held (handshaking, open or closing).
+    pub connections_open: u64,
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// Upgrades completed (`on_open` called).
+    pub upgraded: u64,
+    /// Connections finished (socket closed).
+    pub closed: u64,
+    /// Handshakes refused: malformed (400/405/426/431), by `on_upgrade`, or 503 when full.
+    pub handshakes_rejected: u64,
+    /// Data messages received.
+    pub messages_received: u64,
+    /// Frames queued for sending (data and control).
+    pub frames_sent: u64,
+    /// Bytes received from sockets.
+    pub bytes_received: u64,
+    /// Bytes written to sockets.
+    pub bytes_sent: u64,
+    /// Connections failed for a protocol violation (or a limit) with a close code.
+    pub protocol_errors: u64,
+    /// Connections dropped by a deadline (handshake, pong or close timeout).
+    pub timeouts: u64,
+    /// Connections closed by the slow-consumer policy.
+    pub slow_consumers: u64,
+}
+
+/// One shard's counters, written by the shard only.
+#[derive(Default, Debug)]
+pub(crate) struct ShardStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) upgraded: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) handshakes_rejected: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) frames_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+}
+
+impl ShardStats {
+    /// Add `n` to a counter (single writer: a relaxed load + store would do, `fetch_add` is as
+    /// cheap uncontended).
+    pub(crate) fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn add_to(&self, s: &mut Stats) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.accepted += g(&self.accepted);
+        s.upgraded += g(&self.upgraded);
+        s.closed += g(&self.closed);
+        s.handshakes_rejected += g(&self.handshakes_rejected);
+        s.messages_received += g(&self.messages_received);
+        s.frames_sent += g(&self.frames_sent);
+        s.bytes_received += g(&self.bytes_received);
+        s.bytes_sent += g(&self.bytes_sent);
+        s.protocol_errors += g(&self.protocol_errors);
+        s.timeouts += g(&self.timeouts);
+        s.slow_consumers += g(&self.slow_consumers);
+    }
+}

@@ -1,0 +1,920 @@
+//! One shard: a thread that owns a driver, a slab of connections, a timer wheel and a mailbox.
+//!
+//! The loop: poll the driver (completions are handled as they come: handshake bytes are
+//! accumulated, frames are decoded in place in the receive buffer, handler callbacks queue
+//! replies), register accepted sockets, read the mailbox, fire expired timers, then flush
+//! every connection whose send queue changed (one `send` per dirty connection per turn) and
+//! close the sockets that are done.
+
+pub(crate) mod timer;
+
+use std::io;
+use std::marker::PhantomData;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use slab::Slab;
+
+use crate::io::{Completion, Driver, DriverConfig, SendQueue, Token, WithDriver};
+use crate::proto::{
+    self, CloseCode, CloseFrame, CloseState, Decoder, Event, Limits, OpCode, ProtocolError, Role,
+};
+use crate::server::{Config, ShardStats};
+use crate::{Conn, ConnId, Handler, Message, SendError, SlowConsumer};
+
+use self::timer::TimerWheel;
+
+/// Messages to a shard from other threads.
+#[derive(Debug)]
+pub(crate) enum Mail {
+    /// Graceful shutdown: close 1001 to everyone, then stop by this instant at the latest.
+    Shutdown(Instant),
+}
+
+/// Everything a shard thread starts from.
+pub(crate) struct Run<H, F> {
+    pub(crate) index: usize,
+    pub(crate) listener: TcpListener,
+    pub(crate) config: Arc<Config>,
+    pub(crate) factory: Arc<F>,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) open: Arc<AtomicUsize>,
+    pub(crate) mail: Receiver<Mail>,
+    pub(crate) ready: Sender<io::Result<crate::io::Waker>>,
+    pub(crate) core: Option<core_affinity::CoreId>,
+    pub(crate) handler: PhantomData<fn() -> H>,
+}
+
+impl<H, F> WithDriver for Run<H, F>
+where
+    H: Handler,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn run<D: Driver>(self) {
+        if let Some(core) = self.core {
+            core_affinity::set_for_current(core);
+        }
+        let dcfg = DriverConfig {
+            recv_buffer_bytes: self.config.recv_buffer_bytes,
+            recv_buffers: 256,
+            events_max: 1024,
+        };
+        let driver = match D::new(self.listener, &dcfg) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.ready.send(Err(e));
+                return;
+            }
+        };
+        let handler = (self.factory)(self.index);
+        if self.ready.send(Ok(driver.waker())).is_err() {
+            return;
+        }
+        let mut shard = Shard::new(self.index, handler, self.config, self.stats, self.open);
+        shard.run(driver, &self.mail);
+    }
+}
+
+/// Where a connection stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// Open (or, per its `CloseState`, waiting for the peer's close frame).
+    Open,
+    /// Done talking: flush the queue, then close (or half-close and linger, see `LINGER`).
+    Flushing,
+    /// FIN sent; input is discarded until the peer's EOF or the close timeout.
+    Linger,
+    /// Finished (`on_close` called); waiting for the driver to release the token.
+    Dead,
+}
+
+/// In the dirty list.
+const DIRTY: u8 = 1;
+/// A ping was sent by the idle timer and nothing has arrived since.
+const PING_OUT: u8 = 2;
+/// A flush left at least the low-water mark queued: `on_drain` is due when it falls below.
+const DRAIN_WANTED: u8 = 4;
+/// `on_open` was called: `on_close` is due.
+const OPENED: u8 = 8;
+/// After the flush, half-close and wait for the peer's EOF instead of closing at once.
+const LINGER: u8 = 16;
+/// Accepted while `max_connections` were open: answer the upgrade with 503.
+const OVER_CAPACITY: u8 = 32;
+
+/// The part of a connection that handler callbacks see through [`Conn`].
+pub(crate) struct Connection<S> {
+    pub(crate) state: S,
+    pub(crate) queue: SendQueue,
+    pub(crate) peer: SocketAddr,
+    /// How the connection ended, for `on_close` (set when known).
+    close_info: Option<Box<(Option<CloseCode>, String)>>,
+    generation: u32,
+    /// Tick of the last received bytes.
+    last_rx: u32,
+    /// Tick the current phase (or the outstanding ping) started.
+    mark: u32,
+    /// Tick the live timer entry fires at (0: none).
+    timer_at: u32,
+    close: CloseState,
+    phase: Phase,
+    flags: u8,
+}
+
+/// A slab entry: the connection plus its receive-side state.
+pub(crate) struct Entry<S> {
+    conn: Connection<S>,
+    decoder: Decoder,
+    /// Handshake bytes so far, or a partial frame left at the end of a receive buffer
+    /// (at most a frame header plus a control frame). Empty: no heap memory.
+    leftover: Vec<u8>,
+}
+
+/// Bytes of a new receive buffer appended to a leftover partial frame before decoding it
+/// (enough to complete any frame header or control frame: 14 + 125).
+const LEFTOVER_FILL: usize = 160;
+
+/// Shard context reachable from handler callbacks.
+pub(crate) struct Ctx {
+    config: Arc<Config>,
+    stats: Arc<ShardStats>,
+    shard: u32,
+    dirty: Vec<u32>,
+    wheel: TimerWheel,
+    /// The current tick (stamped once per batch of completions).
+    now: u32,
+    handshake_ticks: u32,
+    idle_ticks: u32,
+    pong_ticks: u32,
+    close_ticks: u32,
+}
+
+impl Ctx {
+    fn id<S>(&self, key: usize, conn: &Connection<S>) -> ConnId {
+        ConnId {
+            shard: self.shard,
+            key: key as u32,
+            generation: conn.generation,
+        }
+    }
+
+    fn mark_dirty<S>(&mut self, key: u32, conn: &mut Connection<S>) {
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Make sure a timer fires at `at` or earlier.
+    fn arm<S>(&mut self, key: u32, conn: &mut Connection<S>, at: u32) {
+        if conn.timer_at == 0 || at < conn.timer_at {
+            conn.timer_at = self.wheel.schedule(key, conn.generation, at);
+        }
+    }
+
+    /// Queue one unfragmented frame, no limit check.
+    fn push_frame<S>(&mut self, key: u32, conn: &mut Connection<S>, op: OpCode, payload: &[u8]) {
+        conn.queue.push_with(payload.len() + 10, |v| {
+            proto::encode_frame(v, op, true, payload, None)
+        });
+        ShardStats::bump(&self.stats.frames_sent, 1);
+        self.mark_dirty(key, conn);
+    }
+
+    /// Enter `Flushing`: the connection ends once its queue is written.
+    fn finish_after_flush<S>(&mut self, key: u32, conn: &mut Connection<S>, linger: bool) {
+        conn.phase = Phase::Flushing;
+        if linger {
+            conn.flags |= LINGER;
+        }
+        conn.mark = self.now;
+        let at = self.now.saturating_add(self.close_ticks);
+        self.arm(key, conn, at);
+        self.mark_dirty(key, conn);
+    }
+
+    /// `Conn::send*` and `Conn::ping`: a data frame or ping from the application.
+    pub(crate) fn send_data<S>(
+        &mut self,
+        conn: &mut Connection<S>,
+        id: ConnId,
+        op: OpCode,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if conn.phase != Phase::Open || !conn.close.can_send() {
+            return Err(SendError::Closed);
+        }
+        let key = id.key;
+        if conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
+            > self.config.send_queue_bytes_max
+        {
+            ShardStats::bump(&self.stats.slow_consumers, 1);
+            let code = match self.config.slow_consumer {
+                SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
+                _ => CloseCode::POLICY_VIOLATION,
+            };
+            if !conn.queue.in_flight() {
+                conn.queue.clear();
+            }
+            let reason = "send queue full";
+            if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
+                self.push_frame(key, conn, OpCode::Close, &p[..n]);
+            }
+            conn.close_info = Some(Box::new((Some(code), reason.to_owned())));
+            self.finish_after_flush(key, conn, true);
+            return Err(SendError::QueueFull);
+        }
+        self.push_frame(key, conn, op, payload);
+        Ok(())
+    }
+
+    /// `Conn::close`: start the close handshake.
+    pub(crate) fn close<S>(
+        &mut self,
+        conn: &mut Connection<S>,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        if conn.phase != Phase::Open {
+            return;
+        }
+        if let Some((p, n)) = conn.close.initiate(code, reason) {
+            self.push_frame(id.key, conn, OpCode::Close, &p[..n]);
+            conn.mark = self.now;
+            let at = self.now.saturating_add(self.close_ticks);
+            self.arm(id.key, conn, at);
+        }
+    }
+}
+
+/// One shard's state (everything but the driver, so completions can borrow it while the
+/// driver is polling).
+struct Shard<H: Handler> {
+    handler: H,
+    slab: Slab<Entry<H::State>>,
+    ctx: Ctx,
+    open: Arc<AtomicUsize>,
+    accepted: Vec<(TcpStream, SocketAddr)>,
+    to_close: Vec<u32>,
+    expired: Vec<timer::Entry>,
+    next_generation: u32,
+    woke: bool,
+    shutdown_at: Option<Instant>,
+}
+
+/// Timer resolution.
+const TICK: Duration = Duration::from_millis(10);
+/// Timer wheel slots (one revolution = 40.96 s at 10 ms; longer deadlines take rounds).
+const WHEEL_SLOTS: usize = 4096;
+
+impl<H: Handler> Shard<H> {
+    fn new(
+        index: usize,
+        handler: H,
+        config: Arc<Config>,
+        stats: Arc<ShardStats>,
+        open: Arc<AtomicUsize>,
+    ) -> Self {
+        let wheel = TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS);
+        let ctx = Ctx {
+            shard: index as u32,
+            dirty: Vec::new(),
+            now: 0,
+            handshake_ticks: wheel.ticks(config.handshake_timeout),
+            idle_ticks: wheel.ticks(config.idle_timeout),
+            pong_ticks: wheel.ticks(config.pong_timeout),
+            close_ticks: wheel.ticks(config.close_timeout),
+            wheel,
+            config,
+            stats,
+        };
+        Self {
+            handler,
+            slab: Slab::new(),
+            ctx,
+            open,
+            accepted: Vec::new(),
+            to_close: Vec::new(),
+            expired: Vec::new(),
+            next_generation: 0,
+            woke: false,
+            shutdown_at: None,
+        }
+    }
+
+    fn run<D: Driver>(&mut self, mut driver: D, mail: &Receiver<Mail>) {
+        loop {
+            let now = Instant::now();
+            let mut timeout = self.ctx.wheel.next_timeout(now);
+            if let Some(at) = self.shutdown_at {
+                let left = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            let mut stamped = false;
+            let res = driver.poll(timeout, |c| {
+                if !stamped {
+                    self.ctx.now = self.ctx.wheel.tick_of(Instant::now());
+                    stamped = true;
+                }
+                self.on_completion(c);
+            });
+            if res.is_err() {
+                // The poller itself failed (not a connection): nothing sensible is left to do.
+                break;
+            }
+            let now = Instant::now();
+            self.ctx.now = self.ctx.wheel.tick_of(now);
+            self.register_accepted(&mut driver);
+            if std::mem::take(&mut self.woke) {
+                while let Ok(m) = mail.try_recv() {
+                    match m {
+                        Mail::Shutdown(at) => self.begin_shutdown(&mut driver, at),
+                    }
+                }
+            }
+            self.fire_timers(now);
+            self.flush(&mut driver);
+            self.close_finished(&mut driver);
+            if let Some(at) = self.shutdown_at {
+                if Instant::now() >= at {
+                    self.drop_all();
+                    self.close_finished(&mut driver);
+                }
+                if self.slab.is_empty() {
+                    break;
+                }
+                if Instant::now() >= at + Duration::from_secs(1) {
+                    // Operations that never completed: give up waiting for their release.
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion<'_>) {
+        match c {
+            Completion::Accepted { socket, peer } => self.accepted.push((socket, peer)),
+            Completion::Recv { token, buf } => self.on_recv(token.0, buf),
+            Completion::Sent { token, n } => {
+                if let Some(e) = self.slab.get_mut(token.0) {
+                    e.conn.queue.complete(n);
+                    ShardStats::bump(&self.ctx.stats.bytes_sent, n as u64);
+                    self.ctx.mark_dirty(token.0 as u32, &mut e.conn);
+                }
+            }
+            Completion::Closed { token, .. } => self.on_peer_closed(token.0),
+            Completion::Released { token } => {
+                if matches!(self.slab.get(token.0), Some(e) if e.conn.phase == Phase::Dead) {
+                    self.slab.remove(token.0);
+                }
+            }
+            Completion::Wake => self.woke = true,
+        }
+    }
+
+    fn register_accepted<D: Driver>(&mut self, driver: &mut D) {
+        for (socket, peer) in std::mem::take(&mut self.accepted) {
+            if self.shutdown_at.is_some() {
+                continue;
+            }
+            let key = self.slab.vacant_key();
+            if key > u32::MAX as usize / 2 || driver.register(Token(key), socket).is_err() {
+                continue;
+            }
+            ShardStats::bump(&self.ctx.stats.accepted, 1);
+            let mut flags = 0;
+            if self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.max_connections {
+                flags |= OVER_CAPACITY;
+            }
+            self.next_generation = self.next_generation.wrapping_add(1);
+            let now = self.ctx.now;
+            let mut conn = Connection {
+                state: H::State::default(),
+                queue: SendQueue::default(),
+                peer,
+                close_info: None,
+                generation: self.next_generation,
+                last_rx: now,
+                mark: now,
+                timer_at: 0,
+                close: CloseState::new(Role::Server),
+                phase: Phase::Handshake,
+                flags,
+            };
+            let at = now.saturating_add(self.ctx.handshake_ticks);
+            self.ctx.arm(key as u32, &mut conn, at);
+            self.slab.insert(Entry {
+                conn,
+                decoder: Decoder::new(
+                    Role::Server,
+                    Limits {
+                        max_frame_bytes: self.ctx.config.max_frame_bytes,
+                        max_message_bytes: self.ctx.config.max_message_bytes,
+                    },
+                ),
+                leftover: Vec::new(),
+            });
+        }
+    }
+
+    fn on_recv(&mut self, key: usize, buf: &mut [u8]) {
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        ShardStats::bump(&self.ctx.stats.bytes_received, buf.len() as u64);
+        e.conn.last_rx = self.ctx.now;
+        match e.conn.phase {
+            Phase::Handshake => self.handshake_recv(key, buf),
+            Phase::Open => self.frames_recv(key, buf),
+            Phase::Flushing | Phase::Linger | Phase::Dead => {}
+        }
+    }
+
+    fn handshake_recv(&mut self, key: usize, buf: &mut [u8]) {
+        let max = self.ctx.config.handshake_header_bytes_max;
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        if e.leftover.is_empty() {
+            match proto::parse_request(buf, max) {
+                Ok(None) => e.leftover.extend_from_slice(buf),
+                Ok(Some((req, n))) => {
+                    if self.upgrade(key, &req) {
+                        self.frames_recv(key, &mut buf[n..]);
+                    }
+                }
+                Err(err) => self.refuse(key, &err.response()),
+            }
+        } else {
+            e.leftover.extend_from_slice(buf);
+            match proto::parse_request(&e.leftover, max) {
+                Ok(None) => {}
+                Ok(Some((req, n))) => {
+                    let mut rest = std::mem::take(&mut e.leftover);
+                    if self.upgrade(key, &req) {
+                        self.frames_recv(key, &mut rest[n..]);
+                    }
+                }
+                Err(err) => {
+                    e.leftover = Vec::new();
+                    self.refuse(key, &err.response());
+                }
+            }
+        }
+    }
+
+    /// Answer the handshake with a non-101 response and hang up after it.
+    fn refuse(&mut self, key: usize, response: &[u8]) {
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1);
+        e.conn.queue.push(response);
+        self.ctx.finish_after_flush(key as u32, &mut e.conn, true);
+    }
+
+    /// A complete upgrade request: ask the handler, answer, open. Returns whether the
+    /// connection is now open.
+    fn upgrade(&mut self, key: usize, req: &proto::Request) -> bool {
+        let over = matches!(self.slab.get(key), Some(e) if e.conn.flags & OVER_CAPACITY != 0);
+        if over {
+            self.refuse(
+                key,
+                &proto::reject_response(503, &[("Retry-After", "1")], "server full"),
+            );
+            return false;
+        }
+        let answer = self.handler.on_upgrade(req);
+        let Some(e) = self.slab.get_mut(key) else {
+            return false;
+        };
+        match answer {
+            Err(rej) => {
+                let headers: Vec<(&str, &str)> = rej
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let resp = proto::reject_response(rej.status, &headers, &rej.body);
+                self.refuse(key, &resp);
+                false
+            }
+            Ok(acc) => {
+                let headers: Vec<(&str, &str)> = acc
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let resp = proto::accept_response(req, acc.protocol.as_deref(), &headers);
+                let k = key as u32;
+                let conn = &mut e.conn;
+                conn.queue.push(&resp);
+                self.ctx.mark_dirty(k, conn);
+                conn.phase = Phase::Open;
+                conn.flags |= OPENED;
+                conn.mark = self.ctx.now;
+                if self.ctx.idle_ticks > 0 {
+                    let at = self.ctx.now.saturating_add(self.ctx.idle_ticks);
+                    self.ctx.arm(k, conn, at);
+                }
+                ShardStats::bump(&self.ctx.stats.upgraded, 1);
+                let id = self.ctx.id(key, conn);
+                self.handler.on_open(&mut Conn {
+                    inner: conn,
+                    id,
+                    ctx: &mut self.ctx,
+                });
+                e.conn.phase == Phase::Open
+            }
+        }
+    }
+
+    /// Decode frames from `buf` (after any leftover partial frame), in place.
+    fn frames_recv(&mut self, key: usize, buf: &mut [u8]) {
+        let mut pos = 0;
+        loop {
+            let Some(e) = self.slab.get_mut(key) else {
+                return;
+            };
+            if e.conn.phase != Phase::Open {
+                return;
+            }
+            if e.leftover.is_empty() {
+                if pos == buf.len() {
+                    break;
+                }
+                let rest = &mut buf[pos..];
+                match decode(&mut self.handler, &mut self.ctx, key, e, rest) {
+                    Ok(c) => {
+                        if e.conn.phase == Phase::Open && c < rest.len() {
+                            e.leftover.extend_from_slice(&rest[c..]);
+                        }
+                    }
+                    Err(err) => self.fail(key, err),
+                }
+                break;
+            }
+            // Complete the partial frame held from the previous buffer.
+            let old = e.leftover.len();
+            let take = (buf.len() - pos).min(LEFTOVER_FILL);
+            if take == 0 {
+                break;
+            }
+            e.leftover.extend_from_slice(&buf[pos..pos + take]);
+            let mut held = std::mem::take(&mut e.leftover);
+            match decode(&mut self.handler, &mut self.ctx, key, e, &mut held) {
+                Ok(c) if c >= old => {
+                    // The old bytes and `c - old` new ones are consumed; go on in place.
+                    pos += c - old;
+                }
+                Ok(c) => {
+                    pos += take;
+                    held.drain(..c);
+                    if let Some(e) = self.slab.get_mut(key) {
+                        e.leftover = held;
+                    }
+                }
+                Err(err) => {
+                    self.fail(key, err);
+                    return;
+                }
+            }
+        }
+        if let Some(e) = self.slab.get_mut(key) {
+            if e.leftover.is_empty() && e.leftover.capacity() > 0 {
+                e.leftover = Vec::new();
+            }
+            if !e.decoder.in_message() {
+                e.decoder.shrink();
+            }
+        }
+    }
+
+    /// The peer broke the protocol: send the close code, hang up after the flush.
+    fn fail(&mut self, key: usize, err: ProtocolError) {
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        ShardStats::bump(&self.ctx.stats.protocol_errors, 1);
+        let k = key as u32;
+        if let Some((p, n)) = e.conn.close.fail(&err) {
+            self.ctx.push_frame(k, &mut e.conn, OpCode::Close, &p[..n]);
+        }
+        if e.conn.close_info.is_none() {
+            e.conn.close_info = Some(Box::new((Some(err.code), err.reason.to_owned())));
+        }
+        e.leftover = Vec::new();
+        self.ctx.finish_after_flush(k, &mut e.conn, true);
+    }
+
+    fn on_peer_closed(&mut self, key: usize) {
+        let Some(e) = self.slab.get(key) else {
+            return;
+        };
+        match e.conn.phase {
+            Phase::Dead => {}
+            Phase::Linger => self.finalize(key, None),
+            _ => self.finalize(key, Some(CloseCode::ABNORMAL)),
+        }
+    }
+
+    /// The connection is over: tell the handler (if it was opened) and close the socket after
+    /// this turn. `fallback` is the code reported when no close code is known (`None`: use
+    /// the recorded one or 1006).
+    fn finalize(&mut self, key: usize, fallback: Option<CloseCode>) {
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        if e.conn.phase == Phase::Dead {
+            return;
+        }
+        e.conn.phase = Phase::Dead;
+        e.leftover = Vec::new();
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        ShardStats::bump(&self.ctx.stats.closed, 1);
+        self.to_close.push(key as u32);
+        if e.conn.flags & OPENED != 0 {
+            let info = e.conn.close_info.take();
+            let (code, reason) = match (&info, fallback) {
+                (Some(b), _) => (b.0, b.1.as_str()),
+                (None, Some(c)) => (Some(c), ""),
+                (None, None) => (Some(CloseCode::ABNORMAL), ""),
+            };
+            let id = self.ctx.id(key, &e.conn);
+            let state = std::mem::take(&mut e.conn.state);
+            self.handler.on_close(state, id, code, reason);
+        }
+    }
+
+    fn close_finished<D: Driver>(&mut self, driver: &mut D) {
+        for key in std::mem::take(&mut self.to_close) {
+            let key = key as usize;
+            if driver.close(Token(key)) && self.slab.contains(key) {
+                self.slab.remove(key);
+            }
+        }
+    }
+
+    fn begin_shutdown<D: Driver>(&mut self, driver: &mut D, at: Instant) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        self.shutdown_at = Some(at);
+        driver.stop_accepting();
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let Some(e) = self.slab.get_mut(key) else {
+                continue;
+            };
+            match e.conn.phase {
+                Phase::Handshake => self.finalize(key, None),
+                Phase::Open => {
+                    let id = self.ctx.id(key, &e.conn);
+                    self.ctx.close(
+                        &mut e.conn,
+                        id,
+                        CloseCode::GOING_AWAY,
+                        "server shutting down",
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drop_all(&mut self) {
+        let keys: Vec<usize> = self
+            .slab
+            .iter()
+            .filter(|(_, e)| e.conn.phase != Phase::Dead)
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.finalize(key, Some(CloseCode::ABNORMAL));
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.ctx.wheel.advance(now, &mut expired);
+        let t = self.ctx.now;
+        for ent in expired.drain(..) {
+            let key = ent.key as usize;
+            let Some(e) = self.slab.get_mut(key) else {
+                continue;
+            };
+            let conn = &mut e.conn;
+            if conn.generation != ent.generation || conn.timer_at != ent.at {
+                continue; // stale: the slot was reused or an earlier entry replaced this one
+            }
+            conn.timer_at = 0;
+            if conn.flags & PING_OUT != 0 && conn.last_rx > conn.mark {
+                conn.flags &= !PING_OUT; // something arrived since the ping: alive
+            }
+            let deadline = match conn.phase {
+                Phase::Handshake => Some(conn.mark.saturating_add(self.ctx.handshake_ticks)),
+                Phase::Open if !conn.close.can_send() => {
+                    Some(conn.mark.saturating_add(self.ctx.close_ticks))
+                }
+                Phase::Open if conn.flags & PING_OUT != 0 => {
+                    Some(conn.mark.saturating_add(self.ctx.pong_ticks))
+                }
+                Phase::Open if self.ctx.idle_ticks > 0 => {
+                    Some(conn.last_rx.saturating_add(self.ctx.idle_ticks))
+                }
+                Phase::Open | Phase::Dead => None,
+                Phase::Flushing | Phase::Linger => {
+                    Some(conn.mark.saturating_add(self.ctx.close_ticks))
+                }
+            };
+            let Some(deadline) = deadline else {
+                continue;
+            };
+            if t < deadline {
+                self.ctx.arm(ent.key, conn, deadline);
+                continue;
+            }
+            match conn.phase {
+                Phase::Open if conn.close.can_send() && conn.flags & PING_OUT == 0 => {
+                    conn.flags |= PING_OUT;
+                    conn.mark = t;
+                    self.ctx.push_frame(ent.key, conn, OpCode::Ping, b"");
+                    let at = t.saturating_add(self.ctx.pong_ticks);
+                    self.ctx.arm(ent.key, conn, at);
+                }
+                Phase::Handshake => {
+                    ShardStats::bump(&self.ctx.stats.timeouts, 1);
+                    self.finalize(key, None);
+                }
+                _ => {
+                    ShardStats::bump(&self.ctx.stats.timeouts, 1);
+                    if conn.phase != Phase::Linger {
+                        conn.close_info = None;
+                    }
+                    self.finalize(key, None);
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// Write every dirty connection's queue and act on what the writes finished.
+    fn flush<D: Driver>(&mut self, driver: &mut D) {
+        // Callbacks run here (on_drain, finalize) may dirty connections again: a few rounds.
+        for _ in 0..4 {
+            if self.ctx.dirty.is_empty() {
+                return;
+            }
+            let mut dirty = std::mem::take(&mut self.ctx.dirty);
+            for key in dirty.drain(..) {
+                self.flush_one(driver, key as usize);
+            }
+            if self.ctx.dirty.is_empty() {
+                self.ctx.dirty = dirty;
+            }
+        }
+    }
+
+    fn flush_one<D: Driver>(&mut self, driver: &mut D, key: usize) {
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        let conn = &mut e.conn;
+        conn.flags &= !DIRTY;
+        if conn.phase == Phase::Dead || conn.queue.in_flight() {
+            return;
+        }
+        if !conn.queue.is_empty() {
+            let before = conn.queue.len();
+            let res = driver.send(Token(key), &mut conn.queue);
+            ShardStats::bump(
+                &self.ctx.stats.bytes_sent,
+                (before - conn.queue.len()) as u64,
+            );
+            if res.is_err() {
+                self.finalize(key, Some(CloseCode::ABNORMAL));
+                return;
+            }
+        }
+        let low = self.ctx.config.send_queue_low_water_bytes;
+        if conn.queue.len() >= low.max(1) {
+            conn.flags |= DRAIN_WANTED;
+        } else if conn.flags & DRAIN_WANTED != 0 {
+            conn.flags &= !DRAIN_WANTED;
+            if conn.phase == Phase::Open && conn.close.can_send() {
+                let id = self.ctx.id(key, conn);
+                self.handler.on_drain(&mut Conn {
+                    inner: conn,
+                    id,
+                    ctx: &mut self.ctx,
+                });
+            }
+        }
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        if e.conn.phase == Phase::Flushing && e.conn.queue.is_empty() && !e.conn.queue.in_flight() {
+            if e.conn.flags & LINGER != 0 {
+                driver.shutdown_write(Token(key));
+                e.conn.phase = Phase::Linger;
+            } else {
+                self.finalize(key, None);
+            }
+        }
+    }
+}
+
+/// Run the decoder over `buf`, dispatching events to the handler. Returns bytes consumed.
+fn decode<H: Handler>(
+    handler: &mut H,
+    ctx: &mut Ctx,
+    key: usize,
+    e: &mut Entry<H::State>,
+    buf: &mut [u8],
+) -> Result<usize, ProtocolError> {
+    let Entry { conn, decoder, .. } = e;
+    let k = key as u32;
+    decoder.decode(buf, |ev| {
+        use std::ops::ControlFlow;
+        match ev {
+            Event::Text(s) => deliver(handler, ctx, key, conn, Message::Text(s)),
+            Event::Binary(b) => deliver(handler, ctx, key, conn, Message::Binary(b)),
+            Event::Ping(p) => {
+                if conn.phase == Phase::Open && conn.close.can_send() {
+                    ctx.push_frame(k, conn, OpCode::Pong, p);
+                    let id = ctx.id(key, conn);
+                    handler.on_ping(
+                        &mut Conn {
+                            inner: conn,
+                            id,
+                            ctx,
+                        },
+                        p,
+                    );
+                }
+            }
+            Event::Pong(_) => conn.flags &= !PING_OUT,
+            Event::Close(frame) => {
+                on_close_frame(ctx, k, conn, &frame);
+                return ControlFlow::Break(());
+            }
+        }
+        if conn.phase == Phase::Open {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+}
+
+fn deliver<H: Handler>(
+    handler: &mut H,
+    ctx: &mut Ctx,
+    key: usize,
+    conn: &mut Connection<H::State>,
+    msg: Message<'_>,
+) {
+    if conn.phase != Phase::Open || !conn.close.accepts_data() {
+        return;
+    }
+    ShardStats::bump(&ctx.stats.messages_received, 1);
+    let id = ctx.id(key, conn);
+    handler.on_message(
+        &mut Conn {
+            inner: conn,
+            id,
+            ctx,
+        },
+        msg,
+    );
+}
+
+fn on_close_frame<S>(ctx: &mut Ctx, key: u32, conn: &mut Connection<S>, frame: &CloseFrame<'_>) {
+    if conn.close_info.is_none() {
+        conn.close_info = Some(Box::new((frame.code, frame.reason.to_owned())));
+    }
+    if let Some((p, n)) = conn.close.on_received(frame) {
+        ctx.push_frame(key, conn, OpCode::Close, &p[..n]);
+    }
+    // Handshake complete: the server closes TCP first (RFC 6455 §7.1.1), after the flush.
+    ctx.finish_after_flush(key, conn, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_slab_entry_is_small() {
+        let size = std::mem::size_of::<Entry<()>>();
+        println!("slab entry for State = (): {size} bytes");
+        assert!(size <= 256, "slab entry grew to {size} bytes");
+    }
+}

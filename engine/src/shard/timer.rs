@@ -1,0 +1,196 @@
+//! A hashed timer wheel for one shard's connection deadlines.
+//!
+//! Each entry names a connection slot (key + generation) and the tick it fires at. Slots are
+//! `Vec`s that keep their capacity, so scheduling allocates nothing once the wheel has warmed
+//! up. There is no cancellation: the connection remembers which tick its live entry fires at,
+//! and an entry whose tick no longer matches (or whose slot was reused) is simply dropped when
+//! it expires. Activity only stamps a time on the connection; when its entry fires the shard
+//! recomputes the real deadline and schedules again if it moved (no timer churn per message).
+
+use std::time::{Duration, Instant};
+
+/// One scheduled deadline.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Entry {
+    /// Connection slot.
+    pub(crate) key: u32,
+    /// Generation of the slot when the entry was scheduled.
+    pub(crate) generation: u32,
+    /// Tick the entry fires at.
+    pub(crate) at: u32,
+}
+
+/// The wheel. Ticks count from the wheel's creation.
+pub(crate) struct TimerWheel {
+    slots: Box<[Vec<Entry>]>,
+    start: Instant,
+    tick: Duration,
+    /// Every tick `<= now` has been processed.
+    now: u32,
+    len: usize,
+    spare: Vec<Entry>,
+}
+
+impl TimerWheel {
+    /// A wheel with `slots` slots (rounded up to a power of two) of `tick` each.
+    pub(crate) fn new(start: Instant, tick: Duration, slots: usize) -> Self {
+        let n = slots.max(2).next_power_of_two();
+        Self {
+            slots: (0..n).map(|_| Vec::new()).collect(),
+            start,
+            tick: tick.max(Duration::from_micros(100)),
+            now: 0,
+            len: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// The tick containing `t` (rounded down).
+    pub(crate) fn tick_of(&self, t: Instant) -> u32 {
+        let d = t.saturating_duration_since(self.start);
+        (d.as_nanos() / self.tick.as_nanos()).min(u32::MAX as u128) as u32
+    }
+
+    /// Number of ticks covering `d`, rounded up (a deadline never fires early).
+    pub(crate) fn ticks(&self, d: Duration) -> u32 {
+        d.as_nanos()
+            .div_ceil(self.tick.as_nanos())
+            .min(u32::MAX as u128 / 2) as u32
+    }
+
+    /// Entries scheduled (live or stale).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Schedule `key`/`generation` at tick `at` (at the next tick if `at` has passed). Returns
+    /// the tick it will actually fire at.
+    pub(crate) fn schedule(&mut self, key: u32, generation: u32, at: u32) -> u32 {
+        let at = at.max(self.now.saturating_add(1));
+        let mask = self.slots.len() - 1;
+        self.slots[at as usize & mask].push(Entry {
+            key,
+            generation,
+            at,
+        });
+        self.len += 1;
+        at
+    }
+
+    /// Process every tick up to the one containing `now`, appending the entries that expired
+    /// to `out`.
+    pub(crate) fn advance(&mut self, now: Instant, out: &mut Vec<Entry>) {
+        let target = self.tick_of(now);
+        if self.len == 0 {
+            self.now = self.now.max(target);
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        // A full revolution visits every slot: no need to walk more ticks than that.
+        let from = if target - self.now.min(target) > self.slots.len() as u32 {
+            target - self.slots.len() as u32
+        } else {
+            self.now
+        };
+        for t in from + 1..=target {
+            let slot = t as usize & mask;
+            let mut entries = std::mem::take(&mut self.spare);
+            std::mem::swap(&mut entries, &mut self.slots[slot]);
+            for e in entries.drain(..) {
+                if e.at <= target {
+                    self.len -= 1;
+                    out.push(e);
+                } else {
+                    self.slots[slot].push(e);
+                }
+            }
+            self.spare = entries;
+        }
+        self.now = self.now.max(target);
+    }
+
+    /// How long until the next tick boundary that might fire something (`None`: nothing
+    /// scheduled). Coarse: with entries present it is the time to the next tick.
+    pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.len == 0 {
+            return None;
+        }
+        let next = self.start + self.tick * (self.now + 1);
+        Some(next.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wheel() -> (TimerWheel, Instant) {
+        let t0 = Instant::now();
+        (TimerWheel::new(t0, Duration::from_millis(10), 8), t0)
+    }
+
+    #[test]
+    fn entry_fires_at_its_tick_and_not_before() {
+        let (mut w, t0) = wheel();
+        w.schedule(1, 7, 3);
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(29), &mut out);
+        assert!(out.is_empty());
+        w.advance(t0 + Duration::from_millis(30), &mut out);
+        assert_eq!(
+            out,
+            vec![Entry {
+                key: 1,
+                generation: 7,
+                at: 3
+            }]
+        );
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn deadline_beyond_one_revolution_waits_its_rounds() {
+        let (mut w, t0) = wheel();
+        // 8 slots of 10 ms: tick 20 shares slot 4 with tick 4 and tick 12.
+        w.schedule(1, 0, 20);
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(120), &mut out);
+        assert!(out.is_empty());
+        w.advance(t0 + Duration::from_millis(200), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn long_jump_fires_everything_due_once() {
+        let (mut w, t0) = wheel();
+        for k in 0..20 {
+            w.schedule(k, 0, k + 1);
+        }
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_secs(5), &mut out);
+        let mut keys: Vec<u32> = out.iter().map(|e| e.key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, (0..20).collect::<Vec<_>>());
+        assert_eq!(w.len(), 0);
+        assert!(w.next_timeout(t0).is_none());
+    }
+
+    #[test]
+    fn past_deadline_is_scheduled_for_the_next_tick() {
+        let (mut w, t0) = wheel();
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(50), &mut out);
+        assert_eq!(w.schedule(1, 0, 2), 6);
+        w.advance(t0 + Duration::from_millis(60), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn ticks_round_up_so_deadlines_never_fire_early() {
+        let (w, _) = wheel();
+        assert_eq!(w.ticks(Duration::from_millis(10)), 1);
+        assert_eq!(w.ticks(Duration::from_millis(11)), 2);
+        assert_eq!(w.ticks(Duration::ZERO), 0);
+    }
+}

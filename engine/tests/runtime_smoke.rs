@@ -1,0 +1,174 @@
+//! Smoke tests of the runtime over real sockets on 127.0.0.1 (the full suite lives in the other
+//! test files): echo, ping/pong, close handshake, protocol errors, graceful shutdown.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use percore::{Backend, CloseCode, Conn, Handler, Message, Server, ServerHandle, Shards};
+use tungstenite::protocol::frame::coding::CloseCode as TCode;
+use tungstenite::Message as TMessage;
+
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = conn.send(msg);
+    }
+}
+
+fn start() -> ServerHandle {
+    Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(2))
+        .pin(false)
+        .backend(Backend::Epoll)
+        .close_timeout(Duration::from_secs(2))
+        .start(|_| Echo)
+        .expect("server starts")
+}
+
+type Client = tungstenite::WebSocket<TcpStream>;
+
+fn connect(server: &ServerHandle) -> Client {
+    let stream = TcpStream::connect(server.local_addr()).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let url = format!("ws://{}/", server.local_addr());
+    let (ws, resp) = tungstenite::client(url, stream).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[test]
+fn text_and_binary_messages_are_echoed() {
+    let server = start();
+    let mut ws = connect(&server);
+    ws.send(TMessage::text("hello")).unwrap();
+    assert_eq!(ws.read().unwrap(), TMessage::text("hello"));
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    ws.send(TMessage::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), TMessage::binary(big));
+    ws.close(None).unwrap();
+    server.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn ping_is_answered_with_pong_carrying_the_payload() {
+    let server = start();
+    let mut ws = connect(&server);
+    ws.send(TMessage::Ping(b"abc".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), TMessage::Pong(b"abc".to_vec()));
+}
+
+#[test]
+fn close_handshake_echoes_the_code_and_server_hangs_up() {
+    let server = start();
+    let mut ws = connect(&server);
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: TCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    match ws.read().unwrap() {
+        TMessage::Close(Some(f)) => assert_eq!(f.code, TCode::Normal),
+        other => panic!("expected close, got {other:?}"),
+    }
+    // Then the server closes TCP.
+    assert!(matches!(
+        ws.read(),
+        Err(tungstenite::Error::ConnectionClosed)
+    ));
+}
+
+/// Reads the raw close frame the server sends after a broken frame.
+fn raw_close_code_after(bytes: &[u8]) -> u16 {
+    let server = start();
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = percore::proto::client_request(
+        &server.local_addr().to_string(),
+        "/",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        &[],
+        &[],
+    );
+    s.write_all(&req).unwrap();
+    let mut resp = Vec::new();
+    let mut b = [0u8; 1];
+    while !resp.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        resp.push(b[0]);
+    }
+    assert!(resp.starts_with(b"HTTP/1.1 101"));
+    s.write_all(bytes).unwrap();
+    let mut hdr = [0u8; 4];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(hdr[0], 0x88, "a close frame");
+    u16::from_be_bytes([hdr[2], hdr[3]])
+}
+
+#[test]
+fn unmasked_client_frame_is_closed_with_1002() {
+    assert_eq!(raw_close_code_after(&[0x81, 0x02, b'h', b'i']), 1002);
+}
+
+#[test]
+fn invalid_utf8_text_is_closed_with_1007() {
+    // Masked with a zero key: payload as is.
+    assert_eq!(
+        raw_close_code_after(&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28]),
+        1007
+    );
+}
+
+#[test]
+fn graceful_shutdown_sends_1001_to_every_client() {
+    let server = start();
+    let mut a = connect(&server);
+    let mut b = connect(&server);
+    // Make sure both are open on the server side.
+    a.send(TMessage::text("x")).unwrap();
+    a.read().unwrap();
+    b.send(TMessage::text("y")).unwrap();
+    b.read().unwrap();
+    let t = std::thread::spawn(move || server.shutdown(Duration::from_secs(3)));
+    for ws in [&mut a, &mut b] {
+        match ws.read().unwrap() {
+            TMessage::Close(Some(f)) => assert_eq!(f.code, TCode::Away),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn on_close_reports_the_peer_close_code() {
+    use std::sync::mpsc;
+    struct Report(mpsc::Sender<Option<CloseCode>>);
+    impl Handler for Report {
+        type State = ();
+        fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+        fn on_close(&mut self, _: (), _: percore::ConnId, code: Option<CloseCode>, _: &str) {
+            let _ = self.0.send(code);
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .start(move |_| Report(tx.lock().unwrap().clone()))
+        .unwrap();
+    let mut ws = connect(&server);
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: TCode::Library(4000),
+        reason: "".into(),
+    }))
+    .unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(got, Some(CloseCode(4000)));
+}
