@@ -1,0 +1,132 @@
+//! The close handshake: client- and server-initiated, codes echoed, invalid close payloads
+//! failed with 1002/1007, and the close deadline.
+
+mod common;
+
+use common::handlers::Event;
+use common::raw::{close_payload, op, Ending, RawClient};
+use std::time::Duration;
+
+/// Client closes with `code`; the server answers a close frame carrying the same code and then
+/// closes the TCP connection.
+fn client_close_is_echoed(backend: percore::Backend, code: u16) {
+    let server = common::start(backend);
+    let mut c = RawClient::connect(server.addr).unwrap();
+    c.send_close(code, "bye").unwrap();
+    let f = c.read_frame().unwrap();
+    assert_eq!(f.opcode, op::CLOSE);
+    assert_eq!(f.close_code(), Some(code), "close code echoed");
+    c.expect_eof();
+    let (got, reason) = match server.wait_event("on_close", |e| matches!(e, Event::Closed(..))) {
+        Event::Closed(_, got, reason) => (got, reason),
+        _ => unreachable!(),
+    };
+    assert_eq!(got, Some(code), "on_close sees the client's code");
+    assert_eq!(reason, "bye");
+}
+
+fn close_payload_is_rejected(backend: percore::Backend, payload: &[u8], code: u16) {
+    let server = common::start(backend);
+    let mut c = RawClient::connect(server.addr).unwrap();
+    c.send_frame(true, op::CLOSE, payload).unwrap();
+    c.expect_close(code);
+}
+
+every_backend! {
+    fn client_close_1000_is_echoed_then_tcp_closed(backend) {
+        client_close_is_echoed(backend, 1000);
+    }
+
+    fn client_close_with_application_codes_is_echoed(backend) {
+        for code in [1001, 1003, 1007, 1008, 1011, 3000, 3999, 4000, 4999] {
+            client_close_is_echoed(backend, code);
+        }
+    }
+
+    fn empty_client_close_is_answered_with_an_empty_or_1000_close(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_frame(true, op::CLOSE, b"").unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::CLOSE);
+        assert!(matches!(f.close_code(), None | Some(1000)), "got {:?}", f.close_code());
+        c.expect_eof();
+    }
+
+    fn messages_after_the_close_frame_are_not_echoed(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        let mut bytes = common::raw::encode_frame(true, 0, op::CLOSE, &close_payload(1000, b""), [1, 2, 3, 4]);
+        bytes.extend(common::raw::encode_frame(true, 0, op::TEXT, b"too late", [1, 2, 3, 4]));
+        let _ = c.send_raw(&bytes);
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::CLOSE, "only the close reply, no echo");
+        c.expect_eof();
+    }
+
+    fn one_byte_close_payload_is_1002(backend) {
+        close_payload_is_rejected(backend, &[0x03], 1002);
+    }
+
+    fn close_codes_not_allowed_on_the_wire_are_1002(backend) {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            close_payload_is_rejected(backend, &close_payload(code, b""), 1002);
+        }
+    }
+
+    fn close_reason_with_invalid_utf8_is_1007(backend) {
+        close_payload_is_rejected(backend, &close_payload(1000, &[b'o', b'k', 0xFF]), 1007);
+    }
+
+    fn handler_close_sends_code_and_reason_then_completes_on_reply(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_text("cmd:close:4001:done here").unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::CLOSE);
+        assert_eq!(f.close_code(), Some(4001));
+        assert_eq!(f.close_reason(), "done here");
+        c.send_close(4001, "").unwrap();
+        c.expect_eof();
+        server.wait_event("on_close", |e| matches!(e, Event::Closed(..)));
+    }
+
+    fn handler_close_drops_tcp_at_the_close_timeout_without_a_reply(backend) {
+        let server = common::start_with(backend, |b| b.close_timeout(Duration::from_millis(200)));
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_text("cmd:close:1000:bye").unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!((f.opcode, f.close_code()), (op::CLOSE, Some(1000)));
+        // Never answer: the server must give up on its own.
+        c.expect_eof();
+    }
+
+    fn data_queued_before_handler_close_is_delivered_first(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_text("first").unwrap();
+        c.send_text("cmd:close:1000:").unwrap();
+        assert_eq!(c.read_message().unwrap(), (op::TEXT, b"first".to_vec()));
+        assert_eq!(c.read_until_close(), Ending::Close(Some(1000)));
+    }
+
+    fn tungstenite_close_handshake_completes(backend) {
+        let server = common::start(backend);
+        let mut ws = common::tungstenite_client(server.addr);
+        ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "done".into(),
+        }))
+        .unwrap();
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Close(Some(f))) => {
+                    assert_eq!(u16::from(f.code), 1000);
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("close handshake did not complete cleanly: {e}"),
+            }
+        }
+    }
+}

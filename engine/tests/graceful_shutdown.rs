@@ -1,0 +1,76 @@
+//! `ServerHandle::shutdown`: every client gets close 1001 after the data already queued for it,
+//! and the call returns (threads joined) within its grace period plus a margin.
+
+mod common;
+
+use common::handlers::Event;
+use common::raw::{op, Ending, RawClient};
+use std::time::Duration;
+
+every_backend! {
+    fn every_client_gets_close_1001(backend) {
+        let mut server = common::start(backend);
+        let mut clients: Vec<RawClient> = (0..10).map(|_| RawClient::connect(server.addr).unwrap()).collect();
+        for c in &mut clients {
+            c.echo_text("before shutdown");
+        }
+        let handle = server.take_handle();
+        let stopper = std::thread::spawn(move || common::shutdown_bounded(handle, Duration::from_secs(10)));
+        for c in &mut clients {
+            assert_eq!(c.read_until_close(), Ending::Close(Some(1001)));
+            let _ = c.send_close(1001, "");
+            c.expect_eof();
+        }
+        assert!(stopper.join().unwrap(), "shutdown did not return");
+    }
+
+    fn queued_data_is_flushed_before_the_1001_close(backend) {
+        let mut server = common::start_with(backend, |b| b.send_queue_bytes_max(64 << 20));
+        let mut c = RawClient::connect(server.addr).unwrap();
+        // 16 MiB queued while the client reads nothing: more than the socket buffers take.
+        c.send_text("cmd:flood:256:65536").unwrap();
+        server.wait_event("flood done", |e| matches!(e, Event::FloodDone { queued: 256, .. }));
+        let handle = server.take_handle();
+        let stopper = std::thread::spawn(move || common::shutdown_bounded(handle, Duration::from_secs(15)));
+        for m in 0..256 {
+            let (kind, data) = c.read_message().unwrap_or_else(|e| panic!("message {m} of 256 lost at shutdown: {e}"));
+            assert_eq!(kind, op::BINARY);
+            assert!(data == common::handlers::flood_message(m, 65536), "message {m} differs");
+        }
+        assert_eq!(c.read_until_close(), Ending::Close(Some(1001)));
+        let _ = c.send_close(1001, "");
+        assert!(stopper.join().unwrap(), "shutdown did not return");
+    }
+
+    fn shutdown_returns_when_clients_never_answer_the_close(backend) {
+        let server = common::start(backend);
+        let _silent: Vec<RawClient> = (0..5).map(|_| RawClient::connect(server.addr).unwrap()).collect();
+        // Generous bound: it must return at all, not be fast.
+        server.shutdown(Duration::from_millis(300));
+    }
+
+    fn listener_refuses_new_handshakes_after_shutdown(backend) {
+        let server = common::start(backend);
+        let addr = server.addr;
+        server.shutdown(Duration::from_secs(1));
+        assert!(RawClient::connect(addr).is_err(), "handshake succeeded after shutdown");
+    }
+
+    fn on_close_runs_for_every_connection_at_shutdown(backend) {
+        let mut server = common::start(backend);
+        let clients: Vec<RawClient> = (0..6).map(|_| RawClient::connect(server.addr).unwrap()).collect();
+        for _ in 0..6 {
+            server.wait_event("on_open", |e| matches!(e, Event::Opened(_)));
+        }
+        let handle = server.take_handle();
+        let stopper = std::thread::spawn(move || common::shutdown_bounded(handle, Duration::from_secs(5)));
+        // Answer the closes so the handshakes complete.
+        for mut c in clients {
+            let _ = c.read_until_close();
+            let _ = c.send_close(1001, "");
+        }
+        assert!(stopper.join().unwrap(), "shutdown did not return");
+        let closed = server.events.try_iter().filter(|e| matches!(e, Event::Closed(..))).count();
+        assert_eq!(closed, 6, "on_close calls at shutdown");
+    }
+}
