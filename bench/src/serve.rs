@@ -1,0 +1,175 @@
+//! `percore serve`: an echo server on the percore engine, for benchmarks and conformance runs.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use percore::{Backend, Conn, Handler, Message, Server, Shards, SlowConsumer};
+
+/// Options of `percore serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the real one is printed).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub addr: String,
+    /// I/O backend: auto (io_uring if available, else epoll), epoll or uring.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Number of shards (threads); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// What the server does with messages.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    pub mode: Mode,
+    /// Most connections open at once (excess upgrades get HTTP 503).
+    #[arg(long, default_value_t = 200_000)]
+    pub max_connections: usize,
+    /// Largest accepted message in bytes (larger: close 1009).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// Largest accepted frame payload in bytes (larger: close 1009).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_frame_bytes: usize,
+    /// Most bytes queued per connection (past it the slow-consumer policy closes it). Echo
+    /// needs at least the largest message plus its header.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub send_queue_bytes_max: usize,
+    /// on_drain threshold in bytes.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub send_queue_low_water_bytes: usize,
+    /// Close code for slow consumers: 1008 or 1013.
+    #[arg(long, default_value_t = 1008)]
+    pub slow_consumer_code: u16,
+    /// Largest accepted upgrade request header block in bytes (larger: HTTP 431).
+    #[arg(long, default_value_t = 8 << 10)]
+    pub handshake_header_bytes_max: usize,
+    /// Listen backlog per shard.
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: u32,
+    /// Receive buffer per shard in bytes.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub recv_buffer_bytes: usize,
+    /// Seconds allowed to complete the upgrade request.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Seconds without input before the server pings (0: never).
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Seconds to wait for any input after an idle ping before dropping the connection.
+    #[arg(long, default_value_t = 20)]
+    pub pong_timeout_secs: u64,
+    /// Seconds allowed for a close handshake.
+    #[arg(long, default_value_t = 5)]
+    pub close_timeout_secs: u64,
+    /// Seconds a graceful shutdown (SIGINT/SIGTERM) waits for close replies.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Backend choice on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackendArg {
+    /// io_uring if the kernel allows it, else epoll.
+    Auto,
+    /// epoll (mio).
+    Epoll,
+    /// io_uring.
+    Uring,
+}
+
+/// Server behaviour.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Mode {
+    /// Send every message back to its sender.
+    Echo,
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        // A refused send already closed the connection (slow consumer or closing).
+        let _ = conn.send(msg);
+    }
+}
+
+/// `percore serve`: run, and exit with status 1 and a message on failure.
+pub fn main(args: ServeArgs) {
+    if let Err(e) = run(args) {
+        eprintln!("percore serve: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Run the server until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let backend = match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Epoll => Backend::Epoll,
+        BackendArg::Uring => Backend::IoUring,
+    };
+    let shards = match args.shards {
+        0 => Shards::PerCore,
+        n => Shards::Count(n),
+    };
+    let slow = match args.slow_consumer_code {
+        1008 => SlowConsumer::Close1008,
+        1013 => SlowConsumer::Close1013,
+        c => {
+            return Err(format!(
+                "--slow-consumer-code must be 1008 or 1013, not {c}"
+            ))
+        }
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let builder = Server::builder()
+        .bind(args.addr.as_str())
+        .shards(shards)
+        .pin(!args.no_pin)
+        .backend(backend)
+        .max_connections(args.max_connections)
+        .max_message_bytes(args.max_message_bytes)
+        .max_frame_bytes(args.max_frame_bytes)
+        .send_queue_bytes_max(args.send_queue_bytes_max)
+        .send_queue_low_water_bytes(args.send_queue_low_water_bytes)
+        .slow_consumer(slow)
+        .handshake_header_bytes_max(args.handshake_header_bytes_max)
+        .backlog(args.backlog)
+        .recv_buffer_bytes(args.recv_buffer_bytes)
+        .handshake_timeout(Duration::from_secs(args.handshake_timeout_secs))
+        .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
+        .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
+        .close_timeout(Duration::from_secs(args.close_timeout_secs));
+    let server = match args.mode {
+        Mode::Echo => builder.start(|_| Echo),
+    }
+    .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
+    let backend_name = match server.backend() {
+        Backend::IoUring => "uring",
+        Backend::Epoll => "epoll",
+        _ => "auto",
+    };
+    println!(
+        "listening on {} backend={} shards={}",
+        server.local_addr(),
+        backend_name,
+        server.shards()
+    );
+    let _ = std::io::stdout().flush();
+    let _ = signals.forever().next();
+    server.shutdown(Duration::from_secs(args.shutdown_grace_secs));
+    let s = server.stats();
+    eprintln!(
+        "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={}",
+        s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts
+    );
+    Ok(())
+}
