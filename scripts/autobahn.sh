@@ -52,9 +52,20 @@ EXCL=$(python3 -c 'import json,sys; print(",".join(json.load(open(sys.argv[1]))[
 
 WORK=$(mktemp -d /tmp/percore-autobahn.XXXXXX)
 SERVER_PID=""
+# Stop the server with SIGTERM (graceful shutdown, --shutdown-grace-secs 5 by default); one that
+# is still running 20 s later is killed with a warning (shutdown is checked by the engine's
+# graceful_shutdown tests; here it must only never block the script).
 cleanup() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 200); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "autobahn.sh: WARNING: percore serve did not exit within 20 s of SIGTERM; killed" >&2
+      kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=""
@@ -69,7 +80,7 @@ free_port() {
 # Start `percore serve` on a free port; returns 1 when it exits before listening (log in $WORK).
 start_server() {
   local backend=$1 port=$2 cli_backend
-  case "$backend" in uring) cli_backend=io-uring ;; *) cli_backend=$backend ;; esac
+  cli_backend=$backend
   "$BIN" serve --addr "127.0.0.1:$port" --backend "$cli_backend" --no-pin --shards 2 \
     >"$WORK/server-$backend.log" 2>&1 &
   SERVER_PID=$!
