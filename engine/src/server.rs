@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub(crate) send_queue_low_water_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
+    pub(crate) recv_buffers: usize,
+    pub(crate) direct_fds: bool,
+    pub(crate) direct_fds_max: u32,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) pong_timeout: Duration,
@@ -58,6 +61,9 @@ impl Default for Config {
             send_queue_low_water_bytes: 64 << 10,
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
+            recv_buffers: 256,
+            direct_fds: false,
+            direct_fds_max: 20_000,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(20),
@@ -147,8 +153,10 @@ impl ServerBuilder {
     }
 
     /// Most bytes queued for one connection and not yet written (default 4 MiB). A send that
-    /// would pass it triggers the [`SlowConsumer`] policy. Worst-case memory is this times the
-    /// number of slow readers.
+    /// would take a non-empty queue past it triggers the [`SlowConsumer`] policy (a single
+    /// message onto an empty queue is always accepted, so echoing a message larger than this
+    /// works). Worst-case memory is this (or the largest message sent) times the number of
+    /// slow readers.
     pub fn send_queue_bytes_max(mut self, n: usize) -> Self {
         self.config.send_queue_bytes_max = n;
         self
@@ -171,6 +179,36 @@ impl ServerBuilder {
     /// means fewer reads per large message, at this cost per shard.
     pub fn recv_buffer_bytes(mut self, n: usize) -> Self {
         self.config.recv_buffer_bytes = n.max(4096);
+        self
+    }
+
+    /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
+    /// down to a power of two, at most 32768), each `recv_buffer_bytes` long: 16 MiB per shard
+    /// by default. They are shared by all of the shard's connections (an idle connection holds
+    /// none) and bound how many receive completions one loop turn handles; past that, the
+    /// affected receives are re-armed on the next turn. epoll ignores it.
+    pub fn recv_buffers(mut self, n: usize) -> Self {
+        self.config.recv_buffers = n.max(1);
+        self
+    }
+
+    /// io_uring: accept connections as direct descriptors (entries of each shard's ring
+    /// file table) instead of file descriptors (default off). They do not count against
+    /// `RLIMIT_NOFILE`, so one process can hold more connections than its descriptor limit;
+    /// [`ServerBuilder::direct_fds_max`] then caps each shard. Peer addresses are not known in
+    /// this mode ([`crate::Conn::peer_addr`] is `0.0.0.0:0`). epoll ignores it.
+    pub fn direct_fds(mut self, on: bool) -> Self {
+        self.config.direct_fds = on;
+        self
+    }
+
+    /// io_uring with [`ServerBuilder::direct_fds`]: the most connections one shard holds
+    /// (default 20 000; its file table has this many entries plus 256, about 8 bytes of kernel
+    /// memory each). The kernel caps one table at `RLIMIT_NOFILE` entries, so this is clamped
+    /// to it: the process can hold shards × `RLIMIT_NOFILE` connections. Past the cap, new
+    /// connections wait in the listen backlog until one closes.
+    pub fn direct_fds_max(mut self, n: u32) -> Self {
+        self.config.direct_fds_max = n.max(1);
         self
     }
 
@@ -240,7 +278,7 @@ impl ServerBuilder {
         let config = Arc::new(config);
         let factory = Arc::new(factory);
         let open = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<Waker>>(n);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -268,12 +306,13 @@ impl ServerBuilder {
             shards.push((mail_tx, stats));
         }
         drop(ready_tx);
-        let mut wakers = Vec::with_capacity(n);
+        // Shards report in any order: keep each waker at its shard's index, next to its mailbox.
+        let mut wakers: Vec<Option<Waker>> = (0..n).map(|_| None).collect();
         let mut failure = None;
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok(Ok(w)) => wakers.push(w),
-                Ok(Err(e)) => failure = Some(e),
+                Ok((i, Ok(w))) => wakers[i] = Some(w),
+                Ok((_, Err(e))) => failure = Some(e),
                 Err(_) => {
                     failure
                         .get_or_insert_with(|| io::Error::other("a shard exited while starting"));
@@ -317,7 +356,8 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     backend: Backend,
     mail: Vec<crossbeam_channel::Sender<Mail>>,
-    wakers: Vec<Waker>,
+    /// `wakers[i]` wakes shard `i` (`None`: it failed to start).
+    wakers: Vec<Option<Waker>>,
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -371,8 +411,11 @@ impl ServerHandle {
         if threads.is_empty() {
             return;
         }
-        for (mail, waker) in self.mail.iter().zip(&self.wakers) {
+        // Every mail before any wake-up, so a woken shard always finds its mail.
+        for mail in &self.mail {
             let _ = mail.send(Mail::Shutdown(at));
+        }
+        for waker in self.wakers.iter().flatten() {
             let _ = waker.wake();
         }
         for t in threads {

@@ -18,12 +18,12 @@ impl Handler for Echo {
     }
 }
 
-fn start() -> ServerHandle {
+fn start(backend: Backend) -> ServerHandle {
     Server::builder()
         .bind("127.0.0.1:0")
         .shards(Shards::Count(2))
         .pin(false)
-        .backend(Backend::Epoll)
+        .backend(backend)
         .close_timeout(Duration::from_secs(2))
         .start(|_| Echo)
         .expect("server starts")
@@ -42,9 +42,8 @@ fn connect(server: &ServerHandle) -> Client {
     ws
 }
 
-#[test]
-fn text_and_binary_messages_are_echoed() {
-    let server = start();
+fn text_and_binary_messages_are_echoed(backend: Backend) {
+    let server = start(backend);
     let mut ws = connect(&server);
     ws.send(TMessage::text("hello")).unwrap();
     assert_eq!(ws.read().unwrap(), TMessage::text("hello"));
@@ -55,17 +54,15 @@ fn text_and_binary_messages_are_echoed() {
     server.shutdown(Duration::from_secs(1));
 }
 
-#[test]
-fn ping_is_answered_with_pong_carrying_the_payload() {
-    let server = start();
+fn ping_is_answered_with_pong_carrying_the_payload(backend: Backend) {
+    let server = start(backend);
     let mut ws = connect(&server);
     ws.send(TMessage::Ping(b"abc".to_vec())).unwrap();
     assert_eq!(ws.read().unwrap(), TMessage::Pong(b"abc".to_vec()));
 }
 
-#[test]
-fn close_handshake_echoes_the_code_and_server_hangs_up() {
-    let server = start();
+fn close_handshake_echoes_the_code_and_server_hangs_up(backend: Backend) {
+    let server = start(backend);
     let mut ws = connect(&server);
     ws.close(Some(tungstenite::protocol::CloseFrame {
         code: TCode::Normal,
@@ -84,8 +81,8 @@ fn close_handshake_echoes_the_code_and_server_hangs_up() {
 }
 
 /// Reads the raw close frame the server sends after a broken frame.
-fn raw_close_code_after(bytes: &[u8]) -> u16 {
-    let server = start();
+fn raw_close_code_after(backend: Backend, bytes: &[u8]) -> u16 {
+    let server = start(backend);
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let req = percore::proto::client_request(
@@ -110,23 +107,23 @@ fn raw_close_code_after(bytes: &[u8]) -> u16 {
     u16::from_be_bytes([hdr[2], hdr[3]])
 }
 
-#[test]
-fn unmasked_client_frame_is_closed_with_1002() {
-    assert_eq!(raw_close_code_after(&[0x81, 0x02, b'h', b'i']), 1002);
+fn unmasked_client_frame_is_closed_with_1002(backend: Backend) {
+    assert_eq!(
+        raw_close_code_after(backend, &[0x81, 0x02, b'h', b'i']),
+        1002
+    );
 }
 
-#[test]
-fn invalid_utf8_text_is_closed_with_1007() {
+fn invalid_utf8_text_is_closed_with_1007(backend: Backend) {
     // Masked with a zero key: payload as is.
     assert_eq!(
-        raw_close_code_after(&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28]),
+        raw_close_code_after(backend, &[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28]),
         1007
     );
 }
 
-#[test]
-fn graceful_shutdown_sends_1001_to_every_client() {
-    let server = start();
+fn graceful_shutdown_sends_1001_to_every_client(backend: Backend) {
+    let server = start(backend);
     let mut a = connect(&server);
     let mut b = connect(&server);
     // Make sure both are open on the server side.
@@ -144,8 +141,7 @@ fn graceful_shutdown_sends_1001_to_every_client() {
     t.join().unwrap();
 }
 
-#[test]
-fn on_close_reports_the_peer_close_code() {
+fn on_close_reports_the_peer_close_code(backend: Backend) {
     use std::sync::mpsc;
     struct Report(mpsc::Sender<Option<CloseCode>>);
     impl Handler for Report {
@@ -161,6 +157,7 @@ fn on_close_reports_the_peer_close_code() {
         .bind("127.0.0.1:0")
         .shards(Shards::Count(1))
         .pin(false)
+        .backend(backend)
         .start(move |_| Report(tx.lock().unwrap().clone()))
         .unwrap();
     let mut ws = connect(&server);
@@ -172,3 +169,31 @@ fn on_close_reports_the_peer_close_code() {
     let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(got, Some(CloseCode(4000)));
 }
+
+/// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(#[test]
+            fn $name() {
+                super::$name(percore::Backend::Epoll)
+            })*
+        }
+        mod io_uring {
+            $(#[test]
+            fn $name() {
+                super::$name(percore::Backend::IoUring)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    text_and_binary_messages_are_echoed,
+    ping_is_answered_with_pong_carrying_the_payload,
+    close_handshake_echoes_the_code_and_server_hangs_up,
+    unmasked_client_frame_is_closed_with_1002,
+    invalid_utf8_text_is_closed_with_1007,
+    graceful_shutdown_sends_1001_to_every_client,
+    on_close_reports_the_peer_close_code,
+);

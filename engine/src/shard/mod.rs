@@ -10,7 +10,7 @@ pub(crate) mod timer;
 
 use std::io;
 use std::marker::PhantomData;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::io::{Completion, Driver, DriverConfig, SendQueue, Token, WithDriver};
+use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token, WithDriver};
 use crate::proto::{
     self, CloseCode, CloseFrame, CloseState, Decoder, Event, Limits, OpCode, ProtocolError, Role,
 };
@@ -43,7 +43,7 @@ pub(crate) struct Run<H, F> {
     pub(crate) stats: Arc<ShardStats>,
     pub(crate) open: Arc<AtomicUsize>,
     pub(crate) mail: Receiver<Mail>,
-    pub(crate) ready: Sender<io::Result<crate::io::Waker>>,
+    pub(crate) ready: Sender<(usize, io::Result<crate::io::Waker>)>,
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) handler: PhantomData<fn() -> H>,
 }
@@ -61,18 +61,20 @@ where
         }
         let dcfg = DriverConfig {
             recv_buffer_bytes: self.config.recv_buffer_bytes,
-            recv_buffers: 256,
+            recv_buffers: self.config.recv_buffers,
+            direct_fds: self.config.direct_fds,
+            direct_fds_max: self.config.direct_fds_max,
             events_max: 1024,
         };
         let driver = match D::new(self.listener, &dcfg) {
             Ok(d) => d,
             Err(e) => {
-                let _ = self.ready.send(Err(e));
+                let _ = self.ready.send((self.index, Err(e)));
                 return;
             }
         };
         let handler = (self.factory)(self.index);
-        if self.ready.send(Ok(driver.waker())).is_err() {
+        if self.ready.send((self.index, Ok(driver.waker()))).is_err() {
             return;
         }
         let mut shard = Shard::new(self.index, handler, self.config, self.stats, self.open);
@@ -211,8 +213,11 @@ impl Ctx {
             return Err(SendError::Closed);
         }
         let key = id.key;
-        if conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
-            > self.config.send_queue_bytes_max
+        // A message always fits an empty queue (its size is bounded by the application), so
+        // one message larger than the limit still goes out; what the limit stops is a backlog.
+        if !conn.queue.is_empty()
+            && conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
+                > self.config.send_queue_bytes_max
         {
             ShardStats::bump(&self.stats.slow_consumers, 1);
             let code = match self.config.slow_consumer {
@@ -261,7 +266,7 @@ struct Shard<H: Handler> {
     slab: Slab<Entry<H::State>>,
     ctx: Ctx,
     open: Arc<AtomicUsize>,
-    accepted: Vec<(TcpStream, SocketAddr)>,
+    accepted: Vec<(Socket, SocketAddr)>,
     to_close: Vec<u32>,
     expired: Vec<timer::Entry>,
     next_generation: u32,
