@@ -87,5 +87,8 @@ every_backend! {
             w.join().expect("client thread");
         }
         common::wait_until("all connections closed", || server.handle().stats().connections_open == 0);
+        let stats = server.handle().stats();
+        assert!(stats.upgraded >= CONNECTIONS as u64, "{stats:?}");
+        assert!(stats.messages_received >= (CONNECTIONS * (MESSAGES + 1)) as u64, "{stats:?}");
     }
 }

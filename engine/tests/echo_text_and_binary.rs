@@ -63,9 +63,6 @@ every_backend! {
         }
     }
 
-    #[ignore = "engine bug: a message larger than send_queue_bytes_max (default 4 MiB) is refused \
-                even on an empty queue, so the default server cannot echo a message of \
-                max_message_bytes (16 MiB): it closes with 1008"]
     fn default_config_echoes_a_message_of_max_message_bytes(backend) {
         let server = common::start(backend);
         let mut ws = common::tungstenite_client(server.addr);
