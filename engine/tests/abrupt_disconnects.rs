@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::handlers::Event;
 use common::raw::{encode_frame, new_key, op, upgrade_request, RawClient};
 use std::io::Write;
 use std::net::TcpStream;
@@ -68,6 +69,17 @@ every_backend! {
         c.shutdown_write();
         c.expect_eof();
         next_client_works(&server);
+    }
+
+    fn abrupt_disconnect_reports_1006_to_on_close(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.echo_text("hello");
+        drop(c);
+        match server.wait_event("on_close", |e| matches!(e, Event::Closed(..))) {
+            Event::Closed(_, code, _) => assert_eq!(code, Some(1006)),
+            _ => unreachable!(),
+        }
     }
 
     fn abrupt_disconnects_are_accounted_as_closed(backend) {

@@ -30,6 +30,7 @@ every_backend! {
         let req = upgrade_request(server.addr, "/", &new_key(), &[("X-Filler", &filler)]);
         let resp = http_exchange(server.addr, req.as_bytes()).unwrap();
         assert_eq!(resp.status, 431, "{resp:?}");
+        common::wait_until("the rejection is counted", || server.handle().stats().handshakes_rejected >= 1);
     }
 
     fn header_block_inside_the_limit_upgrades(backend) {
@@ -93,6 +94,7 @@ every_backend! {
             }
         }
         assert!(closed, "slow handshake still open after sending the whole request over {:?}", start.elapsed());
+        common::wait_until("the handshake timeout is counted", || server.handle().stats().timeouts >= 1);
         // Others are served.
         RawClient::connect(server.addr).unwrap().echo_text("fast client");
     }

@@ -28,6 +28,8 @@ every_backend! {
         let req = upgrade_request(server.addr, "/", &new_key(), &[("Origin", FORBIDDEN_ORIGIN)]);
         let resp = status_of(server.addr, &req);
         assert_eq!(resp.status, 403, "{resp:?}");
+        common::wait_until("the rejection is counted", || server.handle().stats().handshakes_rejected >= 1);
+        assert_eq!(server.handle().stats().upgraded, 0);
         assert!(String::from_utf8_lossy(&resp.body).contains("origin not allowed"), "{resp:?}");
         // The server then closes the connection (no 101 sneaks out later).
         assert!(!String::from_utf8_lossy(&resp.body).contains("101"));

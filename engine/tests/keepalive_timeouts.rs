@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::handlers::Event;
 use common::raw::{op, RawClient};
 use std::time::Duration;
 
@@ -38,6 +39,11 @@ every_backend! {
         assert_eq!(f.opcode, op::PING);
         // No pong: the server gives up (close frame or plain drop, then EOF).
         c.expect_eof();
+        common::wait_until("the pong timeout is counted", || server.handle().stats().timeouts >= 1);
+        match server.wait_event("on_close", |e| matches!(e, Event::Closed(..))) {
+            Event::Closed(_, code, _) => assert_eq!(code, Some(1006), "a dropped connection reports 1006"),
+            _ => unreachable!(),
+        }
         RawClient::connect(server.addr).unwrap().echo_text("others are served");
     }
 

@@ -10,6 +10,9 @@ fn expect_close_after(backend: percore::Backend, bytes: &[u8], code: u16) {
     let mut c = RawClient::connect(server.addr).unwrap();
     c.send_raw(bytes).unwrap();
     c.expect_close(code);
+    common::wait_until("the protocol error is counted", || {
+        server.handle().stats().protocol_errors >= 1
+    });
     // Bad input never takes the server down.
     RawClient::connect(server.addr)
         .unwrap()

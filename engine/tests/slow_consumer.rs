@@ -38,7 +38,11 @@ every_backend! {
         };
         assert!(matches!(ending, Ending::Close(Some(1008)) | Ending::Eof), "got {ending:?}");
         assert!(bytes < 1024 * 65536, "got everything ({bytes} bytes): no limit applied");
-        server.wait_event("on_close of the slow consumer", |e| matches!(e, Event::Closed(..)));
+        match server.wait_event("on_close of the slow consumer", |e| matches!(e, Event::Closed(..))) {
+            Event::Closed(_, code, _) => assert!(matches!(code, Some(1008) | Some(1006)), "on_close code {code:?}"),
+            _ => unreachable!(),
+        }
+        assert!(server.handle().stats().slow_consumers >= 1, "slow consumer not counted");
     }
 
     fn client_that_never_reads_does_not_stall_others(backend) {
