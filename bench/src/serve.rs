@@ -95,9 +95,21 @@ pub enum BackendArg {
 pub enum Mode {
     /// Send every message back to its sender.
     Echo,
+    /// Send every message to every open connection (sender included), on all shards; the
+    /// frame is serialized once and shared by the send queues.
+    Broadcast,
 }
 
 struct Echo;
+
+struct Broadcast;
+
+impl Handler for Broadcast {
+    type State = ();
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        conn.broadcast(msg);
+    }
+}
 
 impl Handler for Echo {
     type State = ();
@@ -163,6 +175,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .close_timeout(Duration::from_secs(args.close_timeout_secs));
     let server = match args.mode {
         Mode::Echo => builder.start(|_| Echo),
+        Mode::Broadcast => builder.start(|_| Broadcast),
     }
     .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
     let backend_name = match server.backend() {

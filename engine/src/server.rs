@@ -328,7 +328,20 @@ impl ServerBuilder {
             stats: shards.into_iter().map(|(_, s)| s).collect(),
             open,
             threads: Mutex::new(threads),
+            handshake_timeout: config.handshake_timeout,
         };
+        if failure.is_none() {
+            // Let every shard reach the others (broadcasts).
+            let peers: Arc<[crate::shard::Peer]> = handle
+                .mail
+                .iter()
+                .zip(&handle.wakers)
+                .filter_map(|(m, w)| Some((m.clone(), w.clone()?)))
+                .collect();
+            for i in 0..handle.mail.len() {
+                let _ = handle.mail_to(i, Mail::Peers(peers.clone()));
+            }
+        }
         match failure {
             Some(e) => {
                 handle.shutdown(Duration::ZERO);
@@ -361,6 +374,7 @@ pub struct ServerHandle {
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -382,6 +396,37 @@ impl ServerHandle {
     /// The backend actually running (`Auto` resolved).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// Deliver `mail` to shard `shard % shards` and wake it.
+    pub(crate) fn mail_to(&self, shard: usize, mail: Mail) -> io::Result<()> {
+        let i = shard % self.mail.len().max(1);
+        let stopped = || io::Error::new(io::ErrorKind::NotConnected, "server is shut down");
+        let tx = self.mail.get(i).ok_or_else(stopped)?;
+        tx.send(mail).map_err(|_| stopped())?;
+        match self.wakers.get(i) {
+            Some(Some(w)) => w.wake(),
+            _ => Err(stopped()),
+        }
+    }
+
+    /// Queue `msg` for every open accepted connection on every shard, like
+    /// [`crate::Conn::broadcast`], from any thread (serialized once here).
+    pub fn broadcast(&self, msg: crate::Message<'_>) {
+        let op = match msg {
+            crate::Message::Text(_) => crate::proto::OpCode::Text,
+            crate::Message::Binary(_) => crate::proto::OpCode::Binary,
+        };
+        let mut v = Vec::with_capacity(msg.as_bytes().len() + crate::proto::MAX_HEADER_LEN);
+        crate::proto::encode_frame(&mut v, op, true, msg.as_bytes(), None);
+        let frame: Arc<[u8]> = v.into();
+        for i in 0..self.mail.len() {
+            let _ = self.mail_to(i, Mail::Broadcast(frame.clone()));
+        }
     }
 
     /// Number of shards.

@@ -170,6 +170,129 @@ fn on_close_reports_the_peer_close_code(backend: Backend) {
     assert_eq!(got, Some(CloseCode(4000)));
 }
 
+/// What an outbound connection's handler saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Open,
+    Text(String),
+    Binary(Vec<u8>),
+    Closed(Option<CloseCode>, String),
+}
+
+/// Sends a text and a binary message on open, reports everything, closes after the 2nd echo.
+struct Outbound(std::sync::mpsc::Sender<Seen>, usize);
+
+impl Handler for Outbound {
+    type State = ();
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        let _ = self.0.send(Seen::Open);
+        conn.send_text("hello from a shard").unwrap();
+        conn.send_binary(&[7u8; 70_000]).unwrap();
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = self.0.send(match msg {
+            Message::Text(t) => Seen::Text(t.to_owned()),
+            Message::Binary(b) => Seen::Binary(b.to_vec()),
+        });
+        self.1 += 1;
+        if self.1 == 2 {
+            conn.close(CloseCode::NORMAL, "done");
+        }
+    }
+    fn on_close(&mut self, _: (), _: percore::ConnId, code: Option<CloseCode>, reason: &str) {
+        let _ = self.0.send(Seen::Closed(code, reason.to_owned()));
+    }
+}
+
+fn outbound(backend: Backend) -> (ServerHandle, std::sync::mpsc::Receiver<Seen>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let client = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(backend)
+        .handshake_timeout(Duration::from_secs(2))
+        .start(move |_| Outbound(tx.lock().unwrap().clone(), 0))
+        .expect("client side starts");
+    (client, rx)
+}
+
+fn outbound_connection_exchanges_messages_and_closes(backend: Backend) {
+    let server = start(backend);
+    let (client, rx) = outbound(backend);
+    client
+        .connect(0, percore::Connect::new(server.local_addr()).path("/chat"))
+        .expect("tcp connect");
+    let next = || rx.recv_timeout(Duration::from_secs(5)).expect("event");
+    assert_eq!(next(), Seen::Open);
+    assert_eq!(next(), Seen::Text("hello from a shard".into()));
+    assert_eq!(next(), Seen::Binary(vec![7u8; 70_000]));
+    assert_eq!(next(), Seen::Closed(Some(CloseCode::NORMAL), String::new()));
+}
+
+fn outbound_connection_refused_by_the_server_reports_1006(backend: Backend) {
+    struct No;
+    impl Handler for No {
+        type State = ();
+        fn on_upgrade(&mut self, _: &percore::Request) -> Result<percore::Accept, percore::Reject> {
+            Err(percore::Reject::new(403, "no"))
+        }
+        fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(backend)
+        .start(|_| No)
+        .unwrap();
+    let (client, rx) = outbound(backend);
+    client
+        .connect(0, percore::Connect::new(server.local_addr()))
+        .expect("tcp connect");
+    match rx.recv_timeout(Duration::from_secs(5)).expect("event") {
+        Seen::Closed(code, _) => assert_eq!(code, Some(CloseCode::ABNORMAL)),
+        other => panic!("expected a failed handshake, got {other:?}"),
+    }
+}
+
+fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
+    struct Fanout;
+    impl Handler for Fanout {
+        type State = ();
+        fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+            conn.broadcast(msg);
+        }
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(2))
+        .pin(false)
+        .backend(backend)
+        .start(|_| Fanout)
+        .unwrap();
+    // Enough connections that both shards hold some (SO_REUSEPORT spreads them by hash).
+    let mut clients: Vec<Client> = (0..8).map(|_| connect(&server)).collect();
+    // Make sure every connection is open on its shard before publishing.
+    for c in clients.iter_mut() {
+        c.send(TMessage::Ping(b"ready".to_vec())).unwrap();
+        assert_eq!(c.read().unwrap(), TMessage::Pong(b"ready".to_vec()));
+    }
+    clients[0].send(TMessage::text("to everyone")).unwrap();
+    for c in clients.iter_mut() {
+        assert_eq!(c.read().unwrap(), TMessage::text("to everyone"));
+    }
+    // And from outside the shards.
+    server.broadcast(Message::Binary(b"from the handle"));
+    for c in clients.iter_mut() {
+        assert_eq!(
+            c.read().unwrap(),
+            TMessage::binary(b"from the handle".to_vec())
+        );
+    }
+}
+
 /// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -196,4 +319,7 @@ on_both_backends!(
     invalid_utf8_text_is_closed_with_1007,
     graceful_shutdown_sends_1001_to_every_client,
     on_close_reports_the_peer_close_code,
+    outbound_connection_exchanges_messages_and_closes,
+    outbound_connection_refused_by_the_server_reports_1006,
+    broadcast_reaches_every_connection_on_every_shard,
 );

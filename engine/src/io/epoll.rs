@@ -42,7 +42,12 @@ pub(crate) struct EpollDriver {
     /// Sockets whose read loop stopped at `READS_PER_TURN` with data possibly left (no new
     /// edge will come for it): read again on the next `poll`, which then does not block.
     unfinished: Vec<(Token, bool)>,
+    /// `accept` failed for lack of resources: try again after `ACCEPT_RETRY`.
+    accept_retry: bool,
 }
+
+/// Pause before retrying `accept` after EMFILE/ENFILE/ENOMEM.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Most reads of one socket per `poll` (fairness: one fast sender cannot starve the others;
 /// 16 reads of the 64 KiB default buffer = 1 MiB per connection per loop turn).
@@ -77,9 +82,13 @@ impl EpollDriver {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock, or out of descriptors/memory: try again on the next readiness
-                // event (the pending connection stays in the backlog).
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Out of descriptors or memory: the pending connections stay in the backlog and
+                // raise no new edge, so retry on a timer until they can be taken.
+                Err(_) => {
+                    self.accept_retry = true;
+                    return;
+                }
             }
         }
     }
@@ -143,6 +152,7 @@ impl Driver for EpollDriver {
             waker,
             sockets: Vec::new(),
             unfinished: Vec::new(),
+            accept_retry: false,
             scratch: vec![0u8; cfg.recv_buffer_bytes.max(4096)].into_boxed_slice(),
         })
     }
@@ -177,10 +187,12 @@ impl Driver for EpollDriver {
     where
         F: FnMut(Completion<'_>),
     {
-        let timeout = if self.unfinished.is_empty() {
-            timeout
-        } else {
+        let timeout = if !self.unfinished.is_empty() {
             Some(Duration::ZERO)
+        } else if self.accept_retry {
+            Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)))
+        } else {
+            timeout
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -189,6 +201,9 @@ impl Driver for EpollDriver {
         }
         // A token here may have been closed (and even reused) since: reading a socket with
         // nothing to read only costs a `WouldBlock`.
+        if std::mem::take(&mut self.accept_retry) {
+            self.accept_all(&mut on);
+        }
         let mut again = std::mem::take(&mut self.unfinished);
         for (token, drain) in again.drain(..) {
             self.read_all(token, drain, &mut on);

@@ -55,8 +55,9 @@ pub(crate) struct DriverConfig {
     /// io_uring only: accept connections as direct descriptors (entries of the ring's
     /// fixed-file table, not counted against `RLIMIT_NOFILE`). epoll ignores it.
     pub(crate) direct_fds: bool,
-    /// io_uring only, with `direct_fds`: size of each shard's fixed-file table, hence the most
-    /// connections one shard can hold in that mode. Kernel memory: about 8 bytes per entry.
+    /// io_uring only, with `direct_fds`: the most connections one shard holds in that mode
+    /// (clamped to `RLIMIT_NOFILE`, the kernel's bound on one fixed-file table). Kernel memory:
+    /// about 8 bytes per table entry.
     pub(crate) direct_fds_max: u32,
     /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
@@ -105,8 +106,8 @@ pub(crate) enum Completion<'a> {
     },
     /// A send that the backend started asynchronously finished (io_uring; a failed one is
     /// reported as `n = 0` followed by [`Completion::Closed`] with the error), or (epoll) the
-    /// socket became writable again after a short write, reported with `n = 0`. The shard then calls
-    /// [`SendQueue::complete`] with `n` and, if the queue is still non-empty, `send` again.
+    /// socket became writable again after a short write, reported with `n = 0`. The shard then
+    /// calls [`SendQueue::complete`] with `n` and, if the queue is still non-empty, `send` again.
     Sent {
         /// The connection.
         token: Token,

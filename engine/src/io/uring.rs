@@ -1147,32 +1147,41 @@ impl UringDriver {
     }
 }
 
-impl Drop for UringDriver {
-    fn drop(&mut self) {
-        // Cancel everything and wait (bounded) until no operation can still touch memory about
-        // to be freed: send iovecs, the eventfd target and the receive buffers.
+impl UringDriver {
+    /// Cancel every operation and wait, at most `limit`, until none is in flight. Returns
+    /// whether that point was reached. Afterwards the kernel no longer touches send iovecs,
+    /// send-queue chunks, the eventfd target or the receive buffers.
+    fn cancel_all(&mut self, limit: Duration) -> bool {
         let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
             .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
         // SAFETY: a cancel points at no user memory.
         let _ = unsafe { self.push(&sqe) };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        self.in_flight = self.in_flight.saturating_sub(
-            self.backlog
-                .iter()
-                .filter(|c| !cqueue::more(c.flags()))
-                .count(),
-        );
+        let finished = self
+            .backlog
+            .drain(..)
+            .filter(|c| !cqueue::more(c.flags()))
+            .count();
+        self.in_flight = self.in_flight.saturating_sub(finished);
+        let deadline = Instant::now() + limit;
         while self.in_flight > 0 && Instant::now() < deadline {
             let _ = self.enter(Some(Duration::from_millis(10)));
-            let n = self
+            let finished = self
                 .ring
                 .completion()
                 .filter(|c| !cqueue::more(c.flags()))
                 .count();
-            self.in_flight = self.in_flight.saturating_sub(n);
+            self.in_flight = self.in_flight.saturating_sub(finished);
         }
-        let leak = self.in_flight > 0;
+        self.in_flight == 0
+    }
+}
+
+impl Drop for UringDriver {
+    /// Runs before the shard frees its send queues (the driver is dropped first), so the
+    /// chunks the kernel may read are still alive while the operations are cancelled.
+    fn drop(&mut self) {
+        let leak = !self.cancel_all(Duration::from_secs(2));
         for c in std::mem::take(&mut self.conns).into_iter().flatten() {
             if let Sock::Fd(fd) = c.sock {
                 // SAFETY: the driver owns every registered plain descriptor; closed once here.
@@ -1184,6 +1193,7 @@ impl Drop for UringDriver {
             }
         }
         if leak {
+            // Same for the receive buffers and the eventfd target.
             self.bufs.leak = true;
             std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
@@ -1253,6 +1263,8 @@ mod tests {
         next: usize,
         sent: usize,
         released: usize,
+        /// Tokens given to `close` (a shard sends nothing more on them).
+        closing: Vec<usize>,
     }
 
     impl Mini {
@@ -1266,6 +1278,7 @@ mod tests {
                 next: 0,
                 sent: 0,
                 released: 0,
+                closing: Vec::new(),
             }
         }
 
@@ -1323,6 +1336,7 @@ mod tests {
                     }
                     Action::Echo(t, b) => self.queues.get_mut(&t.0).unwrap().push(&b),
                     Action::Close(t) => {
+                        self.closing.push(t.0);
                         if self.d.close(t) {
                             self.queues.remove(&t.0);
                             self.released += 1;
@@ -1332,7 +1346,7 @@ mod tests {
                 }
             }
             for (t, q) in &mut self.queues {
-                if !q.is_empty() && !q.in_flight() {
+                if !q.is_empty() && !q.in_flight() && !self.closing.contains(t) {
                     self.d.send(Token(*t), q).unwrap();
                 }
             }
@@ -1584,6 +1598,77 @@ mod tests {
             );
             assert_eq!(got, b"late");
         }
+    }
+
+    #[test]
+    fn reset_peer_is_reported_closed_once_then_released() {
+        let mut m = Mini::new(config(false));
+        let c = TcpStream::connect(m.addr).unwrap();
+        let mut st = ();
+        m.pump(
+            &mut st,
+            |_, acts, c| {
+                if let Completion::Accepted { socket, .. } = c {
+                    acts.push(Action::Register(socket));
+                }
+            },
+            |_, m| m.next == 1,
+        );
+        // RST from the peer (linger 0), then more than the socket buffers can take: the recv
+        // and the send both fail, in whichever order.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads one linger struct from a live local.
+        let r = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        drop(c);
+        m.queues.get_mut(&0).unwrap().push(&vec![7u8; 8 << 20]);
+        let mut closed = 0;
+        m.pump(
+            &mut closed,
+            |closed, acts, c| {
+                if let Completion::Closed { error, token } = c {
+                    assert!(error.is_some(), "a reset is an error");
+                    *closed += 1;
+                    acts.push(Action::Close(token));
+                }
+            },
+            |_, m| m.released == 1,
+        );
+        assert_eq!(closed, 1);
+    }
+
+    #[test]
+    fn teardown_cancels_a_send_stuck_on_a_peer_that_does_not_read() {
+        let mut m = Mini::new(config(false));
+        let _peer = TcpStream::connect(m.addr).unwrap();
+        let mut st = ();
+        m.pump(
+            &mut st,
+            |_, acts, c| {
+                if let Completion::Accepted { socket, .. } = c {
+                    acts.push(Action::Register(socket));
+                }
+            },
+            |_, m| m.next == 1,
+        );
+        m.queues.get_mut(&0).unwrap().push(&vec![1u8; 16 << 20]);
+        m.turn(&mut st, &mut |_, _, _| {});
+        assert!(m.queues[&0].in_flight());
+        // What `Drop` relies on: every operation (accept, recv, the blocked send, the eventfd
+        // read) ends, so nothing the kernel could touch is freed under it.
+        assert!(m.d.cancel_all(Duration::from_secs(5)));
+        assert_eq!(m.d.in_flight, 0);
     }
 
     #[test]
