@@ -6,8 +6,8 @@ use common::raw::{http_exchange, new_key, upgrade_request, RawClient};
 
 every_backend! {
     fn handshake_past_max_connections_gets_503(backend) {
-        // One shard: the limit is then unambiguous whether it counts per shard or per server.
-        let server = common::start_with(backend, |b| b.shards(percore::Shards::Count(1)).max_connections(3));
+        // Two shards: the limit counts connections across all of them.
+        let server = common::start_with(backend, |b| b.shards(percore::Shards::Count(2)).max_connections(3));
         let mut open: Vec<RawClient> = (0..3).map(|_| RawClient::connect(server.addr).unwrap()).collect();
         for c in &mut open {
             c.echo_text("inside the limit");

@@ -55,6 +55,24 @@ every_backend! {
         expect_close_after(backend, &encode_frame(true, 0, op::TEXT, &[0xED, 0xA0, 0x80], [1, 2, 3, 4]), 1007);
     }
 
+    fn invalid_utf8_at_the_end_of_a_large_text_is_1007(backend) {
+        // Larger than the receive buffer: the check runs across reads.
+        let mut text = "ü".repeat(100_000).into_bytes();
+        text.push(0xFF);
+        expect_close_after(backend, &encode_frame(true, 0, op::TEXT, &text, [1, 2, 3, 4]), 1007);
+    }
+
+    fn invalid_utf8_early_in_a_large_text_fails_before_the_rest_arrives(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        let mut text = vec![b'a'; 1 << 20];
+        text[100] = 0xC0;
+        let frame = encode_frame(true, 0, op::TEXT, &text, [1, 2, 3, 4]);
+        // Header + the first 1000 payload bytes only: the server must fail fast.
+        c.send_raw(&frame[..14 + 1000]).unwrap();
+        c.expect_close(1007);
+    }
+
     fn payload_length_with_msb_set_is_1002(backend) {
         let mut frame = vec![0x82, 0x80 | 127];
         frame.extend_from_slice(&(1u64 << 63).to_be_bytes());
