@@ -61,7 +61,8 @@ every_backend! {
         let _ = c.send_raw(&bytes);
         let f = c.read_frame().unwrap();
         assert_eq!(f.opcode, op::CLOSE, "only the close reply, no echo");
-        c.expect_eof();
+        let rest = c.frames_until_eof();
+        assert!(rest.is_empty(), "frames after the close reply: {rest:?}");
     }
 
     fn one_byte_close_payload_is_1002(backend) {
@@ -108,6 +109,42 @@ every_backend! {
         c.send_text("cmd:close:1000:").unwrap();
         assert_eq!(c.read_message().unwrap(), (op::TEXT, b"first".to_vec()));
         assert_eq!(c.read_until_close(), Ending::Close(Some(1000)));
+    }
+
+    fn send_after_handler_close_is_refused_and_nothing_follows_the_close_frame(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_text("cmd:close-then-send").unwrap();
+        match server.wait_event("send result", |e| matches!(e, Event::SendAfterClose(_))) {
+            Event::SendAfterClose(r) => assert_eq!(r, Err(percore::SendError::Closed)),
+            _ => unreachable!(),
+        }
+        let f = c.read_frame().unwrap();
+        assert_eq!((f.opcode, f.close_code()), (op::CLOSE, Some(1000)));
+        c.send_close(1000, "").unwrap();
+        c.expect_eof();
+    }
+
+    fn client_data_after_a_server_close_is_not_echoed(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_text("cmd:close:1000:").unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::CLOSE);
+        // Data sent before the client's close reply is discarded by the closing server.
+        c.send_text("late").unwrap();
+        c.send_close(1000, "").unwrap();
+        let rest = c.frames_until_eof();
+        assert!(rest.is_empty(), "frames after the server's close: {rest:?}");
+    }
+
+    fn max_length_close_reason_is_echoed_code(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_close(4002, &"r".repeat(123)).unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!((f.opcode, f.close_code()), (op::CLOSE, Some(4002)));
+        c.expect_eof();
     }
 
     fn tungstenite_close_handshake_completes(backend) {

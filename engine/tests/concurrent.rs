@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::handlers::Event;
 use common::raw::{encode_frame, op, RawClient};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,5 +91,20 @@ every_backend! {
         let stats = server.handle().stats();
         assert!(stats.upgraded >= CONNECTIONS as u64, "{stats:?}");
         assert!(stats.messages_received >= (CONNECTIONS * (MESSAGES + 1)) as u64, "{stats:?}");
+        // Every connection had its own id, and each open was matched by exactly one close.
+        let mut opened = std::collections::HashSet::new();
+        let mut closed = std::collections::HashSet::new();
+        let deadline = Instant::now() + common::WAIT;
+        while closed.len() < CONNECTIONS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match server.events.recv_timeout(left) {
+                Ok(Event::Opened(id)) => assert!(opened.insert(id), "id {id} opened twice"),
+                Ok(Event::Closed(id, ..)) => assert!(closed.insert(id), "id {id} closed twice"),
+                Ok(_) => {}
+                Err(_) => panic!("only {} of {CONNECTIONS} on_close calls", closed.len()),
+            }
+        }
+        assert_eq!(opened.len(), CONNECTIONS);
+        assert_eq!(opened, closed);
     }
 }

@@ -124,6 +124,27 @@ every_backend! {
         }
     }
 
+    fn ten_thousand_messages_in_one_write_echo_in_order(backend) {
+        // About 1.3 MB of input in one go: far more than one read, so the server works through
+        // it over many reads and loop turns.
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        let mut batch = Vec::new();
+        for i in 0..10_000 {
+            let payload = format!("{i:06} {}", "m".repeat(100));
+            batch.extend(common::raw::encode_frame(true, 0, op::BINARY, payload.as_bytes(), [3, 1, 4, 1]));
+        }
+        // Write from another thread while this one reads the echoes (neither side blocks the other).
+        let mut w = c.stream.try_clone().unwrap();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut w, &batch));
+        for i in 0..10_000 {
+            let (kind, got) = c.read_message().expect("echo");
+            assert_eq!(kind, op::BINARY);
+            assert_eq!(got, format!("{i:06} {}", "m".repeat(100)).as_bytes(), "message {i}");
+        }
+        writer.join().unwrap().expect("write batch");
+    }
+
     fn frames_pipelined_with_the_handshake_are_processed(backend) {
         use std::io::Write;
         let server = common::start(backend);

@@ -35,6 +35,8 @@ pub enum Event {
     Ping(Vec<u8>),
     /// `on_drain` ran.
     Drained(ConnId),
+    /// What `send_text` returned right after `close` (command `close-then-send`).
+    SendAfterClose(Result<(), percore::SendError>),
 }
 
 /// Echo + commands + upgrade policy. One per shard.
@@ -93,7 +95,7 @@ impl Handler for TestHandler {
 }
 
 impl TestHandler {
-    /// Commands: `close:CODE:REASON`, `ping:PAYLOAD`, `flood:COUNT:SIZE` (COUNT binary messages
+    /// Commands: `close:CODE:REASON`, `close-then-send`, `ping:PAYLOAD`, `flood:COUNT:SIZE` (COUNT binary messages
     /// of SIZE bytes, byte i of message m = (m + i) % 251, stopping at the first send error).
     fn command(&mut self, conn: &mut Conn<'_, ()>, cmd: &str) {
         let mut parts = cmd.splitn(3, ':');
@@ -101,6 +103,11 @@ impl TestHandler {
             (Some("close"), Some(code), reason) => {
                 let code = code.parse().unwrap_or(1000);
                 conn.close(CloseCode(code), reason.unwrap_or(""));
+            }
+            (Some("close-then-send"), _, _) => {
+                conn.close(CloseCode::NORMAL, "");
+                let r = conn.send_text("after close");
+                let _ = self.events.send(Event::SendAfterClose(r));
             }
             (Some("ping"), payload, _) => {
                 let _ = conn.ping(payload.unwrap_or("").as_bytes());

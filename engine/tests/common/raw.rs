@@ -408,6 +408,20 @@ impl RawClient {
         }
     }
 
+    /// Every frame the server still sends until the TCP stream ends (bounded by `IO_TIMEOUT`).
+    pub fn frames_until_eof(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            match self.read_frame() {
+                Ok(f) => frames.push(f),
+                Err(e) if is_timeout(&e) => {
+                    panic!("server did not close the TCP connection within {IO_TIMEOUT:?}")
+                }
+                Err(_) => return frames,
+            }
+        }
+    }
+
     /// Echo round trip: send a text message, expect it back unchanged.
     pub fn echo_text(&mut self, s: &str) {
         self.send_text(s).expect("send text");
