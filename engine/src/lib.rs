@@ -229,7 +229,8 @@ pub trait Handler: 'static {
         let _ = (conn, payload);
     }
 
-    /// The send queue fell below `send_queue_low_water_bytes` after having been above it.
+    /// The send queue fell below `send_queue_low_water_bytes` after having held at least that
+    /// much (called once per such episode).
     fn on_drain(&mut self, conn: &mut Conn<'_, Self::State>) {
         let _ = conn;
     }

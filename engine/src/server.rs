@@ -162,8 +162,8 @@ impl ServerBuilder {
         self
     }
 
-    /// After a flush left at least this many bytes queued, [`Handler::on_drain`] is called once
-    /// the queue falls below it again (default 64 KiB).
+    /// Once a connection's send queue has held at least this many bytes,
+    /// [`Handler::on_drain`] is called when it falls below it again (default 64 KiB).
     pub fn send_queue_low_water_bytes(mut self, n: usize) -> Self {
         self.config.send_queue_low_water_bytes = n;
         self

@@ -293,6 +293,74 @@ fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
     }
 }
 
+fn frames_split_across_many_reads_are_reassembled(backend: Backend) {
+    let server = start(backend);
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = percore::proto::client_request(
+        &server.local_addr().to_string(),
+        "/",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        &[],
+        &[],
+    );
+    // Upgrade request and frames in one stream, cut in small pieces: every piece boundary
+    // falls inside a request line, a frame header, a control frame or a payload.
+    let mut wire = req.clone();
+    let mask = Some([1, 2, 3, 4]);
+    let text = "x".repeat(300); // 16-bit length form
+    percore::proto::encode_frame(
+        &mut wire,
+        percore::proto::OpCode::Text,
+        true,
+        text.as_bytes(),
+        mask,
+    );
+    percore::proto::encode_frame(
+        &mut wire,
+        percore::proto::OpCode::Ping,
+        true,
+        b"mid-stream",
+        mask,
+    );
+    percore::proto::encode_frame(
+        &mut wire,
+        percore::proto::OpCode::Binary,
+        true,
+        &[9u8; 5],
+        mask,
+    );
+    let mut at = 0;
+    let mut piece = 1;
+    while at < wire.len() {
+        let end = (at + piece).min(wire.len());
+        s.write_all(&wire[at..end]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        at = end;
+        piece = piece % 7 + 1;
+    }
+    let mut got = Vec::new();
+    let expect_len = 4 + 300 + 2 + 10 + 2 + 5; // three unmasked frames back
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < expect_len {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed early");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() >= p + 4 + expect_len {
+                break;
+            }
+        }
+    }
+    let p = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let frames = &got[p..];
+    assert_eq!(&frames[..4], &[0x81, 126, 1, 44]);
+    assert_eq!(&frames[4..304], text.as_bytes());
+    assert_eq!(&frames[304..316], b"\x8a\x0amid-stream");
+    assert_eq!(&frames[316..323], &[0x82, 5, 9, 9, 9, 9, 9]);
+}
+
 /// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -322,4 +390,5 @@ on_both_backends!(
     outbound_connection_exchanges_messages_and_closes,
     outbound_connection_refused_by_the_server_reports_1006,
     broadcast_reaches_every_connection_on_every_shard,
+    frames_split_across_many_reads_are_reassembled,
 );

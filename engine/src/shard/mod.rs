@@ -120,7 +120,7 @@ enum Phase {
 const DIRTY: u8 = 1;
 /// A ping was sent by the idle timer and nothing has arrived since.
 const PING_OUT: u8 = 2;
-/// A flush left at least the low-water mark queued: `on_drain` is due when it falls below.
+/// The queue held at least the low-water mark: `on_drain` is due when it falls below.
 const DRAIN_WANTED: u8 = 4;
 /// `on_open` was called: `on_close` is due.
 const OPENED: u8 = 8;
@@ -212,7 +212,16 @@ impl Ctx {
             proto::encode_frame(v, op, true, payload, mask)
         });
         ShardStats::bump(&self.stats.frames_sent, 1);
+        self.note_backlog(conn);
         self.mark_dirty(key, conn);
+    }
+
+    /// The queue reached the low-water mark: `on_drain` is due once it falls below again
+    /// (whether or not the next flush writes it all at once).
+    fn note_backlog<S>(&self, conn: &mut Connection<S>) {
+        if conn.queue.len() >= self.config.send_queue_low_water_bytes.max(1) {
+            conn.flags |= DRAIN_WANTED;
+        }
     }
 
     /// Enter `Flushing`: the connection ends once its queue is written.
@@ -291,6 +300,7 @@ impl Ctx {
         }
         conn.queue.push_shared(frame.clone());
         ShardStats::bump(&self.stats.frames_sent, 1);
+        self.note_backlog(conn);
         self.mark_dirty(key, conn);
     }
 
@@ -377,6 +387,10 @@ impl<H: Handler> Shard<H> {
         loop {
             let now = Instant::now();
             let mut timeout = self.ctx.wheel.next_timeout(now);
+            if !self.ctx.dirty.is_empty() || !self.ctx.broadcasts.is_empty() {
+                // Work left over from the last turn (callbacks that kept queueing): no sleep.
+                timeout = Some(Duration::ZERO);
+            }
             if let Some(at) = self.shutdown_at {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
