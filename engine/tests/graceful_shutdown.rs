@@ -49,6 +49,35 @@ every_backend! {
         server.shutdown(Duration::from_millis(300));
     }
 
+    fn shutdown_drops_connections_still_in_their_handshake(backend) {
+        let server = common::start(backend);
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        common::wait_until("the half-sent handshake is accepted", || {
+            server.handle().stats().connections_open == 1
+        });
+        server.shutdown(Duration::from_secs(5));
+        s.set_read_timeout(Some(common::WAIT)).unwrap();
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+
+    fn shutdown_twice_is_harmless(backend) {
+        let mut server = common::start(backend);
+        RawClient::connect(server.addr).unwrap().echo_text("x");
+        let handle = server.take_handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            handle.shutdown(Duration::from_secs(1));
+            handle.shutdown(Duration::from_secs(1));
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(common::WAIT).is_ok(), "a second shutdown did not return");
+    }
+
     fn listener_refuses_new_handshakes_after_shutdown(backend) {
         let server = common::start(backend);
         let addr = server.addr;
