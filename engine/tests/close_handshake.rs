@@ -147,6 +147,45 @@ every_backend! {
         c.expect_eof();
     }
 
+    fn handler_close_with_a_long_reason_sends_a_valid_control_frame(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        // 200 two-byte characters: the reason must be cut to fit 125 bytes, on a char boundary.
+        c.send_text(&format!("cmd:close:4003:{}", "é".repeat(200))).unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!((f.opcode, f.close_code()), (op::CLOSE, Some(4003)));
+        assert!(f.payload.len() <= 125, "close payload of {} bytes", f.payload.len());
+        assert!(std::str::from_utf8(&f.payload[2..]).is_ok(), "reason cut inside a character");
+        assert!(f.payload.len() > 100, "reason dropped instead of truncated");
+        c.send_close(4003, "").unwrap();
+        c.expect_eof();
+    }
+
+    fn handler_close_with_a_reserved_code_never_puts_it_on_the_wire(backend) {
+        for code in [1005u16, 1006, 1015] {
+            let server = common::start(backend);
+            let mut c = RawClient::connect(server.addr).unwrap();
+            c.send_text(&format!("cmd:close:{code}:")).unwrap();
+            match c.read_until_close() {
+                Ending::Close(Some(sent)) => assert!(
+                    matches!(sent, 1000..=1003 | 1007..=1014 | 3000..=4999),
+                    "handler close({code}) sent {sent} on the wire"
+                ),
+                Ending::Close(None) | Ending::Eof => {}
+            }
+        }
+    }
+
+    fn close_frame_between_fragments_is_answered(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_frame(false, op::TEXT, b"half a message").unwrap();
+        c.send_close(1000, "").unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!((f.opcode, f.close_code()), (op::CLOSE, Some(1000)));
+        c.expect_eof();
+    }
+
     fn tungstenite_close_handshake_completes(backend) {
         let server = common::start(backend);
         let mut ws = common::tungstenite_client(server.addr);

@@ -57,6 +57,15 @@ every_backend! {
         c.echo_text("still open");
     }
 
+    fn handler_ping_longer_than_125_bytes_is_cut_to_a_valid_control_frame(backend) {
+        let server = common::start(backend);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.send_text(&format!("cmd:ping:{}", "p".repeat(300))).unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::PING);
+        assert_eq!(f.payload, vec![b'p'; 125]);
+    }
+
     fn tungstenite_ping_gets_pong(backend) {
         let server = common::start(backend);
         let mut ws = common::tungstenite_client(server.addr);
