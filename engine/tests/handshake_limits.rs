@@ -23,7 +23,32 @@ fn expect_closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     }
 }
 
+/// An upgrade request whose whole head (through the blank line) is exactly `len` bytes.
+fn request_of_exactly(addr: std::net::SocketAddr, key: &str, len: usize) -> String {
+    let base = upgrade_request(addr, "/", key, &[("X-Pad", "")]);
+    assert!(len >= base.len());
+    let req = upgrade_request(addr, "/", key, &[("X-Pad", &"p".repeat(len - base.len()))]);
+    assert_eq!(req.len(), len);
+    req
+}
+
 every_backend! {
+    fn header_block_of_exactly_the_limit_upgrades_and_one_more_byte_gets_431(backend) {
+        let server = common::start_with(backend, |b| b.handshake_header_bytes_max(1024));
+        let key = new_key();
+        let resp = http_exchange(server.addr, request_of_exactly(server.addr, &key, 1024).as_bytes()).unwrap();
+        assert_eq!(resp.status, 101, "request of exactly the limit: {resp:?}");
+        let resp = http_exchange(server.addr, request_of_exactly(server.addr, &key, 1025).as_bytes()).unwrap();
+        assert_eq!(resp.status, 431, "one byte past the limit: {resp:?}");
+    }
+
+    fn forty_ordinary_headers_upgrade(backend) {
+        let server = common::start(backend);
+        let names: Vec<String> = (0..40).map(|i| format!("X-Header-{i}")).collect();
+        let extra: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        RawClient::connect_with(server.addr, "/", &extra).unwrap().echo_text("many headers");
+    }
+
     fn header_block_larger_than_the_limit_gets_431(backend) {
         let server = common::start_with(backend, |b| b.handshake_header_bytes_max(1024));
         let filler = "a".repeat(2000);
