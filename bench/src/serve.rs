@@ -56,7 +56,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 256)]
     pub recv_buffers: usize,
     /// io_uring: accept connections as direct descriptors (not counted against
-    /// RLIMIT_NOFILE; peer addresses unknown). Ignored by epoll.
+    /// RLIMIT_NOFILE). Ignored by epoll.
     #[arg(long)]
     pub direct_fds: bool,
     /// io_uring with --direct-fds: most connections per shard.

@@ -195,8 +195,9 @@ impl ServerBuilder {
     /// io_uring: accept connections as direct descriptors (entries of each shard's ring
     /// file table) instead of file descriptors (default off). They do not count against
     /// `RLIMIT_NOFILE`, so one process can hold more connections than its descriptor limit;
-    /// [`ServerBuilder::direct_fds_max`] then caps each shard. Peer addresses are not known in
-    /// this mode ([`crate::Conn::peer_addr`] is `0.0.0.0:0`). epoll ignores it.
+    /// [`ServerBuilder::direct_fds_max`] then caps each shard. Learning a peer address takes a
+    /// plain descriptor for a moment (Linux ≥ 6.8); without one [`crate::Conn::peer_addr`] is
+    /// `0.0.0.0:0`. epoll ignores it.
     pub fn direct_fds(mut self, on: bool) -> Self {
         self.config.direct_fds = on;
         self

@@ -94,7 +94,8 @@ pub(crate) enum Completion<'a> {
     Accepted {
         /// The accepted socket, non-blocking, `TCP_NODELAY` set.
         socket: Socket,
-        /// The peer address (`0.0.0.0:0` for an io_uring direct descriptor: unknown).
+        /// The peer address (`0.0.0.0:0` when unknown: an io_uring direct descriptor whose
+        /// address could not be asked).
         peer: SocketAddr,
     },
     /// Bytes arrived on a connection. `buf` is non-empty and lent only for this callback.
