@@ -95,7 +95,7 @@ impl Handler for TestHandler {
 }
 
 impl TestHandler {
-    /// Commands: `close:CODE:REASON`, `close-then-send`, `ping:PAYLOAD`, `flood:COUNT:SIZE` (COUNT binary messages
+    /// Commands: `close:CODE:REASON`, `close-then-send`, `broadcast:TEXT`, `ping:PAYLOAD`, `flood:COUNT:SIZE` (COUNT binary messages
     /// of SIZE bytes, byte i of message m = (m + i) % 251, stopping at the first send error).
     fn command(&mut self, conn: &mut Conn<'_, ()>, cmd: &str) {
         let mut parts = cmd.splitn(3, ':');
@@ -108,6 +108,13 @@ impl TestHandler {
                 conn.close(CloseCode::NORMAL, "");
                 let r = conn.send_text("after close");
                 let _ = self.events.send(Event::SendAfterClose(r));
+            }
+            (Some("broadcast"), text, rest) => {
+                let text = match rest {
+                    Some(r) => format!("{}:{r}", text.unwrap_or("")),
+                    None => text.unwrap_or("").to_string(),
+                };
+                conn.broadcast(Message::Text(&text));
             }
             (Some("ping"), payload, _) => {
                 let _ = conn.ping(payload.unwrap_or("").as_bytes());
