@@ -2,9 +2,24 @@
 # The one test command: formatting, lints, every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# What the integration tests need on a fresh machine: a Python venv with `websockets` (an
+# independent client for the interop test) and the Autobahn|Testsuite venv.
+PERCORE_PYENV=${PERCORE_PYENV:-$HOME/.cache/percore-pyenv}
+export PERCORE_PYENV PERCORE_REQUIRE_PY=1
+echo "== python venv with websockets ($PERCORE_PYENV)"
+if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2>&1; then
+  python3 -m venv "$PERCORE_PYENV"
+  "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'websockets>=13'
+fi
+echo "== autobahn testsuite venv"
+../shared/tools/autobahn/setup.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== autobahn conformance"
+bash scripts/autobahn.sh --backend all

@@ -1,0 +1,70 @@
+//! `idle_timeout` and `pong_timeout`: a quiet connection gets a ping; a client that answers
+//! stays open, one that does not is dropped.
+
+mod common;
+
+use common::handlers::Event;
+use common::raw::{op, RawClient};
+use std::time::Duration;
+
+fn quick_keepalive(b: common::Builder) -> common::Builder {
+    b.idle_timeout(Duration::from_millis(200))
+        .pong_timeout(Duration::from_millis(300))
+}
+
+/// Quick pings, but a pong deadline a stalled test thread on a busy machine will not miss.
+/// (After an answered ping the next one may wait for the pong deadline to pass: keep it short.)
+fn quick_ping_patient_pong(b: common::Builder) -> common::Builder {
+    b.idle_timeout(Duration::from_millis(200))
+        .pong_timeout(Duration::from_secs(2))
+}
+
+every_backend! {
+    fn idle_connection_gets_a_ping(backend) {
+        let server = common::start_with(backend, quick_keepalive);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::PING, "first frame on an idle connection is a ping");
+    }
+
+    fn answering_pings_keeps_an_idle_connection_open(backend) {
+        let server = common::start_with(backend, quick_ping_patient_pong);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        // Several idle periods in a row, each answered.
+        for _ in 0..3 {
+            let f = c.read_frame().unwrap();
+            assert_eq!(f.opcode, op::PING);
+            c.send_frame(true, op::PONG, &f.payload).unwrap();
+        }
+        c.echo_text("still open after several idle periods");
+    }
+
+    fn unanswered_ping_drops_the_connection_after_pong_timeout(backend) {
+        let server = common::start_with(backend, quick_keepalive);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        let f = c.read_frame().unwrap();
+        assert_eq!(f.opcode, op::PING);
+        // No pong: the server gives up (close frame or plain drop, then EOF).
+        c.expect_eof();
+        common::wait_until("the pong timeout is counted", || server.handle().stats().timeouts >= 1);
+        match server.wait_event("on_close", |e| matches!(e, Event::Closed(..))) {
+            Event::Closed(_, code, _) => assert_eq!(code, Some(1006), "a dropped connection reports 1006"),
+            _ => unreachable!(),
+        }
+        RawClient::connect(server.addr).unwrap().echo_text("others are served");
+    }
+
+    fn busy_connection_is_not_pinged_into_closing(backend) {
+        let server = common::start_with(backend, quick_ping_patient_pong);
+        let mut c = RawClient::connect(server.addr).unwrap();
+        // Traffic for well over idle + pong timeouts; pings may come (read_message answers
+        // them), the connection must stay open.
+        let start = std::time::Instant::now();
+        let mut i = 0;
+        while start.elapsed() < Duration::from_millis(1500) {
+            c.echo_text(&format!("busy {i}"));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
