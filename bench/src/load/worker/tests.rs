@@ -253,10 +253,10 @@ fn broadcast_delivers_every_publish_to_every_connection() {
     assert_eq!(p.errors.total(), 0, "{:?}", p.errors);
     // The rate is the publisher's alone: 60 due in the window.
     assert!((45..=62).contains(&p.sent), "sent {}", p.sent);
-    // Every delivery of a message sent in the window reaches 4 receivers (the last few may
-    // arrive after the window closes).
+    // Every delivery of a message sent in the window reaches 4 receivers; those sent in the
+    // last 100 ms (20 at 200/s) may still be in flight when the window closes on a busy host.
     assert!(
-        p.messages >= (p.sent - 3) * 4,
+        p.messages >= p.sent.saturating_sub(20) * 4,
         "sent {} delivered {}",
         p.sent,
         p.messages
@@ -304,8 +304,9 @@ fn open_loop_publisher_left_out_of_its_broadcast_is_not_a_timeout() {
     cfg.timeout_ns = 100_000_000;
     let p = run(cfg, 400);
     assert_eq!(p.errors.total(), 0, "{:?}", p.errors);
+    // As above: up to 100 ms of messages (20 at 200/s) may still be in flight at the end.
     assert!(
-        p.messages >= (p.sent - 3) * 2,
+        p.messages >= p.sent.saturating_sub(20) * 2,
         "sent {} delivered {}",
         p.sent,
         p.messages
