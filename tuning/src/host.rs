@@ -182,7 +182,7 @@ pub fn parse_limits(text: &str, name: &str) -> Option<Limit> {
     Some(Limit { soft, hard })
 }
 
-fn read_limit(roots: &Roots, name: &str, resource: libc::__rlimit_resource_t) -> Reading<Limit> {
+fn read_limit(roots: &Roots, name: &str, resource: rustix::process::Resource) -> Reading<Limit> {
     let path = roots.proc_root.join("self/limits");
     match read_text(&path) {
         Ok(text) => parse_limits(&text, name).ok_or_else(|| garbage(&path, name)),
@@ -309,8 +309,12 @@ impl Host {
         };
         let live = roots.is_live();
         Host {
-            nofile: read_limit(roots, "Max open files", libc::RLIMIT_NOFILE),
-            memlock: read_limit(roots, "Max locked memory", libc::RLIMIT_MEMLOCK),
+            nofile: read_limit(roots, "Max open files", rustix::process::Resource::Nofile),
+            memlock: read_limit(
+                roots,
+                "Max locked memory",
+                rustix::process::Resource::Memlock,
+            ),
             nr_open: sysctl("fs.nr_open"),
             file_max: sysctl("fs.file-max"),
             somaxconn: sysctl("net.core.somaxconn"),

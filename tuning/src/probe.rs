@@ -1,5 +1,6 @@
 //! Everything that asks the running kernel directly: the io_uring feature probe, `getrlimit`
-//! and the page size. The only module of the crate with `unsafe` code.
+//! and the page size. The only module of the crate with `unsafe` code, all of it in the
+//! io_uring probe (`getrlimit` and the page size go through rustix).
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -171,29 +172,14 @@ fn probe_multishot_accept(mut ring: IoUring) -> Result<(), String> {
 }
 
 /// `(soft, hard)` of a resource limit via `getrlimit(2)`; `None` means unlimited.
-pub fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(Option<u64>, Option<u64>)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
-    let rc = unsafe { libc::getrlimit(resource, &mut lim) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let conv = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v);
-    Ok((conv(lim.rlim_cur), conv(lim.rlim_max)))
+pub fn getrlimit(resource: rustix::process::Resource) -> io::Result<(Option<u64>, Option<u64>)> {
+    let lim = rustix::process::getrlimit(resource);
+    Ok((lim.current, lim.maximum))
 }
 
 /// The kernel's page size in bytes (the unit of `net.ipv4.tcp_mem`).
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 {
-        v as u64
-    } else {
-        4096
-    }
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]
@@ -212,7 +198,7 @@ mod tests {
 
     #[test]
     fn getrlimit_nofile_soft_not_above_hard() {
-        let (soft, hard) = getrlimit(libc::RLIMIT_NOFILE).unwrap();
+        let (soft, hard) = getrlimit(rustix::process::Resource::Nofile).unwrap();
         if let (Some(s), Some(h)) = (soft, hard) {
             assert!(s <= h);
         }
