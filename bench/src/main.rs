@@ -1,4 +1,5 @@
 //! `percore`: echo/broadcast server, load generator, benchmark driver and host tuning checker.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
@@ -27,9 +28,22 @@ enum Command {
     Load(load::LoadArgs),
     /// Start servers and the load generator, run the benchmark matrix, print one table.
     Bench(bench::BenchArgs),
+    /// Replace this process with PROGRAM (used by `percore bench` to start peer servers that
+    /// die with it and stay on their CPU).
+    #[command(hide = true)]
+    Exec {
+        /// Program to run.
+        program: std::path::PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() {
+    // First, before any thread starts: a child of `percore bench` / `percore load` dies with
+    // its parent and takes its CPU restriction.
+    sys::guard_child();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("percore {}", env!("CARGO_PKG_VERSION")),
@@ -37,5 +51,11 @@ fn main() {
         Command::Serve(args) => serve::main(args),
         Command::Load(args) => std::process::exit(load::main(args)),
         Command::Bench(args) => std::process::exit(bench::main(args)),
+        Command::Exec { program, args } => {
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(&program).args(args).exec();
+            eprintln!("percore exec {}: {e}", program.display());
+            std::process::exit(127);
+        }
     }
 }

@@ -1,62 +1,37 @@
 //! Thin wrappers over the Linux calls the load generator and the benchmark driver need:
 //! a monotonic clock shared across processes, sockets bound to an explicit source address,
-//! CPU affinity, and per-process CPU time / RSS from /proc.
-#![allow(unsafe_code)]
+//! CPU affinity, children that die with their parent, and per-process CPU time / RSS from
+//! /proc. All of it through safe interfaces (rustix, socket2, core_affinity): the crate
+//! forbids `unsafe`.
 
 use std::io;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
+use std::process::Command;
+
+use rustix::process::{Pid, Signal};
+use rustix::time::{clock_gettime, ClockId, Timespec};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+/// Environment variable naming the pid of the process that started a child `percore`: the
+/// child asks to be killed when that parent dies (see [`guard_child`]).
+pub const ENV_PARENT_PID: &str = "PERCORE_PARENT_PID";
+/// Environment variable with the CPUs (comma separated) a child process is restricted to.
+pub const ENV_CPUS: &str = "PERCORE_CPUS";
+
+fn ns(ts: Timespec) -> u64 {
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// CLOCK_MONOTONIC in nanoseconds. The same clock in every process of the host, so a timestamp
 /// written into a payload by one process can be compared with `mono_ns()` in another.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    ns(clock_gettime(ClockId::Monotonic))
 }
 
 /// CPU time consumed by the calling thread, nanoseconds (CLOCK_THREAD_CPUTIME_ID).
 pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the per-thread CPU clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
-    // SAFETY: `value` lives for the duration of the call and its exact size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    ns(clock_gettime(ClockId::ThreadCPUTime))
 }
 
 /// Open a non-blocking TCP socket with TCP_NODELAY, bind it to `src` (with SO_REUSEADDR, so a
@@ -66,62 +41,25 @@ pub fn connect_from(
     src: Option<SocketAddrV4>,
     dst: SocketAddrV4,
 ) -> io::Result<std::net::TcpStream> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2), is valid and owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)?;
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
+    socket.set_nodelay(true)?;
     if let Some(src) = src {
-        set_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
-        let sa = sockaddr(src);
-        // SAFETY: `sa` is a valid sockaddr_in and its exact size is passed.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&SockAddr::from(src))?;
     }
-    let sa = sockaddr(dst);
-    // SAFETY: `sa` is a valid sockaddr_in and its exact size is passed.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = socket.connect(&SockAddr::from(dst)) {
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
         }
     }
-    Ok(std::net::TcpStream::from(owned))
+    Ok(socket.into())
 }
 
 /// Make the next close of `s` abortive (RST, no TIME_WAIT): a load run tears down up to
 /// 100k sockets at once and must leave no TIME_WAIT state behind for the next run.
-pub fn set_linger_zero(s: &impl AsRawFd) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+pub fn set_linger_zero(s: &impl AsFd) {
     // Best effort: a failure only leaves a TIME_WAIT entry behind.
-    let _ = set_opt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, l);
+    let _ = SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// Pin the calling thread to `cpu`. Returns false if the CPU does not exist or is not allowed.
@@ -129,42 +67,73 @@ pub fn pin_current_thread(cpu: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
 }
 
-/// Restrict the calling process (all threads it creates later) to `cpus`. Meant for
-/// `Command::pre_exec`: only async-signal-safe calls.
+/// Restrict the calling thread, and every thread it creates later, to `cpus`. Called before
+/// any other thread exists, this restricts the whole process.
 pub fn set_process_affinity(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: CPU_SET only writes inside `set`; `c` is bounded by CPU_SETSIZE below.
-        if c < libc::CPU_SETSIZE as usize {
-            unsafe { libc::CPU_SET(c, &mut set) };
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus
+        .iter()
+        .filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU)
+    {
+        set.set(c);
+    }
+    rustix::thread::sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// Mark `cmd` (a `percore` child) so that it dies with this process and, when `cpus` is not
+/// empty, runs only on `cpus`. The child applies both itself, first thing in `main`, through
+/// [`guard_child`].
+pub fn guarded(cmd: &mut Command, cpus: &[usize]) {
+    cmd.env(ENV_PARENT_PID, std::process::id().to_string());
+    if cpus.is_empty() {
+        cmd.env_remove(ENV_CPUS);
+    } else {
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        cmd.env(ENV_CPUS, list.join(","));
+    }
+}
+
+/// Child side of [`guarded`]; call first thing in `main`, before any thread starts. When
+/// started by a `percore` parent: ask for SIGKILL on the parent's death, then exit if the
+/// parent is already gone (it died before the request took effect), then apply the CPU
+/// restriction. The variables are removed so that grandchildren do not inherit them.
+pub fn guard_child() {
+    let parent = std::env::var(ENV_PARENT_PID).ok();
+    let cpus = std::env::var(ENV_CPUS).ok();
+    std::env::remove_var(ENV_PARENT_PID);
+    std::env::remove_var(ENV_CPUS);
+    if let Some(parent) = parent {
+        die_with_parent(parent.trim().parse().ok());
+    }
+    if let Some(cpus) = cpus {
+        let cpus: Vec<usize> = cpus
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        if let Err(e) = set_process_affinity(&cpus) {
+            eprintln!("percore: restricting to CPUs {cpus:?}: {e}");
         }
     }
-    // SAFETY: `set` is a valid cpu_set_t and its exact size is passed; pid 0 = this process.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+}
+
+/// Ask the kernel to SIGKILL this process when its parent dies; exit at once if the parent
+/// (`expected`, its pid) has already died, since the request would then never fire.
+fn die_with_parent(expected: Option<u32>) {
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        eprintln!("percore: PR_SET_PDEATHSIG: {e}");
+    }
+    let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+    if expected.is_some() && ppid != expected {
+        std::process::exit(1);
     }
 }
 
-/// Ask the kernel to SIGKILL the calling process when its parent dies, so that worker and
-/// server children never outlive the command that started them. For `Command::pre_exec`.
-pub fn die_with_parent() -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// Send SIGTERM to process `pid` (best effort: a stale pid only yields ESRCH).
+pub fn terminate(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, Signal::TERM);
     }
-}
-
-/// Send `signal` to process `pid`.
-pub fn kill(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) touches no memory; a stale pid only yields ESRCH.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
 }
 
 /// CPU time (user + system, all threads) consumed so far by process `pid`, in nanoseconds.
@@ -196,13 +165,7 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 }
 
 fn clock_ticks_per_s() -> u64 {
-    // SAFETY: sysconf reads a constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+    rustix::param::clock_ticks_per_second().max(1)
 }
 
 /// utime + stime (clock ticks) from the text of /proc/PID/stat.

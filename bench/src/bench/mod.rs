@@ -8,7 +8,6 @@
 //! the end, so the CPU cost per message is the server's own, whatever limits throughput.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -231,23 +230,18 @@ impl ServerProc {
                     .find(|(n, _)| n == name)
                     .map(|(_, b)| peer_binary(b))
                     .ok_or("unknown peer")?;
-                let mut c = Command::new(bin);
-                c.args(["--addr", "127.0.0.1:0"]);
+                // Started through `percore exec`, which makes it die with this process and
+                // restricts it to `cpu` before it replaces itself with the peer.
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let mut c = Command::new(exe);
+                c.arg("exec").arg(bin).args(["--addr", "127.0.0.1:0"]);
                 c
             }
         };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let cpus = [cpu];
-        // SAFETY: the closure only makes the async-signal-safe calls prctl(2) and
-        // sched_setaffinity(2), before exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                sys::die_with_parent()?;
-                sys::set_process_affinity(&cpus)
-            });
-        }
+        sys::guarded(&mut cmd, &[cpu]);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", kind.name()))?;
@@ -307,7 +301,7 @@ impl ServerProc {
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
-        sys::kill(self.child.id(), libc::SIGTERM);
+        sys::terminate(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -337,14 +331,7 @@ fn run_load(servers: &[ServerProc], cpu: usize, extra: &[String]) -> Result<Summ
         .args(extra)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
-    let cpus = [cpu];
-    // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity) before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::die_with_parent()?;
-            sys::set_process_affinity(&cpus)
-        });
-    }
+    sys::guarded(&mut cmd, &[cpu]);
     let out = cmd.output().map_err(|e| format!("percore load: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).map_err(|e| format!("percore load output ({e}): {text:?}"))

@@ -18,7 +18,6 @@ pub mod ws;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
@@ -420,10 +419,7 @@ impl Processes {
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
-            // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(sys::die_with_parent);
-            }
+            sys::guarded(&mut cmd, &[]);
             let mut child = cmd.spawn().map_err(|e| format!("spawning worker: {e}"))?;
             let stdout = child.stdout.take().ok_or("worker stdout")?;
             let stdin = child.stdin.take();
