@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# N idle connections on ONE io_uring server process (direct descriptors: the connections are
+# not in the file table, so RLIMIT_NOFILE = 20000 does not cap them; each shard's ring has its
+# own table of --direct-fds-max entries).
+#
+#   scripts/idle-one-process.sh [--connections 100000] [--shards 6] [--duration 10] [-- SERVE_ARGS...]
+#
+# Server: `percore serve --backend uring --direct-fds --shards S --no-pin --idle-timeout-secs 2`
+# on CPU 0 (plus SERVE_ARGS); load: `percore load --connections N --mode idle --duration D
+# --server-pid PID --json` on CPU 1 (it answers the server's pings). Prints the load's result,
+# the server's RSS empty and at the end of the window (read by the load while every connection
+# is still open), bytes per connection, TCP sockets in use over time (/proc/net/sockstat), the
+# server's counters when it stops, and which memory mappings grew (smaps, 2 s before the end).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+N=100000
+SHARDS=6
+DURATION=10
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --connections) N=$2; shift 2 ;;
+        --shards) SHARDS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --) shift; break ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+EXTRA=("$@")
+
+BIN=./target/release/percore
+[ -x "$BIN" ] || cargo build --release -p percore-bench
+TMP=$(mktemp -d)
+SPID=
+MPID=
+cleanup() {
+    [ -n "$MPID" ] && kill "$MPID" 2>/dev/null || true
+    if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+taskset -c 0 "$BIN" serve --backend uring --direct-fds --shards "$SHARDS" --no-pin \
+    --idle-timeout-secs 2 --addr "127.0.0.1:$PORT" "${EXTRA[@]}" >"$TMP/serve.log" 2>&1 &
+SPID=$!
+for _ in $(seq 100); do
+    ss -ltnH "sport = :$PORT" | grep -q . && break
+    sleep 0.05
+done
+sleep 1
+EMPTY_KB=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
+cp "/proc/$SPID/smaps" "$TMP/smaps-empty"
+
+T0=$(date +%s.%N)
+( while kill -0 "$SPID" 2>/dev/null; do
+      echo "$(date +%s.%N) $(awk '/^TCP:/ {print $3}' /proc/net/sockstat) $(awk '/VmRSS/ {print $2}' "/proc/$SPID/status" 2>/dev/null)"
+      sleep 1
+  done ) >"$TMP/monitor.log" &
+MPID=$!
+
+LSTART=$(date +%s.%N)
+taskset -c 1 "$BIN" load --url "ws://127.0.0.1:$PORT/" --connections "$N" --mode idle \
+    --duration "$DURATION" --server-pid "$SPID" --json >"$TMP/load.json" 2>"$TMP/load.err" &
+LPID=$!
+# smaps 2 s before the end of the window (connect phase first: watch the progress lines)
+( while ! grep -q "^\[ *$((DURATION - 2))\.[0-9]s\]" "$TMP/load.err" 2>/dev/null; do
+      kill -0 "$LPID" 2>/dev/null || exit 0
+      sleep 0.2
+  done
+  cp "/proc/$SPID/smaps" "$TMP/smaps-loaded" ) &
+SMPID=$!
+LRC=0
+wait "$LPID" || LRC=$?
+LEND=$(date +%s.%N)
+wait "$SMPID" 2>/dev/null || true
+sleep 3 # server counters a little after the load's resets
+kill -INT "$SPID"
+wait "$SPID" || true
+SPID=
+kill "$MPID" 2>/dev/null || true
+MPID=
+
+echo "## $N idle connections, one \`percore serve --backend uring --direct-fds --shards $SHARDS --idle-timeout-secs 2 ${EXTRA[*]}\` process"
+echo
+echo "- date: $(date -u '+%F %H:%M') UTC, commit $(git rev-parse --short HEAD); load exit status $LRC"
+python3 - "$TMP/load.json" "$EMPTY_KB" "$N" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1])); empty = int(sys.argv[2]); n = int(sys.argv[3])
+rss = d.get("server_rss_kb") or 0
+print(f"- load: connections {d['connections']} of {n}, connect_s {d['connect_s']:.2f}, "
+      f"open_at_end {d['open_at_end']}, errors {d['errors']} {d['errors_detail']}, "
+      f"server CPU {d['server_cpu_us'] / 1e6:.2f} s over the run")
+print(f"- server RSS: empty {empty} KiB, window end {rss} KiB, "
+      f"**{(rss - empty) * 1024 / max(d['connections'], 1):.0f} bytes/connection**")
+EOF
+echo "- server at stop: $(tail -1 "$TMP/serve.log")"
+echo
+echo "TCP sockets in use (both ends) and server RSS, per second (t = seconds since the load started; the load ended at t = $(python3 -c "print(f'{$LEND - $LSTART:.1f}')")):"
+echo
+awk -v t0="$LSTART" '{ printf "    t=%5.1f  tcp_inuse=%7d  rss_kib=%s\n", $1 - t0, $2, $3 }' "$TMP/monitor.log"
+if [ -f "$TMP/smaps-loaded" ]; then
+    echo
+    echo "Mappings that grew (KiB, empty -> 2 s before the end of the window):"
+    echo
+    python3 - "$TMP/smaps-empty" "$TMP/smaps-loaded" <<'EOF'
+import sys
+def parse(p):
+    maps = {}; cur = None
+    for l in open(p):
+        f = l.split()
+        if "-" in f[0] and not f[0].endswith(":"):
+            cur = f[0]; maps[cur] = [0, " ".join(f[5:]) or "[anon]"]
+        elif f[0] == "Rss:":
+            maps[cur][0] = int(f[1])
+    return maps
+e = parse(sys.argv[1]); l = parse(sys.argv[2])
+rows = []
+for k, (rss, name) in l.items():
+    a, b = (int(x, 16) for x in k.split("-"))
+    d = rss - e.get(k, [0])[0]
+    if d > 64:
+        rows.append((d, (b - a) // 1024, name))
+for d, size, name in sorted(rows, reverse=True):
+    print(f"    +{d:6d} KiB  (mapping {size:6d} KiB) {name}")
+print(f"    total RSS {sum(v[0] for v in l.values())} KiB")
+EOF
+fi
