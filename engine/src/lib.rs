@@ -38,6 +38,7 @@
 pub mod proto;
 
 mod io;
+mod pubsub;
 mod server;
 mod shard;
 
@@ -46,6 +47,7 @@ use std::net::SocketAddr;
 
 pub use proto::CloseCode;
 pub use proto::Request;
+pub use pubsub::{PubSubError, PublishOptions, Publisher};
 pub use server::{Server, ServerBuilder, ServerHandle, Stats};
 
 /// Which I/O backend the shards run on.

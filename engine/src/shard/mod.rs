@@ -7,6 +7,7 @@
 //! close the sockets that are done.
 
 pub(crate) mod timer;
+pub(crate) mod topics;
 
 use std::io;
 use std::marker::PhantomData;
@@ -46,6 +47,8 @@ pub(crate) struct Run<H, F> {
     pub(crate) ready: Sender<io::Result<crate::io::Waker>>,
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) handler: PhantomData<fn() -> H>,
+    /// Publish/subscribe: the shared hub and this shard's mailbox.
+    pub(crate) pubsub: (Arc<crate::pubsub::Hub>, Receiver<crate::pubsub::Inbox>),
 }
 
 impl<H, F> WithDriver for Run<H, F>
@@ -75,8 +78,17 @@ where
         if self.ready.send(Ok(driver.waker())).is_err() {
             return;
         }
-        let mut shard = Shard::new(self.index, handler, self.config, self.stats, self.open);
+        let topics = topics::Topics::new(self.pubsub.0, self.index, self.pubsub.1);
+        let mut shard = Shard::new(
+            self.index,
+            handler,
+            self.config,
+            self.stats,
+            self.open,
+            topics,
+        );
         shard.run(driver, &self.mail);
+        shard.ctx.topics.clear();
     }
 }
 
@@ -153,6 +165,8 @@ pub(crate) struct Ctx {
     idle_ticks: u32,
     pong_ticks: u32,
     close_ticks: u32,
+    /// This shard's topic table and mailbox (publish/subscribe).
+    pub(crate) topics: topics::Topics,
 }
 
 impl Ctx {
@@ -281,6 +295,7 @@ impl<H: Handler> Shard<H> {
         config: Arc<Config>,
         stats: Arc<ShardStats>,
         open: Arc<AtomicUsize>,
+        topics: topics::Topics,
     ) -> Self {
         let wheel = TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS);
         let ctx = Ctx {
@@ -294,6 +309,7 @@ impl<H: Handler> Shard<H> {
             wheel,
             config,
             stats,
+            topics,
         };
         Self {
             handler,
@@ -316,6 +332,9 @@ impl<H: Handler> Shard<H> {
             if let Some(at) = self.shutdown_at {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            if self.ctx.topics.has_work() {
+                timeout = Some(Duration::ZERO);
             }
             let mut stamped = false;
             let res = driver.poll(timeout, |c| {
@@ -340,6 +359,7 @@ impl<H: Handler> Shard<H> {
                 }
             }
             self.fire_timers(now);
+            self.pubsub_turn();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
             if let Some(at) = self.shutdown_at {
@@ -637,6 +657,7 @@ impl<H: Handler> Shard<H> {
         }
         e.conn.phase = Phase::Dead;
         e.leftover = Vec::new();
+        self.ctx.topics.remove_conn(key as u32);
         self.open.fetch_sub(1, Ordering::Relaxed);
         ShardStats::bump(&self.ctx.stats.closed, 1);
         self.to_close.push(key as u32);
