@@ -383,6 +383,27 @@ impl SendQueue {
         false
     }
 
+    /// Drop every byte not yet written or submitted, keeping a partly written first chunk (and,
+    /// while in flight, the submitted chunks) so that the peer never sees a truncated frame.
+    /// Whatever is pushed next follows a complete frame.
+    pub(crate) fn discard_unsent(&mut self) {
+        let keep = if self.in_flight {
+            self.submitted
+        } else {
+            usize::from(self.head > 0)
+        };
+        while self.chunks.len() > keep {
+            if let Some(c) = self.chunks.pop_back() {
+                self.len -= c.bytes().len();
+            }
+        }
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+            self.head = 0;
+            self.len = 0;
+        }
+    }
+
     /// Drop everything queued (the connection is going away). Must not be in flight.
     pub(crate) fn clear(&mut self) {
         debug_assert!(!self.in_flight);
@@ -449,6 +470,23 @@ mod tests {
         assert!(q.replace_shared(&Arc::downgrade(&third), Arc::from(&b"3"[..])));
         q.complete(3);
         assert_eq!(collect(&q), b"second3");
+    }
+
+    #[test]
+    fn discard_unsent_keeps_a_partly_written_frame_whole() {
+        let mut q = SendQueue::default();
+        q.push_shared(Arc::from(&b"frame-one"[..]));
+        q.push_shared(Arc::from(&b"frame-two"[..]));
+        q.advance(3);
+        q.discard_unsent();
+        assert_eq!(collect(&q), b"me-one");
+        assert_eq!(q.len(), 6);
+        q.push(b"close");
+        assert_eq!(collect(&q), b"me-oneclose");
+        let mut q = SendQueue::default();
+        q.push_shared(Arc::from(&b"sent"[..]));
+        q.discard_unsent();
+        assert!(q.is_empty());
     }
 
     #[test]

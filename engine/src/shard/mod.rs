@@ -233,9 +233,8 @@ impl Ctx {
                 SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
                 _ => CloseCode::POLICY_VIOLATION,
             };
-            if !conn.queue.in_flight() {
-                conn.queue.clear();
-            }
+            // Keep a partly written frame whole: the close frame must follow a frame boundary.
+            conn.queue.discard_unsent();
             let reason = "send queue full";
             if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
                 self.push_frame(key, conn, OpCode::Close, &p[..n]);

@@ -284,9 +284,7 @@ fn slow_consumer<S>(ctx: &mut Ctx, key: u32, conn: &mut Connection<S>) {
         SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
         _ => CloseCode::POLICY_VIOLATION,
     };
-    if !conn.queue.in_flight() {
-        conn.queue.clear();
-    }
+    conn.queue.discard_unsent();
     let reason = "send queue full";
     if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
         ctx.push_frame(key, conn, OpCode::Close, &p[..n]);

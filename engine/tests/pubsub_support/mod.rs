@@ -70,6 +70,8 @@ pub struct Shared {
     pub opened: Mutex<Vec<ConnId>>,
     /// `buffered_amount()` seen by the last `probe` command (plus one, 0 = none yet).
     pub probe: AtomicUsize,
+    /// `on_drain` calls.
+    pub drained: AtomicUsize,
     /// Gate for the `block` command: the handler waits until it is `true`.
     pub gate: (Mutex<bool>, Condvar),
 }
@@ -108,6 +110,10 @@ impl Handler for App {
             }
         }
         self.shared.opened.lock().unwrap().push(conn.id());
+    }
+
+    fn on_drain(&mut self, _conn: &mut Conn<'_, ()>) {
+        self.shared.drained.fetch_add(1, Ordering::SeqCst);
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
