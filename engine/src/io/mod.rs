@@ -405,6 +405,7 @@ impl SendQueue {
     }
 
     /// Drop everything queued (the connection is going away). Must not be in flight.
+    #[allow(dead_code)] // the slow-consumer paths use `discard_unsent`
     pub(crate) fn clear(&mut self) {
         debug_assert!(!self.in_flight);
         self.chunks = VecDeque::new();
