@@ -4,7 +4,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use percore::{Backend, Conn, Handler, Message, Server, Shards, SlowConsumer};
+use percore::{Backend, Conn, Handler, Message, PublishOptions, Server, Shards, SlowConsumer};
+
+mod broadcast;
 
 /// Options of `percore serve`.
 #[derive(Args, Debug)]
@@ -24,6 +26,10 @@ pub struct ServeArgs {
     /// What the server does with messages.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     pub mode: Mode,
+    /// broadcast/chat: a receiver whose send queue is full misses messages instead of being
+    /// closed as a slow consumer.
+    #[arg(long)]
+    pub droppable: bool,
     /// Most connections open at once (excess upgrades get HTTP 503).
     #[arg(long, default_value_t = 200_000)]
     pub max_connections: usize,
@@ -85,6 +91,10 @@ pub enum BackendArg {
 pub enum Mode {
     /// Send every message back to its sender.
     Echo,
+    /// Publish every message to all connections, the sender included.
+    Broadcast,
+    /// Chat rooms: connect to /room/NAME; a message goes to everyone in the sender's room.
+    Chat,
 }
 
 struct Echo;
@@ -148,8 +158,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs));
+    let opts = PublishOptions {
+        droppable: args.droppable,
+        ..PublishOptions::default()
+    };
     let server = match args.mode {
         Mode::Echo => builder.start(|_| Echo),
+        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast { opts }),
+        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts)),
     }
     .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
     let backend_name = match server.backend() {
@@ -171,5 +187,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={}",
         s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts
     );
+    if !matches!(args.mode, Mode::Echo) {
+        eprintln!(
+            "pubsub: published={} delivered={} dropped={} slow_consumers={}",
+            s.published, s.delivered, s.dropped, s.slow_consumers
+        );
+    }
     Ok(())
 }
