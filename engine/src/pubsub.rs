@@ -159,7 +159,8 @@ struct Link {
 pub(crate) struct Hub {
     config: PubSubConfig,
     links: Vec<Link>,
-    wakers: OnceLock<Vec<Waker>>,
+    /// Each shard's wake-up, in shard order (set by the shard before its first poll).
+    wakers: Vec<OnceLock<Waker>>,
     /// Topic -> bit mask of the shards that have subscribers for it. Written only when a shard
     /// gets its first subscriber for a topic or loses its last one.
     topics: RwLock<HashMap<Arc<[u8]>, Vec<u64>>>,
@@ -204,7 +205,7 @@ impl Hub {
         let hub = Self {
             config,
             links,
-            wakers: OnceLock::new(),
+            wakers: (0..n).map(|_| OnceLock::new()).collect(),
             topics: RwLock::new(HashMap::new()),
             external: PubStats::default(),
             stopped: AtomicBool::new(false),
@@ -212,12 +213,11 @@ impl Hub {
         (Arc::new(hub), rxs)
     }
 
-    /// The shards are running: from now on publishers wake them. Wakes every shard once (for
-    /// anything published while they were starting).
-    pub(crate) fn set_wakers(&self, wakers: Vec<Waker>) {
-        let _ = self.wakers.set(wakers);
-        for i in 0..self.links.len() {
-            self.wake(i);
+    /// Shard `i` is running: from now on publishers wake it. Called on the shard's thread
+    /// before its first poll (which does not block, so anything published earlier is read).
+    pub(crate) fn register_waker(&self, i: usize, waker: Waker) {
+        if let Some(slot) = self.wakers.get(i) {
+            let _ = slot.set(waker);
         }
     }
 
@@ -242,7 +242,7 @@ impl Hub {
 
     fn wake(&self, i: usize) {
         if !self.links[i].wake_pending.swap(true, Ordering::AcqRel) {
-            if let Some(w) = self.wakers.get().and_then(|w| w.get(i)) {
+            if let Some(w) = self.wakers.get(i).and_then(OnceLock::get) {
                 let _ = w.wake();
             }
         }

@@ -286,9 +286,6 @@ impl ServerBuilder {
                 }
             }
         }
-        if failure.is_none() {
-            hub.set_wakers(wakers.clone());
-        }
         let handle = ServerHandle {
             hub,
             local_addr,

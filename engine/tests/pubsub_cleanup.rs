@@ -32,7 +32,7 @@ every_backend! {
             drop(clients);
             for mut ws in clean {
                 ws.close(None).unwrap();
-                while ws.read().is_ok() {}
+                while read(&mut ws).is_ok() {}
             }
         }
         assert!(wait_until(Duration::from_secs(20), || server.stats().connections_open == 0));
@@ -62,7 +62,7 @@ every_backend! {
         let readers: Vec<_> = answering
             .into_iter()
             .map(|mut ws| {
-                std::thread::spawn(move || match ws.read() {
+                std::thread::spawn(move || match read(&mut ws) {
                     Ok(TMessage::Close(_)) => {}
                     other => panic!("expected close 1001, got {other:?}"),
                 })

@@ -75,6 +75,7 @@ where
             }
         };
         let handler = (self.factory)(self.index);
+        self.pubsub.0.register_waker(self.index, driver.waker());
         if self.ready.send(Ok(driver.waker())).is_err() {
             return;
         }

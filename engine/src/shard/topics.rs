@@ -72,7 +72,9 @@ impl Topics {
             table: Slab::new(),
             conns: HashMap::new(),
             pending: Vec::new(),
-            backlog: false,
+            // The first poll must not block: publishes may have arrived before the waker was
+            // registered.
+            backlog: true,
         }
     }
 

@@ -234,10 +234,21 @@ pub fn wait_subscriptions(server: &ServerHandle, n: u64) -> Stats {
     s
 }
 
+/// `ws.read()`, retried when a signal interrupts the system call.
+#[allow(clippy::result_large_err)] // tungstenite's own error type
+pub fn read(ws: &mut Client) -> tungstenite::Result<tungstenite::Message> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 /// Read one data message as text (panics on anything else).
 pub fn read_text(ws: &mut Client) -> String {
     loop {
-        match ws.read().expect("read") {
+        match read(ws).expect("read") {
             tungstenite::Message::Text(t) => return t.to_string(),
             tungstenite::Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
@@ -249,7 +260,7 @@ pub fn read_text(ws: &mut Client) -> String {
 /// Nothing more arrives within `d`.
 pub fn assert_silent(ws: &mut Client, d: Duration) {
     ws.get_mut().set_read_timeout(Some(d)).unwrap();
-    match ws.read() {
+    match read(ws) {
         Err(tungstenite::Error::Io(e))
             if matches!(
                 e.kind(),
