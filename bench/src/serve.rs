@@ -58,6 +58,16 @@ pub struct ServeArgs {
     /// Receive buffer per shard in bytes.
     #[arg(long, default_value_t = 64 << 10)]
     pub recv_buffer_bytes: usize,
+    /// io_uring: receive buffers in each shard's buffer ring (each recv-buffer-bytes long).
+    #[arg(long, default_value_t = 256)]
+    pub recv_buffers: usize,
+    /// io_uring: accept connections as direct descriptors (not counted against
+    /// RLIMIT_NOFILE). Ignored by epoll.
+    #[arg(long)]
+    pub direct_fds: bool,
+    /// io_uring with --direct-fds: most connections per shard.
+    #[arg(long, default_value_t = 20_000)]
+    pub direct_fds_max: u32,
     /// Seconds allowed to complete the upgrade request.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout_secs: u64,
@@ -91,7 +101,8 @@ pub enum BackendArg {
 pub enum Mode {
     /// Send every message back to its sender.
     Echo,
-    /// Publish every message to all connections, the sender included.
+    /// Publish every message to all connections (sender included), on all shards; the frame
+    /// is serialized once and shared by the send queues.
     Broadcast,
     /// Chat rooms: connect to /room/NAME; a message goes to everyone in the sender's room.
     Chat,
@@ -154,6 +165,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .handshake_header_bytes_max(args.handshake_header_bytes_max)
         .backlog(args.backlog)
         .recv_buffer_bytes(args.recv_buffer_bytes)
+        .recv_buffers(args.recv_buffers)
+        .direct_fds(args.direct_fds)
+        .direct_fds_max(args.direct_fds_max)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout_secs))
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))

@@ -37,6 +37,7 @@
 
 pub mod proto;
 
+mod client;
 mod io;
 mod pubsub;
 mod server;
@@ -45,6 +46,7 @@ mod shard;
 use std::fmt;
 use std::net::SocketAddr;
 
+pub use client::Connect;
 pub use proto::CloseCode;
 pub use proto::Request;
 pub use pubsub::{PubSubError, PublishOptions, Publisher};
@@ -229,7 +231,8 @@ pub trait Handler: 'static {
         let _ = (conn, payload);
     }
 
-    /// The send queue fell below `send_queue_low_water_bytes` after having been above it.
+    /// The send queue fell below `send_queue_low_water_bytes` after having held at least that
+    /// much (called once per such episode).
     fn on_drain(&mut self, conn: &mut Conn<'_, Self::State>) {
         let _ = conn;
     }
@@ -275,6 +278,19 @@ impl<S> Conn<'_, S> {
         };
         self.ctx
             .send_data(self.inner, self.id, opcode, msg.as_bytes())
+    }
+
+    /// Queue `msg` for every open accepted connection of the server, on every shard (this one
+    /// included; outbound connections made with [`ServerHandle::connect`] are left out, their
+    /// frames must be masked one by one). The frame is serialized once and shared by all the
+    /// send queues; delivery happens at the end of the current loop turn. Each receiver's
+    /// send-queue limit applies.
+    pub fn broadcast(&mut self, msg: Message<'_>) {
+        let opcode = match msg {
+            Message::Text(_) => proto::OpCode::Text,
+            Message::Binary(_) => proto::OpCode::Binary,
+        };
+        self.ctx.broadcast(opcode, msg.as_bytes());
     }
 
     /// Queue a text message.

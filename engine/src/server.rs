@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub(crate) send_queue_low_water_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
+    pub(crate) recv_buffers: usize,
+    pub(crate) direct_fds: bool,
+    pub(crate) direct_fds_max: u32,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) pong_timeout: Duration,
@@ -59,6 +62,9 @@ impl Default for Config {
             send_queue_low_water_bytes: 64 << 10,
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
+            recv_buffers: 256,
+            direct_fds: false,
+            direct_fds_max: 20_000,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(20),
@@ -149,15 +155,17 @@ impl ServerBuilder {
     }
 
     /// Most bytes queued for one connection and not yet written (default 4 MiB). A send that
-    /// would pass it triggers the [`SlowConsumer`] policy. Worst-case memory is this times the
-    /// number of slow readers.
+    /// would take a non-empty queue past it triggers the [`SlowConsumer`] policy (a single
+    /// message onto an empty queue is always accepted, so echoing a message larger than this
+    /// works). Worst-case memory is this (or the largest message sent) times the number of
+    /// slow readers.
     pub fn send_queue_bytes_max(mut self, n: usize) -> Self {
         self.config.send_queue_bytes_max = n;
         self
     }
 
-    /// After a flush left at least this many bytes queued, [`Handler::on_drain`] is called once
-    /// the queue falls below it again (default 64 KiB).
+    /// Once a connection's send queue has held at least this many bytes,
+    /// [`Handler::on_drain`] is called when it falls below it again (default 64 KiB).
     pub fn send_queue_low_water_bytes(mut self, n: usize) -> Self {
         self.config.send_queue_low_water_bytes = n;
         self
@@ -173,6 +181,37 @@ impl ServerBuilder {
     /// means fewer reads per large message, at this cost per shard.
     pub fn recv_buffer_bytes(mut self, n: usize) -> Self {
         self.config.recv_buffer_bytes = n.max(4096);
+        self
+    }
+
+    /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
+    /// down to a power of two, at most 32768), each `recv_buffer_bytes` long: 16 MiB per shard
+    /// by default. They are shared by all of the shard's connections (an idle connection holds
+    /// none) and bound how many receive completions one loop turn handles; past that, the
+    /// affected receives are re-armed on the next turn. epoll ignores it.
+    pub fn recv_buffers(mut self, n: usize) -> Self {
+        self.config.recv_buffers = n.max(1);
+        self
+    }
+
+    /// io_uring: accept connections as direct descriptors (entries of each shard's ring
+    /// file table) instead of file descriptors (default off). They do not count against
+    /// `RLIMIT_NOFILE`, so one process can hold more connections than its descriptor limit;
+    /// [`ServerBuilder::direct_fds_max`] then caps each shard. Learning a peer address takes a
+    /// plain descriptor for a moment (Linux ≥ 6.8); without one [`crate::Conn::peer_addr`] is
+    /// `0.0.0.0:0`. epoll ignores it.
+    pub fn direct_fds(mut self, on: bool) -> Self {
+        self.config.direct_fds = on;
+        self
+    }
+
+    /// io_uring with [`ServerBuilder::direct_fds`]: the most connections one shard holds
+    /// (default 20 000; its file table has this many entries plus 256, about 8 bytes of kernel
+    /// memory each). The kernel caps one table at `RLIMIT_NOFILE` entries, so this is clamped
+    /// to it: the process can hold shards × `RLIMIT_NOFILE` connections. Past the cap, new
+    /// connections wait in the listen backlog until one closes.
+    pub fn direct_fds_max(mut self, n: u32) -> Self {
+        self.config.direct_fds_max = n.max(1);
         self
     }
 
@@ -242,7 +281,7 @@ impl ServerBuilder {
         let config = Arc::new(config);
         let factory = Arc::new(factory);
         let open = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<Waker>>(n);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let (hub, inboxes) = crate::pubsub::Hub::new(n, config.pubsub.clone());
@@ -273,12 +312,13 @@ impl ServerBuilder {
             shards.push((mail_tx, stats));
         }
         drop(ready_tx);
-        let mut wakers = Vec::with_capacity(n);
+        // Shards report in any order: keep each waker at its shard's index, next to its mailbox.
+        let mut wakers: Vec<Option<Waker>> = (0..n).map(|_| None).collect();
         let mut failure = None;
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok(Ok(w)) => wakers.push(w),
-                Ok(Err(e)) => failure = Some(e),
+                Ok((i, Ok(w))) => wakers[i] = Some(w),
+                Ok((_, Err(e))) => failure = Some(e),
                 Err(_) => {
                     failure
                         .get_or_insert_with(|| io::Error::other("a shard exited while starting"));
@@ -295,7 +335,20 @@ impl ServerBuilder {
             stats: shards.into_iter().map(|(_, s)| s).collect(),
             open,
             threads: Mutex::new(threads),
+            handshake_timeout: config.handshake_timeout,
         };
+        if failure.is_none() {
+            // Let every shard reach the others (broadcasts).
+            let peers: Arc<[crate::shard::Peer]> = handle
+                .mail
+                .iter()
+                .zip(&handle.wakers)
+                .filter_map(|(m, w)| Some((m.clone(), w.clone()?)))
+                .collect();
+            for i in 0..handle.mail.len() {
+                let _ = handle.mail_to(i, Mail::Peers(peers.clone()));
+            }
+        }
         match failure {
             Some(e) => {
                 handle.shutdown(Duration::ZERO);
@@ -324,10 +377,12 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     backend: Backend,
     mail: Vec<crossbeam_channel::Sender<Mail>>,
-    wakers: Vec<Waker>,
+    /// `wakers[i]` wakes shard `i` (`None`: it failed to start).
+    wakers: Vec<Option<Waker>>,
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -349,6 +404,37 @@ impl ServerHandle {
     /// The backend actually running (`Auto` resolved).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// Deliver `mail` to shard `shard % shards` and wake it.
+    pub(crate) fn mail_to(&self, shard: usize, mail: Mail) -> io::Result<()> {
+        let i = shard % self.mail.len().max(1);
+        let stopped = || io::Error::new(io::ErrorKind::NotConnected, "server is shut down");
+        let tx = self.mail.get(i).ok_or_else(stopped)?;
+        tx.send(mail).map_err(|_| stopped())?;
+        match self.wakers.get(i) {
+            Some(Some(w)) => w.wake(),
+            _ => Err(stopped()),
+        }
+    }
+
+    /// Queue `msg` for every open accepted connection on every shard, like
+    /// [`crate::Conn::broadcast`], from any thread (serialized once here).
+    pub fn broadcast(&self, msg: crate::Message<'_>) {
+        let op = match msg {
+            crate::Message::Text(_) => crate::proto::OpCode::Text,
+            crate::Message::Binary(_) => crate::proto::OpCode::Binary,
+        };
+        let mut v = Vec::with_capacity(msg.as_bytes().len() + crate::proto::MAX_HEADER_LEN);
+        crate::proto::encode_frame(&mut v, op, true, msg.as_bytes(), None);
+        let frame: Arc<[u8]> = v.into();
+        for i in 0..self.mail.len() {
+            let _ = self.mail_to(i, Mail::Broadcast(frame.clone()));
+        }
     }
 
     /// Number of shards.
@@ -380,8 +466,11 @@ impl ServerHandle {
             return;
         }
         self.hub.stop();
-        for (mail, waker) in self.mail.iter().zip(&self.wakers) {
+        // Every mail before any wake-up, so a woken shard always finds its mail.
+        for mail in &self.mail {
             let _ = mail.send(Mail::Shutdown(at));
+        }
+        for waker in self.wakers.iter().flatten() {
             let _ = waker.wake();
         }
         for t in threads {

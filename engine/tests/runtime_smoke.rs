@@ -18,12 +18,12 @@ impl Handler for Echo {
     }
 }
 
-fn start() -> ServerHandle {
+fn start(backend: Backend) -> ServerHandle {
     Server::builder()
         .bind("127.0.0.1:0")
         .shards(Shards::Count(2))
         .pin(false)
-        .backend(Backend::Epoll)
+        .backend(backend)
         .close_timeout(Duration::from_secs(2))
         .start(|_| Echo)
         .expect("server starts")
@@ -42,9 +42,8 @@ fn connect(server: &ServerHandle) -> Client {
     ws
 }
 
-#[test]
-fn text_and_binary_messages_are_echoed() {
-    let server = start();
+fn text_and_binary_messages_are_echoed(backend: Backend) {
+    let server = start(backend);
     let mut ws = connect(&server);
     ws.send(TMessage::text("hello")).unwrap();
     assert_eq!(ws.read().unwrap(), TMessage::text("hello"));
@@ -55,17 +54,15 @@ fn text_and_binary_messages_are_echoed() {
     server.shutdown(Duration::from_secs(1));
 }
 
-#[test]
-fn ping_is_answered_with_pong_carrying_the_payload() {
-    let server = start();
+fn ping_is_answered_with_pong_carrying_the_payload(backend: Backend) {
+    let server = start(backend);
     let mut ws = connect(&server);
     ws.send(TMessage::Ping(b"abc".to_vec())).unwrap();
     assert_eq!(ws.read().unwrap(), TMessage::Pong(b"abc".to_vec()));
 }
 
-#[test]
-fn close_handshake_echoes_the_code_and_server_hangs_up() {
-    let server = start();
+fn close_handshake_echoes_the_code_and_server_hangs_up(backend: Backend) {
+    let server = start(backend);
     let mut ws = connect(&server);
     ws.close(Some(tungstenite::protocol::CloseFrame {
         code: TCode::Normal,
@@ -84,8 +81,8 @@ fn close_handshake_echoes_the_code_and_server_hangs_up() {
 }
 
 /// Reads the raw close frame the server sends after a broken frame.
-fn raw_close_code_after(bytes: &[u8]) -> u16 {
-    let server = start();
+fn raw_close_code_after(backend: Backend, bytes: &[u8]) -> u16 {
+    let server = start(backend);
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let req = percore::proto::client_request(
@@ -110,23 +107,23 @@ fn raw_close_code_after(bytes: &[u8]) -> u16 {
     u16::from_be_bytes([hdr[2], hdr[3]])
 }
 
-#[test]
-fn unmasked_client_frame_is_closed_with_1002() {
-    assert_eq!(raw_close_code_after(&[0x81, 0x02, b'h', b'i']), 1002);
+fn unmasked_client_frame_is_closed_with_1002(backend: Backend) {
+    assert_eq!(
+        raw_close_code_after(backend, &[0x81, 0x02, b'h', b'i']),
+        1002
+    );
 }
 
-#[test]
-fn invalid_utf8_text_is_closed_with_1007() {
+fn invalid_utf8_text_is_closed_with_1007(backend: Backend) {
     // Masked with a zero key: payload as is.
     assert_eq!(
-        raw_close_code_after(&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28]),
+        raw_close_code_after(backend, &[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28]),
         1007
     );
 }
 
-#[test]
-fn graceful_shutdown_sends_1001_to_every_client() {
-    let server = start();
+fn graceful_shutdown_sends_1001_to_every_client(backend: Backend) {
+    let server = start(backend);
     let mut a = connect(&server);
     let mut b = connect(&server);
     // Make sure both are open on the server side.
@@ -144,8 +141,7 @@ fn graceful_shutdown_sends_1001_to_every_client() {
     t.join().unwrap();
 }
 
-#[test]
-fn on_close_reports_the_peer_close_code() {
+fn on_close_reports_the_peer_close_code(backend: Backend) {
     use std::sync::mpsc;
     struct Report(mpsc::Sender<Option<CloseCode>>);
     impl Handler for Report {
@@ -161,6 +157,7 @@ fn on_close_reports_the_peer_close_code() {
         .bind("127.0.0.1:0")
         .shards(Shards::Count(1))
         .pin(false)
+        .backend(backend)
         .start(move |_| Report(tx.lock().unwrap().clone()))
         .unwrap();
     let mut ws = connect(&server);
@@ -172,3 +169,226 @@ fn on_close_reports_the_peer_close_code() {
     let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(got, Some(CloseCode(4000)));
 }
+
+/// What an outbound connection's handler saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Open,
+    Text(String),
+    Binary(Vec<u8>),
+    Closed(Option<CloseCode>, String),
+}
+
+/// Sends a text and a binary message on open, reports everything, closes after the 2nd echo.
+struct Outbound(std::sync::mpsc::Sender<Seen>, usize);
+
+impl Handler for Outbound {
+    type State = ();
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        let _ = self.0.send(Seen::Open);
+        conn.send_text("hello from a shard").unwrap();
+        conn.send_binary(&[7u8; 70_000]).unwrap();
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = self.0.send(match msg {
+            Message::Text(t) => Seen::Text(t.to_owned()),
+            Message::Binary(b) => Seen::Binary(b.to_vec()),
+        });
+        self.1 += 1;
+        if self.1 == 2 {
+            conn.close(CloseCode::NORMAL, "done");
+        }
+    }
+    fn on_close(&mut self, _: (), _: percore::ConnId, code: Option<CloseCode>, reason: &str) {
+        let _ = self.0.send(Seen::Closed(code, reason.to_owned()));
+    }
+}
+
+fn outbound(backend: Backend) -> (ServerHandle, std::sync::mpsc::Receiver<Seen>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let client = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(backend)
+        .handshake_timeout(Duration::from_secs(2))
+        .start(move |_| Outbound(tx.lock().unwrap().clone(), 0))
+        .expect("client side starts");
+    (client, rx)
+}
+
+fn outbound_connection_exchanges_messages_and_closes(backend: Backend) {
+    let server = start(backend);
+    let (client, rx) = outbound(backend);
+    client
+        .connect(0, percore::Connect::new(server.local_addr()).path("/chat"))
+        .expect("tcp connect");
+    let next = || rx.recv_timeout(Duration::from_secs(5)).expect("event");
+    assert_eq!(next(), Seen::Open);
+    assert_eq!(next(), Seen::Text("hello from a shard".into()));
+    assert_eq!(next(), Seen::Binary(vec![7u8; 70_000]));
+    assert_eq!(next(), Seen::Closed(Some(CloseCode::NORMAL), String::new()));
+}
+
+fn outbound_connection_refused_by_the_server_reports_1006(backend: Backend) {
+    struct No;
+    impl Handler for No {
+        type State = ();
+        fn on_upgrade(&mut self, _: &percore::Request) -> Result<percore::Accept, percore::Reject> {
+            Err(percore::Reject::new(403, "no"))
+        }
+        fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(backend)
+        .start(|_| No)
+        .unwrap();
+    let (client, rx) = outbound(backend);
+    client
+        .connect(0, percore::Connect::new(server.local_addr()))
+        .expect("tcp connect");
+    match rx.recv_timeout(Duration::from_secs(5)).expect("event") {
+        Seen::Closed(code, _) => assert_eq!(code, Some(CloseCode::ABNORMAL)),
+        other => panic!("expected a failed handshake, got {other:?}"),
+    }
+}
+
+fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
+    struct Fanout;
+    impl Handler for Fanout {
+        type State = ();
+        fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+            conn.broadcast(msg);
+        }
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(2))
+        .pin(false)
+        .backend(backend)
+        .start(|_| Fanout)
+        .unwrap();
+    // Enough connections that both shards hold some (SO_REUSEPORT spreads them by hash).
+    let mut clients: Vec<Client> = (0..8).map(|_| connect(&server)).collect();
+    // Make sure every connection is open on its shard before publishing.
+    for c in clients.iter_mut() {
+        c.send(TMessage::Ping(b"ready".to_vec())).unwrap();
+        assert_eq!(c.read().unwrap(), TMessage::Pong(b"ready".to_vec()));
+    }
+    clients[0].send(TMessage::text("to everyone")).unwrap();
+    for c in clients.iter_mut() {
+        assert_eq!(c.read().unwrap(), TMessage::text("to everyone"));
+    }
+    // And from outside the shards.
+    server.broadcast(Message::Binary(b"from the handle"));
+    for c in clients.iter_mut() {
+        assert_eq!(
+            c.read().unwrap(),
+            TMessage::binary(b"from the handle".to_vec())
+        );
+    }
+}
+
+fn frames_split_across_many_reads_are_reassembled(backend: Backend) {
+    let server = start(backend);
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = percore::proto::client_request(
+        &server.local_addr().to_string(),
+        "/",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        &[],
+        &[],
+    );
+    // Upgrade request and frames in one stream, cut in small pieces: every piece boundary
+    // falls inside a request line, a frame header, a control frame or a payload.
+    let mut wire = req.clone();
+    let mask = Some([1, 2, 3, 4]);
+    let text = "x".repeat(300); // 16-bit length form
+    percore::proto::encode_frame(
+        &mut wire,
+        percore::proto::OpCode::Text,
+        true,
+        text.as_bytes(),
+        mask,
+    );
+    percore::proto::encode_frame(
+        &mut wire,
+        percore::proto::OpCode::Ping,
+        true,
+        b"mid-stream",
+        mask,
+    );
+    percore::proto::encode_frame(
+        &mut wire,
+        percore::proto::OpCode::Binary,
+        true,
+        &[9u8; 5],
+        mask,
+    );
+    let mut at = 0;
+    let mut piece = 1;
+    while at < wire.len() {
+        let end = (at + piece).min(wire.len());
+        s.write_all(&wire[at..end]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        at = end;
+        piece = piece % 7 + 1;
+    }
+    let mut got = Vec::new();
+    let expect_len = 4 + 300 + 2 + 10 + 2 + 5; // three unmasked frames back
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < expect_len {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed early");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() >= p + 4 + expect_len {
+                break;
+            }
+        }
+    }
+    let p = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let frames = &got[p..];
+    assert_eq!(&frames[..4], &[0x81, 126, 1, 44]);
+    assert_eq!(&frames[4..304], text.as_bytes());
+    assert_eq!(&frames[304..316], b"\x8a\x0amid-stream");
+    assert_eq!(&frames[316..323], &[0x82, 5, 9, 9, 9, 9, 9]);
+}
+
+/// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(#[test]
+            fn $name() {
+                super::$name(percore::Backend::Epoll)
+            })*
+        }
+        mod io_uring {
+            $(#[test]
+            fn $name() {
+                super::$name(percore::Backend::IoUring)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    text_and_binary_messages_are_echoed,
+    ping_is_answered_with_pong_carrying_the_payload,
+    close_handshake_echoes_the_code_and_server_hangs_up,
+    unmasked_client_frame_is_closed_with_1002,
+    invalid_utf8_text_is_closed_with_1007,
+    graceful_shutdown_sends_1001_to_every_client,
+    on_close_reports_the_peer_close_code,
+    outbound_connection_exchanges_messages_and_closes,
+    outbound_connection_refused_by_the_server_reports_1006,
+    broadcast_reaches_every_connection_on_every_shard,
+    frames_split_across_many_reads_are_reassembled,
+);

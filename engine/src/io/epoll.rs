@@ -6,7 +6,7 @@
 //! short write and dropped again once the queue has drained.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +39,19 @@ pub(crate) struct EpollDriver {
     waker: Arc<mio::Waker>,
     sockets: Vec<Option<Socket>>,
     scratch: Box<[u8]>,
+    /// Sockets whose read loop stopped at `READS_PER_TURN` with data possibly left (no new
+    /// edge will come for it): read again on the next `poll`, which then does not block.
+    unfinished: Vec<(Token, bool)>,
+    /// `accept` failed for lack of resources: try again after `ACCEPT_RETRY`.
+    accept_retry: bool,
 }
+
+/// Pause before retrying `accept` after EMFILE/ENFILE/ENOMEM.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Most reads of one socket per `poll` (fairness: one fast sender cannot starve the others;
+/// 16 reads of the 64 KiB default buffer = 1 MiB per connection per loop turn).
+const READS_PER_TURN: usize = 16;
 
 impl Wake for mio::Waker {
     fn wake(&self) -> io::Result<()> {
@@ -64,18 +76,25 @@ impl EpollDriver {
                     }
                     // Latency first: small frames go out at once.
                     let _ = socket.set_nodelay(true);
-                    on(Completion::Accepted { socket, peer });
+                    on(Completion::Accepted {
+                        socket: super::Socket::Stream(socket),
+                        peer,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock, or out of descriptors/memory: try again on the next readiness
-                // event (the pending connection stays in the backlog).
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Out of descriptors or memory: the pending connections stay in the backlog and
+                // raise no new edge, so retry on a timer until they can be taken.
+                Err(_) => {
+                    self.accept_retry = true;
+                    return;
+                }
             }
         }
     }
 
     fn read_all<F: FnMut(Completion<'_>)>(&mut self, token: Token, drain: bool, on: &mut F) {
-        loop {
+        for _ in 0..READS_PER_TURN {
             let Some(sock) = self.sockets.get_mut(token.0).and_then(Option::as_mut) else {
                 return;
             };
@@ -112,6 +131,7 @@ impl EpollDriver {
                 }
             }
         }
+        self.unfinished.push((token, drain));
     }
 }
 
@@ -131,6 +151,8 @@ impl Driver for EpollDriver {
             listener: Some(listener),
             waker,
             sockets: Vec::new(),
+            unfinished: Vec::new(),
+            accept_retry: false,
             scratch: vec![0u8; cfg.recv_buffer_bytes.max(4096)].into_boxed_slice(),
         })
     }
@@ -139,7 +161,13 @@ impl Driver for EpollDriver {
         self.waker.clone()
     }
 
-    fn register(&mut self, token: Token, socket: TcpStream) -> io::Result<()> {
+    fn register(&mut self, token: Token, socket: super::Socket) -> io::Result<()> {
+        let super::Socket::Stream(socket) = socket else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "epoll cannot drive an io_uring direct descriptor",
+            ));
+        };
         let mut stream = mio::net::TcpStream::from_std(socket);
         self.poll
             .registry()
@@ -159,10 +187,29 @@ impl Driver for EpollDriver {
     where
         F: FnMut(Completion<'_>),
     {
+        let timeout = if !self.unfinished.is_empty() {
+            Some(Duration::ZERO)
+        } else if self.accept_retry {
+            Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)))
+        } else {
+            timeout
+        };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
+        }
+        // A token here may have been closed (and even reused) since: reading a socket with
+        // nothing to read only costs a `WouldBlock`.
+        if std::mem::take(&mut self.accept_retry) {
+            self.accept_all(&mut on);
+        }
+        let mut again = std::mem::take(&mut self.unfinished);
+        for (token, drain) in again.drain(..) {
+            self.read_all(token, drain, &mut on);
+        }
+        if self.unfinished.is_empty() {
+            self.unfinished = again;
         }
         // `events` is borrowed by the loop while the handlers need `&mut self`: take it out.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));

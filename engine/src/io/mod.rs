@@ -34,6 +34,7 @@
 //! [`backend_available`], and add an arm to [`run_with_backend`].
 
 pub(crate) mod epoll;
+pub(crate) mod uring;
 
 use std::collections::VecDeque;
 use std::io;
@@ -51,6 +52,13 @@ pub(crate) struct Token(pub(crate) usize);
 /// Driver-level settings the shard passes to [`Driver::new`].
 #[derive(Clone, Debug)]
 pub(crate) struct DriverConfig {
+    /// io_uring only: accept connections as direct descriptors (entries of the ring's
+    /// fixed-file table, not counted against `RLIMIT_NOFILE`). epoll ignores it.
+    pub(crate) direct_fds: bool,
+    /// io_uring only, with `direct_fds`: the most connections one shard holds in that mode
+    /// (clamped to `RLIMIT_NOFILE`, the kernel's bound on one fixed-file table). Kernel memory:
+    /// about 8 bytes per table entry.
+    pub(crate) direct_fds_max: u32,
     /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
     pub(crate) recv_buffer_bytes: usize,
@@ -62,6 +70,22 @@ pub(crate) struct DriverConfig {
     pub(crate) events_max: usize,
 }
 
+/// An accepted connection that is not registered yet: what [`Completion::Accepted`] carries and
+/// [`Driver::register`] takes. The shard never looks inside; dropping it closes the connection.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    /// A plain socket (every backend accepts these, e.g. an outbound connection).
+    Stream(TcpStream),
+    /// An io_uring direct descriptor; only the driver that accepted it can register it.
+    Direct(uring::DirectFd),
+}
+
+impl From<TcpStream> for Socket {
+    fn from(s: TcpStream) -> Self {
+        Socket::Stream(s)
+    }
+}
+
 /// What a backend reports to the shard from [`Driver::poll`].
 #[derive(Debug)]
 pub(crate) enum Completion<'a> {
@@ -69,8 +93,9 @@ pub(crate) enum Completion<'a> {
     /// calls [`Driver::register`] (after `poll` returns) or drops it.
     Accepted {
         /// The accepted socket, non-blocking, `TCP_NODELAY` set.
-        socket: TcpStream,
-        /// The peer address.
+        socket: Socket,
+        /// The peer address (`0.0.0.0:0` when unknown: an io_uring direct descriptor whose
+        /// address could not be asked).
         peer: SocketAddr,
     },
     /// Bytes arrived on a connection. `buf` is non-empty and lent only for this callback.
@@ -80,9 +105,10 @@ pub(crate) enum Completion<'a> {
         /// The received bytes; the shard may modify them in place.
         buf: &'a mut [u8],
     },
-    /// A send that the backend started asynchronously finished (io_uring), or (epoll) the socket
-    /// became writable again after a short write, reported with `n = 0`. The shard then calls
-    /// [`SendQueue::complete`] with `n` and, if the queue is still non-empty, `send` again.
+    /// A send that the backend started asynchronously finished (io_uring; a failed one is
+    /// reported as `n = 0` followed by [`Completion::Closed`] with the error), or (epoll) the
+    /// socket became writable again after a short write, reported with `n = 0`. The shard then
+    /// calls [`SendQueue::complete`] with `n` and, if the queue is still non-empty, `send` again.
     Sent {
         /// The connection.
         token: Token,
@@ -129,7 +155,7 @@ pub(crate) trait Driver: Sized {
 
     /// Start receiving on `socket` under `token` (a token not in use). Must not call back.
     /// On error the socket is dropped and the token is free again.
-    fn register(&mut self, token: Token, socket: TcpStream) -> io::Result<()>;
+    fn register(&mut self, token: Token, socket: Socket) -> io::Result<()>;
 
     /// Wait until at least one completion is ready or `timeout` passes (`None`: no limit,
     /// `Some(ZERO)`: do not block), then call `on` for every ready completion, in order.
@@ -162,18 +188,31 @@ pub(crate) trait Driver: Sized {
 }
 
 /// Is `backend` usable on this host (kernel support, permissions)? `Auto` is always usable.
+/// io_uring is probed once per process ([`uring::probe`]); when `Auto` falls back to epoll
+/// because of it, one line on stderr says why.
 pub(crate) fn backend_available(backend: Backend) -> bool {
     match backend {
         Backend::Auto | Backend::Epoll => true,
-        Backend::IoUring => false,
+        Backend::IoUring => uring_probe().is_ok(),
     }
+}
+
+fn uring_probe() -> &'static Result<(), String> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(uring::probe)
 }
 
 /// Resolve `Auto` to the best backend available on this host.
 pub(crate) fn resolve(backend: Backend) -> Backend {
     match backend {
-        Backend::Auto if backend_available(Backend::IoUring) => Backend::IoUring,
-        Backend::Auto => Backend::Epoll,
+        Backend::Auto => match uring_probe() {
+            Ok(()) => Backend::IoUring,
+            Err(why) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("percore: io_uring unavailable ({why}); using epoll"));
+                Backend::Epoll
+            }
+        },
         other => other,
     }
 }
@@ -190,7 +229,8 @@ pub(crate) trait WithDriver {
 pub(crate) fn run_with_backend<W: WithDriver>(backend: Backend, f: W) -> Option<W::Output> {
     match backend {
         Backend::Epoll => Some(f.run::<epoll::EpollDriver>()),
-        Backend::Auto | Backend::IoUring => None,
+        Backend::IoUring => Some(f.run::<uring::UringDriver>()),
+        Backend::Auto => None,
     }
 }
 

@@ -39,7 +39,7 @@ impl Default for Limits {
 
 /// What [`Decoder::decode`] hands out. Payloads borrow the caller's buffer (single complete
 /// frames) or the decoder's message buffer (fragmented or split messages).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete, UTF-8-validated text message.
     Text(&'a str),
@@ -151,6 +151,8 @@ impl Partial {
             self.utf8
                 .finish()
                 .map_err(|_| ProtocolError::invalid_utf8("text ends inside a UTF-8 sequence"))?;
+            // The streaming check already passed every byte; this second, SIMD pass only turns
+            // the bytes into a `&str` without `unsafe` (fragmented or split messages only).
             let text = validate_utf8(&self.msg)
                 .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
             on_event(Event::Text(text))

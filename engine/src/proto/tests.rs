@@ -499,6 +499,10 @@ fn close_codes_not_allowed_on_wire_are_1002() {
         let err = parse_close_payload(&code.to_be_bytes()).unwrap_err();
         assert_eq!(err.code, CloseCode::PROTOCOL_ERROR, "code {code}");
     }
+}
+
+#[test]
+fn close_codes_allowed_on_wire_including_1012_to_1014_are_accepted() {
     for code in [
         1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
     ] {
@@ -1223,4 +1227,114 @@ fn client_rejects_non_101_and_missing_tokens_and_extensions() {
 fn client_response_header_block_over_limit_is_431() {
     let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n";
     assert_eq!(parse_response(resp, RFC_KEY, 20).unwrap_err().status, 431);
+}
+
+// ---------------------------------------------------------------- interop with tungstenite
+
+/// An in-memory socket: reads from `rx` (then `WouldBlock`), writes to `tx`.
+struct Pipe {
+    rx: std::io::Cursor<Vec<u8>>,
+    tx: Vec<u8>,
+}
+
+impl std::io::Read for Pipe {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self.rx.read(b)? {
+            0 if !b.is_empty() => Err(std::io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+}
+
+impl std::io::Write for Pipe {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.tx.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn frames_from_tungstenite_client_decode() {
+    use tungstenite::{protocol::Role as TRole, Message, WebSocket};
+    let pipe = Pipe {
+        rx: std::io::Cursor::new(Vec::new()),
+        tx: Vec::new(),
+    };
+    let mut ws = WebSocket::from_raw_socket(pipe, TRole::Client, None);
+    ws.send(Message::Text("héllo".into())).unwrap();
+    ws.send(Message::Binary(vec![7; 70_000])).unwrap();
+    ws.send(Message::Ping(vec![1, 2])).unwrap();
+    ws.close(None).unwrap();
+    let _ = ws.flush();
+    let bytes = ws.get_ref().tx.clone();
+    for cuts in [&[][..], &[1, 3, 9, 5000, 70_010]] {
+        let (ev, r) = decode_split(Role::Server, Limits::default(), &bytes, cuts);
+        r.unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                Ev::Text("héllo".into()),
+                Ev::Binary(vec![7; 70_000]),
+                Ev::Ping(vec![1, 2]),
+                Ev::Close(None, String::new()),
+            ]
+        );
+    }
+}
+
+#[test]
+fn frames_to_tungstenite_client_decode() {
+    use tungstenite::{protocol::Role as TRole, Message, WebSocket};
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, OpCode::Text, false, "wö".as_bytes(), None);
+    encode_frame(&mut bytes, OpCode::Ping, true, b"p", None);
+    encode_frame(
+        &mut bytes,
+        OpCode::Continuation,
+        true,
+        "rld".as_bytes(),
+        None,
+    );
+    encode_frame(&mut bytes, OpCode::Binary, true, &[9; 300], None);
+    let (p, n) = close_payload(CloseCode::NORMAL, "done");
+    encode_frame(&mut bytes, OpCode::Close, true, &p[..n], None);
+    let pipe = Pipe {
+        rx: std::io::Cursor::new(bytes),
+        tx: Vec::new(),
+    };
+    let mut ws = WebSocket::from_raw_socket(pipe, TRole::Client, None);
+    let mut got = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(c)) => {
+                let c = c.unwrap();
+                assert_eq!((u16::from(c.code), c.reason.as_ref()), (1000, "done"));
+                break;
+            }
+            Ok(m) => got.push(m),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            Message::Ping(b"p".to_vec()),
+            Message::Text("wörld".into()),
+            Message::Binary(vec![9; 300]),
+        ]
+    );
+}
+
+#[test]
+fn accept_key_agrees_with_tungstenite() {
+    for _ in 0..8 {
+        let key = generate_key();
+        assert_eq!(
+            accept_key(&key),
+            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        );
+    }
 }

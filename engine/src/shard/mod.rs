@@ -11,7 +11,7 @@ pub(crate) mod topics;
 
 use std::io;
 use std::marker::PhantomData;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::io::{Completion, Driver, DriverConfig, SendQueue, Token, WithDriver};
+use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token, WithDriver};
 use crate::proto::{
     self, CloseCode, CloseFrame, CloseState, Decoder, Event, Limits, OpCode, ProtocolError, Role,
 };
@@ -29,10 +29,29 @@ use crate::{Conn, ConnId, Handler, Message, SendError, SlowConsumer};
 use self::timer::TimerWheel;
 
 /// Messages to a shard from other threads.
-#[derive(Debug)]
 pub(crate) enum Mail {
     /// Graceful shutdown: close 1001 to everyone, then stop by this instant at the latest.
     Shutdown(Instant),
+    /// Run an outbound connection (TCP already connected): send `request`, expect a 101.
+    Connect(Box<Outbound>),
+    /// Every shard's mailbox and waker (sent once, when all shards have started).
+    Peers(Arc<[Peer]>),
+    /// Queue this encoded frame for every open connection of the shard.
+    Broadcast(Arc<[u8]>),
+}
+
+/// How to reach a shard from another thread.
+pub(crate) type Peer = (Sender<Mail>, crate::io::Waker);
+
+/// An outbound connection handed to a shard by [`crate::ServerHandle::connect`].
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) stream: std::net::TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// The upgrade request to send.
+    pub(crate) request: Vec<u8>,
+    /// Its `Sec-WebSocket-Key`, to check the answer against.
+    pub(crate) key: String,
 }
 
 /// Everything a shard thread starts from.
@@ -44,7 +63,7 @@ pub(crate) struct Run<H, F> {
     pub(crate) stats: Arc<ShardStats>,
     pub(crate) open: Arc<AtomicUsize>,
     pub(crate) mail: Receiver<Mail>,
-    pub(crate) ready: Sender<io::Result<crate::io::Waker>>,
+    pub(crate) ready: Sender<(usize, io::Result<crate::io::Waker>)>,
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) handler: PhantomData<fn() -> H>,
     /// Publish/subscribe: the shared hub and this shard's mailbox.
@@ -64,19 +83,21 @@ where
         }
         let dcfg = DriverConfig {
             recv_buffer_bytes: self.config.recv_buffer_bytes,
-            recv_buffers: 256,
+            recv_buffers: self.config.recv_buffers,
+            direct_fds: self.config.direct_fds,
+            direct_fds_max: self.config.direct_fds_max,
             events_max: 1024,
         };
         let driver = match D::new(self.listener, &dcfg) {
             Ok(d) => d,
             Err(e) => {
-                let _ = self.ready.send(Err(e));
+                let _ = self.ready.send((self.index, Err(e)));
                 return;
             }
         };
         let handler = (self.factory)(self.index);
         self.pubsub.0.register_waker(self.index, driver.waker());
-        if self.ready.send(Ok(driver.waker())).is_err() {
+        if self.ready.send((self.index, Ok(driver.waker()))).is_err() {
             return;
         }
         let topics = topics::Topics::new(self.pubsub.0, self.index, self.pubsub.1);
@@ -112,7 +133,7 @@ enum Phase {
 const DIRTY: u8 = 1;
 /// A ping was sent by the idle timer and nothing has arrived since.
 const PING_OUT: u8 = 2;
-/// A flush left at least the low-water mark queued: `on_drain` is due when it falls below.
+/// The queue held at least the low-water mark: `on_drain` is due when it falls below.
 const DRAIN_WANTED: u8 = 4;
 /// `on_open` was called: `on_close` is due.
 const OPENED: u8 = 8;
@@ -120,13 +141,16 @@ const OPENED: u8 = 8;
 const LINGER: u8 = 16;
 /// Accepted while `max_connections` were open: answer the upgrade with 503.
 const OVER_CAPACITY: u8 = 32;
+/// An outbound connection: client role (frames masked), `on_close` even if never opened.
+const CLIENT: u8 = 64;
 
 /// The part of a connection that handler callbacks see through [`Conn`].
 pub(crate) struct Connection<S> {
     pub(crate) state: S,
     pub(crate) queue: SendQueue,
     pub(crate) peer: SocketAddr,
-    /// How the connection ended, for `on_close` (set when known).
+    /// How the connection ended, for `on_close` (set when known). An outbound connection in
+    /// its handshake keeps its `Sec-WebSocket-Key` here instead (`(None, key)`).
     close_info: Option<Box<(Option<CloseCode>, String)>>,
     generation: u32,
     /// Tick of the last received bytes.
@@ -168,6 +192,8 @@ pub(crate) struct Ctx {
     close_ticks: u32,
     /// This shard's topic table and mailbox (publish/subscribe).
     pub(crate) topics: topics::Topics,
+    /// Frames to broadcast at the end of this loop turn (serialized once each).
+    broadcasts: Vec<Arc<[u8]>>,
 }
 
 impl Ctx {
@@ -195,11 +221,22 @@ impl Ctx {
 
     /// Queue one unfragmented frame, no limit check.
     fn push_frame<S>(&mut self, key: u32, conn: &mut Connection<S>, op: OpCode, payload: &[u8]) {
-        conn.queue.push_with(payload.len() + 10, |v| {
-            proto::encode_frame(v, op, true, payload, None)
+        // Clients mask every frame with a fresh key (RFC 6455 §5.3).
+        let mask = (conn.flags & CLIENT != 0).then(proto::generate_mask);
+        conn.queue.push_with(payload.len() + 14, |v| {
+            proto::encode_frame(v, op, true, payload, mask)
         });
         ShardStats::bump(&self.stats.frames_sent, 1);
+        self.note_backlog(conn);
         self.mark_dirty(key, conn);
+    }
+
+    /// The queue reached the low-water mark: `on_drain` is due once it falls below again
+    /// (whether or not the next flush writes it all at once).
+    fn note_backlog<S>(&self, conn: &mut Connection<S>) {
+        if conn.queue.len() >= self.config.send_queue_low_water_bytes.max(1) {
+            conn.flags |= DRAIN_WANTED;
+        }
     }
 
     /// Enter `Flushing`: the connection ends once its queue is written.
@@ -226,26 +263,59 @@ impl Ctx {
             return Err(SendError::Closed);
         }
         let key = id.key;
-        if conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
-            > self.config.send_queue_bytes_max
+        // A message always fits an empty queue (its size is bounded by the application), so
+        // one message larger than the limit still goes out; what the limit stops is a backlog.
+        if !conn.queue.is_empty()
+            && conn.queue.len() + payload.len() + proto::MAX_HEADER_LEN
+                > self.config.send_queue_bytes_max
         {
-            ShardStats::bump(&self.stats.slow_consumers, 1);
-            let code = match self.config.slow_consumer {
-                SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
-                _ => CloseCode::POLICY_VIOLATION,
-            };
-            // Keep a partly written frame whole: the close frame must follow a frame boundary.
-            conn.queue.discard_unsent();
-            let reason = "send queue full";
-            if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
-                self.push_frame(key, conn, OpCode::Close, &p[..n]);
-            }
-            conn.close_info = Some(Box::new((Some(code), reason.to_owned())));
-            self.finish_after_flush(key, conn, true);
+            self.slow_consumer(key, conn);
             return Err(SendError::QueueFull);
         }
         self.push_frame(key, conn, op, payload);
         Ok(())
+    }
+
+    /// Apply the slow-consumer policy: drop what is queued, close, hang up after the flush.
+    fn slow_consumer<S>(&mut self, key: u32, conn: &mut Connection<S>) {
+        ShardStats::bump(&self.stats.slow_consumers, 1);
+        let code = match self.config.slow_consumer {
+            SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
+            _ => CloseCode::POLICY_VIOLATION,
+        };
+        // Keep a partly written frame whole: the close frame must follow a frame boundary.
+        conn.queue.discard_unsent();
+        let reason = "send queue full";
+        if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
+            self.push_frame(key, conn, OpCode::Close, &p[..n]);
+        }
+        conn.close_info = Some(Box::new((Some(code), reason.to_owned())));
+        self.finish_after_flush(key, conn, true);
+    }
+
+    /// `Conn::broadcast`: serialize once, deliver at the end of the loop turn.
+    pub(crate) fn broadcast(&mut self, op: OpCode, payload: &[u8]) {
+        let mut v = Vec::with_capacity(payload.len() + proto::MAX_HEADER_LEN);
+        proto::encode_frame(&mut v, op, true, payload, None);
+        self.broadcasts.push(v.into());
+    }
+
+    /// Queue a shared, already encoded server frame (a broadcast) on an open connection,
+    /// applying the send-queue limit.
+    fn push_shared<S>(&mut self, key: u32, conn: &mut Connection<S>, frame: &Arc<[u8]>) {
+        if conn.phase != Phase::Open || !conn.close.can_send() || conn.flags & CLIENT != 0 {
+            return;
+        }
+        if !conn.queue.is_empty()
+            && conn.queue.len() + frame.len() > self.config.send_queue_bytes_max
+        {
+            self.slow_consumer(key, conn);
+            return;
+        }
+        conn.queue.push_shared(frame.clone());
+        ShardStats::bump(&self.stats.frames_sent, 1);
+        self.note_backlog(conn);
+        self.mark_dirty(key, conn);
     }
 
     /// `Conn::close`: start the close handshake.
@@ -275,11 +345,13 @@ struct Shard<H: Handler> {
     slab: Slab<Entry<H::State>>,
     ctx: Ctx,
     open: Arc<AtomicUsize>,
-    accepted: Vec<(TcpStream, SocketAddr)>,
+    accepted: Vec<(Socket, SocketAddr)>,
     to_close: Vec<u32>,
     expired: Vec<timer::Entry>,
     next_generation: u32,
     woke: bool,
+    /// Every shard's mailbox (`None` until all have started).
+    peers: Option<Arc<[Peer]>>,
     shutdown_at: Option<Instant>,
 }
 
@@ -306,6 +378,7 @@ impl<H: Handler> Shard<H> {
             idle_ticks: wheel.ticks(config.idle_timeout),
             pong_ticks: wheel.ticks(config.pong_timeout),
             close_ticks: wheel.ticks(config.close_timeout),
+            broadcasts: Vec::new(),
             wheel,
             config,
             stats,
@@ -321,6 +394,7 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             next_generation: 0,
             woke: false,
+            peers: None,
             shutdown_at: None,
         }
     }
@@ -329,6 +403,10 @@ impl<H: Handler> Shard<H> {
         loop {
             let now = Instant::now();
             let mut timeout = self.ctx.wheel.next_timeout(now);
+            if !self.ctx.dirty.is_empty() || !self.ctx.broadcasts.is_empty() {
+                // Work left over from the last turn (callbacks that kept queueing): no sleep.
+                timeout = Some(Duration::ZERO);
+            }
             if let Some(at) = self.shutdown_at {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -355,11 +433,15 @@ impl<H: Handler> Shard<H> {
                 while let Ok(m) = mail.try_recv() {
                     match m {
                         Mail::Shutdown(at) => self.begin_shutdown(&mut driver, at),
+                        Mail::Connect(out) => self.register_outbound(&mut driver, *out),
+                        Mail::Peers(p) => self.peers = Some(p),
+                        Mail::Broadcast(frame) => self.fan_out(&frame),
                     }
                 }
             }
             self.fire_timers(now);
             self.pubsub_turn();
+            self.send_broadcasts();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
             if let Some(at) = self.shutdown_at {
@@ -413,35 +495,57 @@ impl<H: Handler> Shard<H> {
             if self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.max_connections {
                 flags |= OVER_CAPACITY;
             }
-            self.next_generation = self.next_generation.wrapping_add(1);
-            let now = self.ctx.now;
-            let mut conn = Connection {
-                state: H::State::default(),
-                queue: SendQueue::default(),
-                peer,
-                close_info: None,
-                generation: self.next_generation,
-                last_rx: now,
-                mark: now,
-                timer_at: 0,
-                close: CloseState::new(Role::Server),
-                phase: Phase::Handshake,
-                flags,
-            };
-            let at = now.saturating_add(self.ctx.handshake_ticks);
-            self.ctx.arm(key as u32, &mut conn, at);
-            self.slab.insert(Entry {
-                conn,
-                decoder: Decoder::new(
-                    Role::Server,
-                    Limits {
-                        max_frame_bytes: self.ctx.config.max_frame_bytes,
-                        max_message_bytes: self.ctx.config.max_message_bytes,
-                    },
-                ),
-                leftover: Vec::new(),
-            });
+            self.insert(key, peer, Role::Server, flags);
         }
+    }
+
+    /// Start an outbound connection: register it and send its upgrade request.
+    fn register_outbound<D: Driver>(&mut self, driver: &mut D, out: Outbound) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        let key = self.slab.vacant_key();
+        if key > u32::MAX as usize / 2 || driver.register(Token(key), out.stream.into()).is_err() {
+            return;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.insert(key, out.peer, Role::Client, CLIENT);
+        if let Some(e) = self.slab.get_mut(key) {
+            e.conn.close_info = Some(Box::new((None, out.key)));
+            e.conn.queue.push(&out.request);
+            self.ctx.mark_dirty(key as u32, &mut e.conn);
+        }
+    }
+
+    /// A new connection in its handshake, at slot `key` (the slab's vacant key).
+    fn insert(&mut self, key: usize, peer: SocketAddr, role: Role, flags: u8) {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let now = self.ctx.now;
+        let mut conn = Connection {
+            state: H::State::default(),
+            queue: SendQueue::default(),
+            peer,
+            close_info: None,
+            generation: self.next_generation,
+            last_rx: now,
+            mark: now,
+            timer_at: 0,
+            close: CloseState::new(role),
+            phase: Phase::Handshake,
+            flags,
+        };
+        let at = now.saturating_add(self.ctx.handshake_ticks);
+        self.ctx.arm(key as u32, &mut conn, at);
+        let limits = Limits {
+            max_frame_bytes: self.ctx.config.max_frame_bytes,
+            max_message_bytes: self.ctx.config.max_message_bytes,
+        };
+        let k = self.slab.insert(Entry {
+            conn,
+            decoder: Decoder::new(role, limits),
+            leftover: Vec::new(),
+        });
+        debug_assert_eq!(k, key);
     }
 
     fn on_recv(&mut self, key: usize, buf: &mut [u8]) {
@@ -462,6 +566,10 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
+        if e.conn.flags & CLIENT != 0 {
+            self.client_handshake_recv(key, buf);
+            return;
+        }
         if e.leftover.is_empty() {
             match proto::parse_request(buf, max) {
                 Ok(None) => e.leftover.extend_from_slice(buf),
@@ -488,6 +596,60 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
+    }
+
+    /// An outbound connection's handshake bytes: wait for the whole response, check it, open.
+    fn client_handshake_recv(&mut self, key: usize, buf: &mut [u8]) {
+        let max = self.ctx.config.handshake_header_bytes_max;
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        e.leftover.extend_from_slice(buf);
+        let key_str = match &e.conn.close_info {
+            Some(b) => b.1.as_str(),
+            None => "",
+        };
+        match proto::parse_response(&e.leftover, key_str, max) {
+            Ok(None) => {}
+            Ok(Some((_resp, n))) => {
+                let mut rest = std::mem::take(&mut e.leftover);
+                e.conn.close_info = None;
+                self.open_connection(key);
+                self.frames_recv(key, &mut rest[n..]);
+            }
+            Err(err) => {
+                e.leftover = Vec::new();
+                ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1);
+                e.conn.close_info = Some(Box::new((
+                    Some(CloseCode::ABNORMAL),
+                    format!("handshake failed: {} {}", err.status, err.reason),
+                )));
+                self.finalize(key, None);
+            }
+        }
+    }
+
+    /// The handshake completed: open the connection and call `on_open`.
+    fn open_connection(&mut self, key: usize) {
+        let Some(e) = self.slab.get_mut(key) else {
+            return;
+        };
+        let k = key as u32;
+        let conn = &mut e.conn;
+        conn.phase = Phase::Open;
+        conn.flags |= OPENED;
+        conn.mark = self.ctx.now;
+        if self.ctx.idle_ticks > 0 {
+            let at = self.ctx.now.saturating_add(self.ctx.idle_ticks);
+            self.ctx.arm(k, conn, at);
+        }
+        ShardStats::bump(&self.ctx.stats.upgraded, 1);
+        let id = self.ctx.id(key, conn);
+        self.handler.on_open(&mut Conn {
+            inner: conn,
+            id,
+            ctx: &mut self.ctx,
+        });
     }
 
     /// Answer the handshake with a non-101 response and hang up after it.
@@ -533,25 +695,10 @@ impl<H: Handler> Shard<H> {
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
                 let resp = proto::accept_response(req, acc.protocol.as_deref(), &headers);
-                let k = key as u32;
-                let conn = &mut e.conn;
-                conn.queue.push(&resp);
-                self.ctx.mark_dirty(k, conn);
-                conn.phase = Phase::Open;
-                conn.flags |= OPENED;
-                conn.mark = self.ctx.now;
-                if self.ctx.idle_ticks > 0 {
-                    let at = self.ctx.now.saturating_add(self.ctx.idle_ticks);
-                    self.ctx.arm(k, conn, at);
-                }
-                ShardStats::bump(&self.ctx.stats.upgraded, 1);
-                let id = self.ctx.id(key, conn);
-                self.handler.on_open(&mut Conn {
-                    inner: conn,
-                    id,
-                    ctx: &mut self.ctx,
-                });
-                e.conn.phase == Phase::Open
+                e.conn.queue.push(&resp);
+                self.ctx.mark_dirty(key as u32, &mut e.conn);
+                self.open_connection(key);
+                matches!(self.slab.get(key), Some(e) if e.conn.phase == Phase::Open)
             }
         }
     }
@@ -655,14 +802,22 @@ impl<H: Handler> Shard<H> {
         if e.conn.phase == Phase::Dead {
             return;
         }
+        let was_handshake = e.conn.phase == Phase::Handshake;
         e.conn.phase = Phase::Dead;
         e.leftover = Vec::new();
         self.ctx.topics.remove_conn(key as u32);
         self.open.fetch_sub(1, Ordering::Relaxed);
         ShardStats::bump(&self.ctx.stats.closed, 1);
         self.to_close.push(key as u32);
-        if e.conn.flags & OPENED != 0 {
-            let info = e.conn.close_info.take();
+        if e.conn.flags & (OPENED | CLIENT) != 0 {
+            let mut info = e.conn.close_info.take();
+            if was_handshake && matches!(&info, Some(b) if b.0.is_none()) {
+                // Still the outbound handshake key, not a close reason.
+                info = Some(Box::new((
+                    Some(CloseCode::ABNORMAL),
+                    "handshake did not complete".to_owned(),
+                )));
+            }
             let (code, reason) = match (&info, fallback) {
                 (Some(b), _) => (b.0, b.1.as_str()),
                 (None, Some(c)) => (Some(c), ""),
@@ -680,6 +835,36 @@ impl<H: Handler> Shard<H> {
             if driver.close(Token(key)) && self.slab.contains(key) {
                 self.slab.remove(key);
             }
+        }
+    }
+
+    /// Deliver this turn's broadcasts: to this shard's connections, and through the mailboxes
+    /// to the other shards (one wake-up each).
+    fn send_broadcasts(&mut self) {
+        if self.ctx.broadcasts.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(&mut self.ctx.broadcasts);
+        for f in &frames {
+            self.fan_out(f);
+        }
+        if let Some(peers) = &self.peers {
+            for (i, (tx, waker)) in peers.iter().enumerate() {
+                if i == self.ctx.shard as usize {
+                    continue;
+                }
+                for f in &frames {
+                    let _ = tx.send(Mail::Broadcast(f.clone()));
+                }
+                let _ = waker.wake();
+            }
+        }
+    }
+
+    /// Queue `frame` on every open connection of this shard.
+    fn fan_out(&mut self, frame: &Arc<[u8]>) {
+        for (key, e) in self.slab.iter_mut() {
+            self.ctx.push_shared(key as u32, &mut e.conn, frame);
         }
     }
 
@@ -924,8 +1109,10 @@ fn on_close_frame<S>(ctx: &mut Ctx, key: u32, conn: &mut Connection<S>, frame: &
     if let Some((p, n)) = conn.close.on_received(frame) {
         ctx.push_frame(key, conn, OpCode::Close, &p[..n]);
     }
-    // Handshake complete: the server closes TCP first (RFC 6455 §7.1.1), after the flush.
-    ctx.finish_after_flush(key, conn, false);
+    // Handshake complete: the server closes TCP first (RFC 6455 §7.1.1), after the flush; a
+    // client half-closes and waits for the server's EOF.
+    let client = conn.flags & CLIENT != 0;
+    ctx.finish_after_flush(key, conn, client);
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub(crate) struct Entry {
     pub(crate) at: u32,
 }
 
+/// How many slots [`TimerWheel::next_timeout`] looks ahead.
+const SCAN_SLOTS: u32 = 64;
+
 /// The wheel. Ticks count from the wheel's creation.
 pub(crate) struct TimerWheel {
     slots: Box<[Vec<Entry>]>,
@@ -110,13 +113,20 @@ impl TimerWheel {
         self.now = self.now.max(target);
     }
 
-    /// How long until the next tick boundary that might fire something (`None`: nothing
-    /// scheduled). Coarse: with entries present it is the time to the next tick.
+    /// How long until the first tick whose slot holds an entry (`None`: nothing scheduled).
+    /// The entries found there may belong to a later round: the wake-up is then early, never
+    /// late. Looks at most `SCAN_SLOTS` ticks ahead (it runs every loop turn), so an idle
+    /// shard wakes at least every `SCAN_SLOTS` ticks while anything is scheduled.
     pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
-        let next = self.start + self.tick * (self.now + 1);
+        let mask = self.slots.len() - 1;
+        let scan = (self.slots.len() as u32).min(SCAN_SLOTS);
+        let ahead = (1..=scan)
+            .find(|d| !self.slots[(self.now.wrapping_add(*d)) as usize & mask].is_empty())
+            .unwrap_or(scan);
+        let next = self.start + self.tick * self.now.saturating_add(ahead);
         Some(next.saturating_duration_since(now))
     }
 }
@@ -184,6 +194,17 @@ mod tests {
         assert_eq!(w.schedule(1, 0, 2), 6);
         w.advance(t0 + Duration::from_millis(60), &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn next_timeout_skips_empty_slots() {
+        let (mut w, t0) = wheel();
+        assert_eq!(w.next_timeout(t0), None);
+        w.schedule(1, 0, 5);
+        assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(50)));
+        // A later round in an earlier slot: wake at that slot, early rather than late.
+        w.schedule(2, 0, 11);
+        assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(30)));
     }
 
     #[test]

@@ -7,12 +7,11 @@ use std::sync::{Arc, Weak};
 use crossbeam_channel::Receiver;
 use slab::Slab;
 
-use crate::proto::{CloseCode, OpCode, ProtocolError};
 use crate::pubsub::{encode_shared, Hub, Inbox, PubStats, PubSubError, PublishOptions};
 use crate::server::ShardStats;
-use crate::{Handler, Message, SlowConsumer};
+use crate::{Handler, Message};
 
-use super::{Connection, Ctx, Phase, Shard};
+use super::{Connection, Ctx, Phase, Shard, CLIENT};
 
 /// Mailbox messages handled per loop turn (the rest wait for the next turn, which does not
 /// block), so a publish storm cannot starve the shard's sockets.
@@ -247,7 +246,8 @@ fn offer<S>(
     opts: PublishOptions,
     last: Option<&mut Option<Weak<[u8]>>>,
 ) -> Outcome {
-    if conn.phase != Phase::Open || !conn.close.can_send() {
+    // Outbound (client) connections mask every frame: a shared server frame is not for them.
+    if conn.phase != Phase::Open || !conn.close.can_send() || conn.flags & CLIENT != 0 {
         return Outcome::Skipped;
     }
     let mut last = last;
@@ -261,15 +261,17 @@ fn offer<S>(
             }
         }
     }
-    if conn.queue.len() + frame.len() > ctx.config.send_queue_bytes_max {
+    // As for direct sends, a frame always fits an empty queue: the limit stops a backlog.
+    if !conn.queue.is_empty() && conn.queue.len() + frame.len() > ctx.config.send_queue_bytes_max {
         if opts.droppable || opts.conflate {
             return Outcome::Dropped;
         }
-        slow_consumer(ctx, key, conn);
+        ctx.slow_consumer(key, conn);
         return Outcome::Closed;
     }
     conn.queue.push_shared(frame.clone());
     ShardStats::bump(&ctx.stats.frames_sent, 1);
+    ctx.note_backlog(conn);
     ctx.mark_dirty(key, conn);
     if opts.conflate {
         if let Some(l) = last {
@@ -277,22 +279,6 @@ fn offer<S>(
         }
     }
     Outcome::Queued
-}
-
-/// The slow-consumer policy: drop the queue, close with the configured code.
-fn slow_consumer<S>(ctx: &mut Ctx, key: u32, conn: &mut Connection<S>) {
-    ShardStats::bump(&ctx.stats.slow_consumers, 1);
-    let code = match ctx.config.slow_consumer {
-        SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
-        _ => CloseCode::POLICY_VIOLATION,
-    };
-    conn.queue.discard_unsent();
-    let reason = "send queue full";
-    if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
-        ctx.push_frame(key, conn, OpCode::Close, &p[..n]);
-    }
-    conn.close_info = Some(Box::new((Some(code), reason.to_owned())));
-    ctx.finish_after_flush(key, conn, true);
 }
 
 impl<H: Handler> Shard<H> {

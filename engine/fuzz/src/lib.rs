@@ -1,0 +1,166 @@
+//! Fuzz target bodies over `percore::proto`. They never panic on any input; the asserts are the
+//! properties checked. `engine/tests/proto_fuzz_corpus.rs` runs them over the seed corpus
+//! without cargo-fuzz.
+
+use core::ops::ControlFlow;
+
+use percore::proto::{
+    accept_response, parse_close_payload, parse_request, parse_response, Decoder, Event,
+    FrameHeader, Limits, ProtocolError, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN,
+};
+
+/// Key used for the client-side response check.
+const CLIENT_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Server and client handshake parsers over arbitrary bytes. The first byte picks the header
+/// limit, the rest is the request (or response).
+pub fn handshake(data: &[u8]) {
+    let Some((&sel, input)) = data.split_first() else {
+        return;
+    };
+    let limit = match sel % 4 {
+        0 => 8 << 10,
+        1 => 256,
+        2 => 64,
+        _ => usize::from(sel),
+    };
+    match parse_request(input, limit) {
+        Ok(Some((req, n))) => {
+            assert!(n <= input.len() && n <= limit);
+            assert_eq!(req.method(), "GET");
+            assert!(req.path().starts_with('/'));
+            let _ = (req.query(), req.host(), req.origin(), req.key());
+            let _ = req.headers().count();
+            let chosen = req.protocols().next();
+            let resp = accept_response(&req, chosen, &[("X-Fuzz", "1")]);
+            assert!(resp.starts_with(b"HTTP/1.1 101 "));
+            assert!(resp.ends_with(b"\r\n\r\n"));
+        }
+        Ok(None) => assert!(input.len() < limit),
+        Err(e) => {
+            assert!(matches!(e.status, 400 | 405 | 426 | 431), "{e:?}");
+            assert!(e.response().starts_with(b"HTTP/1.1 4"));
+        }
+    }
+    match parse_response(input, CLIENT_KEY, limit) {
+        Ok(Some((resp, n))) => {
+            assert!(n <= input.len());
+            assert_eq!(resp.status(), 101);
+            let _ = resp.protocol();
+        }
+        Ok(None) => assert!(input.len() < limit),
+        Err(_) => {}
+    }
+}
+
+/// An owned event, for comparing decodes.
+#[derive(Debug, PartialEq, Eq)]
+enum Ev {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>, String),
+}
+
+fn owned(e: Event<'_>) -> Ev {
+    match e {
+        Event::Text(t) => Ev::Text(t.to_owned()),
+        Event::Binary(b) => Ev::Binary(b.to_vec()),
+        Event::Ping(b) => Ev::Ping(b.to_vec()),
+        Event::Pong(b) => Ev::Pong(b.to_vec()),
+        Event::Close(c) => Ev::Close(c.code.map(|c| c.0), c.reason.to_owned()),
+    }
+}
+
+/// Feed `stream` to a fresh decoder in pieces ending at `cuts`, keeping the unconsumed tail as
+/// a driver does.
+fn run(
+    role: Role,
+    limits: Limits,
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Vec<Ev>, Option<ProtocolError>) {
+    let mut dec = Decoder::new(role, limits);
+    let mut events = Vec::new();
+    let mut pending = Vec::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(core::iter::once(&stream.len())) {
+        let end = end.clamp(start, stream.len());
+        pending.extend_from_slice(&stream[start..end]);
+        start = end;
+        match dec.decode(&mut pending, |e| {
+            events.push(owned(e));
+            ControlFlow::Continue(())
+        }) {
+            Ok(n) => {
+                assert!(n <= pending.len());
+                pending.drain(..n);
+                if dec.received_close() {
+                    break;
+                }
+                assert!(pending.len() <= MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD_LEN);
+            }
+            Err(e) => return (events, Some(e)),
+        }
+    }
+    assert!(dec.buffered_bytes() <= limits.max_message_bytes);
+    dec.shrink();
+    (events, None)
+}
+
+/// The decoder over arbitrary bytes, both roles. Byte 0 picks limits, bytes 1-2 a split point;
+/// the stream decoded whole and decoded in two pieces must give the same events and the same
+/// error code.
+pub fn decode_frames(data: &[u8]) {
+    let [sel, s0, s1, stream @ ..] = data else {
+        return;
+    };
+    let limits = match sel & 3 {
+        0 => Limits::default(),
+        1 => Limits {
+            max_frame_bytes: 64,
+            max_message_bytes: 100,
+        },
+        2 => Limits {
+            max_frame_bytes: 0,
+            max_message_bytes: 0,
+        },
+        _ => Limits {
+            max_frame_bytes: 1 << 10,
+            max_message_bytes: 4 << 10,
+        },
+    };
+    let cut = usize::from(u16::from_le_bytes([*s0, *s1])) % (stream.len() + 1);
+    for role in [Role::Server, Role::Client] {
+        let whole = run(role, limits, stream, &[]);
+        let split = run(role, limits, stream, &[cut]);
+        assert_eq!(whole.0, split.0, "events differ, cut {cut}");
+        assert_eq!(
+            whole.1.map(|e| e.code),
+            split.1.map(|e| e.code),
+            "errors differ, cut {cut}"
+        );
+        if let Some(e) = whole.1 {
+            assert!(matches!(e.code.0, 1002 | 1007 | 1009), "{e:?}");
+        }
+        let bytewise: Vec<usize> = if stream.len() <= 64 {
+            (0..stream.len()).collect()
+        } else {
+            Vec::new()
+        };
+        let one_by_one = run(role, limits, stream, &bytewise);
+        assert_eq!(whole.0, one_by_one.0, "byte-by-byte events differ");
+    }
+    if let Ok(Some((h, n))) = FrameHeader::parse(stream) {
+        let mut out = [0u8; MAX_HEADER_LEN];
+        let m = h.encode(&mut out);
+        assert!(m <= n);
+        assert_eq!(FrameHeader::parse(&out[..m]), Ok(Some((h, m))));
+    }
+    if let Ok(frame) = parse_close_payload(stream) {
+        if let Some(code) = frame.code {
+            assert!(code.is_valid_on_wire());
+        }
+    }
+}
