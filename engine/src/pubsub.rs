@@ -375,6 +375,34 @@ impl Hub {
 /// Publishes and sends from any thread: `Send + Sync + Clone`, cheap to clone. Get one from
 /// [`ServerHandle::publisher`] or [`Conn::publisher`]. Every message goes through the mailbox of
 /// each shard that has subscribers (or owns the connection), which wakes up to deliver it.
+///
+/// ```no_run
+/// use percore::{Conn, Handler, Message, PublishOptions, Server};
+///
+/// struct Ticker;
+///
+/// impl Handler for Ticker {
+///     type State = ();
+///     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+///         let _ = conn.subscribe("prices");
+///     }
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         // Fan a client's message out to the room (encoded once for every receiver).
+///         let _ = conn.publish("room", msg);
+///     }
+/// }
+///
+/// let server = Server::builder().bind("127.0.0.1:9001").start(|_| Ticker)?;
+/// let publisher = server.publisher();
+/// std::thread::spawn(move || {
+///     for price in 0..1000 {
+///         // A slow client gets the latest price, not a backlog.
+///         let text = price.to_string();
+///         let _ = publisher.publish_with("prices", Message::Text(&text), PublishOptions::conflate());
+///     }
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Publisher {
     hub: Arc<Hub>,
