@@ -477,6 +477,8 @@ impl ServerHandle {
 impl<S> Conn<'_, S> {
     /// Subscribe this connection to `topic`. Returns `Ok(false)` if it already was. The
     /// subscription ends with [`Conn::unsubscribe`] or when the connection closes.
+    /// Outbound (client) connections are never sent published frames: a client must mask
+    /// its frames, so the shared server frame does not fit them.
     pub fn subscribe(&mut self, topic: impl AsRef<[u8]>) -> Result<bool, PubSubError> {
         self.ctx
             .topics

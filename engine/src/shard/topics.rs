@@ -288,8 +288,13 @@ impl<H: Handler> Shard<H> {
         self.ctx.topics.hub.clear_wake(shard);
         let mut budget = INBOX_PER_TURN;
         loop {
-            for p in std::mem::take(&mut self.ctx.topics.pending) {
-                self.deliver_topic(&p.topic, &p.frame, p.opts);
+            if !self.ctx.topics.pending.is_empty() {
+                // Delivery runs no callback, so nothing is added meanwhile: keep the allocation.
+                let mut batch = std::mem::take(&mut self.ctx.topics.pending);
+                for p in batch.drain(..) {
+                    self.deliver_topic(&p.topic, &p.frame, p.opts);
+                }
+                self.ctx.topics.pending = batch;
             }
             if budget == 0 {
                 break;
