@@ -69,6 +69,11 @@ fn decode_split(
         match r {
             Ok(n) => {
                 pending.drain(..n);
+                // After a Close event decoding stops: whatever follows it stays unconsumed,
+                // so the bound on the tail holds only while the connection is open.
+                if dec.received_close() {
+                    break;
+                }
                 assert!(
                     pending.len() <= MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD_LEN,
                     "unconsumed tail of {} bytes",
@@ -76,9 +81,6 @@ fn decode_split(
                 );
             }
             Err(e) => return (events, Err(e)),
-        }
-        if dec.received_close() {
-            break;
         }
     }
     (events, Ok(()))
