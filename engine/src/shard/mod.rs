@@ -12,8 +12,9 @@ pub(crate) mod topics;
 use std::io;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -147,7 +148,7 @@ const CLIENT: u8 = 64;
 /// The part of a connection that handler callbacks see through [`Conn`].
 pub(crate) struct Connection<S> {
     pub(crate) state: S,
-    pub(crate) queue: SendQueue,
+    pub(crate) queue: Queue,
     pub(crate) peer: PeerAddr,
     /// How the connection ended, for `on_close` (set when known). An outbound connection in
     /// its handshake keeps its `Sec-WebSocket-Key` here instead (`(None, key)`).
@@ -171,6 +172,49 @@ pub(crate) struct Entry<S> {
     /// Handshake bytes so far, or a partial frame left at the end of a receive buffer
     /// (at most a frame header plus a control frame). Empty: no heap memory.
     leftover: Leftover,
+}
+
+/// A connection's send queue, boxed: 8 bytes in the slab entry (a `SendQueue` takes 64) and
+/// no heap memory while nothing is queued or in flight, which is an idle connection's usual
+/// state. Reading an absent queue sees an empty one; writing allocates it (one 64-byte
+/// allocation per burst of sends).
+#[derive(Default)]
+pub(crate) struct Queue(Option<Box<SendQueue>>);
+
+/// What an absent [`Queue`] reads as.
+static EMPTY_QUEUE: LazyLock<SendQueue> = LazyLock::new(SendQueue::default);
+
+impl Deref for Queue {
+    type Target = SendQueue;
+
+    fn deref(&self) -> &SendQueue {
+        self.0.as_deref().unwrap_or(&EMPTY_QUEUE)
+    }
+}
+
+impl DerefMut for Queue {
+    fn deref_mut(&mut self) -> &mut SendQueue {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Queue {
+    /// Give the queue's memory back if nothing is queued and the backend holds none of it.
+    fn release_if_idle(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|q| q.is_empty() && !q.in_flight())
+        {
+            self.0 = None;
+        }
+    }
+
+    /// Is the queue's memory allocated?
+    #[cfg(test)]
+    fn is_allocated(&self) -> bool {
+        self.0.is_some()
+    }
 }
 
 /// A peer address in 19 bytes, byte-aligned (`SocketAddr` takes 32): the IP (IPv4 as
@@ -598,7 +642,7 @@ impl<H: Handler> Shard<H> {
         let now = self.ctx.now;
         let mut conn = Connection {
             state: H::State::default(),
-            queue: SendQueue::default(),
+            queue: Queue::default(),
             peer: PeerAddr::new(peer),
             close_info: None,
             generation: self.next_generation,
@@ -1084,6 +1128,7 @@ impl<H: Handler> Shard<H> {
                 return;
             }
         }
+        conn.queue.release_if_idle();
         let low = self.ctx.config.send_queue_low_water_bytes;
         if conn.queue.len() >= low.max(1) {
             conn.flags |= DRAIN_WANTED;
@@ -1198,7 +1243,25 @@ mod tests {
     fn idle_connection_slab_entry_is_small() {
         let size = std::mem::size_of::<Entry<()>>();
         println!("slab entry for State = (): {size} bytes");
-        assert!(size <= 152, "slab entry grew to {size} bytes");
+        assert!(size <= 96, "slab entry grew to {size} bytes");
+    }
+
+    #[test]
+    fn drained_send_queue_gives_its_memory_back() {
+        let mut q = Queue::default();
+        assert!(q.is_empty() && !q.is_allocated());
+        q.push(b"hello");
+        assert_eq!(q.len(), 5);
+        q.set_in_flight(true);
+        q.release_if_idle();
+        assert!(q.is_allocated(), "released while the backend holds it");
+        q.complete(3);
+        q.release_if_idle();
+        assert!(q.is_allocated(), "released with bytes left");
+        q.set_in_flight(true);
+        q.complete(2);
+        q.release_if_idle();
+        assert!(q.is_empty() && !q.is_allocated());
     }
 
     #[test]
