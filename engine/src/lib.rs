@@ -324,6 +324,6 @@ impl<S> Conn<'_, S> {
 
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.inner.peer
+        self.inner.peer.get()
     }
 }

@@ -23,6 +23,10 @@ pub(crate) struct Entry {
 /// How many slots [`TimerWheel::next_timeout`] looks ahead.
 const SCAN_SLOTS: u32 = 64;
 
+/// A partly drained slot keeps its buffer while it holds at least a quarter of this many
+/// entries (no reallocation churn for small slots).
+const SLOT_MIN_CAPACITY: usize = 8;
+
 /// The wheel. Ticks count from the wheel's creation.
 pub(crate) struct TimerWheel {
     slots: Box<[Vec<Entry>]>,
@@ -31,7 +35,6 @@ pub(crate) struct TimerWheel {
     /// Every tick `<= now` has been processed.
     now: u32,
     len: usize,
-    spare: Vec<Entry>,
 }
 
 impl TimerWheel {
@@ -44,7 +47,6 @@ impl TimerWheel {
             tick: tick.max(Duration::from_micros(100)),
             now: 0,
             len: 0,
-            spare: Vec::new(),
         }
     }
 
@@ -65,6 +67,12 @@ impl TimerWheel {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Entries the slots have room for (their buffers' total capacity).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.iter().map(Vec::capacity).sum()
     }
 
     /// Schedule `key`/`generation` at tick `at` (at the next tick if `at` has passed). Returns
@@ -96,19 +104,27 @@ impl TimerWheel {
         } else {
             self.now
         };
+        let len = &mut self.len;
         for t in from + 1..=target {
-            let slot = t as usize & mask;
-            let mut entries = std::mem::take(&mut self.spare);
-            std::mem::swap(&mut entries, &mut self.slots[slot]);
-            for e in entries.drain(..) {
-                if e.at <= target {
-                    self.len -= 1;
-                    out.push(e);
-                } else {
-                    self.slots[slot].push(e);
-                }
+            let slot = &mut self.slots[t as usize & mask];
+            if slot.is_empty() {
+                continue;
             }
-            self.spare = entries;
+            slot.retain(|e| {
+                let due = e.at <= target;
+                if due {
+                    *len -= 1;
+                    out.push(*e);
+                }
+                !due
+            });
+            // Keep the wheel's memory proportional to the live entries: an emptied slot gives
+            // its buffer back, and one mostly drained keeps at most twice what it still holds.
+            if slot.is_empty() {
+                *slot = Vec::new();
+            } else if slot.capacity() > 4 * slot.len().max(SLOT_MIN_CAPACITY) {
+                slot.shrink_to(2 * slot.len());
+            }
         }
         self.now = self.now.max(target);
     }
@@ -205,6 +221,43 @@ mod tests {
         // A later round in an earlier slot: wake at that slot, early rather than late.
         w.schedule(2, 0, 11);
         assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn fired_slots_give_their_memory_back() {
+        let (mut w, t0) = wheel();
+        let mut out = Vec::new();
+        // A burst of 10,000 deadlines in every slot, then every one fires and none is re-armed.
+        for round in 0..3u32 {
+            for k in 0..10_000u32 {
+                w.schedule(k, round, round * 8 + 1 + k % 8);
+            }
+            out.clear();
+            w.advance(
+                t0 + Duration::from_millis(u64::from(round * 8 + 8) * 10),
+                &mut out,
+            );
+            assert_eq!(out.len(), 10_000);
+            assert_eq!(w.len(), 0);
+            assert_eq!(
+                w.capacity(),
+                0,
+                "round {round}: the wheel kept empty buffers"
+            );
+        }
+        // A slot mostly drained keeps at most four times what it still holds.
+        for k in 0..1000u32 {
+            // Slot 1: 990 entries at tick 25, 10 a revolution later (tick 33).
+            w.schedule(k, 0, if k < 990 { 25 } else { 33 });
+        }
+        out.clear();
+        w.advance(t0 + Duration::from_millis(250), &mut out);
+        assert_eq!((out.len(), w.len()), (990, 10));
+        assert!(
+            w.capacity() <= 4 * 10.max(SLOT_MIN_CAPACITY),
+            "{}",
+            w.capacity()
+        );
     }
 
     #[test]
