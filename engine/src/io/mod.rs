@@ -387,6 +387,16 @@ impl SendQueue {
         n
     }
 
+    /// The unwritten bytes when they all lie in one chunk (the common case: one coalesced
+    /// owned chunk), so that a backend can write them without building an iovec array.
+    pub(crate) fn single_slice(&self) -> Option<&[u8]> {
+        if self.chunks.len() == 1 {
+            self.chunks.front().and_then(|c| c.bytes().get(self.head..))
+        } else {
+            None
+        }
+    }
+
     /// The chunks, front first, with the number of bytes of the first one already written
     /// (for backends that build their own iovec arrays).
     #[allow(dead_code)]
@@ -559,6 +569,22 @@ mod tests {
         q.push(&vec![0u8; SPARE_BYTES_MAX + 1]);
         q.advance(SPARE_BYTES_MAX + 1);
         assert!(q.spare.capacity() == 0);
+    }
+
+    #[test]
+    fn send_queue_single_slice_only_when_one_chunk_is_left() {
+        let mut q = SendQueue::default();
+        assert_eq!(q.single_slice(), None);
+        q.push(b"hello ");
+        q.push(b"world");
+        assert_eq!(q.single_slice(), Some(&b"hello world"[..]));
+        q.push_shared(Arc::from(&b"!"[..]));
+        assert_eq!(q.single_slice(), None);
+        q.advance(11);
+        assert_eq!(q.single_slice(), Some(&b"!"[..]));
+        q.push(b"ab");
+        q.advance(2);
+        assert_eq!(q.single_slice(), Some(&b"b"[..]));
     }
 
     #[test]
