@@ -4,7 +4,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use percore::{Backend, Conn, Handler, Message, Server, Shards, SlowConsumer};
+use percore::{Backend, Conn, Handler, Message, PublishOptions, Server, Shards, SlowConsumer};
+
+mod broadcast;
 
 /// Options of `percore serve`.
 #[derive(Args, Debug)]
@@ -24,6 +26,10 @@ pub struct ServeArgs {
     /// What the server does with messages.
     #[arg(long, value_enum, default_value_t = Mode::Echo)]
     pub mode: Mode,
+    /// broadcast/chat: a receiver whose send queue is full misses messages instead of being
+    /// closed as a slow consumer.
+    #[arg(long)]
+    pub droppable: bool,
     /// Most connections open at once (excess upgrades get HTTP 503).
     #[arg(long, default_value_t = 200_000)]
     pub max_connections: usize,
@@ -95,21 +101,14 @@ pub enum BackendArg {
 pub enum Mode {
     /// Send every message back to its sender.
     Echo,
-    /// Send every message to every open connection (sender included), on all shards; the
-    /// frame is serialized once and shared by the send queues.
+    /// Publish every message to all connections (sender included), on all shards; the frame
+    /// is serialized once and shared by the send queues.
     Broadcast,
+    /// Chat rooms: connect to /room/NAME; a message goes to everyone in the sender's room.
+    Chat,
 }
 
 struct Echo;
-
-struct Broadcast;
-
-impl Handler for Broadcast {
-    type State = ();
-    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
-        conn.broadcast(msg);
-    }
-}
 
 impl Handler for Echo {
     type State = ();
@@ -173,9 +172,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs));
+    let opts = PublishOptions {
+        droppable: args.droppable,
+        ..PublishOptions::default()
+    };
     let server = match args.mode {
         Mode::Echo => builder.start(|_| Echo),
-        Mode::Broadcast => builder.start(|_| Broadcast),
+        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast { opts }),
+        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts)),
     }
     .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
     let backend_name = match server.backend() {
@@ -197,5 +201,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={}",
         s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts
     );
+    if !matches!(args.mode, Mode::Echo) {
+        eprintln!(
+            "pubsub: published={} delivered={} dropped={} slow_consumers={}",
+            s.published, s.delivered, s.dropped, s.slow_consumers
+        );
+    }
     Ok(())
 }

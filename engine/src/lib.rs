@@ -39,6 +39,7 @@ pub mod proto;
 
 mod client;
 mod io;
+mod pubsub;
 mod server;
 mod shard;
 
@@ -48,6 +49,7 @@ use std::net::SocketAddr;
 pub use client::Connect;
 pub use proto::CloseCode;
 pub use proto::Request;
+pub use pubsub::{PubSubError, PublishOptions, Publisher};
 pub use server::{Server, ServerBuilder, ServerHandle, Stats};
 
 /// Which I/O backend the shards run on.

@@ -44,6 +44,7 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) close_timeout: Duration,
+    pub(crate) pubsub: crate::pubsub::PubSubConfig,
 }
 
 impl Default for Config {
@@ -68,6 +69,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(5),
+            pubsub: crate::pubsub::PubSubConfig::default(),
         }
     }
 }
@@ -76,7 +78,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub struct ServerBuilder {
     addr: io::Result<SocketAddr>,
-    config: Config,
+    pub(crate) config: Config,
 }
 
 impl Default for ServerBuilder {
@@ -282,6 +284,8 @@ impl ServerBuilder {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
+        let (hub, inboxes) = crate::pubsub::Hub::new(n, config.pubsub.clone());
+        let mut inboxes = inboxes.into_iter();
         for (index, listener) in listeners.into_iter().enumerate() {
             let (mail_tx, mail_rx) = crossbeam_channel::unbounded();
             let stats = Arc::new(ShardStats::default());
@@ -297,6 +301,7 @@ impl ServerBuilder {
                 ready: ready_tx.clone(),
                 core,
                 handler: std::marker::PhantomData,
+                pubsub: (hub.clone(), inboxes.next().expect("one inbox per shard")),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("percore-shard-{index}"))
@@ -322,6 +327,7 @@ impl ServerBuilder {
             }
         }
         let handle = ServerHandle {
+            hub,
             local_addr,
             backend,
             mail: shards.iter().map(|(m, _)| m.clone()).collect(),
@@ -367,6 +373,7 @@ fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
 
 /// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
 pub struct ServerHandle {
+    pub(crate) hub: Arc<crate::pubsub::Hub>,
     local_addr: SocketAddr,
     backend: Backend,
     mail: Vec<crossbeam_channel::Sender<Mail>>,
@@ -445,6 +452,7 @@ impl ServerHandle {
         for st in &self.stats {
             st.add_to(&mut s);
         }
+        self.hub.add_to(&mut s);
         s
     }
 
@@ -457,6 +465,7 @@ impl ServerHandle {
         if threads.is_empty() {
             return;
         }
+        self.hub.stop();
         // Every mail before any wake-up, so a woken shard always finds its mail.
         for mail in &self.mail {
             let _ = mail.send(Mail::Shutdown(at));
@@ -504,6 +513,19 @@ pub struct Stats {
     pub timeouts: u64,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumers: u64,
+    /// Publishes (from handlers, [`Publisher`](crate::Publisher)s and the server handle).
+    pub published: u64,
+    /// Published frames queued to a subscriber.
+    pub delivered: u64,
+    /// Published frames a subscriber missed: droppable or conflated publishes past its
+    /// `send_queue_bytes_max`, or publishes refused by a full shard mailbox.
+    pub dropped: u64,
+    /// Queued, unsent conflated frames replaced by a newer frame of the same topic.
+    pub conflated: u64,
+    /// Topics with at least one subscriber (a gauge).
+    pub topics: u64,
+    /// Subscriptions (connection, topic) on all shards (a gauge).
+    pub subscriptions: u64,
 }
 
 /// One shard's counters, written by the shard only (aligned to a cache line so that two shards'

@@ -40,7 +40,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::io::IoSlice;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::Backend;
@@ -286,6 +286,10 @@ impl QueuePool {
     const ENTRIES_MAX: usize = 256;
 }
 
+/// How far from the back [`SendQueue::replace_shared`] looks for the chunk to replace (bounds
+/// the work per conflated publish on a long queue).
+const REPLACE_SCAN_CHUNKS: usize = 64;
+
 /// A connection's outgoing bytes: a FIFO of chunks plus an offset into the first one.
 ///
 /// The heap memory of a chunk never moves while the queue is in flight (see the module docs):
@@ -302,6 +306,9 @@ pub(crate) struct SendQueue {
     in_flight: bool,
     /// An empty owned chunk buffer kept from the last drain, reused by the next push.
     spare: Vec<u8>,
+    /// Chunks the queue held when it was last marked in flight: the backend may have submitted
+    /// them, so they are never replaced (see [`SendQueue::replace_shared`]).
+    submitted: usize,
 }
 
 impl SendQueue {
@@ -324,6 +331,7 @@ impl SendQueue {
     #[allow(dead_code)] // used by completion-based backends
     pub(crate) fn set_in_flight(&mut self, in_flight: bool) {
         self.in_flight = in_flight;
+        self.submitted = if in_flight { self.chunks.len() } else { 0 };
     }
 
     /// Append bytes produced by `fill` (which appends to the Vec it is given and returns nothing).
@@ -417,6 +425,7 @@ impl SendQueue {
             if n >= left {
                 n -= left;
                 self.head = 0;
+                self.submitted = self.submitted.saturating_sub(1);
                 if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
                     if v.capacity() <= SPARE_BYTES_MAX && v.capacity() > self.spare.capacity() {
                         v.clear();
@@ -482,16 +491,63 @@ impl SendQueue {
     /// bytes were written.
     pub(crate) fn complete(&mut self, n: usize) {
         self.in_flight = false;
+        self.submitted = 0;
         self.advance(n);
     }
 
+    /// Replace the shared chunk `old` (compared by address) with `new`, if it is among the last
+    /// `REPLACE_SCAN_CHUNKS` chunks and not a single byte of it has been written or submitted.
+    /// Returns whether it was replaced (conflation: the latest frame of a topic wins).
+    pub(crate) fn replace_shared(&mut self, old: &Weak<[u8]>, new: Arc<[u8]>) -> bool {
+        let first = if self.in_flight {
+            self.submitted
+        } else {
+            usize::from(self.head > 0)
+        };
+        let first = first.max(self.chunks.len().saturating_sub(REPLACE_SCAN_CHUNKS));
+        let target = Weak::as_ptr(old) as *const u8;
+        for i in (first..self.chunks.len()).rev() {
+            if let Chunk::Shared(a) = &self.chunks[i] {
+                if std::ptr::eq(Arc::as_ptr(a) as *const u8, target) {
+                    self.len = self.len - a.len() + new.len();
+                    self.chunks[i] = Chunk::Shared(new);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Drop every byte not yet written or submitted, keeping a partly written first chunk (and,
+    /// while in flight, the submitted chunks) so that the peer never sees a truncated frame.
+    /// Whatever is pushed next follows a complete frame.
+    pub(crate) fn discard_unsent(&mut self) {
+        let keep = if self.in_flight {
+            self.submitted
+        } else {
+            usize::from(self.head > 0)
+        };
+        while self.chunks.len() > keep {
+            if let Some(c) = self.chunks.pop_back() {
+                self.len -= c.bytes().len();
+            }
+        }
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+            self.head = 0;
+            self.len = 0;
+        }
+    }
+
     /// Drop everything queued (the connection is going away). Must not be in flight.
+    #[allow(dead_code)] // the slow-consumer paths use `discard_unsent`
     pub(crate) fn clear(&mut self) {
         debug_assert!(!self.in_flight);
         self.chunks = VecDeque::new();
         self.spare = Vec::new();
         self.head = 0;
         self.len = 0;
+        self.submitted = 0;
     }
 }
 
@@ -585,6 +641,56 @@ mod tests {
         q.push(b"ab");
         q.advance(2);
         assert_eq!(q.single_slice(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn replace_shared_swaps_an_unsent_chunk_and_keeps_the_length_right() {
+        let mut q = SendQueue::default();
+        let old: Arc<[u8]> = Arc::from(&b"old-1"[..]);
+        q.push(b"a");
+        q.push_shared(old.clone());
+        q.push(b"z");
+        let w = Arc::downgrade(&old);
+        assert!(q.replace_shared(&w, Arc::from(&b"new-22"[..])));
+        assert_eq!(collect(&q), b"anew-22z");
+        assert_eq!(q.len(), 8);
+        // Already replaced: the old frame is not in the queue any more.
+        assert!(!q.replace_shared(&w, Arc::from(&b"x"[..])));
+    }
+
+    #[test]
+    fn replace_shared_never_touches_a_partly_written_or_submitted_chunk() {
+        let mut q = SendQueue::default();
+        let first: Arc<[u8]> = Arc::from(&b"first"[..]);
+        q.push_shared(first.clone());
+        q.advance(2);
+        assert!(!q.replace_shared(&Arc::downgrade(&first), Arc::from(&b"x"[..])));
+        let second: Arc<[u8]> = Arc::from(&b"second"[..]);
+        q.push_shared(second.clone());
+        q.set_in_flight(true);
+        assert!(!q.replace_shared(&Arc::downgrade(&second), Arc::from(&b"x"[..])));
+        let third: Arc<[u8]> = Arc::from(&b"third"[..]);
+        q.push_shared(third.clone());
+        assert!(q.replace_shared(&Arc::downgrade(&third), Arc::from(&b"3"[..])));
+        q.complete(3);
+        assert_eq!(collect(&q), b"second3");
+    }
+
+    #[test]
+    fn discard_unsent_keeps_a_partly_written_frame_whole() {
+        let mut q = SendQueue::default();
+        q.push_shared(Arc::from(&b"frame-one"[..]));
+        q.push_shared(Arc::from(&b"frame-two"[..]));
+        q.advance(3);
+        q.discard_unsent();
+        assert_eq!(collect(&q), b"me-one");
+        assert_eq!(q.len(), 6);
+        q.push(b"close");
+        assert_eq!(collect(&q), b"me-oneclose");
+        let mut q = SendQueue::default();
+        q.push_shared(Arc::from(&b"sent"[..]));
+        q.discard_unsent();
+        assert!(q.is_empty());
     }
 
     #[test]

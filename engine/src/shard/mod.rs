@@ -7,6 +7,7 @@
 //! close the sockets that are done.
 
 pub(crate) mod timer;
+pub(crate) mod topics;
 
 use std::io;
 use std::marker::PhantomData;
@@ -67,6 +68,8 @@ pub(crate) struct Run<H, F> {
     pub(crate) ready: Sender<(usize, io::Result<crate::io::Waker>)>,
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) handler: PhantomData<fn() -> H>,
+    /// Publish/subscribe: the shared hub and this shard's mailbox.
+    pub(crate) pubsub: (Arc<crate::pubsub::Hub>, Receiver<crate::pubsub::Inbox>),
 }
 
 impl<H, F> WithDriver for Run<H, F>
@@ -95,11 +98,21 @@ where
             }
         };
         let handler = (self.factory)(self.index);
+        self.pubsub.0.register_waker(self.index, driver.waker());
         if self.ready.send((self.index, Ok(driver.waker()))).is_err() {
             return;
         }
-        let mut shard = Shard::new(self.index, handler, self.config, self.stats, self.open);
+        let topics = topics::Topics::new(self.pubsub.0, self.index, self.pubsub.1);
+        let mut shard = Shard::new(
+            self.index,
+            handler,
+            self.config,
+            self.stats,
+            self.open,
+            topics,
+        );
         shard.run(driver, &self.mail);
+        shard.ctx.topics.clear();
     }
 }
 
@@ -179,6 +192,8 @@ pub(crate) struct Ctx {
     idle_ticks: u32,
     pong_ticks: u32,
     close_ticks: u32,
+    /// This shard's topic table and mailbox (publish/subscribe).
+    pub(crate) topics: topics::Topics,
     /// Frames to broadcast at the end of this loop turn (serialized once each).
     broadcasts: Vec<Arc<[u8]>>,
     /// Send-queue storage of written-out queues, for the next frames queued.
@@ -273,9 +288,8 @@ impl Ctx {
             SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
             _ => CloseCode::POLICY_VIOLATION,
         };
-        if !conn.queue.in_flight() {
-            conn.queue.clear();
-        }
+        // Keep a partly written frame whole: the close frame must follow a frame boundary.
+        conn.queue.discard_unsent();
         let reason = "send queue full";
         if let Some((p, n)) = conn.close.fail(&ProtocolError::new(code, reason)) {
             self.push_frame(key, conn, OpCode::Close, &p[..n]);
@@ -358,6 +372,7 @@ impl<H: Handler> Shard<H> {
         config: Arc<Config>,
         stats: Arc<ShardStats>,
         open: Arc<AtomicUsize>,
+        topics: topics::Topics,
     ) -> Self {
         let wheel = TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS);
         let ctx = Ctx {
@@ -373,6 +388,7 @@ impl<H: Handler> Shard<H> {
             wheel,
             config,
             stats,
+            topics,
         };
         Self {
             handler,
@@ -401,6 +417,9 @@ impl<H: Handler> Shard<H> {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            if self.ctx.topics.has_work() {
+                timeout = Some(Duration::ZERO);
+            }
             let mut stamped = false;
             let res = driver.poll(timeout, |c| {
                 if !stamped {
@@ -427,6 +446,7 @@ impl<H: Handler> Shard<H> {
                 }
             }
             self.fire_timers(now);
+            self.pubsub_turn();
             self.send_broadcasts();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
@@ -791,6 +811,7 @@ impl<H: Handler> Shard<H> {
         let was_handshake = e.conn.phase == Phase::Handshake;
         e.conn.phase = Phase::Dead;
         e.leftover = Vec::new();
+        self.ctx.topics.remove_conn(key as u32);
         self.open.fetch_sub(1, Ordering::Relaxed);
         ShardStats::bump(&self.ctx.stats.closed, 1);
         self.to_close.push(key as u32);

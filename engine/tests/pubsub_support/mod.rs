@@ -1,0 +1,274 @@
+//! Shared pieces of the publish/subscribe tests: a command-driven handler, clients, bounded
+//! waits, and a macro running a test on both backends.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use percore::{Backend, Conn, ConnId, Handler, Message, PublishOptions, Request, ServerBuilder};
+use percore::{Server, ServerHandle, Shards, Stats};
+
+/// Run a body once per backend: `every_backend! { fn name(backend) { ... } }` makes a module
+/// `name` with tests `epoll` and `io_uring`. The io_uring test prints a skip note and passes
+/// when the io_uring backend does not start here, unless `PERCORE_REQUIRE_URING=1`.
+#[macro_export]
+macro_rules! every_backend {
+    ($($(#[$m:meta])* fn $name:ident($b:ident) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($b: percore::Backend) $body
+
+            #[test]
+            $(#[$m])*
+            fn epoll() {
+                run(percore::Backend::Epoll)
+            }
+
+            #[test]
+            $(#[$m])*
+            fn io_uring() {
+                if $crate::pubsub_support::uring_available() {
+                    run(percore::Backend::IoUring)
+                } else {
+                    eprintln!("SKIP {}::io_uring: io_uring backend is not available", stringify!($name));
+                }
+            }
+        }
+    )*};
+}
+
+/// Does a server start with `Backend::IoUring` here?
+pub fn uring_available() -> bool {
+    let ok = match Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(Backend::IoUring)
+        .start(|_| App::new(Arc::new(Shared::default())))
+    {
+        Ok(s) => {
+            let b = s.backend();
+            s.shutdown(Duration::from_secs(1));
+            b == Backend::IoUring
+        }
+        Err(_) => false,
+    };
+    if !ok && std::env::var("PERCORE_REQUIRE_URING").as_deref() == Ok("1") {
+        panic!("PERCORE_REQUIRE_URING=1 but the io_uring backend does not start");
+    }
+    ok
+}
+
+/// What the handlers of all shards share with the test.
+#[derive(Default)]
+pub struct Shared {
+    /// Ids of opened connections, in open order.
+    pub opened: Mutex<Vec<ConnId>>,
+    /// `buffered_amount()` seen by the last `probe` command (plus one, 0 = none yet).
+    pub probe: AtomicUsize,
+    /// `on_drain` calls.
+    pub drained: AtomicUsize,
+    /// Gate for the `block` command: the handler waits until it is `true`.
+    pub gate: (Mutex<bool>, Condvar),
+}
+
+/// Test handler. A request path `/t/A,B` subscribes the connection to topics `A` and `B` on
+/// open. Text commands: `pub T payload`, `pubd T payload` (droppable), `pubc T payload`
+/// (conflate), `sub T` / `unsub T` (answers `ok true`/`ok false`/`err ...`), `probe` (records
+/// the buffered amount), `block` (waits for the gate).
+pub struct App {
+    shared: Arc<Shared>,
+    path: String,
+}
+
+impl App {
+    /// A handler for one shard.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            path: String::new(),
+        }
+    }
+}
+
+impl Handler for App {
+    type State = ();
+
+    fn on_upgrade(&mut self, req: &Request) -> Result<percore::Accept, percore::Reject> {
+        self.path = req.path().to_owned();
+        Ok(percore::Accept::default())
+    }
+
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        if let Some(topics) = std::mem::take(&mut self.path).strip_prefix("/t/") {
+            for t in topics.split(',').filter(|t| !t.is_empty()) {
+                conn.subscribe(t).expect("subscribe");
+            }
+        }
+        self.shared.opened.lock().unwrap().push(conn.id());
+    }
+
+    fn on_drain(&mut self, _conn: &mut Conn<'_, ()>) {
+        self.shared.drained.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let Message::Text(cmd) = msg else {
+            return;
+        };
+        let mut parts = cmd.splitn(3, ' ');
+        let verb = parts.next().unwrap_or("");
+        let topic = parts.next().unwrap_or("");
+        let payload = parts.next().unwrap_or("");
+        let opts = match verb {
+            "pubd" => PublishOptions::droppable(),
+            "pubc" => PublishOptions::conflate(),
+            _ => PublishOptions::default(),
+        };
+        match verb {
+            "pub" | "pubd" | "pubc" => {
+                let _ = conn.publish_with(topic, Message::Text(payload), opts);
+            }
+            "sub" => {
+                let r = match conn.subscribe(topic) {
+                    Ok(b) => format!("ok {b}"),
+                    Err(e) => format!("err {e}"),
+                };
+                let _ = conn.send_text(&r);
+            }
+            "unsub" => {
+                let r = format!("ok {}", conn.unsubscribe(topic));
+                let _ = conn.send_text(&r);
+            }
+            "probe" => {
+                self.shared
+                    .probe
+                    .store(conn.buffered_amount() + 1, Ordering::SeqCst);
+            }
+            "block" => {
+                let (m, c) = &self.shared.gate;
+                let mut open = m.lock().unwrap();
+                let until = Instant::now() + Duration::from_secs(10);
+                while !*open && Instant::now() < until {
+                    open = c.wait_timeout(open, Duration::from_millis(50)).unwrap().0;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A builder with the test defaults: port 0, no pinning, `shards` shards.
+pub fn builder(backend: Backend, shards: usize) -> ServerBuilder {
+    Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(shards))
+        .pin(false)
+        .backend(backend)
+        .close_timeout(Duration::from_secs(2))
+}
+
+/// Start `b` with [`App`] handlers.
+pub fn start(b: ServerBuilder) -> (ServerHandle, Arc<Shared>) {
+    let shared = Arc::new(Shared::default());
+    let s = shared.clone();
+    let server = b
+        .start(move |_| App::new(s.clone()))
+        .expect("server starts");
+    (server, shared)
+}
+
+/// A client.
+pub type Client = tungstenite::WebSocket<TcpStream>;
+
+/// Connect to `path` (5 s read timeout).
+pub fn connect(addr: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    handshake(stream, addr, path)
+}
+
+/// Connect with a small receive buffer: a subscriber that stops reading stalls quickly.
+pub fn connect_small_rcvbuf(addr: SocketAddr, path: &str) -> Client {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect(&addr.into()).expect("tcp connect");
+    handshake(s.into(), addr, path)
+}
+
+fn handshake(stream: TcpStream, addr: SocketAddr, path: &str) -> Client {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let url = format!("ws://{addr}{path}");
+    let (ws, resp) = tungstenite::client(url, stream).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Poll `f` every 5 ms until it is true; false after `limit`.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Wait (10 s at most) until the server counts `n` subscriptions.
+pub fn wait_subscriptions(server: &ServerHandle, n: u64) -> Stats {
+    let ok = wait_until(Duration::from_secs(10), || {
+        server.stats().subscriptions == n
+    });
+    let s = server.stats();
+    assert!(ok, "expected {n} subscriptions, stats: {s:?}");
+    s
+}
+
+/// `ws.read()`, retried when a signal interrupts the system call.
+#[allow(clippy::result_large_err)] // tungstenite's own error type
+pub fn read(ws: &mut Client) -> tungstenite::Result<tungstenite::Message> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Read one data message as text (panics on anything else).
+pub fn read_text(ws: &mut Client) -> String {
+    loop {
+        match read(ws).expect("read") {
+            tungstenite::Message::Text(t) => return t.to_string(),
+            tungstenite::Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected a data message, got {other:?}"),
+        }
+    }
+}
+
+/// Nothing more arrives within `d`.
+pub fn assert_silent(ws: &mut Client, d: Duration) {
+    ws.get_mut().set_read_timeout(Some(d)).unwrap();
+    match read(ws) {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("expected nothing more, got {other:?}"),
+    }
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+}
