@@ -2,8 +2,8 @@
 //!
 //! Receiving: when a socket is readable the driver reads it until `WouldBlock` into one
 //! per-shard scratch buffer and lends each filled slice to the shard. Sending is synchronous
-//! (`writev` straight from the send queue's chunks); `WRITABLE` interest is armed only after a
-//! short write and dropped again once the queue has drained.
+//! (`write` of a lone chunk, else `writev` straight from the send queue's chunks); `WRITABLE`
+//! interest is armed only after a short write and dropped again once the queue has drained.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpListener;
@@ -242,9 +242,16 @@ impl Driver for EpollDriver {
             return Err(io::ErrorKind::NotConnected.into());
         };
         while !queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); IOV_MAX];
-            let n = queue.io_slices(&mut slices);
-            match sock.stream.write_vectored(&slices[..n]) {
+            // One chunk (the usual case): a plain `write`, no iovec array to build.
+            let res = match queue.single_slice() {
+                Some(b) => sock.stream.write(b),
+                None => {
+                    let mut slices = [IoSlice::new(&[]); IOV_MAX];
+                    let n = queue.io_slices(&mut slices);
+                    sock.stream.write_vectored(&slices[..n])
+                }
+            };
+            match res {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => queue.advance(w),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

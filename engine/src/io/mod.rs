@@ -257,6 +257,35 @@ impl Chunk {
 /// frames become one `writev` entry.
 const COALESCE_BYTES: usize = 16 << 10;
 
+/// Owned chunk buffers larger than this are freed when written instead of being kept for reuse
+/// (see [`QueuePool`]).
+const SPARE_BYTES_MAX: usize = 4 << 10;
+
+/// Smallest capacity of a new owned chunk, so that a recycled buffer fits the next small frame
+/// whatever its size.
+const CHUNK_BYTES_MIN: usize = 256;
+
+/// Emptied send-queue storage (a chunk deque and an owned chunk buffer, both empty) that
+/// [`SendQueue::reuse`] can adopt.
+type Storage = (VecDeque<Chunk>, Vec<u8>);
+
+/// A shard's stock of emptied send-queue storage: a connection that queues a frame takes its
+/// storage from here and gives it back once the queue is written ([`SendQueue::recycle`]),
+/// so that steady request/response traffic allocates nothing per message while idle
+/// connections still hold no send-queue memory.
+///
+/// Memory: at most [`QueuePool::ENTRIES_MAX`] entries of about 128 bytes of deque plus a
+/// buffer of at most 4 KiB, i.e. about 1 MiB per shard in the worst case.
+#[derive(Debug, Default)]
+pub(crate) struct QueuePool {
+    free: Vec<Storage>,
+}
+
+impl QueuePool {
+    /// Most storages kept; more are freed (bounds the pool's memory, see the type docs).
+    const ENTRIES_MAX: usize = 256;
+}
+
 /// How far from the back [`SendQueue::replace_shared`] looks for the chunk to replace (bounds
 /// the work per conflated publish on a long queue).
 const REPLACE_SCAN_CHUNKS: usize = 64;
@@ -265,7 +294,8 @@ const REPLACE_SCAN_CHUNKS: usize = 64;
 ///
 /// The heap memory of a chunk never moves while the queue is in flight (see the module docs):
 /// [`SendQueue::push`] only appends to the last chunk when the queue is not in flight.
-/// An empty queue holds no heap memory.
+/// A queue that drained keeps its (empty) storage until [`SendQueue::recycle`] hands it to
+/// the shard's [`QueuePool`]; after that it holds no heap memory.
 #[derive(Debug, Default)]
 pub(crate) struct SendQueue {
     chunks: VecDeque<Chunk>,
@@ -274,6 +304,8 @@ pub(crate) struct SendQueue {
     /// Bytes queued and not yet written.
     len: usize,
     in_flight: bool,
+    /// An empty owned chunk buffer kept from the last drain, reused by the next push.
+    spare: Vec<u8>,
     /// Chunks the queue held when it was last marked in flight: the backend may have submitted
     /// them, so they are never replaced (see [`SendQueue::replace_shared`]).
     submitted: usize,
@@ -313,8 +345,12 @@ impl SendQueue {
                 _ => unreachable!("checked above"),
             }
         } else {
-            self.chunks
-                .push_back(Chunk::Owned(Vec::with_capacity(extra)));
+            let v = if self.spare.capacity() >= extra {
+                std::mem::take(&mut self.spare)
+            } else {
+                Vec::with_capacity(extra.max(CHUNK_BYTES_MIN))
+            };
+            self.chunks.push_back(Chunk::Owned(v));
             match self.chunks.back_mut() {
                 Some(Chunk::Owned(v)) => v,
                 _ => unreachable!("just pushed"),
@@ -359,6 +395,16 @@ impl SendQueue {
         n
     }
 
+    /// The unwritten bytes when they all lie in one chunk (the common case: one coalesced
+    /// owned chunk), so that a backend can write them without building an iovec array.
+    pub(crate) fn single_slice(&self) -> Option<&[u8]> {
+        if self.chunks.len() == 1 {
+            self.chunks.front().and_then(|c| c.bytes().get(self.head..))
+        } else {
+            None
+        }
+    }
+
     /// The chunks, front first, with the number of bytes of the first one already written
     /// (for backends that build their own iovec arrays).
     #[allow(dead_code)]
@@ -379,17 +425,66 @@ impl SendQueue {
             if n >= left {
                 n -= left;
                 self.head = 0;
-                self.chunks.pop_front();
                 self.submitted = self.submitted.saturating_sub(1);
+                if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
+                    if v.capacity() <= SPARE_BYTES_MAX && v.capacity() > self.spare.capacity() {
+                        v.clear();
+                        self.spare = v;
+                    }
+                }
             } else {
                 self.head += n;
                 n = 0;
             }
         }
         if self.len == 0 {
-            self.chunks = VecDeque::new();
+            // Keep the (empty) storage for the next push or for `recycle`.
+            self.chunks.clear();
             self.head = 0;
         }
+    }
+
+    /// Empty and not in flight: move whatever storage the queue kept into `pool` (or free it),
+    /// leaving the queue without heap memory.
+    pub(crate) fn recycle(&mut self, pool: &mut QueuePool) {
+        if self.len != 0 || self.in_flight {
+            return;
+        }
+        if self.chunks.capacity() == 0 && self.spare.capacity() == 0 {
+            return;
+        }
+        let chunks = std::mem::take(&mut self.chunks);
+        let spare = std::mem::take(&mut self.spare);
+        self.head = 0;
+        if pool.free.len() < QueuePool::ENTRIES_MAX && chunks.capacity() <= 16 {
+            pool.free.push((chunks, spare));
+        }
+    }
+
+    /// Without storage (a recycled or new queue): adopt one from `pool`, if it has any.
+    pub(crate) fn reuse(&mut self, pool: &mut QueuePool) {
+        if self.chunks.capacity() == 0 && self.spare.capacity() == 0 {
+            if let Some((chunks, spare)) = pool.free.pop() {
+                debug_assert!(chunks.is_empty() && spare.is_empty());
+                self.chunks = chunks;
+                self.spare = spare;
+            }
+        }
+    }
+
+    /// Heap bytes held by the queue's storage (chunk deque, chunk buffers, spare buffer).
+    #[allow(dead_code)] // tests
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Chunk>()
+            + self.spare.capacity()
+            + self
+                .chunks
+                .iter()
+                .map(|c| match c {
+                    Chunk::Owned(v) => v.capacity(),
+                    Chunk::Shared(_) => 0,
+                })
+                .sum::<usize>()
     }
 
     /// Shard only: a [`Completion::Sent`] arrived: the queue is no longer in flight and `n`
@@ -449,6 +544,7 @@ impl SendQueue {
     pub(crate) fn clear(&mut self) {
         debug_assert!(!self.in_flight);
         self.chunks = VecDeque::new();
+        self.spare = Vec::new();
         self.head = 0;
         self.len = 0;
         self.submitted = 0;
@@ -478,6 +574,73 @@ mod tests {
         q.advance(10);
         assert!(q.is_empty());
         assert_eq!(collect(&q), b"");
+    }
+
+    #[test]
+    fn send_queue_storage_recycled_through_the_pool_is_reused_and_leaves_no_heap() {
+        let mut pool = QueuePool::default();
+        let mut q = SendQueue::default();
+        q.reuse(&mut pool);
+        q.push(b"hello");
+        let p = q.chunks().0.next().map(<[u8]>::as_ptr);
+        q.advance(5);
+        q.recycle(&mut pool);
+        assert_eq!(q.heap_bytes(), 0);
+        let mut r = SendQueue::default();
+        r.reuse(&mut pool);
+        r.push(b"again");
+        assert_eq!(r.chunks().0.next().map(<[u8]>::as_ptr), p);
+        assert_eq!(collect(&r), b"again");
+        assert_eq!(r.len(), 5);
+    }
+
+    #[test]
+    fn send_queue_not_written_or_in_flight_is_not_recycled() {
+        let mut pool = QueuePool::default();
+        let mut q = SendQueue::default();
+        q.push(b"abc");
+        q.recycle(&mut pool);
+        assert_eq!(collect(&q), b"abc");
+        q.set_in_flight(true);
+        q.recycle(&mut pool);
+        assert_eq!(collect(&q), b"abc");
+        assert!(pool.free.is_empty());
+        q.complete(3);
+        q.recycle(&mut pool);
+        assert_eq!(pool.free.len(), 1);
+    }
+
+    #[test]
+    fn queue_pool_keeps_at_most_entries_max_and_no_large_buffers() {
+        let mut pool = QueuePool::default();
+        for _ in 0..QueuePool::ENTRIES_MAX + 10 {
+            let mut q = SendQueue::default();
+            q.push(b"x");
+            q.advance(1);
+            q.recycle(&mut pool);
+            assert_eq!(q.heap_bytes(), 0);
+        }
+        assert_eq!(pool.free.len(), QueuePool::ENTRIES_MAX);
+        let mut q = SendQueue::default();
+        q.push(&vec![0u8; SPARE_BYTES_MAX + 1]);
+        q.advance(SPARE_BYTES_MAX + 1);
+        assert!(q.spare.capacity() == 0);
+    }
+
+    #[test]
+    fn send_queue_single_slice_only_when_one_chunk_is_left() {
+        let mut q = SendQueue::default();
+        assert_eq!(q.single_slice(), None);
+        q.push(b"hello ");
+        q.push(b"world");
+        assert_eq!(q.single_slice(), Some(&b"hello world"[..]));
+        q.push_shared(Arc::from(&b"!"[..]));
+        assert_eq!(q.single_slice(), None);
+        q.advance(11);
+        assert_eq!(q.single_slice(), Some(&b"!"[..]));
+        q.push(b"ab");
+        q.advance(2);
+        assert_eq!(q.single_slice(), Some(&b"b"[..]));
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token, WithDriver};
+use crate::io::{
+    Completion, Driver, DriverConfig, QueuePool, SendQueue, Socket, Token, WithDriver,
+};
 use crate::proto::{
     self, CloseCode, CloseFrame, CloseState, Decoder, Event, Limits, OpCode, ProtocolError, Role,
 };
@@ -313,6 +315,8 @@ pub(crate) struct Ctx {
     pub(crate) topics: topics::Topics,
     /// Frames to broadcast at the end of this loop turn (serialized once each).
     broadcasts: Vec<Arc<[u8]>>,
+    /// Send-queue storage of written-out queues, for the next frames queued.
+    pool: QueuePool,
 }
 
 impl Ctx {
@@ -342,6 +346,7 @@ impl Ctx {
     fn push_frame<S>(&mut self, key: u32, conn: &mut Connection<S>, op: OpCode, payload: &[u8]) {
         // Clients mask every frame with a fresh key (RFC 6455 §5.3).
         let mask = (conn.flags & CLIENT != 0).then(proto::generate_mask);
+        conn.queue.reuse(&mut self.pool);
         conn.queue.push_with(payload.len() + 14, |v| {
             proto::encode_frame(v, op, true, payload, mask)
         });
@@ -498,6 +503,7 @@ impl<H: Handler> Shard<H> {
             pong_ticks: wheel.ticks(config.pong_timeout),
             close_ticks: wheel.ticks(config.close_timeout),
             broadcasts: Vec::new(),
+            pool: QueuePool::default(),
             wheel,
             config,
             stats,
@@ -1127,6 +1133,7 @@ impl<H: Handler> Shard<H> {
                 self.finalize(key, Some(CloseCode::ABNORMAL));
                 return;
             }
+            conn.queue.recycle(&mut self.ctx.pool);
         }
         conn.queue.release_if_idle();
         let low = self.ctx.config.send_queue_low_water_bytes;

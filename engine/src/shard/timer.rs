@@ -35,6 +35,12 @@ pub(crate) struct TimerWheel {
     /// Every tick `<= now` has been processed.
     now: u32,
     len: usize,
+    /// `tick` in nanoseconds (tick arithmetic in `u64`, not `u128`).
+    tick_ns: u64,
+    /// The last scan of [`TimerWheel::next_timeout`]: `(now, ahead)`. Still right while `now`
+    /// has not moved and nothing was scheduled since (entries leave slots only when `now`
+    /// moves past them), so the scan runs once per tick instead of once per loop turn.
+    scanned: Option<(u32, u32)>,
 }
 
 impl TimerWheel {
@@ -47,13 +53,17 @@ impl TimerWheel {
             tick: tick.max(Duration::from_micros(100)),
             now: 0,
             len: 0,
+            tick_ns: tick.max(Duration::from_micros(100)).as_nanos() as u64,
+            scanned: None,
         }
     }
 
     /// The tick containing `t` (rounded down).
     pub(crate) fn tick_of(&self, t: Instant) -> u32 {
         let d = t.saturating_duration_since(self.start);
-        (d.as_nanos() / self.tick.as_nanos()).min(u32::MAX as u128) as u32
+        // u64 nanoseconds cover 584 years of uptime.
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        (ns / self.tick_ns).min(u64::from(u32::MAX)) as u32
     }
 
     /// Number of ticks covering `d`, rounded up (a deadline never fires early).
@@ -79,6 +89,7 @@ impl TimerWheel {
     /// the tick it will actually fire at.
     pub(crate) fn schedule(&mut self, key: u32, generation: u32, at: u32) -> u32 {
         let at = at.max(self.now.saturating_add(1));
+        self.scanned = None;
         let mask = self.slots.len() - 1;
         self.slots[at as usize & mask].push(Entry {
             key,
@@ -133,15 +144,22 @@ impl TimerWheel {
     /// The entries found there may belong to a later round: the wake-up is then early, never
     /// late. Looks at most `SCAN_SLOTS` ticks ahead (it runs every loop turn), so an idle
     /// shard wakes at least every `SCAN_SLOTS` ticks while anything is scheduled.
-    pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let scan = (self.slots.len() as u32).min(SCAN_SLOTS);
-        let ahead = (1..=scan)
-            .find(|d| !self.slots[(self.now.wrapping_add(*d)) as usize & mask].is_empty())
-            .unwrap_or(scan);
+        let ahead = match self.scanned {
+            Some((at, ahead)) if at == self.now => ahead,
+            _ => {
+                let mask = self.slots.len() - 1;
+                let scan = (self.slots.len() as u32).min(SCAN_SLOTS);
+                let ahead = (1..=scan)
+                    .find(|d| !self.slots[(self.now.wrapping_add(*d)) as usize & mask].is_empty())
+                    .unwrap_or(scan);
+                self.scanned = Some((self.now, ahead));
+                ahead
+            }
+        };
         let next = self.start + self.tick * self.now.saturating_add(ahead);
         Some(next.saturating_duration_since(now))
     }
@@ -258,6 +276,22 @@ mod tests {
             "{}",
             w.capacity()
         );
+    }
+
+    #[test]
+    fn next_timeout_sees_entries_scheduled_or_expired_after_the_last_call() {
+        let (mut w, t0) = wheel();
+        w.schedule(1, 0, 5);
+        assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(50)));
+        w.schedule(2, 0, 2);
+        assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(20)));
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(20), &mut out);
+        assert_eq!(out.len(), 1);
+        let at = t0 + Duration::from_millis(20);
+        assert_eq!(w.next_timeout(at), Some(Duration::from_millis(30)));
+        w.advance(t0 + Duration::from_millis(50), &mut out);
+        assert_eq!(w.next_timeout(t0 + Duration::from_millis(50)), None);
     }
 
     #[test]
