@@ -3,6 +3,7 @@
 //! (droppable publishes) and conflate (latest value wins) — is checked on both backends, and
 //! the others must receive everything meanwhile.
 
+mod common;
 mod pubsub_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,7 @@
 //! Subscriptions end with their connection, on every shard, whatever way it ends (close
 //! handshake, dropped TCP connection, graceful shutdown): the topic tables do not leak.
 
+mod common;
 mod pubsub_support;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! Publish/subscribe delivery over real sockets: fan-out across shards, ordering, publishes and
 //! sends from other threads, topic limits, mailbox limits. Every test runs on both backends.
 
+mod common;
 mod pubsub_support;
 
 use std::collections::HashSet;

@@ -1,5 +1,5 @@
-//! Shared pieces of the publish/subscribe tests: a command-driven handler, clients, bounded
-//! waits, and a macro running a test on both backends.
+//! Shared pieces of the publish/subscribe tests: a command-driven handler, clients and bounded
+//! waits. Running a test on both backends is `common`'s `every_backend!`.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpStream};
@@ -9,59 +9,6 @@ use std::time::{Duration, Instant};
 
 use percore::{Backend, Conn, ConnId, Handler, Message, PublishOptions, Request, ServerBuilder};
 use percore::{Server, ServerHandle, Shards, Stats};
-
-/// Run a body once per backend: `every_backend! { fn name(backend) { ... } }` makes a module
-/// `name` with tests `epoll` and `io_uring`. The io_uring test prints a skip note and passes
-/// when the io_uring backend does not start here, unless `PERCORE_REQUIRE_URING=1`.
-#[macro_export]
-macro_rules! every_backend {
-    ($($(#[$m:meta])* fn $name:ident($b:ident) $body:block)*) => {$(
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            fn run($b: percore::Backend) $body
-
-            #[test]
-            $(#[$m])*
-            fn epoll() {
-                run(percore::Backend::Epoll)
-            }
-
-            #[test]
-            $(#[$m])*
-            fn io_uring() {
-                if $crate::pubsub_support::uring_available() {
-                    run(percore::Backend::IoUring)
-                } else {
-                    eprintln!("SKIP {}::io_uring: io_uring backend is not available", stringify!($name));
-                }
-            }
-        }
-    )*};
-}
-
-/// Does a server start with `Backend::IoUring` here?
-pub fn uring_available() -> bool {
-    let ok = match Server::builder()
-        .bind("127.0.0.1:0")
-        .shards(Shards::Count(1))
-        .pin(false)
-        .backend(Backend::IoUring)
-        .start(|_| App::new(Arc::new(Shared::default())))
-    {
-        Ok(s) => {
-            let b = s.backend();
-            s.shutdown(Duration::from_secs(1));
-            b == Backend::IoUring
-        }
-        Err(_) => false,
-    };
-    if !ok && std::env::var("PERCORE_REQUIRE_URING").as_deref() == Ok("1") {
-        panic!("PERCORE_REQUIRE_URING=1 but the io_uring backend does not start");
-    }
-    ok
-}
 
 /// What the handlers of all shards share with the test.
 #[derive(Default)]
