@@ -117,6 +117,26 @@ impl core::fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
+/// The length of a complete header block, `None` while it is incomplete and still under
+/// `max_header_bytes`; an incomplete block at the limit is 431, too many fields 431, anything
+/// else httparse rejects is `malformed()`.
+fn header_block_len(
+    parsed: httparse::Result<usize>,
+    buf_len: usize,
+    max_header_bytes: usize,
+    malformed: impl FnOnce() -> HandshakeError,
+) -> Result<Option<usize>, HandshakeError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf_len >= max_header_bytes => Err(too_large()),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(HandshakeError::new(431, "too many header fields"))
+        }
+        Err(_) => Err(malformed()),
+    }
+}
+
 /// Parse and validate an upgrade request.
 ///
 /// Ok(None): incomplete, need more bytes (and fewer than max_header_bytes so far).
@@ -127,19 +147,9 @@ pub fn parse_request(
 ) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max_header_bytes {
-                Err(too_large())
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HandshakeError::new(431, "too many header fields"))
-        }
-        Err(_) => return Err(HandshakeError::new(400, "malformed HTTP request")),
+    let malformed = || HandshakeError::new(400, "malformed HTTP request");
+    let Some(n) = header_block_len(req.parse(buf), buf.len(), max_header_bytes, malformed)? else {
+        return Ok(None);
     };
     if n > max_header_bytes {
         return Err(too_large());
@@ -331,19 +341,9 @@ pub fn parse_response(
 ) -> Result<Option<(Response, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max_header_bytes {
-                Err(too_large())
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HandshakeError::new(431, "too many header fields"))
-        }
-        Err(_) => return Err(bad_response("malformed HTTP response")),
+    let malformed = || bad_response("malformed HTTP response");
+    let Some(n) = header_block_len(resp.parse(buf), buf.len(), max_header_bytes, malformed)? else {
+        return Ok(None);
     };
     if n > max_header_bytes {
         return Err(too_large());
