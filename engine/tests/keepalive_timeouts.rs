@@ -13,7 +13,6 @@ fn quick_keepalive(b: common::Builder) -> common::Builder {
 }
 
 /// Quick pings, but a pong deadline a stalled test thread on a busy machine will not miss.
-/// (After an answered ping the next one may wait for the pong deadline to pass: keep it short.)
 fn quick_ping_patient_pong(b: common::Builder) -> common::Builder {
     b.idle_timeout(Duration::from_millis(200))
         .pong_timeout(Duration::from_secs(2))
@@ -52,6 +51,22 @@ every_backend! {
             _ => unreachable!(),
         }
         RawClient::connect(server.addr).unwrap().echo_text("others are served");
+    }
+
+    fn answered_ping_restarts_the_idle_timer(backend) {
+        // Pong deadline far beyond the idle timeout: the next ping must come one idle timeout
+        // after the pong, not when the 30 s pong deadline would have fired.
+        let server = common::start_with(backend, |b| {
+            b.idle_timeout(Duration::from_millis(200))
+                .pong_timeout(Duration::from_secs(30))
+        });
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.set_read_timeout(Duration::from_secs(10));
+        for i in 0..3 {
+            let f = c.read_frame().unwrap_or_else(|e| panic!("ping {i} did not come: {e}"));
+            assert_eq!(f.opcode, op::PING);
+            c.send_frame(true, op::PONG, &f.payload).unwrap();
+        }
     }
 
     fn busy_connection_is_not_pinged_into_closing(backend) {

@@ -1193,7 +1193,18 @@ fn decode<H: Handler>(
                     );
                 }
             }
-            Event::Pong(_) => conn.flags &= !PING_OUT,
+            Event::Pong(_) => {
+                if conn.flags & PING_OUT != 0 {
+                    conn.flags &= !PING_OUT;
+                    // The next ping is due one idle timeout after this pong, not when the
+                    // pong deadline armed with the ping would have fired (later whenever
+                    // pong_timeout > idle_timeout). `arm` only ever moves a deadline earlier.
+                    if ctx.idle_ticks > 0 && conn.phase == Phase::Open {
+                        let at = ctx.now.saturating_add(ctx.idle_ticks);
+                        ctx.arm(k, conn, at);
+                    }
+                }
+            }
             Event::Close(frame) => {
                 on_close_frame(ctx, k, conn, &frame);
                 return ControlFlow::Break(());
