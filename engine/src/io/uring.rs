@@ -14,8 +14,9 @@
 //!   goes back to the ring as soon as it returns (on Linux ≥ 6.12 the ring is incremental: small
 //!   receives share a buffer, which goes back after its last slice). An idle connection owns no
 //!   receive buffer;
-//! - at most one `sendmsg` per connection, over the iovecs of its [`SendQueue`]'s chunks (which do
-//!   not move while the queue is in flight); every dirty connection's send is submitted by the
+//! - at most one send in flight per connection: a plain `send` when the unwritten bytes are one
+//!   chunk, else a `sendmsg` over the iovecs of its [`SendQueue`]'s chunks (which do not move
+//!   while the queue is in flight); every dirty connection's send is submitted by the
 //!   same `io_uring_enter` that waits for the next completions, so a loop turn costs one syscall;
 //! - one read on an eventfd, the cross-thread wake-up ([`EventFdWaker`]).
 //!
@@ -143,6 +144,7 @@ fn probe_here() -> Result<(), String> {
         ("accept", opcode::AcceptMulti::CODE),
         ("recv", opcode::RecvMulti::CODE),
         ("sendmsg", opcode::SendMsg::CODE),
+        ("send", opcode::Send::CODE),
         ("async_cancel", opcode::AsyncCancel2::CODE),
         ("close", opcode::Close::CODE),
         ("read", opcode::Read::CODE),
@@ -728,18 +730,39 @@ impl Driver for UringDriver {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let ud = OpId { gen: c.gen, ..ud }.encode();
-        let sqe = match c.sock {
-            Sock::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg),
-            Sock::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg),
+        let flags = libc::MSG_NOSIGNAL;
+        let sqe = if let [one] = op.iov.as_slice() {
+            // One contiguous chunk (the usual echo reply): a plain send skips the kernel's
+            // msghdr copy and iovec import. A length past u32 is a short send, resumed later.
+            let (buf, len) = (
+                one.iov_base as *const u8,
+                u32::try_from(one.iov_len).unwrap_or(u32::MAX),
+            );
+            match c.sock {
+                Sock::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
+                    .flags(flags)
+                    .build(),
+                Sock::Fixed(i) => opcode::Send::new(types::Fixed(i), buf, len)
+                    .flags(flags)
+                    .build(),
+            }
+        } else {
+            match c.sock {
+                Sock::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
+                    .flags(flags as u32)
+                    .build(),
+                Sock::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg)
+                    .flags(flags as u32)
+                    .build(),
+            }
         }
-        .flags(libc::MSG_NOSIGNAL as u32)
-        .build()
         .user_data(ud);
         c.send = Some(op);
         c.send_in_flight = true;
         queue.set_in_flight(true);
         // SAFETY: the sqe points at the msghdr and iovecs in `c.send` (boxed, kept until this
-        // op's completion is reaped) and, through them, at the chunks of `queue`, whose heap
+        // op's completion is reaped) or, for a plain send, directly at the one chunk; either
+        // way at the chunks of `queue`, whose heap
         // memory does not move or get freed while the queue is in flight (SendQueue contract:
         // no append to an in-flight chunk, and the shard keeps the queue until `Sent` or
         // `Released`).
