@@ -164,6 +164,103 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     parse_stat_cpu_ticks(&stat).map(|ticks| ticks * (1_000_000_000 / clock_ticks_per_s()))
 }
 
+/// CPU time (nanoseconds) of process `pid` and all its descendants: every live process of
+/// the tree (all threads, as [`process_cpu_ns`]) plus the CPU of children each of them has
+/// already reaped (`cutime + cstime`). A server that forks workers is charged for them; when a
+/// worker exits and is reaped, its time moves from the live sum into its parent's
+/// `cutime + cstime`, so the total does not drop. None if `pid` itself cannot be read.
+pub fn process_tree_cpu_ns(pid: u32) -> Option<u64> {
+    let tick_ns = 1_000_000_000 / clock_ticks_per_s();
+    let mut total = 0;
+    for (i, p) in process_tree(pid).into_iter().enumerate() {
+        let own = process_cpu_ns(p);
+        if i == 0 && own.is_none() {
+            return None;
+        }
+        let reaped = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| parse_stat_children_ticks(&s))
+            .unwrap_or(0);
+        total += own.unwrap_or(0) + reaped * tick_ns;
+    }
+    Some(total)
+}
+
+/// Resident set size (KiB) of process `pid` and all its descendants, summed (pages shared
+/// between processes of the tree count once per process). None if `pid` cannot be read.
+pub fn process_tree_rss_kb(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for (i, p) in process_tree(pid).into_iter().enumerate() {
+        match process_rss_kb(p) {
+            Some(kb) => total += kb,
+            None if i == 0 => return None,
+            None => {}
+        }
+    }
+    Some(total)
+}
+
+/// `root` followed by its live descendants (children before grandchildren), found through
+/// the parent pid of every process in /proc.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| parse_stat_ppid(&s))
+            {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    tree_from_parents(root, &parents)
+}
+
+/// `root` and its descendants, breadth first, from (pid, parent pid) pairs.
+pub fn tree_from_parents(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(
+            parents
+                .iter()
+                .filter(|&&(c, pp)| pp == p && c != p && !out.contains(&c))
+                .map(|&(c, _)| c)
+                .collect::<Vec<_>>(),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// The fields of /proc/PID/stat after the command name (which may hold spaces and
+/// parentheses), starting with field 3 (state).
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// Parent pid (field 4) from the text of /proc/PID/stat.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    stat_fields(stat)?.nth(1)?.parse().ok()
+}
+
+/// cutime + cstime (fields 16 and 17, clock ticks: reaped children) from /proc/PID/stat.
+pub fn parse_stat_children_ticks(stat: &str) -> Option<u64> {
+    let mut f = stat_fields(stat)?;
+    let cutime: u64 = f.nth(13)?.parse().ok()?;
+    let cstime: u64 = f.next()?.parse().ok()?;
+    Some(cutime + cstime)
+}
+
 fn clock_ticks_per_s() -> u64 {
     rustix::param::clock_ticks_per_second().max(1)
 }
@@ -171,9 +268,8 @@ fn clock_ticks_per_s() -> u64 {
 /// utime + stime (clock ticks) from the text of /proc/PID/stat.
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // rest starts with field 3 (state); utime is field 14, stime field 15.
+    let mut fields = stat_fields(stat)?;
+    // The fields start with field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
@@ -202,6 +298,52 @@ mod tests {
     fn stat_cpu_ticks_skip_a_command_name_with_spaces_and_parens() {
         let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+    }
+
+    #[test]
+    fn stat_parent_and_reaped_children_fields() {
+        let stat = "1234 (a b) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 75 30 12 20 0 3 0";
+        assert_eq!(parse_stat_ppid(stat), Some(77));
+        assert_eq!(parse_stat_children_ticks(stat), Some(42));
+    }
+
+    #[test]
+    fn process_tree_lists_descendants_breadth_first_once() {
+        let pairs = [(2, 1), (3, 2), (4, 1), (5, 3), (6, 9), (1, 0), (7, 7)];
+        assert_eq!(tree_from_parents(1, &pairs), vec![1, 2, 4, 3, 5]);
+        assert_eq!(tree_from_parents(6, &pairs), vec![6]);
+        assert_eq!(tree_from_parents(7, &pairs), vec![7]);
+    }
+
+    #[test]
+    fn a_forked_child_is_part_of_the_tree_and_of_its_cpu() {
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        // The busy loop takes a few hundred ms; wait for it (bounded).
+        let deadline = mono_ns() + 10_000_000_000;
+        let child_ns = loop {
+            let c = process_cpu_ns(child.id()).unwrap_or(0);
+            if c > 20_000_000 || mono_ns() > deadline {
+                break c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(process_tree(me).contains(&child.id()));
+        let own = process_cpu_ns(me).unwrap();
+        let tree = process_tree_cpu_ns(me).unwrap();
+        assert!(
+            tree >= own + child_ns,
+            "tree {tree} own {own} child {child_ns}"
+        );
+        assert!(process_tree_rss_kb(me).unwrap() > process_rss_kb(me).unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

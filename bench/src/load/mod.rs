@@ -6,13 +6,16 @@
 //! explicit 127.0.0.x source address (see [`addr`]).
 //!
 //! Worker protocol (one line each): worker -> `ready`, driver -> `go GO_NS END_NS`,
-//! worker -> `progress ESTABLISHED MESSAGES ERRORS` (4 per second), worker -> `ended`,
+//! worker -> `progress ESTABLISHED MESSAGES ERRORS P99_NS` (4 per second; P99_NS: the
+//! largest p99 of its threads over their last second, 0 if none), worker -> `ended`,
 //! driver -> `release`, worker -> `result {json Partial}`. A worker whose stdin closes
 //! gives up; a worker whose parent dies is killed by the kernel.
 
 pub mod addr;
 pub mod payload;
+pub mod progress;
 pub mod report;
+pub mod schedule;
 pub mod worker;
 pub mod ws;
 
@@ -46,8 +49,10 @@ pub struct LoadArgs {
     /// Length of the measured window, seconds (idle mode: how long connections are held).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
-    /// Open loop: total messages per second (spread over connections, or publishers).
-    /// Without it, closed loop: each connection sends its next message when the last returns.
+    /// Open loop: total messages per second, sent on a fixed schedule spread over the
+    /// connections (or publishers) whatever the server does; latency counts from each
+    /// message's intended send time. Without it, closed loop: each connection sends its next
+    /// message when the last returns.
     #[arg(long)]
     pub rate: Option<f64>,
     /// echo: ping-pong with verification; broadcast: publishers send, all receive; idle: hold.
@@ -80,11 +85,12 @@ pub struct LoadArgs {
     /// Connects + handshakes in flight per thread.
     #[arg(long, default_value_t = 256)]
     pub in_flight: u32,
-    /// Measure these processes (the servers; comma separated): CPU time over the window and
-    /// RSS at its end, summed.
+    /// Measure these processes (the servers; comma separated) and their descendants: CPU time
+    /// over the window and RSS at its end, summed.
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
-    /// No progress lines on stderr.
+    /// No progress line on stderr (there is none anyway under --json or when stderr is not a
+    /// terminal).
     #[arg(long)]
     pub quiet: bool,
     /// Internal: run as a worker process driven over stdin/stdout.
@@ -232,8 +238,49 @@ impl LoadArgs {
         {
             return Err("--publishers must be in 1..=--connections".into());
         }
+        if let Some(rate) = self.rate {
+            self.validate_rate(rate)?;
+        }
         if !positive(self.timeout) {
             return Err("--timeout must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// An open-loop rate the generator can actually offer over this run.
+    fn validate_rate(&self, rate: f64) -> Result<(), String> {
+        if self.mode == Mode::Idle {
+            return Err(
+                "--rate has no meaning with --mode idle (idle connections send nothing)".into(),
+            );
+        }
+        let in_window = rate * self.duration;
+        if in_window < 1.0 {
+            return Err(format!(
+                "--rate {rate} msg/s over --duration {} s schedules {in_window:.2} messages: \
+                 nothing to measure (raise --rate or --duration)",
+                self.duration
+            ));
+        }
+        let processes = self
+            .processes
+            .unwrap_or_else(|| processes_for(self.connections, self.conns_per_process))
+            .max(1);
+        let senders = match self.mode {
+            Mode::Broadcast => self.publishers,
+            _ => self.connections,
+        };
+        // The busiest thread's share: the rate follows the senders, and the threads split
+        // the connections as evenly as they can.
+        let threads = (self.threads * processes).min(senders as usize).max(1);
+        let per_thread = rate / threads as f64;
+        if per_thread > schedule::MAX_RATE_PER_THREAD {
+            return Err(format!(
+                "--rate {rate} msg/s is {per_thread:.0} msg/s for each of {threads} sending \
+                 thread(s): one thread sends at most {} msg/s (a write per message and the read \
+                 of its echo); use --threads (each on its own CPU) or a lower --rate",
+                schedule::MAX_RATE_PER_THREAD
+            ));
         }
         Ok(())
     }
@@ -311,6 +358,8 @@ trait Group {
     fn ended(&mut self) -> bool;
     /// (established, messages, errors) so far.
     fn progress(&mut self) -> (u64, u64, u64);
+    /// The largest p99 latency (ns) measured over about the last second (0: none).
+    fn live_p99_ns(&mut self) -> u64;
     fn finish(self: Box<Self>) -> Result<Partial, String>;
 }
 
@@ -332,6 +381,9 @@ impl Group for LocalRun {
             s.errors.load(Relaxed),
         )
     }
+    fn live_p99_ns(&mut self) -> u64 {
+        self.shared.live_p99_ns.swap(0, Relaxed)
+    }
     fn finish(self: Box<Self>) -> Result<Partial, String> {
         Ok(LocalRun::finish(*self))
     }
@@ -339,7 +391,8 @@ impl Group for LocalRun {
 
 enum Line {
     Ready,
-    Progress(u64, u64, u64),
+    /// established, messages, errors, p99 ns.
+    Progress(u64, u64, u64, u64),
     Ended,
     Result(Box<Partial>),
     Gone,
@@ -359,7 +412,11 @@ fn parse_line(l: &str) -> Option<Line> {
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        return (v.len() == 3).then(|| Line::Progress(v[0], v[1], v[2]));
+        return match v[..] {
+            [a, b, c] => Some(Line::Progress(a, b, c, 0)),
+            [a, b, c, d] => Some(Line::Progress(a, b, c, d)),
+            _ => None,
+        };
     }
     if let Some(rest) = l.strip_prefix("result ") {
         return serde_json::from_str(rest)
@@ -375,6 +432,7 @@ struct WorkerProc {
     ready: bool,
     ended: bool,
     progress: (u64, u64, u64),
+    p99_ns: u64,
     result: Option<Partial>,
     gone: bool,
 }
@@ -441,6 +499,7 @@ impl Processes {
                 ready: false,
                 ended: false,
                 progress: (0, 0, 0),
+                p99_ns: 0,
                 result: None,
                 gone: false,
             });
@@ -462,7 +521,10 @@ impl Processes {
             match line {
                 Line::Ready => p.ready = true,
                 Line::Ended => p.ended = true,
-                Line::Progress(a, b, c) => p.progress = (a, b, c),
+                Line::Progress(a, b, c, d) => {
+                    p.progress = (a, b, c);
+                    p.p99_ns = p.p99_ns.max(d);
+                }
                 Line::Result(r) => p.result = Some(*r),
                 Line::Gone => {
                     // A worker that died counts as ready/ended so the run does not hang.
@@ -500,6 +562,14 @@ impl Group for Processes {
         self.procs.iter().fold((0, 0, 0), |a, p| {
             (a.0 + p.progress.0, a.1 + p.progress.1, a.2 + p.progress.2)
         })
+    }
+    fn live_p99_ns(&mut self) -> u64 {
+        self.pump(Duration::ZERO);
+        self.procs
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.p99_ns))
+            .max()
+            .unwrap_or(0)
     }
     fn finish(mut self: Box<Self>) -> Result<Partial, String> {
         self.send("release\n");
@@ -588,26 +658,31 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
     } else {
         Box::new(Processes::spawn(args, n_proc, cfg.source_base)?)
     };
-    let progress = !args.quiet;
+    let mut line = progress::Line::new(!args.quiet && !args.json);
     let mut last_print = start_ns;
     // Connect phase: bounded by the per-connection timeout times the number of batches.
     let batches = (args.connections as u64)
         .div_ceil(args.in_flight.max(1) as u64 * (args.threads * n_proc) as u64);
     let connect_deadline =
         start_ns + (args.timeout * 1e9) as u64 * (batches + 1) + ramp_ns(args) + 5_000_000_000;
+    let target = u64::from(args.connections);
     while !group.ready() {
         let now = mono_ns();
         if now > connect_deadline {
             return Err("connect phase did not finish".into());
         }
-        if progress && now - last_print >= 1_000_000_000 {
+        if line.enabled() && now - last_print >= 1_000_000_000 {
             last_print = now;
-            let (est, _, err) = group.progress();
-            eprintln!(
-                "[connect {:5.1}s] {est}/{} established, {err} errors",
-                (now - start_ns) as f64 / 1e9,
-                args.connections
-            );
+            let (up, _, errors) = group.progress();
+            line.show(&progress::Progress {
+                stage: progress::Stage::Connect,
+                elapsed_s: (now - start_ns) as f64 / 1e9,
+                up,
+                target,
+                msgs_per_s: None,
+                p99_us: None,
+                errors,
+            });
         }
         if n_proc == 1 {
             std::thread::sleep(Duration::from_millis(1));
@@ -618,10 +693,10 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
     let end_ns = go_ns + window_ns;
     group.go(go_ns, end_ns);
     sleep_until(go_ns);
-    let cpu0 = sum_over(&args.server_pid, sys::process_cpu_ns);
+    let cpu0 = sum_over(&args.server_pid, sys::process_tree_cpu_ns);
     let mut last_print = go_ns;
     let mut last_msgs = 0;
-    let long = args.duration >= 3.0 && progress;
+    let mut p99_ns = 0;
     loop {
         let now = mono_ns();
         if now >= end_ns {
@@ -629,25 +704,36 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
         }
         sleep_until((now + 100_000_000).min(end_ns));
         let now = mono_ns();
-        if long && now - last_print >= 1_000_000_000 && now < end_ns {
-            let (est, msgs, err) = group.progress();
+        if line.enabled() && now - last_print >= 1_000_000_000 && now < end_ns {
+            let (up, msgs, errors) = group.progress();
             let dt = (now - last_print) as f64 / 1e9;
-            eprintln!(
-                "[{:5.1}s] {est} connections, {msgs} messages ({:.0}/s), {err} errors",
-                (now - go_ns) as f64 / 1e9,
-                (msgs - last_msgs.min(msgs)) as f64 / dt
-            );
+            // Keep the last known p99 through a second in which no thread reported one.
+            p99_ns = match group.live_p99_ns() {
+                0 => p99_ns,
+                v => v,
+            };
+            line.show(&progress::Progress {
+                stage: progress::Stage::Run,
+                elapsed_s: (now - go_ns) as f64 / 1e9,
+                up,
+                target,
+                msgs_per_s: Some((msgs - last_msgs.min(msgs)) as f64 / dt),
+                p99_us: (p99_ns > 0).then(|| p99_ns as f64 / 1e3),
+                errors,
+            });
             last_msgs = msgs;
             last_print = now;
         }
     }
-    let cpu1 = sum_over(&args.server_pid, sys::process_cpu_ns);
-    let rss = sum_over(&args.server_pid, sys::process_rss_kb);
-    let end_deadline = mono_ns() + 10_000_000_000;
+    let cpu1 = sum_over(&args.server_pid, sys::process_tree_cpu_ns);
+    let rss = sum_over(&args.server_pid, sys::process_tree_rss_kb);
+    // An open-loop run drains for up to worker::DRAIN_MAX_NS after the window.
+    let end_deadline = mono_ns() + 10_000_000_000 + worker::DRAIN_MAX_NS;
     while !group.ended() && mono_ns() < end_deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     let merged = group.finish()?;
+    line.clear();
     Ok(Summary::new(
         &merged,
         &Context {
@@ -735,10 +821,11 @@ fn worker_main(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> i32 {
         if now - last >= 250_000_000 {
             last = now;
             say(&format!(
-                "progress {} {} {}\n",
+                "progress {} {} {} {}\n",
                 shared.established.load(Relaxed),
                 shared.messages.load(Relaxed),
-                shared.errors.load(Relaxed)
+                shared.errors.load(Relaxed),
+                shared.live_p99_ns.swap(0, Relaxed)
             ));
         }
         std::thread::sleep(Duration::from_millis(2));

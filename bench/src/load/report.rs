@@ -64,6 +64,9 @@ pub struct Partial {
     pub sent: u64,
     /// Connections still open at the end of the window.
     pub open_at_end: u64,
+    /// Open loop: messages intended inside the window and still unanswered after the drain.
+    #[serde(default)]
+    pub unanswered: u64,
     /// Errors by kind.
     pub errors: Errors,
     /// CPU time the load generator's threads used inside the window, nanoseconds.
@@ -71,30 +74,28 @@ pub struct Partial {
     pub cpu_ns: u64,
     /// Latency histogram as (nanoseconds, count) pairs, zero counts left out.
     pub hist: Vec<(u64, u64)>,
+    /// Open loop: how late each message left after its intended send time (the generator's
+    /// own delay), as (nanoseconds, count) pairs.
+    #[serde(default)]
+    pub lag: Vec<(u64, u64)>,
 }
 
 impl Partial {
     /// Store histogram `h` in `self.hist`.
     pub fn set_histogram(&mut self, h: &Histogram<u64>) {
-        self.hist = h
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value()))
-            .collect();
+        self.hist = pairs(h);
     }
 
     /// Rebuild the histogram from `self.hist`.
     pub fn histogram(&self) -> Histogram<u64> {
-        let mut h = new_histogram();
-        for &(v, n) in &self.hist {
-            let _ = h.record_n(v.clamp(1, LATENCY_MAX_NS), n);
-        }
-        h
+        from_pairs(&self.hist)
     }
 
     /// Merge parts: counts add up, the connect phase ends with the last part, histograms add.
     pub fn merge(parts: &[Partial]) -> Partial {
         let mut out = Partial::default();
         let mut h = new_histogram();
+        let mut lag = new_histogram();
         for p in parts {
             out.target += p.target;
             out.established += p.established;
@@ -102,13 +103,32 @@ impl Partial {
             out.messages += p.messages;
             out.sent += p.sent;
             out.open_at_end += p.open_at_end;
+            out.unanswered += p.unanswered;
             out.cpu_ns += p.cpu_ns;
             out.errors.add(&p.errors);
             let _ = h.add(p.histogram());
+            let _ = lag.add(from_pairs(&p.lag));
         }
         out.set_histogram(&h);
+        out.lag = pairs(&lag);
         out
     }
+}
+
+/// A histogram as (value, count) pairs, zero counts left out.
+pub fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// The histogram of (value, count) pairs.
+pub fn from_pairs(p: &[(u64, u64)]) -> Histogram<u64> {
+    let mut h = new_histogram();
+    for &(v, n) in p {
+        let _ = h.record_n(v.clamp(1, LATENCY_MAX_NS), n);
+    }
+    h
 }
 
 /// The final result of `percore load` (`--json` prints exactly this object).
@@ -136,6 +156,20 @@ pub struct Summary {
     pub sent: u64,
     /// messages / duration_s.
     pub msgs_per_s: f64,
+    /// sent / duration_s (open loop: the rate achieved, to compare with `rate`).
+    #[serde(default)]
+    pub sent_per_s: f64,
+    /// Open loop: messages intended inside the window and not answered within the drain time
+    /// after it (each recorded in the latency histogram at its age then, a lower bound).
+    #[serde(default)]
+    pub unanswered: u64,
+    /// Open loop: p99 of how late messages left after their intended send time, µs: the
+    /// generator's own delay (when it nears the latency figures, the generator was the limit).
+    #[serde(default)]
+    pub send_lag_p99_us: Option<f64>,
+    /// Open loop: the largest such delay, µs.
+    #[serde(default)]
+    pub send_lag_max_us: Option<f64>,
     /// Latency percentiles in microseconds.
     pub p50_us: f64,
     /// 90th percentile.
@@ -191,6 +225,14 @@ pub struct Context {
     pub server_rss_kb: Option<u64>,
 }
 
+fn pct(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        part / whole * 100.0
+    } else {
+        0.0
+    }
+}
+
 fn us(ns: u64) -> f64 {
     (ns as f64 / 100.0).round() / 10.0
 }
@@ -199,6 +241,7 @@ impl Summary {
     /// Build the summary from the merged part.
     pub fn new(p: &Partial, cx: &Context) -> Summary {
         let h = p.histogram();
+        let lag = from_pairs(&p.lag);
         let secs = cx.window_ns as f64 / 1e9;
         let connect_s = if p.connect_done_ns > cx.start_ns {
             (p.connect_done_ns - cx.start_ns) as f64 / 1e9
@@ -233,6 +276,14 @@ impl Summary {
             } else {
                 0.0
             },
+            sent_per_s: if secs > 0.0 {
+                (p.sent as f64 / secs).round()
+            } else {
+                0.0
+            },
+            unanswered: p.unanswered,
+            send_lag_p99_us: (!lag.is_empty()).then(|| us(lag.value_at_quantile(0.99))),
+            send_lag_max_us: (!lag.is_empty()).then(|| us(lag.max())),
             p50_us: pct(0.5),
             p90_us: pct(0.9),
             p99_us: pct(0.99),
@@ -263,7 +314,7 @@ impl Summary {
         let mut s = String::new();
         let rate = match (self.mode.as_str(), self.rate) {
             ("idle", _) => "held".to_string(),
-            (_, Some(r)) => format!("open loop {r} msg/s"),
+            (_, Some(r)) => format!("open loop {r} msg/s offered"),
             (_, None) => "closed loop".to_string(),
         };
         s += &format!(
@@ -283,6 +334,21 @@ impl Summary {
                 "messages     {:>10} received, {} sent, {} msg/s\n",
                 self.messages, self.sent, self.msgs_per_s
             );
+            if let Some(r) = self.rate {
+                s += &format!(
+                    "open loop    {:>10} msg/s offered, {} msg/s sent ({:.1} %), {} msg/s received ({:.1} %), {} unanswered\n",
+                    r,
+                    self.sent_per_s,
+                    pct(self.sent_per_s, r),
+                    self.msgs_per_s,
+                    pct(self.msgs_per_s, r),
+                    self.unanswered
+                );
+                if let (Some(p99), Some(max)) = (self.send_lag_p99_us, self.send_lag_max_us) {
+                    s +=
+                        &format!("send lag µs  p99 {p99}  max {max} (the generator's own delay)\n");
+                }
+            }
             s += &format!(
                 "latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}\n",
                 self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us, self.mean_us

@@ -116,6 +116,47 @@ fn invalid_arguments_are_refused() {
 }
 
 #[test]
+fn impossible_open_loop_settings_are_refused_with_the_reason() {
+    let err = |extra: &[&str]| args(extra).validate().unwrap_err();
+    let e = err(&["--rate", "0"]);
+    assert!(e.contains("positive"), "{e}");
+    assert!(args(&["--rate", "NaN"]).validate().is_err());
+    assert!(args(&["--rate", "inf"]).validate().is_err());
+    let e = err(&["--rate", "2", "--duration", "0.2"]);
+    assert!(e.contains("0.40 messages"), "{e}");
+    let e = err(&["--rate", "100", "--mode", "idle"]);
+    assert!(e.contains("idle"), "{e}");
+    // 3M/s on one thread cannot be sent; on four threads it is 750k/s each, allowed.
+    let e = err(&["--rate", "3000000", "--connections", "100"]);
+    assert!(e.contains("--threads"), "{e}");
+    assert!(args(&[
+        "--rate",
+        "3000000",
+        "--connections",
+        "100",
+        "--threads",
+        "4"
+    ])
+    .validate()
+    .is_ok());
+    // Threads beyond the senders do not share the rate: one publisher is one thread.
+    let e = err(&[
+        "--rate",
+        "3000000",
+        "--mode",
+        "broadcast",
+        "--publishers",
+        "1",
+        "--threads",
+        "4",
+    ]);
+    assert!(e.contains("1 sending"), "{e}");
+    assert!(args(&["--rate", "10", "--duration", "0.1"])
+        .validate()
+        .is_ok());
+}
+
+#[test]
 fn open_loop_rate_is_shared_by_connections_or_by_publishers() {
     let a = args(&["--connections", "100", "--rate", "1000"]);
     let t = [parse_url(&a.url[0]).unwrap()];
@@ -143,8 +184,13 @@ fn worker_lines_round_trip() {
     assert!(matches!(parse_line("ended"), Some(Line::Ended)));
     assert!(matches!(
         parse_line("progress 1 2 3"),
-        Some(Line::Progress(1, 2, 3))
+        Some(Line::Progress(1, 2, 3, 0))
     ));
+    assert!(matches!(
+        parse_line("progress 1 2 3 4000"),
+        Some(Line::Progress(1, 2, 3, 4000))
+    ));
+    assert!(parse_line("progress 1 2").is_none());
     let p = Partial {
         established: 7,
         ..Partial::default()

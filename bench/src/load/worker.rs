@@ -5,6 +5,7 @@
 //! window's end, keeps its connections open until released (so the server can be measured
 //! with every connection still there) and then resets them all.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::ops::{ControlFlow, Range};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -19,6 +20,7 @@ use slab::Slab;
 use super::addr;
 use super::payload::{self, Mismatch, Stamp};
 use super::report::{self, Errors, Partial};
+use super::schedule::Schedule;
 use super::ws::{self, Event, Op};
 use crate::sys::{self, mono_ns};
 
@@ -111,6 +113,9 @@ pub struct Shared {
     pub messages: AtomicU64,
     /// Progress: errors.
     pub errors: AtomicU64,
+    /// Progress: the largest p99 latency (ns) a thread measured over its last second, since
+    /// the driver last took it (`swap(0)`).
+    pub live_p99_ns: AtomicU64,
 }
 
 impl Shared {
@@ -167,6 +172,9 @@ struct Flow {
     progress_ns: u64,
     /// Next expected sequence number per publisher (broadcast mode).
     next_from: Box<[u64]>,
+    /// Open-loop echo: intended send times of the messages not yet answered, oldest first
+    /// (so those still unanswered when the run ends can be counted, not forgotten).
+    pending_ts: VecDeque<u64>,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -174,10 +182,79 @@ enum Phase {
     Connecting,
     Ready,
     Running,
+    /// Open loop, after the window: no more sends; answers to messages intended inside the
+    /// window are still timed, until all are in or the drain time is over.
+    Draining,
     Ended,
 }
 
 const SCAN_INTERVAL_NS: u64 = 100_000_000;
+/// A send due within this is waited for by spinning: waking a sleeping thread takes about as
+/// long on this kind of host.
+const SPIN_NS: u64 = 50_000;
+/// The poll token of the wake-up timer (connections use slab keys, far below).
+const TIMER_TOKEN: Token = Token(usize::MAX);
+
+/// A timerfd in the thread's poll that wakes it at a CLOCK_MONOTONIC instant to the
+/// microsecond: epoll_wait's own timeout counts whole milliseconds (and adds the thread's timer
+/// slack), which would make open-loop sends leave up to a millisecond late, and latencies
+/// counted from their intended send times look that much worse.
+struct WakeTimer {
+    fd: rustix::fd::OwnedFd,
+    armed_ns: u64,
+}
+
+impl WakeTimer {
+    fn new(poll: &Poll) -> Option<WakeTimer> {
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+        use std::os::fd::AsRawFd;
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )
+        .ok()?;
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+                TIMER_TOKEN,
+                Interest::READABLE,
+            )
+            .ok()?;
+        Some(WakeTimer { fd, armed_ns: 0 })
+    }
+
+    /// Fire at `at_ns` (CLOCK_MONOTONIC); one pending deadline at a time.
+    fn arm(&mut self, at_ns: u64) {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+        if at_ns == self.armed_ns {
+            return;
+        }
+        let ts = |ns: u64| Timespec {
+            tv_sec: (ns / 1_000_000_000) as i64,
+            tv_nsec: (ns % 1_000_000_000) as i64,
+        };
+        let spec = Itimerspec {
+            it_interval: ts(0),
+            it_value: ts(at_ns.max(1)),
+        };
+        if timerfd_settime(&self.fd, TimerfdTimerFlags::ABSTIME, &spec).is_ok() {
+            self.armed_ns = at_ns;
+        }
+    }
+
+    /// Consume the expiry (the descriptor stays readable until read).
+    fn clear(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut buf);
+    }
+}
+/// How often a thread publishes the p99 of its last interval for the progress line (twice
+/// per line, so every line has a fresh one).
+const LIVE_INTERVAL_NS: u64 = 500_000_000;
+/// Longest wait after an open-loop window for the answers to its messages (bounded further
+/// by `--timeout`). Messages still unanswered then are recorded at their age at that moment:
+/// a lower bound, so a server that stops answering cannot improve its percentiles.
+pub const DRAIN_MAX_NS: u64 = 2_000_000_000;
 
 /// Bumps the counter of one error kind.
 type CountError = fn(&mut Errors);
@@ -190,12 +267,20 @@ struct Thread {
     scratch: Vec<u8>,
     msg: Vec<u8>,
     hist: hdrhistogram::Histogram<u64>,
+    /// The latencies since the last progress publication.
+    live: hdrhistogram::Histogram<u64>,
+    live_since: u64,
+    /// Open loop: how late messages left after their intended send time.
+    lag: hdrhistogram::Histogram<u64>,
     part: Partial,
     rng: u64,
     phase: Phase,
     go_ns: u64,
     cpu_at_go: u64,
     end_ns: u64,
+    drain_end_ns: u64,
+    /// Wakes the loop at open-loop send times (None: the poll timeout is used instead).
+    timer: Option<WakeTimer>,
     pending: u32,
     reported_messages: u64,
     reported_errors: u64,
@@ -220,6 +305,7 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         }
     };
     let scratch_len = (256 << 10).max(4 * (cfg.size + 64));
+    let timer = cfg.rate.and_then(|_| WakeTimer::new(&poll));
     let mut t = Thread {
         msg: vec![0u8; cfg.size],
         cfg,
@@ -228,6 +314,9 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         conns: Slab::with_capacity(job.ids.len()),
         scratch: vec![0u8; scratch_len],
         hist: report::new_histogram(),
+        live: report::new_histogram(),
+        live_since: 0,
+        lag: report::new_histogram(),
         part: Partial {
             target: job.ids.len() as u64,
             ..Partial::default()
@@ -237,6 +326,8 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         go_ns: 0,
         cpu_at_go: 0,
         end_ns: 0,
+        drain_end_ns: 0,
+        timer,
         pending: 0,
         reported_messages: 0,
         reported_errors: 0,
@@ -255,14 +346,11 @@ impl Thread {
             .ramp
             .map(|r| r / self.cfg.total_threads.max(1) as f64);
         let mut next_scan = start_ns + SCAN_INTERVAL_NS;
-        let interval_ns = self
-            .cfg
-            .thread_rate(&job.ids)
-            .filter(|r| *r > 0.0)
-            .map(|r| (1e9 / r).max(1.0) as u64);
-        let mut next_due = 0u64;
+        let thread_rate = self.cfg.thread_rate(&job.ids).filter(|r| *r > 0.0);
+        let mut schedule: Option<Schedule> = None;
         let mut rr: Vec<usize> = Vec::new();
         let mut rr_pos = 0usize;
+        let mut to_flush: Vec<usize> = Vec::new();
         loop {
             let now = mono_ns();
             if self.shared.abort.load(Relaxed) {
@@ -291,44 +379,67 @@ impl Thread {
                         self.go_ns = go;
                         self.cpu_at_go = sys::thread_cpu_ns();
                         self.end_ns = self.shared.end_ns.load(Relaxed);
+                        self.live_since = now;
                         self.phase = Phase::Running;
-                        next_due = go;
                         // Open loop: the connections that send, served round robin.
+                        schedule = thread_rate.map(|r| Schedule::new(go, r));
                         rr = self.conns.iter().map(|(k, _)| k).collect();
                         rr.retain(|&k| self.is_sender(k));
-                        if interval_ns.is_none() {
+                        if schedule.is_none() {
                             self.start_closed_loop(now);
                         }
                     }
                 }
                 Phase::Running => {
+                    if let Some(sch) = schedule.as_mut() {
+                        // Everything due by now (all of it after a stall), each message stamped
+                        // with its intended send time; nothing due at or after the window's end.
+                        while !rr.is_empty() {
+                            let key = rr[rr_pos % rr.len()];
+                            if !self.is_sender(key) {
+                                // Closed since: serve the others.
+                                rr.retain(|&k| self.is_sender(k));
+                                continue;
+                            }
+                            let Some(ts) = sch.take_due(now, self.end_ns) else {
+                                break;
+                            };
+                            rr_pos += 1;
+                            report::record(&mut self.lag, now - ts);
+                            self.queue_message(key, ts);
+                            to_flush.push(key);
+                        }
+                        to_flush.sort_unstable();
+                        to_flush.dedup();
+                        for key in to_flush.drain(..) {
+                            self.flush(key);
+                        }
+                    }
                     if now >= self.end_ns {
-                        self.phase = Phase::Ended;
                         self.part.cpu_ns = sys::thread_cpu_ns().saturating_sub(self.cpu_at_go);
                         self.part.open_at_end = self
                             .conns
                             .iter()
                             .filter(|(_, c)| c.state == State::Open)
                             .count() as u64;
+                        if schedule.is_some() && self.cfg.mode == Mode::Echo {
+                            self.phase = Phase::Draining;
+                            self.drain_end_ns = self.end_ns + self.cfg.timeout_ns.min(DRAIN_MAX_NS);
+                        } else {
+                            self.phase = Phase::Ended;
+                            self.shared.ended.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                Phase::Draining => {
+                    let waiting = self
+                        .conns
+                        .iter()
+                        .any(|(_, c)| !c.flow.pending_ts.is_empty());
+                    if !waiting || now >= self.drain_end_ns {
+                        self.record_unanswered(now);
+                        self.phase = Phase::Ended;
                         self.shared.ended.fetch_add(1, Relaxed);
-                    } else if let Some(iv) = interval_ns {
-                        let mut sent_any = Vec::new();
-                        while next_due <= now && !rr.is_empty() {
-                            let key = rr[rr_pos % rr.len()];
-                            rr_pos += 1;
-                            if !self.is_sender(key) {
-                                // Closed since: serve the others.
-                                rr.retain(|&k| self.is_sender(k));
-                                continue;
-                            }
-                            self.queue_message(key, next_due);
-                            sent_any.push(key);
-                            next_due += iv;
-                        }
-                        sent_any.dedup();
-                        for key in sent_any {
-                            self.flush(key);
-                        }
                     }
                 }
                 Phase::Ended => {
@@ -340,7 +451,7 @@ impl Thread {
             if now >= next_scan {
                 next_scan = now + SCAN_INTERVAL_NS;
                 self.scan_timeouts(now);
-                self.report_progress();
+                self.report_progress(now);
             }
             let wait_ns = match self.phase {
                 Phase::Connecting => {
@@ -353,23 +464,25 @@ impl Thread {
                 Phase::Ready => {
                     let go = self.shared.go_ns.load(Relaxed);
                     if go != 0 {
-                        go.saturating_sub(now).min(10_000_000)
+                        self.wake_at(go, now, go.saturating_sub(now).min(10_000_000))
                     } else {
                         10_000_000
                     }
                 }
                 Phase::Running => {
-                    let mut w = self.end_ns.saturating_sub(now);
-                    if interval_ns.is_some() && !rr.is_empty() {
-                        w = w.min(next_due.saturating_sub(now));
-                    }
-                    // Below a millisecond, epoll_wait cannot sleep precisely: spin instead.
-                    if w < 1_000_000 {
-                        0
-                    } else {
-                        w.min(10_000_000)
+                    let end = self.end_ns.saturating_sub(now).min(10_000_000);
+                    match schedule.as_ref().filter(|_| !rr.is_empty()) {
+                        Some(sch) => self.wake_at(sch.next_due_ns(), now, end),
+                        // Closed loop: only the end of the window to wait for; its last
+                        // millisecond is spun (epoll_wait counts whole milliseconds).
+                        None if end < 1_000_000 => 0,
+                        None => end,
                     }
                 }
+                Phase::Draining => self
+                    .drain_end_ns
+                    .saturating_sub(now)
+                    .clamp(1_000_000, 10_000_000),
                 Phase::Ended => 10_000_000,
             };
             if let Err(e) = self
@@ -381,12 +494,36 @@ impl Thread {
                 }
             }
             for ev in events.iter() {
+                if ev.token() == TIMER_TOKEN {
+                    if let Some(t) = &self.timer {
+                        t.clear();
+                    }
+                    continue;
+                }
                 let key = ev.token().0;
                 self.on_event(
                     key,
                     ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                 );
             }
+        }
+    }
+
+    /// The poll timeout (ns) to wake at `at_ns` or after `bound_ns` at the latest: 0 (spin)
+    /// when `at_ns` is due within [`SPIN_NS`]; else the wake-up timer is set to `at_ns`
+    /// (without one, epoll_wait's whole milliseconds are used and the last one is spun).
+    fn wake_at(&mut self, at_ns: u64, now: u64, bound_ns: u64) -> u64 {
+        let until = at_ns.saturating_sub(now);
+        if until <= SPIN_NS {
+            return 0;
+        }
+        match self.timer.as_mut() {
+            Some(t) => {
+                t.arm(at_ns);
+                bound_ns.max(1_000_000)
+            }
+            None if until < 1_000_000 => 0,
+            None => bound_ns.min(until / 1_000_000 * 1_000_000),
         }
     }
 
@@ -462,6 +599,7 @@ impl Thread {
                 outstanding: 0,
                 progress_ns: now,
                 next_from: vec![0u64; publishers].into_boxed_slice(),
+                pending_ts: VecDeque::new(),
             },
         });
         self.pending += 1;
@@ -565,6 +703,7 @@ impl Thread {
             scratch,
             msg,
             hist,
+            live,
             part,
             cfg,
             rng,
@@ -596,6 +735,8 @@ impl Thread {
             let total = tail + n;
             let now = mono_ns();
             let in_window = *phase == Phase::Running && now < *end_ns;
+            let open_loop = cfg.rate.is_some();
+            let timing = matches!(*phase, Phase::Running | Phase::Draining);
             let c_ref = &mut c.flow;
             let res = c.decoder.decode(&mut scratch[..total], |ev| {
                 match ev {
@@ -621,14 +762,25 @@ impl Thread {
                             c_ref.expect_seq += 1;
                             c_ref.outstanding = c_ref.outstanding.saturating_sub(1);
                             c_ref.progress_ns = now;
+                            c_ref.pending_ts.pop_front();
                         }
                         if in_window && stamp.ts_ns >= *go_ns {
                             part.messages += 1;
-                            report::record(hist, now.saturating_sub(stamp.ts_ns));
+                        }
+                        // Closed loop: what arrives inside the window. Open loop: every message
+                        // intended inside the window, even if its answer comes after it.
+                        let timed = if open_loop {
+                            timing && stamp.ts_ns >= *go_ns && stamp.ts_ns < *end_ns
+                        } else {
+                            in_window && stamp.ts_ns >= *go_ns
+                        };
+                        if timed {
+                            let ns = now.saturating_sub(stamp.ts_ns);
+                            report::record(hist, ns);
+                            report::record(live, ns);
                         }
                         // Closed loop: the answer to the last message sent triggers the next.
-                        let closed_loop = cfg.rate.is_none();
-                        if closed_loop && own && in_window && c_ref.outstanding == 0 {
+                        if !open_loop && own && in_window && c_ref.outstanding == 0 {
                             write_message(c_ref, msg, rng, now);
                             part.sent += 1;
                         }
@@ -684,11 +836,28 @@ impl Thread {
             msg,
             rng,
             part,
+            cfg,
             ..
         } = self;
         if let Some(c) = conns.get_mut(key) {
             write_message(&mut c.flow, msg, rng, ts_ns);
             part.sent += 1;
+            if cfg.rate.is_some() && cfg.mode == Mode::Echo {
+                c.flow.pending_ts.push_back(ts_ns);
+            }
+        }
+    }
+
+    /// End of an open-loop drain: every message intended inside the window and still
+    /// unanswered is counted, and recorded at its age now (a lower bound of its latency).
+    fn record_unanswered(&mut self, now: u64) {
+        let (go, end) = (self.go_ns, self.end_ns);
+        for (_, c) in self.conns.iter_mut() {
+            for &ts in c.flow.pending_ts.iter().filter(|&&ts| ts >= go && ts < end) {
+                report::record(&mut self.hist, now.saturating_sub(ts));
+                self.part.unanswered += 1;
+            }
+            c.flow.pending_ts = VecDeque::new();
         }
     }
 
@@ -747,7 +916,7 @@ impl Thread {
                     dead.push((k, |e| e.handshake += 1))
                 }
                 State::Open
-                    if self.phase == Phase::Running
+                    if matches!(self.phase, Phase::Running | Phase::Draining)
                         && answers_expected
                         && c.flow.outstanding > 0
                         && now.saturating_sub(c.flow.progress_ns) > timeout =>
@@ -762,7 +931,18 @@ impl Thread {
         }
     }
 
-    fn report_progress(&mut self) {
+    fn report_progress(&mut self, now: u64) {
+        if self.phase != Phase::Connecting
+            && self.live_since != 0
+            && now.saturating_sub(self.live_since) >= LIVE_INTERVAL_NS
+        {
+            if !self.live.is_empty() {
+                let p99 = self.live.value_at_quantile(0.99);
+                self.shared.live_p99_ns.fetch_max(p99, Relaxed);
+                self.live.reset();
+            }
+            self.live_since = now;
+        }
         let m = self.part.messages;
         self.shared
             .messages
@@ -788,12 +968,15 @@ impl Thread {
             }
             self.shared.ended.fetch_add(1, Relaxed);
         }
-        self.report_progress();
+        self.report_progress(mono_ns());
         for (_, c) in self.conns.iter() {
             sys::set_linger_zero(&c.stream);
         }
         self.conns.clear();
         self.part.set_histogram(&self.hist);
+        if !self.lag.is_empty() {
+            self.part.lag = report::pairs(&self.lag);
+        }
         self.part
     }
 }
