@@ -17,6 +17,17 @@ if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2
 fi
 echo "== autobahn testsuite venv"
 ../shared/tools/autobahn/setup.sh
+# The reference tools the bench tests run: uWebSockets' load_test and uws_echo (built once into
+# ~/.cache/percore-uws, ~20 s); the floor's raw echo and peerload are compiled by the tests.
+export PERCORE_UWS_DIR=${PERCORE_UWS_DIR:-$HOME/.cache/percore-uws}
+export PERCORE_REQUIRE_TOOLS=1
+if [ ! -x "$PERCORE_UWS_DIR/load_test" ] || [ ! -x "$PERCORE_UWS_DIR/uws_echo" ]; then
+  echo "== uWebSockets reference tools ($PERCORE_UWS_DIR)"
+  if ! command -v g++ >/dev/null || [ ! -e /usr/include/zlib.h ]; then
+    apt-get update -qq && apt-get install -y -qq g++ zlib1g-dev
+  fi
+  ../shared/tools/uws/build.sh "$PERCORE_UWS_DIR"
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

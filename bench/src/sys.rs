@@ -242,6 +242,25 @@ pub fn tree_from_parents(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
     out
 }
 
+/// Send SIGTERM to `pid` and every descendant, and return them (collected before
+/// signalling, so children of a parent that dies first are not lost from sight).
+pub fn terminate_tree(pid: u32) -> Vec<u32> {
+    let tree = process_tree(pid);
+    for &p in &tree {
+        terminate(p);
+    }
+    tree
+}
+
+/// Send SIGKILL to each of `pids` (best effort: gone ones only yield ESRCH).
+pub fn kill_all(pids: &[u32]) {
+    for &p in pids {
+        if let Some(p) = i32::try_from(p).ok().and_then(Pid::from_raw) {
+            let _ = rustix::process::kill_process(p, Signal::KILL);
+        }
+    }
+}
+
 /// The fields of /proc/PID/stat after the command name (which may hold spaces and
 /// parentheses), starting with field 3 (state).
 fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {

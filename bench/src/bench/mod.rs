@@ -1,18 +1,29 @@
 //! `percore bench`: start the server(s) pinned to one CPU and the load generator pinned to
 //! another, run a matrix of scenarios, print one table.
 //!
-//! Each cell starts a fresh server child process (`percore serve --no-pin --shards 1`, or a
-//! peer from bench/peers), pinned with sched_setaffinity before exec, then runs
-//! `percore load --json --server-pid PID` pinned to the load CPU. The load generator reads the
-//! server's CPU time (all threads) at the start and end of the measured window and its RSS at
-//! the end, so the CPU cost per message is the server's own, whatever limits throughput.
+//! Each cell starts a fresh server child process (`percore serve --no-pin --shards 1`, a peer
+//! from bench/peers, or an external server declared with `--peer` / `--raw-peer`), pinned
+//! with sched_setaffinity before exec, then runs the load generator pinned to the load CPU:
+//! `percore load --json --server-pid PID` by default, or uWebSockets' `load_test` / the floor's
+//! `peerload` (`--generator`). The server's CPU time (all threads of the process and its
+//! descendants) is read at the start and end of the measured window and its RSS at the end,
+//! so the CPU cost per message is the server's own, whatever limits throughput.
 
-use std::io::{BufRead, BufReader};
+mod charts;
+mod generator;
+mod open_loop;
+mod peer;
+mod report;
+mod server;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Serialize;
+pub use generator::Generator;
+pub use report::{csv, markdown, median_row, table, Row};
+pub use server::{ServerKind, ServerProc};
 
 use crate::load::report::Summary;
 use crate::sys;
@@ -29,12 +40,44 @@ pub struct BenchArgs {
     /// Also run the peers (fastwebsockets, tokio-tungstenite; built on first use).
     #[arg(long)]
     pub compare: bool,
-    /// percore backends to run, comma separated (epoll, uring).
+    /// percore backends to run, comma separated (epoll, uring; empty: none).
     #[arg(long, default_value = "epoll,uring")]
     pub backends: String,
-    /// Only these scenarios, comma separated (default: all). See the table for names.
+    /// Only these scenarios, comma separated substrings of their names (default: all).
     #[arg(long)]
     pub scenarios: Option<String>,
+    /// Echo cells CONNECTIONSxSIZE instead of the matrix (repeatable or comma separated), e.g.
+    /// `--cell 10x20,4x64KiB,2x1MiB` (k/M suffixes on connections, KiB/MiB on sizes).
+    #[arg(long, value_delimiter = ',')]
+    pub cell: Vec<String>,
+    /// An external WebSocket echo server, NAME='COMMAND {port}' (repeatable): `{port}` is
+    /// replaced by a free port on 127.0.0.1; its rows are named NAME.
+    #[arg(long, value_name = "NAME=COMMAND")]
+    pub peer: Vec<String>,
+    /// An external raw TCP echo server (no WebSocket), NAME='COMMAND {port}' (repeatable);
+    /// driven by `peerload raw` (needs --generator peerload=PATH).
+    #[arg(long, value_name = "NAME=COMMAND")]
+    pub raw_peer: Vec<String>,
+    /// NAME=TEXT: the peer NAME is ready when it prints a line containing TEXT (default: when a
+    /// TCP connection to its port succeeds).
+    #[arg(long, value_name = "NAME=TEXT")]
+    pub ready_line: Vec<String>,
+    /// Load generator (repeatable): `percore` (percore load, the default), `load_test=PATH`
+    /// (uWebSockets' load_test drives every WebSocket server), `peerload-ws=PATH` (peerload
+    /// ws drives them), `peerload=PATH` (peerload raw drives the --raw-peer servers). Each
+    /// WebSocket generator named gets its own rows.
+    #[arg(long, value_name = "KIND[=PATH]")]
+    pub generator: Vec<String>,
+    /// Open-loop latency instead of the matrix: offered rates as percentages of each server's
+    /// closed-loop maximum, e.g. 25,50,80.
+    #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
+    pub open_loop: Option<Vec<f64>>,
+    /// Connections of the open-loop cell.
+    #[arg(long, default_value_t = 10_000)]
+    pub open_loop_connections: u32,
+    /// Payload bytes of the open-loop cell.
+    #[arg(long, default_value_t = 20)]
+    pub open_loop_size: usize,
     /// Print a JSON array of rows instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -60,16 +103,22 @@ pub struct BenchArgs {
     /// Run every cell this many times (servers alternating) and report the medians.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Also write the table as markdown and CSV: PREFIX.md and PREFIX.csv.
-    #[arg(long)]
+    /// Also write the results: PREFIX.md, PREFIX.csv, PREFIX.json and SVG charts
+    /// (PREFIX-cpu.svg, -latency.svg, -rss.svg, -open-loop.svg). A directory (existing, or
+    /// written with a trailing '/') gets DIR/bench.*.
+    #[arg(long, value_name = "PREFIX|DIR/")]
     pub save: Option<PathBuf>,
+    /// Run nothing: read rows saved before (a `--json` output or PREFIX.json), print them and
+    /// write them with --save (tables and charts again).
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// One benchmark scenario.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
     /// Short name.
-    pub name: &'static str,
+    pub name: String,
     /// Connections.
     pub connections: u32,
     /// Payload bytes.
@@ -78,239 +127,235 @@ pub struct Scenario {
     pub broadcast: bool,
 }
 
-/// The matrix.
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "echo 100 x 20 B",
-        connections: 100,
-        size: 20,
-        broadcast: false,
-    },
-    Scenario {
-        name: "echo 1k x 20 B",
-        connections: 1000,
-        size: 20,
-        broadcast: false,
-    },
-    Scenario {
-        name: "echo 10k x 20 B",
-        connections: 10_000,
-        size: 20,
-        broadcast: false,
-    },
-    Scenario {
-        name: "echo 100 x 16 KiB",
-        connections: 100,
-        size: 16 << 10,
-        broadcast: false,
-    },
-    Scenario {
-        name: "broadcast 1 -> 1k",
+impl Scenario {
+    /// An echo cell, named after its shape.
+    pub fn echo(connections: u32, size: usize) -> Scenario {
+        Scenario {
+            name: format!("echo {} x {}", count_label(connections), size_label(size)),
+            connections,
+            size,
+            broadcast: false,
+        }
+    }
+}
+
+/// The matrix: echo 100/1k/10k × 20 B, 100 × 16 KiB, 100 × 64 KiB, 10 × 1 MiB, broadcast.
+pub fn matrix() -> Vec<Scenario> {
+    let mut v: Vec<Scenario> = [
+        (100, 20),
+        (1000, 20),
+        (10_000, 20),
+        (100, 16 << 10),
+        (100, 64 << 10),
+        (10, 1 << 20),
+    ]
+    .into_iter()
+    .map(|(c, s)| Scenario::echo(c, s))
+    .collect();
+    v.push(Scenario {
+        name: "broadcast 1 -> 1k".into(),
         connections: 1000,
         size: 20,
         broadcast: true,
-    },
-];
-
-/// A server under test.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ServerKind {
-    /// `percore serve --backend B`.
-    Percore(String),
-    /// A peer binary from bench/peers.
-    Peer(&'static str),
+    });
+    v
 }
 
-impl ServerKind {
-    fn name(&self) -> &str {
-        match self {
-            ServerKind::Percore(_) => "percore",
-            ServerKind::Peer(p) => p,
-        }
-    }
-    fn backend(&self) -> &str {
-        match self {
-            ServerKind::Percore(b) => b,
-            ServerKind::Peer(_) => "tokio/epoll",
-        }
+/// `n` as the scenario names write it: 100, 1k, 10k, 1.5k, 2M.
+pub fn count_label(n: u32) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 100_000 == 0 => trim_num(n as f64 / 1e6, "M"),
+        n if n >= 1000 && n % 100 == 0 => trim_num(n as f64 / 1e3, "k"),
+        n => n.to_string(),
     }
 }
 
-/// One line of the result table.
-#[derive(Serialize, Clone, Debug)]
-pub struct Row {
-    /// Server name.
-    pub server: String,
-    /// I/O backend.
-    pub backend: String,
-    /// Scenario name.
-    pub scenario: String,
-    /// Connections established.
-    pub connections: u64,
-    /// Messages (echoes or deliveries) per second.
-    pub msgs_per_s: f64,
-    /// Server CPU time per message, µs.
-    pub cpu_us_per_msg: Option<f64>,
-    /// Latency percentiles, µs.
-    pub p50_us: f64,
-    /// 99th percentile.
-    pub p99_us: f64,
-    /// 99.9th percentile.
-    pub p999_us: f64,
-    /// Server RSS at the end of the window, KiB.
-    pub rss_kb: Option<u64>,
-    /// Load generator CPU time per message, µs (near 1 s/s of CPU: the load was the limit).
-    pub load_cpu_us_per_msg: Option<f64>,
-    /// Load generator errors.
-    pub errors: u64,
-    /// Why the cell has no figures, if it has none.
-    pub note: Option<String>,
-}
-
-/// Peers: (display name, binary name).
-const PEERS: &[(&str, &str)] = &[
-    ("fastwebsockets", "fastwebsockets-echo"),
-    ("tokio-tungstenite", "tungstenite-echo"),
-];
-
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
-}
-
-fn peer_binary(bin: &str) -> PathBuf {
-    peers_dir().join("target/release").join(bin)
-}
-
-/// Build the peers if any binary is missing.
-fn ensure_peers() -> Result<(), String> {
-    if PEERS.iter().all(|(_, b)| peer_binary(b).exists()) {
-        return Ok(());
+/// `bytes` as the scenario names write it: 20 B, 16 KiB, 1 MiB, 1500 B.
+pub fn size_label(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
     }
-    eprintln!("percore bench: building peers (cargo build --release --manifest-path bench/peers/Cargo.toml)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--manifest-path"])
-        .arg(peers_dir().join("Cargo.toml"))
-        .status()
-        .map_err(|e| format!("cargo: {e}"))?;
-    if !status.success() {
-        return Err("building bench/peers failed".into());
-    }
-    Ok(())
 }
 
-/// A server child process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct ServerProc {
-    child: Child,
-    addr: String,
+fn trim_num(v: f64, unit: &str) -> String {
+    let s = format!("{v:.1}");
+    format!("{}{unit}", s.trim_end_matches(".0"))
 }
 
-impl ServerProc {
-    fn start(kind: &ServerKind, cpu: usize, broadcast: bool) -> Result<ServerProc, String> {
-        let mut cmd = match kind {
-            ServerKind::Percore(backend) => {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let mut c = Command::new(exe);
-                c.args([
-                    "serve",
-                    "--addr",
-                    "127.0.0.1:0",
-                    "--no-pin",
-                    "--shards",
-                    "1",
-                ])
-                .args(["--backend", backend, "--shutdown-grace-secs", "1"]);
-                if broadcast {
-                    c.args(["--mode", "broadcast"]);
-                }
-                c
+/// Parse a `--cell` value: CONNECTIONSxSIZE, e.g. `100x20`, `1kx20`, `10x1MiB`, `4x64KiB`.
+pub fn parse_cell(s: &str) -> Result<Scenario, String> {
+    let bad = || format!("--cell {s:?}: expected CONNECTIONSxSIZE, e.g. 100x20 or 10x1MiB");
+    let (c, b) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+    let num = |t: &str, units: &[(&str, u64)]| -> Option<u64> {
+        let t = t.trim();
+        for &(suffix, mul) in units {
+            if let Some(n) = t.strip_suffix(suffix) {
+                return n.trim().parse::<u64>().ok()?.checked_mul(mul);
             }
-            ServerKind::Peer(name) => {
-                let bin = PEERS
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, b)| peer_binary(b))
-                    .ok_or("unknown peer")?;
-                // Started through `percore exec`, which makes it die with this process and
-                // restricts it to `cpu` before it replaces itself with the peer.
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let mut c = Command::new(exe);
-                c.arg("exec").arg(bin).args(["--addr", "127.0.0.1:0"]);
-                c
+        }
+        t.parse().ok()
+    };
+    let connections = num(c, &[("k", 1000), ("M", 1_000_000)])
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(bad)?;
+    let size = num(b, &[("KiB", 1 << 10), ("MiB", 1 << 20), ("B", 1)])
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(bad)?;
+    Ok(Scenario::echo(connections, size))
+}
+
+/// What to run, from validated arguments.
+#[derive(Debug)]
+pub struct Plan {
+    /// Servers, in the order they alternate.
+    pub servers: Vec<ServerKind>,
+    /// Generators of the WebSocket servers (each gets its rows).
+    pub ws_generators: Vec<Generator>,
+    /// Generator of the raw peers.
+    pub raw_generator: Option<Generator>,
+    /// Matrix cells.
+    pub scenarios: Vec<Scenario>,
+    /// Open-loop percentages, if that table is asked for.
+    pub open_loop: Option<Vec<f64>>,
+}
+
+impl Plan {
+    /// Check the arguments and resolve them; the error is for the command line.
+    pub fn new(args: &BenchArgs) -> Result<Plan, String> {
+        if !(args.duration > 0.0 && args.duration.is_finite()) {
+            return Err("--duration must be positive".into());
+        }
+        if args.repeat == 0 {
+            return Err("--repeat must be at least 1".into());
+        }
+        if args.idle.is_some() && args.open_loop.is_some() {
+            return Err("--idle and --open-loop are separate runs: give one of them".into());
+        }
+        let mut servers: Vec<ServerKind> = args
+            .backends
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| ServerKind::Percore(b.to_string()))
+            .collect();
+        if args.compare {
+            servers.extend(server::PEERS.iter().map(|(n, _)| ServerKind::Peer(n)));
+        }
+        let mut peers: Vec<peer::ExternalPeer> = Vec::new();
+        for (spec, raw) in args
+            .peer
+            .iter()
+            .map(|s| (s, false))
+            .chain(args.raw_peer.iter().map(|s| (s, true)))
+        {
+            let p = peer::ExternalPeer::parse(spec, raw)?;
+            if peers.iter().any(|q| q.name == p.name) {
+                return Err(format!("two peers are named {}", p.name));
+            }
+            peers.push(p);
+        }
+        for spec in &args.ready_line {
+            let (name, text) = peer::parse_ready_line(spec)?;
+            let p = peers
+                .iter_mut()
+                .find(|p| p.name == name)
+                .ok_or_else(|| format!("--ready-line {name}: no --peer or --raw-peer {name}"))?;
+            p.ready_line = Some(text);
+        }
+        servers.extend(peers.into_iter().map(|p| ServerKind::External(Arc::new(p))));
+        if servers.is_empty() {
+            return Err("no server to run: --backends is empty and no peer is given".into());
+        }
+        let mut ws_generators = Vec::new();
+        let mut raw_generator = None;
+        for spec in &args.generator {
+            let g = Generator::parse(spec)?;
+            if g.raw() {
+                if raw_generator.replace(g).is_some() {
+                    return Err("--generator peerload=PATH is given twice".into());
+                }
+            } else if !ws_generators.contains(&g) {
+                ws_generators.push(g);
+            }
+        }
+        if ws_generators.is_empty() {
+            ws_generators.push(Generator::Percore);
+        }
+        let raw_peers: Vec<&str> = servers
+            .iter()
+            .filter(|k| k.raw())
+            .map(|k| k.name())
+            .collect();
+        match (&raw_generator, raw_peers.first()) {
+            (None, Some(name)) => {
+                return Err(format!(
+                    "--raw-peer {name} needs --generator peerload=PATH: a raw TCP echo speaks no \
+                     WebSocket (../shared/tools/floor/build.sh builds peerload)"
+                ))
+            }
+            (Some(_), None) => {
+                return Err(
+                    "--generator peerload=PATH drives the --raw-peer servers and none is \
+                     given; to drive the WebSocket servers with peerload, use \
+                     --generator peerload-ws=PATH"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        let scenarios = if args.cell.is_empty() {
+            matrix()
+        } else {
+            args.cell
+                .iter()
+                .map(|c| parse_cell(c))
+                .collect::<Result<_, _>>()?
+        };
+        let scenarios: Vec<Scenario> = match &args.scenarios {
+            None => scenarios,
+            Some(s) => {
+                let wanted: Vec<String> = s.split(',').map(|x| x.trim().to_lowercase()).collect();
+                scenarios
+                    .into_iter()
+                    .filter(|sc| {
+                        wanted
+                            .iter()
+                            .any(|w| sc.name.to_lowercase().contains(w.as_str()))
+                    })
+                    .collect()
             }
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        sys::guarded(&mut cmd, &[cpu]);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", kind.name()))?;
-        let stdout = child.stdout.take().ok_or("server stdout")?;
-        // The first line says where it listens: "listening on ADDR ...".
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        // Keep the first line of stderr to explain a failed start; drain the rest so the server
-        // never blocks on a full pipe.
-        let stderr = child.stderr.take().ok_or("server stderr")?;
-        let last_err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = last_err.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // The first line says what went wrong (clap and percore serve both start so).
-                if let Ok(mut s) = sink.lock() {
-                    if s.is_empty() {
-                        *s = line;
-                    }
-                }
-            }
-        });
-        let mut proc = ServerProc {
-            child,
-            addr: String::new(),
-        };
-        let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-            // Give a failing server a moment to finish its message.
-            std::thread::sleep(Duration::from_millis(100));
-            let why = last_err.lock().map(|s| s.clone()).unwrap_or_default();
-            format!("{} did not start: {why}", kind.name())
-        })?;
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .ok_or_else(|| format!("{}: unexpected first line {line:?}", kind.name()))?;
-        if let ServerKind::Percore(b) = kind {
-            if !line.contains(&format!("backend={b}")) {
-                return Err(format!("asked for backend {b}, server says {line:?}"));
-            }
+        if scenarios.is_empty() && args.idle.is_none() && args.open_loop.is_none() {
+            return Err("--scenarios matches no scenario".into());
         }
-        proc.addr = addr.to_string();
-        Ok(proc)
+        let open_loop = args
+            .open_loop
+            .as_deref()
+            .map(open_loop::parse_percentages)
+            .transpose()?;
+        if open_loop.is_some() && args.open_loop_connections == 0 {
+            return Err("--open-loop-connections must be at least 1".into());
+        }
+        Ok(Plan {
+            servers,
+            ws_generators,
+            raw_generator,
+            scenarios,
+            open_loop,
+        })
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        sys::terminate(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    /// The generators that drive `kind`.
+    pub fn generators_for(&self, kind: &ServerKind) -> Vec<Generator> {
+        if kind.raw() {
+            self.raw_generator.iter().cloned().collect()
+        } else {
+            self.ws_generators.clone()
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -337,20 +382,6 @@ fn run_load(servers: &[ServerProc], cpu: usize, extra: &[String]) -> Result<Summ
     serde_json::from_str(text.trim()).map_err(|e| format!("percore load output ({e}): {text:?}"))
 }
 
-fn servers(args: &BenchArgs) -> Vec<ServerKind> {
-    let mut v: Vec<ServerKind> = args
-        .backends
-        .split(',')
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .map(|b| ServerKind::Percore(b.to_string()))
-        .collect();
-    if args.compare {
-        v.extend(PEERS.iter().map(|(n, _)| ServerKind::Peer(n)));
-    }
-    v
-}
-
 /// Does `percore serve` offer a broadcast mode?
 fn serve_has_broadcast() -> bool {
     let Ok(exe) = std::env::current_exe() else {
@@ -363,29 +394,28 @@ fn serve_has_broadcast() -> bool {
         .unwrap_or(false)
 }
 
-fn empty_row(kind: &ServerKind, scenario: &str, note: String) -> Row {
-    Row {
-        server: kind.name().to_string(),
-        backend: kind.backend().to_string(),
-        scenario: scenario.to_string(),
-        connections: 0,
-        msgs_per_s: 0.0,
-        cpu_us_per_msg: None,
-        p50_us: 0.0,
-        p99_us: 0.0,
-        p999_us: 0.0,
-        rss_kb: None,
-        load_cpu_us_per_msg: None,
-        errors: 0,
-        note: Some(note),
-    }
+fn empty_row(kind: &ServerKind, g: &Generator, scenario: &str, note: String) -> Row {
+    Row::empty(kind.name(), kind.backend(), g.label(), scenario, note)
 }
 
-fn cell(args: &BenchArgs, kind: &ServerKind, sc: &Scenario, duration: f64) -> Row {
+/// One run of one cell: a fresh server, the generator, one row. `rate`: open loop
+/// (percore load only).
+fn run_cell(
+    args: &BenchArgs,
+    kind: &ServerKind,
+    g: &Generator,
+    sc: &Scenario,
+    duration: f64,
+    rate: Option<f64>,
+) -> Row {
     let server = match ServerProc::start(kind, args.server_cpu, sc.broadcast) {
         Ok(s) => s,
-        Err(e) => return empty_row(kind, sc.name, e),
+        Err(e) => return empty_row(kind, g, &sc.name, e),
     };
+    if *g != Generator::Percore {
+        return generator::run(g, kind, &server, sc, duration, args.load_cpu)
+            .unwrap_or_else(|e| empty_row(kind, g, &sc.name, e));
+    }
     let mut extra: Vec<String> = vec![
         "--connections".into(),
         sc.connections.to_string(),
@@ -402,190 +432,108 @@ fn cell(args: &BenchArgs, kind: &ServerKind, sc: &Scenario, duration: f64) -> Ro
             "1".into(),
         ]);
         extra.extend(["--rate".into(), args.broadcast_rate.to_string()]);
+    } else if let Some(r) = rate {
+        extra.extend(["--rate".into(), r.to_string()]);
     }
     match run_load(std::slice::from_ref(&server), args.load_cpu, &extra) {
         Ok(s) => Row {
             server: kind.name().to_string(),
             backend: kind.backend().to_string(),
-            scenario: sc.name.to_string(),
+            generator: g.label().to_string(),
+            scenario: sc.name.clone(),
             connections: s.connections,
             msgs_per_s: s.msgs_per_s,
             cpu_us_per_msg: s.server_cpu_us_per_msg,
-            p50_us: s.p50_us,
-            p99_us: s.p99_us,
-            p999_us: s.p999_us,
+            p50_us: Some(s.p50_us),
+            p99_us: Some(s.p99_us),
+            p999_us: Some(s.p999_us),
+            max_us: Some(s.max_us),
             rss_kb: s.server_rss_kb,
             load_cpu_us_per_msg: s.client_cpu_us_per_msg,
             errors: s.errors,
-            note: None,
+            offered_per_s: None,
+            load_pct: None,
+            note: open_loop_note(&s),
         },
-        Err(e) => empty_row(kind, sc.name, e),
+        Err(e) => empty_row(kind, g, &sc.name, e),
     }
 }
 
-/// One row for several runs of a cell: the median of each figure (upper median for an even
-/// count), errors summed, the largest RSS. A failed run (with a note) is reported as is.
-pub fn median_row(runs: &[Row]) -> Option<Row> {
-    let first = runs.first()?;
-    if runs.len() == 1 || runs.iter().any(|r| r.note.is_some()) {
-        return runs
+/// What an open-loop run's figures need said: unanswered messages, the generator's own lag.
+fn open_loop_note(s: &Summary) -> Option<String> {
+    s.rate?;
+    let mut parts = Vec::new();
+    if let Some(lag) = s.send_lag_p99_us {
+        parts.push(format!("generator send lag p99 {lag} µs"));
+    }
+    if s.unanswered > 0 {
+        parts.push(format!("{} unanswered", s.unanswered));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Say on stderr which cell runs (not under --json).
+fn announce(args: &BenchArgs, kind: &ServerKind, g: &Generator, sc: &Scenario, round: usize) {
+    if !args.json {
+        eprintln!(
+            "percore bench: {} / {} / {} / {} (run {})",
+            kind.name(),
+            kind.backend(),
+            g.label(),
+            sc.name,
+            round + 1
+        );
+    }
+}
+
+/// The matrix: every cell for every (server, generator) lane, lanes alternating within each
+/// repetition, medians over the repetitions.
+fn run_matrix(args: &BenchArgs, plan: &Plan, duration: f64) -> Vec<Row> {
+    let broadcast = serve_has_broadcast();
+    let lanes: Vec<(ServerKind, Generator)> = plan
+        .servers
+        .iter()
+        .flat_map(|k| {
+            plan.generators_for(k)
+                .into_iter()
+                .map(move |g| (k.clone(), g))
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for sc in &plan.scenarios {
+        let skip: Vec<Option<String>> = lanes
             .iter()
-            .find(|r| r.note.is_some())
-            .or(Some(first))
-            .cloned();
-    }
-    fn median(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-    let m = |f: fn(&Row) -> f64| median(runs.iter().map(f).collect());
-    let mo = |f: fn(&Row) -> Option<f64>| {
-        let v: Vec<f64> = runs.iter().filter_map(f).collect();
-        (!v.is_empty()).then(|| median(v))
-    };
-    Some(Row {
-        connections: runs.iter().map(|r| r.connections).min().unwrap_or(0),
-        msgs_per_s: m(|r| r.msgs_per_s),
-        cpu_us_per_msg: mo(|r| r.cpu_us_per_msg),
-        p50_us: m(|r| r.p50_us),
-        p99_us: m(|r| r.p99_us),
-        p999_us: m(|r| r.p999_us),
-        rss_kb: runs.iter().filter_map(|r| r.rss_kb).max(),
-        load_cpu_us_per_msg: mo(|r| r.load_cpu_us_per_msg),
-        errors: runs.iter().map(|r| r.errors).sum(),
-        ..first.clone()
-    })
-}
-
-/// Render rows as an aligned plain-text table.
-pub fn table(rows: &[Row]) -> String {
-    let head = [
-        "server",
-        "backend",
-        "scenario",
-        "conns",
-        "msgs/s",
-        "cpu µs/msg",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "rss MiB",
-        "load µs/msg",
-        "errors",
-    ];
-    let cells: Vec<Vec<String>> = rows.iter().map(row_cells).collect();
-    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
-    for r in &cells {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let mut s = String::new();
-    let line = |s: &mut String, r: &[String]| {
-        for (i, c) in r.iter().enumerate() {
-            let pad = w[i] - c.chars().count();
-            if i < 3 {
-                s.push_str(c);
-                s.push_str(&" ".repeat(pad));
-            } else {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(c);
+            .map(|(k, g)| {
+                if sc.broadcast && matches!(k, ServerKind::Percore(_)) && !broadcast {
+                    return Some("skipped: percore serve has no broadcast mode yet".into());
+                }
+                if k.raw() && sc.broadcast {
+                    return Some("skipped: raw echo".into());
+                }
+                g.cannot(sc, k)
+            })
+            .collect();
+        // Runs of each lane, alternating: A B C, A B C, ...
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(); lanes.len()];
+        for round in 0..args.repeat.max(1) {
+            for (i, (kind, g)) in lanes.iter().enumerate() {
+                if let Some(why) = &skip[i] {
+                    if round == 0 {
+                        runs[i].push(empty_row(kind, g, &sc.name, why.clone()));
+                    }
+                    continue;
+                }
+                if runs[i].first().is_some_and(|r| !r.measured()) {
+                    // The first run failed: the others would too.
+                    continue;
+                }
+                announce(args, kind, g, sc, round);
+                runs[i].push(run_cell(args, kind, g, sc, duration, None));
             }
-            s.push_str("  ");
         }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-    };
-    line(&mut s, &head.map(String::from));
-    for (r, c) in rows.iter().zip(&cells) {
-        line(&mut s, c);
-        if let Some(n) = &r.note {
-            s.push_str(&format!("    ({})\n", n));
-        }
+        rows.extend(runs.iter().filter_map(|r| median_row(r)));
     }
-    s
-}
-
-fn row_cells(r: &Row) -> Vec<String> {
-    let na = || "-".to_string();
-    vec![
-        r.server.clone(),
-        r.backend.clone(),
-        r.scenario.clone(),
-        r.connections.to_string(),
-        if r.note.is_some() {
-            na()
-        } else {
-            format!("{:.0}", r.msgs_per_s)
-        },
-        r.cpu_us_per_msg
-            .map(|v| format!("{v:.2}"))
-            .unwrap_or_else(na),
-        if r.note.is_some() {
-            na()
-        } else {
-            format!("{:.1}", r.p50_us)
-        },
-        if r.note.is_some() {
-            na()
-        } else {
-            format!("{:.1}", r.p99_us)
-        },
-        if r.note.is_some() {
-            na()
-        } else {
-            format!("{:.1}", r.p999_us)
-        },
-        r.rss_kb
-            .map(|v| format!("{:.1}", v as f64 / 1024.0))
-            .unwrap_or_else(na),
-        r.load_cpu_us_per_msg
-            .map(|v| format!("{v:.2}"))
-            .unwrap_or_else(na),
-        r.errors.to_string(),
-    ]
-}
-
-/// Rows as a markdown table.
-pub fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| server | backend | scenario | conns | msgs/s | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | RSS MiB | load CPU µs/msg | errors | note |\n\
-         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
-    );
-    for r in rows {
-        let c = row_cells(r);
-        let note = r.note.as_deref().unwrap_or("").replace('|', "/");
-        s.push_str(&format!("| {} | {note} |\n", c.join(" | ")));
-    }
-    s
-}
-
-/// Rows as CSV.
-pub fn csv(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "server,backend,scenario,connections,msgs_per_s,cpu_us_per_msg,p50_us,p99_us,p999_us,rss_kb,load_cpu_us_per_msg,errors,note\n",
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.server,
-            r.backend,
-            r.scenario,
-            r.connections,
-            r.msgs_per_s,
-            r.cpu_us_per_msg.map(|v| v.to_string()).unwrap_or_default(),
-            r.p50_us,
-            r.p99_us,
-            r.p999_us,
-            r.rss_kb.map(|v| v.to_string()).unwrap_or_default(),
-            r.load_cpu_us_per_msg
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-            r.errors,
-            r.note.as_deref().unwrap_or("").replace([',', '\n'], ";"),
-        ));
-    }
-    s
+    rows
 }
 
 /// `a` as a shell word: unchanged if it is plain, else in single quotes.
@@ -620,36 +568,74 @@ fn machine() -> String {
     format!("{model}, {cpus} CPUs, Linux {kernel}")
 }
 
-fn save(prefix: &Path, rows: &[Row], title: &str) -> Result<(), String> {
+/// Where `--save` writes: PREFIX as given, or DIR/bench for a directory.
+pub fn save_prefix(save: &Path) -> Result<PathBuf, String> {
+    let as_dir = save.is_dir() || save.as_os_str().to_string_lossy().ends_with('/');
+    if as_dir {
+        std::fs::create_dir_all(save).map_err(|e| format!("{}: {e}", save.display()))?;
+        Ok(save.join("bench"))
+    } else {
+        Ok(save.to_path_buf())
+    }
+}
+
+fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut p = prefix.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Write PREFIX.md (with command, date, machine and the charts), PREFIX.csv, PREFIX.json and
+/// the SVG charts; returns the files written.
+pub fn save(save: &Path, rows: &[Row], title: &str, repeat: usize) -> Result<Vec<PathBuf>, String> {
+    let prefix = save_prefix(save)?;
     let cmd: Vec<String> = std::env::args().map(|a| shell_quote(&a)).collect();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let runs = if repeat > 1 {
+        format!("Medians of {repeat} runs, servers alternating.")
+    } else {
+        "One run.".to_string()
+    };
+    let charts = charts::render_all(rows)?;
+    let mut written = Vec::new();
+    let mut chart_md = String::new();
+    for c in &charts {
+        let path = with_suffix(&prefix, c.suffix);
+        std::fs::write(&path, &c.svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        chart_md += &format!("\n![{}]({file})\n", c.title);
+        written.push(path);
+    }
     let md = format!(
         "# {title}\n\n- command: `{}`\n- date: {date}\n- machine: {}\n\n\
-         One run. On a shared host absolute figures move from run to run: compare servers by\n\
+         {runs} On a shared host absolute figures move from run to run: compare servers by\n\
          the ratios inside this table, and by server CPU µs/message more than by msgs/s.\n\
-         Method and columns: bench/README.md.\n\n{}",
+         Method and columns: bench/README.md.\n\n{}{chart_md}",
         cmd.join(" "),
         machine(),
         markdown(rows)
     );
-    let with_ext = |ext: &str| {
-        let mut p = prefix.as_os_str().to_owned();
-        p.push(ext);
-        PathBuf::from(p)
-    };
-    std::fs::write(with_ext(".md"), md).map_err(|e| e.to_string())?;
-    std::fs::write(with_ext(".csv"), csv(rows)).map_err(|e| e.to_string())?;
-    Ok(())
+    let json = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
+    for (ext, text) in [(".md", md), (".csv", csv(rows)), (".json", json + "\n")] {
+        let path = with_suffix(&prefix, ext);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// Server RSS empty and with `n` idle connections, for each server.
-fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
+fn idle(args: &BenchArgs, plan: &Plan, n: u32) -> Vec<Row> {
+    let g = Generator::Percore;
     let mut rows = Vec::new();
-    for kind in servers(args) {
+    for kind in &plan.servers {
         let k = args
             .idle_servers
             .unwrap_or_else(|| n.div_ceil(18_000) as usize)
@@ -659,20 +645,29 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
         } else {
             format!("idle {n} ({k} processes)")
         };
+        if kind.raw() {
+            rows.push(empty_row(
+                kind,
+                &g,
+                &name,
+                "skipped: raw TCP; idle connections are WebSocket (answering pings)".into(),
+            ));
+            continue;
+        }
         let servers: Result<Vec<ServerProc>, String> = (0..k)
-            .map(|_| ServerProc::start(&kind, args.server_cpu, false))
+            .map(|_| ServerProc::start(kind, args.server_cpu, false))
             .collect();
         let servers = match servers {
             Ok(s) => s,
             Err(e) => {
-                rows.push(empty_row(&kind, &name, e));
+                rows.push(empty_row(kind, &g, &name, e));
                 continue;
             }
         };
         std::thread::sleep(Duration::from_millis(200));
         let empty: u64 = servers
             .iter()
-            .map(|s| sys::process_rss_kb(s.pid()).unwrap_or(0))
+            .map(|s| sys::process_tree_rss_kb(s.pid()).unwrap_or(0))
             .sum();
         let extra: Vec<String> = vec![
             "--mode".into(),
@@ -691,17 +686,8 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
                     0.0
                 };
                 rows.push(Row {
-                    server: kind.name().to_string(),
-                    backend: kind.backend().to_string(),
-                    scenario: name,
                     connections: s.connections,
-                    msgs_per_s: 0.0,
-                    cpu_us_per_msg: None,
-                    p50_us: 0.0,
-                    p99_us: 0.0,
-                    p999_us: 0.0,
                     rss_kb: s.server_rss_kb,
-                    load_cpu_us_per_msg: None,
                     errors: s.errors,
                     note: Some(format!(
                         "RSS empty {:.1} MiB, {:.0} bytes/connection, connected in {:.2} s, {} open at end",
@@ -710,9 +696,10 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
                         s.connect_s,
                         s.open_at_end
                     )),
+                    ..Row::empty(kind.name(), kind.backend(), g.label(), &name, String::new())
                 });
             }
-            Err(e) => rows.push(empty_row(&kind, &name, e)),
+            Err(e) => rows.push(empty_row(kind, &g, &name, e)),
         }
     }
     rows
@@ -720,80 +707,66 @@ fn idle(args: &BenchArgs, n: u32) -> Vec<Row> {
 
 /// Run `percore bench`; returns the exit code.
 pub fn main(args: BenchArgs) -> i32 {
-    if args.compare {
-        if let Err(e) = ensure_peers() {
-            eprintln!("percore bench: {e}");
-            return 1;
+    let (rows, title) = if let Some(file) = &args.from_json {
+        let rows = std::fs::read_to_string(file)
+            .map_err(|e| format!("{}: {e}", file.display()))
+            .and_then(|t| {
+                serde_json::from_str::<Vec<Row>>(&t)
+                    .map_err(|e| format!("{}: not a saved result set: {e}", file.display()))
+            });
+        match rows {
+            Ok(r) => (r, format!("percore bench (from {})", file.display())),
+            Err(e) => {
+                eprintln!("percore bench: {e}");
+                return 2;
+            }
         }
-    }
-    let (rows, title) = if let Some(n) = args.idle {
-        (idle(&args, n), format!("percore bench --idle {n}"))
     } else {
-        let duration = if args.quick { 1.0 } else { args.duration };
-        let wanted: Option<Vec<String>> = args
-            .scenarios
-            .as_ref()
-            .map(|s| s.split(',').map(|x| x.trim().to_lowercase()).collect());
-        let broadcast = serve_has_broadcast();
-        let mut rows = Vec::new();
-        for sc in SCENARIOS {
-            if let Some(w) = &wanted {
-                if !w
-                    .iter()
-                    .any(|x| sc.name.to_lowercase().contains(x.as_str()))
-                {
-                    continue;
-                }
+        let plan = match Plan::new(&args) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("percore bench: {e}");
+                return 2;
             }
-            let kinds = servers(&args);
-            // Runs of each server, alternating: A B C, A B C, ...
-            let mut runs: Vec<Vec<Row>> = vec![Vec::new(); kinds.len()];
-            for round in 0..args.repeat.max(1) {
-                for (i, kind) in kinds.iter().enumerate() {
-                    if sc.broadcast {
-                        let skip = match kind {
-                            ServerKind::Peer(_) => Some("peer is an echo server"),
-                            ServerKind::Percore(_) if !broadcast => {
-                                Some("percore serve has no broadcast mode yet")
-                            }
-                            _ => None,
-                        };
-                        if let Some(why) = skip {
-                            if round == 0 {
-                                runs[i].push(empty_row(kind, sc.name, format!("skipped: {why}")));
-                            }
-                            continue;
-                        }
-                    }
-                    if runs[i].first().is_some_and(|r| r.note.is_some()) {
-                        // The first run failed: the others would too.
-                        continue;
-                    }
-                    if !args.json {
-                        eprintln!(
-                            "percore bench: {} / {} / {} (run {})",
-                            kind.name(),
-                            kind.backend(),
-                            sc.name,
-                            round + 1
-                        );
-                    }
-                    runs[i].push(cell(&args, kind, sc, duration));
-                }
+        };
+        if args.compare {
+            if let Err(e) = server::ensure_peers() {
+                eprintln!("percore bench: {e}");
+                return 1;
             }
-            rows.extend(runs.iter().filter_map(|r| median_row(r)));
         }
-        (rows, "percore bench".to_string())
+        let duration = if args.quick { 1.0 } else { args.duration };
+        if let Some(n) = args.idle {
+            (idle(&args, &plan, n), format!("percore bench --idle {n}"))
+        } else if let Some(pcts) = &plan.open_loop {
+            (
+                open_loop::run(&args, &plan.servers, pcts, duration),
+                "percore bench --open-loop".to_string(),
+            )
+        } else {
+            (
+                run_matrix(&args, &plan, duration),
+                "percore bench".to_string(),
+            )
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string(&rows).unwrap_or_default());
     } else {
         print!("{}", table(&rows));
     }
-    if let Some(prefix) = &args.save {
-        if let Err(e) = save(prefix, &rows, &title) {
-            eprintln!("percore bench: saving results: {e}");
-            return 1;
+    if let Some(dir) = &args.save {
+        match save(dir, &rows, &title, args.repeat) {
+            Ok(files) if !args.json => {
+                for f in files {
+                    eprintln!("percore bench: wrote {}", f.display());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("percore bench: saving results: {e}");
+                return 1;
+            }
         }
     }
     0
@@ -803,40 +776,15 @@ pub fn main(args: BenchArgs) -> i32 {
 mod tests {
     use super::*;
 
-    fn row(server: &str, note: Option<&str>) -> Row {
-        Row {
-            server: server.into(),
-            backend: "epoll".into(),
-            scenario: "echo 100 x 20 B".into(),
-            connections: 100,
-            msgs_per_s: 12345.0,
-            cpu_us_per_msg: Some(4.567),
-            p50_us: 10.0,
-            p99_us: 20.0,
-            p999_us: 30.0,
-            rss_kb: Some(2048),
-            load_cpu_us_per_msg: Some(3.0),
-            errors: 0,
-            note: note.map(String::from),
+    fn args(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: BenchArgs,
         }
-    }
-
-    #[test]
-    fn table_has_one_line_per_row_plus_header_and_notes() {
-        let t = table(&[
-            row("percore", None),
-            row("fastwebsockets", Some("skipped: x")),
-        ]);
-        assert_eq!(t.lines().count(), 4);
-        assert!(t.contains("4.57"));
-        assert!(t.contains("(skipped: x)"));
-    }
-
-    #[test]
-    fn csv_escapes_commas_in_notes() {
-        let c = csv(&[row("percore", Some("a, b"))]);
-        assert_eq!(c.lines().count(), 2);
-        assert_eq!(c.lines().nth(1).unwrap().split(',').count(), 13);
+        let mut v = vec!["bench"];
+        v.extend_from_slice(extra);
+        <P as clap::Parser>::try_parse_from(v).unwrap().a
     }
 
     #[test]
@@ -848,52 +796,126 @@ mod tests {
     }
 
     #[test]
-    fn repeated_runs_report_the_median_of_each_figure_and_all_errors() {
-        let mut a = row("percore", None);
-        let mut b = row("percore", None);
-        let c = row("percore", None);
-        a.cpu_us_per_msg = Some(9.0);
-        a.errors = 1;
-        b.cpu_us_per_msg = Some(3.0);
-        b.msgs_per_s = 1.0;
-        let m = median_row(&[a, b, c]).unwrap();
-        assert_eq!(m.cpu_us_per_msg, Some(4.567));
-        assert_eq!(m.msgs_per_s, 12345.0);
-        assert_eq!(m.errors, 1);
-        let failed = row("percore", Some("did not start"));
-        assert!(median_row(&[row("percore", None), failed])
-            .unwrap()
-            .note
-            .is_some());
-        assert!(median_row(&[]).is_none());
-    }
-
-    #[test]
     fn peers_run_only_with_compare() {
-        let mut a = BenchArgs {
-            duration: 1.0,
-            quick: false,
-            compare: false,
-            backends: "epoll, uring".into(),
-            scenarios: None,
-            json: false,
-            idle: None,
-            idle_duration: 1.0,
-            idle_servers: None,
-            server_cpu: 0,
-            load_cpu: 1,
-            broadcast_rate: 1.0,
-            repeat: 1,
-            save: None,
-        };
+        let mut a = args(&["--backends", "epoll, uring"]);
         assert_eq!(
-            servers(&a),
+            Plan::new(&a).unwrap().servers,
             vec![
                 ServerKind::Percore("epoll".into()),
                 ServerKind::Percore("uring".into())
             ]
         );
         a.compare = true;
-        assert_eq!(servers(&a).len(), 4);
+        assert_eq!(Plan::new(&a).unwrap().servers.len(), 4);
+    }
+
+    #[test]
+    fn the_matrix_has_the_large_message_cells() {
+        let names: Vec<String> = matrix().into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "echo 100 x 20 B",
+                "echo 1k x 20 B",
+                "echo 10k x 20 B",
+                "echo 100 x 16 KiB",
+                "echo 100 x 64 KiB",
+                "echo 10 x 1 MiB",
+                "broadcast 1 -> 1k"
+            ]
+        );
+    }
+
+    #[test]
+    fn cells_are_connections_times_size() {
+        assert_eq!(parse_cell("10x20").unwrap(), Scenario::echo(10, 20));
+        assert_eq!(parse_cell("1kx20").unwrap().connections, 1000);
+        assert_eq!(parse_cell("4x64KiB").unwrap().size, 64 << 10);
+        assert_eq!(parse_cell("2 x 1MiB").unwrap().size, 1 << 20);
+        assert_eq!(parse_cell("10x1MiB").unwrap().name, "echo 10 x 1 MiB");
+        assert_eq!(parse_cell("1500x1500").unwrap().name, "echo 1.5k x 1500 B");
+        for bad in [
+            "10",
+            "x20",
+            "10x",
+            "0x20",
+            "10x0",
+            "10xabc",
+            "-1x20",
+            "99999999999x20",
+        ] {
+            assert!(parse_cell(bad).is_err(), "{bad}");
+        }
+        let a = args(&["--cell", "10x20,4x64KiB"]);
+        assert_eq!(Plan::new(&a).unwrap().scenarios.len(), 2);
+    }
+
+    #[test]
+    fn peers_and_generators_resolve_into_lanes() {
+        let a = args(&[
+            "--backends",
+            "epoll",
+            "--peer",
+            "uwebsockets=/bin/sh {port} echo none",
+            "--raw-peer",
+            "rawecho=/bin/sh {port}",
+            "--generator",
+            "load_test=/bin/sh",
+            "--generator",
+            "peerload=/bin/sh",
+            "--ready-line",
+            "uwebsockets=listening",
+        ]);
+        let p = Plan::new(&a).unwrap();
+        let names: Vec<&str> = p.servers.iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["percore", "uwebsockets", "rawecho"]);
+        assert_eq!(
+            p.generators_for(&p.servers[1]),
+            [Generator::LoadTest("/bin/sh".into())]
+        );
+        assert_eq!(
+            p.generators_for(&p.servers[2]),
+            [Generator::PeerloadRaw("/bin/sh".into())]
+        );
+        match &p.servers[1] {
+            ServerKind::External(e) => assert_eq!(e.ready_line.as_deref(), Some("listening")),
+            k => panic!("{k:?}"),
+        }
+        // Two WebSocket generators: each WebSocket server gets rows from both.
+        let a = args(&[
+            "--generator",
+            "percore",
+            "--generator",
+            "peerload-ws=/bin/sh",
+        ]);
+        assert_eq!(Plan::new(&a).unwrap().ws_generators.len(), 2);
+    }
+
+    #[test]
+    fn inconsistent_plans_are_refused_with_the_fix() {
+        let e = |v: &[&str]| Plan::new(&args(v)).unwrap_err();
+        assert!(e(&["--raw-peer", "r=/bin/sh {port}"]).contains("--generator peerload=PATH"));
+        assert!(e(&["--generator", "peerload=/bin/sh"]).contains("peerload-ws"));
+        assert!(e(&["--peer", "a=/bin/sh {port}", "--peer", "a=/bin/sh {port}"]).contains("two"));
+        assert!(e(&["--ready-line", "nobody=x"]).contains("no --peer"));
+        assert!(e(&["--backends", ""]).contains("no server"));
+        assert!(e(&["--scenarios", "nothing-like-this"]).contains("matches no"));
+        assert!(e(&["--open-loop", "0"]).contains("(0, 200]"));
+        assert!(e(&["--open-loop", "50", "--idle", "10"]).contains("separate"));
+        assert!(e(&["--repeat", "0"]).contains("--repeat"));
+        assert!(e(&["--generator", "load_test=/no/such/load_test"]).contains("no such file"));
+    }
+
+    #[test]
+    fn labels_read_like_the_scenario_names() {
+        assert_eq!(count_label(100), "100");
+        assert_eq!(count_label(10_000), "10k");
+        assert_eq!(count_label(1_500), "1.5k");
+        assert_eq!(count_label(1_234), "1234");
+        assert_eq!(count_label(2_000_000), "2M");
+        assert_eq!(size_label(20), "20 B");
+        assert_eq!(size_label(16 << 10), "16 KiB");
+        assert_eq!(size_label(1 << 20), "1 MiB");
+        assert_eq!(size_label(1500), "1500 B");
     }
 }
