@@ -56,7 +56,8 @@ impl Generator {
             let p = given
                 .filter(|p| !p.is_empty())
                 .ok_or_else(|| format!("--generator {kind} needs a path: {kind}=PATH"))?;
-            super::peer::resolve_program(p).map_err(|e| format!("--generator {kind}: {e}"))
+            super::peer::resolve_program(&super::peer::expand_home(p))
+                .map_err(|e| format!("--generator {kind}: {e}"))
         };
         match kind {
             "percore" if given.is_none() => Ok(Generator::Percore),

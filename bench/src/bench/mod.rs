@@ -253,8 +253,12 @@ impl Plan {
             .chain(args.raw_peer.iter().map(|s| (s, true)))
         {
             let p = peer::ExternalPeer::parse(spec, raw)?;
-            if peers.iter().any(|q| q.name == p.name) {
-                return Err(format!("two peers are named {}", p.name));
+            if peers.iter().any(|q| q.name == p.name) || servers.iter().any(|k| k.name() == p.name)
+            {
+                return Err(format!(
+                    "two servers are named {} (a built-in peer of --compare has that name?)",
+                    p.name
+                ));
             }
             peers.push(p);
         }
@@ -897,6 +901,9 @@ mod tests {
         assert!(e(&["--raw-peer", "r=/bin/sh {port}"]).contains("--generator peerload=PATH"));
         assert!(e(&["--generator", "peerload=/bin/sh"]).contains("peerload-ws"));
         assert!(e(&["--peer", "a=/bin/sh {port}", "--peer", "a=/bin/sh {port}"]).contains("two"));
+        let fws = "fastwebsockets=/bin/sh {port}";
+        assert!(e(&["--compare", "--peer", fws]).contains("two servers"));
+        assert!(Plan::new(&args(&["--peer", fws])).is_ok());
         assert!(e(&["--ready-line", "nobody=x"]).contains("no --peer"));
         assert!(e(&["--backends", ""]).contains("no server"));
         assert!(e(&["--scenarios", "nothing-like-this"]).contains("matches no"));

@@ -24,8 +24,8 @@ pub struct ExternalPeer {
     pub ready_line: Option<String>,
 }
 
-/// Names that the built-in servers use.
-const RESERVED: &[&str] = &["percore", "fastwebsockets", "tokio-tungstenite"];
+/// The name of percore's own rows.
+const RESERVED: &str = "percore";
 
 impl ExternalPeer {
     /// Parse `NAME=COMMAND` (the value of `--peer` / `--raw-peer`).
@@ -44,13 +44,16 @@ impl ExternalPeer {
                 "{flag} {spec:?}: the name must be letters, digits, '.', '_', '-' or '+'"
             ));
         }
-        if RESERVED.contains(&name) {
+        if name == RESERVED {
             return Err(format!(
-                "{flag} {name}: the name is taken by a built-in server; pick another"
+                "{flag} {name}: the name of percore's own rows; pick another"
             ));
         }
-        let words = shlex::split(command)
-            .ok_or_else(|| format!("{flag} {name}: unbalanced quotes in {command:?}"))?;
+        let words: Vec<String> = shlex::split(command)
+            .ok_or_else(|| format!("{flag} {name}: unbalanced quotes in {command:?}"))?
+            .iter()
+            .map(|w| expand_home(w))
+            .collect();
         if words.is_empty() {
             return Err(format!("{flag} {name}: empty command"));
         }
@@ -92,6 +95,15 @@ pub fn parse_ready_line(spec: &str) -> Result<(String, String), String> {
             Ok((n.trim().to_string(), t.to_string()))
         }
         _ => Err(format!("--ready-line {spec:?}: expected NAME=TEXT")),
+    }
+}
+
+/// `word` with a leading `~/` replaced by $HOME/ (the command is quoted on the command line,
+/// so the shell left the tilde alone).
+pub fn expand_home(word: &str) -> String {
+    match (word.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest).to_string_lossy().into_owned(),
+        _ => word.to_string(),
     }
 }
 
@@ -167,12 +179,20 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(expand_home("~/x/y"), format!("{home}/x/y"));
+        assert_eq!(expand_home("a~/x"), "a~/x");
+        assert_eq!(expand_home("~user/x"), "~user/x");
+    }
+
+    #[test]
     fn bad_declarations_say_what_is_wrong() {
         let e = |s: &str| ExternalPeer::parse(s, false).unwrap_err();
         assert!(e("no-equals-sign").contains("NAME='COMMAND {port}'"));
         assert!(e("=/bin/sh {port}").contains("name"));
         assert!(e("a b=/bin/sh {port}").contains("name"));
-        assert!(e("percore=/bin/sh {port}").contains("taken"));
+        assert!(e("percore=/bin/sh {port}").contains("percore's own rows"));
         assert!(e("x=/bin/sh 9001").contains("must contain {port}"));
         assert!(e("x=").contains("empty"));
         assert!(e("x='/bin/sh {port}").contains("unbalanced"));
