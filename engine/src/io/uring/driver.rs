@@ -1,0 +1,456 @@
+//! The driver: per-connection state and the [`Driver`] implementation.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, types, IoUring};
+
+use super::buf_ring::BufRing;
+use super::direct::nofile_limit;
+use super::op::{OpId, OpKind};
+use super::probe::builder;
+use super::waker::EventFdWaker;
+use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token, Waker};
+
+/// How long the listener waits after its multishot accept failed (descriptor table full,
+/// `EMFILE`) before it is armed again, unless a connection is released first.
+pub(super) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Tunables of one shard's ring, derived from the shard's [`DriverConfig`].
+///
+/// Memory per shard: `buf_count × buf_size` bytes of receive buffers (shared by every
+/// connection of the shard; touched as the ring cycles through them), `16 × buf_count` bytes
+/// of buffer ring, `64 × sq_entries` bytes of submission queue and `16 × 4 × sq_entries` bytes
+/// of completion queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UringConfig {
+    /// Submission queue entries (a power of two, ≤ 32768). The completion queue gets four times
+    /// as many, since one multishot recv produces many completions. A full queue is submitted
+    /// early, so this bounds batching, not correctness.
+    pub sq_entries: u32,
+    /// Receive buffers in the shard's provided-buffer ring (a power of two, ≤ 32768). This bounds
+    /// how many receive completions can be outstanding at once; when the ring runs dry the kernel
+    /// ends the affected multishot recvs with `ENOBUFS` and they are re-armed once the shard has
+    /// handed the buffers back.
+    pub buf_count: u16,
+    /// Size of one receive buffer in bytes: the most one recv completion carries.
+    pub buf_size: u32,
+    /// Accept connections as io_uring direct descriptors (the ring's fixed-file table) instead of
+    /// plain file descriptors. Direct descriptors do not count against `RLIMIT_NOFILE`; the
+    /// table's size [`UringConfig::direct_fds_max`] becomes the shard's connection cap.
+    /// `getpeername` needs a real descriptor, so each accepted one is installed as a plain
+    /// descriptor for one `getpeername` and closed again (Linux ≥ 6.8; where that is missing,
+    /// or no plain descriptor is free, the peer address is reported as `0.0.0.0:0`).
+    pub direct_fds: bool,
+    /// With `direct_fds`: the most connections one shard holds. The fixed-file table is
+    /// registered with 256 more entries, so a burst accepted in the turn that reaches the cap
+    /// still finds slots; near the cap accepts go one at a time, which keeps it exact. The
+    /// kernel caps one table at `RLIMIT_NOFILE` entries, and this cap with it: a process holds
+    /// at most shards × `RLIMIT_NOFILE` direct descriptors (not counted against the limit).
+    /// Cost: 8 bytes of kernel memory per entry.
+    pub direct_fds_max: u32,
+}
+
+impl UringConfig {
+    /// The ring settings for the shard's [`DriverConfig`]: `recv_buffers` rounded down to a
+    /// power of two (at most 32768), `events_max` rounded up to one for the SQ size.
+    pub(super) fn from_driver(cfg: &DriverConfig) -> Self {
+        let count = cfg.recv_buffers.clamp(1, 32768);
+        let count = 1usize << (usize::BITS - 1 - count.leading_zeros());
+        Self {
+            sq_entries: cfg.events_max.clamp(64, 32768).next_power_of_two() as u32,
+            buf_count: count as u16,
+            buf_size: cfg.recv_buffer_bytes.clamp(64, 1 << 30) as u32,
+            direct_fds: cfg.direct_fds,
+            direct_fds_max: cfg.direct_fds_max,
+        }
+    }
+}
+
+/// Fixed-file table entries registered beyond `direct_fds_max` (see [`UringDriver::new`]).
+pub(super) const DIRECT_FDS_SLACK: u32 = 256;
+
+/// Most iovecs in one `sendmsg`; the rest of a longer queue goes in the next one.
+pub(crate) const IOV_MAX: usize = 256;
+
+/// A socket as the ring knows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Sock {
+    /// A plain file descriptor, owned by the driver.
+    Fd(RawFd),
+    /// An io_uring direct descriptor: an index in the ring's fixed-file table.
+    Fixed(u32),
+}
+
+/// The msghdr and iovecs of one in-flight `sendmsg`. Boxed so that its address is stable
+/// while the kernel may read it.
+pub(super) struct SendOp {
+    pub(super) iov: Vec<libc::iovec>,
+    pub(super) msg: libc::msghdr,
+}
+
+impl SendOp {
+    pub(super) fn new() -> Self {
+        Self {
+            iov: Vec::new(),
+            // SAFETY: msghdr is a plain C struct for which all-zero is a valid (empty) value.
+            msg: unsafe { std::mem::zeroed() },
+        }
+    }
+}
+
+/// Per-connection state of the driver.
+pub(super) struct ConnIo {
+    pub(super) sock: Sock,
+    pub(super) gen: u32,
+    /// A multishot recv is armed (its final completion not yet reaped).
+    pub(super) recv_armed: bool,
+    /// A sendmsg is in flight; its iovecs live in `send`.
+    pub(super) send_in_flight: bool,
+    /// [`Driver::close`] was called: report nothing more, release when idle.
+    pub(super) closing: bool,
+    /// `Completion::Closed` was reported (EOF or error): do not report it twice.
+    pub(super) closed_reported: bool,
+    pub(super) send: Option<Box<SendOp>>,
+}
+
+impl ConnIo {
+    pub(super) fn busy(&self) -> bool {
+        self.recv_armed || self.send_in_flight
+    }
+}
+
+/// One shard's io_uring driver.
+pub(crate) struct UringDriver {
+    // Field order matters: the ring is closed before the buffer ring's memory is unmapped.
+    pub(super) ring: IoUring,
+    pub(super) bufs: BufRing,
+    pub(super) cfg: UringConfig,
+    pub(super) waker: Arc<EventFdWaker>,
+    /// Target of the eventfd read (8 bytes), alive as long as the ring.
+    pub(super) wake_buf: Box<u64>,
+    pub(super) wake_armed: bool,
+    /// The shard's listener; `None` after [`Driver::stop_accepting`].
+    pub(super) listener: Option<TcpListener>,
+    pub(super) accept_armed: bool,
+    /// The multishot accept ended on an error: arm it again at this instant.
+    pub(super) accept_retry_at: Option<Instant>,
+    /// Direct descriptors accepted and not yet closed (the connection cap in that mode).
+    pub(super) direct_open: u32,
+    /// The kernel can install a direct descriptor as a plain one (Linux 6.8): used to learn
+    /// the peer address of each accepted direct descriptor.
+    pub(super) fd_install: bool,
+    pub(super) conns: Vec<Option<ConnIo>>,
+    /// Generation given to the next registered connection (24 bits, wrapping).
+    pub(super) next_gen: u32,
+    /// Submitted operations whose final completion has not been reaped yet.
+    pub(super) in_flight: usize,
+    /// Tokens to look at after the batch: re-arm a recv that ended (ENOBUFS, no F_MORE) once
+    /// the batch's buffers are back in the ring, or release a closing connection that is idle.
+    pub(super) revisit: Vec<Token>,
+    /// Completions copied out of the CQ for the current batch.
+    pub(super) cqes: Vec<cqueue::Entry>,
+    /// Completions reaped early to let the kernel flush an overflowing CQ.
+    pub(super) backlog: Vec<cqueue::Entry>,
+    /// Spare send ops (bounded), reused to avoid an allocation per send.
+    #[allow(clippy::vec_box)] // boxed: in flight, their address must not change
+    pub(super) spare: Vec<Box<SendOp>>,
+    /// Direct descriptors accepted but dropped unregistered: close them.
+    pub(super) orphans: Rc<RefCell<Vec<u32>>>,
+}
+
+impl Driver for UringDriver {
+    fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self> {
+        let mut cfg = UringConfig::from_driver(cfg);
+        listener.set_nonblocking(true)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener (there is no setsockopt on a
+        // direct descriptor without a real fd).
+        set_nodelay(listener.as_raw_fd())?;
+        let ring = builder()
+            .setup_cqsize(cfg.sq_entries * 4)
+            .build(cfg.sq_entries)?;
+        let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size, true)?;
+        if cfg.direct_fds {
+            // Slack past the cap: a multishot accept is only stopped once the room left is
+            // small, so connections arriving in that same turn still find a slot instead of
+            // being accepted and closed by the kernel (ENFILE). The kernel refuses a table
+            // larger than RLIMIT_NOFILE: the cap is clamped to it.
+            let limit = nofile_limit();
+            let table = cfg
+                .direct_fds_max
+                .saturating_add(DIRECT_FDS_SLACK)
+                .min(limit);
+            cfg.direct_fds_max = cfg.direct_fds_max.min(table);
+            ring.submitter().register_files_sparse(table)?;
+        }
+        let mut probe = io_uring::Probe::new();
+        let fd_install = cfg.direct_fds
+            && ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::FixedFdInstall::CODE);
+        let mut me = Self {
+            ring,
+            bufs,
+            cfg,
+            waker: Arc::new(EventFdWaker::new()?),
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            listener: Some(listener),
+            accept_armed: false,
+            accept_retry_at: None,
+            direct_open: 0,
+            fd_install,
+            conns: Vec::new(),
+            next_gen: 0,
+            in_flight: 0,
+            revisit: Vec::new(),
+            cqes: Vec::new(),
+            backlog: Vec::new(),
+            spare: Vec::new(),
+            orphans: Rc::default(),
+        };
+        me.arm_wake()?;
+        me.arm_accept()?;
+        Ok(me)
+    }
+
+    fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    fn register(&mut self, token: Token, socket: Socket) -> io::Result<()> {
+        let sock = match socket {
+            Socket::Stream(s) => {
+                s.set_nonblocking(true)?;
+                Sock::Fd(s.into_raw_fd())
+            }
+            Socket::Direct(mut d) => {
+                d.registered = true;
+                Sock::Fixed(d.index)
+            }
+        };
+        if self.conns.len() <= token.0 {
+            self.conns.resize_with(token.0 + 1, || None);
+        }
+        if self.conns[token.0].is_some() {
+            self.close_sock(sock)?;
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "token registered twice",
+            ));
+        }
+        self.next_gen = (self.next_gen + 1) & OpId::GEN_MASK;
+        self.conns[token.0] = Some(ConnIo {
+            sock,
+            gen: self.next_gen,
+            recv_armed: false,
+            send_in_flight: false,
+            closing: false,
+            closed_reported: false,
+            send: None,
+        });
+        let armed = self.arm_recv(token);
+        if armed.is_err() {
+            // The contract: on error the socket is dropped and the token is free again.
+            self.release(token);
+        }
+        armed
+    }
+
+    fn poll<F>(&mut self, timeout: Option<Duration>, mut on: F) -> io::Result<()>
+    where
+        F: FnMut(Completion<'_>),
+    {
+        self.close_orphans()?;
+        let mut timeout = timeout;
+        if let Some(at) = self.accept_retry_at {
+            let now = Instant::now();
+            if at <= now {
+                self.arm_accept_or_retry();
+            } else {
+                timeout = Some(timeout.map_or(at - now, |t| t.min(at - now)));
+            }
+        }
+        if !self.revisit.is_empty() || !self.backlog.is_empty() {
+            timeout = Some(Duration::ZERO);
+        }
+        self.enter(timeout)?;
+        self.complete(&mut on)
+    }
+
+    fn send(&mut self, token: Token, queue: &mut SendQueue) -> io::Result<()> {
+        let Some(c) = self.conn_mut(token) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        if c.closing || c.send_in_flight {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        let mut op = self.spare.pop().unwrap_or_else(|| Box::new(SendOp::new()));
+        op.iov.clear();
+        let (chunks, head) = queue.chunks();
+        for (i, chunk) in chunks.enumerate() {
+            if op.iov.len() == IOV_MAX {
+                break;
+            }
+            let b = if i == 0 {
+                chunk.get(head..).unwrap_or(&[])
+            } else {
+                chunk
+            };
+            if !b.is_empty() {
+                op.iov.push(libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                });
+            }
+        }
+        if op.iov.is_empty() {
+            self.recycle_op(op);
+            return Ok(());
+        }
+        op.msg.msg_iov = op.iov.as_mut_ptr();
+        op.msg.msg_iovlen = op.iov.len() as _;
+        let msg: *const libc::msghdr = &op.msg;
+        let ud = OpId::new(OpKind::Send, token.0, 0);
+        let Some(c) = self.conn_mut(token) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let ud = OpId { gen: c.gen, ..ud }.encode();
+        let flags = libc::MSG_NOSIGNAL;
+        let sqe = if let [one] = op.iov.as_slice() {
+            // One contiguous chunk (the usual echo reply): a plain send skips the kernel's
+            // msghdr copy and iovec import. A length past u32 is a short send, resumed later.
+            let (buf, len) = (
+                one.iov_base as *const u8,
+                u32::try_from(one.iov_len).unwrap_or(u32::MAX),
+            );
+            match c.sock {
+                Sock::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
+                    .flags(flags)
+                    .build(),
+                Sock::Fixed(i) => opcode::Send::new(types::Fixed(i), buf, len)
+                    .flags(flags)
+                    .build(),
+            }
+        } else {
+            match c.sock {
+                Sock::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
+                    .flags(flags as u32)
+                    .build(),
+                Sock::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg)
+                    .flags(flags as u32)
+                    .build(),
+            }
+        }
+        .user_data(ud);
+        c.send = Some(op);
+        c.send_in_flight = true;
+        queue.set_in_flight(true);
+        // SAFETY: the sqe points at the msghdr and iovecs in `c.send` (boxed, kept until this
+        // op's completion is reaped) or, for a plain send, directly at the one chunk; either
+        // way at the chunks of `queue`, whose heap
+        // memory does not move or get freed while the queue is in flight (SendQueue contract:
+        // no append to an in-flight chunk, and the shard keeps the queue until `Sent` or
+        // `Released`).
+        let pushed = unsafe { self.push(&sqe) };
+        if pushed.is_err() {
+            // Never reached the kernel: nothing is in flight.
+            queue.set_in_flight(false);
+            if let Some(c) = self.conn_mut(token) {
+                c.send_in_flight = false;
+                if let Some(op) = c.send.take() {
+                    self.recycle_op(op);
+                }
+            }
+        }
+        pushed
+    }
+
+    fn shutdown_write(&mut self, token: Token) {
+        let Some(c) = self.conn(token) else { return };
+        match c.sock {
+            Sock::Fd(fd) => {
+                // SAFETY: shutdown(2) on a descriptor this driver owns; no memory is involved.
+                unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+            }
+            Sock::Fixed(i) => {
+                // Runs inline at submission (a socket shutdown never blocks), so before any
+                // later close of this table slot.
+                let sqe = opcode::Shutdown::new(types::Fixed(i), libc::SHUT_WR)
+                    .build()
+                    .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+                // SAFETY: a shutdown points at no user memory.
+                let _ = unsafe { self.push(&sqe) };
+            }
+        }
+    }
+
+    fn close(&mut self, token: Token) -> bool {
+        let Some(c) = self.conn_mut(token) else {
+            return true;
+        };
+        if c.closing {
+            return false;
+        }
+        c.closing = true;
+        if !c.busy() {
+            self.release(token);
+            return true;
+        }
+        let cancel = match c.sock {
+            Sock::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
+            Sock::Fixed(i) => types::CancelBuilder::fd(types::Fixed(i)),
+        };
+        let sqe = opcode::AsyncCancel2::new(cancel.all())
+            .build()
+            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+        // SAFETY: a cancel points at no user memory.
+        if unsafe { self.push(&sqe) }.is_err() {
+            // Could not even queue the cancel: the operations still end on their own (peer
+            // reset, EOF) and the release follows then.
+        }
+        false
+    }
+
+    fn stop_accepting(&mut self) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        if self.accept_armed {
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(
+                listener.as_raw_fd(),
+            )))
+            .build()
+            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+            // SAFETY: a cancel points at no user memory.
+            let _ = unsafe { self.push(&sqe) };
+        }
+        // The in-flight accept holds its own reference to the socket until it is cancelled;
+        // connections it still produces are closed unreported (see `on_accept`).
+        drop(listener);
+        self.accept_retry_at = None;
+    }
+}
+
+pub(super) fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Submissions: arming accept, recv and the wake-up read, closing, cancelling, teardown.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types};
+
+use super::buf_ring::BGID;
+use super::driver::{ConnIo, SendOp, Sock, UringDriver, ACCEPT_RETRY, DIRECT_FDS_SLACK};
+use super::op::{OpId, OpKind};
+use crate::io::Token;
+
+impl UringDriver {
+    /// Forget `token` and close its socket (nothing of it may be in flight).
+    pub(super) fn release(&mut self, token: Token) {
+        let Some(c) = self.conns.get_mut(token.0).and_then(Option::take) else {
+            return;
+        };
+        if let Some(op) = c.send {
+            self.recycle_op(op);
+        }
+        let _ = self.close_sock(c.sock);
+        // A slot is free: a listener waiting for room may try again now.
+        if self.accept_retry_at.is_some() {
+            self.accept_retry_at = Some(Instant::now());
+        }
+    }
+
+    pub(super) fn recycle_op(&mut self, op: Box<SendOp>) {
+        if self.spare.len() < 64 {
+            self.spare.push(op);
+        }
+    }
+
+    pub(super) fn close_sock(&mut self, sock: Sock) -> io::Result<()> {
+        match sock {
+            Sock::Fd(fd) => {
+                // SAFETY: the driver owns `fd` and closes it exactly once, after every
+                // operation on it completed.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                Ok(())
+            }
+            Sock::Fixed(i) => {
+                let sqe = opcode::Close::new(types::Fixed(i))
+                    .build()
+                    .user_data(OpId::new(OpKind::CloseDirect, 0, 0).encode());
+                // SAFETY: a close points at no user memory.
+                unsafe { self.push(&sqe) }
+            }
+        }
+    }
+
+    pub(super) fn close_orphans(&mut self) -> io::Result<()> {
+        let orphans = std::mem::take(&mut *self.orphans.borrow_mut());
+        for index in orphans {
+            self.close_sock(Sock::Fixed(index))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn conn(&self, token: Token) -> Option<&ConnIo> {
+        self.conns.get(token.0).and_then(Option::as_ref)
+    }
+
+    pub(super) fn conn_mut(&mut self, token: Token) -> Option<&mut ConnIo> {
+        self.conns.get_mut(token.0).and_then(Option::as_mut)
+    }
+
+    pub(super) fn arm_wake(&mut self) -> io::Result<()> {
+        if self.wake_armed {
+            return Ok(());
+        }
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.waker.fd.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(OpId::new(OpKind::Wake, 0, 0).encode());
+        // SAFETY: the read targets `wake_buf`, a heap u64 that lives as long as the ring (and
+        // is leaked in `Drop` if the read might still be in flight).
+        unsafe { self.push(&sqe) }?;
+        self.wake_armed = true;
+        Ok(())
+    }
+
+    pub(super) fn arm_accept(&mut self) -> io::Result<()> {
+        self.accept_retry_at = None;
+        let Some(listener) = &self.listener else {
+            return Ok(());
+        };
+        if self.accept_armed || self.direct_full() {
+            // Full: armed again when a direct descriptor is closed. Meanwhile connections
+            // wait in the listen backlog.
+            return Ok(());
+        }
+        // Direct descriptors have no close-on-exec flag (the kernel refuses SOCK_CLOEXEC).
+        let flags = if self.cfg.direct_fds {
+            libc::SOCK_NONBLOCK
+        } else {
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        };
+        let fd = types::Fd(listener.as_raw_fd());
+        let sqe = if self.direct_room() > DIRECT_FDS_SLACK {
+            opcode::AcceptMulti::new(fd)
+                .allocate_file_index(self.cfg.direct_fds)
+                .flags(flags)
+                .build()
+        } else {
+            // Near the direct-descriptor cap a multishot accept would take a whole burst of
+            // pending connections in one go; one at a time keeps the cap exact.
+            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(Some(types::DestinationSlot::auto_target()))
+                .flags(flags)
+                .build()
+        }
+        .user_data(OpId::new(OpKind::Accept, 0, 0).encode());
+        // SAFETY: an accept without address output points at no user memory.
+        unsafe { self.push(&sqe) }?;
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    /// [`UringDriver::arm_accept`] from the loop: a failure is retried after `ACCEPT_RETRY`
+    /// instead of failing the shard.
+    pub(super) fn arm_accept_or_retry(&mut self) {
+        if self.arm_accept().is_err() {
+            self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+        }
+    }
+
+    /// With direct descriptors: is the connection cap (`direct_fds_max`) reached?
+    pub(super) fn direct_full(&self) -> bool {
+        self.direct_room() == 0
+    }
+
+    /// With direct descriptors: connections that may still be accepted (unbounded otherwise).
+    pub(super) fn direct_room(&self) -> u32 {
+        if self.cfg.direct_fds {
+            self.cfg.direct_fds_max.saturating_sub(self.direct_open)
+        } else {
+            u32::MAX
+        }
+    }
+
+    pub(super) fn cancel_accept(&mut self) {
+        let sqe = opcode::AsyncCancel::new(OpId::new(OpKind::Accept, 0, 0).encode())
+            .build()
+            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+        // SAFETY: a cancel points at no user memory.
+        let _ = unsafe { self.push(&sqe) };
+    }
+
+    pub(super) fn arm_recv(&mut self, token: Token) -> io::Result<()> {
+        let Some(c) = self.conn_mut(token) else {
+            return Ok(());
+        };
+        if c.recv_armed || c.closing {
+            return Ok(());
+        }
+        let ud = OpId::new(OpKind::Recv, token.0, c.gen).encode();
+        let sqe = match c.sock {
+            Sock::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), BGID).build(),
+            Sock::Fixed(i) => opcode::RecvMulti::new(types::Fixed(i), BGID).build(),
+        };
+        c.recv_armed = true;
+        // SAFETY: the recv writes only into provided buffers of group BGID, which the buffer
+        // ring keeps mapped as long as the ring exists (see `Drop`).
+        let pushed = unsafe { self.push(&sqe.user_data(ud)) };
+        if pushed.is_err() {
+            // Never reached the kernel; the token must still be releasable.
+            if let Some(c) = self.conn_mut(token) {
+                c.recv_armed = false;
+            }
+        }
+        pushed
+    }
+
+    /// Queue one submission; when the SQ is full, submit what is queued first.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer the entry points to must stay valid until its final completion is reaped.
+    pub(super) unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                self.in_flight += 1;
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // CQ overflowing: move completions aside (handled by the next batch) so
+                    // the kernel can flush its overflow list, then submit again.
+                    let before = self.backlog.len();
+                    self.backlog.extend(self.ring.completion());
+                    if self.backlog.len() == before {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl UringDriver {
+    /// Cancel every operation and wait, at most `limit`, until none is in flight. Returns
+    /// whether that point was reached. Afterwards the kernel no longer touches send iovecs,
+    /// send-queue chunks, the eventfd target or the receive buffers.
+    pub(super) fn cancel_all(&mut self, limit: Duration) -> bool {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+        // SAFETY: a cancel points at no user memory.
+        let _ = unsafe { self.push(&sqe) };
+        let finished = self
+            .backlog
+            .drain(..)
+            .filter(|c| !cqueue::more(c.flags()))
+            .count();
+        self.in_flight = self.in_flight.saturating_sub(finished);
+        let deadline = Instant::now() + limit;
+        while self.in_flight > 0 && Instant::now() < deadline {
+            let _ = self.enter(Some(Duration::from_millis(10)));
+            let finished = self
+                .ring
+                .completion()
+                .filter(|c| !cqueue::more(c.flags()))
+                .count();
+            self.in_flight = self.in_flight.saturating_sub(finished);
+        }
+        self.in_flight == 0
+    }
+}
+
+impl Drop for UringDriver {
+    /// Runs before the shard frees its send queues (the driver is dropped first), so the
+    /// chunks the kernel may read are still alive while the operations are cancelled.
+    fn drop(&mut self) {
+        let leak = !self.cancel_all(Duration::from_secs(2));
+        for c in std::mem::take(&mut self.conns).into_iter().flatten() {
+            if let Sock::Fd(fd) = c.sock {
+                // SAFETY: the driver owns every registered plain descriptor; closed once here.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            if leak {
+                // The kernel may still read these iovecs: leak rather than free under it.
+                std::mem::forget(c.send);
+            }
+        }
+        if leak {
+            // Same for the receive buffers and the eventfd target.
+            self.bufs.leak = true;
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+    }
+}
