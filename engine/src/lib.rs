@@ -40,6 +40,7 @@ pub mod proto;
 mod client;
 mod io;
 mod pubsub;
+mod send_queue;
 mod server;
 mod shard;
 

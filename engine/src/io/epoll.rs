@@ -14,7 +14,8 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::{Completion, Driver, DriverConfig, SendQueue, Token, Wake, Waker};
+use super::{Completion, Driver, DriverConfig, Token, Wake, Waker};
+use crate::send_queue::SendQueue;
 
 const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
 const WAKER: mio::Token = mio::Token(usize::MAX);

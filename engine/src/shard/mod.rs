@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::io::{
-    Completion, Driver, DriverConfig, QueuePool, SendQueue, Socket, Token, WithDriver,
-};
+use crate::io::{Completion, Driver, DriverConfig, Socket, Token, WithDriver};
 use crate::proto::{
     self, CloseCode, CloseFrame, CloseState, Decoder, Event, Limits, OpCode, ProtocolError, Role,
 };
+use crate::send_queue::{QueuePool, SendQueue};
 use crate::server::{Config, ShardStats};
 use crate::{Conn, ConnId, Handler, Message, SendError, SlowConsumer};
 

@@ -16,7 +16,8 @@ use super::direct::nofile_limit;
 use super::op::{OpId, OpKind};
 use super::probe::builder;
 use super::waker::EventFdWaker;
-use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token, Waker};
+use crate::io::{Completion, Driver, DriverConfig, Socket, Token, Waker};
+use crate::send_queue::SendQueue;
 
 /// How long the listener waits after its multishot accept failed (descriptor table full,
 /// `EMFILE`) before it is armed again, unless a connection is released first.

@@ -6,7 +6,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::io::{Completion, Driver, DriverConfig, SendQueue, Socket, Token};
+use crate::io::{Completion, Driver, DriverConfig, Socket, Token};
+use crate::send_queue::SendQueue;
 
 use super::direct::nofile_limit;
 use super::driver::{ConnIo, UringConfig, UringDriver};
