@@ -32,13 +32,13 @@ pub struct ServeArgs {
     pub droppable: bool,
     /// Most connections open at once (excess upgrades get HTTP 503).
     #[arg(long, default_value_t = 200_000)]
-    pub max_connections: usize,
+    pub connections_max: usize,
     /// Largest accepted message in bytes (larger: close 1009).
     #[arg(long, default_value_t = 16 << 20)]
-    pub max_message_bytes: usize,
+    pub message_bytes_max: usize,
     /// Largest accepted frame payload in bytes (larger: close 1009).
     #[arg(long, default_value_t = 16 << 20)]
-    pub max_frame_bytes: usize,
+    pub frame_bytes_max: usize,
     /// Most bytes queued per connection (past it the slow-consumer policy closes it). Echo
     /// needs at least the largest message plus its header.
     #[arg(long, default_value_t = 64 << 20)]
@@ -156,9 +156,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .shards(shards)
         .pin(!args.no_pin)
         .backend(backend)
-        .max_connections(args.max_connections)
-        .max_message_bytes(args.max_message_bytes)
-        .max_frame_bytes(args.max_frame_bytes)
+        .connections_max(args.connections_max)
+        .message_bytes_max(args.message_bytes_max)
+        .frame_bytes_max(args.frame_bytes_max)
         .send_queue_bytes_max(args.send_queue_bytes_max)
         .send_queue_low_water_bytes(args.send_queue_low_water_bytes)
         .slow_consumer(slow)
@@ -172,9 +172,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs));
-    let opts = PublishOptions {
-        droppable: args.droppable,
-        ..PublishOptions::default()
+    let opts = if args.droppable {
+        PublishOptions::droppable()
+    } else {
+        PublishOptions::default()
     };
     let server = match args.mode {
         Mode::Echo => builder.start(|_| Echo),

@@ -22,7 +22,7 @@ use std::ops::ControlFlow;
 
 use percore::proto::{
     accept_response, encode_frame, parse_request, Decoder, Event, Limits, OpCode, Role,
-    DEFAULT_MAX_HEADER_BYTES,
+    HEADER_BYTES_MAX_DEFAULT,
 };
 
 const CASES: &[&str] = &[
@@ -123,7 +123,7 @@ fn handshake(n: usize, run: usize) -> usize {
     let reqs: Vec<Vec<u8>> = (0..n).map(|_| REQUEST.to_vec()).collect();
     let mut total = 0;
     for r in &reqs[..run] {
-        if let Ok(Some((req, used))) = parse_request(black_box(r), DEFAULT_MAX_HEADER_BYTES) {
+        if let Ok(Some((req, used))) = parse_request(black_box(r), HEADER_BYTES_MAX_DEFAULT) {
             let resp = accept_response(&req, None, &[]);
             total += used + black_box(resp).len();
         }

@@ -4,11 +4,12 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 
-use crate::proto;
-use crate::server::ServerHandle;
-use crate::shard::{Mail, Outbound};
+use std::time::Duration;
 
-/// Where and how to open an outbound WebSocket connection ([`ServerHandle::connect`]).
+use crate::proto;
+use crate::shard::Outbound;
+
+/// Where and how to open an outbound WebSocket connection ([`crate::ServerHandle::connect`]).
 #[derive(Clone, Debug)]
 pub struct Connect {
     addr: SocketAddr,
@@ -55,33 +56,26 @@ impl Connect {
     }
 }
 
-impl ServerHandle {
-    /// Open an outbound connection on shard `shard` (taken modulo the shard count). The TCP
-    /// connect happens here, blocking up to the handshake timeout; the WebSocket handshake then
-    /// runs on the shard, whose handler gets `on_open` when the server answered 101, then
-    /// messages as for any connection. If the handshake fails or times out, `on_close` is called
-    /// with 1006 and a reason (without `on_open` before it).
-    pub fn connect(&self, shard: usize, target: Connect) -> io::Result<()> {
-        let stream = TcpStream::connect_timeout(&target.addr, self.handshake_timeout())?;
+impl Connect {
+    /// Connect (blocking up to `timeout`) and prepare the upgrade request for the shard.
+    pub(crate) fn open(self, timeout: Duration) -> io::Result<Outbound> {
+        let stream = TcpStream::connect_timeout(&self.addr, timeout)?;
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
-        let host = target.host.unwrap_or_else(|| target.addr.to_string());
+        let host = self.host.unwrap_or_else(|| self.addr.to_string());
         let key = proto::generate_key();
-        let protocols: Vec<&str> = target.protocols.iter().map(String::as_str).collect();
-        let headers: Vec<(&str, &str)> = target
+        let protocols: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
+        let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let request = proto::client_request(&host, &target.path, &key, &protocols, &headers);
-        self.mail_to(
-            shard,
-            Mail::Connect(Box::new(Outbound {
-                stream,
-                peer: target.addr,
-                request,
-                key,
-            })),
-        )
+        let request = proto::client_request(&host, &self.path, &key, &protocols, &headers);
+        Ok(Outbound {
+            stream,
+            peer: self.addr,
+            request,
+            key,
+        })
     }
 }

@@ -2,75 +2,29 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::client::Connect;
+use crate::config::{Backend, Config, Shards, SlowConsumer};
+use crate::id::ConnId;
 use crate::io::{self as backend_io, Waker};
-use crate::shard::{self, Mail};
-use crate::{Backend, Handler, Shards, SlowConsumer};
+use crate::proto::Message;
+use crate::pubsub::{PubSubError, PublishOptions};
+use crate::shard::{self, Handler, Hub, Mail, Publisher};
+use crate::stats::{ShardStats, Stats};
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Server;
 
 impl Server {
     /// A builder with the defaults (sized for 100k+ connections per server).
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
-    }
-}
-
-/// Everything a shard needs to know; built by [`ServerBuilder`].
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) shards: Shards,
-    pub(crate) pin: bool,
-    pub(crate) backend: Backend,
-    pub(crate) backlog: u32,
-    pub(crate) max_connections: usize,
-    pub(crate) handshake_header_bytes_max: usize,
-    pub(crate) max_frame_bytes: usize,
-    pub(crate) max_message_bytes: usize,
-    pub(crate) send_queue_bytes_max: usize,
-    pub(crate) send_queue_low_water_bytes: usize,
-    pub(crate) slow_consumer: SlowConsumer,
-    pub(crate) recv_buffer_bytes: usize,
-    pub(crate) recv_buffers: usize,
-    pub(crate) direct_fds: bool,
-    pub(crate) direct_fds_max: u32,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) pong_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) pubsub: crate::pubsub::PubSubConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            shards: Shards::PerCore,
-            pin: true,
-            backend: Backend::Auto,
-            backlog: 4096,
-            max_connections: 200_000,
-            handshake_header_bytes_max: 8 << 10,
-            max_frame_bytes: 16 << 20,
-            max_message_bytes: 16 << 20,
-            send_queue_bytes_max: 4 << 20,
-            send_queue_low_water_bytes: 64 << 10,
-            slow_consumer: SlowConsumer::Close1008,
-            recv_buffer_bytes: 64 << 10,
-            recv_buffers: 256,
-            direct_fds: false,
-            direct_fds_max: 20_000,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            pong_timeout: Duration::from_secs(20),
-            close_timeout: Duration::from_secs(5),
-            pubsub: crate::pubsub::PubSubConfig::default(),
-        }
     }
 }
 
@@ -127,10 +81,10 @@ impl ServerBuilder {
     }
 
     /// Most connections open at once across all shards (default 200 000); further upgrade
-    /// requests are answered with HTTP 503. Each open connection costs its slab entry (a few
-    /// hundred bytes) plus kernel socket buffers.
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.config.max_connections = n;
+    /// requests are answered with HTTP 503. Each open connection costs its slab entry (under
+    /// 100 bytes) plus kernel socket buffers.
+    pub fn connections_max(mut self, n: usize) -> Self {
+        self.config.connections_max = n;
         self
     }
 
@@ -142,15 +96,15 @@ impl ServerBuilder {
     }
 
     /// Largest accepted frame payload (default 16 MiB); larger closes with 1009.
-    pub fn max_frame_bytes(mut self, n: usize) -> Self {
-        self.config.max_frame_bytes = n;
+    pub fn frame_bytes_max(mut self, n: usize) -> Self {
+        self.config.frame_bytes_max = n;
         self
     }
 
     /// Largest accepted message, all fragments together (default 16 MiB); larger closes with
     /// 1009. A message split over several reads is assembled in a buffer of up to this size.
-    pub fn max_message_bytes(mut self, n: usize) -> Self {
-        self.config.max_message_bytes = n;
+    pub fn message_bytes_max(mut self, n: usize) -> Self {
+        self.config.message_bytes_max = n;
         self
     }
 
@@ -165,7 +119,8 @@ impl ServerBuilder {
     }
 
     /// Once a connection's send queue has held at least this many bytes,
-    /// [`Handler::on_drain`] is called when it falls below it again (default 64 KiB).
+    /// [`Handler::on_drain`] is called when it falls below it again (default 64 KiB; at
+    /// least 1).
     pub fn send_queue_low_water_bytes(mut self, n: usize) -> Self {
         self.config.send_queue_low_water_bytes = n;
         self
@@ -177,46 +132,56 @@ impl ServerBuilder {
         self
     }
 
-    /// Size of each shard's receive buffer (default 64 KiB, one per shard on epoll). Bigger
-    /// means fewer reads per large message, at this cost per shard.
+    /// Size of each shard's receive buffer (default 64 KiB, one per shard on epoll; clamped
+    /// to 4 KiB..1 GiB). Bigger means fewer reads per large message, at this cost per shard.
     pub fn recv_buffer_bytes(mut self, n: usize) -> Self {
-        self.config.recv_buffer_bytes = n.max(4096);
+        self.config.recv_buffer_bytes = n;
         self
     }
 
     /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
-    /// down to a power of two, at most 32768), each `recv_buffer_bytes` long: 16 MiB per shard
+    /// down to a power of two, 1..=32768), each `recv_buffer_bytes` long: 16 MiB per shard
     /// by default. They are shared by all of the shard's connections (an idle connection holds
     /// none) and bound how many receive completions one loop turn handles; past that, the
     /// affected receives are re-armed on the next turn. epoll ignores it.
     pub fn recv_buffers(mut self, n: usize) -> Self {
-        self.config.recv_buffers = n.max(1);
+        self.config.recv_buffers = n;
         self
     }
 
     /// io_uring: accept connections as direct descriptors (entries of each shard's ring
-    /// file table) instead of file descriptors (default off). They do not count against
-    /// `RLIMIT_NOFILE`, so one process can hold more connections than its descriptor limit;
-    /// [`ServerBuilder::direct_fds_max`] then caps each shard. Learning a peer address takes a
-    /// plain descriptor for a moment (Linux ≥ 6.8); without one [`crate::Conn::peer_addr`] is
-    /// `0.0.0.0:0`. epoll ignores it.
+    /// file table) instead of file descriptors (default off), so that one process can hold
+    /// more connections than its descriptor limit: see [`ServerBuilder::direct_fds_max`].
+    /// Learning a peer address takes a plain descriptor for a moment (Linux ≥ 6.8); without one
+    /// [`crate::Conn::peer_addr`] is `0.0.0.0:0`. epoll ignores it.
     pub fn direct_fds(mut self, on: bool) -> Self {
         self.config.direct_fds = on;
         self
     }
 
     /// io_uring with [`ServerBuilder::direct_fds`]: the most connections one shard holds
-    /// (default 20 000; its file table has this many entries plus 256, about 8 bytes of kernel
-    /// memory each). The kernel caps one table at `RLIMIT_NOFILE` entries, so this is clamped
-    /// to it: the process can hold shards × `RLIMIT_NOFILE` connections. Past the cap, new
-    /// connections wait in the listen backlog until one closes.
+    /// (default 20 000). Past the cap, new connections wait in the listen backlog until one
+    /// closes.
+    ///
+    /// # Descriptors and `RLIMIT_NOFILE`
+    ///
+    /// Every plain socket counts against the process's `RLIMIT_NOFILE` (20 000 on the hosts
+    /// this is measured on, often 1024 by default): past it, `accept` fails (`EMFILE`) and new
+    /// connections wait in the listen backlog. Direct descriptors are entries of a shard's
+    /// io_uring fixed-file table instead, and do not count against it; but the kernel caps one
+    /// table at `RLIMIT_NOFILE` entries, so this cap is clamped to that limit and a process
+    /// holds at most shards × `RLIMIT_NOFILE` connections (e.g. 100 000 connections under a
+    /// 20 000 limit need 5 or more shards). Each table is registered with 256 entries more than
+    /// the cap (within the limit), so a burst accepted in the turn that reaches the cap still
+    /// finds slots; near the cap, accepts go one at a time. Kernel memory: about 8 bytes per
+    /// table entry. `percore tune` reports the limit and how to raise it.
     pub fn direct_fds_max(mut self, n: u32) -> Self {
-        self.config.direct_fds_max = n.max(1);
+        self.config.direct_fds_max = n;
         self
     }
 
-    /// Time allowed from accept to a complete upgrade request (default 10 s); slower clients
-    /// (slowloris) are dropped.
+    /// Time allowed from accept to a complete upgrade request and its answer (default 10 s);
+    /// slower clients (slowloris) are dropped.
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.config.handshake_timeout = d;
         self
@@ -244,6 +209,24 @@ impl ServerBuilder {
         self
     }
 
+    /// Longest topic name in bytes (default 256); longer names are refused with
+    /// [`PubSubError::TopicTooLong`]. Each topic a shard has subscribers for costs its name
+    /// (twice: shard table and the shared shard mask) plus one entry per subscriber.
+    pub fn topic_name_bytes_max(mut self, n: usize) -> Self {
+        self.config.topic_name_bytes_max = n;
+        self
+    }
+
+    /// Most data messages waiting in one shard's mailbox (publishes, sends and broadcasts from
+    /// other shards and threads; default 65 536; at least 1). Past it, that shard misses the
+    /// message ([`PubSubError::MailboxFull`], counted in [`Stats::dropped`]). Each waiting
+    /// message costs about 64 bytes plus a reference that keeps its frame alive, so worst-case
+    /// mailbox memory is this times the frame size.
+    pub fn mailbox_messages_max(mut self, n: usize) -> Self {
+        self.config.mailbox_messages_max = n;
+        self
+    }
+
     /// Bind, spawn the shards and start serving. `factory(shard_index)` is called on each
     /// shard's own thread to create that shard's handler. Fails if the address cannot be bound,
     /// the backend is not available or a shard cannot start.
@@ -253,7 +236,7 @@ impl ServerBuilder {
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
         let addr = self.addr?;
-        let config = self.config;
+        let config = self.config.clamped(backend_io::nofile_limit());
         if !backend_io::backend_available(config.backend) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -282,26 +265,25 @@ impl ServerBuilder {
         let factory = Arc::new(factory);
         let open = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
-        let mut shards = Vec::with_capacity(n);
+        let mut stats = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
-        let (hub, inboxes) = crate::pubsub::Hub::new(n, config.pubsub.clone());
-        let mut inboxes = inboxes.into_iter();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let (mail_tx, mail_rx) = crossbeam_channel::unbounded();
-            let stats = Arc::new(ShardStats::default());
+        let (hub, mailboxes) =
+            Hub::new(n, config.mailbox_messages_max, config.topic_name_bytes_max);
+        for ((index, listener), mail) in listeners.into_iter().enumerate().zip(mailboxes) {
+            let shard_stats = Arc::new(ShardStats::default());
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let run = shard::Run {
                 index,
                 listener,
                 config: config.clone(),
                 factory: factory.clone(),
-                stats: stats.clone(),
+                stats: shard_stats.clone(),
                 open: open.clone(),
-                mail: mail_rx,
+                hub: hub.clone(),
+                mail,
                 ready: ready_tx.clone(),
                 core,
                 handler: std::marker::PhantomData,
-                pubsub: (hub.clone(), inboxes.next().expect("one inbox per shard")),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("percore-shard-{index}"))
@@ -309,15 +291,14 @@ impl ServerBuilder {
                     backend_io::run_with_backend(backend, run);
                 })?;
             threads.push(thread);
-            shards.push((mail_tx, stats));
+            stats.push(shard_stats);
         }
         drop(ready_tx);
-        // Shards report in any order: keep each waker at its shard's index, next to its mailbox.
-        let mut wakers: Vec<Option<Waker>> = (0..n).map(|_| None).collect();
+        // Each shard registers its waker with its mailbox itself; here only failures matter.
         let mut failure = None;
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok((i, Ok(w))) => wakers[i] = Some(w),
+                Ok((_, Ok(_))) => {}
                 Ok((_, Err(e))) => failure = Some(e),
                 Err(_) => {
                     failure
@@ -330,25 +311,11 @@ impl ServerBuilder {
             hub,
             local_addr,
             backend,
-            mail: shards.iter().map(|(m, _)| m.clone()).collect(),
-            wakers,
-            stats: shards.into_iter().map(|(_, s)| s).collect(),
+            stats,
             open,
             threads: Mutex::new(threads),
             handshake_timeout: config.handshake_timeout,
         };
-        if failure.is_none() {
-            // Let every shard reach the others (broadcasts).
-            let peers: Arc<[crate::shard::Peer]> = handle
-                .mail
-                .iter()
-                .zip(&handle.wakers)
-                .filter_map(|(m, w)| Some((m.clone(), w.clone()?)))
-                .collect();
-            for i in 0..handle.mail.len() {
-                let _ = handle.mail_to(i, Mail::Peers(peers.clone()));
-            }
-        }
         match failure {
             Some(e) => {
                 handle.shutdown(Duration::ZERO);
@@ -373,12 +340,9 @@ fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
 
 /// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
 pub struct ServerHandle {
-    pub(crate) hub: Arc<crate::pubsub::Hub>,
+    hub: Arc<Hub>,
     local_addr: SocketAddr,
     backend: Backend,
-    mail: Vec<crossbeam_channel::Sender<Mail>>,
-    /// `wakers[i]` wakes shard `i` (`None`: it failed to start).
-    wakers: Vec<Option<Waker>>,
     stats: Vec<Arc<ShardStats>>,
     open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -390,7 +354,7 @@ impl std::fmt::Debug for ServerHandle {
         f.debug_struct("ServerHandle")
             .field("local_addr", &self.local_addr)
             .field("backend", &self.backend)
-            .field("shards", &self.mail.len())
+            .field("shards", &self.stats.len())
             .finish()
     }
 }
@@ -406,40 +370,52 @@ impl ServerHandle {
         self.backend
     }
 
-    pub(crate) fn handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
-    }
-
-    /// Deliver `mail` to shard `shard % shards` and wake it.
-    pub(crate) fn mail_to(&self, shard: usize, mail: Mail) -> io::Result<()> {
-        let i = shard % self.mail.len().max(1);
-        let stopped = || io::Error::new(io::ErrorKind::NotConnected, "server is shut down");
-        let tx = self.mail.get(i).ok_or_else(stopped)?;
-        tx.send(mail).map_err(|_| stopped())?;
-        match self.wakers.get(i) {
-            Some(Some(w)) => w.wake(),
-            _ => Err(stopped()),
-        }
-    }
-
     /// Queue `msg` for every open accepted connection on every shard, like
-    /// [`crate::Conn::broadcast`], from any thread (serialized once here).
-    pub fn broadcast(&self, msg: crate::Message<'_>) {
-        let op = match msg {
-            crate::Message::Text(_) => crate::proto::OpCode::Text,
-            crate::Message::Binary(_) => crate::proto::OpCode::Binary,
-        };
-        let mut v = Vec::with_capacity(msg.as_bytes().len() + crate::proto::MAX_HEADER_LEN);
-        crate::proto::encode_frame(&mut v, op, true, msg.as_bytes(), None);
-        let frame: Arc<[u8]> = v.into();
-        for i in 0..self.mail.len() {
-            let _ = self.mail_to(i, Mail::Broadcast(frame.clone()));
-        }
+    /// [`crate::Conn::broadcast`], from any thread (serialized once here). A shard whose mailbox
+    /// is full misses it (counted in [`Stats::dropped`]).
+    pub fn broadcast(&self, msg: Message<'_>) {
+        self.hub.broadcast_external(msg);
+    }
+
+    /// A cloneable, thread-safe handle for publishing and sending to connections.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.hub.clone())
+    }
+
+    /// Publish `msg` to every subscriber of `topic` (see [`Publisher::publish`]).
+    pub fn publish(&self, topic: impl AsRef<[u8]>, msg: Message<'_>) -> Result<(), PubSubError> {
+        self.publisher().publish(topic, msg)
+    }
+
+    /// Publish with explicit [`PublishOptions`].
+    pub fn publish_with(
+        &self,
+        topic: impl AsRef<[u8]>,
+        msg: Message<'_>,
+        opts: PublishOptions,
+    ) -> Result<(), PubSubError> {
+        self.publisher().publish_with(topic, msg, opts)
+    }
+
+    /// Queue `msg` to the connection `id` (see [`Publisher::send`]).
+    pub fn send(&self, id: ConnId, msg: Message<'_>) -> Result<(), PubSubError> {
+        self.publisher().send(id, msg)
+    }
+
+    /// Open an outbound connection on shard `shard` (taken modulo the shard count). The TCP
+    /// connect happens here, blocking up to the handshake timeout; the WebSocket handshake then
+    /// runs on the shard, whose handler gets `on_open` when the server answered 101, then
+    /// messages as for any connection. If the handshake fails or times out, `on_close` is called
+    /// with 1006 and a reason (without `on_open` before it).
+    pub fn connect(&self, shard: usize, target: Connect) -> io::Result<()> {
+        let out = target.open(self.handshake_timeout)?;
+        let i = shard % self.stats.len().max(1);
+        Ok(self.hub.mail().post(i, Mail::Connect(Box::new(out)))?)
     }
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.mail.len()
+        self.stats.len()
     }
 
     /// Counters summed over all shards (each read with relaxed ordering: a snapshot, not an
@@ -466,12 +442,8 @@ impl ServerHandle {
             return;
         }
         self.hub.stop();
-        // Every mail before any wake-up, so a woken shard always finds its mail.
-        for mail in &self.mail {
-            let _ = mail.send(Mail::Shutdown(at));
-        }
-        for waker in self.wakers.iter().flatten() {
-            let _ = waker.wake();
+        for i in 0..self.hub.mail().len() {
+            let _ = self.hub.mail().post(i, Mail::Shutdown(at));
         }
         for t in threads {
             let _ = t.join();
@@ -482,90 +454,5 @@ impl ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
-    }
-}
-
-/// Server counters (summed over shards).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// TCP connections currently held (handshaking, open or closing).
-    pub connections_open: u64,
-    /// TCP connections accepted.
-    pub accepted: u64,
-    /// Upgrades completed (`on_open` called).
-    pub upgraded: u64,
-    /// Connections finished (socket closed).
-    pub closed: u64,
-    /// Handshakes refused: malformed (400/405/426/431), by `on_upgrade`, or 503 when full.
-    pub handshakes_rejected: u64,
-    /// Data messages received.
-    pub messages_received: u64,
-    /// Frames queued for sending (data and control).
-    pub frames_sent: u64,
-    /// Bytes received from sockets.
-    pub bytes_received: u64,
-    /// Bytes written to sockets.
-    pub bytes_sent: u64,
-    /// Connections failed for a protocol violation (or a limit) with a close code.
-    pub protocol_errors: u64,
-    /// Connections dropped by a deadline (handshake, pong or close timeout).
-    pub timeouts: u64,
-    /// Connections closed by the slow-consumer policy.
-    pub slow_consumers: u64,
-    /// Publishes (from handlers, [`Publisher`](crate::Publisher)s and the server handle).
-    pub published: u64,
-    /// Published frames queued to a subscriber.
-    pub delivered: u64,
-    /// Published frames a subscriber missed: droppable or conflated publishes past its
-    /// `send_queue_bytes_max`, or publishes refused by a full shard mailbox.
-    pub dropped: u64,
-    /// Queued, unsent conflated frames replaced by a newer frame of the same topic.
-    pub conflated: u64,
-    /// Topics with at least one subscriber (a gauge).
-    pub topics: u64,
-    /// Subscriptions (connection, topic) on all shards (a gauge).
-    pub subscriptions: u64,
-}
-
-/// One shard's counters, written by the shard only (aligned to a cache line so that two shards'
-/// counters never share one).
-#[derive(Default, Debug)]
-#[repr(align(64))]
-pub(crate) struct ShardStats {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) upgraded: AtomicU64,
-    pub(crate) closed: AtomicU64,
-    pub(crate) handshakes_rejected: AtomicU64,
-    pub(crate) messages_received: AtomicU64,
-    pub(crate) frames_sent: AtomicU64,
-    pub(crate) bytes_received: AtomicU64,
-    pub(crate) bytes_sent: AtomicU64,
-    pub(crate) protocol_errors: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    pub(crate) slow_consumers: AtomicU64,
-}
-
-impl ShardStats {
-    /// Add `n` to a counter. Only the owning shard writes, so a relaxed load + store is exact
-    /// and avoids the locked read-modify-write of `fetch_add` (several per message); readers
-    /// ([`crate::ServerHandle::stats`]) see each counter's latest stored value.
-    pub(crate) fn bump(c: &AtomicU64, n: u64) {
-        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-    }
-
-    fn add_to(&self, s: &mut Stats) {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        s.accepted += g(&self.accepted);
-        s.upgraded += g(&self.upgraded);
-        s.closed += g(&self.closed);
-        s.handshakes_rejected += g(&self.handshakes_rejected);
-        s.messages_received += g(&self.messages_received);
-        s.frames_sent += g(&self.frames_sent);
-        s.bytes_received += g(&self.bytes_received);
-        s.bytes_sent += g(&self.bytes_sent);
-        s.protocol_errors += g(&self.protocol_errors);
-        s.timeouts += g(&self.timeouts);
-        s.slow_consumers += g(&self.slow_consumers);
     }
 }

@@ -63,7 +63,7 @@ every_backend! {
         }
     }
 
-    fn default_config_echoes_a_message_of_max_message_bytes(backend) {
+    fn default_config_echoes_a_message_of_message_bytes_max(backend) {
         let server = common::start(backend);
         let mut ws = common::tungstenite_client(server.addr);
         let data = pattern(16 << 20, 3);

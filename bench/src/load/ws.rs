@@ -63,10 +63,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder accepting messages up to `max_message_bytes`.
     pub fn new(max_message_bytes: usize) -> Self {
-        let limits = percore::proto::Limits {
-            max_frame_bytes: max_message_bytes,
-            max_message_bytes,
-        };
+        let limits = percore::proto::Limits::new(max_message_bytes, max_message_bytes);
         Decoder {
             inner: percore::proto::Decoder::new(percore::proto::Role::Client, limits),
         }
@@ -86,6 +83,7 @@ impl Decoder {
                 E::Ping(p) => f(Event::Ping(p)),
                 E::Pong(_) => f(Event::Pong),
                 E::Close(_) => f(Event::Close),
+                _ => ControlFlow::Continue(()),
             })
             .map_err(|_| ProtocolViolation)
     }

@@ -128,10 +128,7 @@ mod tests {
             if !resp.starts_with(b"HTTP/1.1 101") {
                 return None;
             }
-            let limits = Limits {
-                max_frame_bytes: 1 << 20,
-                max_message_bytes: 1 << 20,
-            };
+            let limits = Limits::new(1 << 20, 1 << 20);
             Some(Self {
                 s,
                 dec: Decoder::new(Role::Client, limits),

@@ -34,15 +34,18 @@
 //! [`backend_available`], and add an arm to [`run_with_backend`].
 
 pub(crate) mod epoll;
+pub(crate) mod sys;
 pub(crate) mod uring;
+
+pub(crate) use sys::nofile_limit;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Backend;
 use crate::send_queue::SendQueue;
-use crate::Backend;
 
 /// Names one connection inside one shard: the shard's slab key (always `< 2^32`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]

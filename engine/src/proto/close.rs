@@ -1,56 +1,12 @@
 //! Close codes, close frame payloads and the close handshake (RFC 6455 §5.5.1, §7).
 
-use core::fmt;
-
-use super::codec::Role;
+use super::close_code::CloseCode;
 use super::error::ProtocolError;
 use percore_simd::validate_utf8;
 
-/// A close status code (RFC 6455 §7.4).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub struct CloseCode(pub u16);
-
-impl CloseCode {
-    /// 1000: normal closure.
-    pub const NORMAL: Self = Self(1000);
-    /// 1001: the endpoint is going away (server shutdown, page navigated away).
-    pub const GOING_AWAY: Self = Self(1001);
-    /// 1002: protocol error.
-    pub const PROTOCOL_ERROR: Self = Self(1002);
-    /// 1003: a data type the endpoint cannot accept.
-    pub const UNSUPPORTED_DATA: Self = Self(1003);
-    /// 1005: no status code was present. Never sent on the wire.
-    pub const NO_STATUS: Self = Self(1005);
-    /// 1006: the connection closed without a close frame. Never sent on the wire.
-    pub const ABNORMAL: Self = Self(1006);
-    /// 1007: message data inconsistent with its type (text that is not UTF-8).
-    pub const INVALID_PAYLOAD: Self = Self(1007);
-    /// 1008: policy violation.
-    pub const POLICY_VIOLATION: Self = Self(1008);
-    /// 1009: a message too big to process.
-    pub const MESSAGE_TOO_BIG: Self = Self(1009);
-    /// 1010: the client expected an extension the server did not negotiate.
-    pub const MANDATORY_EXTENSION: Self = Self(1010);
-    /// 1011: unexpected condition in the server.
-    pub const INTERNAL_ERROR: Self = Self(1011);
-    /// 1013: try again later (server overloaded).
-    pub const TRY_AGAIN_LATER: Self = Self(1013);
-
-    /// May this code appear in a close frame on the wire (1000-1003, 1007-1011, 1012-1014,
-    /// 3000-4999)?
-    pub fn is_valid_on_wire(self) -> bool {
-        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
-    }
-}
-
-impl fmt::Display for CloseCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
 /// A received close frame. `code == None` means an empty close payload.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct CloseFrame<'a> {
     /// The status code, if the payload had one.
     pub code: Option<CloseCode>,
@@ -102,6 +58,7 @@ pub fn close_payload(code: CloseCode, reason: &str) -> ([u8; 125], usize) {
 
 /// Where a connection stands in the close handshake.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum ClosePhase {
     /// No close frame sent or received: data flows both ways.
     Open,
@@ -120,18 +77,20 @@ pub enum ClosePhase {
 /// Payloads are returned as `([u8; 125], len)`: send `&payload[..len]` in a Close frame.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct CloseState {
-    role: Role,
     phase: ClosePhase,
-    failed: bool,
+}
+
+impl Default for CloseState {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl CloseState {
-    /// An open connection on the side `role`.
-    pub fn new(role: Role) -> Self {
+    /// An open connection.
+    pub fn new() -> Self {
         Self {
-            role,
             phase: ClosePhase::Open,
-            failed: false,
         }
     }
 
@@ -175,13 +134,12 @@ impl CloseState {
         }
     }
 
-    /// The peer broke the protocol: "fail the WebSocket connection" (§7.1.7). Returns the close
-    /// payload to send if no close frame was sent yet; the TCP connection should then be closed
-    /// without waiting for the peer's close frame.
-    pub fn fail(&mut self, err: &ProtocolError) -> Option<([u8; 125], usize)> {
-        let reply = self.initiate(err.code, err.reason);
+    /// "Fail the WebSocket connection" (§7.1.7) with `code` (the peer broke the protocol, or
+    /// this end gives up: a limit, an internal error). Returns the close payload to send if no
+    /// close frame was sent yet; the peer's close frame is not waited for.
+    pub fn fail(&mut self, code: CloseCode, reason: &str) -> Option<([u8; 125], usize)> {
+        let reply = self.initiate(code, reason);
         self.phase = ClosePhase::Closed;
-        self.failed = true;
         reply
     }
 
@@ -198,16 +156,5 @@ impl CloseState {
     /// Should data frames from the peer be delivered? After we sent a close they are ignored.
     pub fn accepts_data(&self) -> bool {
         self.phase == ClosePhase::Open
-    }
-
-    /// May the driver close the TCP connection once its queued bytes are flushed?
-    /// Server: as soon as the handshake is complete (§7.1.1: the server closes TCP first).
-    /// Client: only after a failure; otherwise it waits for the server to close TCP (or for its
-    /// own close timeout, which the driver keeps).
-    pub fn should_close_tcp(&self) -> bool {
-        match self.role {
-            Role::Server => self.is_closed(),
-            Role::Client => self.failed,
-        }
     }
 }

@@ -4,35 +4,34 @@ use core::ops::ControlFlow;
 
 use super::close::{parse_close_payload, CloseFrame};
 use super::error::ProtocolError;
-use super::frame::{FrameHeader, OpCode};
+use super::frame::{FrameHeader, OpCode, Role};
 use percore_simd::{validate_utf8, Utf8Validator};
 
-/// Which end of the connection this is: decides which frames must be masked.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Role {
-    /// Accepts connections: received frames must be masked, sent frames are not.
-    Server,
-    /// Opens connections: received frames must not be masked, sent frames are.
-    Client,
-}
-
-/// Receive-side limits. Defaults: max_frame_bytes = 16 MiB, max_message_bytes = 16 MiB.
+/// Receive-side limits. Defaults: `frame_bytes_max` = 16 MiB, `message_bytes_max` = 16 MiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest accepted frame payload; a larger declared length is 1009 before any payload byte
     /// is read. Costs nothing by itself: a frame split across reads is buffered up to this size.
-    pub max_frame_bytes: usize,
+    pub frame_bytes_max: usize,
     /// Largest accepted message (sum of its fragments); beyond it 1009. This is the most memory
     /// one connection's partial message can hold: with 100k connections, size it so that the
     /// connections expected to be mid-message at once fit in RAM.
-    pub max_message_bytes: usize,
+    pub message_bytes_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        Self::new(16 << 20, 16 << 20)
+    }
+}
+
+impl Limits {
+    /// Limits of `frame_bytes_max` per frame payload and `message_bytes_max` per message.
+    pub const fn new(frame_bytes_max: usize, message_bytes_max: usize) -> Self {
         Self {
-            max_frame_bytes: 16 << 20,
-            max_message_bytes: 16 << 20,
+            frame_bytes_max,
+            message_bytes_max,
         }
     }
 }
@@ -40,6 +39,7 @@ impl Default for Limits {
 /// What [`Decoder::decode`] hands out. Payloads borrow the caller's buffer (single complete
 /// frames) or the decoder's message buffer (fragmented or split messages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// A complete, UTF-8-validated text message.
     Text(&'a str),
@@ -63,7 +63,7 @@ enum MsgKind {
 
 /// Decoder life cycle.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
+enum Status {
     Active,
     Closed,
     Failed,
@@ -75,11 +75,17 @@ enum Phase {
 /// fragmented or split message lives in a box allocated the first time one arrives.
 #[derive(Debug)]
 pub struct Decoder {
+    state: DecodeState,
+    limits: Limits,
+}
+
+/// A [`Decoder`] without its limits: what a connection keeps (16 bytes) when the limits are
+/// the same for many connections and passed in with each call ([`super::Connection`]).
+#[derive(Debug)]
+pub(crate) struct DecodeState {
     /// State of the message being assembled; `None` until one is fragmented or split.
     partial: Option<Box<Partial>>,
-    max_frame_bytes: u64,
-    max_message_bytes: u64,
-    phase: Phase,
+    status: Status,
     role: Role,
 }
 
@@ -168,11 +174,8 @@ impl Decoder {
     /// No heap allocation until a fragmented or split message needs one.
     pub fn new(role: Role, limits: Limits) -> Self {
         Self {
-            partial: None,
-            max_frame_bytes: limits.max_frame_bytes as u64,
-            max_message_bytes: limits.max_message_bytes as u64,
-            phase: Phase::Active,
-            role,
+            state: DecodeState::new(role),
+            limits,
         }
     }
 
@@ -189,34 +192,20 @@ impl Decoder {
     /// Zero copy: a single-frame message lying entirely in `buf` is handed out borrowed from
     /// `buf`. Server role: unmasked client frame -> 1002. Client role: masked server frame ->
     /// 1002. Continuation without a started message, or a new data frame inside a fragmented
-    /// message -> 1002. Frame > max_frame_bytes or message > max_message_bytes -> 1009.
+    /// message -> 1002. Frame > frame_bytes_max or message > message_bytes_max -> 1009.
     ///
     /// After a Close event, decode stops (returns); later calls consume nothing and return
     /// `Ok(0)`. After an error the connection must be failed; later calls return an error.
-    pub fn decode<F>(&mut self, buf: &mut [u8], mut on_event: F) -> Result<usize, ProtocolError>
+    pub fn decode<F>(&mut self, buf: &mut [u8], on_event: F) -> Result<usize, ProtocolError>
     where
         F: FnMut(Event<'_>) -> ControlFlow<()>,
     {
-        match self.phase {
-            Phase::Active => {}
-            Phase::Closed => return Ok(0),
-            Phase::Failed => {
-                return Err(ProtocolError::protocol(
-                    "decoder used after a protocol error",
-                ))
-            }
-        }
-        let r = self.decode_frames(buf, &mut on_event);
-        if r.is_err() {
-            self.phase = Phase::Failed;
-            self.partial = None;
-        }
-        r
+        self.state.decode(&self.limits, buf, on_event)
     }
 
     /// Bytes currently held for a partial message (for memory accounting).
     pub fn buffered_bytes(&self) -> usize {
-        self.partial.as_ref().map_or(0, |p| p.msg.len())
+        self.state.buffered_bytes()
     }
 
     /// Heap bytes held: the message buffer's capacity plus its bookkeeping box (for memory
@@ -224,6 +213,84 @@ impl Decoder {
     ///
     /// [`shrink`]: Decoder::shrink
     pub fn heap_bytes(&self) -> usize {
+        self.state.heap_bytes()
+    }
+
+    /// Release the internal message buffer if no message is in progress (idle connections hold
+    /// none).
+    pub fn shrink(&mut self) {
+        self.state.shrink();
+    }
+
+    /// Is a data message partly received (fragments or part of a frame held)?
+    pub fn in_message(&self) -> bool {
+        self.state.in_message()
+    }
+
+    /// Did decoding stop at a close frame?
+    pub fn received_close(&self) -> bool {
+        self.state.received_close()
+    }
+
+    /// The role this decoder was built for.
+    pub fn role(&self) -> Role {
+        self.state.role()
+    }
+
+    /// The limits this decoder enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+impl DecodeState {
+    /// No heap allocation until a fragmented or split message needs one.
+    pub(crate) fn new(role: Role) -> Self {
+        Self {
+            partial: None,
+            status: Status::Active,
+            role,
+        }
+    }
+
+    /// See [`Decoder::decode`].
+    #[inline]
+    pub(crate) fn decode<F>(
+        &mut self,
+        limits: &Limits,
+        buf: &mut [u8],
+        mut on_event: F,
+    ) -> Result<usize, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        match self.status {
+            Status::Active => {}
+            Status::Closed => return Ok(0),
+            Status::Failed => {
+                return Err(ProtocolError::protocol(
+                    "decoder used after a protocol error",
+                ))
+            }
+        }
+        let r = self.decode_frames(limits, buf, &mut on_event);
+        if r.is_err() {
+            self.status = Status::Failed;
+            self.partial = None;
+        }
+        r
+    }
+
+    /// Bytes currently held for a partial message (for memory accounting).
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.msg.len())
+    }
+
+    /// Heap bytes held: the message buffer's capacity plus its bookkeeping box (for memory
+    /// accounting). Zero for a decoder that never saw a split message, or after [`shrink`].
+    ///
+    /// [`shrink`]: Decoder::shrink
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.partial
             .as_ref()
             .map_or(0, |p| core::mem::size_of::<Partial>() + p.msg.capacity())
@@ -231,30 +298,35 @@ impl Decoder {
 
     /// Release the internal message buffer if no message is in progress (idle connections hold
     /// none).
-    pub fn shrink(&mut self) {
+    pub(crate) fn shrink(&mut self) {
         if !self.in_message() {
             self.partial = None;
         }
     }
 
     /// Is a data message partly received (fragments or part of a frame held)?
-    pub fn in_message(&self) -> bool {
+    pub(crate) fn in_message(&self) -> bool {
         self.partial
             .as_ref()
             .is_some_and(|p| p.kind != MsgKind::None)
     }
 
     /// Did decoding stop at a close frame?
-    pub fn received_close(&self) -> bool {
-        self.phase == Phase::Closed
+    pub(crate) fn received_close(&self) -> bool {
+        self.status == Status::Closed
     }
 
     /// The role this decoder was built for.
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.role
     }
 
-    fn decode_frames<F>(&mut self, buf: &mut [u8], on_event: &mut F) -> Result<usize, ProtocolError>
+    fn decode_frames<F>(
+        &mut self,
+        limits: &Limits,
+        buf: &mut [u8],
+        on_event: &mut F,
+    ) -> Result<usize, ProtocolError>
     where
         F: FnMut(Event<'_>) -> ControlFlow<()>,
     {
@@ -304,7 +376,7 @@ impl Decoder {
                     OpCode::Pong => on_event(Event::Pong(payload)),
                     _ => {
                         let frame = parse_close_payload(payload)?;
-                        self.phase = Phase::Closed;
+                        self.status = Status::Closed;
                         self.partial = None;
                         let _ = on_event(Event::Close(frame));
                         return Ok(pos);
@@ -316,8 +388,8 @@ impl Decoder {
                 continue;
             }
 
-            if h.payload_len > self.max_frame_bytes {
-                return Err(ProtocolError::too_big("frame larger than max_frame_bytes"));
+            if h.payload_len > limits.frame_bytes_max as u64 {
+                return Err(ProtocolError::too_big("frame larger than frame_bytes_max"));
             }
             let (current, held) = match self.partial.as_deref() {
                 Some(p) => (p.kind, p.msg.len() as u64),
@@ -338,9 +410,9 @@ impl Decoder {
                 (OpCode::Text, MsgKind::None) => MsgKind::Text,
                 (_, MsgKind::None) => MsgKind::Binary,
             };
-            if held + h.payload_len > self.max_message_bytes {
+            if held + h.payload_len > limits.message_bytes_max as u64 {
                 return Err(ProtocolError::too_big(
-                    "message larger than max_message_bytes",
+                    "message larger than message_bytes_max",
                 ));
             }
 

@@ -2,11 +2,12 @@
 
 use core::fmt;
 
-use super::close::CloseCode;
+use super::close_code::CloseCode;
 
 /// A protocol violation by the peer. `code` is the close code RFC 6455 prescribes for it; the
 /// connection must be failed with a Close frame carrying that code (§7.1.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProtocolError {
     /// The close code to send (1002, 1007 or 1009).
     pub code: CloseCode,

@@ -2,9 +2,20 @@
 
 use super::error::ProtocolError;
 
+/// Which end of the connection this is: decides which frames must be masked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(clippy::exhaustive_enums)] // a connection has two ends, no more
+pub enum Role {
+    /// Accepts connections: received frames must be masked, sent frames are not.
+    Server,
+    /// Opens connections: received frames must not be masked, sent frames are.
+    Client,
+}
+
 /// A frame opcode. Reserved opcodes (3-7, 0xB-0xF) never get this far: they are 1002.
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(clippy::exhaustive_enums)] // RFC 6455's opcodes; an extension's new opcode would be a new major version anyway
 pub enum OpCode {
     /// 0x0: continues a fragmented message.
     Continuation = 0,
@@ -48,6 +59,7 @@ pub const MAX_CONTROL_PAYLOAD_LEN: usize = 125;
 
 /// A parsed frame header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct FrameHeader {
     /// Final fragment of a message.
     pub fin: bool,
@@ -62,6 +74,17 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// A header without RSV bits (no extension).
+    pub const fn new(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, payload_len: u64) -> Self {
+        Self {
+            fin,
+            rsv: 0,
+            opcode,
+            mask,
+            payload_len,
+        }
+    }
+
     /// Ok(None): need more bytes. Ok(Some((h, n))): the header is buf[..n]. Checks: reserved
     /// opcode, RSV bits set (no extension negotiated), control frame > 125 bytes or not FIN,
     /// 64-bit length with MSB set -> ProtocolError 1002. Each check fires as soon as the byte
@@ -167,13 +190,7 @@ pub fn encode_frame(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) {
-    let header = FrameHeader {
-        fin,
-        rsv: 0,
-        opcode,
-        mask,
-        payload_len: payload.len() as u64,
-    };
+    let header = FrameHeader::new(fin, opcode, mask, payload.len() as u64);
     let mut h = [0u8; MAX_HEADER_LEN];
     let n = header.encode(&mut h);
     out.reserve(n + payload.len());

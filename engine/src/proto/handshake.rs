@@ -5,15 +5,17 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::rng::fill_random;
+
 /// The GUID appended to the client key before hashing (§1.3).
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Most header lines a request or response may carry; more is 431.
 pub const MAX_HEADERS: usize = 64;
 
-/// Default for the handshake header-block limit (`max_header_bytes`): 8 KiB, the size most
-/// servers allow. The driver holds at most this much per connection during the handshake.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 << 10;
+/// Default for the handshake header-block limit (`header_bytes_max`): 8 KiB, the size most
+/// servers allow. A connection holds at most this much during its handshake.
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 8 << 10;
 
 /// A parsed, validated upgrade request (owned: the handshake happens once per connection).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +83,7 @@ impl Request {
 /// when the response header block is over the limit, and 502 when the response is malformed or
 /// fails validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandshakeError {
     /// HTTP status code.
     pub status: u16,
@@ -89,7 +92,8 @@ pub struct HandshakeError {
 }
 
 impl HandshakeError {
-    const fn new(status: u16, reason: &'static str) -> Self {
+    /// An error answered with HTTP `status`.
+    pub const fn new(status: u16, reason: &'static str) -> Self {
         Self { status, reason }
     }
 
@@ -118,17 +122,17 @@ impl core::fmt::Display for HandshakeError {
 impl std::error::Error for HandshakeError {}
 
 /// The length of a complete header block, `None` while it is incomplete and still under
-/// `max_header_bytes`; an incomplete block at the limit is 431, too many fields 431, anything
+/// `header_bytes_max`; an incomplete block at the limit is 431, too many fields 431, anything
 /// else httparse rejects is `malformed()`.
 fn header_block_len(
     parsed: httparse::Result<usize>,
     buf_len: usize,
-    max_header_bytes: usize,
+    header_bytes_max: usize,
     malformed: impl FnOnce() -> HandshakeError,
 ) -> Result<Option<usize>, HandshakeError> {
     match parsed {
         Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
-        Ok(httparse::Status::Partial) if buf_len >= max_header_bytes => Err(too_large()),
+        Ok(httparse::Status::Partial) if buf_len >= header_bytes_max => Err(too_large()),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             Err(HandshakeError::new(431, "too many header fields"))
@@ -139,19 +143,19 @@ fn header_block_len(
 
 /// Parse and validate an upgrade request.
 ///
-/// Ok(None): incomplete, need more bytes (and fewer than max_header_bytes so far).
+/// Ok(None): incomplete, need more bytes (and fewer than header_bytes_max so far).
 /// Ok(Some((req, n))): request occupies buf[..n]; bytes after n are pipelined WebSocket frames.
 pub fn parse_request(
     buf: &[u8],
-    max_header_bytes: usize,
+    header_bytes_max: usize,
 ) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let malformed = || HandshakeError::new(400, "malformed HTTP request");
-    let Some(n) = header_block_len(req.parse(buf), buf.len(), max_header_bytes, malformed)? else {
+    let Some(n) = header_block_len(req.parse(buf), buf.len(), header_bytes_max, malformed)? else {
         return Ok(None);
     };
-    if n > max_header_bytes {
+    if n > header_bytes_max {
         return Err(too_large());
     }
     let method = req.method.unwrap_or_default();
@@ -262,13 +266,6 @@ pub fn generate_key() -> String {
     BASE64.encode(k)
 }
 
-/// A fresh masking key for one client frame (§5.3: unpredictable, from a strong source).
-pub fn generate_mask() -> [u8; 4] {
-    let mut k = [0u8; 4];
-    fill_random(&mut k);
-    k
-}
-
 /// The client's upgrade request: `GET path HTTP/1.1` with Host, Upgrade, Connection,
 /// Sec-WebSocket-Key, Sec-WebSocket-Version 13, Sec-WebSocket-Protocol when `protocols` is not
 /// empty, and extra headers. Header names or values containing CR or LF are left out.
@@ -337,15 +334,15 @@ impl Response {
 pub fn parse_response(
     buf: &[u8],
     key: &str,
-    max_header_bytes: usize,
+    header_bytes_max: usize,
 ) -> Result<Option<(Response, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let malformed = || bad_response("malformed HTTP response");
-    let Some(n) = header_block_len(resp.parse(buf), buf.len(), max_header_bytes, malformed)? else {
+    let Some(n) = header_block_len(resp.parse(buf), buf.len(), header_bytes_max, malformed)? else {
         return Ok(None);
     };
-    if n > max_header_bytes {
+    if n > header_bytes_max {
         return Err(too_large());
     }
     let status = resp.code.unwrap_or_default();
@@ -484,20 +481,5 @@ fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Error",
-    }
-}
-
-/// OS randomness; if the OS source fails (it does not on Linux ≥ 3.17), std's per-process
-/// random hash keys, which are also seeded from the OS, fill the buffer instead.
-fn fill_random(out: &mut [u8]) {
-    if getrandom::getrandom(out).is_ok() {
-        return;
-    }
-    use std::hash::{BuildHasher, Hasher};
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(chunk.as_ptr() as usize);
-        let v = h.finish().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
     }
 }

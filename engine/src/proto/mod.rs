@@ -5,27 +5,39 @@
 //! - [`Decoder`]: frames in, messages and control frames out, in place and zero copy.
 //! - [`encode_frame`] / [`FrameHeader`]: frames out.
 //! - [`CloseState`], [`parse_close_payload`], [`close_payload`]: the closing handshake.
+//! - [`Connection`]: one connection's whole protocol state (handshake, frames, close, deadlines),
+//!   driven with bytes and a time; [`Endpoint`] holds what a shard's connections share.
 //!
 //! Every protocol violation is a [`ProtocolError`] carrying the close code RFC 6455 asks for.
 
 mod close;
+mod close_code;
 mod codec;
+mod connection;
+mod endpoint;
 mod error;
 mod frame;
 mod handshake;
+mod message;
+mod rng;
 
 #[cfg(test)]
 mod tests;
 
 pub use close::{
-    close_payload, parse_close_payload, CloseCode, CloseFrame, ClosePhase, CloseState,
-    MAX_CLOSE_REASON_LEN,
+    close_payload, parse_close_payload, CloseFrame, ClosePhase, CloseState, MAX_CLOSE_REASON_LEN,
 };
-pub use codec::{Decoder, Event, Limits, Role};
+pub use close_code::CloseCode;
+pub use codec::{Decoder, Event, Limits};
+pub use connection::{
+    AfterFlush, AppEvent, Connection, Link, Output, Received, RecvHalf, SendHalf, Timeout,
+};
+pub use endpoint::{Endpoint, Settings};
 pub use error::ProtocolError;
-pub use frame::{encode_frame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
+pub use frame::{encode_frame, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 pub use handshake::{
-    accept_key, accept_response, client_request, generate_key, generate_mask, parse_request,
-    parse_response, reject_response, HandshakeError, Request, Response, DEFAULT_MAX_HEADER_BYTES,
-    MAX_HEADERS,
+    accept_key, accept_response, client_request, generate_key, parse_request, parse_response,
+    reject_response, HandshakeError, Request, Response, HEADER_BYTES_MAX_DEFAULT, MAX_HEADERS,
 };
+pub use message::Message;
+pub use rng::MaskRng;

@@ -400,10 +400,7 @@ fn binary_is_not_utf8_checked() {
 
 #[test]
 fn frame_over_max_frame_bytes_is_1009() {
-    let limits = Limits {
-        max_frame_bytes: 100,
-        max_message_bytes: 1000,
-    };
+    let limits = Limits::new(100, 1000);
     let ok = cframe(OpCode::Binary, true, &[1; 100]);
     decode_split(Role::Server, limits, &ok, &[]).1.unwrap();
     // Rejected from the header alone, before any payload byte arrives.
@@ -418,10 +415,7 @@ fn frame_over_max_frame_bytes_is_1009() {
 
 #[test]
 fn message_over_max_message_bytes_is_1009() {
-    let limits = Limits {
-        max_frame_bytes: 100,
-        max_message_bytes: 250,
-    };
+    let limits = Limits::new(100, 250);
     let ok = concat(&[
         cframe(OpCode::Text, false, &[b'a'; 100]),
         cframe(OpCode::Continuation, false, &[b'a'; 100]),
@@ -436,10 +430,7 @@ fn message_over_max_message_bytes_is_1009() {
     let (_, r) = decode_split(Role::Server, limits, &over, &[]);
     assert_eq!(r.unwrap_err().code, CloseCode::MESSAGE_TOO_BIG);
     let single = cframe(OpCode::Binary, true, &[0; 90]);
-    let tight = Limits {
-        max_frame_bytes: 100,
-        max_message_bytes: 80,
-    };
+    let tight = Limits::new(100, 80);
     let (_, r) = decode_split(Role::Server, tight, &single, &[]);
     assert_eq!(r.unwrap_err().code, CloseCode::MESSAGE_TOO_BIG);
 }
@@ -537,7 +528,7 @@ fn close_payload_truncates_reason_on_char_boundary() {
 
 #[test]
 fn close_received_while_open_is_echoed_and_completes() {
-    let mut s = CloseState::new(Role::Server);
+    let mut s = CloseState::new();
     assert!(s.can_send() && s.accepts_data());
     let (p, n) = s
         .on_received(&CloseFrame {
@@ -546,13 +537,13 @@ fn close_received_while_open_is_echoed_and_completes() {
         })
         .unwrap();
     assert_eq!(&p[..n], &4001u16.to_be_bytes());
-    assert!(s.is_closed() && s.should_close_tcp() && !s.can_send());
+    assert!(s.is_closed() && !s.can_send());
     assert_eq!(s.initiate(CloseCode::NORMAL, ""), None);
 }
 
 #[test]
 fn empty_close_received_is_answered_with_empty_close() {
-    let mut s = CloseState::new(Role::Client);
+    let mut s = CloseState::new();
     let (_, n) = s
         .on_received(&CloseFrame {
             code: None,
@@ -561,43 +552,39 @@ fn empty_close_received_is_answered_with_empty_close() {
         .unwrap();
     assert_eq!(n, 0);
     assert!(s.is_closed());
-    // A client waits for the server to close TCP.
-    assert!(!s.should_close_tcp());
 }
 
 #[test]
 fn after_close_sent_data_is_ignored_and_reply_completes() {
-    let mut s = CloseState::new(Role::Server);
+    let mut s = CloseState::new();
     let (p, n) = s.initiate(CloseCode::GOING_AWAY, "shutdown").unwrap();
     assert_eq!(parse_close_payload(&p[..n]).unwrap().reason, "shutdown");
     assert_eq!(s.phase(), ClosePhase::CloseSent);
-    assert!(!s.accepts_data() && !s.can_send() && !s.should_close_tcp());
+    assert!(!s.accepts_data() && !s.can_send() && !s.is_closed());
     assert_eq!(s.initiate(CloseCode::NORMAL, ""), None);
     let reply = s.on_received(&CloseFrame {
         code: Some(CloseCode::GOING_AWAY),
         reason: "",
     });
     assert_eq!(reply, None);
-    assert!(s.is_closed() && s.should_close_tcp());
+    assert!(s.is_closed());
 }
 
 #[test]
-fn failing_the_connection_sends_the_error_code_and_closes_tcp() {
-    for role in [Role::Server, Role::Client] {
-        let mut s = CloseState::new(role);
-        let err = ProtocolError::new(CloseCode::INVALID_PAYLOAD, "bad text");
-        let (p, n) = s.fail(&err).unwrap();
-        assert_eq!(
-            parse_close_payload(&p[..n]).unwrap().code,
-            Some(CloseCode(1007))
-        );
-        assert!(s.is_closed() && s.should_close_tcp());
-    }
+fn failing_the_connection_sends_the_error_code_once() {
+    let mut s = CloseState::new();
+    let (p, n) = s.fail(CloseCode::INVALID_PAYLOAD, "bad text").unwrap();
+    assert_eq!(
+        parse_close_payload(&p[..n]).unwrap().code,
+        Some(CloseCode(1007))
+    );
+    assert!(s.is_closed());
+    assert_eq!(s.fail(CloseCode::PROTOCOL_ERROR, ""), None);
 }
 
 #[test]
 fn initiating_with_a_code_not_allowed_on_wire_sends_empty_close() {
-    let mut s = CloseState::new(Role::Server);
+    let mut s = CloseState::new();
     let (_, n) = s.initiate(CloseCode::NO_STATUS, "x").unwrap();
     assert_eq!(n, 0);
 }
@@ -922,7 +909,7 @@ fn good_without(name: &str) -> Vec<&'static str> {
 }
 
 fn status_of(bytes: &[u8]) -> u16 {
-    parse_request(bytes, DEFAULT_MAX_HEADER_BYTES)
+    parse_request(bytes, HEADER_BYTES_MAX_DEFAULT)
         .map(|_| 101)
         .unwrap_or_else(|e| e.status)
 }
@@ -935,7 +922,7 @@ fn accept_key_matches_rfc_example() {
 #[test]
 fn handshake_rfc_example_request_is_accepted() {
     let bytes = request_with(GOOD);
-    let (req, n) = parse_request(&bytes, DEFAULT_MAX_HEADER_BYTES)
+    let (req, n) = parse_request(&bytes, HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!(n, bytes.len());
@@ -962,7 +949,7 @@ fn handshake_incomplete_request_needs_more_bytes() {
     let bytes = request_with(GOOD);
     for cut in 0..bytes.len() {
         assert_eq!(
-            parse_request(&bytes[..cut], DEFAULT_MAX_HEADER_BYTES),
+            parse_request(&bytes[..cut], HEADER_BYTES_MAX_DEFAULT),
             Ok(None),
             "cut {cut}"
         );
@@ -1020,7 +1007,7 @@ fn upgrade_and_connection_tokens_are_case_insensitive_lists() {
     lines.push("upgrade: foo/2, WebSocket");
     lines.push("CONNECTION: keep-alive");
     lines.push("connection: , UPGRADE ");
-    let (req, _) = parse_request(&request_with(&lines), DEFAULT_MAX_HEADER_BYTES)
+    let (req, _) = parse_request(&request_with(&lines), HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!(req.key(), RFC_KEY);
@@ -1030,7 +1017,7 @@ fn upgrade_and_connection_tokens_are_case_insensitive_lists() {
 fn handshake_version_12_is_426() {
     let mut lines = good_without("Sec-WebSocket-Version");
     lines.push("Sec-WebSocket-Version: 12");
-    let err = parse_request(&request_with(&lines), DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+    let err = parse_request(&request_with(&lines), HEADER_BYTES_MAX_DEFAULT).unwrap_err();
     assert_eq!(err.status, 426);
     let resp = String::from_utf8(err.response()).unwrap();
     assert!(
@@ -1092,7 +1079,7 @@ fn handshake_pipelined_frame_bytes_are_left() {
     let mut bytes = request_with(GOOD);
     let head = bytes.len();
     bytes.extend_from_slice(&cframe(OpCode::Text, true, b"early"));
-    let (_, n) = parse_request(&bytes, DEFAULT_MAX_HEADER_BYTES)
+    let (_, n) = parse_request(&bytes, HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!(n, head);
@@ -1108,7 +1095,7 @@ fn handshake_absolute_form_target_is_split() {
         "ws://server.example.com/chat?room=1",
         1,
     );
-    let (req, _) = parse_request(bytes.as_bytes(), DEFAULT_MAX_HEADER_BYTES)
+    let (req, _) = parse_request(bytes.as_bytes(), HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!((req.path(), req.query()), ("/chat", Some("room=1")));
@@ -1119,7 +1106,7 @@ fn protocols_are_collected_across_repeated_headers() {
     let mut lines = good_without("Sec-WebSocket-Protocol");
     lines.push("Sec-WebSocket-Protocol: a");
     lines.push("sec-websocket-protocol: b ,c,,");
-    let (req, _) = parse_request(&request_with(&lines), DEFAULT_MAX_HEADER_BYTES)
+    let (req, _) = parse_request(&request_with(&lines), HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!(req.protocols().collect::<Vec<_>>(), ["a", "b", "c"]);
@@ -1142,7 +1129,7 @@ fn reject_response_is_complete_and_closes() {
 
 #[test]
 fn header_injection_in_extra_headers_is_dropped() {
-    let (req, _) = parse_request(&request_with(GOOD), DEFAULT_MAX_HEADER_BYTES)
+    let (req, _) = parse_request(&request_with(GOOD), HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     let r = accept_response(&req, None, &[("X-A", "1\r\nSet-Cookie: x")]);
@@ -1160,7 +1147,7 @@ fn client_request_is_accepted_by_server_and_response_validates() {
         &["chat", "v2"],
         &[("Origin", "http://o")],
     );
-    let (req, n) = parse_request(&req_bytes, DEFAULT_MAX_HEADER_BYTES)
+    let (req, n) = parse_request(&req_bytes, HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!(n, req_bytes.len());
@@ -1169,14 +1156,14 @@ fn client_request_is_accepted_by_server_and_response_validates() {
     let mut resp_bytes = accept_response(&req, Some("v2"), &[]);
     let head = resp_bytes.len();
     resp_bytes.extend_from_slice(&frame(OpCode::Text, true, b"hi", None));
-    let (resp, n) = parse_response(&resp_bytes, &key, DEFAULT_MAX_HEADER_BYTES)
+    let (resp, n) = parse_response(&resp_bytes, &key, HEADER_BYTES_MAX_DEFAULT)
         .unwrap()
         .unwrap();
     assert_eq!(n, head);
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.protocol(), Some("v2"));
     assert_eq!(
-        parse_response(&resp_bytes[..head - 1], &key, DEFAULT_MAX_HEADER_BYTES),
+        parse_response(&resp_bytes[..head - 1], &key, HEADER_BYTES_MAX_DEFAULT),
         Ok(None)
     );
 }
@@ -1186,10 +1173,11 @@ const BASE64_LEN: usize = 24;
 #[test]
 fn generated_keys_differ() {
     assert_ne!(generate_key(), generate_key());
-    assert_ne!(
-        (0..4).map(|_| generate_mask()).collect::<Vec<_>>(),
-        vec![generate_mask(); 4]
-    );
+    // Masks: one RNG per shard, seeded from the OS once; two shards never share a stream.
+    let (mut a, mut b) = (MaskRng::from_os(), MaskRng::from_os());
+    let from_a: Vec<[u8; 4]> = (0..4).map(|_| a.mask()).collect();
+    assert_ne!(from_a, vec![from_a[0]; 4]);
+    assert_ne!(from_a, (0..4).map(|_| b.mask()).collect::<Vec<_>>());
 }
 
 #[test]
@@ -1199,7 +1187,7 @@ fn client_rejects_wrong_accept_key() {
          Sec-WebSocket-Accept: {}\r\n\r\n",
         accept_key("AAAAAAAAAAAAAAAAAAAAAA==")
     );
-    let err = parse_response(resp.as_bytes(), RFC_KEY, DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+    let err = parse_response(resp.as_bytes(), RFC_KEY, HEADER_BYTES_MAX_DEFAULT).unwrap_err();
     assert_eq!(err.status, 502);
 }
 
@@ -1214,12 +1202,12 @@ fn client_rejects_non_101_and_missing_tokens_and_extensions() {
         ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_string(), 502),
     ];
     for (resp, status) in cases {
-        let err = parse_response(resp.as_bytes(), RFC_KEY, DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+        let err = parse_response(resp.as_bytes(), RFC_KEY, HEADER_BYTES_MAX_DEFAULT).unwrap_err();
         assert_eq!(err.status, status, "{resp}");
     }
     let resp = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nsec-websocket-accept: {ok_accept}\r\n\r\n");
     assert!(
-        parse_response(resp.as_bytes(), RFC_KEY, DEFAULT_MAX_HEADER_BYTES)
+        parse_response(resp.as_bytes(), RFC_KEY, HEADER_BYTES_MAX_DEFAULT)
             .unwrap()
             .is_some()
     );

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// One scheduled deadline.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Entry {
+pub(crate) struct Scheduled {
     /// Connection slot.
     pub(crate) key: u32,
     /// Generation of the slot when the entry was scheduled.
@@ -29,7 +29,7 @@ const SLOT_MIN_CAPACITY: usize = 8;
 
 /// The wheel. Ticks count from the wheel's creation.
 pub(crate) struct TimerWheel {
-    slots: Box<[Vec<Entry>]>,
+    slots: Box<[Vec<Scheduled>]>,
     start: Instant,
     tick: Duration,
     /// Every tick `<= now` has been processed.
@@ -91,7 +91,7 @@ impl TimerWheel {
         let at = at.max(self.now.saturating_add(1));
         self.scanned = None;
         let mask = self.slots.len() - 1;
-        self.slots[at as usize & mask].push(Entry {
+        self.slots[at as usize & mask].push(Scheduled {
             key,
             generation,
             at,
@@ -102,7 +102,7 @@ impl TimerWheel {
 
     /// Process every tick up to the one containing `now`, appending the entries that expired
     /// to `out`.
-    pub(crate) fn advance(&mut self, now: Instant, out: &mut Vec<Entry>) {
+    pub(crate) fn advance(&mut self, now: Instant, out: &mut Vec<Scheduled>) {
         let target = self.tick_of(now);
         if self.len == 0 {
             self.now = self.now.max(target);
@@ -184,7 +184,7 @@ mod tests {
         w.advance(t0 + Duration::from_millis(30), &mut out);
         assert_eq!(
             out,
-            vec![Entry {
+            vec![Scheduled {
                 key: 1,
                 generation: 7,
                 at: 3

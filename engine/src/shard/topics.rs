@@ -1,28 +1,22 @@
-//! One shard's topic table: which of its connections subscribe to what, local delivery of
-//! publishes, and its mailbox of publishes and sends from other shards and threads.
+//! One shard's topic table: which of its connections subscribe to what, and the publishes its
+//! handlers made this turn (delivered locally before the flush, see `Shard::deliver_local`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use crossbeam_channel::Receiver;
 use slab::Slab;
 
-use crate::pubsub::{encode_shared, Hub, Inbox, PubStats, PubSubError, PublishOptions};
-use crate::server::ShardStats;
-use crate::{Handler, Message};
-
-use super::{Connection, Ctx, Phase, Shard, CLIENT};
-
-/// Mailbox messages handled per loop turn (the rest wait for the next turn, which does not
-/// block), so a publish storm cannot starve the shard's sockets.
-const INBOX_PER_TURN: usize = 4096;
+use super::hub::Hub;
+use crate::proto::Message;
+use crate::pubsub::{PubSubError, PublishOptions};
+use crate::stats::ShardStats;
 
 /// One subscriber of a topic.
 #[derive(Debug)]
-struct Subscriber {
-    key: u32,
+pub(crate) struct Subscriber {
+    pub(crate) key: u32,
     /// The last conflated frame queued to it (compared by address to replace it while unsent).
-    last: Option<Weak<[u8]>>,
+    pub(crate) last: Option<Weak<[u8]>>,
 }
 
 /// A topic with at least one subscriber on this shard.
@@ -41,39 +35,35 @@ struct Sub {
 
 /// A publish from a handler on this shard, delivered to local subscribers before the flush.
 #[derive(Debug)]
-struct Pending {
-    topic: Arc<[u8]>,
-    frame: Arc<[u8]>,
-    opts: PublishOptions,
+pub(crate) struct Pending {
+    pub(crate) topic: Arc<[u8]>,
+    pub(crate) frame: Arc<[u8]>,
+    pub(crate) opts: PublishOptions,
 }
 
 /// The shard's topic table.
 pub(crate) struct Topics {
     hub: Arc<Hub>,
     shard: usize,
-    inbox: Receiver<Inbox>,
+    stats: Arc<ShardStats>,
     by_name: HashMap<Arc<[u8]>, u32>,
     table: Slab<Topic>,
     /// Connection key -> its subscriptions.
     conns: HashMap<u32, Vec<Sub>>,
+    /// Publishes made by this shard's handlers this turn.
     pending: Vec<Pending>,
-    /// The last turn left mailbox messages unread.
-    backlog: bool,
 }
 
 impl Topics {
-    pub(crate) fn new(hub: Arc<Hub>, shard: usize, inbox: Receiver<Inbox>) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, shard: usize, stats: Arc<ShardStats>) -> Self {
         Self {
             hub,
             shard,
-            inbox,
+            stats,
             by_name: HashMap::new(),
             table: Slab::new(),
             conns: HashMap::new(),
             pending: Vec::new(),
-            // The first poll must not block: publishes may have arrived before the waker was
-            // registered.
-            backlog: true,
         }
     }
 
@@ -81,13 +71,34 @@ impl Topics {
         &self.hub
     }
 
-    fn stats(&self) -> &PubStats {
-        self.hub.stats(self.shard)
+    /// Local publishes are waiting: the next poll must not block.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
-    /// Work is waiting: the next poll must not block.
-    pub(crate) fn has_work(&self) -> bool {
-        !self.pending.is_empty() || self.backlog
+    /// Take this turn's local publishes (delivery runs no callback, so none is added meanwhile).
+    pub(crate) fn take_pending(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Give the (drained) pending list back, keeping its allocation.
+    pub(crate) fn restore_pending(&mut self, v: Vec<Pending>) {
+        if self.pending.is_empty() {
+            self.pending = v;
+        }
+    }
+
+    /// The subscribers of `topic`, taken out of the table while they are offered a frame (no
+    /// callback runs meanwhile, so the list cannot change): give them back with
+    /// [`Topics::put_subscribers`].
+    pub(crate) fn take_subscribers(&mut self, topic: &[u8]) -> Option<(u32, Vec<Subscriber>)> {
+        let &id = self.by_name.get(topic)?;
+        Some((id, std::mem::take(&mut self.table[id as usize].subs)))
+    }
+
+    /// See [`Topics::take_subscribers`].
+    pub(crate) fn put_subscribers(&mut self, id: u32, subs: Vec<Subscriber>) {
+        self.table[id as usize].subs = subs;
     }
 
     /// Topics with subscribers on this shard.
@@ -104,7 +115,7 @@ impl Topics {
 
     /// Subscribe connection `key` to `topic`; `Ok(false)` if it already was.
     pub(crate) fn subscribe(&mut self, key: u32, topic: &[u8]) -> Result<bool, PubSubError> {
-        if topic.len() > self.hub.config().topic_name_bytes_max {
+        if topic.len() > self.hub.topic_name_bytes_max() {
             return Err(PubSubError::TopicTooLong);
         }
         let id = match self.by_name.get(topic) {
@@ -129,7 +140,7 @@ impl Topics {
             slot: t.subs.len() as u32,
         });
         t.subs.push(Subscriber { key, last: None });
-        PubStats::bump(&self.stats().subscriptions, 1);
+        ShardStats::bump(&self.stats.subscriptions, 1);
         Ok(true)
     }
 
@@ -176,10 +187,7 @@ impl Topics {
                 s.slot = sub.slot;
             }
         }
-        self.hub
-            .stats(self.shard)
-            .subscriptions
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        ShardStats::drop_one(&self.stats.subscriptions);
         if t.subs.is_empty() {
             let t = self.table.remove(sub.topic as usize);
             self.by_name.remove(&t.name);
@@ -195,27 +203,27 @@ impl Topics {
         msg: Message<'_>,
         opts: PublishOptions,
     ) -> Result<(), PubSubError> {
-        if topic.len() > self.hub.config().topic_name_bytes_max {
+        if topic.len() > self.hub.topic_name_bytes_max() {
             return Err(PubSubError::TopicTooLong);
         }
-        PubStats::bump(&self.stats().published, 1);
+        ShardStats::bump(&self.stats.published, 1);
         let mut encoded: Option<Arc<[u8]>> = None;
         if let Some((name, _)) = self.by_name.get_key_value(topic) {
-            let frame = encoded.get_or_insert_with(|| encode_shared(msg)).clone();
+            let frame = encoded.get_or_insert_with(|| msg.encode_shared()).clone();
             self.pending.push(Pending {
                 topic: name.clone(),
                 frame,
                 opts,
             });
         }
-        let mut frame = || encoded.get_or_insert_with(|| encode_shared(msg)).clone();
-        self.hub.forward(
-            Some(self.shard),
-            topic,
-            &mut frame,
-            opts,
-            self.hub.stats(self.shard),
-        )
+        let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
+        match self.hub.forward(Some(self.shard), topic, &mut frame, opts) {
+            0 => Ok(()),
+            full => {
+                ShardStats::bump(&self.stats.dropped, full);
+                Err(PubSubError::MailboxFull)
+            }
+        }
     }
 
     /// Forget every subscription (the shard is stopping).
@@ -228,184 +236,54 @@ impl Topics {
     }
 }
 
-/// What happened to one frame offered to one subscriber.
-enum Outcome {
-    Queued,
-    Conflated,
-    Dropped,
-    Closed,
-    Skipped,
-}
-
-/// Queue `frame` to `conn` under the send-queue limit and the publish's options.
-fn offer<S>(
-    ctx: &mut Ctx,
-    key: u32,
-    conn: &mut Connection<S>,
-    frame: &Arc<[u8]>,
-    opts: PublishOptions,
-    last: Option<&mut Option<Weak<[u8]>>>,
-) -> Outcome {
-    // Outbound (client) connections mask every frame: a shared server frame is not for them.
-    if conn.phase != Phase::Open || !conn.close.can_send() || conn.flags & CLIENT != 0 {
-        return Outcome::Skipped;
-    }
-    let mut last = last;
-    if opts.conflate {
-        if let Some(Some(w)) = last.as_deref() {
-            if conn.queue.replace_shared(w, frame.clone()) {
-                if let Some(l) = last.as_deref_mut() {
-                    *l = Some(Arc::downgrade(frame));
-                }
-                return Outcome::Conflated;
-            }
-        }
-    }
-    // As for direct sends, a frame always fits an empty queue: the limit stops a backlog.
-    if !conn.queue.is_empty() && conn.queue.len() + frame.len() > ctx.config.send_queue_bytes_max {
-        if opts.droppable || opts.conflate {
-            return Outcome::Dropped;
-        }
-        ctx.slow_consumer(key, conn);
-        return Outcome::Closed;
-    }
-    conn.queue.push_shared(frame.clone());
-    ShardStats::bump(&ctx.stats.frames_sent, 1);
-    ctx.note_backlog(conn);
-    ctx.mark_dirty(key, conn);
-    if opts.conflate {
-        if let Some(l) = last {
-            *l = Some(Arc::downgrade(frame));
-        }
-    }
-    Outcome::Queued
-}
-
-impl<H: Handler> Shard<H> {
-    /// Deliver this turn's local publishes and read the mailbox (called before the flush).
-    pub(super) fn pubsub_turn(&mut self) {
-        let shard = self.ctx.topics.shard;
-        self.ctx.topics.hub.clear_wake(shard);
-        let mut budget = INBOX_PER_TURN;
-        loop {
-            if !self.ctx.topics.pending.is_empty() {
-                // Delivery runs no callback, so nothing is added meanwhile: keep the allocation.
-                let mut batch = std::mem::take(&mut self.ctx.topics.pending);
-                for p in batch.drain(..) {
-                    self.deliver_topic(&p.topic, &p.frame, p.opts);
-                }
-                self.ctx.topics.pending = batch;
-            }
-            if budget == 0 {
-                break;
-            }
-            let Ok(m) = self.ctx.topics.inbox.try_recv() else {
-                break;
-            };
-            budget -= 1;
-            match m {
-                Inbox::Publish { topic, frame, opts } => self.deliver_topic(&topic, &frame, opts),
-                Inbox::Send { id, frame } => {
-                    let key = id.key();
-                    let Some(e) = self.slab.get_mut(key) else {
-                        continue;
-                    };
-                    if e.conn.generation != id.generation() {
-                        continue;
-                    }
-                    let out = offer(
-                        &mut self.ctx,
-                        key as u32,
-                        &mut e.conn,
-                        &frame,
-                        PublishOptions::default(),
-                        None,
-                    );
-                    self.count(out);
-                }
-            }
-        }
-        self.ctx.topics.backlog = budget == 0 && !self.ctx.topics.inbox.is_empty();
-    }
-
-    fn count(&self, out: Outcome) {
-        let st = self.ctx.topics.hub.stats(self.ctx.topics.shard);
-        match out {
-            Outcome::Queued => PubStats::bump(&st.delivered, 1),
-            Outcome::Conflated => PubStats::bump(&st.conflated, 1),
-            Outcome::Dropped => PubStats::bump(&st.dropped, 1),
-            Outcome::Closed | Outcome::Skipped => {}
-        }
-    }
-
-    /// Queue `frame` to every local subscriber of `topic`.
-    fn deliver_topic(&mut self, topic: &[u8], frame: &Arc<[u8]>, opts: PublishOptions) {
-        let Some(&id) = self.ctx.topics.by_name.get(topic) else {
-            return;
-        };
-        // No callback runs while offering, so the subscriber list cannot change meanwhile.
-        let mut subs = std::mem::take(&mut self.ctx.topics.table[id as usize].subs);
-        let (mut queued, mut conflated, mut dropped) = (0, 0, 0);
-        for s in &mut subs {
-            let Some(e) = self.slab.get_mut(s.key as usize) else {
-                continue;
-            };
-            match offer(
-                &mut self.ctx,
-                s.key,
-                &mut e.conn,
-                frame,
-                opts,
-                Some(&mut s.last),
-            ) {
-                Outcome::Queued => queued += 1,
-                Outcome::Conflated => conflated += 1,
-                Outcome::Dropped => dropped += 1,
-                Outcome::Closed | Outcome::Skipped => {}
-            }
-        }
-        self.ctx.topics.table[id as usize].subs = subs;
-        let st = self.ctx.topics.hub.stats(self.ctx.topics.shard);
-        PubStats::bump(&st.delivered, queued);
-        PubStats::bump(&st.conflated, conflated);
-        PubStats::bump(&st.dropped, dropped);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::PubSubConfig;
+    use crate::shard::mailbox::Mail;
+    use crate::stats::Stats;
+    use crossbeam_channel::Receiver;
 
-    fn table(shards: usize) -> (Arc<Hub>, Vec<Topics>) {
-        let (hub, rxs) = Hub::new(shards, PubSubConfig::default());
-        let t = rxs
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| Topics::new(hub.clone(), i, rx))
-            .collect();
-        (hub, t)
+    struct Shards {
+        hub: Arc<Hub>,
+        rxs: Vec<Receiver<Mail>>,
+        stats: Vec<Arc<ShardStats>>,
     }
 
-    fn stats(hub: &Hub) -> crate::Stats {
-        let mut s = crate::Stats::default();
-        hub.add_to(&mut s);
-        s
+    fn table_with(shards: usize, mailbox_max: usize) -> (Shards, Vec<Topics>) {
+        let (hub, rxs) = Hub::new(shards, mailbox_max, 256);
+        let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+        let t = (0..shards)
+            .map(|i| Topics::new(hub.clone(), i, stats[i].clone()))
+            .collect();
+        (Shards { hub, rxs, stats }, t)
+    }
+
+    fn table(shards: usize) -> (Shards, Vec<Topics>) {
+        table_with(shards, 65_536)
+    }
+
+    fn stats(s: &Shards) -> Stats {
+        let mut out = Stats::default();
+        s.hub.add_to(&mut out);
+        for st in &s.stats {
+            st.add_to(&mut out);
+        }
+        out
     }
 
     #[test]
     fn subscribe_twice_is_one_subscription() {
-        let (hub, mut t) = table(1);
+        let (s, mut t) = table(1);
         assert_eq!(t[0].subscribe(1, b"a"), Ok(true));
         assert_eq!(t[0].subscribe(1, b"a"), Ok(false));
         assert_eq!(t[0].subscription_count(), 1);
-        assert_eq!(stats(&hub).subscriptions, 1);
-        assert_eq!(stats(&hub).topics, 1);
+        assert_eq!(stats(&s).subscriptions, 1);
+        assert_eq!(stats(&s).topics, 1);
     }
 
     #[test]
     fn last_unsubscribe_removes_the_topic_and_its_shard_bit() {
-        let (hub, mut t) = table(2);
+        let (s, mut t) = table(2);
         t[0].subscribe(1, b"a").unwrap();
         t[0].subscribe(2, b"a").unwrap();
         t[1].subscribe(7, b"a").unwrap();
@@ -415,15 +293,15 @@ mod tests {
         assert!(t[0].unsubscribe(2, b"a"));
         assert_eq!(t[0].topic_count(), 0);
         // Shard 1 still subscribes: the topic stays in the shared mask.
-        assert_eq!(stats(&hub).topics, 1);
+        assert_eq!(stats(&s).topics, 1);
         t[1].remove_conn(7);
-        let s = stats(&hub);
+        let s = stats(&s);
         assert_eq!((s.topics, s.subscriptions), (0, 0));
     }
 
     #[test]
     fn removing_a_connection_fixes_the_moved_subscriber_slot() {
-        let (_hub, mut t) = table(1);
+        let (_s, mut t) = table(1);
         for k in 0..5 {
             t[0].subscribe(k, b"x").unwrap();
             t[0].subscribe(k, b"y").unwrap();
@@ -445,7 +323,7 @@ mod tests {
 
     #[test]
     fn topic_name_longer_than_the_limit_is_refused() {
-        let (_hub, mut t) = table(1);
+        let (_s, mut t) = table(1);
         let long = vec![b'a'; 257];
         assert_eq!(t[0].subscribe(1, &long), Err(PubSubError::TopicTooLong));
         assert_eq!(
@@ -457,17 +335,17 @@ mod tests {
 
     #[test]
     fn publish_reaches_only_shards_with_subscribers() {
-        let (_hub, mut t) = table(3);
+        let (s, mut t) = table(3);
         t[1].subscribe(1, b"a").unwrap();
         t[0].subscribe(1, b"a").unwrap();
         t[0].publish(b"a", Message::Text("hi"), PublishOptions::default())
             .unwrap();
         // Local delivery is pending on shard 0; shard 1 got one mail; shard 2 nothing.
         assert_eq!(t[0].pending.len(), 1);
-        assert!(t[0].inbox.is_empty());
-        assert_eq!(t[1].inbox.len(), 1);
-        assert!(t[2].inbox.is_empty());
-        let Ok(Inbox::Publish { frame, .. }) = t[1].inbox.try_recv() else {
+        assert!(s.rxs[0].is_empty());
+        assert_eq!(s.rxs[1].len(), 1);
+        assert!(s.rxs[2].is_empty());
+        let Ok(Mail::Publish { frame, .. }) = s.rxs[1].try_recv() else {
             panic!("expected a publish");
         };
         // Serialized once: shard 0's pending frame is the same allocation.
@@ -477,18 +355,7 @@ mod tests {
 
     #[test]
     fn publish_to_a_full_mailbox_is_refused_and_counted() {
-        let (hub, rxs) = Hub::new(
-            2,
-            PubSubConfig {
-                topic_name_bytes_max: 16,
-                mailbox_messages_max: 2,
-            },
-        );
-        let mut t: Vec<Topics> = rxs
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| Topics::new(hub.clone(), i, rx))
-            .collect();
+        let (s, mut t) = table_with(2, 2);
         t[1].subscribe(1, b"a").unwrap();
         for _ in 0..2 {
             t[0].publish(b"a", Message::Binary(b"x"), PublishOptions::default())
@@ -498,7 +365,7 @@ mod tests {
             t[0].publish(b"a", Message::Binary(b"x"), PublishOptions::default()),
             Err(PubSubError::MailboxFull)
         );
-        assert_eq!(stats(&hub).dropped, 1);
-        assert_eq!(stats(&hub).published, 3);
+        assert_eq!(stats(&s).dropped, 1);
+        assert_eq!(stats(&s).published, 3);
     }
 }

@@ -4,6 +4,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use crate::io::sys;
 use io_uring::{types, IoUring};
 
 /// Buffer group id of the shard's provided-buffer ring (one group per ring).
@@ -53,11 +54,12 @@ impl BufRing {
         }
         let entries_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
         let bufs_len = usize::from(count) * size as usize;
-        let entries = mmap_anon(entries_len)?.cast::<types::BufRingEntry>();
-        let bufs = match mmap_anon(bufs_len) {
+        let entries = sys::mmap_anon(entries_len)?.cast::<types::BufRingEntry>();
+        let bufs = match sys::mmap_anon(bufs_len) {
             Ok(p) => p,
             Err(e) => {
-                munmap(entries.cast(), entries_len);
+                // SAFETY: the mapping just made above, not registered with the ring yet.
+                unsafe { sys::munmap(entries.cast(), entries_len) };
                 return Err(e);
             }
         };
@@ -167,32 +169,11 @@ impl Drop for BufRing {
         if self.leak {
             return;
         }
-        munmap(self.entries.cast(), self.entries_len);
-        munmap(self.bufs, self.bufs_len);
-    }
-}
-
-pub(super) fn mmap_anon(len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: an anonymous private mapping aliases no Rust object; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
-}
-
-pub(super) fn munmap(p: NonNull<u8>, len: usize) {
-    // SAFETY: `p`/`len` are exactly a mapping made by `mmap_anon`, unmapped once (from Drop).
-    unsafe {
-        libc::munmap(p.as_ptr().cast(), len);
+        // SAFETY: both are exactly the mappings made in `new`, unmapped once, here; the ring
+        // that could write into them is closed (it is dropped first, see `UringDriver`).
+        unsafe {
+            sys::munmap(self.entries.cast(), self.entries_len);
+            sys::munmap(self.bufs, self.bufs_len);
+        }
     }
 }

@@ -21,17 +21,3 @@ impl Drop for DirectFd {
         }
     }
 }
-
-/// The soft `RLIMIT_NOFILE` (at least 1), the largest fixed-file table the kernel accepts.
-pub(super) fn nofile_limit() -> u32 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into a live local.
-    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-    if r < 0 {
-        return 1024;
-    }
-    rl.rlim_cur.clamp(1, u64::from(u32::MAX)) as u32
-}

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::buf_ring::BufRing;
-use super::direct::nofile_limit;
 use super::op::{OpId, OpKind};
 use super::probe::builder;
 use super::waker::EventFdWaker;
-use crate::io::{Completion, Driver, DriverConfig, Socket, Token, Waker};
+use crate::io::{sys, Completion, Driver, DriverConfig, Socket, Token, Waker};
 use crate::send_queue::SendQueue;
 
 /// How long the listener waits after its multishot accept failed (descriptor table full,
@@ -172,7 +171,7 @@ impl Driver for UringDriver {
         listener.set_nonblocking(true)?;
         // Accepted sockets inherit TCP_NODELAY from the listener (there is no setsockopt on a
         // direct descriptor without a real fd).
-        set_nodelay(listener.as_raw_fd())?;
+        sys::set_nodelay(listener.as_raw_fd())?;
         let ring = builder()
             .setup_cqsize(cfg.sq_entries * 4)
             .build(cfg.sq_entries)?;
@@ -182,7 +181,7 @@ impl Driver for UringDriver {
             // small, so connections arriving in that same turn still find a slot instead of
             // being accepted and closed by the kernel (ENFILE). The kernel refuses a table
             // larger than RLIMIT_NOFILE: the cap is clamped to it.
-            let limit = nofile_limit();
+            let limit = sys::nofile_limit();
             let table = cfg
                 .direct_fds_max
                 .saturating_add(DIRECT_FDS_SLACK)
@@ -376,8 +375,8 @@ impl Driver for UringDriver {
         let Some(c) = self.conn(token) else { return };
         match c.sock {
             Sock::Fd(fd) => {
-                // SAFETY: shutdown(2) on a descriptor this driver owns; no memory is involved.
-                unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+                // Errors are ignored: the close timeout bounds the wait anyway.
+                let _ = sys::shutdown_write(fd);
             }
             Sock::Fixed(i) => {
                 // Runs inline at submission (a socket shutdown never blocks), so before any
@@ -436,22 +435,4 @@ impl Driver for UringDriver {
         drop(listener);
         self.accept_retry_at = None;
     }
-}
-
-pub(super) fn set_nodelay(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::io::{Completion, Driver, DriverConfig, Socket, Token};
 use crate::send_queue::SendQueue;
 
-use super::direct::nofile_limit;
 use super::driver::{ConnIo, UringConfig, UringDriver};
 use super::op::{OpId, OpKind};
 use super::probe::probe;
+use crate::io::sys::nofile_limit;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 

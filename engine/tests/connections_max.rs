@@ -1,4 +1,4 @@
-//! `max_connections`: handshakes past the limit get HTTP 503; a freed slot is reusable.
+//! `connections_max`: handshakes past the limit get HTTP 503; a freed slot is reusable.
 
 mod common;
 
@@ -7,7 +7,7 @@ use common::raw::{http_exchange, new_key, upgrade_request, RawClient};
 every_backend! {
     fn refused_and_abandoned_handshakes_free_their_slots(backend) {
         let server = common::start_with(backend, |b| {
-            b.max_connections(2).handshake_timeout(std::time::Duration::from_millis(200))
+            b.connections_max(2).handshake_timeout(std::time::Duration::from_millis(200))
         });
         for _ in 0..10 {
             // Refused by on_upgrade (403), malformed (405), and silent until the timeout.
@@ -30,9 +30,9 @@ every_backend! {
         b.echo_text("slot two");
     }
 
-    fn handshake_past_max_connections_gets_503(backend) {
+    fn handshake_past_connections_max_gets_503(backend) {
         // Two shards: the limit counts connections across all of them.
-        let server = common::start_with(backend, |b| b.shards(percore::Shards::Count(2)).max_connections(3));
+        let server = common::start_with(backend, |b| b.shards(percore::Shards::Count(2)).connections_max(3));
         let mut open: Vec<RawClient> = (0..3).map(|_| RawClient::connect(server.addr).unwrap()).collect();
         for c in &mut open {
             c.echo_text("inside the limit");

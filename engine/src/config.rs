@@ -1,0 +1,167 @@
+//! What a server runs with: the backend and shard choices and every limit, as
+//! [`crate::ServerBuilder`] collects them. What each limit costs is documented on its builder
+//! method; [`Config::clamped`] is the one place where limits are clamped.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Which I/O backend the shards run on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring where the kernel allows it, else epoll (the default).
+    #[default]
+    Auto,
+    /// epoll (through mio): readiness, then `read`/`writev` per connection.
+    Epoll,
+    /// io_uring: multishot accept and recv into a provided-buffer ring, batched submission.
+    IoUring,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io_uring",
+        })
+    }
+}
+
+/// How many shards (threads) to run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum Shards {
+    /// One per CPU core the process may run on (the default).
+    #[default]
+    PerCore,
+    /// Exactly this many (at least 1).
+    Count(usize),
+}
+
+/// What happens to a connection whose send queue grows past `send_queue_bytes_max`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Drop the queue and close with 1008 (policy violation). The default.
+    #[default]
+    Close1008,
+    /// Drop the queue and close with 1013 (try again later).
+    Close1013,
+}
+
+/// Smallest receive buffer: one page (smaller buffers only add reads).
+const RECV_BUFFER_BYTES_MIN: usize = 4 << 10;
+/// Largest receive buffer: an io_uring buffer length is a `u32`, and a gigabyte per buffer is
+/// past any sensible use.
+const RECV_BUFFER_BYTES_MAX: usize = 1 << 30;
+/// Most buffers in one io_uring provided-buffer ring (the kernel's bound).
+const RECV_BUFFERS_MAX: usize = 32_768;
+
+/// Everything a shard needs to know; built by [`crate::ServerBuilder`]. Limit names carry their
+/// unit last (`_bytes`, `_messages`…) and a `_max` when they bound something.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) shards: Shards,
+    pub(crate) pin: bool,
+    pub(crate) backend: Backend,
+    pub(crate) backlog: u32,
+    pub(crate) connections_max: usize,
+    pub(crate) handshake_header_bytes_max: usize,
+    pub(crate) frame_bytes_max: usize,
+    pub(crate) message_bytes_max: usize,
+    pub(crate) send_queue_bytes_max: usize,
+    pub(crate) send_queue_low_water_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) recv_buffer_bytes: usize,
+    pub(crate) recv_buffers: usize,
+    pub(crate) direct_fds: bool,
+    pub(crate) direct_fds_max: u32,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) topic_name_bytes_max: usize,
+    pub(crate) mailbox_messages_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shards: Shards::PerCore,
+            pin: true,
+            backend: Backend::Auto,
+            backlog: 4096,
+            connections_max: 200_000,
+            handshake_header_bytes_max: 8 << 10,
+            frame_bytes_max: 16 << 20,
+            message_bytes_max: 16 << 20,
+            send_queue_bytes_max: 4 << 20,
+            send_queue_low_water_bytes: 64 << 10,
+            slow_consumer: SlowConsumer::Close1008,
+            recv_buffer_bytes: 64 << 10,
+            recv_buffers: 256,
+            direct_fds: false,
+            direct_fds_max: 20_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            pong_timeout: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(5),
+            topic_name_bytes_max: 256,
+            mailbox_messages_max: 65_536,
+        }
+    }
+}
+
+impl Config {
+    /// Every clamp, in one place (called once, by `ServerBuilder::start`). `nofile` is the
+    /// process's `RLIMIT_NOFILE`, which caps an io_uring fixed-file table (see
+    /// [`crate::ServerBuilder::direct_fds_max`]).
+    pub(crate) fn clamped(mut self, nofile: u32) -> Self {
+        if let Shards::Count(n) = self.shards {
+            self.shards = Shards::Count(n.max(1));
+        }
+        self.recv_buffer_bytes = self
+            .recv_buffer_bytes
+            .clamp(RECV_BUFFER_BYTES_MIN, RECV_BUFFER_BYTES_MAX);
+        // A provided-buffer ring holds a power of two of buffers.
+        let n = self.recv_buffers.clamp(1, RECV_BUFFERS_MAX);
+        self.recv_buffers = 1 << (usize::BITS - 1 - n.leading_zeros());
+        self.direct_fds_max = self.direct_fds_max.clamp(1, nofile.max(1));
+        // `on_drain` is due when the queue falls below this: 0 would never be crossed.
+        self.send_queue_low_water_bytes = self.send_queue_low_water_bytes.max(1);
+        self.mailbox_messages_max = self.mailbox_messages_max.max(1);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamps_round_recv_buffers_down_to_a_power_of_two_and_bound_the_rest() {
+        let c = Config {
+            recv_buffers: 5000,
+            recv_buffer_bytes: 10,
+            direct_fds_max: u32::MAX,
+            send_queue_low_water_bytes: 0,
+            mailbox_messages_max: 0,
+            shards: Shards::Count(0),
+            ..Config::default()
+        }
+        .clamped(20_000);
+        assert_eq!(c.recv_buffers, 4096);
+        assert_eq!(c.recv_buffer_bytes, RECV_BUFFER_BYTES_MIN);
+        assert_eq!(c.direct_fds_max, 20_000);
+        assert_eq!(c.send_queue_low_water_bytes, 1);
+        assert_eq!(c.mailbox_messages_max, 1);
+        assert_eq!(c.shards, Shards::Count(1));
+        let c = Config {
+            recv_buffers: 1 << 20,
+            ..Config::default()
+        }
+        .clamped(20_000);
+        assert_eq!(c.recv_buffers, RECV_BUFFERS_MAX);
+    }
+}

@@ -1,0 +1,105 @@
+//! Raw system calls, behind one helper (as mio's `syscall!`): each call is one `unsafe` line with
+//! its reason, and `-1` becomes the `io::Error` of `errno`. The backends call these wrappers,
+//! not `libc` directly, for anything the std library and mio do not cover.
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+/// Call `libc::$fn(args…)`; `-1` (or `MAP_FAILED` for `mmap`) is `Err(last_os_error)`.
+/// The caller writes the `// SAFETY:` comment for the arguments it passes.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: see the comment at the call site: the arguments satisfy the call's contract.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// The soft `RLIMIT_NOFILE` (at least 1; 1024 if it cannot be read): what bounds plain sockets
+/// per process and each io_uring fixed-file table (see
+/// [`crate::ServerBuilder::direct_fds_max`]).
+pub(crate) fn nofile_limit() -> u32 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // getrlimit writes one rlimit into a live local.
+    match syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut rl)) {
+        Ok(_) => rl.rlim_cur.clamp(1, u64::from(u32::MAX)) as u32,
+        Err(_) => 1024,
+    }
+}
+
+/// `TCP_NODELAY` on `fd`.
+pub(crate) fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // setsockopt reads one c_int from a live local.
+    syscall!(setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        (&one as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+    ))
+    .map(drop)
+}
+
+/// `shutdown(fd, SHUT_WR)`: send FIN, keep reading.
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // shutdown(2) involves no memory.
+    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+}
+
+/// A new non-blocking, close-on-exec eventfd.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // eventfd(2) involves no memory.
+    let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add `n` to an eventfd's counter (`EAGAIN`: saturated, a wake-up is pending anyway).
+pub(crate) fn eventfd_add(fd: RawFd, n: u64) -> io::Result<()> {
+    // write(2) reads 8 bytes from a live u64.
+    match syscall!(write(fd, (&n as *const u64).cast(), 8)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An anonymous private read-write mapping of `len` bytes (zeroed, page aligned).
+pub(crate) fn mmap_anon(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping aliases no Rust object; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Unmap a mapping made by [`mmap_anon`].
+///
+/// # Safety
+///
+/// `p`/`len` are exactly one mapping from [`mmap_anon`], not used afterwards.
+pub(crate) unsafe fn munmap(p: NonNull<u8>, len: usize) {
+    // The caller guarantees the mapping; munmap involves no Rust object.
+    let _ = syscall!(munmap(p.as_ptr().cast(), len));
+}

@@ -1,0 +1,969 @@
+//! One WebSocket connection's protocol state, sans-IO, in the shape of quinn-proto's
+//! `Connection`: the opening handshake (server and client side), frame decoding into events,
+//! the close handshake and how the transport ends, and the handshake, idle/ping, pong and close
+//! deadlines.
+//!
+//! A [`Connection`] takes the bytes received on its transport (plaintext) and a time, and gives
+//! back events for the application, the bytes to send (written into an [`Output`] the caller
+//! supplies: a send queue, or a TLS session in front of one) and its next deadline. It owns no
+//! socket, reads no clock and makes no system call. `now` is a tick count in a unit the caller
+//! picks (the timeouts of [`Settings`] count the same ticks); what a group of connections shares
+//! (settings, the masking-key RNG) comes in with each call as an [`Endpoint`].
+//!
+//! # Driving a connection
+//!
+//! | when | call |
+//! |---|---|
+//! | a connection was accepted | [`Connection::server`] |
+//! | an outbound transport is up | [`Connection::client`] (queues the upgrade request) |
+//! | bytes arrived | [`Connection::handle_recv`]; answer a [`Received::Upgrade`] with [`Connection::accept_upgrade`] or [`Connection::reject_upgrade`] (now or later) |
+//! | the application sends or closes | the [`SendHalf`] methods: through the [`Link`] handed out with each event, or [`Connection::send_half`] |
+//! | after any call above | [`Connection::poll_timeout`]: be woken at that tick (or earlier) |
+//! | that tick came | [`Connection::handle_timeout`] |
+//! | everything output so far left for the peer | [`Connection::handle_flushed`]: close or half-close the transport as it says |
+//! | the peer closed, or the transport failed | [`Connection::handle_eof`] |
+//! | the caller gives up (write error, shutdown deadline) | [`Connection::abort`] |
+//! | [`Connection::is_finished`] | report [`Connection::close_outcome`] (when [`Connection::reports_close`]) and drop the transport |
+//!
+//! # Borrowing
+//!
+//! Events borrow the receive buffer (a message that arrived whole in one buffer is handed out
+//! where it landed, unmasked in place) or the connection's message buffer. The connection is
+//! therefore two halves: a [`RecvHalf`] (decoder state and held bytes: what events borrow) and
+//! a [`SendHalf`] (phase, close handshake, keepalive clock, close outcome: what the application
+//! acts on). Each event comes with a [`Link`] to the send half, so the application can send or
+//! close from inside the callback while the event's payload is still borrowed.
+
+use std::sync::Arc;
+
+use super::close::{CloseFrame, CloseState};
+use super::close_code::CloseCode;
+use super::codec::{DecodeState, Event};
+use super::endpoint::{Endpoint, Settings};
+use super::error::ProtocolError;
+use super::frame::{encode_frame, OpCode, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
+use super::handshake::{
+    accept_response, parse_request, parse_response, reject_response, HandshakeError, Request,
+};
+use super::message::Message;
+
+#[cfg(test)]
+mod tests;
+
+/// Where the bytes a connection sends go: the caller's send queue, or a transform in front of
+/// it (TLS). Every method appends at the end; nothing is sent until the caller flushes.
+pub trait Output {
+    /// Queue one frame: `encode` appends it (at most `len_max` bytes) to the `Vec` it is given.
+    fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>));
+    /// Queue bytes that are not a frame (the handshake's HTTP request or response).
+    fn push_bytes(&mut self, bytes: &[u8]);
+    /// Queue an encoded frame shared with other connections (a broadcast or publish).
+    fn push_shared(&mut self, frame: &Arc<[u8]>);
+}
+
+/// A `Vec` as output: everything appended, in order (tests, simple embedders).
+impl Output for Vec<u8> {
+    fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.reserve(len_max);
+        encode(self);
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn push_shared(&mut self, frame: &Arc<[u8]>) {
+        self.extend_from_slice(frame);
+    }
+}
+
+/// What [`Connection::handle_recv`] hands to the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AppEvent<'a> {
+    /// Client side: the server accepted the upgrade; the connection is open.
+    Opened,
+    /// A complete data message.
+    Message(Message<'a>),
+    /// A ping; its pong is already queued.
+    Ping(&'a [u8]),
+}
+
+/// What the caller must know after [`Connection::handle_recv`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Received {
+    /// The bytes were processed (or held until more arrive).
+    Done,
+    /// Server side: a complete, valid upgrade request. Answer it with
+    /// [`Connection::accept_upgrade`] or [`Connection::reject_upgrade`], now or later (the
+    /// handshake timeout runs until then); frames that came with it are held meanwhile.
+    Upgrade(Request),
+    /// The peer broke the protocol: the connection is failing (its close frame is queued).
+    Failed(ProtocolError),
+    /// The handshake failed: a server's HTTP error response is queued (the connection ends
+    /// after it); a client's connection is finished.
+    Refused(HandshakeError),
+}
+
+/// What [`Connection::handle_timeout`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// No deadline passed (activity moved it): ask [`Connection::poll_timeout`] again.
+    NotDue,
+    /// The idle deadline passed: a ping is queued, the pong deadline runs.
+    Pinged,
+    /// A handshake, pong or close deadline passed: the connection is finished.
+    Expired,
+}
+
+/// What to do with the transport once the output is flushed ([`Connection::handle_flushed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AfterFlush {
+    /// Nothing: the connection goes on.
+    Continue,
+    /// Half-close (send FIN) and keep reading until the peer's EOF or the close timeout.
+    ShutdownWrite,
+    /// Close the transport: the connection is finished.
+    Close,
+}
+
+/// The send half's view of one event: what the application needs to send or close while the
+/// event borrows the receive half.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Link<'a, O> {
+    /// The connection's send half.
+    pub half: &'a mut SendHalf,
+    /// The shared endpoint.
+    pub ep: &'a mut Endpoint,
+    /// Where output goes.
+    pub out: &'a mut O,
+    /// The current tick.
+    pub now: u32,
+}
+
+/// One WebSocket connection (see the module docs for how to drive it). 48 bytes; no heap
+/// memory while idle.
+#[derive(Debug)]
+pub struct Connection {
+    recv: RecvHalf,
+    send: SendHalf,
+}
+
+/// The receive half: what events borrow from.
+#[derive(Debug)]
+pub struct RecvHalf {
+    decoder: DecodeState,
+    held: Held,
+}
+
+/// The send half: phase, close handshake, keepalive clock and close outcome.
+#[derive(Debug)]
+pub struct SendHalf {
+    /// How the connection ended (for `close_outcome`), once known.
+    outcome: Option<Box<Outcome>>,
+    /// Tick of the last received bytes.
+    last_rx: u32,
+    /// Tick the current phase (or the outstanding ping) started.
+    mark: u32,
+    close: CloseState,
+    phase: Phase,
+    flags: u8,
+}
+
+/// Where a connection stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Reading the upgrade request (server) or its response (client).
+    Handshake,
+    /// Server: the request was handed out; waiting for `accept_upgrade` or `reject_upgrade`.
+    Upgrading,
+    /// Open: data flows (or, per the close state, we wait for the peer's close frame).
+    Open,
+    /// Done talking: the output is flushed, then the transport closes or half-closes.
+    Flushing,
+    /// Half-closed: input is discarded until the peer's EOF or the close timeout.
+    Linger,
+    /// Finished.
+    Closed,
+}
+
+/// The client role: frames are masked, the server's must not be.
+const CLIENT: u8 = 1;
+/// The connection opened (a client's also reports its end when it never opened).
+const OPENED: u8 = 2;
+/// An idle ping is outstanding: nothing arrived since `mark`.
+const PING_OUT: u8 = 4;
+/// After the flush, half-close and linger instead of closing.
+const LINGER: u8 = 8;
+
+/// How a connection ended, as `on_close` reports it.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<CloseCode>,
+    reason: String,
+}
+
+/// Why a connection stops talking (decides how its transport ends, see `end_after_flush`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ending {
+    /// Close frames went both ways.
+    CloseHandshake,
+    /// We failed the connection (protocol error, limit, internal error).
+    Failed,
+    /// We refused the upgrade with an HTTP error.
+    Refused,
+}
+
+/// Bytes of a new receive buffer appended to a held partial frame before decoding it (enough to
+/// complete any frame header or control frame: 14 + 125).
+const HELD_FILL: usize = 160;
+
+/// Bytes kept between two receives: 8 bytes inline, no heap memory while empty.
+#[derive(Debug, Default)]
+struct Held(Option<Box<HeldBytes>>);
+
+#[derive(Debug)]
+enum HeldBytes {
+    /// The handshake so far (server: the request; client: the response) and, for a client,
+    /// the key the response must answer.
+    Handshake {
+        bytes: Vec<u8>,
+        key: Option<Box<str>>,
+    },
+    /// Frames not decoded yet: a partial frame left at the end of a receive buffer, or frames
+    /// that arrived with the upgrade request.
+    Frames(Vec<u8>),
+}
+
+impl Held {
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    fn frames(&mut self) -> Option<&mut Vec<u8>> {
+        match self.0.as_deref_mut() {
+            Some(HeldBytes::Frames(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Hold `bytes` as frames (no heap memory kept when empty).
+    fn set_frames(&mut self, bytes: Vec<u8>) {
+        self.0 = (!bytes.is_empty()).then(|| Box::new(HeldBytes::Frames(bytes)));
+    }
+
+    fn take_frames(&mut self) -> Vec<u8> {
+        match self.0.take().map(|b| *b) {
+            Some(HeldBytes::Frames(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+
+    fn handshake(&mut self) -> Option<(&mut Vec<u8>, Option<&str>)> {
+        match self.0.as_deref_mut() {
+            Some(HeldBytes::Handshake { bytes, key }) => Some((bytes, key.as_deref())),
+            _ => None,
+        }
+    }
+
+    fn hold_handshake(&mut self, bytes: &[u8], key: Option<Box<str>>) {
+        self.0 = Some(Box::new(HeldBytes::Handshake {
+            bytes: bytes.to_vec(),
+            key,
+        }));
+    }
+
+    fn take_handshake(&mut self) -> Vec<u8> {
+        match self.0.take().map(|b| *b) {
+            Some(HeldBytes::Handshake { bytes, .. }) => bytes,
+            _ => Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self.0.as_deref() {
+            Some(HeldBytes::Frames(v)) | Some(HeldBytes::Handshake { bytes: v, .. }) => v.len(),
+            None => 0,
+        }
+    }
+}
+
+impl Connection {
+    /// An accepted connection, waiting for its upgrade request (the handshake deadline runs
+    /// from `now`).
+    pub fn server(now: u32) -> Self {
+        Self::new(now, Role::Server)
+    }
+
+    /// An outbound connection: queues `request` (see [`super::client_request`], made with
+    /// `key`) and waits for the server's answer.
+    pub fn client<O: Output>(now: u32, out: &mut O, key: &str, request: &[u8]) -> Self {
+        let mut c = Self::new(now, Role::Client);
+        c.send.flags |= CLIENT;
+        c.recv.held.hold_handshake(&[], Some(key.into()));
+        out.push_bytes(request);
+        c
+    }
+
+    fn new(now: u32, role: Role) -> Self {
+        Self {
+            recv: RecvHalf {
+                decoder: DecodeState::new(role),
+                held: Held::default(),
+            },
+            send: SendHalf {
+                outcome: None,
+                last_rx: now,
+                mark: now,
+                close: CloseState::new(),
+                phase: Phase::Handshake,
+                flags: 0,
+            },
+        }
+    }
+
+    /// The send half, to send or close outside an event (e.g. when the application opens the
+    /// connection, or from a timer of its own).
+    #[inline]
+    pub fn send_half(&mut self) -> &mut SendHalf {
+        &mut self.send
+    }
+
+    /// Is the connection open (handshake done, not yet flushing its last bytes)?
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        self.send.phase == Phase::Open
+    }
+
+    /// Is the opening handshake still running (a server's includes waiting for the
+    /// application's answer)?
+    #[inline]
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.send.phase, Phase::Handshake | Phase::Upgrading)
+    }
+
+    /// Is the connection done talking and waiting for its output to be flushed (call
+    /// [`Connection::handle_flushed`] once it is)?
+    #[inline]
+    pub fn is_flushing(&self) -> bool {
+        self.send.phase == Phase::Flushing
+    }
+
+    /// May data be sent ([`SendHalf::can_send`])?
+    #[inline]
+    pub fn can_send(&self) -> bool {
+        self.send.can_send()
+    }
+
+    /// Is this the client end?
+    #[inline]
+    pub fn is_client(&self) -> bool {
+        self.send.is_client()
+    }
+
+    /// Is the connection finished (nothing more to do but drop the transport)?
+    #[inline]
+    pub fn is_finished(&self) -> bool {
+        self.send.phase == Phase::Closed
+    }
+
+    /// Should the application hear how the connection ended? Yes once it was opened, and
+    /// always for a client (whose handshake may fail).
+    pub fn reports_close(&self) -> bool {
+        self.send.flags & (OPENED | CLIENT) != 0
+    }
+
+    /// How the connection ended: the close code the peer sent (or the one we sent when we
+    /// failed the connection), `None` for a close frame without a code, and 1006 with an empty
+    /// reason when the transport ended without a close handshake (or a deadline passed).
+    pub fn close_outcome(&self) -> (Option<CloseCode>, &str) {
+        match self.send.outcome.as_deref() {
+            Some(o) => (o.code, o.reason.as_str()),
+            None => (Some(CloseCode::ABNORMAL), ""),
+        }
+    }
+
+    /// Bytes held between receives (a partial handshake or frame), for memory accounting.
+    pub fn held_bytes(&self) -> usize {
+        self.recv.held.len() + self.recv.decoder.buffered_bytes()
+    }
+
+    /// Call with every buffer of bytes received, in order (plaintext: after TLS, if any). The
+    /// buffer is processed in place (frames are unmasked where they lie) and a message that
+    /// lies whole in it is handed to `on` without a copy; what is left of a partial frame is
+    /// copied and held. `on` gets each [`AppEvent`] with a [`Link`] to act on the connection.
+    /// An empty `buf` processes what is held (call it after [`Connection::accept_upgrade`]).
+    pub fn handle_recv<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        buf: &mut [u8],
+        mut on: F,
+    ) -> Received
+    where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
+        self.send.last_rx = now;
+        match self.send.phase {
+            Phase::Open => match self.recv_frames(now, ep, out, buf, &mut on) {
+                None => Received::Done,
+                Some(e) => Received::Failed(e),
+            },
+            Phase::Handshake if self.send.is_client() => {
+                self.recv_response(now, ep, out, buf, &mut on)
+            }
+            Phase::Handshake => self.recv_request(now, ep, out, buf),
+            Phase::Upgrading => {
+                // Frames sent before the answer: held, within the handshake's bound.
+                if self.recv.held.len() + buf.len() > ep.settings().handshake_header_bytes_max {
+                    self.abort();
+                } else {
+                    let mut held = self.recv.held.take_frames();
+                    held.extend_from_slice(buf);
+                    self.recv.held.set_frames(held);
+                }
+                Received::Done
+            }
+            Phase::Flushing | Phase::Linger | Phase::Closed => Received::Done,
+        }
+    }
+
+    /// Server: answer the upgrade request ([`Received::Upgrade`]) with 101, `protocol` (one the
+    /// client offered) and extra `headers`. The connection is open; then call
+    /// [`Connection::handle_recv`] with an empty buffer for frames that came with the request.
+    pub fn accept_upgrade<O: Output>(
+        &mut self,
+        now: u32,
+        out: &mut O,
+        req: &Request,
+        protocol: Option<&str>,
+        headers: &[(&str, &str)],
+    ) {
+        if self.send.phase != Phase::Upgrading {
+            return;
+        }
+        out.push_bytes(&accept_response(req, protocol, headers));
+        self.send.open(now);
+    }
+
+    /// Server: refuse the upgrade request with HTTP `status`, extra `headers` and a text
+    /// `body`; the transport ends once that response is flushed.
+    pub fn reject_upgrade<O: Output>(
+        &mut self,
+        now: u32,
+        out: &mut O,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) {
+        if self.send.phase != Phase::Upgrading {
+            return;
+        }
+        self.recv.held.clear();
+        self.send
+            .refuse(now, out, &reject_response(status, headers, body));
+    }
+
+    /// The tick at which [`Connection::handle_timeout`] is due next (`None`: no deadline).
+    /// Activity only moves deadlines later, so a caller may keep an earlier wake-up and call
+    /// `handle_timeout` then: it answers [`Timeout::NotDue`] and this gives the new tick.
+    #[inline]
+    pub fn poll_timeout(&self, ep: &Endpoint) -> Option<u32> {
+        self.send.deadline(ep.settings())
+    }
+
+    /// Call when a tick given by [`Connection::poll_timeout`] came (or later): sends the idle
+    /// ping, or ends the connection whose handshake, pong or close deadline passed.
+    pub fn handle_timeout<O: Output>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+    ) -> Timeout {
+        let s = &mut self.send;
+        if s.flags & PING_OUT != 0 && s.last_rx > s.mark {
+            s.flags &= !PING_OUT; // something arrived since the ping: alive
+        }
+        match s.deadline(ep.settings()) {
+            Some(at) if now >= at => {}
+            _ => return Timeout::NotDue,
+        }
+        if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
+            s.flags |= PING_OUT;
+            s.mark = now;
+            s.push_control(ep, out, OpCode::Ping, b"");
+            return Timeout::Pinged;
+        }
+        if s.phase != Phase::Linger {
+            // Only a lingering connection finished its close handshake: the rest report 1006.
+            s.outcome = None;
+        }
+        self.finish();
+        Timeout::Expired
+    }
+
+    /// Call when everything output so far has been handed to the transport (the send queue is
+    /// empty and nothing is in flight). Says whether the transport should now close or
+    /// half-close; the one place that decides it.
+    #[inline]
+    pub fn handle_flushed(&mut self) -> AfterFlush {
+        if self.send.phase != Phase::Flushing {
+            return AfterFlush::Continue;
+        }
+        self.recv.held.clear();
+        if self.send.flags & LINGER != 0 {
+            self.send.phase = Phase::Linger;
+            AfterFlush::ShutdownWrite
+        } else {
+            self.finish();
+            AfterFlush::Close
+        }
+    }
+
+    /// Call when the peer closed its side (EOF) or the transport failed: the connection is
+    /// finished (a lingering one normally; any other reports 1006 unless a close frame came).
+    pub fn handle_eof(&mut self) {
+        self.finish();
+    }
+
+    /// The caller gives up on the connection (a write failed, the shutdown deadline passed):
+    /// it is finished.
+    pub fn abort(&mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.recv.held.clear();
+        self.send.finish();
+    }
+
+    /// Frames in the open phase: `buf` in place, after completing any held partial frame.
+    fn recv_frames<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        buf: &mut [u8],
+        on: &mut F,
+    ) -> Option<ProtocolError>
+    where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
+        let mut pos = 0;
+        let failed = loop {
+            if self.send.phase != Phase::Open {
+                break None;
+            }
+            let Some(held) = self.recv.held.frames() else {
+                if pos == buf.len() {
+                    break None;
+                }
+                let rest = &mut buf[pos..];
+                let r = decode(
+                    &mut self.recv.decoder,
+                    &mut self.send,
+                    now,
+                    ep,
+                    out,
+                    rest,
+                    on,
+                );
+                match r {
+                    Ok(c) if c < rest.len() && self.send.phase == Phase::Open => {
+                        self.recv.held.set_frames(rest[c..].to_vec());
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Some(e),
+                }
+                break None;
+            };
+            // Complete the partial frame held from the previous buffer.
+            let old = held.len();
+            let take = (buf.len() - pos).min(HELD_FILL);
+            held.extend_from_slice(&buf[pos..pos + take]);
+            let mut bytes = self.recv.held.take_frames();
+            match decode(
+                &mut self.recv.decoder,
+                &mut self.send,
+                now,
+                ep,
+                out,
+                &mut bytes,
+                on,
+            ) {
+                // The old bytes and `c - old` new ones are consumed; go on in place.
+                Ok(c) if c >= old => pos += c - old,
+                Ok(c) => {
+                    pos += take;
+                    bytes.drain(..c);
+                    self.recv.held.set_frames(bytes);
+                    if take == 0 {
+                        break None;
+                    }
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = failed {
+            self.recv.held.clear();
+            self.send.fail(now, ep, out, e.code, e.reason);
+            return Some(e);
+        }
+        if self.send.phase != Phase::Open {
+            self.recv.held.clear();
+        }
+        if !self.recv.decoder.in_message() {
+            self.recv.decoder.shrink();
+        }
+        None
+    }
+
+    /// Server handshake bytes: hold them until the request is complete, then hand it out.
+    fn recv_request<O: Output>(
+        &mut self,
+        now: u32,
+        ep: &Endpoint,
+        out: &mut O,
+        buf: &[u8],
+    ) -> Received {
+        let max = ep.settings().handshake_header_bytes_max;
+        let (parsed, held) = match self.recv.held.handshake() {
+            None => (parse_request(buf, max), false),
+            Some((bytes, _)) => {
+                bytes.extend_from_slice(buf);
+                (parse_request(bytes, max), true)
+            }
+        };
+        match parsed {
+            Ok(None) => {
+                if !held {
+                    self.recv.held.hold_handshake(buf, None);
+                }
+                Received::Done
+            }
+            Ok(Some((req, n))) => {
+                let rest = if held {
+                    let mut bytes = self.recv.held.take_handshake();
+                    bytes.drain(..n);
+                    bytes
+                } else {
+                    buf[n..].to_vec()
+                };
+                self.recv.held.set_frames(rest);
+                self.send.phase = Phase::Upgrading;
+                Received::Upgrade(req)
+            }
+            Err(e) => {
+                self.recv.held.clear();
+                self.send.refuse(now, out, &e.response());
+                Received::Refused(e)
+            }
+        }
+    }
+
+    /// Client handshake bytes: wait for the whole response, check it, open.
+    fn recv_response<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        buf: &mut [u8],
+        on: &mut F,
+    ) -> Received
+    where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
+        let max = ep.settings().handshake_header_bytes_max;
+        let Some((bytes, key)) = self.recv.held.handshake() else {
+            return Received::Done;
+        };
+        bytes.extend_from_slice(buf);
+        match parse_response(bytes, key.unwrap_or_default(), max) {
+            Ok(None) => Received::Done,
+            Ok(Some((_resp, n))) => {
+                let mut rest = self.recv.held.take_handshake();
+                rest.drain(..n);
+                self.send.open(now);
+                let link = Link {
+                    half: &mut self.send,
+                    ep,
+                    out,
+                    now,
+                };
+                on(AppEvent::Opened, link);
+                match self.recv_frames(now, ep, out, &mut rest, on) {
+                    None => Received::Done,
+                    Some(e) => Received::Failed(e),
+                }
+            }
+            Err(e) => {
+                self.send.outcome = Some(Box::new(Outcome {
+                    code: Some(CloseCode::ABNORMAL),
+                    reason: format!("handshake failed: {} {}", e.status, e.reason),
+                }));
+                self.finish();
+                Received::Refused(e)
+            }
+        }
+    }
+}
+
+/// Run the decoder over `buf`, handing events to `on`. Returns the bytes consumed.
+fn decode<O, F>(
+    decoder: &mut DecodeState,
+    half: &mut SendHalf,
+    now: u32,
+    ep: &mut Endpoint,
+    out: &mut O,
+    buf: &mut [u8],
+    on: &mut F,
+) -> Result<usize, ProtocolError>
+where
+    O: Output,
+    F: FnMut(AppEvent<'_>, Link<'_, O>),
+{
+    use core::ops::ControlFlow;
+    let limits = ep.settings().limits;
+    decoder.decode(&limits, buf, |ev| {
+        match ev {
+            Event::Text(s) => half.deliver(now, ep, out, Message::Text(s), on),
+            Event::Binary(b) => half.deliver(now, ep, out, Message::Binary(b), on),
+            Event::Ping(p) => {
+                if half.can_send() {
+                    half.push_control(ep, out, OpCode::Pong, p);
+                    on(AppEvent::Ping(p), Link { half, ep, out, now });
+                }
+            }
+            // Any input proves the peer alive; a pong ends the wait for one at once.
+            Event::Pong(_) => half.flags &= !PING_OUT,
+            Event::Close(frame) => {
+                half.on_close_frame(now, ep, out, &frame);
+                return ControlFlow::Break(());
+            }
+        }
+        if half.phase == Phase::Open {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+}
+
+impl SendHalf {
+    /// May the application send data or pings (open, and no close frame sent or received)?
+    #[inline]
+    pub fn can_send(&self) -> bool {
+        self.phase == Phase::Open && self.close.can_send()
+    }
+
+    /// Is this the client end (its frames are masked)?
+    #[inline]
+    pub fn is_client(&self) -> bool {
+        self.flags & CLIENT != 0
+    }
+
+    /// Queue a data message. `false` (nothing queued) when the connection cannot send.
+    #[inline]
+    pub fn send_message<O: Output>(
+        &mut self,
+        ep: &mut Endpoint,
+        out: &mut O,
+        msg: Message<'_>,
+    ) -> bool {
+        if !self.can_send() {
+            return false;
+        }
+        // The one place a message becomes a frame: a per-message transform (compression)
+        // belongs between the two.
+        let mask = self.is_client().then(|| ep.mask());
+        let payload = msg.as_bytes();
+        out.push_frame(payload.len() + MAX_HEADER_LEN, |v| {
+            encode_frame(v, msg.opcode(), true, payload, mask)
+        });
+        true
+    }
+
+    /// Queue a ping (payload truncated to 125 bytes). `false` when the connection cannot send.
+    pub fn send_ping<O: Output>(&mut self, ep: &mut Endpoint, out: &mut O, payload: &[u8]) -> bool {
+        if !self.can_send() {
+            return false;
+        }
+        let p = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD_LEN)];
+        self.push_control(ep, out, OpCode::Ping, p);
+        true
+    }
+
+    /// Queue an encoded, unmasked (server) frame shared with other connections. `false` when
+    /// the connection cannot send, or is a client (whose frames must each be masked).
+    #[inline]
+    pub fn send_shared<O: Output>(&mut self, out: &mut O, frame: &Arc<[u8]>) -> bool {
+        if !self.can_send() || self.is_client() {
+            return false;
+        }
+        out.push_shared(frame);
+        true
+    }
+
+    /// Start the close handshake with `code` and `reason` (truncated to 123 bytes). Nothing
+    /// more can be sent; the connection ends when the peer answers or the close timeout passes.
+    pub fn close<O: Output>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        if let Some((p, n)) = self.close.initiate(code, reason) {
+            self.push_control(ep, out, OpCode::Close, &p[..n]);
+            self.mark = now;
+        }
+    }
+
+    /// Fail the connection (RFC 6455 §7.1.7) with `code`: a protocol error, a limit (slow
+    /// consumer), an internal error (a handler panicked). Queues a close frame if none was sent,
+    /// then the transport ends after the flush without waiting for the peer's close frame.
+    pub fn fail<O: Output>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        if let Some((p, n)) = self.close.fail(code, reason) {
+            self.push_control(ep, out, OpCode::Close, &p[..n]);
+        }
+        if self.outcome.is_none() {
+            self.outcome = Some(Box::new(Outcome {
+                code: Some(code),
+                reason: reason.to_owned(),
+            }));
+        }
+        self.end_after_flush(now, Ending::Failed);
+    }
+
+    /// The next deadline: the whole deadline table.
+    fn deadline(&self, st: &Settings) -> Option<u32> {
+        let after = |t: u32, ticks: u32| Some(t.saturating_add(ticks));
+        match self.phase {
+            Phase::Handshake | Phase::Upgrading => after(self.mark, st.handshake_timeout_ticks),
+            Phase::Open if !self.close.can_send() => after(self.mark, st.close_timeout_ticks),
+            Phase::Open if self.flags & PING_OUT != 0 && self.last_rx <= self.mark => {
+                after(self.mark, st.pong_timeout_ticks)
+            }
+            Phase::Open if st.idle_timeout_ticks > 0 => after(self.last_rx, st.idle_timeout_ticks),
+            Phase::Open | Phase::Closed => None,
+            Phase::Flushing | Phase::Linger => after(self.mark, st.close_timeout_ticks),
+        }
+    }
+
+    fn open(&mut self, now: u32) {
+        self.phase = Phase::Open;
+        self.flags |= OPENED;
+        self.mark = now;
+    }
+
+    fn finish(&mut self) {
+        if self.flags & (CLIENT | OPENED) == CLIENT && self.outcome.is_none() {
+            self.outcome = Some(Box::new(Outcome {
+                code: Some(CloseCode::ABNORMAL),
+                reason: "handshake did not complete".to_owned(),
+            }));
+        }
+        self.phase = Phase::Closed;
+    }
+
+    /// Queue a control frame (masked on the client side).
+    fn push_control<O: Output>(&mut self, ep: &mut Endpoint, out: &mut O, op: OpCode, p: &[u8]) {
+        let mask = self.is_client().then(|| ep.mask());
+        out.push_frame(p.len() + MAX_HEADER_LEN, |v| {
+            encode_frame(v, op, true, p, mask)
+        });
+    }
+
+    /// A data message arrived.
+    #[inline]
+    fn deliver<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        msg: Message<'_>,
+        on: &mut F,
+    ) where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
+        // After our close frame, data still arriving is ignored (§7.1.2 leaves it unread).
+        if self.phase == Phase::Open && self.close.accepts_data() {
+            on(
+                AppEvent::Message(msg),
+                Link {
+                    half: self,
+                    ep,
+                    out,
+                    now,
+                },
+            );
+        }
+    }
+
+    fn on_close_frame<O: Output>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        frame: &CloseFrame<'_>,
+    ) {
+        if self.outcome.is_none() {
+            self.outcome = Some(Box::new(Outcome {
+                code: frame.code,
+                reason: frame.reason.to_owned(),
+            }));
+        }
+        if let Some((p, n)) = self.close.on_received(frame) {
+            self.push_control(ep, out, OpCode::Close, &p[..n]);
+        }
+        self.end_after_flush(now, Ending::CloseHandshake);
+    }
+
+    /// Answer the handshake with an HTTP error and end after it.
+    fn refuse<O: Output>(&mut self, now: u32, out: &mut O, response: &[u8]) {
+        out.push_bytes(response);
+        self.end_after_flush(now, Ending::Refused);
+    }
+
+    /// Stop talking: the transport ends once the output is flushed ([`AfterFlush`]). How it
+    /// ends is decided here and nowhere else:
+    /// - a close handshake that went both ways: the server closes the transport first (RFC 6455
+    ///   §7.1.1); a client half-closes and waits for the server's FIN;
+    /// - a failed connection or a refused handshake: half-close and linger on both sides, so
+    ///   the peer reads our last bytes (closing with unread input sends RST, which may destroy
+    ///   them); the close timeout bounds the wait.
+    fn end_after_flush(&mut self, now: u32, ending: Ending) {
+        let linger = match ending {
+            Ending::CloseHandshake => self.is_client(),
+            Ending::Failed | Ending::Refused => true,
+        };
+        self.phase = Phase::Flushing;
+        if linger {
+            self.flags |= LINGER;
+        }
+        self.mark = now;
+    }
+}

@@ -1,0 +1,467 @@
+//! The connection state machine without sockets: bytes and ticks in, events, bytes and
+//! deadlines out.
+
+use core::ops::ControlFlow;
+
+use super::*;
+use crate::proto::{
+    client_request, encode_frame, parse_close_payload, Decoder, Event, Limits, MaskRng, Role,
+};
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const MASK: [u8; 4] = [1, 2, 3, 4];
+
+/// Ticks: handshake 8, idle 10, pong 5, close 3.
+fn endpoint() -> Endpoint {
+    let s = Settings {
+        handshake_timeout_ticks: 8,
+        idle_timeout_ticks: 10,
+        pong_timeout_ticks: 5,
+        close_timeout_ticks: 3,
+        ..Settings::default()
+    };
+    Endpoint::with_rng(s, MaskRng::from_seed([7; 32]))
+}
+
+fn request() -> Vec<u8> {
+    client_request("example.com", "/chat", KEY, &[], &[])
+}
+
+/// A masked client frame.
+fn cframe(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_frame(&mut v, op, true, payload, Some(MASK));
+    v
+}
+
+/// An unmasked server frame.
+fn sframe(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_frame(&mut v, op, true, payload, None);
+    v
+}
+
+fn close_payload_of(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+/// What a connection handed out, owned.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Opened,
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+}
+
+fn recv(
+    c: &mut Connection,
+    now: u32,
+    ep: &mut Endpoint,
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+) -> (Received, Vec<Got>) {
+    let mut buf = bytes.to_vec();
+    let mut got = Vec::new();
+    let r = c.handle_recv(now, ep, out, &mut buf, |ev, _link| {
+        got.push(match ev {
+            AppEvent::Opened => Got::Opened,
+            AppEvent::Message(Message::Text(s)) => Got::Text(s.to_owned()),
+            AppEvent::Message(Message::Binary(b)) => Got::Binary(b.to_vec()),
+            AppEvent::Ping(p) => Got::Ping(p.to_vec()),
+        })
+    });
+    (r, got)
+}
+
+/// Frames in `bytes` as a peer of `role` decodes them: (opcode, payload).
+fn frames(role: Role, bytes: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+    let mut dec = Decoder::new(role, Limits::default());
+    let mut buf = bytes.to_vec();
+    let mut out = Vec::new();
+    let used = dec
+        .decode(&mut buf, |ev| {
+            out.push(match ev {
+                Event::Text(s) => (OpCode::Text, s.as_bytes().to_vec()),
+                Event::Binary(b) => (OpCode::Binary, b.to_vec()),
+                Event::Ping(p) => (OpCode::Ping, p.to_vec()),
+                Event::Pong(p) => (OpCode::Pong, p.to_vec()),
+                Event::Close(f) => (
+                    OpCode::Close,
+                    f.code
+                        .map(|c| close_payload_of(c.0, f.reason))
+                        .unwrap_or_default(),
+                ),
+            });
+            ControlFlow::Continue(())
+        })
+        .expect("valid frames");
+    assert_eq!(used, bytes.len(), "whole frames");
+    out
+}
+
+/// A server connection opened at tick 0 (output cleared).
+fn open_server(ep: &mut Endpoint) -> Connection {
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    let (r, _) = recv(&mut c, 0, ep, &mut out, &request());
+    let Received::Upgrade(req) = r else {
+        panic!("expected an upgrade request, got {r:?}");
+    };
+    c.accept_upgrade(0, &mut out, &req, None, &[]);
+    assert!(out.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    assert!(c.is_open());
+    c
+}
+
+#[test]
+fn connection_is_small() {
+    assert!(
+        core::mem::size_of::<Connection>() <= 48,
+        "{}",
+        core::mem::size_of::<Connection>()
+    );
+}
+
+#[test]
+fn upgrade_request_is_handed_out_and_frames_after_it_wait_for_the_answer() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    // The request in two parts, the second with a frame right behind it.
+    let req = request();
+    let (r, _) = recv(&mut c, 0, &mut ep, &mut out, &req[..10]);
+    assert!(matches!(r, Received::Done));
+    let mut rest = req[10..].to_vec();
+    rest.extend_from_slice(&cframe(OpCode::Text, b"early"));
+    let (r, got) = recv(&mut c, 1, &mut ep, &mut out, &rest);
+    let Received::Upgrade(request) = r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(request.path(), "/chat");
+    assert!(got.is_empty() && out.is_empty() && c.is_handshaking());
+    c.accept_upgrade(2, &mut out, &request, None, &[("X-A", "1")]);
+    assert!(out.ends_with(b"X-A: 1\r\n\r\n"));
+    let (r, got) = recv(&mut c, 2, &mut ep, &mut out, &[]);
+    assert!(matches!(r, Received::Done));
+    assert_eq!(got, vec![Got::Text("early".into())]);
+}
+
+#[test]
+fn handler_sends_from_inside_the_event_while_the_payload_is_borrowed() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let mut buf = cframe(OpCode::Binary, b"echo me");
+    let range = buf.as_ptr_range();
+    c.handle_recv(1, &mut ep, &mut out, &mut buf, |ev, link| {
+        let AppEvent::Message(msg) = ev else {
+            panic!("{ev:?}");
+        };
+        // Zero copy: the payload lies in the receive buffer, unmasked in place.
+        assert!(range.contains(&msg.as_bytes().as_ptr()));
+        assert!(link.half.send_message(link.ep, link.out, msg));
+    });
+    assert_eq!(
+        frames(Role::Client, &out),
+        vec![(OpCode::Binary, b"echo me".to_vec())]
+    );
+}
+
+#[test]
+fn idle_connection_is_pinged_after_the_idle_timeout() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    assert_eq!(c.poll_timeout(&ep), Some(10));
+    assert_eq!(c.handle_timeout(9, &mut ep, &mut out), Timeout::NotDue);
+    assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::Pinged);
+    assert_eq!(frames(Role::Client, &out), vec![(OpCode::Ping, vec![])]);
+    // Now the pong deadline runs.
+    assert_eq!(c.poll_timeout(&ep), Some(15));
+}
+
+#[test]
+fn input_moves_the_idle_deadline_instead_of_pinging() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    recv(&mut c, 6, &mut ep, &mut out, &cframe(OpCode::Text, b"hi"));
+    // The wake-up scheduled for tick 10 finds the deadline moved to 16.
+    assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::NotDue);
+    assert_eq!(c.poll_timeout(&ep), Some(16));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn no_answer_to_the_idle_ping_ends_the_connection_with_1006() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::Pinged);
+    assert_eq!(c.handle_timeout(14, &mut ep, &mut out), Timeout::NotDue);
+    assert_eq!(c.handle_timeout(15, &mut ep, &mut out), Timeout::Expired);
+    assert!(c.is_finished() && c.reports_close());
+    assert_eq!(c.close_outcome(), (Some(CloseCode::ABNORMAL), ""));
+}
+
+#[test]
+fn pong_restarts_the_idle_clock_at_once() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    c.handle_timeout(10, &mut ep, &mut out);
+    recv(&mut c, 12, &mut ep, &mut out, &cframe(OpCode::Pong, b""));
+    // The next ping is due one idle timeout after the pong, not at the pong deadline.
+    assert_eq!(c.poll_timeout(&ep), Some(22));
+    assert_eq!(c.handle_timeout(15, &mut ep, &mut out), Timeout::NotDue);
+    assert_eq!(c.handle_timeout(22, &mut ep, &mut out), Timeout::Pinged);
+}
+
+#[test]
+fn ping_from_the_peer_is_answered_and_handed_out() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let (_, got) = recv(&mut c, 1, &mut ep, &mut out, &cframe(OpCode::Ping, b"p"));
+    assert_eq!(got, vec![Got::Ping(b"p".to_vec())]);
+    assert_eq!(
+        frames(Role::Client, &out),
+        vec![(OpCode::Pong, b"p".to_vec())]
+    );
+}
+
+#[test]
+fn peer_initiated_close_is_echoed_and_the_server_closes_first() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let close = cframe(OpCode::Close, &close_payload_of(1000, "bye"));
+    recv(&mut c, 2, &mut ep, &mut out, &close);
+    assert_eq!(
+        frames(Role::Client, &out),
+        vec![(OpCode::Close, close_payload_of(1000, ""))]
+    );
+    assert!(c.is_flushing() && !c.can_send());
+    // RFC 6455 §7.1.1: once its reply is out, the server closes TCP.
+    assert_eq!(c.handle_flushed(), AfterFlush::Close);
+    assert!(c.is_finished());
+    assert_eq!(c.close_outcome(), (Some(CloseCode::NORMAL), "bye"));
+}
+
+#[test]
+fn server_initiated_close_waits_for_the_reply_then_closes() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    c.send_half()
+        .close(4, &mut ep, &mut out, CloseCode::GOING_AWAY, "shutdown");
+    let sent = frames(Role::Client, &out);
+    assert_eq!(
+        sent,
+        vec![(OpCode::Close, close_payload_of(1001, "shutdown"))]
+    );
+    assert!(!c.can_send() && c.is_open());
+    assert_eq!(c.poll_timeout(&ep), Some(7), "close deadline");
+    // Data still arriving is not handed out.
+    let (_, got) = recv(&mut c, 5, &mut ep, &mut out, &cframe(OpCode::Text, b"late"));
+    assert!(got.is_empty());
+    out.clear();
+    let reply = cframe(OpCode::Close, &close_payload_of(1001, ""));
+    recv(&mut c, 6, &mut ep, &mut out, &reply);
+    assert!(out.is_empty(), "no second close frame");
+    assert_eq!(c.handle_flushed(), AfterFlush::Close);
+    assert_eq!(c.close_outcome(), (Some(CloseCode::GOING_AWAY), ""));
+}
+
+#[test]
+fn unanswered_close_ends_at_the_close_timeout_with_1006() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    c.send_half()
+        .close(4, &mut ep, &mut out, CloseCode::NORMAL, "");
+    assert_eq!(c.handle_timeout(6, &mut ep, &mut out), Timeout::NotDue);
+    assert_eq!(c.handle_timeout(7, &mut ep, &mut out), Timeout::Expired);
+    assert_eq!(c.close_outcome(), (Some(CloseCode::ABNORMAL), ""));
+}
+
+#[test]
+fn protocol_error_fails_with_its_code_and_lingers() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    // A client frame must be masked.
+    let (r, got) = recv(&mut c, 3, &mut ep, &mut out, &sframe(OpCode::Text, b"x"));
+    let Received::Failed(e) = r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(e.code, CloseCode::PROTOCOL_ERROR);
+    assert!(got.is_empty());
+    let sent = frames(Role::Client, &out);
+    assert_eq!(sent[0].0, OpCode::Close);
+    assert_eq!(
+        parse_close_payload(&sent[0].1).unwrap().code,
+        Some(CloseCode::PROTOCOL_ERROR)
+    );
+    // Half-close so the peer reads the close frame; the close timeout bounds the linger.
+    assert_eq!(c.handle_flushed(), AfterFlush::ShutdownWrite);
+    assert_eq!(c.poll_timeout(&ep), Some(6));
+    // Input while lingering is discarded; the peer's EOF ends it normally.
+    let (_, got) = recv(&mut c, 4, &mut ep, &mut out, &cframe(OpCode::Text, b"x"));
+    assert!(got.is_empty());
+    c.handle_eof();
+    assert!(c.is_finished());
+    assert_eq!(c.close_outcome().0, Some(CloseCode::PROTOCOL_ERROR));
+}
+
+#[test]
+fn linger_ends_at_the_close_timeout_keeping_the_close_code() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    c.send_half()
+        .fail(2, &mut ep, &mut out, CloseCode::POLICY_VIOLATION, "full");
+    assert_eq!(c.handle_flushed(), AfterFlush::ShutdownWrite);
+    assert_eq!(c.handle_timeout(5, &mut ep, &mut out), Timeout::Expired);
+    assert_eq!(
+        c.close_outcome(),
+        (Some(CloseCode::POLICY_VIOLATION), "full")
+    );
+}
+
+#[test]
+fn handshake_timeout_ends_a_connection_that_never_upgrades() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    recv(&mut c, 3, &mut ep, &mut out, b"GET / HTTP/1.1\r\n");
+    assert_eq!(c.poll_timeout(&ep), Some(8));
+    assert_eq!(c.handle_timeout(7, &mut ep, &mut out), Timeout::NotDue);
+    assert_eq!(c.handle_timeout(8, &mut ep, &mut out), Timeout::Expired);
+    assert!(c.is_finished() && !c.reports_close() && out.is_empty());
+}
+
+#[test]
+fn handshake_timeout_also_bounds_a_pending_answer() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    let (r, _) = recv(&mut c, 1, &mut ep, &mut out, &request());
+    assert!(matches!(r, Received::Upgrade(_)));
+    assert_eq!(c.handle_timeout(8, &mut ep, &mut out), Timeout::Expired);
+}
+
+#[test]
+fn malformed_request_gets_its_http_error_then_lingers() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    let (r, _) = recv(
+        &mut c,
+        1,
+        &mut ep,
+        &mut out,
+        b"POST / HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let Received::Refused(e) = r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(e.status, 405);
+    assert!(out.starts_with(b"HTTP/1.1 405 "));
+    assert_eq!(c.handle_flushed(), AfterFlush::ShutdownWrite);
+}
+
+#[test]
+fn rejected_upgrade_sends_the_status_and_ends() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    let (_, _) = recv(&mut c, 1, &mut ep, &mut out, &request());
+    c.reject_upgrade(1, &mut out, 403, &[], "no");
+    assert!(out.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+    assert_eq!(c.handle_flushed(), AfterFlush::ShutdownWrite);
+    assert!(!c.reports_close());
+}
+
+/// The server's 101 for the request a client connection queued.
+fn answer(request: &[u8]) -> Vec<u8> {
+    let (req, _) = crate::proto::parse_request(request, 8192).unwrap().unwrap();
+    crate::proto::accept_response(&req, None, &[])
+}
+
+#[test]
+fn client_handshake_opens_then_frames_flow_masked() {
+    let mut ep = endpoint();
+    let mut out = Vec::new();
+    let key = crate::proto::generate_key();
+    let req = client_request("h", "/", &key, &[], &[]);
+    let mut c = Connection::client(0, &mut out, &key, &req);
+    assert_eq!(out, req);
+    out.clear();
+    let mut bytes = answer(&req);
+    bytes.extend_from_slice(&sframe(OpCode::Text, b"welcome"));
+    let (r, got) = recv(&mut c, 1, &mut ep, &mut out, &bytes);
+    assert!(matches!(r, Received::Done));
+    assert_eq!(got, vec![Got::Opened, Got::Text("welcome".into())]);
+    assert!(c
+        .send_half()
+        .send_message(&mut ep, &mut out, Message::Text("hi")));
+    // Masked with a key from the endpoint's RNG: a server decodes it.
+    assert_eq!(
+        frames(Role::Server, &out),
+        vec![(OpCode::Text, b"hi".to_vec())]
+    );
+    let (a, b) = (ep.mask(), ep.mask());
+    assert_ne!(a, b, "fresh keys");
+}
+
+#[test]
+fn client_half_closes_after_the_close_handshake_and_waits_for_the_server() {
+    let mut ep = endpoint();
+    let mut out = Vec::new();
+    let req = client_request("h", "/", KEY, &[], &[]);
+    let mut c = Connection::client(0, &mut out, KEY, &req);
+    recv(&mut c, 1, &mut ep, &mut out, &answer(&req));
+    out.clear();
+    recv(
+        &mut c,
+        2,
+        &mut ep,
+        &mut out,
+        &sframe(OpCode::Close, &close_payload_of(1000, "")),
+    );
+    assert_eq!(frames(Role::Server, &out)[0].0, OpCode::Close);
+    assert_eq!(c.handle_flushed(), AfterFlush::ShutdownWrite);
+    c.handle_eof();
+    assert_eq!(c.close_outcome(), (Some(CloseCode::NORMAL), ""));
+}
+
+#[test]
+fn client_handshake_that_never_completes_is_reported() {
+    let mut ep = endpoint();
+    let mut out = Vec::new();
+    let mut c = Connection::client(0, &mut out, KEY, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(c.reports_close());
+    assert_eq!(c.handle_timeout(8, &mut ep, &mut out), Timeout::Expired);
+    assert_eq!(
+        c.close_outcome(),
+        (Some(CloseCode::ABNORMAL), "handshake did not complete")
+    );
+    // A refused one says why.
+    let mut c = Connection::client(0, &mut out, KEY, b"");
+    let (r, _) = recv(
+        &mut c,
+        1,
+        &mut ep,
+        &mut out,
+        b"HTTP/1.1 403 Forbidden\r\n\r\n",
+    );
+    assert!(matches!(r, Received::Refused(_)) && c.is_finished());
+    assert_eq!(
+        c.close_outcome().1,
+        "handshake failed: 403 server did not switch protocols"
+    );
+}

@@ -1,0 +1,151 @@
+//! A shard's slab entry: one connection's protocol state, send queue, application state and
+//! the shard's bookkeeping, in 96 bytes or less for `State = ()`.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::ops::{Deref, DerefMut};
+use std::sync::LazyLock;
+
+use crate::proto::Connection;
+use crate::send_queue::SendQueue;
+
+/// In the dirty list.
+pub(crate) const DIRTY: u8 = 1;
+/// The queue held at least the low-water mark: `on_drain` is due when it falls below.
+pub(crate) const DRAIN_WANTED: u8 = 2;
+/// Accepted while `connections_max` were open: answer the upgrade with 503.
+pub(crate) const OVER_CAPACITY: u8 = 4;
+/// Finished (`on_close` called); waiting for the driver to release the token.
+pub(crate) const DEAD: u8 = 8;
+
+/// One connection in the shard's slab.
+pub(crate) struct Entry<S> {
+    /// The protocol state (handshake, frames, close, deadlines).
+    pub(crate) conn: Connection,
+    pub(crate) queue: Queue,
+    pub(crate) state: S,
+    pub(crate) peer: PeerAddr,
+    pub(crate) generation: u32,
+    /// Tick the live timer-wheel entry fires at (0: none).
+    pub(crate) timer_at: u32,
+    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`.
+    pub(crate) flags: u8,
+}
+
+/// A connection's send queue, boxed: 8 bytes in the slab entry (a `SendQueue` takes 64) and
+/// no heap memory while nothing is queued or in flight, which is an idle connection's usual
+/// state. Reading an absent queue sees an empty one; writing allocates it (one 64-byte
+/// allocation per burst of sends).
+#[derive(Default)]
+pub(crate) struct Queue(Option<Box<SendQueue>>);
+
+/// What an absent [`Queue`] reads as.
+static EMPTY_QUEUE: LazyLock<SendQueue> = LazyLock::new(SendQueue::default);
+
+impl Deref for Queue {
+    type Target = SendQueue;
+
+    fn deref(&self) -> &SendQueue {
+        self.0.as_deref().unwrap_or(&EMPTY_QUEUE)
+    }
+}
+
+impl DerefMut for Queue {
+    fn deref_mut(&mut self) -> &mut SendQueue {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Queue {
+    /// Give the queue's memory back if nothing is queued and the backend holds none of it.
+    pub(crate) fn release_if_idle(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|q| q.is_empty() && !q.in_flight())
+        {
+            self.0 = None;
+        }
+    }
+
+    /// Is the queue's memory allocated?
+    #[cfg(test)]
+    fn is_allocated(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// A peer address in 19 bytes, byte-aligned (`SocketAddr` takes 32): the IP (IPv4 as
+/// IPv4-mapped IPv6) and the port. An IPv6 peer's flow label and scope id are not kept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct PeerAddr {
+    ip: [u8; 16],
+    port: [u8; 2],
+    v6: bool,
+}
+
+impl PeerAddr {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let (ip, v6) = match addr.ip() {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
+            IpAddr::V6(a) => (a.octets(), true),
+        };
+        Self {
+            ip,
+            port: addr.port().to_ne_bytes(),
+            v6,
+        }
+    }
+
+    /// The address as a `SocketAddr` (flow label and scope id 0).
+    pub(crate) fn get(&self) -> SocketAddr {
+        let ip = Ipv6Addr::from(self.ip);
+        let port = u16::from_ne_bytes(self.port);
+        match (self.v6, ip.to_ipv4_mapped()) {
+            (false, Some(v4)) => SocketAddr::new(IpAddr::V4(v4), port),
+            _ => SocketAddr::new(IpAddr::V6(ip), port),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_slab_entry_is_small() {
+        let size = std::mem::size_of::<Entry<()>>();
+        println!("slab entry for State = (): {size} bytes");
+        assert!(size <= 96, "slab entry grew to {size} bytes");
+    }
+
+    #[test]
+    fn drained_send_queue_gives_its_memory_back() {
+        let mut q = Queue::default();
+        assert!(q.is_empty() && !q.is_allocated());
+        q.push(b"hello");
+        assert_eq!(q.len(), 5);
+        q.set_in_flight(true);
+        q.release_if_idle();
+        assert!(q.is_allocated(), "released while the backend holds it");
+        q.complete(3);
+        q.release_if_idle();
+        assert!(q.is_allocated(), "released with bytes left");
+        q.set_in_flight(true);
+        q.complete(2);
+        q.release_if_idle();
+        assert!(q.is_empty() && !q.is_allocated());
+    }
+
+    #[test]
+    fn peer_addr_round_trips_ipv4_and_ipv6() {
+        for a in [
+            "127.0.0.1:80",
+            "[::1]:443",
+            "[::ffff:10.0.0.1]:9",
+            "[2001:db8::7]:65535",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(PeerAddr::new(addr).get(), addr, "{a}");
+        }
+    }
+}

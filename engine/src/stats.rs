@@ -1,0 +1,136 @@
+//! Counters: [`Stats`] (what [`crate::ServerHandle::stats`] returns) and the per-shard
+//! counters it sums.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Server counters (summed over shards).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// TCP connections currently held (handshaking, open or closing).
+    pub connections_open: u64,
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// Upgrades completed (`on_open` called).
+    pub upgraded: u64,
+    /// Connections finished (socket closed).
+    pub closed: u64,
+    /// Handshakes refused: malformed (400/405/426/431), by `on_upgrade`, or 503 when full.
+    pub handshakes_rejected: u64,
+    /// Data messages received.
+    pub messages_received: u64,
+    /// Frames queued for sending (data and control).
+    pub frames_sent: u64,
+    /// Bytes received from sockets.
+    pub bytes_received: u64,
+    /// Bytes written to sockets.
+    pub bytes_sent: u64,
+    /// Connections failed for a protocol violation (or a limit) with a close code.
+    pub protocol_errors: u64,
+    /// Connections dropped by a deadline (handshake, pong or close timeout).
+    pub timeouts: u64,
+    /// Connections closed by the slow-consumer policy.
+    pub slow_consumers: u64,
+    /// Handler callbacks that panicked (each closed its connection with 1011; the shard and
+    /// the other connections went on).
+    pub handler_panics: u64,
+    /// Publishes (from handlers, [`Publisher`](crate::Publisher)s and the server handle).
+    pub published: u64,
+    /// Published frames queued to a subscriber.
+    pub delivered: u64,
+    /// Published frames a subscriber missed (droppable or conflated publishes past its
+    /// `send_queue_bytes_max`), and publishes, sends and broadcasts a shard did not get
+    /// because its mailbox was full.
+    pub dropped: u64,
+    /// Queued, unsent conflated frames replaced by a newer frame of the same topic.
+    pub conflated: u64,
+    /// Topics with at least one subscriber (a gauge).
+    pub topics: u64,
+    /// Subscriptions (connection, topic) on all shards (a gauge).
+    pub subscriptions: u64,
+}
+
+/// One shard's counters, written by that shard only (aligned to a cache line so that two
+/// shards' counters never share one).
+#[derive(Default, Debug)]
+#[repr(align(64))]
+pub(crate) struct ShardStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) upgraded: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) handshakes_rejected: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) frames_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) conflated: AtomicU64,
+    /// A gauge: moved by [`ShardStats::bump`] and [`ShardStats::drop_one`].
+    pub(crate) subscriptions: AtomicU64,
+}
+
+impl ShardStats {
+    /// Add `n` to a counter. Only the owning shard writes, so a relaxed load + store is exact
+    /// and avoids the locked read-modify-write of `fetch_add` (several per message); readers
+    /// ([`crate::ServerHandle::stats`]) see each counter's latest stored value.
+    #[inline]
+    pub(crate) fn bump(c: &AtomicU64, n: u64) {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Take one from a gauge (same single-writer rule as [`ShardStats::bump`]).
+    pub(crate) fn drop_one(c: &AtomicU64) {
+        c.store(
+            c.load(Ordering::Relaxed).saturating_sub(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Add this shard's counters to `s`.
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.accepted += g(&self.accepted);
+        s.upgraded += g(&self.upgraded);
+        s.closed += g(&self.closed);
+        s.handshakes_rejected += g(&self.handshakes_rejected);
+        s.messages_received += g(&self.messages_received);
+        s.frames_sent += g(&self.frames_sent);
+        s.bytes_received += g(&self.bytes_received);
+        s.bytes_sent += g(&self.bytes_sent);
+        s.protocol_errors += g(&self.protocol_errors);
+        s.timeouts += g(&self.timeouts);
+        s.slow_consumers += g(&self.slow_consumers);
+        s.handler_panics += g(&self.handler_panics);
+        s.published += g(&self.published);
+        s.delivered += g(&self.delivered);
+        s.dropped += g(&self.dropped);
+        s.conflated += g(&self.conflated);
+        s.subscriptions += g(&self.subscriptions);
+    }
+}
+
+/// Counters written from any thread (publishes and sends made outside the shards).
+#[derive(Default, Debug)]
+pub(crate) struct SharedStats {
+    pub(crate) published: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+impl SharedStats {
+    /// Add `n` to a counter (any thread: a locked add).
+    pub(crate) fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add these counters to `s`.
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        s.published += self.published.load(Ordering::Relaxed);
+        s.dropped += self.dropped.load(Ordering::Relaxed);
+    }
+}
