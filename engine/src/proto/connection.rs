@@ -36,19 +36,24 @@
 
 use std::sync::Arc;
 
-use super::close::{CloseFrame, CloseState};
+use super::close::CloseState;
 use super::close_code::CloseCode;
 use super::codec::{DecodeState, Event};
-use super::endpoint::{Endpoint, Settings};
+use super::endpoint::Endpoint;
 use super::error::ProtocolError;
-use super::frame::{encode_frame, OpCode, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
+use super::frame::{OpCode, Role};
 use super::handshake::{
     accept_response, parse_request, parse_response, reject_response, HandshakeError, Request,
 };
 use super::message::Message;
 
+mod held;
+mod send;
 #[cfg(test)]
 mod tests;
+
+use self::held::Held;
+use self::send::Outcome;
 
 /// Where the bytes a connection sends go: the caller's send queue, or a transform in front of
 /// it (TLS). Every method appends at the end; nothing is sent until the caller flushes.
@@ -200,97 +205,9 @@ const PING_OUT: u8 = 4;
 /// After the flush, half-close and linger instead of closing.
 const LINGER: u8 = 8;
 
-/// How a connection ended, as `on_close` reports it.
-#[derive(Debug)]
-struct Outcome {
-    code: Option<CloseCode>,
-    reason: String,
-}
-
-/// Why a connection stops talking (decides how its transport ends, see `end_after_flush`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Ending {
-    /// Close frames went both ways.
-    CloseHandshake,
-    /// We failed the connection (protocol error, limit, internal error).
-    Failed,
-    /// We refused the upgrade with an HTTP error.
-    Refused,
-}
-
 /// Bytes of a new receive buffer appended to a held partial frame before decoding it (enough to
 /// complete any frame header or control frame: 14 + 125).
 const HELD_FILL: usize = 160;
-
-/// Bytes kept between two receives: 8 bytes inline, no heap memory while empty.
-#[derive(Debug, Default)]
-struct Held(Option<Box<HeldBytes>>);
-
-#[derive(Debug)]
-enum HeldBytes {
-    /// The handshake so far (server: the request; client: the response) and, for a client,
-    /// the key the response must answer.
-    Handshake {
-        bytes: Vec<u8>,
-        key: Option<Box<str>>,
-    },
-    /// Frames not decoded yet: a partial frame left at the end of a receive buffer, or frames
-    /// that arrived with the upgrade request.
-    Frames(Vec<u8>),
-}
-
-impl Held {
-    fn clear(&mut self) {
-        self.0 = None;
-    }
-
-    fn frames(&mut self) -> Option<&mut Vec<u8>> {
-        match self.0.as_deref_mut() {
-            Some(HeldBytes::Frames(v)) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// Hold `bytes` as frames (no heap memory kept when empty).
-    fn set_frames(&mut self, bytes: Vec<u8>) {
-        self.0 = (!bytes.is_empty()).then(|| Box::new(HeldBytes::Frames(bytes)));
-    }
-
-    fn take_frames(&mut self) -> Vec<u8> {
-        match self.0.take().map(|b| *b) {
-            Some(HeldBytes::Frames(v)) => v,
-            _ => Vec::new(),
-        }
-    }
-
-    fn handshake(&mut self) -> Option<(&mut Vec<u8>, Option<&str>)> {
-        match self.0.as_deref_mut() {
-            Some(HeldBytes::Handshake { bytes, key }) => Some((bytes, key.as_deref())),
-            _ => None,
-        }
-    }
-
-    fn hold_handshake(&mut self, bytes: &[u8], key: Option<Box<str>>) {
-        self.0 = Some(Box::new(HeldBytes::Handshake {
-            bytes: bytes.to_vec(),
-            key,
-        }));
-    }
-
-    fn take_handshake(&mut self) -> Vec<u8> {
-        match self.0.take().map(|b| *b) {
-            Some(HeldBytes::Handshake { bytes, .. }) => bytes,
-            _ => Vec::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self.0.as_deref() {
-            Some(HeldBytes::Frames(v)) | Some(HeldBytes::Handshake { bytes: v, .. }) => v.len(),
-            None => 0,
-        }
-    }
-}
 
 impl Connection {
     /// An accepted connection, waiting for its upgrade request (the handshake deadline runs
@@ -755,215 +672,4 @@ where
             ControlFlow::Break(())
         }
     })
-}
-
-impl SendHalf {
-    /// May the application send data or pings (open, and no close frame sent or received)?
-    #[inline]
-    pub fn can_send(&self) -> bool {
-        self.phase == Phase::Open && self.close.can_send()
-    }
-
-    /// Is this the client end (its frames are masked)?
-    #[inline]
-    pub fn is_client(&self) -> bool {
-        self.flags & CLIENT != 0
-    }
-
-    /// Queue a data message. `false` (nothing queued) when the connection cannot send.
-    #[inline]
-    pub fn send_message<O: Output>(
-        &mut self,
-        ep: &mut Endpoint,
-        out: &mut O,
-        msg: Message<'_>,
-    ) -> bool {
-        if !self.can_send() {
-            return false;
-        }
-        // The one place a message becomes a frame: a per-message transform (compression)
-        // belongs between the two.
-        let mask = self.is_client().then(|| ep.mask());
-        let payload = msg.as_bytes();
-        out.push_frame(payload.len() + MAX_HEADER_LEN, |v| {
-            encode_frame(v, msg.opcode(), true, payload, mask)
-        });
-        true
-    }
-
-    /// Queue a ping (payload truncated to 125 bytes). `false` when the connection cannot send.
-    pub fn send_ping<O: Output>(&mut self, ep: &mut Endpoint, out: &mut O, payload: &[u8]) -> bool {
-        if !self.can_send() {
-            return false;
-        }
-        let p = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD_LEN)];
-        self.push_control(ep, out, OpCode::Ping, p);
-        true
-    }
-
-    /// Queue an encoded, unmasked (server) frame shared with other connections. `false` when
-    /// the connection cannot send, or is a client (whose frames must each be masked).
-    #[inline]
-    pub fn send_shared<O: Output>(&mut self, out: &mut O, frame: &Arc<[u8]>) -> bool {
-        if !self.can_send() || self.is_client() {
-            return false;
-        }
-        out.push_shared(frame);
-        true
-    }
-
-    /// Start the close handshake with `code` and `reason` (truncated to 123 bytes). Nothing
-    /// more can be sent; the connection ends when the peer answers or the close timeout passes.
-    pub fn close<O: Output>(
-        &mut self,
-        now: u32,
-        ep: &mut Endpoint,
-        out: &mut O,
-        code: CloseCode,
-        reason: &str,
-    ) {
-        if self.phase != Phase::Open {
-            return;
-        }
-        if let Some((p, n)) = self.close.initiate(code, reason) {
-            self.push_control(ep, out, OpCode::Close, &p[..n]);
-            self.mark = now;
-        }
-    }
-
-    /// Fail the connection (RFC 6455 §7.1.7) with `code`: a protocol error, a limit (slow
-    /// consumer), an internal error (a handler panicked). Queues a close frame if none was sent,
-    /// then the transport ends after the flush without waiting for the peer's close frame.
-    pub fn fail<O: Output>(
-        &mut self,
-        now: u32,
-        ep: &mut Endpoint,
-        out: &mut O,
-        code: CloseCode,
-        reason: &str,
-    ) {
-        if self.phase != Phase::Open {
-            return;
-        }
-        if let Some((p, n)) = self.close.fail(code, reason) {
-            self.push_control(ep, out, OpCode::Close, &p[..n]);
-        }
-        if self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
-                code: Some(code),
-                reason: reason.to_owned(),
-            }));
-        }
-        self.end_after_flush(now, Ending::Failed);
-    }
-
-    /// The next deadline: the whole deadline table.
-    fn deadline(&self, st: &Settings) -> Option<u32> {
-        let after = |t: u32, ticks: u32| Some(t.saturating_add(ticks));
-        match self.phase {
-            Phase::Handshake | Phase::Upgrading => after(self.mark, st.handshake_timeout_ticks),
-            Phase::Open if !self.close.can_send() => after(self.mark, st.close_timeout_ticks),
-            Phase::Open if self.flags & PING_OUT != 0 && self.last_rx <= self.mark => {
-                after(self.mark, st.pong_timeout_ticks)
-            }
-            Phase::Open if st.idle_timeout_ticks > 0 => after(self.last_rx, st.idle_timeout_ticks),
-            Phase::Open | Phase::Closed => None,
-            Phase::Flushing | Phase::Linger => after(self.mark, st.close_timeout_ticks),
-        }
-    }
-
-    fn open(&mut self, now: u32) {
-        self.phase = Phase::Open;
-        self.flags |= OPENED;
-        self.mark = now;
-    }
-
-    fn finish(&mut self) {
-        if self.flags & (CLIENT | OPENED) == CLIENT && self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
-                code: Some(CloseCode::ABNORMAL),
-                reason: "handshake did not complete".to_owned(),
-            }));
-        }
-        self.phase = Phase::Closed;
-    }
-
-    /// Queue a control frame (masked on the client side).
-    fn push_control<O: Output>(&mut self, ep: &mut Endpoint, out: &mut O, op: OpCode, p: &[u8]) {
-        let mask = self.is_client().then(|| ep.mask());
-        out.push_frame(p.len() + MAX_HEADER_LEN, |v| {
-            encode_frame(v, op, true, p, mask)
-        });
-    }
-
-    /// A data message arrived.
-    #[inline]
-    fn deliver<O, F>(
-        &mut self,
-        now: u32,
-        ep: &mut Endpoint,
-        out: &mut O,
-        msg: Message<'_>,
-        on: &mut F,
-    ) where
-        O: Output,
-        F: FnMut(AppEvent<'_>, Link<'_, O>),
-    {
-        // After our close frame, data still arriving is ignored (§7.1.2 leaves it unread).
-        if self.phase == Phase::Open && self.close.accepts_data() {
-            on(
-                AppEvent::Message(msg),
-                Link {
-                    half: self,
-                    ep,
-                    out,
-                    now,
-                },
-            );
-        }
-    }
-
-    fn on_close_frame<O: Output>(
-        &mut self,
-        now: u32,
-        ep: &mut Endpoint,
-        out: &mut O,
-        frame: &CloseFrame<'_>,
-    ) {
-        if self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
-                code: frame.code,
-                reason: frame.reason.to_owned(),
-            }));
-        }
-        if let Some((p, n)) = self.close.on_received(frame) {
-            self.push_control(ep, out, OpCode::Close, &p[..n]);
-        }
-        self.end_after_flush(now, Ending::CloseHandshake);
-    }
-
-    /// Answer the handshake with an HTTP error and end after it.
-    fn refuse<O: Output>(&mut self, now: u32, out: &mut O, response: &[u8]) {
-        out.push_bytes(response);
-        self.end_after_flush(now, Ending::Refused);
-    }
-
-    /// Stop talking: the transport ends once the output is flushed ([`AfterFlush`]). How it
-    /// ends is decided here and nowhere else:
-    /// - a close handshake that went both ways: the server closes the transport first (RFC 6455
-    ///   §7.1.1); a client half-closes and waits for the server's FIN;
-    /// - a failed connection or a refused handshake: half-close and linger on both sides, so
-    ///   the peer reads our last bytes (closing with unread input sends RST, which may destroy
-    ///   them); the close timeout bounds the wait.
-    fn end_after_flush(&mut self, now: u32, ending: Ending) {
-        let linger = match ending {
-            Ending::CloseHandshake => self.is_client(),
-            Ending::Failed | Ending::Refused => true,
-        };
-        self.phase = Phase::Flushing;
-        if linger {
-            self.flags |= LINGER;
-        }
-        self.mark = now;
-    }
 }

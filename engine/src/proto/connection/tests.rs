@@ -6,6 +6,7 @@ use core::ops::ControlFlow;
 use super::*;
 use crate::proto::{
     client_request, encode_frame, parse_close_payload, Decoder, Event, Limits, MaskRng, Role,
+    Settings,
 };
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
