@@ -343,9 +343,11 @@ impl DecodeState {
                 continue;
             }
 
-            let Some((h, n)) = FrameHeader::parse(&buf[pos..])? else {
+            let mut h = FrameHeader::new(false, OpCode::Continuation, None, 0);
+            let n = FrameHeader::parse_into(&buf[pos..], &mut h)?;
+            if n == 0 {
                 return Ok(pos);
-            };
+            }
             match (self.role, h.mask.is_some()) {
                 (Role::Server, false) => {
                     return Err(ProtocolError::protocol("unmasked frame from a client"))

@@ -90,8 +90,20 @@ impl FrameHeader {
     /// 64-bit length with MSB set -> ProtocolError 1002. Each check fires as soon as the byte
     /// it needs is present, even if the header is not complete yet.
     pub fn parse(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        let mut h = FrameHeader::new(false, OpCode::Continuation, None, 0);
+        match Self::parse_into(buf, &mut h)? {
+            0 => Ok(None),
+            n => Ok(Some((h, n))),
+        }
+    }
+
+    /// [`FrameHeader::parse`] for the decoder's hot path: writes the header into `h` and
+    /// returns its length, 0 while incomplete (a header is never empty). The decoder keeps `h`
+    /// in registers this way; a nested `Result<Option<(..)>>` got packed and unpacked.
+    #[inline(always)]
+    pub(crate) fn parse_into(buf: &[u8], h: &mut FrameHeader) -> Result<usize, ProtocolError> {
         let Some(&b0) = buf.first() else {
-            return Ok(None);
+            return Ok(0);
         };
         let fin = b0 & 0x80 != 0;
         let rsv = (b0 >> 4) & 0x7;
@@ -104,7 +116,7 @@ impl FrameHeader {
             return Err(ProtocolError::protocol("fragmented control frame"));
         }
         let Some(&b1) = buf.get(1) else {
-            return Ok(None);
+            return Ok(0);
         };
         let masked = b1 & 0x80 != 0;
         let len7 = b1 & 0x7F;
@@ -116,7 +128,7 @@ impl FrameHeader {
         let (payload_len, mut n) = match len7 {
             126 => match buf.get(2..4) {
                 Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
-                _ => return Ok(None),
+                _ => return Ok(0),
             },
             127 => {
                 if let Some(&hi) = buf.get(2) {
@@ -126,7 +138,7 @@ impl FrameHeader {
                 }
                 match buf.get(2..10).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
                     Some(b) => (u64::from_be_bytes(b), 10),
-                    None => return Ok(None),
+                    None => return Ok(0),
                 }
             }
             l => (u64::from(l), 2),
@@ -137,21 +149,19 @@ impl FrameHeader {
                     n += 4;
                     Some(k)
                 }
-                None => return Ok(None),
+                None => return Ok(0),
             }
         } else {
             None
         };
-        Ok(Some((
-            FrameHeader {
-                fin,
-                rsv,
-                opcode,
-                mask,
-                payload_len,
-            },
-            n,
-        )))
+        *h = FrameHeader {
+            fin,
+            rsv,
+            opcode,
+            mask,
+            payload_len,
+        };
+        Ok(n)
     }
 
     /// Write the header (minimal length form) into `out`, return its length.
