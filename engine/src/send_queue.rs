@@ -84,6 +84,18 @@ pub(crate) struct SendQueue {
 }
 
 impl SendQueue {
+    /// An empty queue (no heap memory).
+    pub(crate) const fn new() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            head: 0,
+            len: 0,
+            in_flight: false,
+            spare: Vec::new(),
+            submitted: 0,
+        }
+    }
+
     /// Bytes queued and not yet written.
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -103,7 +103,8 @@ pub enum Received {
     /// Server side: a complete, valid upgrade request. Answer it with
     /// [`Connection::accept_upgrade`] or [`Connection::reject_upgrade`], now or later (the
     /// handshake timeout runs until then); frames that came with it are held meanwhile.
-    Upgrade(Request),
+    /// (Boxed: a handshake is rare, a receive is not, and this keeps `Received` small.)
+    Upgrade(Box<Request>),
     /// The peer broke the protocol: the connection is failing (its close frame is queued).
     Failed(ProtocolError),
     /// The handshake failed: a server's HTTP error response is queued (the connection ends
@@ -575,7 +576,7 @@ impl Connection {
                 };
                 self.recv.held.set_frames(rest);
                 self.send.phase = Phase::Upgrading;
-                Received::Upgrade(req)
+                Received::Upgrade(Box::new(req))
             }
             Err(e) => {
                 self.recv.held.clear();

@@ -43,15 +43,15 @@ pub struct Conn<'a, S> {
     pub(crate) ep: &'a mut Endpoint,
     pub(crate) out: Out<'a>,
     pub(crate) state: &'a mut S,
+    pub(crate) peer: &'a PeerAddr,
     pub(crate) now: u32,
-    pub(crate) id: ConnId,
-    pub(crate) peer: PeerAddr,
+    pub(crate) generation: u32,
 }
 
 impl<S> fmt::Debug for Conn<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("peer", &self.peer.get())
             .finish_non_exhaustive()
     }
@@ -60,7 +60,7 @@ impl<S> fmt::Debug for Conn<'_, S> {
 impl<S> Conn<'_, S> {
     /// This connection's server-wide id.
     pub fn id(&self) -> ConnId {
-        self.id
+        ConnId::new(self.out.ctx.shard, self.out.key, self.generation)
     }
 
     /// The per-connection state.
@@ -143,13 +143,13 @@ impl<S> Conn<'_, S> {
     /// Outbound (client) connections are never sent published frames: a client must mask
     /// its frames, so the shared server frame does not fit them.
     pub fn subscribe(&mut self, topic: impl AsRef<[u8]>) -> Result<bool, PubSubError> {
-        let key = self.id.key() as u32;
+        let key = self.out.key;
         self.out.ctx.topics.subscribe(key, topic.as_ref())
     }
 
     /// End this connection's subscription to `topic`; returns whether it was subscribed.
     pub fn unsubscribe(&mut self, topic: impl AsRef<[u8]>) -> bool {
-        let key = self.id.key() as u32;
+        let key = self.out.key;
         self.out.ctx.topics.unsubscribe(key, topic.as_ref())
     }
 

@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::{Deref, DerefMut};
-use std::sync::LazyLock;
 
 use crate::proto::Connection;
 use crate::send_queue::SendQueue;
@@ -39,11 +38,12 @@ pub(crate) struct Entry<S> {
 pub(crate) struct Queue(Option<Box<SendQueue>>);
 
 /// What an absent [`Queue`] reads as.
-static EMPTY_QUEUE: LazyLock<SendQueue> = LazyLock::new(SendQueue::default);
+static EMPTY_QUEUE: SendQueue = SendQueue::new();
 
 impl Deref for Queue {
     type Target = SendQueue;
 
+    #[inline]
     fn deref(&self) -> &SendQueue {
         self.0.as_deref().unwrap_or(&EMPTY_QUEUE)
     }

@@ -329,7 +329,6 @@ impl<H: Handler> Shard<H> {
     /// Bytes arrived on connection `key`.
     fn on_recv(&mut self, key: usize, buf: &mut [u8]) {
         ShardStats::bump(&self.ctx.stats.bytes_received, buf.len() as u64);
-        let id_shard = self.ctx.shard;
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
@@ -342,8 +341,7 @@ impl<H: Handler> Shard<H> {
             flags,
             ..
         } = e;
-        let id = ConnId::new(id_shard, key as u32, *generation);
-        let (handler, peer) = (&mut self.handler, *peer);
+        let (handler, generation) = (&mut self.handler, *generation);
         let now = self.ctx.now;
         let mut out = Out {
             key: key as u32,
@@ -352,12 +350,20 @@ impl<H: Handler> Shard<H> {
             ctx: &mut self.ctx,
         };
         let received = conn.handle_recv(now, &mut self.ep, &mut out, buf, |ev, link| {
-            dispatch(handler, ev, link, state, id, peer)
+            dispatch(handler, ev, link, state, peer, generation)
         });
+        if let Received::Done = received {
+            // The usual case: settle with the entry at hand.
+            if !schedule(&mut self.wheel, &mut self.ctx.dirty, &self.ep, key, e) {
+                self.finalize(key);
+            }
+            return;
+        }
         self.after_recv(key, received);
         self.settle(key);
     }
 
+    #[inline]
     fn after_recv(&mut self, key: usize, received: Received) {
         match received {
             Received::Done => {}
@@ -370,7 +376,6 @@ impl<H: Handler> Shard<H> {
     /// A complete upgrade request: ask the handler, answer, open, then decode the frames that
     /// came with the request.
     fn upgrade(&mut self, key: usize, req: &Request) {
-        let id_shard = self.ctx.shard;
         let over = matches!(self.slab.get(key), Some(e) if e.flags & OVER_CAPACITY != 0);
         let answer = if over {
             None
@@ -390,8 +395,7 @@ impl<H: Handler> Shard<H> {
             flags,
             ..
         } = e;
-        let id = ConnId::new(id_shard, key as u32, *generation);
-        let peer = *peer;
+        let generation = *generation;
         let now = self.ctx.now;
         let mut out = Out {
             key: key as u32,
@@ -430,14 +434,14 @@ impl<H: Handler> Shard<H> {
             ep: &mut self.ep,
             out: out.reborrow(),
             state: &mut *state,
-            now,
-            id,
             peer,
+            now,
+            generation,
         }
         .guard(|c| handler.on_open(c));
         // Frames that came with the request.
         let received = conn.handle_recv(now, &mut self.ep, &mut out, &mut [], |ev, link| {
-            dispatch(handler, ev, link, state, id, peer)
+            dispatch(handler, ev, link, state, peer, generation)
         });
         self.after_recv(key, received);
     }
@@ -448,22 +452,8 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
-        if e.flags & DEAD != 0 {
-            return;
-        }
-        if e.conn.is_finished() {
+        if !schedule(&mut self.wheel, &mut self.ctx.dirty, &self.ep, key, e) {
             self.finalize(key);
-            return;
-        }
-        if let Some(at) = e.conn.poll_timeout(&self.ep) {
-            // Only ever earlier: a later deadline is found when the earlier entry fires.
-            if e.timer_at == 0 || at < e.timer_at {
-                e.timer_at = self.wheel.schedule(key as u32, e.generation, at);
-            }
-        }
-        if e.conn.is_flushing() && e.flags & DIRTY == 0 {
-            e.flags |= DIRTY;
-            self.ctx.dirty.push(key as u32);
         }
     }
 
@@ -600,7 +590,6 @@ impl<H: Handler> Shard<H> {
     }
 
     fn flush_one<D: Driver>(&mut self, driver: &mut D, key: usize) {
-        let id_shard = self.ctx.shard;
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
@@ -648,9 +637,9 @@ impl<H: Handler> Shard<H> {
                         ctx: &mut self.ctx,
                     },
                     state,
+                    peer,
                     now,
-                    id: ConnId::new(id_shard, key as u32, *generation),
-                    peer: *peer,
+                    generation: *generation,
                 }
                 .guard(|c| handler.on_drain(c));
                 settle = true;
@@ -675,15 +664,42 @@ impl<H: Handler> Shard<H> {
     }
 }
 
-/// Hand one event of connection `id` to the handler, as a [`Conn`] over the event's link.
-#[inline]
+/// [`Shard::settle`] for an entry at hand: schedule its next deadline (only ever earlier: a
+/// later one is found when the earlier wheel entry fires) and put a connection done talking on
+/// the dirty list. `false`: the connection is finished and must be finalized.
+#[inline(always)]
+fn schedule<S>(
+    wheel: &mut TimerWheel,
+    dirty: &mut Vec<u32>,
+    ep: &Endpoint,
+    key: usize,
+    e: &mut Entry<S>,
+) -> bool {
+    if e.flags & DEAD != 0 {
+        return true;
+    }
+    if let Some(at) = e.conn.poll_timeout(ep) {
+        if e.timer_at == 0 || at < e.timer_at {
+            e.timer_at = wheel.schedule(key as u32, e.generation, at);
+        }
+        if e.conn.is_flushing() && e.flags & DIRTY == 0 {
+            e.flags |= DIRTY;
+            dirty.push(key as u32);
+        }
+        return true;
+    }
+    !e.conn.is_finished()
+}
+
+/// Hand one event of a connection to the handler, as a [`Conn`] over the event's link.
+#[inline(always)]
 fn dispatch<H: Handler>(
     handler: &mut H,
     ev: AppEvent<'_>,
     link: Link<'_, Out<'_>>,
     state: &mut H::State,
-    id: ConnId,
-    peer: PeerAddr,
+    peer: &PeerAddr,
+    generation: u32,
 ) {
     let Link { half, ep, out, now } = link;
     let mut conn = Conn {
@@ -691,9 +707,9 @@ fn dispatch<H: Handler>(
         ep,
         out: out.reborrow(),
         state,
-        now,
-        id,
         peer,
+        now,
+        generation,
     };
     match ev {
         AppEvent::Message(msg) => {
