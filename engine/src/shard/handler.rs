@@ -20,7 +20,7 @@ pub trait Handler: 'static {
     type State: Default + 'static;
 
     /// An upgrade request arrived (already validated as a WebSocket handshake). Choose a
-    /// subprotocol, add headers, or refuse it with an HTTP status.
+    /// subprotocol, add headers, or refuse it with an HTTP status. (A panic here answers 500.)
     fn on_upgrade(&mut self, req: &Request) -> Result<Accept, Reject> {
         let _ = req;
         Ok(Accept::default())
