@@ -14,14 +14,11 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::{Completion, Driver, DriverConfig, Token, Wake, Waker};
+use super::{Completion, Driver, DriverConfig, Token, Wake, Waker, ACCEPT_RETRY, IOV_MAX};
 use crate::send_queue::SendQueue;
 
 const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
 const WAKER: mio::Token = mio::Token(usize::MAX);
-
-/// Most iovecs passed to one `writev`.
-const IOV_MAX: usize = 64;
 
 /// A registered connection socket.
 struct Socket {
@@ -46,9 +43,6 @@ pub(crate) struct EpollDriver {
     /// `accept` failed for lack of resources: try again after `ACCEPT_RETRY`.
     accept_retry: bool,
 }
-
-/// Pause before retrying `accept` after EMFILE/ENFILE/ENOMEM.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Most reads of one socket per `poll` (fairness: one fast sender cannot starve the others;
 /// 16 reads of the 64 KiB default buffer = 1 MiB per connection per loop turn).
@@ -154,7 +148,7 @@ impl Driver for EpollDriver {
             sockets: Vec::new(),
             unfinished: Vec::new(),
             accept_retry: false,
-            scratch: vec![0u8; cfg.recv_buffer_bytes.max(4096)].into_boxed_slice(),
+            scratch: vec![0u8; cfg.recv_buffer_bytes].into_boxed_slice(),
         })
     }
 

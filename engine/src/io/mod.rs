@@ -33,7 +33,11 @@
 //! Implement [`Driver`] in a module next to `epoll.rs`, return `true` for it from
 //! [`backend_available`], and add an arm to [`run_with_backend`].
 
+#[cfg(test)]
+mod contract_tests;
 pub(crate) mod epoll;
+#[cfg(test)]
+pub(crate) mod harness;
 pub(crate) mod sys;
 pub(crate) mod uring;
 
@@ -46,6 +50,19 @@ use std::time::Duration;
 
 use crate::config::Backend;
 use crate::send_queue::SendQueue;
+
+/// After `accept` failed for lack of descriptors or memory (`EMFILE`, `ENFILE`, `ENOMEM`) both
+/// backends wait this long before trying again: the pending connections stay in the listen
+/// backlog meanwhile, and retrying sooner would spin on the same error. Short next to a
+/// handshake timeout; the io_uring driver also retries as soon as a connection is released.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Most iovecs in one vectored write (`writev`, `sendmsg`): 64 × 16 bytes = 1 KiB, which the
+/// epoll driver builds on the stack for every multi-chunk write and the io_uring driver keeps
+/// per in-flight send. A longer queue goes out in several writes of at least 64 chunks each
+/// (owned chunks coalesce up to 16 KiB, so that is ≥ 64 frames), which keeps the per-call cost
+/// amortized; Linux accepts up to 1024.
+pub(crate) const IOV_MAX: usize = 64;
 
 /// Names one connection inside one shard: the shard's slab key (always `< 2^32`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]

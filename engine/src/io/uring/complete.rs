@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::direct::DirectFd;
-use super::driver::{Sock, UringDriver, ACCEPT_RETRY, DIRECT_FDS_SLACK};
+use super::driver::{Sock, UringDriver, DIRECT_FDS_SLACK};
 use super::op::{OpId, OpKind};
+use crate::io::ACCEPT_RETRY;
 use crate::io::{Completion, Socket, Token};
 
 impl UringDriver {

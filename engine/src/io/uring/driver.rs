@@ -15,12 +15,8 @@ use super::buf_ring::BufRing;
 use super::op::{OpId, OpKind};
 use super::probe::builder;
 use super::waker::EventFdWaker;
-use crate::io::{sys, Completion, Driver, DriverConfig, Socket, Token, Waker};
+use crate::io::{sys, Completion, Driver, DriverConfig, Socket, Token, Waker, IOV_MAX};
 use crate::send_queue::SendQueue;
-
-/// How long the listener waits after its multishot accept failed (descriptor table full,
-/// `EMFILE`) before it is armed again, unless a connection is released first.
-pub(super) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Tunables of one shard's ring, derived from the shard's [`DriverConfig`].
 ///
@@ -58,15 +54,14 @@ pub(crate) struct UringConfig {
 }
 
 impl UringConfig {
-    /// The ring settings for the shard's [`DriverConfig`]: `recv_buffers` rounded down to a
-    /// power of two (at most 32768), `events_max` rounded up to one for the SQ size.
+    /// The ring settings for the shard's [`DriverConfig`] (whose limits the builder clamped
+    /// already: see `Config::clamped`); `events_max` rounded up to a power of two for the SQ
+    /// size. A value out of range fails `BufRing::new` with an error, not a panic.
     pub(super) fn from_driver(cfg: &DriverConfig) -> Self {
-        let count = cfg.recv_buffers.clamp(1, 32768);
-        let count = 1usize << (usize::BITS - 1 - count.leading_zeros());
         Self {
             sq_entries: cfg.events_max.clamp(64, 32768).next_power_of_two() as u32,
-            buf_count: count as u16,
-            buf_size: cfg.recv_buffer_bytes.clamp(64, 1 << 30) as u32,
+            buf_count: u16::try_from(cfg.recv_buffers).unwrap_or(0),
+            buf_size: u32::try_from(cfg.recv_buffer_bytes).unwrap_or(0),
             direct_fds: cfg.direct_fds,
             direct_fds_max: cfg.direct_fds_max,
         }
@@ -75,9 +70,6 @@ impl UringConfig {
 
 /// Fixed-file table entries registered beyond `direct_fds_max` (see [`UringDriver::new`]).
 pub(super) const DIRECT_FDS_SLACK: u32 = 256;
-
-/// Most iovecs in one `sendmsg`; the rest of a longer queue goes in the next one.
-pub(crate) const IOV_MAX: usize = 256;
 
 /// A socket as the ring knows it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

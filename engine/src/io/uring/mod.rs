@@ -26,7 +26,7 @@
 //! Memory: per shard, `recv_buffers × recv_buffer_bytes` of receive buffers (shared by all
 //! connections, touched as they are used), 16 bytes per buffer-ring entry, 64 bytes per SQ
 //! entry and 4 × 16 bytes per CQ entry; per connection, one [`ConnIo`] slot (24 bytes) and,
-//! only while a send is in flight, a pooled [`SendOp`] (msghdr + up to [`IOV_MAX`] iovecs). In
+//! only while a send is in flight, a pooled [`SendOp`] (msghdr + up to [`IOV_MAX`](crate::io::IOV_MAX) iovecs). In
 //! the kernel an idle connection holds its armed multishot recv (one request, ~256 bytes) where
 //! epoll holds an epitem (~128 bytes).
 //!

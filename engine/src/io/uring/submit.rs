@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BGID;
-use super::driver::{ConnIo, SendOp, Sock, UringDriver, ACCEPT_RETRY, DIRECT_FDS_SLACK};
+use super::driver::{ConnIo, SendOp, Sock, UringDriver, DIRECT_FDS_SLACK};
 use super::op::{OpId, OpKind};
 use crate::io::Token;
+use crate::io::ACCEPT_RETRY;
 
 impl UringDriver {
     /// Forget `token` and close its socket (nothing of it may be in flight).
