@@ -34,8 +34,6 @@
 //! acts on). Each event comes with a [`Link`] to the send half, so the application can send or
 //! close from inside the callback while the event's payload is still borrowed.
 
-use std::sync::Arc;
-
 use super::close::CloseState;
 use super::close_code::CloseCode;
 use super::codec::{DecodeState, Event};
@@ -53,34 +51,9 @@ mod send;
 mod tests;
 
 use self::held::Held;
-use self::send::Outcome;
-
-/// Where the bytes a connection sends go: the caller's send queue, or a transform in front of
-/// it (TLS). Every method appends at the end; nothing is sent until the caller flushes.
-pub trait Output {
-    /// Queue one frame: `encode` appends it (at most `len_max` bytes) to the `Vec` it is given.
-    fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>));
-    /// Queue bytes that are not a frame (the handshake's HTTP request or response).
-    fn push_bytes(&mut self, bytes: &[u8]);
-    /// Queue an encoded frame shared with other connections (a broadcast or publish).
-    fn push_shared(&mut self, frame: &Arc<[u8]>);
-}
-
-/// A `Vec` as output: everything appended, in order (tests, simple embedders).
-impl Output for Vec<u8> {
-    fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
-        self.reserve(len_max);
-        encode(self);
-    }
-
-    fn push_bytes(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-
-    fn push_shared(&mut self, frame: &Arc<[u8]>) {
-        self.extend_from_slice(frame);
-    }
-}
+pub use self::send::SendHalf;
+use self::send::{Outcome, Phase, CLIENT, LINGER, OPENED, PING_OUT};
+use super::output::Output;
 
 /// What [`Connection::handle_recv`] hands to the application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,46 +138,6 @@ pub struct RecvHalf {
     decoder: DecodeState,
     held: Held,
 }
-
-/// The send half: phase, close handshake, keepalive clock and close outcome.
-#[derive(Debug)]
-pub struct SendHalf {
-    /// How the connection ended (for `close_outcome`), once known.
-    outcome: Option<Box<Outcome>>,
-    /// Tick of the last received bytes.
-    last_rx: u32,
-    /// Tick the current phase (or the outstanding ping) started.
-    mark: u32,
-    close: CloseState,
-    phase: Phase,
-    flags: u8,
-}
-
-/// Where a connection stands.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    /// Reading the upgrade request (server) or its response (client).
-    Handshake,
-    /// Server: the request was handed out; waiting for `accept_upgrade` or `reject_upgrade`.
-    Upgrading,
-    /// Open: data flows (or, per the close state, we wait for the peer's close frame).
-    Open,
-    /// Done talking: the output is flushed, then the transport closes or half-closes.
-    Flushing,
-    /// Half-closed: input is discarded until the peer's EOF or the close timeout.
-    Linger,
-    /// Finished.
-    Closed,
-}
-
-/// The client role: frames are masked, the server's must not be.
-const CLIENT: u8 = 1;
-/// The connection opened (a client's also reports its end when it never opened).
-const OPENED: u8 = 2;
-/// An idle ping is outstanding: nothing arrived since `mark`.
-const PING_OUT: u8 = 4;
-/// After the flush, half-close and linger instead of closing.
-const LINGER: u8 = 8;
 
 /// Bytes of a new receive buffer appended to a held partial frame before decoding it (enough to
 /// complete any frame header or control frame: 14 + 125).
@@ -652,8 +585,8 @@ where
     let limits = ep.settings().limits;
     decoder.decode(&limits, buf, |ev| {
         match ev {
-            Event::Text(s) => half.deliver(now, ep, out, Message::Text(s), on),
-            Event::Binary(b) => half.deliver(now, ep, out, Message::Binary(b), on),
+            Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
+            Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
             Event::Ping(p) => {
                 if half.can_send() {
                     half.push_control(ep, out, OpCode::Pong, p);
@@ -673,4 +606,23 @@ where
             ControlFlow::Break(())
         }
     })
+}
+
+/// A data message arrived: hand it out unless our close frame went first (§7.1.2 leaves data
+/// that still arrives unread).
+#[inline]
+fn deliver<O, F>(
+    half: &mut SendHalf,
+    now: u32,
+    ep: &mut Endpoint,
+    out: &mut O,
+    msg: Message<'_>,
+    on: &mut F,
+) where
+    O: Output,
+    F: FnMut(AppEvent<'_>, Link<'_, O>),
+{
+    if half.phase == Phase::Open && half.close.accepts_data() {
+        on(AppEvent::Message(msg), Link { half, ep, out, now });
+    }
 }

@@ -19,6 +19,7 @@ mod error;
 mod frame;
 mod handshake;
 mod message;
+mod output;
 mod rng;
 
 #[cfg(test)]
@@ -30,7 +31,7 @@ pub use close::{
 pub use close_code::CloseCode;
 pub use codec::{Decoder, Event, Limits};
 pub use connection::{
-    AfterFlush, AppEvent, Connection, Link, Output, Received, RecvHalf, SendHalf, Timeout,
+    AfterFlush, AppEvent, Connection, Link, Received, RecvHalf, SendHalf, Timeout,
 };
 pub use endpoint::{Endpoint, Settings};
 pub use error::ProtocolError;
@@ -40,4 +41,5 @@ pub use handshake::{
     reject_response, HandshakeError, Request, Response, HEADER_BYTES_MAX_DEFAULT, MAX_HEADERS,
 };
 pub use message::Message;
+pub use output::Output;
 pub use rng::MaskRng;

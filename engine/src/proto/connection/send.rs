@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use super::{AppEvent, Link, Output, Phase, SendHalf, CLIENT, LINGER, OPENED, PING_OUT};
 use crate::proto::close::CloseFrame;
+use crate::proto::close::CloseState;
 use crate::proto::close_code::CloseCode;
 use crate::proto::endpoint::{Endpoint, Settings};
 use crate::proto::frame::{encode_frame, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 use crate::proto::message::Message;
+use crate::proto::output::Output;
 
 /// How a connection ended, as `on_close` reports it.
 #[derive(Debug)]
@@ -27,6 +28,46 @@ pub(super) enum Ending {
     /// We refused the upgrade with an HTTP error.
     Refused,
 }
+
+/// The send half: phase, close handshake, keepalive clock and close outcome.
+#[derive(Debug)]
+pub struct SendHalf {
+    /// How the connection ended (for `close_outcome`), once known.
+    pub(super) outcome: Option<Box<Outcome>>,
+    /// Tick of the last received bytes.
+    pub(super) last_rx: u32,
+    /// Tick the current phase (or the outstanding ping) started.
+    pub(super) mark: u32,
+    pub(super) close: CloseState,
+    pub(super) phase: Phase,
+    pub(super) flags: u8,
+}
+
+/// Where a connection stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Phase {
+    /// Reading the upgrade request (server) or its response (client).
+    Handshake,
+    /// Server: the request was handed out; waiting for `accept_upgrade` or `reject_upgrade`.
+    Upgrading,
+    /// Open: data flows (or, per the close state, we wait for the peer's close frame).
+    Open,
+    /// Done talking: the output is flushed, then the transport closes or half-closes.
+    Flushing,
+    /// Half-closed: input is discarded until the peer's EOF or the close timeout.
+    Linger,
+    /// Finished.
+    Closed,
+}
+
+/// The client role: frames are masked, the server's must not be.
+pub(super) const CLIENT: u8 = 1;
+/// The connection opened (a client's also reports its end when it never opened).
+pub(super) const OPENED: u8 = 2;
+/// An idle ping is outstanding: nothing arrived since `mark`.
+pub(super) const PING_OUT: u8 = 4;
+/// After the flush, half-close and linger instead of closing.
+pub(super) const LINGER: u8 = 8;
 
 impl SendHalf {
     /// May the application send data or pings (open, and no close frame sent or received)?
@@ -171,33 +212,6 @@ impl SendHalf {
         out.push_frame(p.len() + MAX_HEADER_LEN, |v| {
             encode_frame(v, op, true, p, mask)
         });
-    }
-
-    /// A data message arrived.
-    #[inline]
-    pub(super) fn deliver<O, F>(
-        &mut self,
-        now: u32,
-        ep: &mut Endpoint,
-        out: &mut O,
-        msg: Message<'_>,
-        on: &mut F,
-    ) where
-        O: Output,
-        F: FnMut(AppEvent<'_>, Link<'_, O>),
-    {
-        // After our close frame, data still arriving is ignored (§7.1.2 leaves it unread).
-        if self.phase == Phase::Open && self.close.accepts_data() {
-            on(
-                AppEvent::Message(msg),
-                Link {
-                    half: self,
-                    ep,
-                    out,
-                    now,
-                },
-            );
-        }
     }
 
     pub(super) fn on_close_frame<O: Output>(
