@@ -33,6 +33,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc (engine, warnings are errors: missing docs, broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore
 echo "== cargo test"
 cargo test --workspace
 echo "== autobahn conformance"

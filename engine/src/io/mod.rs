@@ -72,11 +72,11 @@ pub(crate) struct Token(pub(crate) usize);
 #[derive(Clone, Debug)]
 pub(crate) struct DriverConfig {
     /// io_uring only: accept connections as direct descriptors (entries of the ring's
-    /// fixed-file table, not counted against `RLIMIT_NOFILE`). epoll ignores it.
+    /// fixed-file table). epoll ignores it. See [`crate::ServerBuilder::direct_fds_max`] for
+    /// what they cost and how `RLIMIT_NOFILE` bounds them.
     pub(crate) direct_fds: bool,
     /// io_uring only, with `direct_fds`: the most connections one shard holds in that mode
-    /// (clamped to `RLIMIT_NOFILE`, the kernel's bound on one fixed-file table). Kernel memory:
-    /// about 8 bytes per table entry.
+    /// (already clamped by the builder).
     pub(crate) direct_fds_max: u32,
     /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.

@@ -45,7 +45,7 @@ pub enum Event<'a> {
     Text(&'a str),
     /// A complete binary message.
     Binary(&'a [u8]),
-    /// A ping; the driver answers with a pong carrying the same payload.
+    /// A ping; the caller answers with a pong carrying the same payload.
     Ping(&'a [u8]),
     /// A pong.
     Pong(&'a [u8]),

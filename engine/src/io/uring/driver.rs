@@ -38,18 +38,16 @@ pub(crate) struct UringConfig {
     /// Size of one receive buffer in bytes: the most one recv completion carries.
     pub buf_size: u32,
     /// Accept connections as io_uring direct descriptors (the ring's fixed-file table) instead of
-    /// plain file descriptors. Direct descriptors do not count against `RLIMIT_NOFILE`; the
-    /// table's size [`UringConfig::direct_fds_max`] becomes the shard's connection cap.
+    /// plain file descriptors (see [`crate::ServerBuilder::direct_fds_max`] for why and what
+    /// bounds them); the table's size becomes the shard's connection cap.
     /// `getpeername` needs a real descriptor, so each accepted one is installed as a plain
     /// descriptor for one `getpeername` and closed again (Linux ≥ 6.8; where that is missing,
     /// or no plain descriptor is free, the peer address is reported as `0.0.0.0:0`).
     pub direct_fds: bool,
-    /// With `direct_fds`: the most connections one shard holds. The fixed-file table is
-    /// registered with 256 more entries, so a burst accepted in the turn that reaches the cap
-    /// still finds slots; near the cap accepts go one at a time, which keeps it exact. The
-    /// kernel caps one table at `RLIMIT_NOFILE` entries, and this cap with it: a process holds
-    /// at most shards × `RLIMIT_NOFILE` direct descriptors (not counted against the limit).
-    /// Cost: 8 bytes of kernel memory per entry.
+    /// With `direct_fds`: the most connections one shard holds (the builder clamped it). The
+    /// fixed-file table is registered with [`DIRECT_FDS_SLACK`] more entries within the
+    /// kernel's bound, so a burst accepted in the turn that reaches the cap still finds slots;
+    /// near the cap accepts go one at a time, which keeps it exact.
     pub direct_fds_max: u32,
 }
 
@@ -171,8 +169,8 @@ impl Driver for UringDriver {
         if cfg.direct_fds {
             // Slack past the cap: a multishot accept is only stopped once the room left is
             // small, so connections arriving in that same turn still find a slot instead of
-            // being accepted and closed by the kernel (ENFILE). The kernel refuses a table
-            // larger than RLIMIT_NOFILE: the cap is clamped to it.
+            // being accepted and closed by the kernel (ENFILE). The table itself is bounded
+            // like the cap (see `ServerBuilder::direct_fds_max`), so the slack shrinks there.
             let limit = sys::nofile_limit();
             let table = cfg
                 .direct_fds_max

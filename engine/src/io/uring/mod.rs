@@ -6,9 +6,9 @@
 //!
 //! What runs in the ring:
 //! - one multishot accept on the shard's listener, producing plain descriptors, or io_uring
-//!   *direct* descriptors in the ring's fixed-file table when `direct_fds` is set (those do not
-//!   count against `RLIMIT_NOFILE`; `direct_fds_max`, at most `RLIMIT_NOFILE` since the kernel
-//!   caps each table there, is then the shard's connection cap);
+//!   *direct* descriptors in the ring's fixed-file table when `direct_fds` is set
+//!   (`direct_fds_max` is then the shard's connection cap; see
+//!   [`crate::ServerBuilder::direct_fds_max`] for how descriptor limits bound it);
 //! - one multishot recv per connection, drawing from the shard's provided-buffer ring. The
 //!   received bytes are lent to the shard for one [`Completion::Recv`] callback, and the buffer
 //!   goes back to the ring as soon as it returns (on Linux ≥ 6.12 the ring is incremental: small
