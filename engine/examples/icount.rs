@@ -16,13 +16,16 @@
 //! - `encode-20`, `encode-16k`: one unmasked server binary frame appended to a reused `Vec`.
 //! - `handshake`: `parse_request` of a browser-like upgrade request, then `accept_response`.
 //! - `utf8-20`, `utf8-16k`: `validate_utf8` of mixed ASCII / multi-byte text.
+//! - `conn-echo-20`, `conn-echo-16k`: one masked binary frame through an open server
+//!   [`Connection`] (`handle_recv`), echoed from inside the event into an `Output`, then
+//!   `poll_timeout`: the protocol layer's whole part of an echoed message, without the shard.
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
 
 use percore::proto::{
-    accept_response, encode_frame, parse_request, Decoder, Event, Limits, OpCode, Role,
-    HEADER_BYTES_MAX_DEFAULT,
+    accept_response, encode_frame, parse_request, AppEvent, Connection, Decoder, Endpoint, Event,
+    Limits, MaskRng, OpCode, Received, Role, Settings, HEADER_BYTES_MAX_DEFAULT,
 };
 
 const CASES: &[&str] = &[
@@ -35,6 +38,8 @@ const CASES: &[&str] = &[
     "handshake",
     "utf8-20",
     "utf8-16k",
+    "conn-echo-20",
+    "conn-echo-16k",
 ];
 
 const REQUEST: &[u8] = b"GET /chat?room=1 HTTP/1.1\r\n\
@@ -140,6 +145,36 @@ fn utf8(n: usize, run: usize, len: usize) -> usize {
     total
 }
 
+fn conn_echo(n: usize, run: usize, payload: &[u8]) -> usize {
+    let (mut buf, ranges) = masked_frames(n, OpCode::Binary, payload);
+    let mut ep = Endpoint::with_rng(Settings::default(), MaskRng::from_seed([9; 32]));
+    let mut out: Vec<u8> = Vec::with_capacity(payload.len() + 16);
+    let mut conn = Connection::server(0);
+    let mut req = REQUEST.to_vec();
+    let Received::Upgrade(r) = conn.handle_recv(0, &mut ep, &mut out, &mut req, |_, _| {}) else {
+        unreachable!("a valid request");
+    };
+    conn.accept_upgrade(0, &mut out, &r, None, &[]);
+    let mut total = 0usize;
+    for (i, &(s, e)) in ranges[..run].iter().enumerate() {
+        out.clear();
+        let now = i as u32;
+        conn.handle_recv(
+            now,
+            &mut ep,
+            &mut out,
+            black_box(&mut buf[s..e]),
+            |ev, link| {
+                if let AppEvent::Message(m) = ev {
+                    link.half.send_message(link.ep, link.out, m);
+                }
+            },
+        );
+        total += black_box(&out).len() + conn.poll_timeout(&ep).map_or(0, |t| t as usize & 1);
+    }
+    total
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("list") {
@@ -165,6 +200,8 @@ fn main() {
         "handshake" => handshake(n, run),
         "utf8-20" => utf8(n, run, 20),
         "utf8-16k" => utf8(n, run, 16384),
+        "conn-echo-20" => conn_echo(n, run, &[7u8; 20]),
+        "conn-echo-16k" => conn_echo(n, run, &[7u8; 16384]),
         _ => usage(),
     };
     println!(
