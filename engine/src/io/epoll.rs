@@ -14,14 +14,14 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::{Completion, Driver, DriverConfig, Token, Wake, Waker, ACCEPT_RETRY, IOV_MAX};
+use super::{Completion, Driver, DriverConfig, Socket, Token, Wake, Waker, ACCEPT_RETRY, IOV_MAX};
 use crate::send_queue::SendQueue;
 
 const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
 const WAKER: mio::Token = mio::Token(usize::MAX);
 
-/// A registered connection socket.
-struct Socket {
+/// A registered connection socket, as epoll watches it.
+struct Watched {
     stream: mio::net::TcpStream,
     /// `WRITABLE` interest is registered (a short write left bytes queued).
     write_armed: bool,
@@ -35,7 +35,7 @@ pub(crate) struct EpollDriver {
     events: Events,
     listener: Option<TcpListener>,
     waker: Arc<mio::Waker>,
-    sockets: Vec<Option<Socket>>,
+    sockets: Vec<Option<Watched>>,
     scratch: Box<[u8]>,
     /// Sockets whose read loop stopped at `READS_PER_TURN` with data possibly left (no new
     /// edge will come for it): read again on the next `poll`, which then does not block.
@@ -55,7 +55,7 @@ impl Wake for mio::Waker {
 }
 
 impl EpollDriver {
-    fn socket(&mut self, token: Token) -> Option<&mut Socket> {
+    fn socket(&mut self, token: Token) -> Option<&mut Watched> {
         self.sockets.get_mut(token.0).and_then(Option::as_mut)
     }
 
@@ -72,7 +72,7 @@ impl EpollDriver {
                     // Latency first: small frames go out at once.
                     let _ = socket.set_nodelay(true);
                     on(Completion::Accepted {
-                        socket: super::Socket::Stream(socket),
+                        socket: Socket::Stream(socket),
                         peer,
                     });
                 }
@@ -156,8 +156,8 @@ impl Driver for EpollDriver {
         self.waker.clone()
     }
 
-    fn register(&mut self, token: Token, socket: super::Socket) -> io::Result<()> {
-        let super::Socket::Stream(socket) = socket else {
+    fn register(&mut self, token: Token, socket: Socket) -> io::Result<()> {
+        let Socket::Stream(socket) = socket else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "epoll cannot drive an io_uring direct descriptor",
@@ -170,7 +170,7 @@ impl Driver for EpollDriver {
         if self.sockets.len() <= token.0 {
             self.sockets.resize_with(token.0 + 1, || None);
         }
-        self.sockets[token.0] = Some(Socket {
+        self.sockets[token.0] = Some(Watched {
             stream,
             write_armed: false,
             done: false,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::direct::DirectFd;
-use super::driver::{Sock, UringDriver, DIRECT_FDS_SLACK};
+use super::driver::{RingFd, UringDriver, DIRECT_FDS_SLACK};
 use super::op::{OpId, OpKind};
 use crate::io::ACCEPT_RETRY;
 use crate::io::{Completion, Socket, Token};
@@ -204,11 +204,11 @@ impl UringDriver {
         }
         if res >= 0 {
             let sock = if self.cfg.direct_fds {
-                Sock::Fixed(res as u32)
+                RingFd::Fixed(res as u32)
             } else {
-                Sock::Fd(res)
+                RingFd::Fd(res)
             };
-            if matches!(sock, Sock::Fixed(_)) {
+            if matches!(sock, RingFd::Fixed(_)) {
                 self.direct_open += 1;
             }
             if self.listener.is_none() {
@@ -216,7 +216,7 @@ impl UringDriver {
                 return self.close_sock(sock);
             }
             match sock {
-                Sock::Fd(fd) => {
+                RingFd::Fd(fd) => {
                     // SAFETY: the kernel just created `fd` for us; nothing else owns it.
                     let socket = unsafe { TcpStream::from_raw_fd(fd) };
                     // A peer that already reset has no address: drop it (closes the socket).
@@ -227,7 +227,7 @@ impl UringDriver {
                         });
                     }
                 }
-                Sock::Fixed(index) if self.fd_install => {
+                RingFd::Fixed(index) if self.fd_install => {
                     // Reported once the peer address is known (`on_peer_of`).
                     let sqe = opcode::FixedFdInstall::new(types::Fixed(index), 0)
                         .build()
@@ -237,7 +237,7 @@ impl UringDriver {
                         self.deliver_direct(index, None, on);
                     }
                 }
-                Sock::Fixed(index) => self.deliver_direct(index, None, on),
+                RingFd::Fixed(index) => self.deliver_direct(index, None, on),
             }
             if !more {
                 self.arm_accept_or_retry();
@@ -265,7 +265,7 @@ impl UringDriver {
                 // SAFETY: the kernel just installed `res` for us; nothing else owns it.
                 drop(unsafe { OwnedFd::from_raw_fd(res) });
             }
-            return self.close_sock(Sock::Fixed(index));
+            return self.close_sock(RingFd::Fixed(index));
         }
         if res < 0 {
             // No descriptor to spare (EMFILE): the peer stays unknown.
@@ -278,7 +278,7 @@ impl UringDriver {
         match installed.peer_addr() {
             Ok(peer) => self.deliver_direct(index, Some(peer), on),
             // A peer that already reset has no address: drop it, as for plain descriptors.
-            Err(_) => self.close_sock(Sock::Fixed(index))?,
+            Err(_) => self.close_sock(RingFd::Fixed(index))?,
         }
         Ok(())
     }

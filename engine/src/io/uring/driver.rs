@@ -71,7 +71,7 @@ pub(super) const DIRECT_FDS_SLACK: u32 = 256;
 
 /// A socket as the ring knows it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Sock {
+pub(super) enum RingFd {
     /// A plain file descriptor, owned by the driver.
     Fd(RawFd),
     /// An io_uring direct descriptor: an index in the ring's fixed-file table.
@@ -97,7 +97,7 @@ impl SendOp {
 
 /// Per-connection state of the driver.
 pub(super) struct ConnIo {
-    pub(super) sock: Sock,
+    pub(super) sock: RingFd,
     pub(super) gen: u32,
     /// A multishot recv is armed (its final completion not yet reaped).
     pub(super) recv_armed: bool,
@@ -217,11 +217,11 @@ impl Driver for UringDriver {
         let sock = match socket {
             Socket::Stream(s) => {
                 s.set_nonblocking(true)?;
-                Sock::Fd(s.into_raw_fd())
+                RingFd::Fd(s.into_raw_fd())
             }
             Socket::Direct(mut d) => {
                 d.registered = true;
-                Sock::Fixed(d.index)
+                RingFd::Fixed(d.index)
             }
         };
         if self.conns.len() <= token.0 {
@@ -320,19 +320,19 @@ impl Driver for UringDriver {
                 u32::try_from(one.iov_len).unwrap_or(u32::MAX),
             );
             match c.sock {
-                Sock::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
+                RingFd::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
                     .flags(flags)
                     .build(),
-                Sock::Fixed(i) => opcode::Send::new(types::Fixed(i), buf, len)
+                RingFd::Fixed(i) => opcode::Send::new(types::Fixed(i), buf, len)
                     .flags(flags)
                     .build(),
             }
         } else {
             match c.sock {
-                Sock::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
+                RingFd::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
                     .flags(flags as u32)
                     .build(),
-                Sock::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg)
+                RingFd::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg)
                     .flags(flags as u32)
                     .build(),
             }
@@ -364,11 +364,11 @@ impl Driver for UringDriver {
     fn shutdown_write(&mut self, token: Token) {
         let Some(c) = self.conn(token) else { return };
         match c.sock {
-            Sock::Fd(fd) => {
+            RingFd::Fd(fd) => {
                 // Errors are ignored: the close timeout bounds the wait anyway.
                 let _ = sys::shutdown_write(fd);
             }
-            Sock::Fixed(i) => {
+            RingFd::Fixed(i) => {
                 // Runs inline at submission (a socket shutdown never blocks), so before any
                 // later close of this table slot.
                 let sqe = opcode::Shutdown::new(types::Fixed(i), libc::SHUT_WR)
@@ -393,8 +393,8 @@ impl Driver for UringDriver {
             return true;
         }
         let cancel = match c.sock {
-            Sock::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
-            Sock::Fixed(i) => types::CancelBuilder::fd(types::Fixed(i)),
+            RingFd::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
+            RingFd::Fixed(i) => types::CancelBuilder::fd(types::Fixed(i)),
         };
         let sqe = opcode::AsyncCancel2::new(cancel.all())
             .build()

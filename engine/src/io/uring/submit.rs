@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BGID;
-use super::driver::{ConnIo, SendOp, Sock, UringDriver, DIRECT_FDS_SLACK};
+use super::driver::{ConnIo, RingFd, SendOp, UringDriver, DIRECT_FDS_SLACK};
 use super::op::{OpId, OpKind};
 use crate::io::Token;
 use crate::io::ACCEPT_RETRY;
@@ -34,15 +34,15 @@ impl UringDriver {
         }
     }
 
-    pub(super) fn close_sock(&mut self, sock: Sock) -> io::Result<()> {
+    pub(super) fn close_sock(&mut self, sock: RingFd) -> io::Result<()> {
         match sock {
-            Sock::Fd(fd) => {
+            RingFd::Fd(fd) => {
                 // SAFETY: the driver owns `fd` and closes it exactly once, after every
                 // operation on it completed.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
                 Ok(())
             }
-            Sock::Fixed(i) => {
+            RingFd::Fixed(i) => {
                 let sqe = opcode::Close::new(types::Fixed(i))
                     .build()
                     .user_data(OpId::new(OpKind::CloseDirect, 0, 0).encode());
@@ -55,7 +55,7 @@ impl UringDriver {
     pub(super) fn close_orphans(&mut self) -> io::Result<()> {
         let orphans = std::mem::take(&mut *self.orphans.borrow_mut());
         for index in orphans {
-            self.close_sock(Sock::Fixed(index))?;
+            self.close_sock(RingFd::Fixed(index))?;
         }
         Ok(())
     }
@@ -159,8 +159,8 @@ impl UringDriver {
         }
         let ud = OpId::new(OpKind::Recv, token.0, c.gen).encode();
         let sqe = match c.sock {
-            Sock::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), BGID).build(),
-            Sock::Fixed(i) => opcode::RecvMulti::new(types::Fixed(i), BGID).build(),
+            RingFd::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), BGID).build(),
+            RingFd::Fixed(i) => opcode::RecvMulti::new(types::Fixed(i), BGID).build(),
         };
         c.recv_armed = true;
         // SAFETY: the recv writes only into provided buffers of group BGID, which the buffer
@@ -240,7 +240,7 @@ impl Drop for UringDriver {
     fn drop(&mut self) {
         let leak = !self.cancel_all(Duration::from_secs(2));
         for c in std::mem::take(&mut self.conns).into_iter().flatten() {
-            if let Sock::Fd(fd) = c.sock {
+            if let RingFd::Fd(fd) = c.sock {
                 // SAFETY: the driver owns every registered plain descriptor; closed once here.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
