@@ -199,8 +199,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     server.shutdown(Duration::from_secs(args.shutdown_grace_secs));
     let s = server.stats();
     eprintln!(
-        "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={}",
-        s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts
+        "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={} handler_panics={}",
+        s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts, s.handler_panics
     );
     if !matches!(args.mode, Mode::Echo) {
         eprintln!(
