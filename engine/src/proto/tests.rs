@@ -399,7 +399,7 @@ fn binary_is_not_utf8_checked() {
 // ---------------------------------------------------------------- limits (§10.4)
 
 #[test]
-fn frame_over_max_frame_bytes_is_1009() {
+fn frame_over_frame_bytes_max_is_1009() {
     let limits = Limits::new(100, 1000);
     let ok = cframe(OpCode::Binary, true, &[1; 100]);
     decode_split(Role::Server, limits, &ok, &[]).1.unwrap();
@@ -414,7 +414,7 @@ fn frame_over_max_frame_bytes_is_1009() {
 }
 
 #[test]
-fn message_over_max_message_bytes_is_1009() {
+fn message_over_message_bytes_max_is_1009() {
     let limits = Limits::new(100, 250);
     let ok = concat(&[
         cframe(OpCode::Text, false, &[b'a'; 100]),
