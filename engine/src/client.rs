@@ -1,6 +1,7 @@
 //! Outbound connections: a shard runs them exactly like accepted ones (same handler, timers,
 //! limits), in the client role (frames masked, the server's frames must not be).
 
+use std::any::Any;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 
@@ -57,8 +58,13 @@ impl Connect {
 }
 
 impl Connect {
-    /// Connect (blocking up to `timeout`) and prepare the upgrade request for the shard.
-    pub(crate) fn open(self, timeout: Duration) -> io::Result<Outbound> {
+    /// Connect (blocking up to `timeout`) and prepare the upgrade request for the shard; the
+    /// connection will have `state`.
+    pub(crate) fn open(
+        self,
+        timeout: Duration,
+        state: Box<dyn Any + Send>,
+    ) -> io::Result<Outbound> {
         let stream = TcpStream::connect_timeout(&self.addr, timeout)?;
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
@@ -76,6 +82,7 @@ impl Connect {
             peer: self.addr,
             request,
             key,
+            state,
         })
     }
 }

@@ -83,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) close_timeout: Duration,
     pub(crate) topic_name_bytes_max: usize,
     pub(crate) mailbox_messages_max: usize,
+    pub(crate) http_response_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -109,6 +110,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             topic_name_bytes_max: 256,
             mailbox_messages_max: 65_536,
+            http_response_bytes_max: 1 << 20,
         }
     }
 }

@@ -32,6 +32,15 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # The handshake, and plain HTTP on the same port
+//!
+//! [`Handler::on_upgrade`] decides each upgrade request: [`Upgrade::accept`] with the
+//! connection's initial [`Handler::State`], [`Upgrade::reject`] with an HTTP status, or
+//! [`Upgrade::defer`] to answer later from any thread through a [`Deferred`] handle (an auth
+//! service; the shard serves everyone else meanwhile). [`Handler::on_request`] answers the
+//! plain HTTP requests that come to the same port (a health check, a page, a script) with a
+//! [`Response`].
 #![warn(missing_docs, clippy::exhaustive_enums, clippy::exhaustive_structs)]
 #![deny(unsafe_code)]
 
@@ -42,6 +51,7 @@ mod config;
 mod id;
 mod io;
 pub mod pubsub;
+mod response;
 mod send_queue;
 mod server;
 mod shard;
@@ -53,7 +63,8 @@ pub use config::{Backend, Shards, SlowConsumer};
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
 pub use pubsub::{PubSubError, PublishOptions};
+pub use response::Response;
 pub use server::{Server, ServerBuilder, ServerHandle};
-pub use shard::{Conn, Handler, Publisher, SendError};
+pub use shard::{Conn, Decision, Deferred, Handler, HttpContext, Publisher, SendError, Upgrade};
 pub use stats::Stats;
 pub use upgrade::{Accept, Reject};

@@ -1,8 +1,9 @@
 //! The builder, shard spawning and the handle to a running server.
 
+use std::any::{Any, TypeId};
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -82,7 +83,9 @@ impl ServerBuilder {
 
     /// Most connections open at once across all shards (default 200 000); further upgrade
     /// requests are answered with HTTP 503. Each open connection costs its slab entry (under
-    /// 100 bytes) plus kernel socket buffers.
+    /// 100 bytes) plus kernel socket buffers. Connections still in their handshake count too:
+    /// an upgrade waiting for a [deferred](crate::Deferred) decision (which also holds its
+    /// parsed request, 1–2 KiB for a browser's) and a plain HTTP request being answered.
     pub fn connections_max(mut self, n: usize) -> Self {
         self.config.connections_max = n;
         self
@@ -180,8 +183,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Time allowed from accept to a complete upgrade request and its answer (default 10 s);
-    /// slower clients (slowloris) are dropped.
+    /// Time allowed from accept to a complete request and its answer (default 10 s): slower
+    /// clients (slowloris) are dropped, and so is an upgrade whose [deferred](crate::Deferred)
+    /// decision has not come by then. Either way the connection is closed without a response
+    /// (why not 408: see [`crate::Deferred`]).
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.config.handshake_timeout = d;
         self
@@ -227,6 +232,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Largest response to a plain HTTP request, head and body (default 1 MiB; a larger one
+    /// from [`Handler::on_request`] is answered with 500 instead). A response is copied into its
+    /// connection's send queue and held there until the client reads it, so worst-case memory
+    /// is this times the number of plain requests being answered at once.
+    pub fn http_response_bytes_max(mut self, n: usize) -> Self {
+        self.config.http_response_bytes_max = n;
+        self
+    }
+
     /// Bind, spawn the shards and start serving. `factory(shard_index)` is called on each
     /// shard's own thread to create that shard's handler. Fails if the address cannot be bound,
     /// the backend is not available or a shard cannot start.
@@ -265,12 +279,16 @@ impl ServerBuilder {
         let factory = Arc::new(factory);
         let open = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
-        let mut stats = Vec::with_capacity(n);
+        let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::default()).collect();
         let mut threads = Vec::with_capacity(n);
-        let (hub, mailboxes) =
-            Hub::new(n, config.mailbox_messages_max, config.topic_name_bytes_max);
+        let (hub, mailboxes) = Hub::new(
+            stats.clone(),
+            open.clone(),
+            config.mailbox_messages_max,
+            config.topic_name_bytes_max,
+        );
         for ((index, listener), mail) in listeners.into_iter().enumerate().zip(mailboxes) {
-            let shard_stats = Arc::new(ShardStats::default());
+            let shard_stats = stats[index].clone();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let run = shard::Run {
                 index,
@@ -291,7 +309,6 @@ impl ServerBuilder {
                     backend_io::run_with_backend(backend, run);
                 })?;
             threads.push(thread);
-            stats.push(shard_stats);
         }
         drop(ready_tx);
         // Each shard registers its waker with its mailbox itself; here only failures matter.
@@ -311,10 +328,9 @@ impl ServerBuilder {
             hub,
             local_addr,
             backend,
-            stats,
-            open,
             threads: Mutex::new(threads),
             handshake_timeout: config.handshake_timeout,
+            state_type: (TypeId::of::<H::State>(), std::any::type_name::<H::State>()),
         };
         match failure {
             Some(e) => {
@@ -343,10 +359,10 @@ pub struct ServerHandle {
     hub: Arc<Hub>,
     local_addr: SocketAddr,
     backend: Backend,
-    stats: Vec<Arc<ShardStats>>,
-    open: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     handshake_timeout: Duration,
+    /// The handler's `State` type (outbound connections bring theirs).
+    state_type: (TypeId, &'static str),
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -354,7 +370,7 @@ impl std::fmt::Debug for ServerHandle {
         f.debug_struct("ServerHandle")
             .field("local_addr", &self.local_addr)
             .field("backend", &self.backend)
-            .field("shards", &self.stats.len())
+            .field("shards", &self.shards())
             .finish()
     }
 }
@@ -402,34 +418,49 @@ impl ServerHandle {
         self.publisher().send(id, msg)
     }
 
-    /// Open an outbound connection on shard `shard` (taken modulo the shard count). The TCP
+    /// Open an outbound connection on shard `shard` (taken modulo the shard count), for a
+    /// handler whose `State` is `()` (else see [`ServerHandle::connect_with_state`]). The TCP
     /// connect happens here, blocking up to the handshake timeout; the WebSocket handshake then
     /// runs on the shard, whose handler gets `on_open` when the server answered 101, then
     /// messages as for any connection. If the handshake fails or times out, `on_close` is called
     /// with 1006 and a reason (without `on_open` before it).
     pub fn connect(&self, shard: usize, target: Connect) -> io::Result<()> {
-        let out = target.open(self.handshake_timeout)?;
-        let i = shard % self.stats.len().max(1);
+        self.connect_with_state(shard, target, ())
+    }
+
+    /// [`ServerHandle::connect`] with the connection's initial `state`, which must be of the
+    /// handler's `State` type (else `InvalidInput`, and nothing is connected).
+    pub fn connect_with_state<S: Send + 'static>(
+        &self,
+        shard: usize,
+        target: Connect,
+        state: S,
+    ) -> io::Result<()> {
+        let (want, name) = self.state_type;
+        if TypeId::of::<S>() != want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "connect: the handler's State is {name}, not {}",
+                    std::any::type_name::<S>()
+                ),
+            ));
+        }
+        let state: Box<dyn Any + Send> = Box::new(state);
+        let out = target.open(self.handshake_timeout, state)?;
+        let i = shard % self.shards().max(1);
         Ok(self.hub.mail().post(i, Mail::Connect(Box::new(out)))?)
     }
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.stats.len()
+        self.hub.mail().len()
     }
 
     /// Counters summed over all shards (each read with relaxed ordering: a snapshot, not an
     /// atomic cut).
     pub fn stats(&self) -> Stats {
-        let mut s = Stats {
-            connections_open: self.open.load(Ordering::Relaxed) as u64,
-            ..Stats::default()
-        };
-        for st in &self.stats {
-            st.add_to(&mut s);
-        }
-        self.hub.add_to(&mut s);
-        s
+        self.hub.stats()
     }
 
     /// Graceful shutdown: stop accepting, send close 1001 to every open connection, keep

@@ -15,8 +15,13 @@ pub struct Stats {
     pub upgraded: u64,
     /// Connections finished (socket closed).
     pub closed: u64,
-    /// Handshakes refused: malformed (400/405/426/431), by `on_upgrade`, or 503 when full.
+    /// Handshakes refused: malformed (400/405/411/413/426/431), by `on_upgrade` (at once or
+    /// deferred; 503 for a deferred handle dropped unanswered), or 503 when full.
     pub handshakes_rejected: u64,
+    /// Upgrade requests waiting for a deferred decision (a gauge).
+    pub upgrades_pending: u64,
+    /// Plain HTTP requests answered by `on_request` (any status).
+    pub http_requests: u64,
     /// Data messages received.
     pub messages_received: u64,
     /// Frames queued for sending (data and control).
@@ -59,6 +64,9 @@ pub(crate) struct ShardStats {
     pub(crate) upgraded: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
+    /// A gauge: moved by [`ShardStats::bump`] and [`ShardStats::drop_one`].
+    pub(crate) upgrades_pending: AtomicU64,
+    pub(crate) http_requests: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) frames_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
@@ -99,6 +107,8 @@ impl ShardStats {
         s.upgraded += g(&self.upgraded);
         s.closed += g(&self.closed);
         s.handshakes_rejected += g(&self.handshakes_rejected);
+        s.upgrades_pending += g(&self.upgrades_pending);
+        s.http_requests += g(&self.http_requests);
         s.messages_received += g(&self.messages_received);
         s.frames_sent += g(&self.frames_sent);
         s.bytes_received += g(&self.bytes_received);

@@ -1,4 +1,6 @@
-//! The application's answer to an upgrade request ([`crate::Handler::on_upgrade`]).
+//! What the application answers an upgrade request with ([`crate::Handler::on_upgrade`],
+//! through [`crate::Upgrade`] or a [`crate::Deferred`] handle): an [`Accept`] with the
+//! connection's state, or a [`Reject`].
 
 /// A successful answer to an upgrade request: 101, with an optional subprotocol and headers.
 ///

@@ -7,7 +7,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::raw::RawClient;
-use percore::{Backend, CloseCode, Conn, ConnId, Handler, Message, Server, Shards};
+use percore::Upgrade;
+use percore::{Backend, CloseCode, Conn, ConnId, Decision, Handler, Message, Server, Shards};
 
 /// Echo, but `on_message` panics on "boom" and `on_close` reports every close.
 struct Fragile {
@@ -17,11 +18,11 @@ struct Fragile {
 impl Handler for Fragile {
     type State = ();
 
-    fn on_upgrade(&mut self, req: &percore::Request) -> Result<percore::Accept, percore::Reject> {
+    fn on_upgrade(&mut self, req: &percore::Request, up: Upgrade<()>) -> Decision<()> {
         if req.path() == "/boom" {
             panic!("upgrade bug (a test panics here on purpose)");
         }
-        Ok(percore::Accept::new())
+        up.accept(())
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {

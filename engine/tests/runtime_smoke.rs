@@ -235,8 +235,12 @@ fn outbound_connection_refused_by_the_server_reports_1006(backend: Backend) {
     struct No;
     impl Handler for No {
         type State = ();
-        fn on_upgrade(&mut self, _: &percore::Request) -> Result<percore::Accept, percore::Reject> {
-            Err(percore::Reject::new(403, "no"))
+        fn on_upgrade(
+            &mut self,
+            _: &percore::Request,
+            up: percore::Upgrade<()>,
+        ) -> percore::Decision<()> {
+            up.reject(percore::Reject::new(403, "no"))
         }
         fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
     }

@@ -12,6 +12,7 @@ const LEAVES: &[&str] = &[
     "config.rs",
     "id.rs",
     "pubsub.rs",
+    "response.rs",
     "send_queue.rs",
     "stats.rs",
     "upgrade.rs",

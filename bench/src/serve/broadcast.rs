@@ -8,7 +8,11 @@
 //! A message is encoded once whatever the number of receivers, and keeps its type (text or
 //! binary).
 
-use percore::{Accept, Conn, Handler, Message, PublishOptions, Reject, Request};
+use std::rc::Rc;
+
+use percore::{
+    CloseCode, Conn, Decision, Handler, Message, PublishOptions, Reject, Request, Upgrade,
+};
 
 /// The one topic of broadcast mode.
 const ALL: &str = "all";
@@ -39,17 +43,12 @@ impl Handler for Broadcast {
 pub struct Chat {
     /// Publish options.
     pub opts: PublishOptions,
-    /// The room of the upgrade being answered (`on_upgrade` then `on_open`, same call).
-    joining: Option<Box<str>>,
 }
 
 impl Chat {
     /// A chat handler publishing with `opts`.
     pub fn new(opts: PublishOptions) -> Self {
-        Self {
-            opts,
-            joining: None,
-        }
+        Self { opts }
     }
 }
 
@@ -60,31 +59,28 @@ fn room(path: &str) -> Option<&str> {
 }
 
 impl Handler for Chat {
-    /// The connection's room.
-    type State = Option<Box<str>>;
+    /// The connection's room, from the upgrade request's path (shared by reference count: a
+    /// publish borrows the name while the connection is borrowed mutably).
+    type State = Rc<str>;
 
-    fn on_upgrade(&mut self, req: &Request) -> Result<Accept, Reject> {
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<Rc<str>>) -> Decision<Rc<str>> {
         match room(req.path()) {
-            Some(name) => {
-                self.joining = Some(name.into());
-                Ok(Accept::default())
-            }
-            None => Err(Reject::new(404, "use /room/NAME")),
+            Some(name) => up.accept(name.into()),
+            None => up.reject(Reject::new(404, "use /room/NAME")),
         }
     }
 
-    fn on_open(&mut self, conn: &mut Conn<'_, Self::State>) {
-        if let Some(name) = self.joining.take() {
-            if conn.subscribe(&*name).is_ok() {
-                *conn.state_mut() = Some(name);
-            }
+    fn on_open(&mut self, conn: &mut Conn<'_, Rc<str>>) {
+        let room = conn.state().clone();
+        if conn.subscribe(&*room).is_err() {
+            // Only a name past the server's topic_name_bytes_max fails.
+            conn.close(CloseCode::POLICY_VIOLATION, "room name too long");
         }
     }
 
-    fn on_message(&mut self, conn: &mut Conn<'_, Self::State>, msg: Message<'_>) {
-        if let Some(name) = conn.state().clone() {
-            let _ = conn.publish_with(&*name, msg, self.opts);
-        }
+    fn on_message(&mut self, conn: &mut Conn<'_, Rc<str>>, msg: Message<'_>) {
+        let room = conn.state().clone();
+        let _ = conn.publish_with(&*room, msg, self.opts);
     }
 }
 

@@ -5,8 +5,8 @@
 use core::ops::ControlFlow;
 
 use percore::proto::{
-    accept_response, parse_close_payload, parse_request, parse_response, Decoder, Event,
-    FrameHeader, Limits, ProtocolError, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN,
+    accept_response, parse_close_payload, parse_request, parse_response, response_head, Decoder,
+    Event, FrameHeader, Limits, ProtocolError, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN,
 };
 
 /// Key used for the client-side response check.
@@ -25,20 +25,34 @@ pub fn handshake(data: &[u8]) {
         _ => usize::from(sel),
     };
     match parse_request(input, limit) {
-        Ok(Some((req, n))) => {
+        Ok(Some((req, n))) if req.is_upgrade() => {
             assert!(n <= input.len() && n <= limit);
             assert_eq!(req.method(), "GET");
             assert!(req.path().starts_with('/'));
-            let _ = (req.query(), req.host(), req.origin(), req.key());
+            assert!(!req.host().is_empty() && !req.key().is_empty());
+            let _ = (req.query(), req.origin());
             let _ = req.headers().count();
             let chosen = req.protocols().next();
             let resp = accept_response(&req, chosen, &[("X-Fuzz", "1")]);
             assert!(resp.starts_with(b"HTTP/1.1 101 "));
             assert!(resp.ends_with(b"\r\n\r\n"));
         }
+        Ok(Some((req, n))) => {
+            // A plain request: GET or HEAD, no body, nothing WebSocket about it.
+            assert!(n <= input.len() && n <= limit);
+            assert!(matches!(req.method(), "GET" | "HEAD"), "{req:?}");
+            assert!(req.path().starts_with('/'));
+            assert!(req.key().is_empty() && req.header("Sec-WebSocket-Key").is_none());
+            let _ = (req.query(), req.host(), req.origin());
+            let head = response_head(200, &[("X-Fuzz", "1")], Some(0));
+            assert!(head.starts_with(b"HTTP/1.1 200 ") && head.ends_with(b"\r\n\r\n"));
+        }
         Ok(None) => assert!(input.len() < limit),
         Err(e) => {
-            assert!(matches!(e.status, 400 | 405 | 426 | 431), "{e:?}");
+            assert!(
+                matches!(e.status, 400 | 405 | 411 | 413 | 426 | 431),
+                "{e:?}"
+            );
             assert!(e.response().starts_with(b"HTTP/1.1 4"));
         }
     }

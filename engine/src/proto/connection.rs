@@ -16,7 +16,7 @@
 //! |---|---|
 //! | a connection was accepted | [`Connection::server`] |
 //! | an outbound transport is up | [`Connection::client`] (queues the upgrade request) |
-//! | bytes arrived | [`Connection::handle_recv`]; answer a [`Received::Upgrade`] with [`Connection::accept_upgrade`] or [`Connection::reject_upgrade`] (now or later) |
+//! | bytes arrived | [`Connection::handle_recv`]; answer a [`Received::Upgrade`] with [`Connection::accept_upgrade`] or [`Connection::reject_upgrade`] (now or later), a [`Received::Request`] with [`Connection::respond`] |
 //! | the application sends or closes | the [`SendHalf`] methods: through the [`Link`] handed out with each event, or [`Connection::send_half`] |
 //! | after any call above | [`Connection::poll_timeout`]: be woken at that tick (or earlier) |
 //! | that tick came | [`Connection::handle_timeout`] |
@@ -52,7 +52,7 @@ mod tests;
 
 use self::held::Held;
 pub use self::send::SendHalf;
-use self::send::{Outcome, Phase, CLIENT, LINGER, OPENED, PING_OUT};
+use self::send::{Ending, Outcome, Phase, CLIENT, LINGER, OPENED, PING_OUT};
 use super::output::Output;
 
 /// What [`Connection::handle_recv`] hands to the application.
@@ -78,6 +78,11 @@ pub enum Received {
     /// handshake timeout runs until then); frames that came with it are held meanwhile.
     /// (Boxed: a handshake is rare, a receive is not, and this keeps `Received` small.)
     Upgrade(Box<Request>),
+    /// Server side: a complete plain HTTP request (`GET` or `HEAD`, not an upgrade). Answer it
+    /// with [`Connection::respond`]; the connection ends after that response. Bytes after the
+    /// request (a pipelined second request) are not read as anything: the answer says
+    /// `Connection: close`, and a client retries unanswered requests on a new connection.
+    Request(Box<Request>),
     /// The peer broke the protocol: the connection is failing (its close frame is queued).
     Failed(ProtocolError),
     /// The handshake failed: a server's HTTP error response is queued (the connection ends
@@ -191,10 +196,20 @@ impl Connection {
     }
 
     /// Is the opening handshake still running (a server's includes waiting for the
-    /// application's answer)?
+    /// application's answer to an upgrade or a plain request)?
     #[inline]
     pub fn is_handshaking(&self) -> bool {
-        matches!(self.send.phase, Phase::Handshake | Phase::Upgrading)
+        matches!(
+            self.send.phase,
+            Phase::Handshake | Phase::Upgrading | Phase::Responding
+        )
+    }
+
+    /// Server: is an upgrade request waiting for [`Connection::accept_upgrade`] or
+    /// [`Connection::reject_upgrade`]?
+    #[inline]
+    pub fn is_upgrading(&self) -> bool {
+        self.send.phase == Phase::Upgrading
     }
 
     /// Is the connection done talking and waiting for its output to be flushed (call
@@ -281,7 +296,8 @@ impl Connection {
                 }
                 Received::Done
             }
-            Phase::Flushing | Phase::Linger | Phase::Closed => Received::Done,
+            // A plain request is answered and the connection closes: what follows is not read.
+            Phase::Responding | Phase::Flushing | Phase::Linger | Phase::Closed => Received::Done,
         }
     }
 
@@ -319,6 +335,20 @@ impl Connection {
         self.recv.held.clear();
         self.send
             .refuse(now, out, &reject_response(status, headers, body));
+    }
+
+    /// Server: answer the plain request ([`Received::Request`]) with `head` (see
+    /// [`super::response_head`]) and `body` (empty for `HEAD`); the transport ends once they are
+    /// flushed.
+    pub fn respond<O: Output>(&mut self, now: u32, out: &mut O, head: &[u8], body: &[u8]) {
+        if self.send.phase != Phase::Responding {
+            return;
+        }
+        out.push_bytes(head);
+        if !body.is_empty() {
+            out.push_bytes(body);
+        }
+        self.send.end_after_flush(now, Ending::Refused);
     }
 
     /// The tick at which [`Connection::handle_timeout`] is due next (`None`: no deadline).
@@ -498,6 +528,11 @@ impl Connection {
                     self.recv.held.hold_handshake(buf, None);
                 }
                 Received::Done
+            }
+            Ok(Some((req, _))) if !req.is_upgrade() => {
+                self.recv.held.clear();
+                self.send.phase = Phase::Responding;
+                Received::Request(Box::new(req))
             }
             Ok(Some((req, n))) => {
                 let rest = if held {

@@ -1,5 +1,12 @@
 //! The opening handshake (RFC 6455 §4): server-side request validation and response, and the
-//! client side's request and response check.
+//! client side's request and response check; and the plain HTTP/1.1 requests a WebSocket port
+//! also answers (a health check, a small page): their validation and response head.
+//!
+//! A request is a WebSocket upgrade attempt when it says so in any way (an `Upgrade: websocket`
+//! token, a `Sec-WebSocket-Key` or a `Sec-WebSocket-Version` header): it is then validated as a
+//! handshake, with the precise status of what is wrong (400, 405, 426, 431). Any other request
+//! is plain HTTP: `GET` and `HEAD` without a body are handed to the application; other methods
+//! get 405, a body 413 (a declared length) or 411 (`Transfer-Encoding`), since none is read.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -17,19 +24,28 @@ pub const MAX_HEADERS: usize = 64;
 /// servers allow. A connection holds at most this much during its handshake.
 pub const HEADER_BYTES_MAX_DEFAULT: usize = 8 << 10;
 
-/// A parsed, validated upgrade request (owned: the handshake happens once per connection).
+/// A parsed, validated request (owned: it comes once per connection): a WebSocket upgrade
+/// request ([`Request::is_upgrade`]), or a plain `GET` or `HEAD`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     method: String,
     path: String,
     query: Option<String>,
     headers: Vec<(String, String)>,
-    host: usize,
-    key: usize,
+    /// Index of the `Host` header (absent only in a plain HTTP/1.0 request).
+    host: Option<usize>,
+    /// Index of the validated `Sec-WebSocket-Key` (upgrade requests only).
+    key: Option<usize>,
 }
 
 impl Request {
-    /// The request method (always `GET` once validated).
+    /// Is this a (validated) WebSocket upgrade request? Otherwise it is a plain `GET` or `HEAD`.
+    #[inline]
+    pub fn is_upgrade(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The request method: `GET` for an upgrade request, `GET` or `HEAD` for a plain one.
     pub fn method(&self) -> &str {
         &self.method
     }
@@ -54,9 +70,9 @@ impl Request {
         self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
-    /// The `Host` header.
+    /// The `Host` header (empty only for a plain HTTP/1.0 request without one).
     pub fn host(&self) -> &str {
-        &self.headers[self.host].1
+        self.header_at(self.host)
     }
 
     /// The `Origin` header, if the client sent one (browsers do).
@@ -64,19 +80,26 @@ impl Request {
         self.header("Origin")
     }
 
-    /// The `Sec-WebSocket-Key` (validated: base64 of 16 bytes).
+    /// The `Sec-WebSocket-Key` (validated: base64 of 16 bytes); empty for a plain request.
     pub fn key(&self) -> &str {
-        &self.headers[self.key].1
+        self.header_at(self.key)
     }
 
     /// The offered `Sec-WebSocket-Protocol` tokens, in order, across repeated headers.
     pub fn protocols(&self) -> impl Iterator<Item = &str> {
         tokens(&self.headers, "Sec-WebSocket-Protocol")
     }
+
+    fn header_at(&self, i: Option<usize>) -> &str {
+        i.and_then(|i| self.headers.get(i))
+            .map_or("", |(_, v)| v.as_str())
+    }
 }
 
-/// Error with the HTTP status to answer: 400 (malformed / missing key / bad Host), 405 (method
-/// not GET), 426 (wrong or missing Sec-WebSocket-Version; response carries
+/// Error with the HTTP status to answer: 400 (malformed / missing key / bad Host / bad
+/// `Content-Length`), 405 (an upgrade not by GET, a plain request not GET or HEAD; the response
+/// carries `Allow: GET, HEAD`), 411 (a plain request with `Transfer-Encoding`), 413 (a plain
+/// request with a body), 426 (wrong or missing Sec-WebSocket-Version; response carries
 /// `Sec-WebSocket-Version: 13`), 431 (header block larger than the limit).
 ///
 /// Client side ([`parse_response`]): `status` is the server's status when it was not 101, 431
@@ -98,12 +121,12 @@ impl HandshakeError {
     }
 
     /// The full HTTP/1.1 response to send before closing: `Connection: close`, a text body
-    /// with the reason, and `Sec-WebSocket-Version: 13` for 426.
+    /// with the reason, `Sec-WebSocket-Version: 13` for 426 and `Allow: GET, HEAD` for 405.
     pub fn response(&self) -> Vec<u8> {
-        let extra: &[(&str, &str)] = if self.status == 426 {
-            &[("Sec-WebSocket-Version", "13")]
-        } else {
-            &[]
+        let extra: &[(&str, &str)] = match self.status {
+            426 => &[("Sec-WebSocket-Version", "13")],
+            405 => &[("Allow", "GET, HEAD")],
+            _ => &[],
         };
         reject_response(self.status, extra, self.reason)
     }
@@ -141,10 +164,12 @@ fn header_block_len(
     }
 }
 
-/// Parse and validate an upgrade request.
+/// Parse and validate a request: a WebSocket upgrade, or a plain request (see the module docs
+/// for which is which and what each must satisfy).
 ///
 /// Ok(None): incomplete, need more bytes (and fewer than header_bytes_max so far).
-/// Ok(Some((req, n))): request occupies buf[..n]; bytes after n are pipelined WebSocket frames.
+/// Ok(Some((req, n))): request occupies buf[..n]; for an upgrade, bytes after n are pipelined
+/// WebSocket frames.
 pub fn parse_request(
     buf: &[u8],
     header_bytes_max: usize,
@@ -159,6 +184,14 @@ pub fn parse_request(
         return Err(too_large());
     }
     let method = req.method.unwrap_or_default();
+    let headers = owned_headers(req.headers);
+    let upgrade = has_token(&headers, "Upgrade", "websocket");
+    let websocket = upgrade
+        || find_header(&headers, "Sec-WebSocket-Key").is_some()
+        || find_header(&headers, "Sec-WebSocket-Version").is_some();
+    if !websocket {
+        return plain_request(method, req.version, req.path, headers).map(|r| Some((r, n)));
+    }
     if method != "GET" {
         return Err(HandshakeError::new(405, "method must be GET"));
     }
@@ -168,14 +201,13 @@ pub fn parse_request(
     let target = req.path.unwrap_or_default();
     let (path, query) =
         split_target(target).ok_or(HandshakeError::new(400, "malformed request target"))?;
-    let headers = owned_headers(req.headers);
 
     let host = single_header(&headers, "Host")
         .map_err(|_| HandshakeError::new(400, "exactly one Host header required"))?;
     if headers[host].1.is_empty() {
         return Err(HandshakeError::new(400, "empty Host header"));
     }
-    if !has_token(&headers, "Upgrade", "websocket") {
+    if !upgrade {
         return Err(HandshakeError::new(400, "Upgrade: websocket required"));
     }
     if !has_token(&headers, "Connection", "Upgrade") {
@@ -204,11 +236,76 @@ pub fn parse_request(
             path: path.to_owned(),
             query: query.map(str::to_owned),
             headers,
-            host,
-            key,
+            host: Some(host),
+            key: Some(key),
         },
         n,
     )))
+}
+
+/// A request that is not a WebSocket upgrade: `GET` or `HEAD`, HTTP/1.0 or 1.1 (1.1 with one
+/// `Host`), and no body (nothing after the head is read as one).
+fn plain_request(
+    method: &str,
+    version: Option<u8>,
+    target: Option<&str>,
+    headers: Vec<(String, String)>,
+) -> Result<Request, HandshakeError> {
+    if method != "GET" && method != "HEAD" {
+        return Err(HandshakeError::new(405, "method not allowed"));
+    }
+    let (path, query) = split_target(target.unwrap_or_default())
+        .ok_or(HandshakeError::new(400, "malformed request target"))?;
+    let host = match single_header(&headers, "Host") {
+        Ok(i) if !headers[i].1.is_empty() => Some(i),
+        // RFC 9112 §3.2: HTTP/1.1 requires exactly one, non-empty Host; 1.0 may leave it out.
+        Err(()) if version == Some(0) && find_header(&headers, "Host").is_none() => None,
+        _ => return Err(HandshakeError::new(400, "exactly one Host header required")),
+    };
+    // RFC 9112 §6: a body is declared by Transfer-Encoding or Content-Length. None is read, so
+    // any body is refused; both at once (a smuggling attempt) or a bad length is malformed.
+    let te = find_header(&headers, "Transfer-Encoding").is_some();
+    let mut length = None;
+    for (_, v) in headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+    {
+        let n = v
+            .parse::<u64>()
+            .ok()
+            .filter(|_| v.bytes().all(|b| b.is_ascii_digit()));
+        match (n, length) {
+            (Some(n), None) => length = Some(n),
+            (Some(n), Some(m)) if n == m => {}
+            _ => return Err(HandshakeError::new(400, "malformed Content-Length")),
+        }
+    }
+    match (te, length) {
+        (true, Some(_)) => {
+            return Err(HandshakeError::new(
+                400,
+                "both Transfer-Encoding and Content-Length",
+            ))
+        }
+        (true, None) => {
+            return Err(HandshakeError::new(
+                411,
+                "request bodies are not accepted (Transfer-Encoding)",
+            ))
+        }
+        (false, Some(n)) if n > 0 => {
+            return Err(HandshakeError::new(413, "request bodies are not accepted"))
+        }
+        _ => {}
+    }
+    Ok(Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: query.map(str::to_owned),
+        headers,
+        host,
+        key: None,
+    })
 }
 
 /// `Sec-WebSocket-Accept` for a client key: base64(sha1(key + GUID)) (§4.2.2).
@@ -235,6 +332,28 @@ pub fn accept_response(
         push_header(&mut out, "Sec-WebSocket-Protocol", p);
     }
     for (n, v) in extra_headers {
+        push_header(&mut out, n, v);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The head of a response after which the connection closes: status line,
+/// `Connection: close`, `Content-Length` (left out when `content_length` is `None`: a 1xx, 204
+/// or 304 response has no body), then `headers`, names or values containing CR or LF left out.
+/// The body, if any, follows it.
+pub fn response_head(
+    status: u16,
+    headers: &[(&str, &str)],
+    content_length: Option<usize>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + headers.len() * 32);
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status, reason_phrase(status)).as_bytes());
+    out.extend_from_slice(b"Connection: close\r\n");
+    if let Some(n) = content_length {
+        push_header(&mut out, "Content-Length", &n.to_string());
+    }
+    for (n, v) in headers {
         push_header(&mut out, n, v);
     }
     out.extend_from_slice(b"\r\n");
@@ -468,18 +587,40 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
-        _ => "Error",
+        504 => "Gateway Timeout",
+        _ => match status / 100 {
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            _ => "Error",
+        },
     }
 }
+
+#[cfg(test)]
+mod tests;

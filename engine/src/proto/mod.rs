@@ -1,6 +1,7 @@
 //! Sans-IO RFC 6455: bytes in, events and bytes out. No sockets, no threads, no clocks.
 //!
-//! - [`parse_request`] / [`accept_response`]: the server side of the opening handshake;
+//! - [`parse_request`] / [`accept_response`]: the server side of the opening handshake (and of
+//!   plain HTTP requests on the same port, answered with [`response_head`]);
 //!   [`client_request`] / [`parse_response`]: the client side.
 //! - [`Decoder`]: frames in, messages and control frames out, in place and zero copy.
 //! - [`encode_frame`] / [`FrameHeader`]: frames out.
@@ -38,7 +39,8 @@ pub use error::ProtocolError;
 pub use frame::{encode_frame, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 pub use handshake::{
     accept_key, accept_response, client_request, generate_key, parse_request, parse_response,
-    reject_response, HandshakeError, Request, Response, HEADER_BYTES_MAX_DEFAULT, MAX_HEADERS,
+    reject_response, response_head, HandshakeError, Request, Response, HEADER_BYTES_MAX_DEFAULT,
+    MAX_HEADERS,
 };
 pub use message::Message;
 pub use output::Output;

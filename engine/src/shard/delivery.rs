@@ -1,6 +1,7 @@
 //! Work that reaches a shard's connections from elsewhere: its mailbox (sends, publishes and
-//! broadcasts from other shards and threads, outbound connections, shutdown) and this turn's
-//! publishes and broadcasts by its own handlers. Delivery runs no handler callback.
+//! broadcasts from other shards and threads, outbound connections, deferred upgrade decisions,
+//! shutdown) and this turn's publishes and broadcasts by its own handlers. Delivery runs no
+//! handler callback (an accepted upgrade decision does: `on_open`).
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ impl<H: Handler> Shard<H> {
                 }
                 Mail::Broadcast(frame) => self.fan_out(&frame),
                 Mail::Connect(out) => self.register_outbound(driver, *out),
+                Mail::Decide { id, verdict } => self.decide(id, verdict),
                 Mail::Shutdown(at) => self.begin_shutdown(driver, at),
             }
         }

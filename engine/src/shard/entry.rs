@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 
-use crate::proto::Connection;
+use crate::proto::{Connection, Request};
 use crate::send_queue::SendQueue;
 
 /// In the dirty list.
@@ -21,13 +21,24 @@ pub(crate) struct Entry<S> {
     /// The protocol state (handshake, frames, close, deadlines).
     pub(crate) conn: Connection,
     pub(crate) queue: Queue,
-    pub(crate) state: S,
+    /// The application's state: set when the upgrade is accepted (an outbound connection's
+    /// when it is made), taken for `on_close`.
+    pub(crate) state: Option<S>,
     pub(crate) peer: PeerAddr,
     pub(crate) generation: u32,
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
     /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`.
     pub(crate) flags: u8,
+}
+
+/// An upgrade request waiting for its deferred decision, beside the slab (not in the entry: a
+/// rare state that would otherwise cost every connection 8 bytes).
+pub(crate) struct PendingUpgrade {
+    /// The generation of the slot it belongs to (a decision for another one is stale).
+    pub(crate) generation: u32,
+    /// The request, for the 101 response (`Sec-WebSocket-Key`, offered extensions).
+    pub(crate) req: Box<Request>,
 }
 
 /// A connection's send queue, boxed: 8 bytes in the slab entry (a `SendQueue` takes 64) and

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crossbeam_channel::Receiver;
@@ -14,7 +14,7 @@ use super::mailbox::{Mail, Mailboxes, PostError};
 use crate::id::ConnId;
 use crate::proto::Message;
 use crate::pubsub::{PubSubError, PublishOptions};
-use crate::stats::{SharedStats, Stats};
+use crate::stats::{ShardStats, SharedStats, Stats};
 
 /// Shared between the shards, the server handle and every [`Publisher`].
 pub(crate) struct Hub {
@@ -25,6 +25,10 @@ pub(crate) struct Hub {
     topics: RwLock<HashMap<Arc<[u8]>, Vec<u64>>>,
     /// Counters of publishes and drops made outside the shards.
     shared: SharedStats,
+    /// Each shard's counters (written by that shard only).
+    shard_stats: Vec<Arc<ShardStats>>,
+    /// Connections held across all shards (what `connections_max` bounds).
+    open: Arc<AtomicUsize>,
     stopped: AtomicBool,
 }
 
@@ -37,21 +41,38 @@ impl fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub for `n` shards, and each shard's mailbox receiver.
+    /// A hub for one shard per entry of `shard_stats`, and each shard's mailbox receiver.
     pub(crate) fn new(
-        n: usize,
+        shard_stats: Vec<Arc<ShardStats>>,
+        open: Arc<AtomicUsize>,
         mailbox_messages_max: usize,
         topic_name_bytes_max: usize,
     ) -> (Arc<Self>, Vec<Receiver<Mail>>) {
-        let (mail, rxs) = Mailboxes::new(n, mailbox_messages_max);
+        let (mail, rxs) = Mailboxes::new(shard_stats.len(), mailbox_messages_max);
         let hub = Self {
             mail,
             topic_name_bytes_max,
             topics: RwLock::new(HashMap::new()),
             shared: SharedStats::default(),
+            shard_stats,
+            open,
             stopped: AtomicBool::new(false),
         };
         (Arc::new(hub), rxs)
+    }
+
+    /// Counters summed over all shards (each read with relaxed ordering: a snapshot, not an
+    /// atomic cut).
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = Stats {
+            connections_open: self.open.load(Ordering::Relaxed) as u64,
+            ..Stats::default()
+        };
+        for st in &self.shard_stats {
+            st.add_to(&mut s);
+        }
+        self.add_to(&mut s);
+        s
     }
 
     /// The shards' mailboxes.
@@ -193,7 +214,7 @@ impl Hub {
     }
 
     /// Add the counters kept here (publishes from outside, the topic gauge) to `s`.
-    pub(crate) fn add_to(&self, s: &mut Stats) {
+    fn add_to(&self, s: &mut Stats) {
         self.shared.add_to(s);
         s.topics = self.topics.read().map_or(0, |m| m.len() as u64);
     }

@@ -1,11 +1,12 @@
 //! The shards' mailboxes: the one way into a shard from another thread (or another shard). A
 //! mailbox is a channel plus a wake-up; everything goes through it: sends to one connection,
-//! broadcasts, publishes, outbound connections and shutdown.
+//! broadcasts, publishes, outbound connections, deferred upgrade decisions and shutdown.
 //!
 //! Wake-ups are coalesced: a sender wakes the shard only if no wake-up is pending since the shard
 //! last looked at its mailbox ([`Mailboxes::clear_wake`] comes before the shard reads, so a mail
 //! posted meanwhile is either read in that pass or wakes the shard again).
 
+use std::any::Any;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::id::ConnId;
 use crate::io::Waker;
 use crate::pubsub::PublishOptions;
+use crate::upgrade::Reject;
 
 /// Work for a shard from elsewhere.
 #[derive(Debug)]
@@ -35,11 +37,35 @@ pub(crate) enum Mail {
     },
     /// Queue `frame` to one connection.
     Send { id: ConnId, frame: Arc<[u8]> },
+    /// The answer to a deferred upgrade request ([`crate::Deferred`]).
+    Decide { id: ConnId, verdict: Verdict },
+}
+
+/// A deferred upgrade decision as it travels to the shard.
+pub(crate) enum Verdict {
+    /// `(Accept, H::State)`, type-erased (a mailbox is not generic over the handler); the shard
+    /// takes it back out with the handler's state type, which the handle was made for.
+    Accept(Box<dyn Any + Send>),
+    Reject(Box<Reject>),
+    /// The handle was dropped without an answer.
+    Dropped,
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Accept(_) => f.write_str("Accept"),
+            Verdict::Reject(r) => write!(f, "Reject({})", r.status),
+            Verdict::Dropped => f.write_str("Dropped"),
+        }
+    }
 }
 
 impl Mail {
-    /// Data mail is bounded by `mailbox_messages_max`; control mail (connect, shutdown) always
-    /// goes through.
+    /// Data mail is bounded by `mailbox_messages_max`; control mail (connect, shutdown,
+    /// upgrade decisions: one per deferred handle, and every handle comes from an upgrade that was
+    /// pending)
+    /// always goes through.
     fn is_data(&self) -> bool {
         matches!(
             self,
@@ -57,6 +83,9 @@ pub(crate) struct Outbound {
     pub(crate) request: Vec<u8>,
     /// Its `Sec-WebSocket-Key`, to check the answer against.
     pub(crate) key: String,
+    /// The connection's initial state: the handler's `State` type (checked by
+    /// [`crate::ServerHandle::connect_with_state`]).
+    pub(crate) state: Box<dyn Any + Send>,
 }
 
 /// Why a mail was not posted.

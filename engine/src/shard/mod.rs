@@ -14,8 +14,10 @@ mod ctx;
 mod delivery;
 mod entry;
 mod handler;
+mod handshake;
 mod hub;
 mod mailbox;
+mod request;
 mod timer;
 mod topics;
 
@@ -24,7 +26,9 @@ pub use handler::Handler;
 pub(crate) use hub::Hub;
 pub use hub::Publisher;
 pub(crate) use mailbox::{Mail, Outbound};
+pub use request::{Decision, Deferred, HttpContext, Upgrade};
 
+use std::collections::HashMap;
 use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
@@ -39,14 +43,14 @@ use slab::Slab;
 use crate::config::Config;
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Socket, Token, Waker, WithDriver};
-use crate::proto::{
-    AfterFlush, AppEvent, Connection, Endpoint, Link, Received, Request, Settings, Timeout,
-};
+use crate::proto::{AfterFlush, AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
 use self::ctx::{Ctx, Out};
-use self::entry::{Entry, PeerAddr, Queue, DEAD, DIRTY, DRAIN_WANTED, OVER_CAPACITY};
+use self::entry::{
+    Entry, PeerAddr, PendingUpgrade, Queue, DEAD, DIRTY, DRAIN_WANTED, OVER_CAPACITY,
+};
 use self::timer::{Scheduled, TimerWheel};
 use self::topics::Topics;
 
@@ -129,6 +133,9 @@ struct Shard<H: Handler> {
     mail_backlog: bool,
     open: Arc<AtomicUsize>,
     accepted: Vec<(Socket, SocketAddr)>,
+    /// Upgrade requests waiting for a deferred decision, by slab key: an entry exists exactly
+    /// while its connection is live and upgrading (removed when decided or finalized).
+    pending: HashMap<u32, PendingUpgrade>,
     to_close: Vec<u32>,
     expired: Vec<Scheduled>,
     next_generation: u32,
@@ -176,6 +183,7 @@ impl<H: Handler> Shard<H> {
             mail_backlog: true,
             open,
             accepted: Vec::new(),
+            pending: HashMap::new(),
             to_close: Vec::new(),
             expired: Vec::new(),
             next_generation: 0,
@@ -279,13 +287,8 @@ impl<H: Handler> Shard<H> {
             if self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.connections_max {
                 flags |= OVER_CAPACITY;
             }
-            self.insert(
-                key,
-                peer,
-                Connection::server(self.ctx.now),
-                Queue::default(),
-                flags,
-            );
+            let conn = Connection::server(self.ctx.now);
+            self.insert(key, peer, conn, Queue::default(), flags, None);
         }
     }
 
@@ -294,6 +297,10 @@ impl<H: Handler> Shard<H> {
         if self.shutdown_at.is_some() {
             return;
         }
+        // `ServerHandle::connect_with_state` checked the type: this does not fail.
+        let Ok(state) = out.state.downcast::<H::State>() else {
+            return;
+        };
         let key = self.slab.vacant_key();
         if key > u32::MAX as usize / 2 || driver.register(Token(key), out.stream.into()).is_err() {
             return;
@@ -307,16 +314,25 @@ impl<H: Handler> Shard<H> {
             ctx: &mut self.ctx,
         };
         let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
-        self.insert(key, out.peer, conn, queue, flags);
+        self.insert(key, out.peer, conn, queue, flags, Some(*state));
     }
 
-    /// A new connection at slot `key` (the slab's vacant key).
-    fn insert(&mut self, key: usize, peer: SocketAddr, conn: Connection, queue: Queue, flags: u8) {
+    /// A new connection at slot `key` (the slab's vacant key); an accepted one gets its state
+    /// when its upgrade is accepted.
+    fn insert(
+        &mut self,
+        key: usize,
+        peer: SocketAddr,
+        conn: Connection,
+        queue: Queue,
+        flags: u8,
+        state: Option<H::State>,
+    ) {
         self.next_generation = self.next_generation.wrapping_add(1);
         let k = self.slab.insert(Entry {
             conn,
             queue,
-            state: H::State::default(),
+            state,
             peer: PeerAddr::new(peer),
             generation: self.next_generation,
             timer_at: 0,
@@ -367,83 +383,11 @@ impl<H: Handler> Shard<H> {
     fn after_recv(&mut self, key: usize, received: Received) {
         match received {
             Received::Done => {}
-            Received::Upgrade(req) => self.upgrade(key, &req),
+            Received::Upgrade(req) => self.upgrade(key, req),
+            Received::Request(req) => self.respond(key, &req),
             Received::Failed(_) => ShardStats::bump(&self.ctx.stats.protocol_errors, 1),
             Received::Refused(_) => ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1),
         }
-    }
-
-    /// A complete upgrade request: ask the handler, answer, open, then decode the frames that
-    /// came with the request.
-    fn upgrade(&mut self, key: usize, req: &Request) {
-        let over = matches!(self.slab.get(key), Some(e) if e.flags & OVER_CAPACITY != 0);
-        let answer = if over {
-            None
-        } else {
-            let handler = &mut self.handler;
-            Some(catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(req))))
-        };
-        let Some(e) = self.slab.get_mut(key) else {
-            return;
-        };
-        let Entry {
-            conn,
-            queue,
-            state,
-            peer,
-            generation,
-            flags,
-            ..
-        } = e;
-        let generation = *generation;
-        let now = self.ctx.now;
-        let mut out = Out {
-            key: key as u32,
-            queue,
-            flags,
-            ctx: &mut self.ctx,
-        };
-        let stats = out.ctx.stats.clone();
-        let acc = match answer {
-            None => {
-                ShardStats::bump(&stats.handshakes_rejected, 1);
-                let retry = [("Retry-After", "1")];
-                conn.reject_upgrade(now, &mut out, 503, &retry, "server full");
-                return;
-            }
-            Some(Err(_panic)) => {
-                ShardStats::bump(&stats.handler_panics, 1);
-                ShardStats::bump(&stats.handshakes_rejected, 1);
-                conn.reject_upgrade(now, &mut out, 500, &[], "internal error");
-                return;
-            }
-            Some(Ok(Err(rej))) => {
-                ShardStats::bump(&stats.handshakes_rejected, 1);
-                let headers = pairs(&rej.headers);
-                conn.reject_upgrade(now, &mut out, rej.status, &headers, &rej.body);
-                return;
-            }
-            Some(Ok(Ok(acc))) => acc,
-        };
-        let headers = pairs(&acc.headers);
-        conn.accept_upgrade(now, &mut out, req, acc.protocol.as_deref(), &headers);
-        ShardStats::bump(&stats.upgraded, 1);
-        let handler = &mut self.handler;
-        Conn {
-            half: conn.send_half(),
-            ep: &mut self.ep,
-            out: out.reborrow(),
-            state: &mut *state,
-            peer,
-            now,
-            generation,
-        }
-        .guard(|c| handler.on_open(c));
-        // Frames that came with the request.
-        let received = conn.handle_recv(now, &mut self.ep, &mut out, &mut [], |ev, link| {
-            dispatch(handler, ev, link, state, peer, generation)
-        });
-        self.after_recv(key, received);
     }
 
     /// After any call into connection `key`: finalize it if it is finished, else make sure the
@@ -472,13 +416,16 @@ impl<H: Handler> Shard<H> {
             e.conn.abort();
         }
         self.ctx.topics.remove_conn(key as u32);
+        if self.pending.remove(&(key as u32)).is_some() {
+            ShardStats::drop_one(&self.ctx.stats.upgrades_pending);
+        }
         self.open.fetch_sub(1, Ordering::Relaxed);
         ShardStats::bump(&self.ctx.stats.closed, 1);
         self.to_close.push(key as u32);
-        if e.conn.reports_close() {
+        let state = e.state.take();
+        if let (true, Some(state)) = (e.conn.reports_close(), state) {
             let (code, reason) = e.conn.close_outcome();
             let id = ConnId::new(id_shard, key as u32, e.generation);
-            let state = std::mem::take(&mut e.state);
             let handler = &mut self.handler;
             if catch_unwind(AssertUnwindSafe(|| {
                 handler.on_close(state, id, code, reason)
@@ -615,12 +562,11 @@ impl<H: Handler> Shard<H> {
             e.flags |= DRAIN_WANTED;
         } else if e.flags & DRAIN_WANTED != 0 {
             e.flags &= !DRAIN_WANTED;
-            if e.conn.can_send() {
+            if let (true, Some(state)) = (e.conn.can_send(), e.state.as_mut()) {
                 let now = self.ctx.now;
                 let Entry {
                     conn,
                     queue,
-                    state,
                     peer,
                     generation,
                     flags,
@@ -697,10 +643,14 @@ fn dispatch<H: Handler>(
     handler: &mut H,
     ev: AppEvent<'_>,
     link: Link<'_, Out<'_>>,
-    state: &mut H::State,
+    state: &mut Option<H::State>,
     peer: &PeerAddr,
     generation: u32,
 ) {
+    // Events come only once the connection is open, when it has its state.
+    let Some(state) = state.as_mut() else {
+        return;
+    };
     let Link { half, ep, out, now } = link;
     let mut conn = Conn {
         half,
@@ -722,12 +672,4 @@ fn dispatch<H: Handler>(
             conn.guard(|c| handler.on_open(c));
         }
     }
-}
-
-/// Header pairs as the protocol layer takes them.
-fn pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
-    headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect()
 }

@@ -246,16 +246,15 @@ mod tests {
     struct Shards {
         hub: Arc<Hub>,
         rxs: Vec<Receiver<Mail>>,
-        stats: Vec<Arc<ShardStats>>,
     }
 
     fn table_with(shards: usize, mailbox_max: usize) -> (Shards, Vec<Topics>) {
-        let (hub, rxs) = Hub::new(shards, mailbox_max, 256);
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+        let (hub, rxs) = Hub::new(stats.clone(), Arc::default(), mailbox_max, 256);
         let t = (0..shards)
             .map(|i| Topics::new(hub.clone(), i, stats[i].clone()))
             .collect();
-        (Shards { hub, rxs, stats }, t)
+        (Shards { hub, rxs }, t)
     }
 
     fn table(shards: usize) -> (Shards, Vec<Topics>) {
@@ -263,12 +262,7 @@ mod tests {
     }
 
     fn stats(s: &Shards) -> Stats {
-        let mut out = Stats::default();
-        s.hub.add_to(&mut out);
-        for st in &s.stats {
-            st.add_to(&mut out);
-        }
-        out
+        s.hub.stats()
     }
 
     #[test]

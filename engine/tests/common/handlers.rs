@@ -2,7 +2,8 @@
 //! commands, so tests can make the server initiate a close, send a ping or flood a client,
 //! and an upgrade policy (origin, token, subprotocol) for the handshake tests.
 
-use percore::{Accept, CloseCode, Conn, ConnId, Handler, Message, Reject, Request};
+use percore::Upgrade;
+use percore::{Accept, CloseCode, Conn, ConnId, Decision, Handler, Message, Reject, Request};
 use std::sync::mpsc::Sender;
 
 /// The origin `on_upgrade` refuses with 403.
@@ -48,21 +49,18 @@ pub struct TestHandler {
 impl Handler for TestHandler {
     type State = ();
 
-    fn on_upgrade(&mut self, req: &Request) -> Result<Accept, Reject> {
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<()>) -> Decision<()> {
         if req.origin() == Some(FORBIDDEN_ORIGIN) {
-            return Err(Reject::new(403, "origin not allowed"));
+            return up.reject(Reject::new(403, "origin not allowed"));
         }
         if req.path() == PRIVATE_PATH && req.query() != Some("token=secret") {
-            return Err(Reject::new(401, "missing token"));
+            return up.reject(Reject::new(401, "missing token"));
         }
-        let mut accept = Accept::default();
+        let mut accept = Accept::new().header(EXTRA_HEADER.0, EXTRA_HEADER.1);
         if req.protocols().any(|p| p == CHOSEN_PROTOCOL) {
-            accept.protocol = Some(CHOSEN_PROTOCOL.to_string());
+            accept = accept.protocol(CHOSEN_PROTOCOL);
         }
-        accept
-            .headers
-            .push((EXTRA_HEADER.0.to_string(), EXTRA_HEADER.1.to_string()));
-        Ok(accept)
+        up.accept_with(accept, ())
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {

@@ -179,6 +179,33 @@ pub fn start_with(backend: Backend, cfg: impl FnOnce(Builder) -> Builder) -> Tes
     }
 }
 
+/// Start a server running the handlers `factory` makes (2 shards, unpinned, port 0) on
+/// `backend`, with the builder adjusted by `cfg`. Dropping the handle shuts it down.
+pub fn start_app<H, F>(
+    backend: Backend,
+    cfg: impl FnOnce(Builder) -> Builder,
+    factory: F,
+) -> ServerHandle
+where
+    H: percore::Handler,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
+    let builder = percore::Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(2))
+        .pin(false)
+        .backend(backend);
+    let handle = cfg(builder)
+        .start(factory)
+        .unwrap_or_else(|e| panic!("server did not start on {backend:?}: {e}"));
+    assert_eq!(
+        handle.backend(),
+        backend,
+        "server runs the requested backend"
+    );
+    handle
+}
+
 /// Start a test server with the default configuration.
 pub fn start(backend: Backend) -> TestServer {
     start_with(backend, |b| b)

@@ -274,6 +274,22 @@ impl RawClient {
         })
     }
 
+    /// A client over `stream`, whose 101 `response` was read (`rest`: bytes read after it).
+    pub fn from_parts(stream: TcpStream, rest: Vec<u8>, response: HttpResponse) -> Self {
+        Self {
+            stream,
+            rbuf: rest,
+            response,
+        }
+    }
+
+    /// Send the text `s`, expect the text `want` back.
+    pub fn exchange_text(&mut self, s: &str, want: &str) {
+        self.send_text(s).expect("send text");
+        let (kind, data) = self.read_message().expect("read reply");
+        assert_eq!((kind, data.as_slice()), (op::TEXT, want.as_bytes()));
+    }
+
     /// Send one masked frame.
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> io::Result<()> {
         self.stream

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use percore::{Backend, Conn, ConnId, Handler, Message, PublishOptions, Request, ServerBuilder};
+use percore::{Backend, Conn, ConnId, Decision, Handler, Message, PublishOptions, Request};
 use percore::{Server, ServerHandle, Shards, Stats};
+use percore::{ServerBuilder, Upgrade};
 
 /// What the handlers of all shards share with the test.
 #[derive(Default)]
@@ -29,29 +30,26 @@ pub struct Shared {
 /// the buffered amount), `block` (waits for the gate).
 pub struct App {
     shared: Arc<Shared>,
-    path: String,
 }
 
 impl App {
     /// A handler for one shard.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            path: String::new(),
-        }
+        Self { shared }
     }
 }
 
 impl Handler for App {
-    type State = ();
+    /// The request path (`/t/a,b` subscribes to `a` and `b` when the connection opens).
+    type State = String;
 
-    fn on_upgrade(&mut self, req: &Request) -> Result<percore::Accept, percore::Reject> {
-        self.path = req.path().to_owned();
-        Ok(percore::Accept::default())
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<String>) -> Decision<String> {
+        up.accept(req.path().to_owned())
     }
 
-    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
-        if let Some(topics) = std::mem::take(&mut self.path).strip_prefix("/t/") {
+    fn on_open(&mut self, conn: &mut Conn<'_, String>) {
+        let path = std::mem::take(conn.state_mut());
+        if let Some(topics) = path.strip_prefix("/t/") {
             for t in topics.split(',').filter(|t| !t.is_empty()) {
                 conn.subscribe(t).expect("subscribe");
             }
@@ -59,11 +57,11 @@ impl Handler for App {
         self.shared.opened.lock().unwrap().push(conn.id());
     }
 
-    fn on_drain(&mut self, _conn: &mut Conn<'_, ()>) {
+    fn on_drain(&mut self, _conn: &mut Conn<'_, String>) {
         self.shared.drained.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+    fn on_message(&mut self, conn: &mut Conn<'_, String>, msg: Message<'_>) {
         let Message::Text(cmd) = msg else {
             return;
         };

@@ -25,7 +25,8 @@ pub(super) enum Ending {
     CloseHandshake,
     /// We failed the connection (protocol error, limit, internal error).
     Failed,
-    /// We refused the upgrade with an HTTP error.
+    /// We answered the handshake with HTTP and close: a refused upgrade (an HTTP error) or
+    /// the response to a plain request.
     Refused,
 }
 
@@ -50,6 +51,8 @@ pub(super) enum Phase {
     Handshake,
     /// Server: the request was handed out; waiting for `accept_upgrade` or `reject_upgrade`.
     Upgrading,
+    /// Server: a plain HTTP request was handed out; waiting for `respond`.
+    Responding,
     /// Open: data flows (or, per the close state, we wait for the peer's close frame).
     Open,
     /// Done talking: the output is flushed, then the transport closes or half-closes.
@@ -173,7 +176,9 @@ impl SendHalf {
     pub(super) fn deadline(&self, st: &Settings) -> Option<u32> {
         let after = |t: u32, ticks: u32| Some(t.saturating_add(ticks));
         match self.phase {
-            Phase::Handshake | Phase::Upgrading => after(self.mark, st.handshake_timeout_ticks),
+            Phase::Handshake | Phase::Upgrading | Phase::Responding => {
+                after(self.mark, st.handshake_timeout_ticks)
+            }
             Phase::Open if !self.close.can_send() => after(self.mark, st.close_timeout_ticks),
             Phase::Open if self.flags & PING_OUT != 0 && self.last_rx <= self.mark => {
                 after(self.mark, st.pong_timeout_ticks)

@@ -466,3 +466,62 @@ fn client_handshake_that_never_completes_is_reported() {
         "handshake failed: 403 server did not switch protocols"
     );
 }
+
+#[test]
+fn plain_request_is_handed_out_answered_once_and_what_follows_is_never_read() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    let two = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /again HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (r, _) = recv(&mut c, 0, &mut ep, &mut out, &two[..20]);
+    assert!(matches!(r, Received::Done));
+    let (r, got) = recv(&mut c, 1, &mut ep, &mut out, &two[20..]);
+    let Received::Request(req) = r else {
+        panic!("expected a plain request, got {r:?}");
+    };
+    assert_eq!((req.method(), req.path()), ("GET", "/healthz"));
+    assert!(got.is_empty() && out.is_empty() && c.is_handshaking() && !c.is_upgrading());
+    // Not an upgrade: accepting or rejecting it as one does nothing.
+    c.accept_upgrade(1, &mut out, &req, None, &[]);
+    c.reject_upgrade(1, &mut out, 403, &[], "no");
+    assert!(out.is_empty());
+    // More bytes while the answer is pending are dropped, not parsed.
+    let (r, _) = recv(&mut c, 1, &mut ep, &mut out, b"GET /third HTTP/1.1\r\n\r\n");
+    assert!(matches!(r, Received::Done) && c.held_bytes() == 0);
+    c.respond(2, &mut out, b"HTTP/1.1 200 OK\r\n\r\n", b"ok");
+    assert_eq!(out, b"HTTP/1.1 200 OK\r\n\r\nok");
+    c.respond(2, &mut out, b"again", b"");
+    assert_eq!(out.len(), 21, "one answer only");
+    assert!(c.is_flushing());
+    // Then the transport half-closes and lingers, like after a refused handshake.
+    assert_eq!(c.handle_flushed(), AfterFlush::ShutdownWrite);
+    let (r, _) = recv(&mut c, 3, &mut ep, &mut out, b"late bytes");
+    assert!(matches!(r, Received::Done) && out.len() == 21);
+    assert_eq!(
+        c.poll_timeout(&ep),
+        Some(2 + 3),
+        "the close timeout bounds the linger"
+    );
+}
+
+#[test]
+fn plain_request_waiting_for_its_answer_expires_at_the_handshake_deadline() {
+    let mut ep = endpoint();
+    let mut c = Connection::server(0);
+    let mut out = Vec::new();
+    let (r, _) = recv(
+        &mut c,
+        2,
+        &mut ep,
+        &mut out,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(matches!(r, Received::Request(_)));
+    assert_eq!(
+        c.poll_timeout(&ep),
+        Some(8),
+        "from the accept, not from the request"
+    );
+    assert_eq!(c.handle_timeout(8, &mut ep, &mut out), Timeout::Expired);
+    assert!(c.is_finished() && out.is_empty() && !c.reports_close());
+}
