@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::origin::Origins;
+
 /// Which I/O backend the shards run on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
 #[non_exhaustive]
@@ -84,6 +86,7 @@ pub(crate) struct Config {
     pub(crate) topic_name_bytes_max: usize,
     pub(crate) mailbox_messages_max: usize,
     pub(crate) http_response_bytes_max: usize,
+    pub(crate) origins: Origins,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             topic_name_bytes_max: 256,
             mailbox_messages_max: 65_536,
             http_response_bytes_max: 1 << 20,
+            origins: Origins::default(),
         }
     }
 }

@@ -40,7 +40,7 @@
 //! [`Upgrade::defer`] to answer later from any thread through a [`Deferred`] handle (an auth
 //! service; the shard serves everyone else meanwhile). [`Handler::on_request`] answers the
 //! plain HTTP requests that come to the same port (a health check, a page, a script) with a
-//! [`Response`].
+//! [`Response`]. [`ServerBuilder::allow_origin`] restricts which browser origins may connect.
 #![warn(missing_docs, clippy::exhaustive_enums, clippy::exhaustive_structs)]
 #![deny(unsafe_code)]
 
@@ -50,6 +50,7 @@ mod client;
 mod config;
 mod id;
 mod io;
+mod origin;
 pub mod pubsub;
 mod response;
 mod send_queue;

@@ -34,6 +34,8 @@ impl Server {
 pub struct ServerBuilder {
     addr: io::Result<SocketAddr>,
     pub(crate) config: Config,
+    /// The first refused `allow_origin` pattern, reported by `start`.
+    origin_error: Option<String>,
 }
 
 impl Default for ServerBuilder {
@@ -41,6 +43,7 @@ impl Default for ServerBuilder {
         Self {
             addr: Ok(SocketAddr::from(([0, 0, 0, 0], 9001))),
             config: Config::default(),
+            origin_error: None,
         }
     }
 }
@@ -232,6 +235,51 @@ impl ServerBuilder {
         self
     }
 
+    /// Allow upgrade requests from browser pages of `pattern` (repeatable; each call adds one).
+    /// Once any pattern is given, an upgrade request whose `Origin` matches none is refused
+    /// with 403 before [`Handler::on_upgrade`] is called; requests without an `Origin` header
+    /// still pass (see [`ServerBuilder::origin_required`]). Plain HTTP requests are not
+    /// checked. A pattern that does not parse makes [`ServerBuilder::start`] fail with
+    /// `InvalidInput`.
+    ///
+    /// | pattern | allows |
+    /// |---|---|
+    /// | `*` | every origin |
+    /// | `https://example.com` | exactly that origin: scheme, host and port (the scheme's default port may be written or left out) |
+    /// | `https://*.example.com` | any subdomain of `example.com` (not `example.com` itself) with that scheme and port |
+    /// | `example.com`, `localhost:8080` | that host with any scheme; with a port only that port, else any |
+    /// | `*.example.com` | any subdomain of `example.com`, any scheme, any port |
+    /// | `null` | the opaque origin `null` (sandboxed iframes, `file:` pages) |
+    ///
+    /// Schemes and hosts compare case-insensitively; a malformed or repeated `Origin` header
+    /// matches nothing. `null` is refused unless listed: any site can make its page send it (a
+    /// sandboxed iframe), so allowing it is nearly allowing all.
+    ///
+    /// # The default allows every origin: cross-site WebSocket hijacking
+    ///
+    /// Browsers apply no same-origin policy and no CORS to WebSockets: a page on *any* site can
+    /// open a WebSocket to this server from a visitor's browser, and the browser sends that
+    /// visitor's cookies (and HTTP authentication) with the upgrade request. A server that
+    /// authenticates WebSockets by cookie therefore hands the visitor's session to every site
+    /// they visit, unless it checks `Origin`: list your own origins here (or check
+    /// [`Request::origin`](crate::Request::origin) in `on_upgrade`). Tokens that the page must
+    /// put in the request itself (a query parameter, a subprotocol) are not sent by other
+    /// sites and need no Origin check; non-browser clients send no `Origin` at all.
+    pub fn allow_origin(mut self, pattern: impl AsRef<str>) -> Self {
+        if let Err(e) = self.config.origins.allow(pattern.as_ref()) {
+            self.origin_error.get_or_insert(e.to_string());
+        }
+        self
+    }
+
+    /// Refuse (403) upgrade requests that carry no `Origin` header (default `false`: clients
+    /// other than browsers send none, and are not what the Origin check is about). Browsers
+    /// always send one with a WebSocket request.
+    pub fn origin_required(mut self, required: bool) -> Self {
+        self.config.origins.required = required;
+        self
+    }
+
     /// Largest response to a plain HTTP request, head and body (default 1 MiB; a larger one
     /// from [`Handler::on_request`] is answered with 500 instead). A response is copied into its
     /// connection's send queue and held there until the client reads it, so worst-case memory
@@ -250,6 +298,9 @@ impl ServerBuilder {
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
         let addr = self.addr?;
+        if let Some(e) = self.origin_error {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+        }
         let config = self.config.clamped(backend_io::nofile_limit());
         if !backend_io::backend_available(config.backend) {
             return Err(io::Error::new(

@@ -15,8 +15,9 @@ pub struct Stats {
     pub upgraded: u64,
     /// Connections finished (socket closed).
     pub closed: u64,
-    /// Handshakes refused: malformed (400/405/411/413/426/431), by `on_upgrade` (at once or
-    /// deferred; 503 for a deferred handle dropped unanswered), or 503 when full.
+    /// Handshakes refused: malformed (400/405/411/413/426/431), a refused Origin (403), by
+    /// `on_upgrade` (at once or deferred; 503 for a deferred handle dropped unanswered), or
+    /// 503 when full.
     pub handshakes_rejected: u64,
     /// Upgrade requests waiting for a deferred decision (a gauge).
     pub upgrades_pending: u64,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LEAVES: &[&str] = &[
     "config.rs",
     "id.rs",
+    "origin.rs",
     "pubsub.rs",
     "response.rs",
     "send_queue.rs",

@@ -71,7 +71,8 @@ pub trait Handler: 'static {
     /// stays on the shard's thread (a [deferred](Upgrade::defer) decision needs it `Send`).
     type State: 'static;
 
-    /// An upgrade request arrived (already validated as a WebSocket handshake). Decide with `up`: accept with the connection's initial state
+    /// An upgrade request arrived (already validated as a WebSocket handshake and past the
+    /// server's Origin policy). Decide with `up`: accept with the connection's initial state
     /// (and a subprotocol and headers: [`Upgrade::accept_with`]), reject with an HTTP status,
     /// or [defer](Upgrade::defer) the decision to another thread. (A panic here answers 500.)
     ///

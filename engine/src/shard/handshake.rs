@@ -1,5 +1,5 @@
-//! The shard's side of a connection's HTTP request: an upgrade request goes to
-//! [`Handler::on_upgrade`], whose decision is applied at once or, deferred, when its
+//! The shard's side of a connection's HTTP request: an upgrade request goes through the Origin
+//! policy to [`Handler::on_upgrade`], whose decision is applied at once or, deferred, when its
 //! answer comes through the mailbox ([`Shard::decide`]); a plain request is answered with
 //! [`Handler::on_request`]'s response. The protocol side (what is valid, the 101, how the
 //! connection ends after an HTTP answer) is [`crate::proto::Connection`]'s.
@@ -21,8 +21,8 @@ use crate::stats::ShardStats;
 use crate::upgrade::{Accept, Reject};
 
 impl<H: Handler> Shard<H> {
-    /// A complete upgrade request: the capacity check, then the handler's decision, applied
-    /// now or kept pending.
+    /// A complete upgrade request: the capacity and Origin checks, then the handler's decision,
+    /// applied now or kept pending.
     pub(super) fn upgrade(&mut self, key: usize, req: Box<Request>) {
         let Some(e) = self.slab.get(key) else {
             return;
@@ -30,6 +30,8 @@ impl<H: Handler> Shard<H> {
         let (generation, peer) = (e.generation, e.peer.get());
         let decided = if e.flags & OVER_CAPACITY != 0 {
             Decided::Reject(Reject::new(503, "server full").header("Retry-After", "1"))
+        } else if !self.ctx.config.origins.allows(origins(&req)) {
+            Decided::Reject(Reject::new(403, "origin not allowed"))
         } else {
             let id = ConnId::new(self.ctx.shard, key as u32, generation);
             let up = Upgrade::new(id, peer, self.hub.clone());
@@ -211,6 +213,13 @@ fn render(r: &Response, bytes_max: usize) -> (Vec<u8>, &[u8]) {
         ("Date", &date),
     ];
     (response_head(500, &headers, Some(body.len())), body)
+}
+
+/// The `Origin` header values of `req`, in order.
+fn origins(req: &Request) -> impl Iterator<Item = &str> {
+    req.headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Origin"))
+        .map(|(_, v)| v)
 }
 
 /// Header pairs as the protocol layer takes them.
