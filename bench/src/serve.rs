@@ -1,10 +1,15 @@
 //! `percore serve`: an echo server on the percore engine, for benchmarks and conformance runs.
+//! Every mode also answers plain HTTP on the same port: `GET /healthz` is 200 with the shard
+//! count and the open connections (JSON), any other path 404.
 
 use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use percore::{Backend, Conn, Handler, Message, PublishOptions, Server, Shards, SlowConsumer};
+use percore::{
+    Backend, Conn, Handler, HttpContext, Message, PublishOptions, Request, Response, Server,
+    Shards, SlowConsumer,
+};
 
 mod broadcast;
 
@@ -83,6 +88,16 @@ pub struct ServeArgs {
     /// Seconds a graceful shutdown (SIGINT/SIGTERM) waits for close replies.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace_secs: u64,
+    /// Allow WebSocket upgrades from this browser origin (repeatable; none given: every
+    /// origin). `https://example.com` is that origin exactly, `https://*.example.com` its
+    /// subdomains, `example.com` / `*.example.com` the host / subdomains with any scheme and
+    /// port, `null` the opaque origin, `*` every origin. Others get HTTP 403; requests without
+    /// an Origin header (non-browser clients) pass.
+    #[arg(long = "allow-origin", value_name = "PATTERN")]
+    pub allow_origins: Vec<String>,
+    /// Largest response to a plain HTTP request (/healthz), head and body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub http_response_bytes_max: usize,
 }
 
 /// Backend choice on the command line.
@@ -116,6 +131,25 @@ impl Handler for Echo {
         // A refused send already closed the connection (slow consumer or closing).
         let _ = conn.send(msg);
     }
+
+    fn on_request(&mut self, req: &Request, cx: &HttpContext<'_>) -> Response {
+        health(req, cx)
+    }
+}
+
+/// Plain HTTP in every mode: `GET /healthz` (or `HEAD`) answers 200 with
+/// `{"status":"ok","shards":N,"connections":M}` (M: TCP connections held, this one included),
+/// anything else 404.
+fn health(req: &Request, cx: &HttpContext<'_>) -> Response {
+    if req.path() != "/healthz" {
+        return Response::not_found();
+    }
+    let body = format!(
+        "{{\"status\":\"ok\",\"shards\":{},\"connections\":{}}}\n",
+        cx.shards(),
+        cx.stats().connections_open
+    );
+    Response::json(200, body).header("Cache-Control", "no-store")
 }
 
 /// `percore serve`: run, and exit with status 1 and a message on failure.
@@ -151,7 +185,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let builder = Server::builder()
+    let mut builder = Server::builder()
         .bind(args.addr.as_str())
         .shards(shards)
         .pin(!args.no_pin)
@@ -171,7 +205,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .handshake_timeout(Duration::from_secs(args.handshake_timeout_secs))
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
-        .close_timeout(Duration::from_secs(args.close_timeout_secs));
+        .close_timeout(Duration::from_secs(args.close_timeout_secs))
+        .http_response_bytes_max(args.http_response_bytes_max);
+    for pattern in &args.allow_origins {
+        builder = builder.allow_origin(pattern);
+    }
     let opts = if args.droppable {
         PublishOptions::droppable()
     } else {

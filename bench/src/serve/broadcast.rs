@@ -11,8 +11,11 @@
 use std::rc::Rc;
 
 use percore::{
-    CloseCode, Conn, Decision, Handler, Message, PublishOptions, Reject, Request, Upgrade,
+    CloseCode, Conn, Decision, Handler, HttpContext, Message, PublishOptions, Reject, Request,
+    Response, Upgrade,
 };
+
+use super::health;
 
 /// The one topic of broadcast mode.
 const ALL: &str = "all";
@@ -36,6 +39,10 @@ impl Handler for Broadcast {
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         let _ = conn.publish_with(ALL, msg, self.opts);
+    }
+
+    fn on_request(&mut self, req: &Request, cx: &HttpContext<'_>) -> Response {
+        health(req, cx)
     }
 }
 
@@ -81,6 +88,10 @@ impl Handler for Chat {
     fn on_message(&mut self, conn: &mut Conn<'_, Rc<str>>, msg: Message<'_>) {
         let room = conn.state().clone();
         let _ = conn.publish_with(&*room, msg, self.opts);
+    }
+
+    fn on_request(&mut self, req: &Request, cx: &HttpContext<'_>) -> Response {
+        health(req, cx)
     }
 }
 
