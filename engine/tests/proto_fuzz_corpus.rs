@@ -1,10 +1,22 @@
 //! Runs the cargo-fuzz target bodies (engine/fuzz/src/lib.rs) over the committed seed corpus and
-//! a few thousand deterministic mutations of it, so every test run exercises them on stable.
+//! a few thousand deterministic mutations of it, and over every regression input (a crash,
+//! timeout or out-of-memory input `scripts/fuzz.sh` found, kept in `engine/fuzz/regressions/`),
+//! so every test run exercises them on stable.
 
 #[path = "../fuzz/src/lib.rs"]
 mod bodies;
 
-use std::path::Path;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+/// A fuzz target body.
+type Body = fn(&[u8]);
+
+/// The fuzz targets, with their bodies; a regression folder must name one of them.
+const TARGETS: [(&str, Body); 2] = [
+    ("handshake", bodies::handshake),
+    ("decode_frames", bodies::decode_frames),
+];
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,6 +30,43 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
     let seeds: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(seeds.len() >= 3, "seed corpus for {target} is missing");
     seeds
+}
+
+/// Where the regression inputs of `target` live: `engine/fuzz/regressions/<target>/`.
+fn regression_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target)
+}
+
+/// Run `body` over every file of `dir` except dot files and READMEs (a missing folder holds no
+/// input: nothing was found yet). Ok(inputs replayed), or Err(the files whose run panicked).
+fn replay(dir: &Path, body: Body) -> Result<usize, Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            !name.starts_with('.') && !name.starts_with("README")
+        })
+        .collect();
+    files.sort();
+    let failed: Vec<String> = files
+        .iter()
+        .filter(|p| {
+            let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            catch_unwind(AssertUnwindSafe(|| body(&bytes))).is_err()
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    if failed.is_empty() {
+        Ok(files.len())
+    } else {
+        Err(failed)
+    }
 }
 
 /// xorshift64*: deterministic, so a failure reproduces.
@@ -89,4 +138,64 @@ fn decode_frames_fuzz_body_survives_seeds_and_mutations() {
     for input in inputs(&seeds("decode_frames"), 3000) {
         bodies::decode_frames(&input);
     }
+}
+
+#[test]
+fn every_regression_input_passes_its_target() {
+    let mut replayed = 0;
+    for (target, body) in TARGETS {
+        match replay(&regression_dir(target), body) {
+            Ok(n) => replayed += n,
+            Err(failed) => panic!("{target}: regression inputs fail again: {failed:?}"),
+        }
+    }
+    println!("replayed {replayed} regression inputs");
+}
+
+#[test]
+fn regression_folders_name_existing_targets() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                TARGETS.iter().any(|(t, _)| *t == name),
+                "{}: no fuzz target is named {name}",
+                p.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn replay_reports_the_input_files_that_fail() {
+    fn panics_on_x(b: &[u8]) {
+        assert!(b != b"x", "the input that fails");
+    }
+    let dir = std::env::temp_dir().join(format!("percore-regress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("crash-1"), b"x").unwrap();
+    std::fs::write(dir.join("timeout-2"), b"y").unwrap();
+    std::fs::write(dir.join(".hidden"), b"x").unwrap();
+    std::fs::write(dir.join("README.md"), b"x").unwrap();
+    let got = replay(&dir, panics_on_x);
+    assert_eq!(
+        replay(&dir, |_| {}),
+        Ok(2),
+        "dot files and READMEs are skipped"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let failed = got.unwrap_err();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].ends_with("crash-1"), "{failed:?}");
+    assert_eq!(
+        replay(&dir, panics_on_x),
+        Ok(0),
+        "a missing folder holds nothing"
+    );
 }
