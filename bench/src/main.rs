@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod load;
 mod serve;
+mod soak;
 mod sys;
 
 /// percore: WebSocket engine benchmark server, load generator and kernel tuning reference.
@@ -28,6 +29,11 @@ enum Command {
     Load(load::LoadArgs),
     /// Start servers and the load generator, run the benchmark matrix, print one table.
     Bench(bench::BenchArgs),
+    /// Long mixed run of well-behaved and hostile clients against an echo and a broadcast
+    /// server per backend: nothing lost, expected close codes, servers up, memory flat.
+    Soak(soak::SoakArgs),
+    /// Memory after a storm of connections that send half a large frame and reset.
+    Storm(soak::storm::StormArgs),
     /// Replace this process with PROGRAM (used by `percore bench` to start peer servers that
     /// die with it and stay on their CPU).
     #[command(hide = true)]
@@ -51,6 +57,8 @@ fn main() {
         Command::Serve(args) => serve::main(args),
         Command::Load(args) => std::process::exit(load::main(args)),
         Command::Bench(args) => std::process::exit(bench::main(args)),
+        Command::Soak(args) => std::process::exit(soak::main(args)),
+        Command::Storm(args) => std::process::exit(soak::storm::main(args)),
         Command::Exec { program, args } => {
             use std::os::unix::process::CommandExt;
             let e = std::process::Command::new(&program).args(args).exec();
