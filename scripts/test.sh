@@ -10,6 +10,8 @@ export PERCORE_PYENV PERCORE_REQUIRE_PY=1
 # io_uring is available on the machines this project runs on: a backend that does not start is a
 # failure, not a skip (PERCORE_REQUIRE_URING=0 to allow skipping elsewhere).
 export PERCORE_REQUIRE_URING=${PERCORE_REQUIRE_URING:-1}
+# Same for network namespaces (tests/half_open.rs): root and iproute2 are there.
+export PERCORE_REQUIRE_NETNS=${PERCORE_REQUIRE_NETNS:-1}
 echo "== python venv with websockets ($PERCORE_PYENV)"
 if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2>&1; then
   python3 -m venv "$PERCORE_PYENV"
