@@ -74,6 +74,10 @@ pub struct SoakArgs {
     /// Largest RSS growth over the last half of the run that passes, percent.
     #[arg(long, default_value_t = 2.0)]
     pub rss_growth_max_pct: f64,
+    /// Backends whose RSS growth is only reported (a warning), not a failure: for a known,
+    /// open memory issue, so that the other checks keep guarding that backend meanwhile.
+    #[arg(long, value_delimiter = ',')]
+    pub rss_warn_only: Vec<String>,
     /// Shards per server.
     #[arg(long, default_value_t = 2)]
     pub server_shards: usize,
@@ -152,7 +156,11 @@ struct BackendReport {
     well_behaved_unexpected: u64,
     /// Unexpected outcomes of hostile clients.
     hostile_unexpected: u64,
+    /// "fail": RSS growth past the limit fails the run; "warn": it is only reported
+    /// (`--rss-warn-only`).
+    rss_gate: &'static str,
     errors: Vec<String>,
+    warnings: Vec<String>,
     echo_rtt_us: RttReport,
     servers: Vec<ServerReport>,
     classes: Vec<ClassReport>,
@@ -368,11 +376,21 @@ impl Run {
         if lost > 0 {
             errors.push(format!("{lost} well-behaved messages lost"));
         }
+        let warn_only = args.rss_warn_only.contains(&self.backend);
+        let mut warnings = Vec::new();
         if growth > args.rss_growth_max_pct {
-            errors.push(format!(
+            let e = format!(
                 "RSS grew {growth:.2} % over the last half (limit {} %)",
                 args.rss_growth_max_pct
-            ));
+            );
+            if warn_only {
+                warnings.push(format!(
+                    "{e}; not failing: --rss-warn-only {}",
+                    self.backend
+                ));
+            } else {
+                errors.push(e);
+            }
         }
         for c in &classes {
             if c.unexpected > 0 {
@@ -402,7 +420,9 @@ impl Run {
             minutes: args.minutes,
             well_behaved_unexpected: wb_unexpected,
             hostile_unexpected,
+            rss_gate: if warn_only { "warn" } else { "fail" },
             errors,
+            warnings,
             echo_rtt_us,
             servers,
             classes,
@@ -455,6 +475,9 @@ fn table(r: &BackendReport) -> String {
     for e in &r.errors {
         s += &format!("   error: {e}\n");
     }
+    for w in &r.warnings {
+        s += &format!("   warning: {w}\n");
+    }
     s
 }
 
@@ -468,9 +491,10 @@ pub fn main(args: SoakArgs) -> i32 {
         || args
             .backends
             .iter()
+            .chain(&args.rss_warn_only)
             .any(|b| !matches!(b.as_str(), "epoll" | "uring"))
     {
-        eprintln!("percore soak: --backends takes epoll and/or uring");
+        eprintln!("percore soak: --backends and --rss-warn-only take epoll and/or uring");
         return 2;
     }
     if args.echo_clients == 0 || args.subscribers == 0 || args.server_shards == 0 {
