@@ -1,6 +1,8 @@
 //! `percore storm`: memory after a storm of abandoned partial frames. Per backend, one
-//! `percore serve` (default settings); `--rounds` times: `--connections` connections upgrade,
-//! each sends the first half of a `--frame-bytes` binary frame, all of them are held until the
+//! `percore serve` (default settings), warmed up first with `--warmup-messages` echoes of
+//! 64 KiB (so that memory any traffic touches once, such as io_uring's receive buffer ring, is
+//! in the "before" figure); then `--rounds` times: `--connections` connections upgrade, each
+//! sends the first half of a `--frame-bytes` binary frame, all of them are held until the
 //! server has read them, then all are reset (RST). The server's RSS is read before the storm,
 //! right after it, and every second for `--settle-secs` more.
 //!
@@ -35,6 +37,9 @@ pub struct StormArgs {
     /// Shards of the server.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
+    /// 64 KiB echoes (over 16 connections) before the "before" reading; 0: none.
+    #[arg(long, default_value_t = 2000)]
+    pub warmup_messages: usize,
     /// Exit 1 unless RSS is back within 10 % of the pre-storm value 10 s after the storm.
     #[arg(long)]
     pub check: bool,
@@ -52,6 +57,8 @@ struct StormReport {
     frame_bytes: usize,
     /// Connections that failed to open or to send their half frame.
     failures: usize,
+    /// RSS of the fresh server, before the warm-up.
+    rss_fresh_kb: u64,
     rss_before_kb: u64,
     /// Largest RSS seen during the rounds.
     rss_peak_kb: u64,
@@ -78,6 +85,9 @@ fn storm(backend: &str, args: &StormArgs) -> Result<StormReport, String> {
         args.shards.to_string(),
     ];
     let mut server = ServerProc::start(backend, "echo", &serve)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let fresh = rss(&server);
+    warm_up(&server, args.warmup_messages)?;
     std::thread::sleep(Duration::from_secs(1));
     let before = rss(&server);
     let mut half = vec![0x82];
@@ -135,6 +145,7 @@ fn storm(backend: &str, args: &StormArgs) -> Result<StormReport, String> {
         rounds: args.rounds,
         frame_bytes: args.frame_bytes,
         failures,
+        rss_fresh_kb: fresh,
         rss_before_kb: before,
         rss_peak_kb: peak,
         rss_after_kb: after,
@@ -145,6 +156,34 @@ fn storm(backend: &str, args: &StormArgs) -> Result<StormReport, String> {
         returned: excess <= 10.0,
         rss_series_kb: series,
     })
+}
+
+/// `n` echoes of 64 KiB over 16 connections, then close them.
+fn warm_up(server: &ServerProc, n: usize) -> Result<(), String> {
+    if n == 0 {
+        return Ok(());
+    }
+    let msg = vec![b'w'; 64 << 10];
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(
+            Client::open(None, server.addr, "/", Duration::from_secs(10))
+                .map_err(|e| format!("warm-up: {}", e.name()))?,
+        );
+    }
+    for i in 0..n {
+        let c = &mut conns[i % 16];
+        c.send(true, client::op::BINARY, &msg)
+            .map_err(|e| format!("warm-up: {e}"))?;
+        match c.next_answering(Instant::now() + Duration::from_secs(10)) {
+            Ok(client::Ev::Data(m)) if m.len() == msg.len() => {}
+            other => return Err(format!("warm-up: no echo ({other:?})")),
+        }
+    }
+    for mut c in conns {
+        let _ = c.close_normally(Instant::now() + Duration::from_secs(5));
+    }
+    Ok(())
 }
 
 /// Run `percore storm`; returns the exit code.
@@ -166,11 +205,12 @@ pub fn main(args: StormArgs) -> i32 {
         match storm(b, &args) {
             Ok(r) => {
                 let line = format!(
-                    "{:<6} {} x {} half frames of {} B: rss before {} KiB, peak {} KiB, after {} KiB, +10 s {} KiB, +{} s {} KiB ({:+.1} % at +10 s: {}); {} failed connections",
+                    "{:<6} {} x {} half frames of {} B: rss fresh {} KiB, before (warmed up) {} KiB, peak {} KiB, after {} KiB, +10 s {} KiB, +{} s {} KiB ({:+.1} % at +10 s: {}); {} failed connections",
                     r.backend,
                     r.rounds,
                     r.connections,
                     r.frame_bytes,
+                    r.rss_fresh_kb,
                     r.rss_before_kb,
                     r.rss_peak_kb,
                     r.rss_after_kb,
