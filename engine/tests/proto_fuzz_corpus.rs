@@ -69,6 +69,9 @@ fn replay(dir: &Path, body: Body) -> Result<usize, Vec<String>> {
     }
 }
 
+/// Mutations per target: a few thousand; a hundred under Miri, which interprets every step.
+const MUTATIONS: usize = if cfg!(miri) { 100 } else { 3000 };
+
 /// xorshift64*: deterministic, so a failure reproduces.
 struct Rng(u64);
 
@@ -128,14 +131,14 @@ fn inputs(seeds: &[Vec<u8>], count: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn handshake_fuzz_body_survives_seeds_and_mutations() {
-    for input in inputs(&seeds("handshake"), 3000) {
+    for input in inputs(&seeds("handshake"), MUTATIONS) {
         bodies::handshake(&input);
     }
 }
 
 #[test]
 fn decode_frames_fuzz_body_survives_seeds_and_mutations() {
-    for input in inputs(&seeds("decode_frames"), 3000) {
+    for input in inputs(&seeds("decode_frames"), MUTATIONS) {
         bodies::decode_frames(&input);
     }
 }

@@ -265,7 +265,18 @@ fn every_short_sequence_fails_exactly_where_std_says() {
     const NEXT: [u8; 12] = [
         0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC2, 0xF0, 0xFF,
     ];
-    for a in 0..=255u8 {
+    // Under Miri (which interprets every step) the first byte takes the values where the
+    // lead-byte rules change instead of all 256.
+    const FIRST_MIRI: [u8; 20] = [
+        0x00, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF,
+        0xF0, 0xF4, 0xF5, 0xF8, 0xFF,
+    ];
+    let first: Vec<u8> = if cfg!(miri) {
+        FIRST_MIRI.to_vec()
+    } else {
+        (0..=255).collect()
+    };
+    for a in first {
         check_bytewise(&[a]);
         for b in NEXT {
             check_bytewise(&[a, b]);
@@ -311,7 +322,8 @@ fn mostly_utf8() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Miri interprets every step: a few cases there, the proptests still run.
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 512 }))]
 
     #[test]
     fn byte_by_byte_feeding_agrees_with_std(b in mostly_utf8()) {
