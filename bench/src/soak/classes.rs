@@ -75,6 +75,7 @@ pub struct Ctx {
     pub start: Instant,
     ids: AtomicU32,
     source_base: u32,
+    stop_seen: Mutex<Option<Instant>>,
 }
 
 impl Ctx {
@@ -99,11 +100,21 @@ impl Ctx {
             start: Instant::now(),
             ids: AtomicU32::new(1),
             source_base: addr::run_base(seed ^ mono_ns()),
+            stop_seen: Mutex::new(None),
         }
     }
 
     fn stopped(&self) -> bool {
         self.stop.load(Relaxed)
+    }
+
+    /// When the stop was first seen by a caller of this (None while running).
+    fn stopped_at(&self) -> Option<Instant> {
+        if !self.stopped() {
+            return None;
+        }
+        let mut at = self.stop_seen.lock().unwrap_or_else(|p| p.into_inner());
+        Some(*at.get_or_insert_with(Instant::now))
     }
 
     /// A fresh connection id (also picks the source address).
@@ -450,6 +461,12 @@ pub fn publisher(ctx: &Ctx, class: &Class) {
     ctx.publisher_done.store(true, Relaxed);
 }
 
+/// The publisher is done: it said so, or the run stopped long enough ago that it must have
+/// (a publisher thread that died must not keep the subscribers waiting forever).
+fn publisher_finished(ctx: &Ctx) -> bool {
+    ctx.publisher_done.load(Relaxed) || ctx.stopped_at().is_some_and(|t| t.elapsed() > DRAIN * 3)
+}
+
 /// Broadcast subscriber: connects once, then checks that every publish arrives exactly once
 /// and in order, until the publisher is done and everything it sent arrived.
 pub fn subscriber(ctx: &Ctx, class: &Class) {
@@ -473,7 +490,7 @@ pub fn subscriber(ctx: &Ctx, class: &Class) {
             .sum()
     };
     loop {
-        if ctx.publisher_done.load(Relaxed) {
+        if publisher_finished(ctx) {
             let d = *done_at.get_or_insert_with(|| Instant::now() + DRAIN);
             if received_all(&from) {
                 close_well(class, c);
@@ -518,7 +535,7 @@ pub fn subscriber(ctx: &Ctx, class: &Class) {
                 // The subscription is gone: everything published from now on is lost to it;
                 // counted at the end against what the publisher sent.
                 class.unexpected(e.name(), &format!("subscriber {id}"));
-                while !ctx.publisher_done.load(Relaxed) {
+                while !publisher_finished(ctx) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 let n = lost(&from);

@@ -228,7 +228,13 @@ impl Run {
             let (ctx, class, f) = (self.ctx.clone(), class.clone(), f.clone());
             let t = std::thread::Builder::new()
                 .name(format!("soak-{name}"))
-                .spawn(move || f(&ctx, &class, i))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| f(&ctx, &class, i));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A bug of the soak itself: counted, so the run cannot pass by it.
+                        class.unexpected("soak thread panicked", name);
+                    }
+                })
                 .expect("spawning a soak thread");
             self.threads.push(t);
         }
