@@ -266,23 +266,24 @@ fn every_short_sequence_fails_exactly_where_std_says() {
         0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC2, 0xF0, 0xFF,
     ];
     // Under Miri (which interprets every step) the first byte takes the values where the
-    // lead-byte rules change instead of all 256.
+    // lead-byte rules change instead of all 256, the others one value per byte class.
     const FIRST_MIRI: [u8; 20] = [
         0x00, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF,
         0xF0, 0xF4, 0xF5, 0xF8, 0xFF,
     ];
-    let first: Vec<u8> = if cfg!(miri) {
-        FIRST_MIRI.to_vec()
+    const NEXT_MIRI: [u8; 5] = [0x41, 0x80, 0x90, 0xBF, 0xC2];
+    let (first, next): (Vec<u8>, &[u8]) = if cfg!(miri) {
+        (FIRST_MIRI.to_vec(), &NEXT_MIRI)
     } else {
-        (0..=255).collect()
+        ((0..=255).collect(), &NEXT)
     };
     for a in first {
         check_bytewise(&[a]);
-        for b in NEXT {
+        for &b in next {
             check_bytewise(&[a, b]);
-            for c in NEXT {
+            for &c in next {
                 check_bytewise(&[a, b, c]);
-                for d in NEXT {
+                for &d in next {
                     check_bytewise(&[a, b, c, d]);
                 }
             }
