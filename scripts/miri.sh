@@ -14,8 +14,8 @@
 #   `+avx512f,+avx2` so every x86 kernel is interpreted once. simdutf8 picks its scalar fallback
 #   or the SIMD code the same way.
 # - engine: the unit tests of `proto::` (handshake, frame codec, decoder, close state machine,
-#   proptests with PROPTEST_CASES cases) and tests/proto_fuzz_corpus.rs (fuzz bodies over the
-#   seeds, fewer mutations under Miri). Not the shard/io tests nor the integration tests:
+#   proptests with PROPTEST_CASES cases; three large-payload tests skipped, see below) and
+#   tests/proto_fuzz_corpus.rs (fuzz bodies over the seeds, fewer mutations under Miri). Not the shard/io tests nor the integration tests:
 #   sockets, epoll and io_uring are system calls Miri cannot run.
 #
 # Installs what it needs: the nightly toolchain (rustup), its miri and rust-src components.
@@ -69,8 +69,13 @@ if [ "$QUICK" = 0 ]; then
     CARGO_TARGET_DIR="$ROOT/target/miri-avx512" \
     cargo +nightly miri test -p percore-simd --test unmask || rc=1
 fi
+# Skipped: three tests whose only difference from others that run is a large payload (a
+# 1 MiB text frame, up to 70 KB per proptest case, a 70 KB tungstenite message): the same code
+# paths on small payloads are covered; interpreted, each takes many minutes.
 step "engine proto unit tests" \
-  cargo +nightly miri test -p percore --lib proto:: || rc=1
+  cargo +nightly miri test -p percore --lib proto:: -- \
+    --skip encode_then_decode_roundtrips --skip invalid_utf8_fails_fast_mid_frame_1007 \
+    --skip frames_from_tungstenite_client_decode || rc=1
 step "engine fuzz bodies over the corpus" \
   cargo +nightly miri test -p percore --test proto_fuzz_corpus || rc=1
 
