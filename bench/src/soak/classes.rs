@@ -30,7 +30,7 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 /// What the expectations depend on: the soak servers' settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// `--max-message-bytes` and `--max-frame-bytes`.
+    /// `--message-bytes-max` and `--frame-bytes-max`.
     pub message_bytes_max: usize,
     /// `--handshake-timeout-secs`.
     pub handshake_timeout: Duration,

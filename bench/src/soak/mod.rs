@@ -92,9 +92,9 @@ pub struct SoakArgs {
 /// The soak servers' settings: small limits so hostile clients reach them quickly; keepalive
 /// short enough to run many times (subscribers only read: they get pinged and answer).
 pub const SERVE_ARGS: [&str; 16] = [
-    "--max-message-bytes",
+    "--message-bytes-max",
     "65536",
-    "--max-frame-bytes",
+    "--frame-bytes-max",
     "65536",
     "--send-queue-bytes-max",
     "1048576",
