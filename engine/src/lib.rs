@@ -47,6 +47,8 @@
 pub mod proto;
 
 mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod config;
 mod id;
 mod io;
@@ -60,6 +62,8 @@ mod stats;
 mod upgrade;
 
 pub use client::Connect;
+#[cfg(feature = "cluster")]
+pub use cluster::ClusterConfig;
 pub use config::{Backend, Shards, SlowConsumer};
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
@@ -67,5 +71,5 @@ pub use pubsub::{PubSubError, PublishOptions};
 pub use response::Response;
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use shard::{Conn, Decision, Deferred, Handler, HttpContext, Publisher, SendError, Upgrade};
-pub use stats::Stats;
+pub use stats::{ClusterStats, Stats};
 pub use upgrade::{Accept, Reject};

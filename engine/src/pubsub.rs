@@ -15,6 +15,11 @@
 //! replaces the unsent previous frame of the same topic when it is
 //! [`PublishOptions::conflate`]d, and otherwise closes the subscriber with the server's
 //! [`SlowConsumer`](crate::SlowConsumer) code.
+//!
+//! Across servers: with [`ServerBuilder::cluster`](crate::ServerBuilder::cluster) a publish also
+//! reaches the subscribers of the topic on every other server of the cluster, through a NATS
+//! broker, with the same options and ordering per publisher; see [`crate::cluster`] for what
+//! that costs and what can be lost.
 
 use std::fmt;
 
@@ -60,6 +65,14 @@ pub enum PubSubError {
     MailboxFull,
     /// The server is shutting down or stopped.
     Stopped,
+    /// The message (with the cluster's headers) is larger than the broker's `max_payload`:
+    /// nothing was delivered, on this server or any other. Only with
+    /// [`ServerBuilder::cluster`](crate::ServerBuilder::cluster).
+    PayloadTooLarge,
+    /// The cluster bridge's queue held `queue_messages_max` publishes: this server's
+    /// subscribers got the message, other servers did not. Counted in
+    /// [`ClusterStats::refused`](crate::ClusterStats::refused).
+    ClusterQueueFull,
 }
 
 impl fmt::Display for PubSubError {
@@ -68,6 +81,8 @@ impl fmt::Display for PubSubError {
             PubSubError::TopicTooLong => "topic name too long",
             PubSubError::MailboxFull => "a shard's mailbox is full",
             PubSubError::Stopped => "server stopped",
+            PubSubError::PayloadTooLarge => "message larger than the broker's max_payload",
+            PubSubError::ClusterQueueFull => "the cluster bridge's queue is full",
         })
     }
 }

@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::client::Connect;
+#[cfg(feature = "cluster")]
+use crate::cluster::{Bridge, ClusterConfig};
 use crate::config::{Backend, Config, Shards, SlowConsumer};
 use crate::id::ConnId;
 use crate::io::{self as backend_io, Waker};
@@ -36,6 +38,8 @@ pub struct ServerBuilder {
     pub(crate) config: Config,
     /// The first refused `allow_origin` pattern, reported by `start`.
     origin_error: Option<String>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerBuilder {
@@ -44,6 +48,8 @@ impl Default for ServerBuilder {
             addr: Ok(SocketAddr::from(([0, 0, 0, 0], 9001))),
             config: Config::default(),
             origin_error: None,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -289,6 +295,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Join a cluster: publishes reach the subscribers of their topic on every server that
+    /// joined the same NATS broker with the same subject prefix (see [`crate::cluster`] for
+    /// what it costs and what may be lost). `start` checks the configuration (`InvalidInput`)
+    /// and starts the bridge thread; it does not wait for the broker, which the bridge keeps
+    /// reconnecting to ([`crate::ClusterStats::connected`]). Engine feature `cluster`.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, config: ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
+    }
+
     /// Bind, spawn the shards and start serving. `factory(shard_index)` is called on each
     /// shard's own thread to create that shard's handler. Fails if the address cannot be bound,
     /// the backend is not available or a shard cannot start.
@@ -302,6 +319,10 @@ impl ServerBuilder {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
         let config = self.config.clamped(backend_io::nofile_limit());
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            c.check(config.topic_name_bytes_max)?;
+        }
         if !backend_io::backend_available(config.backend) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -332,12 +353,24 @@ impl ServerBuilder {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, io::Result<Waker>)>(n);
         let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::default()).collect();
         let mut threads = Vec::with_capacity(n);
+        #[cfg(feature = "cluster")]
+        let (link, ends) = match &self.cluster {
+            Some(c) => {
+                let (link, ends) = shard::cluster_link(c.queue_messages_max);
+                (Some(link), Some(ends))
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let link = None;
         let (hub, mailboxes) = Hub::new(
             stats.clone(),
             open.clone(),
             config.mailbox_messages_max,
             config.topic_name_bytes_max,
+            link,
         );
+
         for ((index, listener), mail) in listeners.into_iter().enumerate().zip(mailboxes) {
             let shard_stats = stats[index].clone();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -375,11 +408,26 @@ impl ServerBuilder {
                 }
             }
         }
+        #[cfg(feature = "cluster")]
+        let bridge = match (&self.cluster, ends) {
+            (Some(c), Some(ends)) if failure.is_none() => {
+                match Bridge::start(c, config.topic_name_bytes_max, hub.clone(), ends) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let handle = ServerHandle {
             hub,
             local_addr,
             backend,
             threads: Mutex::new(threads),
+            #[cfg(feature = "cluster")]
+            bridge: Mutex::new(bridge),
             handshake_timeout: config.handshake_timeout,
             state_type: (TypeId::of::<H::State>(), std::any::type_name::<H::State>()),
         };
@@ -411,6 +459,9 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     backend: Backend,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The cluster bridge thread, stopped after the shards.
+    #[cfg(feature = "cluster")]
+    bridge: Mutex<Option<Bridge>>,
     handshake_timeout: Duration,
     /// The handler's `State` type (outbound connections bring theirs).
     state_type: (TypeId, &'static str),
@@ -529,6 +580,10 @@ impl ServerHandle {
         }
         for t in threads {
             let _ = t.join();
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(b) = self.bridge.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.stop(at);
         }
     }
 }

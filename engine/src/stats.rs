@@ -54,6 +54,44 @@ pub struct Stats {
     pub topics: u64,
     /// Subscriptions (connection, topic) on all shards (a gauge).
     pub subscriptions: u64,
+    /// Topics across servers (all zero unless the server runs with
+    /// [`ServerBuilder::cluster`](crate::ServerBuilder::cluster)).
+    pub cluster: ClusterStats,
+}
+
+/// The cluster bridge's counters: what this server sent to and received from the broker, and
+/// what was lost on the way (see [`crate::cluster`]). Core NATS delivers at most once, so a
+/// remote message can be lost; these counters say how many.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// 1 while the bridge is connected to the broker and the broker has confirmed this
+    /// server's subscriptions (a round trip after each connect), else 0 (a gauge).
+    pub connected: u64,
+    /// Connections to the broker made after the first (each one re-subscribes every topic).
+    pub reconnects: u64,
+    /// Subjects (topics with local subscribers) the broker has confirmed this server is
+    /// subscribed to (a gauge, updated after a round trip).
+    pub subjects: u64,
+    /// Publishes handed to the broker connection.
+    pub sent: u64,
+    /// Publishes that never left this server for the broker: the bridge's queue was full
+    /// ([`PubSubError::ClusterQueueFull`](crate::PubSubError::ClusterQueueFull) for the
+    /// publisher; local subscribers got them).
+    pub refused: u64,
+    /// Publishes the bridge could not hand to the broker: disconnected (they still take a
+    /// sequence number, so other servers count them in their `lost`), or refused by the client.
+    pub unsent: u64,
+    /// Messages received from the broker (for topics with local subscribers).
+    pub received: u64,
+    /// Messages published on another server for a topic this server subscribes to that never
+    /// arrived: gaps in that server's per-topic sequence numbers. Exactly what this server's
+    /// subscribers of those topics missed, once a later message of the same topic from the same
+    /// server has arrived (a loss at the very end of a stream is not seen).
+    pub lost: u64,
+    /// Messages received but not delivered: a duplicate sequence number, malformed percore
+    /// headers, or text that is not UTF-8.
+    pub discarded: u64,
 }
 
 /// One shard's counters, written by that shard only (aligned to a cache line so that two

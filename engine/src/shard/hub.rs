@@ -1,7 +1,7 @@
 //! What every thread shares about the running shards: their mailboxes, the topic directory
-//! (which shards have subscribers for a topic) and the stop flag; and [`Publisher`], the handle
-//! that publishes and sends from any thread. The pub/sub model is described in
-//! [`crate::pubsub`].
+//! (which shards have subscribers for a topic), the link to the cluster bridge and the stop
+//! flag; and [`Publisher`], the handle that publishes and sends from any thread. The pub/sub
+//! model is described in [`crate::pubsub`], the cluster in [`crate::cluster`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use crossbeam_channel::Receiver;
 
+use super::cluster::ClusterLink;
 use super::mailbox::{Mail, Mailboxes, PostError};
 use crate::id::ConnId;
 use crate::proto::Message;
@@ -30,6 +31,8 @@ pub(crate) struct Hub {
     /// Connections held across all shards (what `connections_max` bounds).
     open: Arc<AtomicUsize>,
     stopped: AtomicBool,
+    /// The way to the cluster bridge (always `None` without the `cluster` feature).
+    cluster: Option<ClusterLink>,
 }
 
 impl fmt::Debug for Hub {
@@ -47,6 +50,7 @@ impl Hub {
         open: Arc<AtomicUsize>,
         mailbox_messages_max: usize,
         topic_name_bytes_max: usize,
+        cluster: Option<ClusterLink>,
     ) -> (Arc<Self>, Vec<Receiver<Mail>>) {
         let (mail, rxs) = Mailboxes::new(shard_stats.len(), mailbox_messages_max);
         let hub = Self {
@@ -57,6 +61,7 @@ impl Hub {
             shard_stats,
             open,
             stopped: AtomicBool::new(false),
+            cluster,
         };
         (Arc::new(hub), rxs)
     }
@@ -85,6 +90,12 @@ impl Hub {
         self.topic_name_bytes_max
     }
 
+    /// The cluster bridge's link, if the server runs in a cluster.
+    #[inline]
+    pub(crate) fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.as_ref()
+    }
+
     /// Refuse every further publish and send (shutdown).
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
@@ -106,7 +117,14 @@ impl Hub {
         let mut map = self.topics.write().unwrap_or_else(|p| p.into_inner());
         let name = match map.get_key_value(topic) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(topic),
+            None => {
+                let name: Arc<[u8]> = Arc::from(topic);
+                // Under the lock, so the bridge sees interest changes in the order they happen.
+                if let Some(c) = &self.cluster {
+                    c.interest(&name);
+                }
+                name
+            }
         };
         map.entry(name.clone()).or_insert_with(|| vec![0; words])[shard / 64] |= 1 << (shard % 64);
         name
@@ -118,7 +136,11 @@ impl Hub {
         if let Some(mask) = map.get_mut(topic) {
             mask[shard / 64] &= !(1 << (shard % 64));
             if mask.iter().all(|&w| w == 0) {
-                map.remove(topic);
+                if let Some((name, _)) = map.remove_entry(topic) {
+                    if let Some(c) = &self.cluster {
+                        c.interest(&name);
+                    }
+                }
             }
         }
     }
@@ -167,16 +189,49 @@ impl Hub {
         opts: PublishOptions,
     ) -> Result<(), PubSubError> {
         self.check(topic)?;
+        if let Some(c) = &self.cluster {
+            c.admit(msg.as_bytes().len())?;
+        }
         SharedStats::bump(&self.shared.published, 1);
         let mut encoded: Option<Arc<[u8]>> = None;
         let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
-        match self.forward(None, topic, &mut frame, opts) {
-            0 => Ok(()),
+        let full = self.forward(None, topic, &mut frame, opts);
+        let remote = match &self.cluster {
+            Some(c) => c.publish(topic, msg, opts),
+            None => Ok(()),
+        };
+        match full {
+            0 => remote,
             full => {
                 SharedStats::bump(&self.shared.dropped, full);
                 Err(PubSubError::MailboxFull)
             }
         }
+    }
+
+    /// A message from another server (the cluster bridge): to every local subscriber of
+    /// `topic`, through the shards' mailboxes like a publish from any thread (encoded once,
+    /// only if some shard subscribes). Returns how many shards' mailboxes were full (counted in
+    /// [`Stats::dropped`]).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn deliver_remote(
+        &self,
+        topic: &[u8],
+        msg: Message<'_>,
+        opts: PublishOptions,
+    ) -> u64 {
+        let mut encoded: Option<Arc<[u8]>> = None;
+        let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
+        let full = self.forward(None, topic, &mut frame, opts);
+        SharedStats::bump(&self.shared.dropped, full);
+        full
+    }
+
+    /// Does some shard have subscribers for `topic`? (The cluster bridge's interest.)
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn has_topic(&self, topic: &[u8]) -> bool {
+        let map = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        map.contains_key(topic)
     }
 
     /// Send one message to one connection, from anywhere.
@@ -217,6 +272,9 @@ impl Hub {
     fn add_to(&self, s: &mut Stats) {
         self.shared.add_to(s);
         s.topics = self.topics.read().map_or(0, |m| m.len() as u64);
+        if let Some(c) = &self.cluster {
+            c.add_to(s);
+        }
     }
 }
 

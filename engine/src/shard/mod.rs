@@ -9,6 +9,7 @@
 //! and close the sockets that are done. After every call into a connection the shard
 //! [settles](Shard::settle) it: schedules its next deadline, or finalizes it when it is finished.
 
+mod cluster;
 mod conn;
 mod ctx;
 mod delivery;
@@ -21,6 +22,10 @@ mod request;
 mod timer;
 mod topics;
 
+#[cfg(all(feature = "cluster", test))]
+pub(crate) use cluster::HEADER_BYTES_MAX as CLUSTER_HEADER_BYTES_MAX;
+#[cfg(feature = "cluster")]
+pub(crate) use cluster::{link as cluster_link, BridgeEnds, BridgeShared, Control, Outgoing};
 pub use conn::{Conn, SendError};
 pub use handler::Handler;
 pub(crate) use hub::Hub;

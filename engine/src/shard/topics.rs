@@ -206,6 +206,10 @@ impl Topics {
         if topic.len() > self.hub.topic_name_bytes_max() {
             return Err(PubSubError::TopicTooLong);
         }
+        let cluster = self.hub.cluster();
+        if let Some(c) = cluster {
+            c.admit(msg.as_bytes().len())?;
+        }
         ShardStats::bump(&self.stats.published, 1);
         let mut encoded: Option<Arc<[u8]>> = None;
         if let Some((name, _)) = self.by_name.get_key_value(topic) {
@@ -217,8 +221,13 @@ impl Topics {
             });
         }
         let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
-        match self.hub.forward(Some(self.shard), topic, &mut frame, opts) {
-            0 => Ok(()),
+        let full = self.hub.forward(Some(self.shard), topic, &mut frame, opts);
+        let remote = match cluster {
+            Some(c) => c.publish(topic, msg, opts),
+            None => Ok(()),
+        };
+        match full {
+            0 => remote,
             full => {
                 ShardStats::bump(&self.stats.dropped, full);
                 Err(PubSubError::MailboxFull)
@@ -250,7 +259,7 @@ mod tests {
 
     fn table_with(shards: usize, mailbox_max: usize) -> (Shards, Vec<Topics>) {
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
-        let (hub, rxs) = Hub::new(stats.clone(), Arc::default(), mailbox_max, 256);
+        let (hub, rxs) = Hub::new(stats.clone(), Arc::default(), mailbox_max, 256, None);
         let t = (0..shards)
             .map(|i| Topics::new(hub.clone(), i, stats[i].clone()))
             .collect();
