@@ -31,12 +31,22 @@ if [ ! -x "$PERCORE_UWS_DIR/load_test" ] || [ ! -x "$PERCORE_UWS_DIR/uws_echo" ]
   ../shared/tools/uws/build.sh "$PERCORE_UWS_DIR"
 fi
 
+# The cluster tests start their own nats-server (Debian's package): a missing one is a failure,
+# not a skip.
+export PERCORE_REQUIRE_NATS=1
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ] && [ ! -x /usr/bin/nats-server ]; then
+  echo "== nats-server (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo clippy (engine without its optional features)"
+cargo clippy -p percore --lib -- -D warnings
 echo "== cargo doc (engine, warnings are errors: missing docs, broken links)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster
 echo "== cargo test"
 cargo test --workspace
 echo "== autobahn conformance"

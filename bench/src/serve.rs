@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use percore::{
-    Backend, Conn, Handler, HttpContext, Message, PublishOptions, Request, Response, Server,
-    Shards, SlowConsumer,
+    Backend, ClusterConfig, Conn, Handler, HttpContext, Message, PublishOptions, Request, Response,
+    Server, Shards, SlowConsumer,
 };
 
 mod broadcast;
@@ -98,6 +98,23 @@ pub struct ServeArgs {
     /// Largest response to a plain HTTP request (/healthz), head and body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub http_response_bytes_max: usize,
+    /// Join a cluster through this NATS server (nats://HOST:PORT, several separated by
+    /// commas): in broadcast and chat modes a message also reaches the subscribers on every
+    /// other server started with the same --cluster and --cluster-prefix.
+    #[arg(long, value_name = "NATS_URL")]
+    pub cluster: Option<String>,
+    /// The cluster's NATS subject prefix (one per cluster on a shared broker).
+    #[arg(long, value_name = "P", default_value = "percore")]
+    pub cluster_prefix: String,
+    /// Publishes waiting for the cluster bridge at most (past it they reach this server only).
+    #[arg(long, default_value_t = 65_536)]
+    pub cluster_queue_messages_max: usize,
+    /// Topics the cluster bridge keeps a sequence counter for.
+    #[arg(long, default_value_t = 65_536)]
+    pub cluster_sequenced_topics_max: usize,
+    /// Longest wait between two reconnection attempts to the broker, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub cluster_reconnect_delay_max_ms: u64,
 }
 
 /// Backend choice on the command line.
@@ -210,6 +227,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     for pattern in &args.allow_origins {
         builder = builder.allow_origin(pattern);
     }
+    if let Some(url) = &args.cluster {
+        builder = builder.cluster(
+            ClusterConfig::new(url.as_str())
+                .subject_prefix(args.cluster_prefix.as_str())
+                .queue_messages_max(args.cluster_queue_messages_max)
+                .sequenced_topics_max(args.cluster_sequenced_topics_max)
+                .reconnect_delay_max(Duration::from_millis(args.cluster_reconnect_delay_max_ms)),
+        );
+    }
     let opts = if args.droppable {
         PublishOptions::droppable()
     } else {
@@ -227,10 +253,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         _ => "auto",
     };
     println!(
-        "listening on {} backend={} shards={}",
+        "listening on {} backend={} shards={}{}",
         server.local_addr(),
         backend_name,
-        server.shards()
+        server.shards(),
+        match &args.cluster {
+            Some(_) => format!(" cluster-prefix={}", args.cluster_prefix),
+            None => String::new(),
+        }
     );
     let _ = std::io::stdout().flush();
     let _ = signals.forever().next();
@@ -244,6 +274,13 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         eprintln!(
             "pubsub: published={} delivered={} dropped={} slow_consumers={}",
             s.published, s.delivered, s.dropped, s.slow_consumers
+        );
+    }
+    if args.cluster.is_some() {
+        let c = s.cluster;
+        eprintln!(
+            "cluster: sent={} received={} refused={} unsent={} lost={} discarded={} reconnects={}",
+            c.sent, c.received, c.refused, c.unsent, c.lost, c.discarded, c.reconnects
         );
     }
     Ok(())

@@ -16,9 +16,9 @@
 //! [`PublishOptions::conflate`]d, and otherwise closes the subscriber with the server's
 //! [`SlowConsumer`](crate::SlowConsumer) code.
 //!
-//! Across servers: with [`ServerBuilder::cluster`](crate::ServerBuilder::cluster) a publish also
+//! Across servers: with `ServerBuilder::cluster` (engine feature `cluster`) a publish also
 //! reaches the subscribers of the topic on every other server of the cluster, through a NATS
-//! broker, with the same options and ordering per publisher; see [`crate::cluster`] for what
+//! broker, with the same options and ordering per publisher; see `percore::cluster` for what
 //! that costs and what can be lost.
 
 use std::fmt;
@@ -67,7 +67,7 @@ pub enum PubSubError {
     Stopped,
     /// The message (with the cluster's headers) is larger than the broker's `max_payload`:
     /// nothing was delivered, on this server or any other. Only with
-    /// [`ServerBuilder::cluster`](crate::ServerBuilder::cluster).
+    /// `ServerBuilder::cluster` (engine feature `cluster`).
     PayloadTooLarge,
     /// The cluster bridge's queue held `queue_messages_max` publishes: this server's
     /// subscribers got the message, other servers did not. Counted in

@@ -55,12 +55,12 @@ pub struct Stats {
     /// Subscriptions (connection, topic) on all shards (a gauge).
     pub subscriptions: u64,
     /// Topics across servers (all zero unless the server runs with
-    /// [`ServerBuilder::cluster`](crate::ServerBuilder::cluster)).
+    /// `ServerBuilder::cluster` (engine feature `cluster`)).
     pub cluster: ClusterStats,
 }
 
 /// The cluster bridge's counters: what this server sent to and received from the broker, and
-/// what was lost on the way (see [`crate::cluster`]). Core NATS delivers at most once, so a
+/// what was lost on the way (see `percore::cluster`). Core NATS delivers at most once, so a
 /// remote message can be lost; these counters say how many.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

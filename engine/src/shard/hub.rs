@@ -1,7 +1,7 @@
 //! What every thread shares about the running shards: their mailboxes, the topic directory
 //! (which shards have subscribers for a topic), the link to the cluster bridge and the stop
 //! flag; and [`Publisher`], the handle that publishes and sends from any thread. The pub/sub
-//! model is described in [`crate::pubsub`], the cluster in [`crate::cluster`].
+//! model is described in [`crate::pubsub`], the cluster in `percore::cluster`.
 
 use std::collections::HashMap;
 use std::fmt;
