@@ -133,7 +133,7 @@ pub struct ClusterConfig {
     /// Publishes waiting for the bridge at most (default 65,536; at least 1). Past it a
     /// publish still reaches this server's subscribers but not the other servers
     /// ([`PubSubError::ClusterQueueFull`](crate::PubSubError::ClusterQueueFull)). The queue's
-    /// slots are allocated at start, 48 bytes each (3 MiB by default), and each waiting publish
+    /// slots are allocated at start, 56 bytes each (3.5 MiB by default), and each waiting publish
     /// holds a copy of its topic and payload.
     pub queue_messages_max: usize,
     /// Topics the bridge keeps a sequence counter for (default 65,536; at least 1), each about
