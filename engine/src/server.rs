@@ -356,7 +356,7 @@ impl ServerBuilder {
         #[cfg(feature = "cluster")]
         let (link, ends) = match &self.cluster {
             Some(c) => {
-                let (link, ends) = shard::cluster_link(c.queue_messages_max);
+                let (link, ends) = shard::cluster_link(c.queue_messages_max)?;
                 (Some(link), Some(ends))
             }
             None => (None, None),

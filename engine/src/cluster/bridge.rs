@@ -1,8 +1,8 @@
 //! The bridge thread: a current-thread tokio runtime running the NATS client and three kinds of
 //! task on one thread (a `LocalSet`):
 //!
-//! - the **publish loop** reads the shards' queue (woken at most once per read by the link's
-//!   notify), numbers each publish in its topic's stream and writes it to the broker (or counts
+//! - the **publish loop** reads the shards' queue (woken at most once per read through the
+//!   link's wake-up socket), numbers each publish in its topic's stream and writes it to the broker (or counts
 //!   it as unsent while disconnected); it also passes interest changes and `Stop` on;
 //! - the **interest loop** keeps one NATS subscription per topic with local subscribers
 //!   (looking the topic up in the hub's directory on every change, so it always converges on
@@ -20,6 +20,7 @@ use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event, RequestErrorKind, ServerAddr, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, LocalSet};
@@ -64,6 +65,12 @@ enum Work {
 
 async fn bridge(settings: Settings, hub: Arc<Hub>, ends: BridgeEnds) {
     let shared = ends.shared.clone();
+    // Registered with this runtime's reactor (the socket is non-blocking already). Failing here
+    // means the reactor cannot take one more descriptor: the bridge cannot be woken, so it
+    // stops, and publishes stay local (counted refused once the queue is full).
+    let Ok(wake) = ends.wake.try_clone().and_then(UnixStream::from_std) else {
+        return;
+    };
     let (work_tx, work_rx) = mpsc::unbounded_channel();
     let events = work_tx.clone();
     let max_delay = settings.reconnect_delay_max;
@@ -88,7 +95,7 @@ async fn bridge(settings: Settings, hub: Arc<Hub>, ends: BridgeEnds) {
     // it fails only for addresses the client cannot use, which `ClusterConfig` checked.
     let client = match options.connect(settings.urls.as_slice()).await {
         Ok(c) => c,
-        Err(_) => return drain_unsent(&ends).await,
+        Err(_) => return drain_unsent(&ends, &wake).await,
     };
     shared
         .max_payload
@@ -115,13 +122,20 @@ async fn bridge(settings: Settings, hub: Arc<Hub>, ends: BridgeEnds) {
             settings.sequenced_topics_max,
         ),
     };
-    publish.run(&ends, &work_tx).await;
+    publish.run(&ends, &wake, &work_tx).await;
+}
+
+/// Empty the wake-up socket (before [`BridgeShared::begin_read`], so that a wake-up sent after
+/// the flag is cleared stays readable).
+fn drain_wake(wake: &UnixStream) {
+    let mut buf = [0u8; 64];
+    while matches!(wake.try_read(&mut buf), Ok(n) if n > 0) {}
 }
 
 /// No client: count every publish as unsent until `Stop`.
-async fn drain_unsent(ends: &BridgeEnds) {
+async fn drain_unsent(ends: &BridgeEnds, wake: &UnixStream) {
     loop {
-        let notified = ends.shared.notify.notified();
+        drain_wake(wake);
         ends.shared.begin_read();
         while ends.data.try_recv().is_ok() {
             BridgeShared::bump(&ends.shared.unsent, 1);
@@ -131,7 +145,7 @@ async fn drain_unsent(ends: &BridgeEnds) {
                 return;
             }
         }
-        notified.await;
+        let _ = wake.readable().await;
     }
 }
 
@@ -153,12 +167,15 @@ struct Publishing {
 }
 
 impl Publishing {
-    async fn run(&mut self, ends: &BridgeEnds, work: &mpsc::UnboundedSender<Work>) {
+    async fn run(
+        &mut self,
+        ends: &BridgeEnds,
+        wake: &UnixStream,
+        work: &mpsc::UnboundedSender<Work>,
+    ) {
         loop {
-            // Made before the flag is cleared: a wake-up from then on completes it.
-            let shared = self.shared.clone();
-            let notified = shared.notify.notified();
-            shared.begin_read();
+            drain_wake(wake);
+            self.shared.begin_read();
             let mut stop = None;
             while let Ok(c) = ends.control.try_recv() {
                 match c {
@@ -183,7 +200,7 @@ impl Publishing {
                 tokio::task::yield_now().await;
                 continue;
             }
-            notified.await;
+            let _ = wake.readable().await;
         }
     }
 

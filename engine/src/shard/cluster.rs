@@ -2,8 +2,9 @@
 //! publish hands over, what an interest change says, and the counters both sides share.
 //!
 //! A shard never blocks and never locks here: a publish is one `try_send` into a bounded
-//! channel (refused and counted when full) and, at most once per bridge wake-up, a notify; an
-//! interest change (a topic's first or last subscriber on this server) goes through an
+//! channel (refused and counted when full) and, at most once per bridge read, a one-byte write
+//! to the bridge's wake-up socket (a socket pair the bridge's runtime polls; a tokio `Notify`
+//! would take a mutex whenever the bridge is waiting); an interest change (a topic's first or last subscriber on this server) goes through an
 //! unbounded control channel, as control mail does, so that none is ever lost.
 //!
 //! Without the `cluster` feature [`ClusterLink`] is an empty enum: the hub's
@@ -54,12 +55,13 @@ mod disabled {
 #[cfg(feature = "cluster")]
 mod enabled {
     use std::fmt;
+    use std::io::{self, Write};
+    use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use bytes::Bytes;
     use crossbeam_channel::{Receiver, Sender, TrySendError};
-    use tokio::sync::Notify;
 
     use crate::proto::Message;
     use crate::pubsub::{PubSubError, PublishOptions};
@@ -86,19 +88,25 @@ mod enabled {
         }
     }
 
-    /// What the bridge holds: the receiving ends and the shared counters.
+    /// What the bridge holds: the receiving ends, its end of the wake-up socket and the shared
+    /// counters.
     pub(crate) struct BridgeEnds {
         pub(crate) data: Receiver<Outgoing>,
         pub(crate) control: Receiver<Control>,
+        /// Readable when a shard woke the bridge (non-blocking).
+        pub(crate) wake: UnixStream,
         pub(crate) shared: Arc<BridgeShared>,
     }
 
     /// A link and its bridge ends; the data channel holds `queue_messages_max` publishes (its
     /// slots are allocated up front: an `Outgoing` and the channel's stamp, 56 bytes each).
-    pub(crate) fn link(queue_messages_max: usize) -> (ClusterLink, BridgeEnds) {
+    pub(crate) fn link(queue_messages_max: usize) -> io::Result<(ClusterLink, BridgeEnds)> {
         let (data_tx, data_rx) = crossbeam_channel::bounded(queue_messages_max.max(1));
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(BridgeShared::default());
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let shared = Arc::new(BridgeShared::new(wake_tx));
         let link = ClusterLink {
             data: data_tx,
             control: control_tx,
@@ -107,9 +115,10 @@ mod enabled {
         let ends = BridgeEnds {
             data: data_rx,
             control: control_rx,
+            wake: wake_rx,
             shared,
         };
-        (link, ends)
+        Ok((link, ends))
     }
 
     /// One publish on its way to the broker: topic and payload in one buffer (one allocation
@@ -158,11 +167,13 @@ mod enabled {
     }
 
     /// Shared by the link (every shard and publisher) and the bridge thread.
-    #[derive(Default, Debug)]
+    #[derive(Debug)]
     pub(crate) struct BridgeShared {
         /// A wake-up was sent and the bridge has not looked at its queues since.
         wake_pending: AtomicBool,
-        pub(crate) notify: Notify,
+        /// The publishers' end of the wake-up socket (non-blocking: a full socket means a
+        /// wake-up is pending anyway).
+        wake_tx: UnixStream,
         /// The broker's `max_payload` (the bridge mirrors its client's; 0 until known).
         pub(crate) max_payload: AtomicUsize,
         /// Written by any publisher (a locked add; only when the queue is full).
@@ -179,7 +190,26 @@ mod enabled {
     }
 
     impl BridgeShared {
-        /// The bridge is about to read its queues: the next post must wake it again.
+        fn new(wake_tx: UnixStream) -> Self {
+            let zero = || AtomicU64::new(0);
+            Self {
+                wake_pending: AtomicBool::new(false),
+                wake_tx,
+                max_payload: AtomicUsize::new(0),
+                refused: zero(),
+                connected: zero(),
+                reconnects: zero(),
+                subjects: zero(),
+                sent: zero(),
+                unsent: zero(),
+                received: zero(),
+                lost: zero(),
+                discarded: zero(),
+            }
+        }
+
+        /// The bridge is about to read its queues (after it emptied its wake-up socket): the
+        /// next post must wake it again.
         pub(crate) fn begin_read(&self) {
             self.wake_pending.store(false, Ordering::Release);
         }
@@ -187,7 +217,7 @@ mod enabled {
         /// Wake the bridge unless a wake-up is already pending.
         fn wake(&self) {
             if !self.wake_pending.swap(true, Ordering::AcqRel) {
-                self.notify.notify_one();
+                let _ = (&self.wake_tx).write(&[1]);
             }
         }
 
@@ -281,7 +311,7 @@ mod enabled {
 
         #[test]
         fn a_full_queue_refuses_and_counts_the_publish() {
-            let (link, ends) = link(2);
+            let (link, ends) = link(2).unwrap();
             for _ in 0..2 {
                 link.publish(b"t", Message::Text("x"), PublishOptions::default())
                     .unwrap();
@@ -307,7 +337,7 @@ mod enabled {
 
         #[test]
         fn a_message_past_max_payload_is_not_admitted() {
-            let (link, _ends) = link(1);
+            let (link, _ends) = link(1).unwrap();
             assert_eq!(
                 link.admit(1 << 30),
                 Ok(()),
@@ -323,14 +353,29 @@ mod enabled {
 
         #[test]
         fn wake_ups_are_coalesced_until_the_bridge_reads() {
-            let (link, _ends) = link(8);
+            use std::io::Read;
+            let (link, ends) = link(8).unwrap();
+            let mut buf = [0u8; 8];
             link.publish(b"t", Message::Text("1"), PublishOptions::default())
                 .unwrap();
-            assert!(link.shared.wake_pending.load(Ordering::Acquire));
             link.publish(b"t", Message::Text("2"), PublishOptions::default())
                 .unwrap();
+            assert_eq!(
+                (&ends.wake).read(&mut buf).unwrap(),
+                1,
+                "one wake-up for two"
+            );
+            assert!(
+                (&ends.wake).read(&mut buf).is_err(),
+                "nothing more (WouldBlock)"
+            );
             link.shared.begin_read();
-            assert!(!link.shared.wake_pending.load(Ordering::Acquire));
+            link.interest(&Arc::from(&b"t"[..]));
+            assert_eq!(
+                (&ends.wake).read(&mut buf).unwrap(),
+                1,
+                "woken again after the read"
+            );
         }
     }
 }
