@@ -112,6 +112,13 @@ pub struct ServeArgs {
     /// Topics the cluster bridge keeps a sequence counter for.
     #[arg(long, default_value_t = 65_536)]
     pub cluster_sequenced_topics_max: usize,
+    /// Messages from the broker waiting for the cluster bridge, per subscribed topic (past it
+    /// they are dropped and counted lost).
+    #[arg(long, default_value_t = 65_536)]
+    pub cluster_subscription_messages_max: usize,
+    /// Publishing servers whose last position is remembered per subscribed topic.
+    #[arg(long, default_value_t = 256)]
+    pub cluster_origins_per_topic_max: usize,
     /// Longest wait between two reconnection attempts to the broker, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub cluster_reconnect_delay_max_ms: u64,
@@ -233,6 +240,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .subject_prefix(args.cluster_prefix.as_str())
                 .queue_messages_max(args.cluster_queue_messages_max)
                 .sequenced_topics_max(args.cluster_sequenced_topics_max)
+                .subscription_messages_max(args.cluster_subscription_messages_max)
+                .origins_per_topic_max(args.cluster_origins_per_topic_max)
                 .reconnect_delay_max(Duration::from_millis(args.cluster_reconnect_delay_max_ms)),
         );
     }

@@ -87,7 +87,8 @@ pub struct ClusterStats {
     /// Messages published on another server for a topic this server subscribes to that never
     /// arrived: gaps in that server's per-topic sequence numbers. Exactly what this server's
     /// subscribers of those topics missed, once a later message of the same topic from the same
-    /// server has arrived (a loss at the very end of a stream is not seen).
+    /// server has arrived (a loss at the very end of a stream is not seen, nor one before the
+    /// first message this server hears from that stream: see `percore::cluster`).
     pub lost: u64,
     /// Messages received but not delivered: a duplicate sequence number, malformed percore
     /// headers, or text that is not UTF-8.

@@ -44,6 +44,8 @@ pub(super) struct Settings {
     pub(super) urls: Vec<ServerAddr>,
     pub(super) prefix: String,
     pub(super) sequenced_topics_max: usize,
+    pub(super) subscription_messages_max: usize,
+    pub(super) origins_per_topic_max: usize,
     pub(super) reconnect_delay_max: Duration,
     pub(super) origin: u64,
 }
@@ -76,6 +78,7 @@ async fn bridge(settings: Settings, hub: Arc<Hub>, ends: BridgeEnds) {
     let max_delay = settings.reconnect_delay_max;
     let options = ConnectOptions::new()
         .no_echo()
+        .subscription_capacity(settings.subscription_messages_max)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .name(format!("percore-{:016x}", settings.origin))
@@ -111,6 +114,7 @@ async fn bridge(settings: Settings, hub: Arc<Hub>, ends: BridgeEnds) {
         )),
         subscribed: HashMap::new(),
         connects: 0,
+        origins_max: settings.origins_per_topic_max,
     };
     tokio::task::spawn_local(interest.run(work_rx));
     let mut publish = Publishing {
@@ -318,6 +322,8 @@ struct Interest {
     /// Topic -> its receive task (which owns the subscription: aborting it unsubscribes).
     subscribed: HashMap<Arc<[u8]>, JoinHandle<()>>,
     connects: u64,
+    /// Origins remembered per topic (`ClusterConfig::origins_per_topic_max`).
+    origins_max: usize,
 }
 
 impl Interest {
@@ -383,6 +389,7 @@ impl Interest {
         let task = tokio::task::spawn_local(receive(
             topic.clone(),
             sub,
+            Origins::new(self.origins_max),
             self.hub.clone(),
             self.shared.clone(),
         ));
@@ -415,10 +422,10 @@ impl Interest {
 async fn receive(
     topic: Arc<[u8]>,
     mut sub: async_nats::Subscriber,
+    mut origins: Origins,
     hub: Arc<Hub>,
     shared: Arc<BridgeShared>,
 ) {
-    let mut origins = Origins::default();
     while let Some(m) = sub.next().await {
         BridgeShared::bump(&shared.received, 1);
         if !deliver(&topic, &m, &mut origins, &hub, &shared) {
@@ -459,6 +466,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_message_waiting_in_a_subscription_takes_at_most_200_bytes_plus_its_payload() {
+        // What `ClusterConfig::subscription_messages_max` documents (headers are built only
+        // for messages that carry them, a few dozen bytes more).
+        assert!(std::mem::size_of::<async_nats::Message>() <= 200);
+    }
+
+    #[test]
     fn reconnect_delays_grow_to_the_maximum() {
         let max = Duration::from_secs(2);
         let d: Vec<u64> = (1..=10)
@@ -496,7 +510,7 @@ mod tests {
         let (_, p) = s.next(forgotten);
         assert_eq!((p.epoch, p.seq), (4, 1), "a later epoch, from 1");
         // A receiver that saw the old epoch takes the new one without counting a loss.
-        let mut o = Origins::default();
+        let mut o = Origins::new(256);
         o.accept(Pos {
             origin: 7,
             epoch: 1,

@@ -75,8 +75,12 @@
 //! topic (NATS headers `Percore-Pos: ORIGIN EPOCH SEQ`, `Percore-Kind`, `Percore-Opts`: at most
 //! 132 bytes). A receiving server counts the gaps in each origin's sequence as
 //! [`ClusterStats::lost`](crate::ClusterStats::lost): exactly the messages its subscribers of
-//! that topic missed, as soon as a later message of the same stream arrives (a loss at the very
-//! end of a stream is not seen). A position seen before is discarded, not delivered twice.
+//! that topic missed, as soon as a later message of the same stream arrives. Two losses are not
+//! seen: one at the very end of a stream (nothing comes after it), and one before the first
+//! message a server hears from a stream (the server cannot tell it from messages published
+//! before it subscribed; for example a publish handed to the NATS client but not yet written
+//! when the connection died, while no earlier message of that stream had reached this server).
+//! A position seen before is discarded, not delivered twice.
 //!
 //! # Limits
 //!
@@ -88,9 +92,11 @@
 //!   [`ClusterConfig::queue_messages_max`]).
 //! - `sequenced_topics_max` topics have a sequence counter on the sending side (see
 //!   [`ClusterConfig::sequenced_topics_max`]).
-//! - A receiving bridge remembers 256 origins per subscribed topic and holds up to 65,536
-//!   messages per subscription in the client before the client drops them (counted as
-//!   `lost` by the gap check); it forwards them to the mailboxes without waiting.
+//! - A receiving bridge remembers `origins_per_topic_max` origins per subscribed topic and holds
+//!   up to `subscription_messages_max` messages per subscription in the client before the client
+//!   drops them (counted as `lost` by the gap check); it forwards them to the shards' mailboxes
+//!   without waiting (a full mailbox drops the message for that shard, counted in
+//!   [`Stats::dropped`](crate::Stats::dropped), as for a publish from any thread).
 //! - Topic names: the subject of the longest topic (`topic_name_bytes_max`, 3 bytes per byte
 //!   at worst, plus the prefix) must stay within 4,000 bytes (the broker's protocol line
 //!   limit), else [`ServerBuilder::start`](crate::ServerBuilder::start) fails.
@@ -141,6 +147,19 @@ pub struct ClusterConfig {
     /// that topic's next message starts a new epoch: receivers then cannot count what was lost
     /// at the end of the old one.
     pub sequenced_topics_max: usize,
+    /// Messages from the broker waiting for the bridge, per subscribed topic (default 65,536;
+    /// at least 1): the NATS client's queue between its connection and the topic's receive
+    /// task. Past it the client drops what arrives for that topic (the broker sent it faster
+    /// than the bridge hands messages to the shards); the drops are gaps in the senders'
+    /// sequences, so they count in [`ClusterStats::lost`](crate::ClusterStats::lost). Memory
+    /// only for messages actually waiting: about 200 bytes each plus the payload.
+    pub subscription_messages_max: usize,
+    /// Origins (publishing servers) whose last position a receiving server remembers per
+    /// subscribed topic (default 256; at least 1), about 32 bytes each. Past it the one heard
+    /// from least recently is forgotten; its next message then counts no loss before it. A
+    /// restarted server is a new origin, so this is reached only by that many server starts
+    /// publishing to one topic while this server subscribes to it.
+    pub origins_per_topic_max: usize,
     /// Longest wait between two attempts to reconnect to the broker (default 2 s). Attempts
     /// start at once, then wait 25 ms, 50 ms, … up to this.
     pub reconnect_delay_max: Duration,
@@ -163,6 +182,8 @@ impl fmt::Debug for ClusterConfig {
             .field("subject_prefix", &self.subject_prefix)
             .field("queue_messages_max", &self.queue_messages_max)
             .field("sequenced_topics_max", &self.sequenced_topics_max)
+            .field("subscription_messages_max", &self.subscription_messages_max)
+            .field("origins_per_topic_max", &self.origins_per_topic_max)
             .field("reconnect_delay_max", &self.reconnect_delay_max)
             .finish()
     }
@@ -176,6 +197,8 @@ impl ClusterConfig {
             subject_prefix: "percore".to_owned(),
             queue_messages_max: 65_536,
             sequenced_topics_max: 65_536,
+            subscription_messages_max: 65_536,
+            origins_per_topic_max: 256,
             reconnect_delay_max: Duration::from_secs(2),
         }
     }
@@ -195,6 +218,18 @@ impl ClusterConfig {
     /// See [`ClusterConfig::sequenced_topics_max`](#structfield.sequenced_topics_max).
     pub fn sequenced_topics_max(mut self, n: usize) -> Self {
         self.sequenced_topics_max = n;
+        self
+    }
+
+    /// See [`ClusterConfig::subscription_messages_max`](#structfield.subscription_messages_max).
+    pub fn subscription_messages_max(mut self, n: usize) -> Self {
+        self.subscription_messages_max = n;
+        self
+    }
+
+    /// See [`ClusterConfig::origins_per_topic_max`](#structfield.origins_per_topic_max).
+    pub fn origins_per_topic_max(mut self, n: usize) -> Self {
+        self.origins_per_topic_max = n;
         self
     }
 
@@ -271,6 +306,8 @@ impl Bridge {
             urls,
             prefix: config.subject_prefix.clone(),
             sequenced_topics_max: config.sequenced_topics_max.max(1),
+            subscription_messages_max: config.subscription_messages_max.max(1),
+            origins_per_topic_max: config.origins_per_topic_max.max(1),
             reconnect_delay_max: config.reconnect_delay_max,
             origin: origin_id()?,
         };

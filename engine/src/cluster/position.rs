@@ -4,7 +4,7 @@
 //! ORIGIN is the publishing server (64 random bits, hex, new at every start), and (EPOCH, SEQ)
 //! its position in that server's stream for this topic: SEQ counts 1, 2, 3… within an EPOCH,
 //! and a new EPOCH starts when the sending bridge had to forget the topic's counter (more than
-//! `SEQUENCED_TOPICS_MAX` topics). `Percore-Kind` says `text` or `binary`, `Percore-Opts`
+//! `sequenced_topics_max` topics). `Percore-Kind` says `text` or `binary`, `Percore-Opts`
 //! `droppable` or `conflate` (absent: the default policy).
 //!
 //! A receiving bridge remembers, per topic it subscribes to, the last position seen from each
@@ -26,12 +26,6 @@ pub(crate) const POS: &str = "Percore-Pos";
 pub(crate) const KIND: &str = "Percore-Kind";
 /// The publish options header (`droppable` or `conflate`; absent for the default).
 pub(crate) const OPTS: &str = "Percore-Opts";
-
-/// Origins remembered per topic; past it the one seen least recently is forgotten (its next
-/// message then counts as a first one: a loss right before it would not be counted). Servers
-/// that restart come back as new origins, so this is reached only by that many servers
-/// publishing to one topic within its lifetime on this server. About 32 bytes each.
-pub(crate) const ORIGINS_PER_TOPIC_MAX: usize = 256;
 
 /// A message's place in its origin's stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,13 +116,26 @@ struct Seen {
 }
 
 /// The last position seen from each origin, for one topic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Origins {
     seen: Vec<Seen>,
     clock: u64,
+    /// Origins remembered (`ClusterConfig::origins_per_topic_max`); past it the one seen least
+    /// recently is forgotten (its next message then counts as a first one: a loss right before
+    /// it is not counted).
+    max: usize,
 }
 
 impl Origins {
+    /// Remember at most `max` origins (at least 1).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            seen: Vec::new(),
+            clock: 0,
+            max: max.max(1),
+        }
+    }
+
     /// Judge `pos` and remember it.
     pub(crate) fn accept(&mut self, pos: Pos) -> Verdict {
         self.clock += 1;
@@ -156,7 +163,7 @@ impl Origins {
             };
             return verdict;
         }
-        if self.seen.len() >= ORIGINS_PER_TOPIC_MAX {
+        if self.seen.len() >= self.max {
             if let Some(i) = (0..self.seen.len()).min_by_key(|&i| self.seen[i].at) {
                 self.seen.swap_remove(i);
             }
@@ -239,7 +246,7 @@ mod tests {
 
     #[test]
     fn gaps_count_as_lost_and_repeats_are_duplicates() {
-        let mut o = Origins::default();
+        let mut o = Origins::new(256);
         assert_eq!(
             o.accept(pos(1, 1, 5)),
             Verdict::Deliver { lost: 0 },
@@ -262,13 +269,14 @@ mod tests {
 
     #[test]
     fn past_the_origin_limit_the_least_recently_seen_is_forgotten() {
-        let mut o = Origins::default();
-        for origin in 0..ORIGINS_PER_TOPIC_MAX as u64 {
+        const MAX: usize = 256;
+        let mut o = Origins::new(MAX);
+        for origin in 0..MAX as u64 {
             o.accept(pos(origin, 1, 1));
         }
         o.accept(pos(0, 1, 2)); // origin 0 is now the most recent, origin 1 the least
         o.accept(pos(9999, 1, 1));
-        assert_eq!(o.seen.len(), ORIGINS_PER_TOPIC_MAX);
+        assert_eq!(o.seen.len(), MAX);
         assert!(o.seen.iter().all(|s| s.origin != 1));
         // Origin 1 comes back: counted as first seen (its gap is not known).
         assert_eq!(o.accept(pos(1, 1, 9)), Verdict::Deliver { lost: 0 });
