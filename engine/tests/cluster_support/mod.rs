@@ -170,7 +170,8 @@ impl RawNats {
         c
     }
 
-    fn send(&mut self, b: &[u8]) {
+    /// Write raw protocol bytes (no round trip).
+    pub fn send(&mut self, b: &[u8]) {
         self.w.write_all(b).expect("write to nats");
     }
 
