@@ -2,8 +2,9 @@
 //! task on one thread (a `LocalSet`):
 //!
 //! - the **publish loop** reads the shards' queue (woken at most once per read through the
-//!   link's wake-up socket), numbers each publish in its topic's stream and writes it to the broker (or counts
-//!   it as unsent while disconnected); it also passes interest changes and `Stop` on;
+//!   link's wake-up socket), numbers each publish in its topic's stream and writes it to the
+//!   broker (or counts it as unsent while disconnected); it also passes interest changes and
+//!   `Stop` on;
 //! - the **interest loop** keeps one NATS subscription per topic with local subscribers
 //!   (looking the topic up in the hub's directory on every change, so it always converges on
 //!   the current state), and after changes and after every (re)connection makes a round trip

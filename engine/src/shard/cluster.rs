@@ -4,8 +4,10 @@
 //! A shard never blocks and never locks here: a publish is one `try_send` into a bounded
 //! channel (refused and counted when full) and, at most once per bridge read, a one-byte write
 //! to the bridge's wake-up socket (a socket pair the bridge's runtime polls; a tokio `Notify`
-//! would take a mutex whenever the bridge is waiting); an interest change (a topic's first or last subscriber on this server) goes through an
-//! unbounded control channel, as control mail does, so that none is ever lost.
+//! would take a mutex whenever the bridge is waiting); an interest change (a topic's first or
+//! last subscriber on this server) goes through an unbounded control channel, as control mail
+//! does, so that none is ever lost (one per first-or-last-subscriber edge, read by the bridge
+//! at every wake-up).
 //!
 //! Without the `cluster` feature [`ClusterLink`] is an empty enum: the hub's
 //! `Option<ClusterLink>` is always `None`, and the checks on the publish path compile to nothing.
