@@ -153,9 +153,11 @@ impl ServerBuilder {
 
     /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
     /// down to a power of two, 1..=32768), each `recv_buffer_bytes` long: 16 MiB per shard
-    /// by default. They are shared by all of the shard's connections (an idle connection holds
-    /// none) and bound how many receive completions one loop turn handles; past that, the
-    /// affected receives are re-armed on the next turn. epoll ignores it.
+    /// mapped by default. They are shared by all of the shard's connections (an idle connection
+    /// holds none) and bound how many receive completions one loop turn handles; past that, the
+    /// affected receives are re-armed on the next turn. Only as many as the traffic of the last
+    /// seconds needed are resident: 8 (512 KiB) under light traffic, up to all of them during a
+    /// burst, given back to the kernel a few seconds after it. epoll ignores it.
     pub fn recv_buffers(mut self, n: usize) -> Self {
         self.config.recv_buffers = n;
         self

@@ -55,6 +55,15 @@ impl UringDriver {
             }
         }
         self.cqes = cqes;
+        self.bufs.end_batch();
+        // Every completion is reaped and nothing was submitted since: no buffer is lent out and
+        // none is being filled, the one point where unneeded buffers may be released.
+        if let Some(at) = self.bufs.trim_at() {
+            let now = Instant::now();
+            if now >= at {
+                self.bufs.trim(now);
+            }
+        }
         // Every buffer of the batch is back in the ring: re-arm recvs that ran dry, release
         // closing connections that became idle.
         let revisit = std::mem::take(&mut self.revisit);
@@ -145,6 +154,9 @@ impl UringDriver {
                 }
                 if let Some((bid, (_, true))) = taken {
                     self.bufs.recycle(bid);
+                }
+                if res == -libc::ENOBUFS {
+                    self.bufs.ran_dry();
                 }
                 if res == -libc::ENOBUFS || !live || res == -libc::ECANCELED {
                     self.revisit.push(token);

@@ -20,8 +20,8 @@ use crate::send_queue::SendQueue;
 
 /// Tunables of one shard's ring, derived from the shard's [`DriverConfig`].
 ///
-/// Memory per shard: `buf_count × buf_size` bytes of receive buffers (shared by every
-/// connection of the shard; touched as the ring cycles through them), `16 × buf_count` bytes
+/// Memory per shard: `buf_count × buf_size` bytes of receive buffers mapped (shared by every
+/// connection of the shard; resident only as far as the load needs them, see `BufRing`), `16 × buf_count` bytes
 /// of buffer ring, `64 × sq_entries` bytes of submission queue and `16 × 4 × sq_entries` bytes
 /// of completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -265,6 +265,11 @@ impl Driver for UringDriver {
             } else {
                 timeout = Some(timeout.map_or(at - now, |t| t.min(at - now)));
             }
+        }
+        if let Some(at) = self.bufs.trim_at() {
+            // Wake for the buffer ring's trim even when nothing else happens.
+            let left = at.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
         if !self.revisit.is_empty() || !self.backlog.is_empty() {
             timeout = Some(Duration::ZERO);
