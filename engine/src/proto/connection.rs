@@ -258,6 +258,26 @@ impl Connection {
         self.recv.held.len() + self.recv.decoder.buffered_bytes()
     }
 
+    /// Heap memory the connection holds (held bytes and message buffer, by capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.recv.held.capacity() + self.recv.decoder.heap_bytes()
+    }
+
+    /// Give the connection's buffers up: held bytes are freed, a pooled message buffer goes back
+    /// to `ep`'s [`super::BufPool`]. Call when the connection is finished (before dropping it),
+    /// so that a large partial message it leaves is reused; any other time loses what they hold.
+    pub fn release_buffers(&mut self, ep: &mut Endpoint) {
+        self.recv.held.clear();
+        self.recv.decoder.release(Some(ep.pool()));
+    }
+
+    /// Do held bytes wait to be decoded (a [`Connection::handle_recv_budgeted`] ran out of
+    /// frames, or a partial frame waits for the rest)?
+    #[inline]
+    pub fn has_held_frames(&self) -> bool {
+        self.recv.held.len() > 0 && self.send.phase == Phase::Open
+    }
+
     /// Call with every buffer of bytes received, in order (plaintext: after TLS, if any). The
     /// buffer is processed in place (frames are unmasked where they lie) and a message that
     /// lies whole in it is handed to `on` without a copy; what is left of a partial frame is
@@ -269,6 +289,28 @@ impl Connection {
         ep: &mut Endpoint,
         out: &mut O,
         buf: &mut [u8],
+        on: F,
+    ) -> Received
+    where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
+        let mut unlimited = u32::MAX;
+        self.handle_recv_budgeted(now, ep, out, buf, &mut unlimited, on)
+    }
+
+    /// [`Connection::handle_recv`] that decodes at most `frames` frames (data or control),
+    /// counting them down: once they are spent, the rest of `buf` is held, undecoded, until a
+    /// later call (with an empty `buf` to decode only what is held:
+    /// [`Connection::has_held_frames`] says whether anything waits). This is how a caller
+    /// bounds the work one peer causes per loop turn, whatever the size of its frames.
+    pub fn handle_recv_budgeted<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        buf: &mut [u8],
+        frames: &mut u32,
         mut on: F,
     ) -> Received
     where
@@ -277,7 +319,7 @@ impl Connection {
     {
         self.send.last_rx = now;
         match self.send.phase {
-            Phase::Open => match self.recv_frames(now, ep, out, buf, &mut on) {
+            Phase::Open => match self.recv_frames(now, ep, out, buf, frames, &mut on) {
                 None => Received::Done,
                 Some(e) => Received::Failed(e),
             },
@@ -424,13 +466,15 @@ impl Connection {
         self.send.finish();
     }
 
-    /// Frames in the open phase: `buf` in place, after completing any held partial frame.
+    /// Frames in the open phase: `buf` in place, after completing any held partial frame; at
+    /// most `frames` of them, the rest held.
     fn recv_frames<O, F>(
         &mut self,
         now: u32,
         ep: &mut Endpoint,
         out: &mut O,
         buf: &mut [u8],
+        frames: &mut u32,
         on: &mut F,
     ) -> Option<ProtocolError>
     where
@@ -454,6 +498,7 @@ impl Connection {
                     ep,
                     out,
                     rest,
+                    frames,
                     on,
                 );
                 match r {
@@ -465,6 +510,11 @@ impl Connection {
                 }
                 break None;
             };
+            if *frames == 0 {
+                // No frame may be decoded any more: everything new waits behind what is held.
+                held.extend_from_slice(&buf[pos..]);
+                break None;
+            }
             // Complete the partial frame held from the previous buffer.
             let old = held.len();
             let take = (buf.len() - pos).min(HELD_FILL);
@@ -477,6 +527,7 @@ impl Connection {
                 ep,
                 out,
                 &mut bytes,
+                frames,
                 on,
             ) {
                 // The old bytes and `c - old` new ones are consumed; go on in place.
@@ -501,7 +552,7 @@ impl Connection {
             self.recv.held.clear();
         }
         if !self.recv.decoder.in_message() {
-            self.recv.decoder.shrink();
+            self.recv.decoder.shrink(Some(ep.pool()));
         }
         None
     }
@@ -585,7 +636,8 @@ impl Connection {
                     now,
                 };
                 on(AppEvent::Opened, link);
-                match self.recv_frames(now, ep, out, &mut rest, on) {
+                let mut unlimited = u32::MAX;
+                match self.recv_frames(now, ep, out, &mut rest, &mut unlimited, on) {
                     None => Received::Done,
                     Some(e) => Received::Failed(e),
                 }
@@ -602,7 +654,9 @@ impl Connection {
     }
 }
 
-/// Run the decoder over `buf`, handing events to `on`. Returns the bytes consumed.
+/// Run the decoder over `buf` (at most `frames` frames), handing events to `on`. Returns the
+/// bytes consumed.
+#[allow(clippy::too_many_arguments)]
 fn decode<O, F>(
     decoder: &mut DecodeState,
     half: &mut SendHalf,
@@ -610,6 +664,7 @@ fn decode<O, F>(
     ep: &mut Endpoint,
     out: &mut O,
     buf: &mut [u8],
+    frames: &mut u32,
     on: &mut F,
 ) -> Result<usize, ProtocolError>
 where
@@ -618,7 +673,9 @@ where
 {
     use core::ops::ControlFlow;
     let limits = ep.settings().limits;
-    decoder.decode(&limits, buf, |ev| {
+    // The events lend `ep` to the application: the pool is out meanwhile.
+    let mut pool = ep.take_pool();
+    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, buf, |ev| {
         match ev {
             Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
             Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
@@ -640,7 +697,9 @@ where
         } else {
             ControlFlow::Break(())
         }
-    })
+    });
+    ep.restore_pool(pool);
+    r
 }
 
 /// A data message arrived: hand it out unless our close frame went first (§7.1.2 leaves data

@@ -4,6 +4,7 @@
 
 use super::codec::Limits;
 use super::handshake::HEADER_BYTES_MAX_DEFAULT;
+use super::pool::BufPool;
 use super::rng::MaskRng;
 
 /// The protocol settings of a group of connections. Timeouts count *ticks*, a unit the caller
@@ -26,6 +27,9 @@ pub struct Settings {
     /// Ticks allowed for a close handshake, or for the peer to hang up after we failed the
     /// connection or refused its handshake.
     pub close_timeout_ticks: u32,
+    /// Most bytes of large message buffers the endpoint keeps between messages for reuse
+    /// ([`BufPool`]); 0 keeps none.
+    pub buffer_pool_bytes_max: usize,
 }
 
 impl Default for Settings {
@@ -39,17 +43,22 @@ impl Default for Settings {
             idle_timeout_ticks: 6_000,
             pong_timeout_ticks: 2_000,
             close_timeout_ticks: 500,
+            buffer_pool_bytes_max: 4 << 20,
         }
     }
 }
 
 /// Per-shard protocol state shared by its connections (quinn-proto's `Endpoint`, reduced to
-/// what a WebSocket connection needs): the [`Settings`] and the [`MaskRng`] that masks client
-/// frames. A per-shard compressor would live here too.
+/// what a WebSocket connection needs): the [`Settings`], the [`MaskRng`] that masks client
+/// frames and the [`BufPool`] of large message buffers. A per-shard compressor would live here
+/// too.
 #[derive(Debug)]
 pub struct Endpoint {
     settings: Settings,
     rng: MaskRng,
+    /// Boxed, so that a connection can take it out for the time it decodes (while the events
+    /// it hands out borrow the endpoint) at the cost of one pointer.
+    pool: Option<Box<BufPool>>,
 }
 
 impl Endpoint {
@@ -60,7 +69,12 @@ impl Endpoint {
 
     /// An endpoint with `settings` and the given RNG (tests: a fixed seed).
     pub fn with_rng(settings: Settings, rng: MaskRng) -> Self {
-        Self { settings, rng }
+        let pool = Some(Box::new(BufPool::new(settings.buffer_pool_bytes_max)));
+        Self {
+            settings,
+            rng,
+            pool,
+        }
     }
 
     /// The settings.
@@ -73,5 +87,24 @@ impl Endpoint {
     #[inline]
     pub fn mask(&mut self) -> [u8; 4] {
         self.rng.mask()
+    }
+
+    /// The pool of large message buffers.
+    pub fn pool(&mut self) -> &mut BufPool {
+        self.pool.get_or_insert_with(Box::default)
+    }
+
+    /// Take the pool out while the endpoint is lent to event callbacks.
+    #[inline]
+    pub(crate) fn take_pool(&mut self) -> Option<Box<BufPool>> {
+        self.pool.take()
+    }
+
+    /// Put back what [`Endpoint::take_pool`] took.
+    #[inline]
+    pub(crate) fn restore_pool(&mut self, pool: Option<Box<BufPool>>) {
+        if pool.is_some() {
+            self.pool = pool;
+        }
     }
 }

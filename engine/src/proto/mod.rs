@@ -21,6 +21,7 @@ mod frame;
 mod handshake;
 mod message;
 mod output;
+mod pool;
 mod rng;
 
 #[cfg(test)]
@@ -44,4 +45,5 @@ pub use handshake::{
 };
 pub use message::Message;
 pub use output::Output;
+pub use pool::BufPool;
 pub use rng::MaskRng;
