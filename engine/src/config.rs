@@ -77,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
     pub(crate) recv_buffers: usize,
+    pub(crate) recv_frames_per_turn_max: u32,
     pub(crate) direct_fds: bool,
     pub(crate) direct_fds_max: u32,
     pub(crate) handshake_timeout: Duration,
@@ -105,6 +106,7 @@ impl Default for Config {
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
             recv_buffers: 256,
+            recv_frames_per_turn_max: 256,
             direct_fds: false,
             direct_fds_max: 20_000,
             handshake_timeout: Duration::from_secs(10),
@@ -137,6 +139,8 @@ impl Config {
         // `on_drain` is due when the queue falls below this: 0 would never be crossed.
         self.send_queue_low_water_bytes = self.send_queue_low_water_bytes.max(1);
         self.mailbox_messages_max = self.mailbox_messages_max.max(1);
+        // 0 frames a turn would never decode anything; a connection counts them in a u16.
+        self.recv_frames_per_turn_max = self.recv_frames_per_turn_max.clamp(1, u32::from(u16::MAX));
         self
     }
 }
@@ -153,6 +157,7 @@ mod tests {
             direct_fds_max: u32::MAX,
             send_queue_low_water_bytes: 0,
             mailbox_messages_max: 0,
+            recv_frames_per_turn_max: 0,
             shards: Shards::Count(0),
             ..Config::default()
         }
@@ -162,6 +167,7 @@ mod tests {
         assert_eq!(c.direct_fds_max, 20_000);
         assert_eq!(c.send_queue_low_water_bytes, 1);
         assert_eq!(c.mailbox_messages_max, 1);
+        assert_eq!(c.recv_frames_per_turn_max, 1);
         assert_eq!(c.shards, Shards::Count(1));
         let c = Config {
             recv_buffers: 1 << 20,

@@ -163,6 +163,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Most frames (data or control, whatever their size) one connection may have decoded per
+    /// loop turn (default 256; 1..=65535), so that a client flooding tiny frames or pings
+    /// cannot slow the shard's other connections down by more than that much work per turn.
+    /// What is left waits: the rest of the receive buffer is held (copied) by the connection
+    /// and decoded first on the next turns, and until then the socket is not read (epoll) or
+    /// its multishot receive is cancelled (io_uring; completions already in flight are held
+    /// too), so one flooder holds at most about one receive buffer. Cost: a connection that
+    /// sends more than this many frames per turn gets them handled over several turns (one
+    /// copy of what was held, and on io_uring a re-armed receive); lower means fairer turns,
+    /// higher means fewer pauses for clients that batch many small messages.
+    pub fn recv_frames_per_turn_max(mut self, n: u32) -> Self {
+        self.config.recv_frames_per_turn_max = n;
+        self
+    }
+
     /// io_uring: accept connections as direct descriptors (entries of each shard's ring
     /// file table) instead of file descriptors (default off), so that one process can hold
     /// more connections than its descriptor limit: see [`ServerBuilder::direct_fds_max`].

@@ -9,6 +9,7 @@
 //! and close the sockets that are done. After every call into a connection the shard
 //! [settles](Shard::settle) it: schedules its next deadline, or finalizes it when it is finished.
 
+mod backlog;
 mod cluster;
 mod conn;
 mod ctx;
@@ -47,14 +48,15 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::id::ConnId;
-use crate::io::{Completion, Driver, DriverConfig, Socket, Token, Waker, WithDriver};
+use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
 use crate::proto::{AfterFlush, AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
 use self::ctx::{Ctx, Out};
 use self::entry::{
-    Entry, PeerAddr, PendingUpgrade, Queue, DEAD, DIRTY, DRAIN_WANTED, OVER_CAPACITY,
+    Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, DRAIN_WANTED, EOF_HELD,
+    OVER_CAPACITY,
 };
 use self::timer::{Scheduled, TimerWheel};
 use self::topics::Topics;
@@ -145,6 +147,13 @@ struct Shard<H: Handler> {
     expired: Vec<Scheduled>,
     next_generation: u32,
     shutdown_at: Option<Instant>,
+    /// The loop turn, wrapping (what a connection's frame budget is counted against).
+    turn: u8,
+    /// `recv_frames_per_turn_max`.
+    frames_per_turn: u16,
+    /// Connections whose receiving is paused with frames held (`BACKLOG`): decoded first,
+    /// within their budget, on the next turns.
+    backlog: Vec<u32>,
 }
 
 impl<H: Handler> Shard<H> {
@@ -166,6 +175,7 @@ impl<H: Handler> Shard<H> {
         settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
+        let frames_per_turn = u16::try_from(config.recv_frames_per_turn_max).unwrap_or(u16::MAX);
         let ctx = Ctx {
             shard: index as u32,
             dirty: Vec::new(),
@@ -193,17 +203,22 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             next_generation: 0,
             shutdown_at: None,
+            turn: 0,
+            frames_per_turn,
+            backlog: Vec::new(),
         }
     }
 
     fn run<D: Driver>(&mut self, mut driver: D) {
         loop {
+            self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
             let mut timeout = self.wheel.next_timeout(now);
             if !self.ctx.dirty.is_empty()
                 || !self.ctx.broadcasts.is_empty()
                 || self.ctx.topics.has_pending()
                 || self.mail_backlog
+                || !self.backlog.is_empty()
             {
                 // Work left over from the last turn: no sleep.
                 timeout = Some(Duration::ZERO);
@@ -218,7 +233,7 @@ impl<H: Handler> Shard<H> {
                     self.ctx.now = self.wheel.tick_of(Instant::now());
                     stamped = true;
                 }
-                self.on_completion(c);
+                self.on_completion(c)
             });
             if res.is_err() {
                 // The poller itself failed (not a connection): nothing sensible is left to do.
@@ -226,6 +241,7 @@ impl<H: Handler> Shard<H> {
             }
             let now = Instant::now();
             self.ctx.now = self.wheel.tick_of(now);
+            self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
             self.fire_timers(now);
@@ -248,9 +264,9 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    fn on_completion(&mut self, c: Completion<'_>) {
+    fn on_completion(&mut self, c: Completion<'_>) -> Flow {
         match c {
-            Completion::Recv { token, buf } => self.on_recv(token.0, buf),
+            Completion::Recv { token, buf } => return self.on_recv(token.0, buf),
             Completion::Sent { token, n } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     e.queue.complete(n);
@@ -262,10 +278,16 @@ impl<H: Handler> Shard<H> {
                 }
             }
             Completion::Accepted { socket, peer } => self.accepted.push((socket, peer)),
-            Completion::Closed { token, .. } => {
+            Completion::Closed { token, error } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
-                    e.conn.handle_eof();
-                    self.finalize(token.0);
+                    if error.is_none() && e.flags & BACKLOG != 0 {
+                        // The FIN came behind frames the budget still holds (io_uring: its
+                        // completion was already on the way): those first (`drain_backlog`).
+                        e.flags |= EOF_HELD;
+                    } else {
+                        e.conn.handle_eof();
+                        self.finalize(token.0);
+                    }
                 }
             }
             Completion::Released { token } => {
@@ -276,6 +298,7 @@ impl<H: Handler> Shard<H> {
             // The mailbox is read every turn.
             Completion::Wake => {}
         }
+        Flow::Continue
     }
 
     fn register_accepted<D: Driver>(&mut self, driver: &mut D) {
@@ -342,17 +365,26 @@ impl<H: Handler> Shard<H> {
             generation: self.next_generation,
             timer_at: 0,
             flags,
+            turn: self.turn.wrapping_sub(1),
+            frames_left: 0,
         });
         debug_assert_eq!(k, key);
         self.settle(key);
     }
 
-    /// Bytes arrived on connection `key`.
-    fn on_recv(&mut self, key: usize, buf: &mut [u8]) {
+    /// Bytes arrived on connection `key` (an empty `buf`: decode what it holds). Decodes at
+    /// most the frames left of its budget for this turn; with input left over it is paused
+    /// (`PauseRecv`) and put on the backlog.
+    fn on_recv(&mut self, key: usize, buf: &mut [u8]) -> Flow {
         ShardStats::bump(&self.ctx.stats.bytes_received, buf.len() as u64);
         let Some(e) = self.slab.get_mut(key) else {
-            return;
+            return Flow::Continue;
         };
+        if e.turn != self.turn {
+            e.turn = self.turn;
+            e.frames_left = self.frames_per_turn;
+        }
+        let mut frames = u32::from(e.frames_left);
         let Entry {
             conn,
             queue,
@@ -370,18 +402,29 @@ impl<H: Handler> Shard<H> {
             flags,
             ctx: &mut self.ctx,
         };
-        let received = conn.handle_recv(now, &mut self.ep, &mut out, buf, |ev, link| {
-            dispatch(handler, ev, link, state, peer, generation)
-        });
+        let received =
+            conn.handle_recv_budgeted(now, &mut self.ep, &mut out, buf, &mut frames, |ev, link| {
+                dispatch(handler, ev, link, state, peer, generation)
+            });
+        e.frames_left = frames as u16;
+        let mut flow = Flow::Continue;
+        if frames == 0 && e.conn.has_held_frames() {
+            flow = Flow::PauseRecv;
+            if e.flags & BACKLOG == 0 {
+                e.flags |= BACKLOG;
+                self.backlog.push(key as u32);
+            }
+        }
         if let Received::Done = received {
             // The usual case: settle with the entry at hand.
             if !schedule(&mut self.wheel, &mut self.ctx.dirty, &self.ep, key, e) {
                 self.finalize(key);
             }
-            return;
+            return flow;
         }
         self.after_recv(key, received);
         self.settle(key);
+        flow
     }
 
     #[inline]
