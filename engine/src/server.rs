@@ -178,6 +178,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Most bytes of large message buffers (64 KiB and more: messages split across reads or
+    /// fragmented) each shard keeps between messages for reuse (default 4 MiB; 0 keeps none).
+    /// A message that needs one takes it from the pool instead of allocating it, and a
+    /// connection that dies mid-message gives its buffer back. Cost: up to this much memory
+    /// per shard while large messages come in; a pool left unused for a second is freed, and
+    /// after a burst of freed buffers the shard asks the allocator to give free memory back to
+    /// the system.
+    pub fn buffer_pool_bytes_max(mut self, n: usize) -> Self {
+        self.config.buffer_pool_bytes_max = n;
+        self
+    }
+
     /// io_uring: accept connections as direct descriptors (entries of each shard's ring
     /// file table) instead of file descriptors (default off), so that one process can hold
     /// more connections than its descriptor limit: see [`ServerBuilder::direct_fds_max`].

@@ -125,3 +125,13 @@ pub(crate) unsafe fn madvise_dontneed(p: *mut u8, len: usize) {
     // The caller guarantees the range and that nothing borrows it.
     let _ = syscall!(madvise(p.cast(), len, libc::MADV_DONTNEED));
 }
+
+/// Give the allocator's free memory back to the kernel (glibc `malloc_trim(0)`: every arena's
+/// free pages, not only the top of the heap). Elsewhere a no-op.
+pub(crate) fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim(3) takes the allocator's own locks and touches no Rust object.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

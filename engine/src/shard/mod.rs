@@ -19,6 +19,7 @@ mod handler;
 mod handshake;
 mod hub;
 mod mailbox;
+mod memory;
 mod request;
 mod timer;
 mod topics;
@@ -58,6 +59,7 @@ use self::entry::{
     Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, DRAIN_WANTED, EOF_HELD,
     OVER_CAPACITY,
 };
+use self::memory::MemoryTrim;
 use self::timer::{Scheduled, TimerWheel};
 use self::topics::Topics;
 
@@ -154,6 +156,8 @@ struct Shard<H: Handler> {
     /// Connections whose receiving is paused with frames held (`BACKLOG`): decoded first,
     /// within their budget, on the next turns.
     backlog: Vec<u32>,
+    /// Memory given back after bursts (see `memory.rs`).
+    memory: MemoryTrim,
 }
 
 impl<H: Handler> Shard<H> {
@@ -175,6 +179,7 @@ impl<H: Handler> Shard<H> {
         settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
+        settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
         let frames_per_turn = u16::try_from(config.recv_frames_per_turn_max).unwrap_or(u16::MAX);
         let ctx = Ctx {
             shard: index as u32,
@@ -206,6 +211,7 @@ impl<H: Handler> Shard<H> {
             turn: 0,
             frames_per_turn,
             backlog: Vec::new(),
+            memory: MemoryTrim::default(),
         }
     }
 
@@ -222,6 +228,10 @@ impl<H: Handler> Shard<H> {
             {
                 // Work left over from the last turn: no sleep.
                 timeout = Some(Duration::ZERO);
+            }
+            if let Some(at) = self.memory.due() {
+                let left = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             if let Some(at) = self.shutdown_at {
                 let left = at.saturating_duration_since(now);
@@ -248,6 +258,8 @@ impl<H: Handler> Shard<H> {
             self.deliver_local();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
+            self.memory
+                .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
             if let Some(at) = self.shutdown_at {
                 if Instant::now() >= at {
                     self.drop_all();
@@ -463,6 +475,13 @@ impl<H: Handler> Shard<H> {
         if !e.conn.is_finished() {
             e.conn.abort();
         }
+        if e.timer_at != 0 {
+            // Not left in the wheel, stale, until its tick (up to the idle timeout).
+            self.wheel.cancel(key as u32, e.generation, e.timer_at);
+            e.timer_at = 0;
+        }
+        self.memory.freed(e.conn.heap_bytes());
+        e.conn.release_buffers(&mut self.ep);
         self.ctx.topics.remove_conn(key as u32);
         if self.pending.remove(&(key as u32)).is_some() {
             ShardStats::drop_one(&self.ctx.stats.upgrades_pending);
