@@ -50,6 +50,7 @@ mod client;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;
+mod counters;
 mod id;
 mod io;
 mod origin;
@@ -65,11 +66,20 @@ pub use client::Connect;
 #[cfg(feature = "cluster")]
 pub use cluster::ClusterConfig;
 pub use config::{Backend, Shards, SlowConsumer};
+pub use counters::CloseReason;
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
 pub use pubsub::{PubSubError, PublishOptions};
 pub use response::Response;
 pub use server::{Server, ServerBuilder, ServerHandle};
-pub use shard::{Conn, Decision, Deferred, Handler, HttpContext, Publisher, SendError, Upgrade};
+pub use shard::{
+    Conn, Decision, Deferred, Handler, HistogramSnapshot, HttpContext, Metrics, MetricsSnapshot,
+    Publisher, SendError, ShardSnapshot, Upgrade,
+};
 pub use stats::{ClusterStats, Stats};
+
+/// The `prometheus-client` crate the engine's [`Metrics`] collector is written for (register it
+/// in a registry of this version).
+#[cfg(feature = "metrics")]
+pub use prometheus_client;
 pub use upgrade::{Accept, Reject};

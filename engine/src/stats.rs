@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::counters::ShardMetrics;
+
 /// Server counters (summed over shards).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -121,6 +123,8 @@ pub(crate) struct ShardStats {
     pub(crate) conflated: AtomicU64,
     /// A gauge: moved by [`ShardStats::bump`] and [`ShardStats::drop_one`].
     pub(crate) subscriptions: AtomicU64,
+    /// What `crate::Metrics` adds to these (same single-writer rule).
+    pub(crate) metrics: ShardMetrics,
 }
 
 impl ShardStats {
