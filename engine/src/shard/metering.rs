@@ -36,16 +36,18 @@ pub(super) const SWEEP_SLICE: usize = 4096;
 /// Longest sleep while a sweep is under way.
 pub(super) const SWEEP_WAKE: Duration = Duration::from_millis(1);
 
-/// The shard's own measurements (see the module docs).
+/// The shard's own measurements (see the module docs). Times are microseconds since the
+/// shard started (the timer wheel's start too, so one clock subtraction gives both the tick and
+/// these).
 pub(super) struct Meter {
-    /// Origin of the fine clock.
+    /// Origin of the fine clock (the timer wheel's start).
     epoch: Instant,
     /// When the current turn's work began (`None` before the first turn).
-    turn_start: Option<Instant>,
+    turn_start: Option<u64>,
     /// The sweep under way, if any.
     sweep: Option<Sweep>,
     /// When the next sweep starts.
-    next_sweep: Instant,
+    next_sweep: u64,
     /// The last sweep published zeros (an empty slab needs no new one).
     published_zero: bool,
 }
@@ -60,28 +62,30 @@ struct Sweep {
 }
 
 impl Meter {
-    pub(super) fn new(now: Instant) -> Self {
+    /// A meter whose clock starts at `epoch` (the timer wheel's start).
+    pub(super) fn new(epoch: Instant) -> Self {
         Self {
-            epoch: now,
+            epoch,
             turn_start: None,
             sweep: None,
-            next_sweep: now,
+            next_sweep: 0,
             published_zero: true,
         }
     }
 
-    /// The fine clock at `t`: microseconds since the shard started, wrapping at 2^32.
+    /// Time from the shard's start to `t`.
     #[inline]
-    pub(super) fn clock_us(&self, t: Instant) -> u32 {
-        t.saturating_duration_since(self.epoch).as_micros() as u32
+    pub(super) fn since_start(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.epoch)
     }
 
-    /// A turn's work begins at `t` (the first completion, or the poll's return); returns the
-    /// fine clock at `t`.
+    /// A turn's work begins `d` after the shard's start (the first completion, or the poll's
+    /// return); returns the fine clock then (microseconds, wrapping at 2^32).
     #[inline]
-    pub(super) fn start_turn(&mut self, t: Instant) -> u32 {
-        self.turn_start = Some(t);
-        self.clock_us(t)
+    pub(super) fn start_turn(&mut self, d: Duration) -> u32 {
+        let us = micros(d);
+        self.turn_start = Some(us);
+        us as u32
     }
 
     /// Has the current turn begun?
@@ -90,13 +94,12 @@ impl Meter {
         self.turn_start.is_some()
     }
 
-    /// The loop came back to its top at `now`: record the turn that ended, and what the driver
-    /// queued and reaped during it (io_uring).
+    /// The loop came back to its top, `now_us` after the shard's start: record the turn that
+    /// ended, and what the driver queued and reaped during it (io_uring).
     #[inline]
-    pub(super) fn end_turn<D: Driver>(&mut self, now: Instant, driver: &mut D, m: &ShardMetrics) {
+    pub(super) fn end_turn<D: Driver>(&mut self, now_us: u64, driver: &mut D, m: &ShardMetrics) {
         if let Some(start) = self.turn_start.take() {
-            let us = now.saturating_duration_since(start).as_micros();
-            m.loop_turn_us.record(u64::try_from(us).unwrap_or(u64::MAX));
+            m.loop_turn_us.record(now_us.saturating_sub(start));
         }
         if let Some((submitted, completed)) = driver.take_turn_counts() {
             m.uring_submissions.record(u64::from(submitted));
@@ -105,18 +108,18 @@ impl Meter {
     }
 
     /// The poll timeout, shortened so that a sweep under way goes on soon and the next one
-    /// starts in time (`now`: the top of this turn). `holds_any`: the slab is not empty.
+    /// starts in time (`now_us`: the top of this turn). `holds_any`: the slab is not empty.
     #[inline]
     pub(super) fn bound_timeout(
         &self,
-        now: Instant,
+        now_us: u64,
         holds_any: bool,
         timeout: Option<Duration>,
     ) -> Option<Duration> {
         let wake = if self.sweep.is_some() {
             SWEEP_WAKE
         } else if holds_any || !self.published_zero {
-            self.next_sweep.saturating_duration_since(now)
+            Duration::from_micros(self.next_sweep.saturating_sub(now_us))
         } else {
             return timeout;
         };
@@ -124,12 +127,20 @@ impl Meter {
     }
 }
 
+/// `d` in whole microseconds, in 64-bit arithmetic (`Duration::as_micros` works in 128 bits).
+#[inline]
+pub(super) fn micros(d: Duration) -> u64 {
+    d.as_secs()
+        .wrapping_mul(1_000_000)
+        .wrapping_add(u64::from(d.subsec_micros()))
+}
+
 impl Meter {
     /// One slice of the sampling sweep over `slab`, when one is due or under way (see the
-    /// module docs); `now`: this turn's time.
-    pub(super) fn sample<S>(&mut self, now: Instant, slab: &Slab<Entry<S>>, m: &ShardMetrics) {
+    /// module docs); `now_us`: this turn's time since the shard's start.
+    pub(super) fn sample<S>(&mut self, now_us: u64, slab: &Slab<Entry<S>>, m: &ShardMetrics) {
         if self.sweep.is_none() {
-            if now < self.next_sweep {
+            if now_us < self.next_sweep {
                 return;
             }
             self.sweep = Some(Sweep::default());
@@ -158,6 +169,6 @@ impl Meter {
         counters::bump(&m.sweeps, 1);
         self.published_zero = sweep.queued == 0 && sweep.held == 0;
         self.sweep = None;
-        self.next_sweep = now + SWEEP_INTERVAL;
+        self.next_sweep = now_us + SWEEP_INTERVAL.as_micros() as u64;
     }
 }

@@ -232,8 +232,9 @@ impl<H: Handler> Shard<H> {
         loop {
             self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
+            let now_us = metering::micros(self.meter.since_start(now));
             self.meter
-                .end_turn(now, &mut driver, &self.ctx.stats.metrics);
+                .end_turn(now_us, &mut driver, &self.ctx.stats.metrics);
             let mut timeout = self.wheel.next_timeout(now);
             if !self.ctx.dirty.is_empty()
                 || !self.ctx.broadcasts.is_empty()
@@ -254,12 +255,12 @@ impl<H: Handler> Shard<H> {
             }
             timeout = self
                 .meter
-                .bound_timeout(now, !self.slab.is_empty(), timeout);
+                .bound_timeout(now_us, !self.slab.is_empty(), timeout);
             let res = driver.poll(timeout, |c| {
                 if !self.meter.turn_started() {
-                    let t = Instant::now();
-                    self.ctx.now = self.wheel.tick_of(t);
-                    self.ep.set_clock_us(self.meter.start_turn(t));
+                    let d = self.meter.since_start(Instant::now());
+                    self.ctx.now = self.wheel.tick_at(d);
+                    self.ep.set_clock_us(self.meter.start_turn(d));
                 }
                 self.on_completion(c)
             });
@@ -268,12 +269,13 @@ impl<H: Handler> Shard<H> {
                 break;
             }
             let now = Instant::now();
-            self.ctx.now = self.wheel.tick_of(now);
-            let clock = match self.meter.turn_started() {
-                true => self.meter.clock_us(now),
-                false => self.meter.start_turn(now),
-            };
-            self.ep.set_clock_us(clock);
+            let since = self.meter.since_start(now);
+            self.ctx.now = self.wheel.tick_at(since);
+            if !self.meter.turn_started() {
+                // No completion: the turn starts now (else the fine clock of its first
+                // completion stays: a ping queued below is stamped with the turn's start).
+                self.ep.set_clock_us(self.meter.start_turn(since));
+            }
             self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
@@ -283,7 +285,9 @@ impl<H: Handler> Shard<H> {
             self.close_finished(&mut driver);
             self.memory
                 .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
-            self.meter.sample(now, &self.slab, &self.ctx.stats.metrics);
+            let since_us = metering::micros(since);
+            self.meter
+                .sample(since_us, &self.slab, &self.ctx.stats.metrics);
             if let Some(at) = self.shutdown_at {
                 if Instant::now() >= at {
                     self.drop_all();
