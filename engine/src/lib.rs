@@ -41,6 +41,16 @@
 //! service; the shard serves everyone else meanwhile). [`Handler::on_request`] answers the
 //! plain HTTP requests that come to the same port (a health check, a page, a script) with a
 //! [`Response`]. [`ServerBuilder::allow_origin`] restricts which browser origins may connect.
+//!
+//! # Metrics
+//!
+//! Each shard counts what it does (connections by close reason, refusals by status, messages
+//! and bytes, send-queue bytes, publishes and drops, histograms of ping round trips, loop turns
+//! and io_uring batches) with single-writer relaxed counters. [`ServerHandle::metrics`] renders
+//! them in the Prometheus text format; [`ServerHandle::metrics_handle`] gives a [`Metrics`] to
+//! keep (a [`MetricsSnapshot`] of plain numbers, the text, or a `prometheus-client` collector);
+//! [`HttpContext::metrics`] answers `/metrics` from [`Handler::on_request`]. The names, labels
+//! and what collecting costs are listed in `docs/metrics.md`.
 #![warn(missing_docs, clippy::exhaustive_enums, clippy::exhaustive_structs)]
 #![deny(unsafe_code)]
 
