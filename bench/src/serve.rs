@@ -12,6 +12,7 @@ use percore::{
 };
 
 mod broadcast;
+pub mod metrics;
 
 /// Options of `percore serve`.
 #[derive(Args, Debug)]
@@ -128,6 +129,11 @@ pub struct ServeArgs {
     /// Longest wait between two reconnection attempts to the broker, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub cluster_reconnect_delay_max_ms: u64,
+    /// Serve the metrics on this address (port 0: a free one, printed): `GET /metrics` (the
+    /// Prometheus text format), `GET /dashboard` (a live page) and the dashboard's WebSocket,
+    /// on a second, one-shard percore server. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Backend choice on the command line.
@@ -279,8 +285,18 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             None => String::new(),
         }
     );
+    let admin = match &args.metrics {
+        Some(addr) => {
+            let admin = metrics::Admin::start(addr, server.metrics_handle())?;
+            let a = admin.local_addr();
+            println!("metrics on http://{a}/metrics dashboard http://{a}/dashboard");
+            Some(admin)
+        }
+        None => None,
+    };
     let _ = std::io::stdout().flush();
     let _ = signals.forever().next();
+    drop(admin);
     server.shutdown(Duration::from_secs(args.shutdown_grace_secs));
     let s = server.stats();
     eprintln!(
