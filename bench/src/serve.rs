@@ -134,6 +134,11 @@ pub struct ServeArgs {
     /// on a second, one-shard percore server. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Most connections the metrics port holds (scrapers and dashboards); past it a dashboard
+    /// gets 503. Each costs a slab entry, and an opening dashboard its history (about 2 KiB per
+    /// snapshot per shard, two minutes of snapshots) in its send queue.
+    #[arg(long, default_value_t = metrics::ADMIN_CONNECTIONS_MAX)]
+    pub metrics_connections_max: usize,
 }
 
 /// Backend choice on the command line.
@@ -287,7 +292,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     );
     let admin = match &args.metrics {
         Some(addr) => {
-            let admin = metrics::Admin::start(addr, server.metrics_handle())?;
+            let admin =
+                metrics::Admin::start(addr, server.metrics_handle(), args.metrics_connections_max)?;
             let a = admin.local_addr();
             println!("metrics on http://{a}/metrics dashboard http://{a}/dashboard");
             Some(admin)

@@ -21,6 +21,11 @@ struct Serve {
 
 impl Serve {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with `extra` arguments after the usual ones.
+    fn start_with(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
             .args([
                 "serve",
@@ -32,6 +37,7 @@ impl Serve {
             ])
             .args(["--metrics", "127.0.0.1:0", "--handshake-timeout-secs", "1"])
             .args(["--allow-origin", "https://good.example"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -318,4 +324,40 @@ fn serve_metrics_count_what_the_clients_did() {
     assert_eq!(sum(&text, "percore_connections_accepted_total", &[]), 6 + 8);
     let closed_all = sum(&text, "percore_connections_closed_total", &[]);
     assert_eq!(closed_all, 6 + 8);
+}
+
+#[test]
+fn serve_metrics_port_refuses_dashboards_past_its_connections_max() {
+    let s = Serve::start_with(&["--metrics-connections-max", "2"]);
+    let url = format!("ws://{}/dashboard/live", s.metrics);
+    let (mut a, _) = tungstenite::connect(&url).unwrap();
+    let (mut b, _) = tungstenite::connect(&url).unwrap();
+    // Both are open (each got its history).
+    assert!(a.read().unwrap().is_text());
+    assert!(b.read().unwrap().is_text());
+    match tungstenite::connect(&url) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a third dashboard past the limit of 2: {other:?}"),
+    }
+    // A scrape is still answered.
+    let (status, _, body) = get(s.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("percore_messages_received_total"));
+    // A dashboard that leaves makes room for another.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tungstenite::connect(&url) {
+            Ok((mut c, _)) => {
+                assert!(c.read().unwrap().is_text());
+                break;
+            }
+            Err(tungstenite::Error::Http(resp)) if resp.status() == 503 => {
+                assert!(Instant::now() < deadline, "no room after a dashboard left");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(b);
 }

@@ -1,5 +1,6 @@
 //! `percore serve --metrics ADDR`: the admin port. A second, small percore server (one shard,
-//! epoll, unpinned, at most [`ADMIN_CONNECTIONS_MAX`] connections) on ADDR answers
+//! epoll, unpinned, at most `--metrics-connections-max` connections, default
+//! [`ADMIN_CONNECTIONS_MAX`]) on ADDR answers
 //!
 //! - `GET /metrics`: the main server's metrics in the Prometheus text format
 //!   ([`percore::Metrics::render`]);
@@ -33,7 +34,10 @@ const TOPIC: &str = "snapshots";
 pub const TICK: Duration = Duration::from_secs(1);
 /// Snapshots kept for a dashboard that opens (2 minutes at one per second: the charts' span).
 pub const HISTORY: usize = 120;
-/// Most connections the admin port holds (scrapers and dashboards); more get 503.
+/// Default of the most connections the admin port holds (scrapers and dashboards): past it a
+/// dashboard's WebSocket gets 503 (a scrape is still answered, and its connection then closed).
+/// Each open dashboard costs a slab entry and, while it opens, the history (about 2 KiB per
+/// snapshot per shard, up to [`HISTORY`] snapshots) in its send queue.
 pub const ADMIN_CONNECTIONS_MAX: usize = 256;
 /// The largest admin answer: the history sent to a dashboard that opens (about 2 KiB per
 /// snapshot with two shards), or a scrape (about 40 KiB with two shards).
@@ -54,8 +58,9 @@ enum Event {
 }
 
 impl Admin {
-    /// Start the admin port on `addr` for the server that `metrics` reads.
-    pub fn start(addr: &str, metrics: Metrics) -> Result<Admin, String> {
+    /// Start the admin port on `addr` for the server that `metrics` reads, holding at most
+    /// `connections_max` connections.
+    pub fn start(addr: &str, metrics: Metrics, connections_max: usize) -> Result<Admin, String> {
         let (tx, rx) = mpsc::channel();
         let handler_tx = tx.clone();
         let handler_metrics = metrics.clone();
@@ -64,7 +69,7 @@ impl Admin {
             .shards(Shards::Count(1))
             .pin(false)
             .backend(Backend::Epoll)
-            .connections_max(ADMIN_CONNECTIONS_MAX)
+            .connections_max(connections_max)
             .recv_buffer_bytes(16 << 10)
             .send_queue_bytes_max(ADMIN_MESSAGE_BYTES_MAX)
             .http_response_bytes_max(ADMIN_MESSAGE_BYTES_MAX)
