@@ -104,6 +104,7 @@ where
             recv_buffers: self.config.recv_buffers,
             direct_fds: self.config.direct_fds,
             direct_fds_max: self.config.direct_fds_max,
+            direct_fds_table_max: self.config.direct_fds_table_max,
             events_max: 1024,
         };
         let driver = match D::new(self.listener, &dcfg) {
@@ -189,6 +190,7 @@ impl<H: Handler> Shard<H> {
         settings.handshake_header_bytes_max = config.handshake_header_bytes_max;
         settings.handshake_timeout_ticks = wheel.ticks(config.handshake_timeout);
         settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
+        settings.idle_jitter_ticks = wheel.ticks(config.idle_timeout_jitter);
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
         settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
