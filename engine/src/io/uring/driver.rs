@@ -475,18 +475,25 @@ impl Driver for UringDriver {
             self.release(token);
             return true;
         }
+        // Cancel each operation by its user_data, which the kernel finds in a hash table. A
+        // cancel by file (`IORING_ASYNC_CANCEL_FD | ALL`) walks every armed request of the ring
+        // instead: closing N connections cost N² (16,000 at a graceful shutdown: 13 s of CPU
+        // in io_cancel_req_match).
         let r = c.sock.ring();
-        let cancel = match c.sock {
-            RingFd::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
-            RingFd::Fixed { index, .. } => types::CancelBuilder::fd(types::Fixed(index)),
-        };
-        let sqe = opcode::AsyncCancel2::new(cancel.all())
-            .build()
-            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
-        // SAFETY: a cancel points at no user memory.
-        if unsafe { self.push(r, &sqe) }.is_err() {
-            // Could not even queue the cancel: the operations still end on their own (peer
-            // reset, EOF) and the release follows then.
+        let mut ops = [None, None];
+        if c.recv.armed() {
+            ops[0] = Some(OpId::new(OpKind::Recv, token.0, c.gen).encode());
+        }
+        if c.send_in_flight {
+            ops[1] = Some(OpId::new(OpKind::Send, token.0, c.gen).encode());
+        }
+        for ud in ops.into_iter().flatten() {
+            let sqe = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+            // SAFETY: a cancel points at no user memory. If it cannot even be queued, the
+            // operation still ends on its own (peer reset, EOF) and the release follows then.
+            let _ = unsafe { self.push(r, &sqe) };
         }
         false
     }
