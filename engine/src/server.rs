@@ -12,6 +12,7 @@ use crate::client::Connect;
 #[cfg(feature = "cluster")]
 use crate::cluster::{Bridge, ClusterConfig};
 use crate::config::{Backend, Config, Shards, SlowConsumer};
+use crate::history::TopicHistory;
 use crate::id::ConnId;
 use crate::io::{self as backend_io, Waker};
 use crate::proto::Message;
@@ -307,6 +308,64 @@ impl ServerBuilder {
         self
     }
 
+    /// Messages each topic keeps in its history (default 0: no history; see
+    /// [`crate::resume`]). With history, every publish to the topic gets a position and the
+    /// topic keeps its last messages within this count, [`Self::topic_history_bytes_max`] and
+    /// [`Self::topic_history_age_max`], so that resume subscribers that lost their connection
+    /// get what they missed. Cost per publish: one lock of the topic's history, one envelope
+    /// frame encoded (shared by every resume subscriber and the history), and the plain frame
+    /// as before; memory: the kept frames (shared with the send queues) plus ~32 bytes per kept
+    /// message and ~200 per topic. Per-topic values: [`Self::topic_history`].
+    pub fn topic_history_messages_max(mut self, n: usize) -> Self {
+        self.config.history.default.messages_max = n;
+        self
+    }
+
+    /// Bytes of frames each topic's history keeps at most (default 1 MiB; a message larger
+    /// than this is never kept). A replay is queued whole when a subscriber resumes, beside
+    /// the send-queue limit: keep this below `send_queue_bytes_max`, or live messages that
+    /// follow a full replay find the queue over its limit.
+    pub fn topic_history_bytes_max(mut self, n: usize) -> Self {
+        self.config.history.default.bytes_max = n;
+        self
+    }
+
+    /// Age past which history messages are dropped (default 5 minutes; checked when the topic
+    /// is published to or resumed, and when room is needed for another topic's history).
+    pub fn topic_history_age_max(mut self, d: Duration) -> Self {
+        self.config.history.default.age_max = d;
+        self
+    }
+
+    /// The history limits of the topics `pattern` names instead of the server's (repeatable,
+    /// first match wins): `name*` every topic whose name starts with `name`, anything else one
+    /// topic exactly. `TopicHistory::OFF` turns history off for them.
+    pub fn topic_history(mut self, pattern: impl AsRef<[u8]>, limits: TopicHistory) -> Self {
+        let p = pattern.as_ref().to_vec();
+        self.config.history.overrides.push((p, limits));
+        self
+    }
+
+    /// Most topics holding a history at once (default 100,000; at least 1), with or without
+    /// subscribers: a topic's history outlives its subscribers (they come back to resume it).
+    /// Past it, the history of a topic nobody subscribes to is dropped to make room (expired
+    /// ones first, else the one published to least recently: its clients will be told it
+    /// started over); if every such topic has subscribers, the new topic gets no history. This
+    /// bounds what clients that choose their topics (chat rooms) can make the server keep:
+    /// this times the per-topic bound.
+    pub fn history_topics_max(mut self, n: usize) -> Self {
+        self.config.history.topics_max = n;
+        self
+    }
+
+    /// Speak the resume subprotocol (`percore.resume.v1`, see [`crate::resume`]) with clients
+    /// that offer it, when the handler's [`Accept`](crate::Accept) chose no subprotocol
+    /// (default `true`). Costs nothing for other connections.
+    pub fn resume_protocol(mut self, on: bool) -> Self {
+        self.config.resume_protocol = on;
+        self
+    }
+
     /// Allow upgrade requests from browser pages of `pattern` (repeatable; each call adds one).
     /// Once any pattern is given, an upgrade request whose `Origin` matches none is refused
     /// with 403 before [`Handler::on_upgrade`] is called; requests without an `Origin` header
@@ -435,6 +494,7 @@ impl ServerBuilder {
             open.clone(),
             config.mailbox_messages_max,
             config.topic_name_bytes_max,
+            config.history.clone(),
             link,
         );
 
