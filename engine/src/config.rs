@@ -136,7 +136,7 @@ impl Default for Config {
             http_response_bytes_max: 1 << 20,
             origins: Origins::default(),
             history: HistoryPolicy::default(),
-            resume_protocol: true,
+            resume_protocol: false,
         }
     }
 }

@@ -360,7 +360,10 @@ impl ServerBuilder {
 
     /// Speak the resume subprotocol (`percore.resume.v1`, see [`crate::resume`]) with clients
     /// that offer it, when the handler's [`Accept`](crate::Accept) chose no subprotocol
-    /// (default `true`). Costs nothing for other connections.
+    /// (default `false`: off until the application decides which topics its clients may read,
+    /// in [`Handler::on_subscribe`], since the engine answers their subscriptions itself).
+    /// Costs nothing for other connections. A handler may also accept with
+    /// `Accept::new().protocol(percore::resume::PROTOCOL)` itself.
     pub fn resume_protocol(mut self, on: bool) -> Self {
         self.config.resume_protocol = on;
         self

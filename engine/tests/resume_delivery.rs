@@ -173,6 +173,7 @@ every_backend! {
             .shards(percore::Shards::Count(2))
             .pin(false)
             .backend(backend)
+            .resume_protocol(true)
             .topic_history("t", history)
             .start(|_| resume_support::Quiet)
             .unwrap();
@@ -324,6 +325,9 @@ every_backend! {
         assert_eq!(ws2.recv(), "err unknown command");
         ws2.send("resume x 1 a");
         assert_eq!(ws2.recv(), "err malformed command");
+        // The handler's on_subscribe refuses this one.
+        ws2.send("sub secret");
+        assert_eq!(ws2.recv(), "err forbidden secret");
         ws2.send(&format!("ack {epoch} 4 a"));
         ws2.send("unsub a");
         ws2.send("ping 1");
@@ -353,11 +357,17 @@ every_backend! {
     }
 }
 
-/// A client that offers the subprotocol to a server that turned it off is not given it: its
-/// text messages reach the handler as they are.
+/// A client that offers the subprotocol to a server that did not turn it on (the default) is
+/// not given it: its text messages reach the handler as they are.
 #[test]
 fn resume_protocol_off_is_not_negotiated() {
-    let srv = server(percore::Backend::Epoll, |b| b.resume_protocol(false));
+    let srv = percore::Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(percore::Shards::Count(1))
+        .pin(false)
+        .backend(percore::Backend::Epoll)
+        .start(|_| resume_support::Quiet)
+        .unwrap();
     let offer = [("Sec-WebSocket-Protocol", percore::resume::PROTOCOL)];
     let c = common::raw::RawClient::connect_with(srv.local_addr(), "/", &offer).unwrap();
     assert_eq!(c.response.header("sec-websocket-protocol"), None);

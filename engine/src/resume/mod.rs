@@ -10,10 +10,10 @@
 //! their heartbeats (no round-trip per message). The specification is
 //! `docs/resume-protocol-v1.md`.
 //!
-//! The server side needs nothing from the handler: a connection that offers the subprotocol
-//! gets it (unless the handler chose another, or the builder turned it off with
-//! [`crate::ServerBuilder::resume_protocol`]) and its commands are answered by the engine; its
-//! `msg PAYLOAD` messages reach [`crate::Handler::on_message`] as `PAYLOAD`.
+//! The server side: turn it on with [`crate::ServerBuilder::resume_protocol`] (or accept an
+//! upgrade with this subprotocol); a connection that offers it then gets it and its commands
+//! are answered by the engine, each subscription checked by [`crate::Handler::on_subscribe`];
+//! its `msg PAYLOAD` messages reach [`crate::Handler::on_message`] as `PAYLOAD`.
 //!
 //! The client side: [`Session`] is the protocol state without I/O (positions, backoff with
 //! full jitter, heartbeats, events); [`crate::ResumeClient`] runs one on a thread of its own.

@@ -35,8 +35,8 @@ pub(super) fn on_message<H: Handler>(
     };
     match cmd {
         Command::Msg(payload) => conn.guard(|c| handler.on_message(c, Message::Text(payload))),
-        Command::Sub(topic) => conn.resume_from(topic, None),
-        Command::Resume(topic, p) => conn.resume_from(topic, Some(p)),
+        Command::Sub(topic) => subscribe(handler, conn, topic, None),
+        Command::Resume(topic, p) => subscribe(handler, conn, topic, Some(p)),
         Command::Unsub(topic) => {
             conn.unsubscribe(topic);
         }
@@ -45,6 +45,22 @@ pub(super) fn on_message<H: Handler>(
             conn.out.ctx.topics.ack(key, topic.as_bytes(), p);
         }
         Command::Ping(token) => conn.notice(Notice::Pong(token)),
+    }
+}
+
+/// `sub` / `resume`, if the handler allows the topic.
+fn subscribe<H: Handler>(
+    handler: &mut H,
+    conn: &mut Conn<'_, H::State>,
+    topic: &str,
+    from: Option<Position>,
+) {
+    let mut allowed = false;
+    conn.guard(|c| allowed = handler.on_subscribe(c, topic));
+    if allowed {
+        conn.resume_from(topic, from);
+    } else if conn.half.can_send() {
+        conn.notice(Notice::Err(&format!("forbidden {topic}")));
     }
 }
 

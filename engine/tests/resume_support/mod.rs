@@ -17,6 +17,10 @@ pub struct Quiet;
 impl Handler for Quiet {
     type State = ();
     fn on_message(&mut self, _: &mut percore::Conn<'_, ()>, _: percore::Message<'_>) {}
+
+    fn on_subscribe(&mut self, _: &mut percore::Conn<'_, ()>, topic: &str) -> bool {
+        topic != "secret"
+    }
 }
 
 /// A server on `backend` with 2 shards, after `tune` (history limits).
@@ -28,7 +32,8 @@ pub fn server(
         .bind("127.0.0.1:0")
         .shards(Shards::Count(2))
         .pin(false)
-        .backend(backend);
+        .backend(backend)
+        .resume_protocol(true);
     tune(b).start(|_| Quiet).expect("server starts")
 }
 
