@@ -338,6 +338,34 @@ every_backend! {
         srv.shutdown(Duration::from_secs(1));
     }
 
+    fn resume_replays_requested_without_reading_hit_the_send_queue_limit(backend) {
+        let srv = server(backend, |b| {
+            b.topic_history("big", TopicHistory::new(100, 1 << 20, Duration::from_secs(60)))
+                .send_queue_bytes_max(256 << 10)
+        });
+        let big = vec![b'x'; 10_000];
+        for _ in 0..100 {
+            srv.publish("big", Message::Binary(&big)).unwrap();
+        }
+        let offer = [("Sec-WebSocket-Protocol", percore::resume::PROTOCOL)];
+        let mut c = common::raw::RawClient::connect_with(srv.local_addr(), "/", &offer).unwrap();
+        // Each asks for the whole 1 MB history again; the client reads nothing meanwhile.
+        for _ in 0..60 {
+            if c.send_text("resume 1 0 big").is_err() {
+                break;
+            }
+        }
+        assert_eq!(
+            c.read_until_close(),
+            common::raw::Ending::Close(Some(1008)),
+            "a client piling up replays is a slow consumer"
+        );
+        eventually("slow consumer counted", Duration::from_secs(5), || {
+            srv.stats().slow_consumers == 1
+        });
+        srv.shutdown(Duration::from_secs(1));
+    }
+
     fn resume_history_topics_max_drops_the_least_recent_idle_history(backend) {
         let srv = server(backend, |b| b.topic_history_messages_max(10).history_topics_max(2));
         srv.publish("a", Message::Text("1")).unwrap();

@@ -8,7 +8,7 @@ use super::entry::RESUME;
 use super::handler::Handler;
 use super::topics::Start;
 use crate::history::Position;
-use crate::proto::Message;
+use crate::proto::{Message, MAX_HEADER_LEN};
 use crate::pubsub::PubSubError;
 use crate::resume::{Command, Notice};
 use crate::stats::ShardStats;
@@ -44,7 +44,9 @@ pub(super) fn on_message<H: Handler>(
             let key = conn.out.key;
             conn.out.ctx.topics.ack(key, topic.as_bytes(), p);
         }
-        Command::Ping(token) => conn.notice(Notice::Pong(token)),
+        Command::Ping(token) => {
+            conn.notice(Notice::Pong(token));
+        }
     }
 }
 
@@ -59,7 +61,7 @@ fn subscribe<H: Handler>(
     conn.guard(|c| allowed = handler.on_subscribe(c, topic));
     if allowed {
         conn.resume_from(topic, from);
-    } else if conn.half.can_send() {
+    } else {
         conn.notice(Notice::Err(&format!("forbidden {topic}")));
     }
 }
@@ -79,18 +81,25 @@ impl<S> Conn<'_, S> {
         self.out.ctx.topics.acked(key, topic.as_ref())
     }
 
-    /// Queue a notice, past the send-queue limit (a notice is small and bounded by the
-    /// commands the client sends, which are read no faster than the queue drains).
-    fn notice(&mut self, n: Notice<'_>) {
-        if self.half.can_send() {
-            let text = n.to_string();
-            self.half
-                .send_message(self.ep, &mut self.out, Message::Text(&text));
+    /// Queue a notice under the send-queue limit (a client that sends commands without
+    /// reading the answers is a slow consumer like any other). False if it was not queued.
+    fn notice(&mut self, n: Notice<'_>) -> bool {
+        if !self.half.can_send() {
+            return false;
         }
+        let text = n.to_string();
+        if self.out.over_limit(text.len() + MAX_HEADER_LEN) {
+            self.out.slow_consumer(self.half, self.ep, self.now);
+            return false;
+        }
+        self.half
+            .send_message(self.ep, &mut self.out, Message::Text(&text));
+        true
     }
 
     /// Subscribe as a resume subscriber: the notice, then the replay (shared frames, past the
-    /// send-queue limit: a replay is bounded by `topic_history_bytes_max`), then live.
+    /// send-queue limit: a replay is bounded by `topic_history_bytes_max`, and the notice
+    /// before it is not queued past the limit, so replays cannot pile up), then live.
     fn resume_from(&mut self, topic: &str, from: Option<Position>) {
         let key = self.out.key;
         let mut replay: Vec<Arc<[u8]>> = Vec::new();
@@ -107,7 +116,9 @@ impl<S> Conn<'_, S> {
             Err(PubSubError::TopicTooLong) => Notice::Err("topic name too long"),
             Err(_) => Notice::Err("subscribe failed"),
         };
-        self.notice(notice);
+        if !self.notice(notice) {
+            return;
+        }
         for f in &replay {
             self.half.send_shared(&mut self.out, f);
         }

@@ -1,0 +1,284 @@
+//! What topic history costs: CPU per delivered message with history off and on (plain
+//! subscribers, and resume subscribers that get the envelope frames), for 1 to 10,000
+//! subscribers of one topic; and the memory a topic's history takes as configured.
+//!
+//! ```text
+//! cargo run --release -p percore --example resume_cost [SUBSCRIBERS...]
+//! ```
+//!
+//! One shard (io_uring with direct descriptors, so the server's sockets do not count against
+//! RLIMIT_NOFILE) serves N subscribers, all on 127.0.0.1; a reader thread drains them. The main
+//! thread publishes 64-byte messages to the topic, in batches, waiting for the shard to catch
+//! up. CPU is the shard thread's plus the publishing thread's (from /proc/self/task/*/schedstat:
+//! nanoseconds on a CPU), divided by the deliveries (publishes × subscribers); the reader's is
+//! left out. Memory: RSS growth while 200 topics fill their histories, per topic.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use percore::{Backend, Conn, Handler, Message, Server, ServerHandle, Shards, TopicHistory};
+
+const TOPIC: &str = "t";
+const PAYLOAD: [u8; 64] = [b'x'; 64];
+/// Deliveries per measurement (publishes = this / subscribers, at least `PUBLISHES_MIN`).
+const DELIVERIES: u64 = 2_000_000;
+const PUBLISHES_MIN: u64 = 200;
+const BATCH: u64 = 100;
+
+/// Plain connections subscribe on open; resume connections subscribe themselves (`sub t`).
+struct Sub;
+
+impl Handler for Sub {
+    type State = ();
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        if !conn.speaks_resume() {
+            let _ = conn.subscribe(TOPIC);
+        }
+    }
+    fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    OnPlain,
+    OnResume,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "history off",
+            Mode::OnPlain => "history on, plain subscribers",
+            Mode::OnResume => "history on, resume subscribers",
+        }
+    }
+}
+
+fn server(history: bool) -> ServerHandle {
+    let b = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(Backend::IoUring)
+        .direct_fds(true)
+        .resume_protocol(true)
+        .connections_max(20_000);
+    let b = if history {
+        b.topic_history(
+            TOPIC,
+            TopicHistory::new(1000, 1 << 20, Duration::from_secs(300)),
+        )
+    } else {
+        b
+    };
+    b.start(|_| Sub).expect("io_uring server")
+}
+
+/// A subscriber: upgrade (offering the resume protocol or not), `sub t` if it speaks it.
+fn subscribe(addr: SocketAddr, resume: bool) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let proto = if resume {
+        "Sec-WebSocket-Protocol: percore.resume.v1\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    if resume {
+        // "sub t", masked with a zero key.
+        s.write_all(&[0x81, 0x85, 0, 0, 0, 0, b's', b'u', b'b', b' ', b't'])
+            .unwrap();
+    }
+    s
+}
+
+/// Nanoseconds on a CPU of the threads named `percore-shard*` and of this thread.
+fn cpu_ns() -> u64 {
+    let me = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let mut total: u64 = me.split_whitespace().next().unwrap().parse().unwrap();
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let p = t.unwrap().path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.starts_with("percore-shard") {
+            let st = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+            total += st
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Drain every subscriber's socket until `stop`.
+fn reader(conns: Vec<TcpStream>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use mio::{Events, Interest, Poll, Token};
+        let mut poll = Poll::new().unwrap();
+        let mut socks: Vec<mio::net::TcpStream> = conns
+            .into_iter()
+            .map(|s| {
+                s.set_nonblocking(true).unwrap();
+                mio::net::TcpStream::from_std(s)
+            })
+            .collect();
+        for (i, s) in socks.iter_mut().enumerate() {
+            poll.registry()
+                .register(s, Token(i), Interest::READABLE)
+                .unwrap();
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; 256 << 10];
+        while !stop.load(Ordering::Relaxed) {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                let s = &mut socks[e.token().0];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        }
+    })
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(120);
+    while !f() {
+        assert!(Instant::now() < end, "timed out: {what}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// ns of CPU per delivery with `n` subscribers.
+fn measure(mode: Mode, n: u64) -> f64 {
+    let srv = server(mode != Mode::Off);
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| subscribe(srv.local_addr(), mode == Mode::OnResume))
+        .collect();
+    wait("subscriptions", || srv.stats().subscriptions == n);
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = reader(conns, stop.clone());
+    let publishes = (DELIVERIES / n).max(PUBLISHES_MIN);
+    let base = srv.stats().delivered;
+    let msg = Message::Binary(&PAYLOAD);
+    let t0 = cpu_ns();
+    let mut sent = 0;
+    while sent < publishes {
+        for _ in 0..BATCH.min(publishes - sent) {
+            srv.publish(TOPIC, msg).unwrap();
+            sent += 1;
+        }
+        // Keep at most two batches in flight (the mailbox stays small).
+        let want = base + sent.saturating_sub(2 * BATCH) * n;
+        wait("deliveries", || srv.stats().delivered >= want);
+    }
+    wait("all deliveries", || {
+        srv.stats().delivered == base + publishes * n
+    });
+    let ns = cpu_ns() - t0;
+    stop.store(true, Ordering::Relaxed);
+    r.join().unwrap();
+    srv.shutdown(Duration::from_secs(1));
+    ns as f64 / (publishes * n) as f64
+}
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// RSS growth per topic while `topics` topics fill a history of `messages` × 64-byte payloads.
+fn memory(topics: usize, messages: usize) -> (f64, u64) {
+    let srv = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(Backend::Epoll)
+        .topic_history_messages_max(messages)
+        .topic_history_bytes_max(64 << 20)
+        .start(|_| Sub)
+        .unwrap();
+    let names: Vec<String> = (0..topics).map(|i| format!("topic-{i}")).collect();
+    // Warm up the allocator with one topic, then measure the rest.
+    for _ in 0..messages {
+        srv.publish("warm", Message::Binary(&PAYLOAD)).unwrap();
+    }
+    let before = rss_bytes();
+    for name in &names {
+        for _ in 0..messages {
+            srv.publish(name, Message::Binary(&PAYLOAD)).unwrap();
+        }
+    }
+    let after = rss_bytes();
+    assert_eq!(srv.stats().history_topics, topics as u64 + 1);
+    srv.shutdown(Duration::from_secs(1));
+    // The envelope frame of one message: WebSocket header + "m EPOCH SEQ topic-N\n" + payload.
+    let frame = 2 + format!("m {} {} topic-0\n", u64::MAX >> 11, messages).len() as u64 + 64;
+    ((after - before) as f64 / topics as f64, frame)
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let counts = if args.is_empty() {
+        vec![1, 10, 100, 1_000, 10_000]
+    } else {
+        args
+    };
+    let mut rows: HashMap<(u64, &'static str), f64> = HashMap::new();
+    let modes = [Mode::Off, Mode::OnPlain, Mode::OnResume];
+    for &n in &counts {
+        for mode in modes {
+            let ns = measure(mode, n);
+            eprintln!("{n:>6} subscribers, {}: {ns:.1} ns/delivery", mode.name());
+            rows.insert((n, mode.name()), ns);
+        }
+    }
+    println!("| subscribers | history off | history on, plain subscribers | history on, resume subscribers | on/off (plain) | on/off (resume) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &n in &counts {
+        let v: Vec<f64> = modes.iter().map(|m| rows[&(n, m.name())]).collect();
+        println!(
+            "| {n} | {:.1} ns | {:.1} ns | {:.1} ns | {:.2} | {:.2} |",
+            v[0],
+            v[1],
+            v[2],
+            v[1] / v[0],
+            v[2] / v[0]
+        );
+    }
+    println!();
+    println!(
+        "| history per topic (64-byte payloads) | RSS per topic | envelope frame | frames alone |"
+    );
+    println!("|---|---:|---:|---:|");
+    for messages in [100, 1000] {
+        let (per_topic, frame) = memory(200, messages);
+        println!(
+            "| {messages} messages | {:.0} KiB | {frame} B | {:.0} KiB |",
+            per_topic / 1024.0,
+            (frame * messages as u64) as f64 / 1024.0
+        );
+    }
+}
