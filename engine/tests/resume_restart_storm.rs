@@ -353,11 +353,13 @@ mod clients {
                             c.first_epoch = Some(position.epoch);
                             subscribed += 1;
                         }
-                        Event::Reset { position, .. } if c.lost_at.is_some() => {
-                            if !c.reset_new_epoch && Some(position.epoch) != c.first_epoch {
-                                c.reset_new_epoch = true;
-                                back += 1;
-                            }
+                        Event::Reset { position, .. }
+                            if c.lost_at.is_some()
+                                && !c.reset_new_epoch
+                                && Some(position.epoch) != c.first_epoch =>
+                        {
+                            c.reset_new_epoch = true;
+                            back += 1;
                         }
                         Event::Resumed { .. } => c.resumed = true,
                         _ => {}
