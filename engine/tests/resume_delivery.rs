@@ -385,6 +385,52 @@ every_backend! {
     }
 }
 
+/// Blocks its shard for 300 ms when told "block" (so the mailbox fills meanwhile).
+struct Blocker;
+
+impl percore::Handler for Blocker {
+    type State = ();
+    fn on_message(&mut self, _: &mut percore::Conn<'_, ()>, msg: Message<'_>) {
+        if msg.as_bytes() == b"block" {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+every_backend! {
+    fn resume_history_fills_in_publishes_a_full_mailbox_refused(backend) {
+        let srv = percore::Server::builder()
+            .bind("127.0.0.1:0")
+            .shards(percore::Shards::Count(1))
+            .pin(false)
+            .backend(backend)
+            .resume_protocol(true)
+            .mailbox_messages_max(1)
+            .topic_history_messages_max(100)
+            .start(|_| Blocker)
+            .unwrap();
+        let mut sub = Raw::connect(srv.local_addr());
+        sub.send("sub t");
+        let ok = sub.recv();
+        let epoch = ok.split(' ').nth(1).unwrap().to_owned();
+        let mut blocker = common::raw::RawClient::connect(srv.local_addr()).unwrap();
+        blocker.send_text("block").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // The shard sleeps: the first publish waits in its mailbox, the rest do not fit.
+        let refused = (1..=10)
+            .filter(|n| srv.publish("t", Message::Text(&n.to_string())).is_err())
+            .count();
+        assert_eq!(refused, 9);
+        assert_eq!(sub.recv(), format!("m {epoch} 1 t\n1"));
+        // The next publish that reaches the shard brings 2..=10 with it, from the history.
+        srv.publish("t", Message::Text("11")).unwrap();
+        for n in 2..=11 {
+            assert_eq!(sub.recv(), format!("m {epoch} {n} t\n{n}"));
+        }
+        srv.shutdown(Duration::from_secs(1));
+    }
+}
+
 /// A client that offers the subprotocol to a server that did not turn it on (the default) is
 /// not given it: its text messages reach the handler as they are.
 #[test]
