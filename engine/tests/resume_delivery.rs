@@ -385,6 +385,49 @@ every_backend! {
     }
 }
 
+/// A server that accepts TCP but never answers the upgrade: the attempt fails at the
+/// client's connect timeout and it retries.
+#[test]
+fn resume_client_connect_timeout_bounds_an_unanswered_upgrade() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(listener.accept().unwrap().0);
+        }
+        held
+    });
+    let t0 = Instant::now();
+    let client = ResumeClient::builder(addr)
+        .connect_timeout(Duration::from_millis(200))
+        .backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+            Some(1),
+        ))
+        .start()
+        .unwrap();
+    let ev = client
+        .events()
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        matches!(ev, Event::Reconnecting { attempt: 1, .. }),
+        "{ev:?}"
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(
+        client.events().recv_timeout(Duration::from_secs(5)),
+        Ok(Event::GaveUp)
+    );
+    drop(held.join().unwrap());
+}
+
 /// Blocks its shard for 300 ms when told "block" (so the mailbox fills meanwhile).
 struct Blocker;
 

@@ -133,9 +133,12 @@ fn restart_storm(backend: Backend) {
     assert!(status.success(), "{report}");
     assert_eq!(field("back"), u64::from(CLIENTS), "{report}");
     assert_eq!(field("reset_new_epoch"), u64::from(CLIENTS), "{report}");
-    assert_eq!(field("resumed"), 0, "{report}");
-    // Spread: accepts per 100 ms since the new server listened; no bucket holds more than a
-    // quarter of the clients (a spike would put nearly all of them in the first one).
+    // (`resumed` counts clients that got back to the old server while it was still stopping
+    // and resumed there, in the old epoch: allowed, and then dropped again with the rest.)
+    // Spread: accepts per 100 ms since the new server listened. The first retry waits uniform
+    // [0, 500 ms], so no 100 ms should hold much more than a fifth of the clients (plus what
+    // the server batches while busy): at most 40 %, and the middle 80 % of the accepts span
+    // at least 300 ms. A spike (no jitter) puts nearly all of them in one bucket.
     let times: Vec<u64> = opens
         .lock()
         .unwrap()
@@ -160,7 +163,8 @@ fn restart_storm(backend: Backend) {
 /// The 10,000 clients, in their own process (started by the test above, with the server's
 /// address in `PERCORE_RESTART_ADDR`). Prints `READY subscribed=N` once every client is
 /// subscribed, then, once every client is back and subscribed again (or the deadline passed),
-/// `RESUME back=.. reset_new_epoch=.. resumed=.. errors=..` and the histogram of the time from
+/// `RESUME back=.. reset_new_epoch=.. resumed=.. errors=..` (`resumed`: clients that resumed on
+/// the old server while it was stopping, before being dropped again) and the histogram of the time from
 /// each client's drop to its new connection.
 #[test]
 #[ignore = "the client process of resume_ten_thousand_clients_*, started by that test"]
