@@ -11,7 +11,8 @@
 //! thread publishes 64-byte messages to the topic, in batches, waiting for the shard to catch
 //! up. CPU is the shard thread's plus the publishing thread's (from /proc/self/task/*/schedstat:
 //! nanoseconds on a CPU), divided by the deliveries (publishes × subscribers); the reader's is
-//! left out. Memory: RSS growth while 200 topics fill their histories, per topic.
+//! left out. Memory: RSS growth while 2,000 (500) topics fill histories of 100 (1,000)
+//! messages, per topic and per message.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -28,6 +29,9 @@ const PAYLOAD: [u8; 64] = [b'x'; 64];
 const DELIVERIES: u64 = 2_000_000;
 const PUBLISHES_MIN: u64 = 200;
 const BATCH: u64 = 100;
+/// Each configuration is measured this many times, interleaved with the others; the median
+/// is reported (the machine is shared: single runs are noisy).
+const ROUNDS: usize = 3;
 
 /// Plain connections subscribe on open; resume connections subscribe themselves (`sub t`).
 struct Sub;
@@ -246,15 +250,27 @@ fn main() {
     } else {
         args
     };
-    let mut rows: HashMap<(u64, &'static str), f64> = HashMap::new();
+    let mut rows: HashMap<(u64, &'static str), Vec<f64>> = HashMap::new();
     let modes = [Mode::Off, Mode::OnPlain, Mode::OnResume];
-    for &n in &counts {
-        for mode in modes {
-            let ns = measure(mode, n);
-            eprintln!("{n:>6} subscribers, {}: {ns:.1} ns/delivery", mode.name());
-            rows.insert((n, mode.name()), ns);
+    for round in 0..ROUNDS {
+        for &n in &counts {
+            for mode in modes {
+                let ns = measure(mode, n);
+                eprintln!(
+                    "round {round}: {n:>6} subscribers, {}: {ns:.1} ns/delivery",
+                    mode.name()
+                );
+                rows.entry((n, mode.name())).or_default().push(ns);
+            }
         }
     }
+    let rows: HashMap<(u64, &'static str), f64> = rows
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (k, v[v.len() / 2])
+        })
+        .collect();
     println!("| subscribers | history off | history on, plain subscribers | history on, resume subscribers | on/off (plain) | on/off (resume) |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for &n in &counts {

@@ -163,8 +163,9 @@ fn restart_storm(backend: Backend) {
 /// The 10,000 clients, in their own process (started by the test above, with the server's
 /// address in `PERCORE_RESTART_ADDR`). Prints `READY subscribed=N` once every client is
 /// subscribed, then, once every client is back and subscribed again (or the deadline passed),
-/// `RESUME back=.. reset_new_epoch=.. resumed=.. errors=..` (`resumed`: clients that resumed on
-/// the old server while it was stopping, before being dropped again) and the histogram of the time from
+/// `RESUME back=.. reset_new_epoch=.. resumed=.. errors=.. stalled=..` (`resumed`: clients that
+/// resumed on the old server while it was stopping, before being dropped again; `stalled`:
+/// attempts given up after `CONNECT_TIMEOUT` without an answer to the upgrade) and the histogram of the time from
 /// each client's drop to its new connection.
 #[test]
 #[ignore = "the client process of resume_ten_thousand_clients_*, started by that test"]
@@ -194,7 +195,11 @@ mod clients {
         stream: TcpStream,
         conn: Connection,
         out: Vec<u8>,
+        since: Instant,
     }
+
+    /// An attempt not open by then is given up (`ResumeClient::connect_timeout` does the same).
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
     struct Client {
         session: Session,
@@ -235,7 +240,12 @@ mod clients {
         let req = proto::client_request(&addr.to_string(), "/", &key, &[PROTOCOL], &[]);
         let mut out = Vec::new();
         let conn = Connection::client(0, &mut out, &key, &req);
-        Ok(Link { stream, conn, out })
+        Ok(Link {
+            stream,
+            conn,
+            out,
+            since: Instant::now(),
+        })
     }
 
     /// Write what is queued; false if the connection failed.
@@ -319,6 +329,7 @@ mod clients {
             retries.push(Reverse((Instant::now(), i)));
         }
         let (mut subscribed, mut ready_said, mut back) = (0u32, false, 0u32);
+        let (mut stalled, mut stalled_check) = (0u64, Instant::now());
         while started.elapsed() < deadline {
             let now = Instant::now();
             while let Some(&Reverse((at, i))) = retries.peek() {
@@ -379,6 +390,24 @@ mod clients {
                     retries.push(Reverse((now + d, i)));
                 }
             }
+            // Attempts that did not open in time (a connection the old server accepted in its
+            // last moments and never served, say) are dropped and retried.
+            if stalled_check.elapsed() >= Duration::from_millis(250) {
+                stalled_check = Instant::now();
+                for (i, c) in clients.iter_mut().enumerate() {
+                    let late = c
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| !l.conn.is_open() && l.since.elapsed() >= CONNECT_TIMEOUT);
+                    if late {
+                        stalled += 1;
+                        let mut l = c.link.take().unwrap();
+                        let _ = poll.registry().deregister(&mut l.stream);
+                        let d = c.session.on_disconnect().unwrap_or(Duration::from_secs(1));
+                        retries.push(Reverse((Instant::now() + d, i as u32)));
+                    }
+                }
+            }
             if !ready_said && subscribed == n {
                 ready_said = true;
                 println!("\nREADY subscribed={subscribed}");
@@ -404,12 +433,29 @@ mod clients {
         };
         println!(
             "\nRESUME back={back_n} reset_new_epoch={reset} resumed={resumed} errors={errors} \
-             p50_ms={} p99_ms={} max_ms={} in={:.1}s",
+             stalled={stalled} p50_ms={} p99_ms={} max_ms={} in={:.1}s",
             pct(50),
             pct(99),
             ms.last().copied().unwrap_or(0),
             started.elapsed().as_secs_f64()
         );
+        for (i, c) in clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.reset_new_epoch)
+            .take(5)
+        {
+            let l = c.link.as_ref();
+            eprintln!(
+                "not back: client {i}: link={} open={} unsent={} local={:?} lost={:?} back={:?}",
+                l.is_some(),
+                l.is_some_and(|l| l.conn.is_open()),
+                l.map_or(0, |l| l.out.len()),
+                l.and_then(|l| l.stream.local_addr().ok()),
+                c.lost_at.map(|t| t.elapsed()),
+                c.back_at.map(|t| t.elapsed()),
+            );
+        }
         eprintln!("reconnect time per client, from its drop to its new connection (ms count):");
         let mut h: Vec<(u64, usize)> = Vec::new();
         for &t in &ms {

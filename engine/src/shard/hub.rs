@@ -18,7 +18,7 @@ use crate::history::{History, HistoryPolicy, Position, TopicHistory};
 use crate::id::ConnId;
 use crate::proto::Message;
 use crate::pubsub::{PubSubError, PublishOptions};
-use crate::resume::Envelope;
+use crate::resume::{Envelope, Jitter};
 use crate::stats::{ShardStats, SharedStats, Stats};
 
 /// Shared between the shards, the server handle and every [`Publisher`].
@@ -68,16 +68,8 @@ impl Hub {
             topic_name_bytes_max,
             topics: RwLock::new(Directory::default()),
             history,
-            epoch_base: {
-                let mut b = [0u8; 8];
-                crate::proto::MaskRng::from_os()
-                    .mask()
-                    .iter()
-                    .zip(&mut b)
-                    .for_each(|(x, y)| *y = *x);
-                // Start low in the 53-bit range so that counting up never wraps in practice.
-                u64::from_le_bytes(b) & ((1 << 52) - 1)
-            },
+            // Random, and low in the 53-bit range so that counting up never wraps in practice.
+            epoch_base: Jitter::from_os().next_u64() & ((1 << 52) - 1),
             epochs: AtomicU64::new(1),
             shared: SharedStats::default(),
             shard_stats,
