@@ -3,7 +3,8 @@
 //! subscribers of one topic; and the memory a topic's history takes as configured.
 //!
 //! ```text
-//! cargo run --release -p percore --example resume_cost [SUBSCRIBERS...]
+//! cargo run --release -p percore --example resume_cost [SUBSCRIBERS...]   # CPU table
+//! cargo run --release -p percore --example resume_cost memory MESSAGES TOPICS   # one memory row
 //! ```
 //!
 //! One shard (io_uring with direct descriptors, so the server's sockets do not count against
@@ -17,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,8 +134,12 @@ fn cpu_ns() -> u64 {
     total
 }
 
-/// Drain every subscriber's socket until `stop`.
-fn reader(conns: Vec<TcpStream>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Drain every subscriber's socket until `stop`, counting the bytes in `read`.
+fn reader(
+    conns: Vec<TcpStream>,
+    stop: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use mio::{Events, Interest, Poll, Token};
         let mut poll = Poll::new().unwrap();
@@ -157,14 +162,16 @@ fn reader(conns: Vec<TcpStream>, stop: Arc<AtomicBool>) -> std::thread::JoinHand
                 .unwrap();
             for e in events.iter() {
                 let s = &mut socks[e.token().0];
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    read.fetch_add(n as u64, Ordering::Relaxed);
+                }
             }
         }
     })
 }
 
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(120);
+    let end = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < end, "timed out: {what}");
         std::thread::sleep(Duration::from_micros(200));
@@ -179,7 +186,8 @@ fn measure(mode: Mode, n: u64) -> f64 {
         .collect();
     wait("subscriptions", || srv.stats().subscriptions == n);
     let stop = Arc::new(AtomicBool::new(false));
-    let r = reader(conns, stop.clone());
+    let read = Arc::new(AtomicU64::new(0));
+    let r = reader(conns, stop.clone(), read.clone());
     let publishes = (DELIVERIES / n).max(PUBLISHES_MIN);
     let base = srv.stats().delivered;
     let msg = Message::Binary(&PAYLOAD);
@@ -190,9 +198,16 @@ fn measure(mode: Mode, n: u64) -> f64 {
             srv.publish(TOPIC, msg).unwrap();
             sent += 1;
         }
-        // Keep at most two batches in flight (the mailbox stays small).
+        // Keep at most two batches in flight (the mailbox stays small), and the reader within
+        // 64 KiB per socket of what the server wrote (send queues stay far below their limit).
         let want = base + sent.saturating_sub(2 * BATCH) * n;
-        wait("deliveries", || srv.stats().delivered >= want);
+        wait(&format!("deliveries ({want})"), || {
+            let st = srv.stats();
+            if st.slow_consumers + st.closed + st.dropped > 0 {
+                panic!("a subscriber was lost: {st:?}");
+            }
+            st.delivered >= want && read.load(Ordering::Relaxed) + n * (64 << 10) >= st.bytes_sent
+        });
     }
     wait("all deliveries", || {
         srv.stats().delivered == base + publishes * n
@@ -241,6 +256,12 @@ fn memory(topics: usize, messages: usize) -> (f64, u64) {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("memory") {
+        let num = |i: usize, d: usize| argv.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+        memory_row(num(2, 1000), num(3, 500));
+        return;
+    }
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -284,17 +305,15 @@ fn main() {
             v[2] / v[0]
         );
     }
-    println!();
+}
+
+/// One row of the memory table: `topics` topics with `messages` messages each. Run each row in
+/// a fresh process: memory freed by an earlier run would be reused without growing RSS.
+fn memory_row(messages: usize, topics: usize) {
+    let (per_topic, frame) = memory(topics, messages);
     println!(
-        "| history per topic (64-byte payloads) | RSS per topic | envelope frame | frames alone |"
+        "| {messages} messages | {topics} | {:.1} KiB | {:.0} B | {frame} B |",
+        per_topic / 1024.0,
+        per_topic / messages as f64
     );
-    println!("|---|---:|---:|---:|");
-    for messages in [100, 1000] {
-        let (per_topic, frame) = memory(200, messages);
-        println!(
-            "| {messages} messages | {:.0} KiB | {frame} B | {:.0} KiB |",
-            per_topic / 1024.0,
-            (frame * messages as u64) as f64 / 1024.0
-        );
-    }
 }

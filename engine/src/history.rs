@@ -33,7 +33,8 @@ impl fmt::Display for Position {
 /// is told exactly what it missed).
 ///
 /// Memory: the frames themselves (at most `bytes_max`, counted as encoded frames), plus about
-/// 32 bytes per kept message and ~200 bytes per topic. The frames are shared with the
+/// 65 bytes per kept message (ring slot, reference counts, allocator rounding) and ~200 bytes
+/// per topic (bench/results/2026-12-01-resume-cost.md). The frames are shared with the
 /// subscribers' send queues, so a message still queued somewhere costs nothing twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -314,8 +314,10 @@ impl ServerBuilder {
     /// [`Self::topic_history_age_max`], so that resume subscribers that lost their connection
     /// get what they missed. Cost per publish: one lock of the topic's history, one envelope
     /// frame encoded (shared by every resume subscriber and the history), and the plain frame
-    /// as before; memory: the kept frames (shared with the send queues) plus ~32 bytes per kept
-    /// message and ~200 per topic. Per-topic values: [`Self::topic_history`].
+    /// as before; memory: the kept frames (shared with the send queues) plus ~65 bytes per kept
+    /// message and ~200 per topic (measured: ~160 bytes per kept 64-byte message; about
+    /// 200-300 ns of CPU per publish, bench/results/2026-12-01-resume-cost.md). Per-topic
+    /// values: [`Self::topic_history`].
     pub fn topic_history_messages_max(mut self, n: usize) -> Self {
         self.config.history.default.messages_max = n;
         self
