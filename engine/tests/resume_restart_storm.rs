@@ -137,8 +137,9 @@ fn restart_storm(backend: Backend) {
     // and resumed there, in the old epoch: allowed, and then dropped again with the rest.)
     // Spread: accepts per 100 ms since the new server listened. The first retry waits uniform
     // [0, 500 ms], so no 100 ms should hold much more than a fifth of the clients (plus what
-    // the server batches while busy): at most 40 %, and the middle 80 % of the accepts span
-    // at least 300 ms. A spike (no jitter) puts nearly all of them in one bucket.
+    // the server batches while busy, which on a loaded 2-core machine was seen to pass 40 %):
+    // at most 60 %, and the middle 80 % of the accepts span at least 300 ms. A spike (no
+    // jitter) puts nearly all of them in one bucket.
     let times: Vec<u64> = opens
         .lock()
         .unwrap()
@@ -154,7 +155,7 @@ fn restart_storm(backend: Backend) {
         eprintln!("  {ms:>6} {n:>5}");
     }
     assert!(
-        peak <= CLIENTS as usize * 2 / 5,
+        peak <= CLIENTS as usize * 3 / 5,
         "accept spike: {peak} in 100 ms: {accepts:?}"
     );
     let mut sorted = times.clone();
