@@ -8,6 +8,8 @@
 //! scripts/test.sh installs it and sets `PERCORE_REQUIRE_NODE=1`; elsewhere a missing Node is
 //! a skip, with a note.
 
+mod tools;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -29,11 +31,7 @@ fn serve(addr: &str) -> (Child, SocketAddr) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let addr = tools::listen_addr(&line);
     (child, addr)
 }
 
