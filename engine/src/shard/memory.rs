@@ -4,8 +4,8 @@
 //! RSS would stay at the storm's level. After frees of at least [`TRIM_FREED_BYTES`] (a burst,
 //! not the churn of a steady load: trimming that would only give back pages the next
 //! connections fault in again) the shard trims, at most once per [`TRIM_INTERVAL`]: it frees its
-//! pool of large message buffers if no message used it since the last look, its stock of
-//! send-queue storage, the slab's table if no connection is left, and asks the allocator to
+//! pool of large message buffers (and its stock of large send buffers) if no message used it
+//! since the last look, its stock of send-queue storage, the slab's table if no connection is left, and asks the allocator to
 //! return free pages to the system (`malloc_trim`). While the buffer pool holds anything the
 //! shard wakes every [`TRIM_INTERVAL`] to look again; when the pool a burst left behind goes
 //! idle and is freed, the shard trims once more.
@@ -64,8 +64,8 @@ impl MemoryTrim {
         slab: &mut Slab<E>,
     ) {
         let pool = ep.pool();
-        let pooled = pool.bytes() > 0;
-        self.freed += pool.take_released();
+        let pooled = pool.bytes() > 0 || queues.large_bytes() > 0;
+        self.freed += pool.take_released() + queues.take_released();
         if self.at.is_none() && (self.freed >= TRIM_FREED_BYTES || pooled) {
             let earliest = self.last.map_or(now, |l| l + TRIM_INTERVAL);
             self.at = Some(earliest.max(now));
@@ -77,14 +77,15 @@ impl MemoryTrim {
         self.at = None;
         let pool = ep.pool();
         let drained = pool.drain_if_idle() > 0;
-        let pooled = pool.bytes() > 0;
-        self.freed += pool.take_released();
+        let drained = queues.drain_large_if_idle() > 0 || drained;
+        let pooled = pool.bytes() > 0 || queues.large_bytes() > 0;
+        self.freed += pool.take_released() + queues.take_released();
         if self.freed >= TRIM_FREED_BYTES || (drained && self.after_burst) {
             self.freed = 0;
             self.last = Some(now);
             self.after_burst = pooled;
             // What a burst of connections left: refilled by the next sends.
-            *queues = QueuePool::default();
+            queues.clear();
             if slab.is_empty() {
                 *slab = Slab::new();
             }

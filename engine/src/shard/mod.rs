@@ -202,7 +202,7 @@ impl<H: Handler> Shard<H> {
             dirty: Vec::new(),
             now: 0,
             broadcasts: Vec::new(),
-            pool: QueuePool::default(),
+            pool: QueuePool::new(config.buffer_pool_bytes_max),
             topics: Topics::new(hub.clone(), index, stats.clone()),
             config,
             stats,
@@ -629,9 +629,10 @@ impl<H: Handler> Shard<H> {
                 self.finalize(key);
                 return;
             }
-            e.queue.recycle(&mut self.ctx.pool);
         }
-        e.queue.release_if_idle();
+        // Empty and not in flight (written now, or a completion came): its storage goes back
+        // to the stock before the queue's box is freed.
+        e.queue.recycle_if_idle(&mut self.ctx.pool);
         let mut settle = false;
         if e.queue.len() >= self.ctx.config.send_queue_low_water_bytes {
             e.flags |= DRAIN_WANTED;
