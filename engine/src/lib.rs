@@ -59,6 +59,8 @@ mod send_queue;
 mod server;
 mod shard;
 mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod upgrade;
 
 pub use client::Connect;
