@@ -60,6 +60,14 @@ const RECV_BUFFER_BYTES_MAX: usize = 1 << 30;
 /// Most buffers in one io_uring provided-buffer ring (the kernel's bound).
 const RECV_BUFFERS_MAX: usize = 32_768;
 
+/// Default for `tls_handshake_bytes_max`: 32 KiB, room for a ClientHello (usually under 2
+/// KiB, at most one 16 KiB record) and a client's certificate chain.
+#[cfg(feature = "tls")]
+pub(crate) const TLS_HANDSHAKE_BYTES_MAX_DEFAULT: usize = 32 << 10;
+/// Smallest `tls_handshake_bytes_max`: one whole TLS record.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_BYTES_MIN: usize = (1 << 14) + 256 + 5;
+
 /// Everything a shard needs to know; built by [`crate::ServerBuilder`]. Limit names carry their
 /// unit last (`_bytes`, `_messages`…) and a `_max` when they bound something.
 #[derive(Clone, Debug)]
@@ -89,6 +97,12 @@ pub(crate) struct Config {
     pub(crate) mailbox_messages_max: usize,
     pub(crate) http_response_bytes_max: usize,
     pub(crate) origins: Origins,
+    /// TLS for the TLS listener (the application's config, prepared at start).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Most received bytes a TLS session holds while its handshake runs.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_handshake_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -119,6 +133,10 @@ impl Default for Config {
             mailbox_messages_max: 65_536,
             http_response_bytes_max: 1 << 20,
             origins: Origins::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            tls_handshake_bytes_max: TLS_HANDSHAKE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -143,6 +161,11 @@ impl Config {
         self.mailbox_messages_max = self.mailbox_messages_max.max(1);
         // 0 frames a turn would never decode anything; a connection counts them in a u16.
         self.recv_frames_per_turn_max = self.recv_frames_per_turn_max.clamp(1, u32::from(u16::MAX));
+        #[cfg(feature = "tls")]
+        {
+            self.tls_handshake_bytes_max =
+                self.tls_handshake_bytes_max.max(TLS_HANDSHAKE_BYTES_MIN);
+        }
         self
     }
 }

@@ -35,6 +35,9 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerBuilder {
     addr: io::Result<SocketAddr>,
+    /// A second listener, for TLS (`tls_bind`).
+    #[cfg(feature = "tls")]
+    tls_addr: Option<io::Result<SocketAddr>>,
     pub(crate) config: Config,
     /// The first refused `allow_origin` pattern, reported by `start`.
     origin_error: Option<String>,
@@ -46,6 +49,8 @@ impl Default for ServerBuilder {
     fn default() -> Self {
         Self {
             addr: Ok(SocketAddr::from(([0, 0, 0, 0], 9001))),
+            #[cfg(feature = "tls")]
+            tls_addr: None,
             config: Config::default(),
             origin_error: None,
             #[cfg(feature = "cluster")]
@@ -54,14 +59,54 @@ impl Default for ServerBuilder {
     }
 }
 
+fn one_addr(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs().and_then(|mut a| {
+        a.next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
+    })
+}
+
 impl ServerBuilder {
     /// Address to listen on (default `0.0.0.0:9001`). Port 0 picks a free port, shared by all
     /// shards (each shard has its own `SO_REUSEPORT` listener on it).
     pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
-        self.addr = addr.to_socket_addrs().and_then(|mut a| {
-            a.next()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
-        });
+        self.addr = one_addr(addr);
+        self
+    }
+
+    /// Serve `wss://` with this rustls config: on the [`ServerBuilder::tls_bind`] address when
+    /// one is given (the [`ServerBuilder::bind`] address then stays plain, and both are served
+    /// by the same shards), else on the `bind` address. TLS 1.3 only (see [`crate::tls`]);
+    /// [`crate::tls::server_config`] makes a config with percore's choices. The config is used
+    /// as given, except: secret extraction on, no 0-RTT data, ALPN `http/1.1` when it sets
+    /// none, and its certificate resolver wrapped to learn the SNI
+    /// ([`crate::Request::server_name`]).
+    ///
+    /// Cost: a TLS connection holds about 2 KiB more than a plain one while idle (two AEAD keys
+    /// and rustls' key schedule, no buffer), up to `tls_handshake_bytes_max` during its
+    /// handshake, and whatever of its plaintext send queue is sealed and not yet written (at
+    /// most 256 KiB plus record overhead). The handshake counts against `handshake_timeout`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: impl Into<Arc<rustls::ServerConfig>>) -> Self {
+        self.config.tls = Some(config.into());
+        self
+    }
+
+    /// A second address, which speaks TLS (needs [`ServerBuilder::tls`]); port 0 picks a free
+    /// one. [`ServerHandle::tls_local_addr`] tells which.
+    #[cfg(feature = "tls")]
+    pub fn tls_bind(mut self, addr: impl ToSocketAddrs) -> Self {
+        self.tls_addr = Some(one_addr(addr));
+        self
+    }
+
+    /// Most received bytes a TLS connection holds while its handshake runs (default 32 KiB;
+    /// at least one TLS record, 16,645 bytes): what rustls has not consumed yet, usually
+    /// nothing or part of one record. Past it the connection is closed (a
+    /// [`Stats::tls_failures`]). Worst case this times the connections in their handshake.
+    #[cfg(feature = "tls")]
+    pub fn tls_handshake_bytes_max(mut self, n: usize) -> Self {
+        self.config.tls_handshake_bytes_max = n;
         self
     }
 
@@ -347,7 +392,30 @@ impl ServerBuilder {
         if let Some(e) = self.origin_error {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
-        let config = self.config.clamped(backend_io::nofile_limit());
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut config = self.config.clamped(backend_io::nofile_limit());
+        // The address of each listener, and which one speaks TLS.
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut addrs = vec![addr];
+        #[cfg(feature = "tls")]
+        let tls_listener = match (&config.tls, self.tls_addr) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "tls_bind needs a TLS config (ServerBuilder::tls)",
+                ))
+            }
+            (Some(_), None) => Some(0),
+            (Some(_), Some(a)) => {
+                addrs.push(a?);
+                Some(1)
+            }
+        };
+        #[cfg(feature = "tls")]
+        if let Some(cfg) = &config.tls {
+            config.tls = Some(crate::tls::prepare_server(cfg));
+        }
         #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             c.check(config.topic_name_bytes_max)?;
@@ -363,13 +431,19 @@ impl ServerBuilder {
             Shards::Count(n) => n.max(1),
             Shards::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let mut listeners = Vec::with_capacity(n);
-        let first = reuseport_listener(addr, config.backlog)?;
-        let local_addr = first.local_addr()?;
-        listeners.push(first);
-        for _ in 1..n {
-            listeners.push(reuseport_listener(local_addr, config.backlog)?);
+        // Per shard, one listener on each address (the first shard's picks the port).
+        let mut listeners: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let first = reuseport_listener(addr, config.backlog)?;
+            let local = first.local_addr()?;
+            listeners[0].push(first);
+            for l in listeners.iter_mut().skip(1) {
+                l.push(reuseport_listener(local, config.backlog)?);
+            }
+            local_addrs.push(local);
         }
+        let local_addr = local_addrs[0];
 
         let cores = if config.pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -405,7 +479,9 @@ impl ServerBuilder {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let run = shard::Run {
                 index,
-                listener,
+                listeners: listener,
+                #[cfg(feature = "tls")]
+                tls_listener,
                 config: config.clone(),
                 factory: factory.clone(),
                 stats: shard_stats.clone(),
@@ -453,6 +529,8 @@ impl ServerBuilder {
         let handle = ServerHandle {
             hub,
             local_addr,
+            #[cfg(feature = "tls")]
+            tls_local_addr: tls_listener.map(|i| local_addrs[i]),
             backend,
             threads: Mutex::new(threads),
             #[cfg(feature = "cluster")]
@@ -486,6 +564,8 @@ fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
 pub struct ServerHandle {
     hub: Arc<Hub>,
     local_addr: SocketAddr,
+    #[cfg(feature = "tls")]
+    tls_local_addr: Option<SocketAddr>,
     backend: Backend,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The cluster bridge thread, stopped after the shards.
@@ -510,6 +590,13 @@ impl ServerHandle {
     /// The address the shards listen on (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address that speaks TLS, if any: the [`ServerBuilder::tls_bind`] address (with its
+    /// real port), or [`ServerHandle::local_addr`] when TLS is served there.
+    #[cfg(feature = "tls")]
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// The backend actually running (`Auto` resolved).

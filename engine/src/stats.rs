@@ -54,6 +54,13 @@ pub struct Stats {
     pub topics: u64,
     /// Subscriptions (connection, topic) on all shards (a gauge).
     pub subscriptions: u64,
+    /// TLS handshakes completed (`wss://` connections, accepted and outbound).
+    pub tls_handshakes: u64,
+    /// TLS connections failed in the TLS layer: a handshake refused (garbage or plaintext on
+    /// the TLS port, no common version, an unknown CA on the client side, …), a record that
+    /// did not authenticate, the peer's fatal alert. Each is closed (after our alert, when TLS
+    /// asks for one) and logged at `warn` (rate-limited per shard).
+    pub tls_failures: u64,
     /// Topics across servers (all zero unless the server runs with
     /// `ServerBuilder::cluster` (engine feature `cluster`)).
     pub cluster: ClusterStats,
@@ -121,6 +128,8 @@ pub(crate) struct ShardStats {
     pub(crate) conflated: AtomicU64,
     /// A gauge: moved by [`ShardStats::bump`] and [`ShardStats::drop_one`].
     pub(crate) subscriptions: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
 }
 
 impl ShardStats {
@@ -162,6 +171,8 @@ impl ShardStats {
         s.dropped += g(&self.dropped);
         s.conflated += g(&self.conflated);
         s.subscriptions += g(&self.subscriptions);
+        s.tls_handshakes += g(&self.tls_handshakes);
+        s.tls_failures += g(&self.tls_failures);
     }
 }
 

@@ -455,6 +455,23 @@ impl Connection {
         self.finish();
     }
 
+    /// The transport under the protocol ended the connection itself — TLS: a fatal error (the
+    /// caller queued its alert) or the peer's `close_notify` (the caller queues its own): no
+    /// frame is sent any more, the connection reports 1006 with `reason` unless a close frame
+    /// came first, and the transport ends once the output is flushed, half-closed and
+    /// lingering when `linger` (so that the peer reads those last bytes), else closed. A
+    /// connection already lingering finishes now; one already flushing keeps its plan.
+    pub fn end_transport(&mut self, now: u32, reason: &str, linger: bool) {
+        match self.send.phase {
+            Phase::Closed | Phase::Flushing => {}
+            Phase::Linger => self.finish(),
+            Phase::Handshake | Phase::Upgrading | Phase::Responding | Phase::Open => {
+                self.recv.held.clear();
+                self.send.end_transport(now, reason, linger);
+            }
+        }
+    }
+
     /// The caller gives up on the connection (a write failed, the shutdown deadline passed):
     /// it is finished.
     pub fn abort(&mut self) {

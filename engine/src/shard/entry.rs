@@ -21,6 +21,10 @@ pub(crate) const BACKLOG: u8 = 16;
 /// The peer's EOF came while frames were held by the budget (`BACKLOG`): it is handled once
 /// they are decoded, so that nothing the peer sent before its FIN is lost.
 pub(crate) const EOF_HELD: u8 = 32;
+/// A TLS connection: its session is `Shard::tls.conns[tls]` and the backend writes from its
+/// wire queue (`queue` holds plaintext). Its receives are not paused by the frame budget.
+#[cfg(feature = "tls")]
+pub(crate) const TLS: u8 = 64;
 
 /// One connection in the shard's slab.
 pub(crate) struct Entry<S> {
@@ -34,13 +38,17 @@ pub(crate) struct Entry<S> {
     pub(crate) generation: u32,
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
-    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`.
+    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, `TLS`.
     pub(crate) flags: u8,
     /// The loop turn (its low bits) `frames_left` counts for: a receive in another turn starts
     /// with a full budget.
     pub(crate) turn: u8,
     /// Frames it may still have decoded in turn `turn` (`recv_frames_per_turn_max`).
     pub(crate) frames_left: u16,
+    /// With `TLS`: the connection's index in the shard's TLS sessions (fits in the entry's
+    /// padding: a plain connection is no larger for it).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: u32,
 }
 
 /// An upgrade request waiting for its deferred decision, beside the slab (not in the entry: a
@@ -138,6 +146,8 @@ mod tests {
         let size = std::mem::size_of::<Entry<()>>();
         println!("slab entry for State = (): {size} bytes");
         assert!(size <= 96, "slab entry grew to {size} bytes");
+        // The TLS index lives in padding: the entry is 88 bytes either way.
+        assert_eq!(size, 88);
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod conn;
 mod ctx;
 mod delivery;
 mod entry;
+mod flush;
 mod handler;
 mod handshake;
 mod hub;
@@ -22,6 +23,8 @@ mod mailbox;
 mod memory;
 mod request;
 mod timer;
+#[cfg(feature = "tls")]
+mod tls;
 mod topics;
 
 #[cfg(all(feature = "cluster", test))]
@@ -50,14 +53,15 @@ use slab::Slab;
 use crate::config::Config;
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{AfterFlush, AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
+use crate::proto::{AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
 use self::ctx::{Ctx, Out};
+#[cfg(feature = "tls")]
+use self::entry::TLS;
 use self::entry::{
-    Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, DRAIN_WANTED, EOF_HELD,
-    OVER_CAPACITY,
+    Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, EOF_HELD, OVER_CAPACITY,
 };
 use self::memory::MemoryTrim;
 use self::timer::{Scheduled, TimerWheel};
@@ -66,7 +70,11 @@ use self::topics::Topics;
 /// Everything a shard thread starts from.
 pub(crate) struct Run<H, F> {
     pub(crate) index: usize,
-    pub(crate) listener: TcpListener,
+    /// This shard's listeners (each `SO_REUSEPORT`, one per server address).
+    pub(crate) listeners: Vec<TcpListener>,
+    /// Which of them speaks TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_listener: Option<usize>,
     pub(crate) config: Arc<Config>,
     pub(crate) factory: Arc<F>,
     pub(crate) stats: Arc<ShardStats>,
@@ -97,7 +105,7 @@ where
             direct_fds_max: self.config.direct_fds_max,
             events_max: 1024,
         };
-        let driver = match D::new(self.listener, &dcfg) {
+        let driver = match D::new(self.listeners, &dcfg) {
             Ok(d) => d,
             Err(e) => {
                 let _ = self.ready.send((self.index, Err(e)));
@@ -109,6 +117,12 @@ where
         if self.ready.send((self.index, Ok(driver.waker()))).is_err() {
             return;
         }
+        #[cfg(feature = "tls")]
+        let tls = tls::TlsConns::new(
+            self.config.tls.clone(),
+            self.tls_listener,
+            self.config.tls_handshake_bytes_max,
+        );
         let mut shard = Shard::new(
             self.index,
             handler,
@@ -118,6 +132,10 @@ where
             self.hub,
             self.mail,
         );
+        #[cfg(feature = "tls")]
+        {
+            shard.tls = tls;
+        }
         shard.run(driver);
         shard.ctx.topics.clear();
     }
@@ -141,7 +159,8 @@ struct Shard<H: Handler> {
     /// The last turn left mail unread (the next poll must not block).
     mail_backlog: bool,
     open: Arc<AtomicUsize>,
-    accepted: Vec<(Socket, SocketAddr)>,
+    /// Accepted sockets, their peers and listeners, registered after the poll.
+    accepted: Vec<(Socket, SocketAddr, usize)>,
     /// Upgrade requests waiting for a deferred decision, by slab key: an entry exists exactly
     /// while its connection is live and upgrading (removed when decided or finalized).
     pending: HashMap<u32, PendingUpgrade>,
@@ -158,6 +177,9 @@ struct Shard<H: Handler> {
     backlog: Vec<u32>,
     /// Memory given back after bursts (see `memory.rs`).
     memory: MemoryTrim,
+    /// The sessions of the TLS connections.
+    #[cfg(feature = "tls")]
+    tls: tls::TlsConns,
 }
 
 impl<H: Handler> Shard<H> {
@@ -212,6 +234,8 @@ impl<H: Handler> Shard<H> {
             frames_per_turn,
             backlog: Vec::new(),
             memory: MemoryTrim::default(),
+            #[cfg(feature = "tls")]
+            tls: tls::TlsConns::new(None, None, 0),
         }
     }
 
@@ -281,6 +305,15 @@ impl<H: Handler> Shard<H> {
             Completion::Recv { token, buf } => return self.on_recv(token.0, buf),
             Completion::Sent { token, n } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
+                    #[cfg(feature = "tls")]
+                    if e.flags & TLS != 0 {
+                        if let Some(t) = self.tls.conns.get_mut(e.tls as usize) {
+                            t.wire.complete(n);
+                        }
+                    } else {
+                        e.queue.complete(n);
+                    }
+                    #[cfg(not(feature = "tls"))]
                     e.queue.complete(n);
                     ShardStats::bump(&self.ctx.stats.bytes_sent, n as u64);
                     if e.flags & DIRTY == 0 {
@@ -289,7 +322,11 @@ impl<H: Handler> Shard<H> {
                     }
                 }
             }
-            Completion::Accepted { socket, peer } => self.accepted.push((socket, peer)),
+            Completion::Accepted {
+                socket,
+                peer,
+                listener,
+            } => self.accepted.push((socket, peer, listener)),
             Completion::Closed { token, error } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     if error.is_none() && e.flags & BACKLOG != 0 {
@@ -304,7 +341,7 @@ impl<H: Handler> Shard<H> {
             }
             Completion::Released { token } => {
                 if matches!(self.slab.get(token.0), Some(e) if e.flags & DEAD != 0) {
-                    self.slab.remove(token.0);
+                    self.remove(token.0);
                 }
             }
             // The mailbox is read every turn.
@@ -314,25 +351,57 @@ impl<H: Handler> Shard<H> {
     }
 
     fn register_accepted<D: Driver>(&mut self, driver: &mut D) {
-        for (socket, peer) in std::mem::take(&mut self.accepted) {
+        for (socket, peer, listener) in std::mem::take(&mut self.accepted) {
             if self.shutdown_at.is_some() {
                 continue;
             }
             let key = self.slab.vacant_key();
-            if key > u32::MAX as usize / 2 || driver.register(Token(key), socket).is_err() {
+            if key > u32::MAX as usize / 2 {
+                continue;
+            }
+            let mut flags = 0;
+            #[cfg(feature = "tls")]
+            let mut tls = 0;
+            #[cfg(feature = "tls")]
+            if self.tls.listener == Some(listener) {
+                match self.tls.accept() {
+                    Ok(i) => {
+                        tls = i;
+                        flags |= TLS;
+                    }
+                    // The server config was checked at start: nothing here to serve with.
+                    Err(_) => continue,
+                }
+            }
+            #[cfg(not(feature = "tls"))]
+            let _ = listener;
+            if driver.register(Token(key), socket).is_err() {
+                #[cfg(feature = "tls")]
+                if flags & TLS != 0 {
+                    self.tls.conns.remove(tls as usize);
+                }
                 continue;
             }
             ShardStats::bump(&self.ctx.stats.accepted, 1);
-            let mut flags = 0;
             if self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.connections_max {
                 flags |= OVER_CAPACITY;
             }
             let conn = Connection::server(self.ctx.now);
-            self.insert(key, peer, conn, Queue::default(), flags, None);
+            self.insert(
+                key,
+                peer,
+                conn,
+                Queue::default(),
+                flags,
+                None,
+                #[cfg(feature = "tls")]
+                tls,
+            );
         }
     }
 
-    /// Start an outbound connection: register it and queue its upgrade request.
+    /// Start an outbound connection: register it and queue its upgrade request (and, for
+    /// `wss://`, its ClientHello before it).
     fn register_outbound<D: Driver>(&mut self, driver: &mut D, out: Outbound) {
         if self.shutdown_at.is_some() {
             return;
@@ -342,11 +411,28 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let key = self.slab.vacant_key();
+        let (mut queue, mut flags) = (Queue::default(), 0);
+        #[cfg(feature = "tls")]
+        let mut tls = 0;
+        #[cfg(feature = "tls")]
+        if let Some((cfg, name)) = out.tls {
+            match self.tls.connect(cfg, name) {
+                Ok(i) => {
+                    tls = i;
+                    flags |= TLS;
+                }
+                // Reported by Connect::open already (the config is checked there).
+                Err(_) => return,
+            }
+        }
         if key > u32::MAX as usize / 2 || driver.register(Token(key), out.stream.into()).is_err() {
+            #[cfg(feature = "tls")]
+            if flags & TLS != 0 {
+                self.tls.conns.remove(tls as usize);
+            }
             return;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
-        let (mut queue, mut flags) = (Queue::default(), 0);
         let mut o = Out {
             key: key as u32,
             queue: &mut queue,
@@ -354,7 +440,16 @@ impl<H: Handler> Shard<H> {
             ctx: &mut self.ctx,
         };
         let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
-        self.insert(key, out.peer, conn, queue, flags, Some(*state));
+        self.insert(
+            key,
+            out.peer,
+            conn,
+            queue,
+            flags,
+            Some(*state),
+            #[cfg(feature = "tls")]
+            tls,
+        );
     }
 
     /// A new connection at slot `key` (the slab's vacant key); an accepted one gets its state
@@ -367,6 +462,7 @@ impl<H: Handler> Shard<H> {
         queue: Queue,
         flags: u8,
         state: Option<H::State>,
+        #[cfg(feature = "tls")] tls: u32,
     ) {
         self.next_generation = self.next_generation.wrapping_add(1);
         let k = self.slab.insert(Entry {
@@ -379,6 +475,8 @@ impl<H: Handler> Shard<H> {
             flags,
             turn: self.turn.wrapping_sub(1),
             frames_left: 0,
+            #[cfg(feature = "tls")]
+            tls,
         });
         debug_assert_eq!(k, key);
         self.settle(key);
@@ -392,6 +490,12 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get_mut(key) else {
             return Flow::Continue;
         };
+        #[cfg(feature = "tls")]
+        if e.flags & TLS != 0 {
+            // TLS connections are not paused by the frame budget (see entry::TLS).
+            self.on_recv_tls(key, buf);
+            return Flow::Continue;
+        }
         if e.turn != self.turn {
             e.turn = self.turn;
             e.frames_left = self.frames_per_turn;
@@ -443,7 +547,19 @@ impl<H: Handler> Shard<H> {
     fn after_recv(&mut self, key: usize, received: Received) {
         match received {
             Received::Done => {}
+            #[cfg(feature = "tls")]
+            Received::Upgrade(mut req) => {
+                self.tls_request(key, &mut req);
+                self.upgrade(key, req);
+            }
+            #[cfg(not(feature = "tls"))]
             Received::Upgrade(req) => self.upgrade(key, req),
+            #[cfg(feature = "tls")]
+            Received::Request(mut req) => {
+                self.tls_request(key, &mut req);
+                self.respond(key, &req);
+            }
+            #[cfg(not(feature = "tls"))]
             Received::Request(req) => self.respond(key, &req),
             Received::Failed(_) => ShardStats::bump(&self.ctx.stats.protocol_errors, 1),
             Received::Refused(_) => ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1),
@@ -508,9 +624,19 @@ impl<H: Handler> Shard<H> {
         for key in std::mem::take(&mut self.to_close) {
             let key = key as usize;
             if driver.close(Token(key)) && self.slab.contains(key) {
-                self.slab.remove(key);
+                self.remove(key);
             }
         }
+    }
+
+    /// Forget connection `key` (its token is released: nothing refers to its queues any more).
+    fn remove(&mut self, key: usize) {
+        let e = self.slab.remove(key);
+        #[cfg(feature = "tls")]
+        if e.flags & TLS != 0 {
+            self.tls.conns.try_remove(e.tls as usize);
+        }
+        drop(e);
     }
 
     fn begin_shutdown<D: Driver>(&mut self, driver: &mut D, at: Instant) {
@@ -584,96 +710,6 @@ impl<H: Handler> Shard<H> {
             self.settle(key);
         }
         self.expired = expired;
-    }
-
-    /// Write every dirty connection's queue and act on what the writes finished.
-    fn flush<D: Driver>(&mut self, driver: &mut D) {
-        // Callbacks run here (on_drain, on_close) may dirty connections again: a few rounds.
-        for _ in 0..4 {
-            if self.ctx.dirty.is_empty() {
-                return;
-            }
-            let mut dirty = std::mem::take(&mut self.ctx.dirty);
-            for key in dirty.drain(..) {
-                self.flush_one(driver, key as usize);
-            }
-            if self.ctx.dirty.is_empty() {
-                self.ctx.dirty = dirty;
-            }
-        }
-    }
-
-    fn flush_one<D: Driver>(&mut self, driver: &mut D, key: usize) {
-        let Some(e) = self.slab.get_mut(key) else {
-            return;
-        };
-        e.flags &= !DIRTY;
-        if e.flags & DEAD != 0 || e.queue.in_flight() {
-            return;
-        }
-        if !e.queue.is_empty() {
-            let before = e.queue.len();
-            let res = driver.send(Token(key), &mut e.queue);
-            let written = (before - e.queue.len()) as u64;
-            ShardStats::bump(&self.ctx.stats.bytes_sent, written);
-            if res.is_err() {
-                e.conn.abort();
-                self.finalize(key);
-                return;
-            }
-            e.queue.recycle(&mut self.ctx.pool);
-        }
-        e.queue.release_if_idle();
-        let mut settle = false;
-        if e.queue.len() >= self.ctx.config.send_queue_low_water_bytes {
-            e.flags |= DRAIN_WANTED;
-        } else if e.flags & DRAIN_WANTED != 0 {
-            e.flags &= !DRAIN_WANTED;
-            if let (true, Some(state)) = (e.conn.can_send(), e.state.as_mut()) {
-                let now = self.ctx.now;
-                let Entry {
-                    conn,
-                    queue,
-                    peer,
-                    generation,
-                    flags,
-                    ..
-                } = e;
-                let handler = &mut self.handler;
-                Conn {
-                    half: conn.send_half(),
-                    ep: &mut self.ep,
-                    out: Out {
-                        key: key as u32,
-                        queue,
-                        flags,
-                        ctx: &mut self.ctx,
-                    },
-                    state,
-                    peer,
-                    now,
-                    generation: *generation,
-                }
-                .guard(|c| handler.on_drain(c));
-                settle = true;
-            }
-        }
-        let Some(e) = self.slab.get_mut(key) else {
-            return;
-        };
-        if e.queue.is_empty() && !e.queue.in_flight() {
-            match e.conn.handle_flushed() {
-                AfterFlush::Continue => {}
-                AfterFlush::ShutdownWrite => {
-                    driver.shutdown_write(Token(key));
-                    settle = true;
-                }
-                _ => settle = true,
-            }
-        }
-        if settle {
-            self.settle(key);
-        }
     }
 }
 

@@ -83,26 +83,39 @@ impl UringDriver {
         Ok(())
     }
 
+    /// Arm the accept of every listener that has none armed.
     pub(super) fn arm_accept(&mut self) -> io::Result<()> {
         self.accept_retry_at = None;
-        let Some(listener) = &self.listener else {
-            return Ok(());
-        };
-        if self.accept_armed || self.direct_full() {
+        for i in 0..self.listeners.len() {
+            self.arm_accept_on(i)?;
+        }
+        Ok(())
+    }
+
+    fn arm_accept_on(&mut self, index: usize) -> io::Result<()> {
+        let direct = self.cfg.direct_fds;
+        let multishot = self.direct_room() > DIRECT_FDS_SLACK;
+        if self.direct_full() {
             // Full: armed again when a direct descriptor is closed. Meanwhile connections
             // wait in the listen backlog.
             return Ok(());
         }
+        let Some(listener) = self.listeners.get(index) else {
+            return Ok(());
+        };
+        if listener.armed {
+            return Ok(());
+        }
         // Direct descriptors have no close-on-exec flag (the kernel refuses SOCK_CLOEXEC).
-        let flags = if self.cfg.direct_fds {
+        let flags = if direct {
             libc::SOCK_NONBLOCK
         } else {
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
         };
-        let fd = types::Fd(listener.as_raw_fd());
-        let sqe = if self.direct_room() > DIRECT_FDS_SLACK {
+        let fd = types::Fd(listener.sock.as_raw_fd());
+        let sqe = if multishot {
             opcode::AcceptMulti::new(fd)
-                .allocate_file_index(self.cfg.direct_fds)
+                .allocate_file_index(direct)
                 .flags(flags)
                 .build()
         } else {
@@ -113,11 +126,18 @@ impl UringDriver {
                 .flags(flags)
                 .build()
         }
-        .user_data(OpId::new(OpKind::Accept, 0, 0).encode());
+        .user_data(OpId::new(OpKind::Accept, index, 0).encode());
         // SAFETY: an accept without address output points at no user memory.
         unsafe { self.push(&sqe) }?;
-        self.accept_armed = true;
+        if let Some(l) = self.listeners.get_mut(index) {
+            l.armed = true;
+        }
         Ok(())
+    }
+
+    /// Is any listener's accept not armed (after an error, or at the direct-descriptor cap)?
+    pub(super) fn accept_idle(&self) -> bool {
+        self.listeners.iter().any(|l| !l.armed)
     }
 
     /// [`UringDriver::arm_accept`] from the loop: a failure is retried after `ACCEPT_RETRY`
@@ -142,12 +162,16 @@ impl UringDriver {
         }
     }
 
+    /// Cancel the multishot accepts (near the direct-descriptor cap: they are re-armed one
+    /// at a time).
     pub(super) fn cancel_accept(&mut self) {
-        let sqe = opcode::AsyncCancel::new(OpId::new(OpKind::Accept, 0, 0).encode())
-            .build()
-            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
-        // SAFETY: a cancel points at no user memory.
-        let _ = unsafe { self.push(&sqe) };
+        for i in 0..self.listeners.len() {
+            let sqe = opcode::AsyncCancel::new(OpId::new(OpKind::Accept, i, 0).encode())
+                .build()
+                .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+            // SAFETY: a cancel points at no user memory.
+            let _ = unsafe { self.push(&sqe) };
+        }
     }
 
     pub(super) fn arm_recv(&mut self, token: Token) -> io::Result<()> {

@@ -238,6 +238,23 @@ impl SendHalf {
         self.end_after_flush(now, Ending::CloseHandshake);
     }
 
+    /// See [`super::Connection::end_transport`].
+    pub(super) fn end_transport(&mut self, now: u32, reason: &str, linger: bool) {
+        if self.outcome.is_none() {
+            self.outcome = Some(Box::new(Outcome {
+                code: Some(CloseCode::ABNORMAL),
+                reason: reason.to_owned(),
+            }));
+        }
+        self.phase = Phase::Flushing;
+        if linger {
+            self.flags |= LINGER;
+        } else {
+            self.flags &= !LINGER;
+        }
+        self.mark = now;
+    }
+
     /// Answer the handshake with an HTTP error and end after it.
     pub(super) fn refuse<O: Output>(&mut self, now: u32, out: &mut O, response: &[u8]) {
         out.push_bytes(response);
