@@ -45,10 +45,30 @@ pub(crate) struct Entry<S> {
     pub(crate) turn: u8,
     /// Frames it may still have decoded in turn `turn` (`recv_frames_per_turn_max`).
     pub(crate) frames_left: u16,
-    /// With `TLS`: the connection's index in the shard's TLS sessions (fits in the entry's
-    /// padding: a plain connection is no larger for it).
+    /// With `TLS`: the connection's index in the shard's TLS sessions (3 bytes, in the
+    /// entry's padding: a plain connection is no larger for it).
     #[cfg(feature = "tls")]
-    pub(crate) tls: u32,
+    pub(crate) tls: TlsIndex,
+}
+
+/// An index in the shard's TLS sessions, in 3 bytes: at most 2^24 TLS connections per shard
+/// (a connection past that is refused at accept).
+#[cfg(feature = "tls")]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub(crate) struct TlsIndex([u8; 3]);
+
+#[cfg(feature = "tls")]
+impl TlsIndex {
+    /// Index `i`, if it fits.
+    pub(crate) fn new(i: usize) -> Option<Self> {
+        let b = u32::try_from(i).ok()?.to_le_bytes();
+        (b[3] == 0).then_some(Self([b[0], b[1], b[2]]))
+    }
+
+    /// The index.
+    pub(crate) fn get(self) -> usize {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], 0]) as usize
+    }
 }
 
 /// An upgrade request waiting for its deferred decision, beside the slab (not in the entry: a
@@ -148,6 +168,15 @@ mod tests {
         assert!(size <= 96, "slab entry grew to {size} bytes");
         // The TLS index lives in padding: the entry is 88 bytes either way.
         assert_eq!(size, 88);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_index_holds_24_bits() {
+        for i in [0, 1, 255, 65_536, (1 << 24) - 1] {
+            assert_eq!(TlsIndex::new(i).map(TlsIndex::get), Some(i));
+        }
+        assert_eq!(TlsIndex::new(1 << 24), None);
     }
 
     #[test]

@@ -307,7 +307,7 @@ impl<H: Handler> Shard<H> {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     #[cfg(feature = "tls")]
                     if e.flags & TLS != 0 {
-                        if let Some(t) = self.tls.conns.get_mut(e.tls as usize) {
+                        if let Some(t) = self.tls.conns.get_mut(e.tls.get()) {
                             t.wire.complete(n);
                         }
                     } else {
@@ -361,7 +361,7 @@ impl<H: Handler> Shard<H> {
             }
             let mut flags = 0;
             #[cfg(feature = "tls")]
-            let mut tls = 0;
+            let mut tls = entry::TlsIndex::default();
             #[cfg(feature = "tls")]
             if self.tls.listener == Some(listener) {
                 match self.tls.accept() {
@@ -378,7 +378,7 @@ impl<H: Handler> Shard<H> {
             if driver.register(Token(key), socket).is_err() {
                 #[cfg(feature = "tls")]
                 if flags & TLS != 0 {
-                    self.tls.conns.remove(tls as usize);
+                    self.tls.conns.remove(tls.get());
                 }
                 continue;
             }
@@ -413,7 +413,7 @@ impl<H: Handler> Shard<H> {
         let key = self.slab.vacant_key();
         let (mut queue, mut flags) = (Queue::default(), 0);
         #[cfg(feature = "tls")]
-        let mut tls = 0;
+        let mut tls = entry::TlsIndex::default();
         #[cfg(feature = "tls")]
         if let Some((cfg, name)) = out.tls {
             match self.tls.connect(cfg, name) {
@@ -428,7 +428,7 @@ impl<H: Handler> Shard<H> {
         if key > u32::MAX as usize / 2 || driver.register(Token(key), out.stream.into()).is_err() {
             #[cfg(feature = "tls")]
             if flags & TLS != 0 {
-                self.tls.conns.remove(tls as usize);
+                self.tls.conns.remove(tls.get());
             }
             return;
         }
@@ -462,7 +462,7 @@ impl<H: Handler> Shard<H> {
         queue: Queue,
         flags: u8,
         state: Option<H::State>,
-        #[cfg(feature = "tls")] tls: u32,
+        #[cfg(feature = "tls")] tls: entry::TlsIndex,
     ) {
         self.next_generation = self.next_generation.wrapping_add(1);
         let k = self.slab.insert(Entry {
@@ -623,6 +623,8 @@ impl<H: Handler> Shard<H> {
     fn close_finished<D: Driver>(&mut self, driver: &mut D) {
         for key in std::mem::take(&mut self.to_close) {
             let key = key as usize;
+            #[cfg(feature = "tls")]
+            self.tls_goodbye(driver, key);
             if driver.close(Token(key)) && self.slab.contains(key) {
                 self.remove(key);
             }
@@ -634,7 +636,7 @@ impl<H: Handler> Shard<H> {
         let e = self.slab.remove(key);
         #[cfg(feature = "tls")]
         if e.flags & TLS != 0 {
-            self.tls.conns.try_remove(e.tls as usize);
+            self.tls.conns.try_remove(e.tls.get());
         }
         drop(e);
     }

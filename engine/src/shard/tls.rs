@@ -27,7 +27,7 @@ use rustls::{ClientConfig, ServerConfig};
 use slab::Slab;
 
 use super::ctx::Out;
-use super::entry::{Entry, Queue, DEAD, DIRTY, TLS};
+use super::entry::{Entry, Queue, TlsIndex, DEAD, DIRTY, TLS};
 use super::{dispatch, Handler, Shard};
 use crate::io::{Driver, Token, IOV_MAX};
 use crate::proto::{Received, Request};
@@ -87,14 +87,14 @@ impl TlsConns {
     }
 
     /// A session for a connection accepted on the TLS listener.
-    pub(crate) fn accept(&mut self) -> Result<u32, TlsError> {
+    pub(crate) fn accept(&mut self) -> Result<TlsIndex, TlsError> {
         let Some(cfg) = &self.server else {
             return Err(TlsError::Handshake(rustls::Error::General(
                 "no server config".into(),
             )));
         };
         let session = Session::server(cfg.clone(), self.handshake_bytes_max)?;
-        Ok(self.insert(session, Queue::default()))
+        self.insert(session, Queue::default())
     }
 
     /// A session for an outbound connection: its ClientHello is queued.
@@ -102,20 +102,26 @@ impl TlsConns {
         &mut self,
         cfg: Arc<ClientConfig>,
         name: ServerName<'static>,
-    ) -> Result<u32, TlsError> {
+    ) -> Result<TlsIndex, TlsError> {
         let mut hello = Vec::new();
         let session = Session::client(cfg, name, self.handshake_bytes_max, &mut hello)?;
         let mut wire = Queue::default();
         wire.push(&hello);
-        Ok(self.insert(session, wire))
+        self.insert(session, wire)
     }
 
-    fn insert(&mut self, session: Session, wire: Queue) -> u32 {
+    fn insert(&mut self, session: Session, wire: Queue) -> Result<TlsIndex, TlsError> {
+        let Some(index) = TlsIndex::new(self.conns.vacant_key()) else {
+            return Err(TlsError::Handshake(rustls::Error::General(
+                "2^24 TLS connections on one shard".into(),
+            )));
+        };
         self.conns.insert(TlsConn {
             session,
             wire,
             notified: false,
-        }) as u32
+        });
+        Ok(index)
     }
 }
 
@@ -150,7 +156,7 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
-        let Some(t) = self.tls.conns.get_mut(e.tls as usize) else {
+        let Some(t) = self.tls.conns.get_mut(e.tls.get()) else {
             return;
         };
         let Entry {
@@ -203,8 +209,8 @@ impl<H: Handler> Shard<H> {
             Ok(()) => {}
         }
         let e = &mut self.slab[key];
-        if !self.tls.conns[e.tls as usize].wire.is_empty()
-            || self.tls.conns[e.tls as usize].session.wants_flush()
+        if !self.tls.conns[e.tls.get()].wire.is_empty()
+            || self.tls.conns[e.tls.get()].session.wants_flush()
             || !e.queue.is_empty()
         {
             mark_dirty(&mut self.ctx.dirty, key, e);
@@ -234,10 +240,33 @@ impl<H: Handler> Shard<H> {
         if e.flags & TLS == 0 {
             return;
         }
-        if let Some(t) = self.tls.conns.get_mut(e.tls as usize) {
+        if let Some(t) = self.tls.conns.get_mut(e.tls.get()) {
             let name = t.session.take_server_name();
             req.set_tls(name.as_deref());
         }
+    }
+
+    /// Connection `key` is closed without a flush (a deadline passed, the peer's EOF, the
+    /// shutdown deadline): if its session may still send, one last write of `close_notify`, so
+    /// that the peer sees the end of the TLS stream rather than a truncation (best effort).
+    pub(super) fn tls_goodbye<D: Driver>(&mut self, driver: &mut D, key: usize) {
+        let Some(e) = self.slab.get(key) else {
+            return;
+        };
+        if e.flags & TLS == 0 {
+            return;
+        }
+        let Some(t) = self.tls.conns.get_mut(e.tls.get()) else {
+            return;
+        };
+        if t.notified || !t.session.is_open() || t.wire.in_flight() || !t.wire.is_empty() {
+            return;
+        }
+        let mut close = Vec::new();
+        t.session.close_notify(&mut close);
+        t.notified = true;
+        t.wire.push(&close);
+        let _ = driver.send(Token(key), &mut t.wire);
     }
 
     /// Flush TLS connection `key`: seal its queued plaintext, write the wire queue, then act as
@@ -250,7 +279,7 @@ impl<H: Handler> Shard<H> {
         if e.flags & DEAD != 0 {
             return;
         }
-        let Some(t) = self.tls.conns.get_mut(e.tls as usize) else {
+        let Some(t) = self.tls.conns.get_mut(e.tls.get()) else {
             return;
         };
         if t.wire.in_flight() {
@@ -289,7 +318,7 @@ impl<H: Handler> Shard<H> {
             self.tls_failed(who, &err);
         }
         let e = &mut self.slab[key];
-        let t = &mut self.tls.conns[e.tls as usize];
+        let t = &mut self.tls.conns[e.tls.get()];
         if !t.wire.is_empty() {
             let before = t.wire.len();
             let res = driver.send(Token(key), &mut t.wire);
