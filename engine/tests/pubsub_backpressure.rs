@@ -49,7 +49,7 @@ fn run_feed(backend: Backend, policy: SlowConsumer, opts: PublishOptions) -> Run
         .send_queue_low_water_bytes(16 << 10)
         .slow_consumer(policy);
     let (server, shared) = start(b);
-    let addr = server.local_addr();
+    let addr = addr(&server);
     let stalled = connect_small_rcvbuf(addr, "/t/feed");
     let progress: Arc<Vec<AtomicUsize>> =
         Arc::new((0..GOOD).map(|_| AtomicUsize::new(0)).collect());
@@ -209,7 +209,7 @@ every_backend! {
                 .send_queue_bytes_max(QUEUE_MAX)
                 .send_queue_low_water_bytes(16 << 10),
         );
-        let mut ws = connect_small_rcvbuf(server.local_addr(), "/t/d");
+        let mut ws = connect_small_rcvbuf(addr(&server), "/t/d");
         wait_subscriptions(&server, 1);
         for i in 0..N {
             server
