@@ -145,7 +145,6 @@ pub(crate) enum Completion<'a> {
         /// The connection.
         token: Token,
         /// `None` for an orderly EOF.
-        #[allow(dead_code)] // for diagnostics
         error: Option<io::Error>,
     },
     /// A token given to [`Driver::close`] that the driver could not release at once is now

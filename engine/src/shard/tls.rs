@@ -110,6 +110,16 @@ impl TlsConns {
         self.insert(session, wire)
     }
 
+    /// Connection `e` ended its input with the peer's `close_notify` and is flushing our answer
+    /// (the flush closes it): an orderly EOF after it needs nothing more.
+    pub(crate) fn answers_close<S>(&self, e: &Entry<S>) -> bool {
+        e.conn.is_flushing()
+            && self
+                .conns
+                .get(e.tls.get())
+                .is_some_and(|t| t.session.peer_closed() && !t.notified)
+    }
+
     fn insert(&mut self, session: Session, wire: Queue) -> Result<TlsIndex, TlsError> {
         let Some(index) = TlsIndex::new(self.conns.vacant_key()) else {
             return Err(TlsError::Handshake(rustls::Error::General(

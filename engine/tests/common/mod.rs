@@ -102,6 +102,32 @@ macro_rules! plain_only {
     )*};
 }
 
+/// Behaviours of TLS itself, on both backends: `tls_only! { fn name(backend) { .. } }` makes
+/// `name::epoll_tls` and `name::io_uring_tls`.
+#[macro_export]
+macro_rules! tls_only {
+    ($($(#[$m:meta])* fn $name:ident($b:ident) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($b: percore::Backend) $body
+
+            #[test]
+            $(#[$m])*
+            fn epoll_tls() {
+                $crate::common::run_on(percore::Backend::Epoll, $crate::common::Transport::Tls, stringify!($name), run)
+            }
+
+            #[test]
+            $(#[$m])*
+            fn io_uring_tls() {
+                $crate::common::run_on(percore::Backend::IoUring, $crate::common::Transport::Tls, stringify!($name), run)
+            }
+        }
+    )*};
+}
+
 /// Run `f(backend)` with `transport` as this thread's transport (skipping io_uring where it
 /// cannot start, see [`uring_available`]).
 pub fn run_on(backend: Backend, transport: Transport, name: &str, f: fn(Backend)) {
