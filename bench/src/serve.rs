@@ -3,6 +3,7 @@
 //! count and the open connections (JSON), any other path 404.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -128,6 +129,20 @@ pub struct ServeArgs {
     /// Longest wait between two reconnection attempts to the broker, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub cluster_reconnect_delay_max_ms: u64,
+    /// Serve wss:// with this certificate chain (PEM, leaf first). Make a test one with
+    /// `percore cert --out DIR`. Without --tls-addr, --addr serves wss:// only.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also listen on this address for wss:// (port 0: a free one); --addr stays ws://. Both
+    /// are served by the same shards.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub tls_addr: Option<String>,
+    /// Most received bytes a TLS connection holds during its handshake.
+    #[arg(long, default_value_t = 32 << 10)]
+    pub tls_handshake_bytes_max: usize,
 }
 
 /// Backend choice on the command line.
@@ -210,6 +225,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             ))
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
+    log_to_stderr();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -238,7 +258,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs))
-        .http_response_bytes_max(args.http_response_bytes_max);
+        .http_response_bytes_max(args.http_response_bytes_max)
+        .tls_handshake_bytes_max(args.tls_handshake_bytes_max);
     for pattern in &args.allow_origins {
         builder = builder.allow_origin(pattern);
     }
@@ -253,6 +274,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .reconnect_delay_max(Duration::from_millis(args.cluster_reconnect_delay_max_ms)),
         );
     }
+    let builder = match (tls, &args.tls_addr) {
+        (None, _) => builder,
+        (Some(t), None) => builder.tls(t),
+        (Some(t), Some(a)) => builder.tls(t).tls_bind(a.as_str()),
+    };
     let opts = if args.droppable {
         PublishOptions::droppable()
     } else {
@@ -269,8 +295,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         Backend::Epoll => "epoll",
         _ => "auto",
     };
+    let tls_note = server
+        .tls_local_addr()
+        .map(|a| format!(" tls={a}"))
+        .unwrap_or_default();
     println!(
-        "listening on {} backend={} shards={}{}",
+        "listening on {} backend={} shards={}{tls_note}{}",
         server.local_addr(),
         backend_name,
         server.shards(),
@@ -287,6 +317,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={} handler_panics={}",
         s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts, s.handler_panics
     );
+    if server.tls_local_addr().is_some() {
+        eprintln!(
+            "tls: handshakes={} failures={}",
+            s.tls_handshakes, s.tls_failures
+        );
+    }
     if !matches!(args.mode, Mode::Echo) {
         eprintln!(
             "pubsub: published={} delivered={} dropped={} slow_consumers={}",
@@ -301,4 +337,43 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The server's TLS config from PEM files: percore's choices (aws-lc-rs, TLS 1.3, ALPN
+/// http/1.1, no session tickets).
+fn tls_config(cert: &Path, key: &Path) -> Result<percore::tls::rustls::ServerConfig, String> {
+    use percore::tls::rustls::pki_types::pem::PemObject;
+    use percore::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    percore::tls::server_config(chain, key).map_err(|e| format!("TLS config: {e}"))
+}
+
+/// The engine's warn lines (TLS failures, rate-limited per shard) on stderr.
+fn log_to_stderr() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("percore serve: {}: {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
 }

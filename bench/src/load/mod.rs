@@ -16,6 +16,7 @@ pub mod payload;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod tls;
 pub mod worker;
 pub mod ws;
 
@@ -36,10 +37,18 @@ use crate::sys::{self, mono_ns};
 /// Arguments of `percore load`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Server URL, ws://HOST:PORT/PATH (IPv4). Repeat (or separate with commas) to spread
-    /// connections round robin over several servers.
+    /// Server URL, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (IPv4). Repeat (or separate
+    /// with commas) to spread connections round robin over several servers.
     #[arg(long, required = true, value_delimiter = ',')]
     pub url: Vec<String>,
+    /// wss://: verify the servers against this CA (PEM); HOST is the name checked (and sent as
+    /// SNI) unless it is an IP address.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// wss://: accept any server certificate (benchmarks against a self-signed server only;
+    /// the handshake signature is still checked).
+    #[arg(long)]
+    pub insecure: bool,
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     pub connections: u32,
@@ -113,7 +122,7 @@ pub struct LoadArgs {
     pub source_base: Option<u32>,
 }
 
-/// A parsed ws:// URL.
+/// A parsed ws:// or wss:// URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Resolved IPv4 address.
@@ -122,13 +131,17 @@ pub struct Target {
     pub host: String,
     /// Path (with query), "/" if none.
     pub path: String,
+    /// wss://: the name to verify and send as SNI (HOST without the port).
+    pub tls_name: Option<String>,
 }
 
-/// Parse `ws://HOST:PORT/PATH`; HOST must resolve to IPv4.
+/// Parse `ws://HOST:PORT/PATH` or `wss://…`; HOST must resolve to IPv4.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url}: only ws:// and wss:// URLs are supported")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -138,9 +151,17 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     }
     let with_port = if authority.rsplit_once(':').is_some() {
         authority.to_string()
+    } else if tls {
+        format!("{authority}:443")
     } else {
         format!("{authority}:80")
     };
+    let tls_name = tls.then(|| {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string()
+    });
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{url}: {e}"))?
@@ -153,6 +174,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         addr,
         host: authority.to_string(),
         path: path.to_string(),
+        tls_name,
     })
 }
 
@@ -285,8 +307,14 @@ impl LoadArgs {
         Ok(())
     }
 
-    fn run_config(&self, targets: &[Target], processes: usize) -> RunConfig {
-        RunConfig {
+    fn run_config(&self, targets: &[Target], processes: usize) -> Result<RunConfig, String> {
+        let tls = if targets.iter().any(|t| t.tls_name.is_some()) {
+            Some(tls::client_config(self.tls_ca.as_deref(), self.insecure)?)
+        } else {
+            None
+        };
+        Ok(RunConfig {
+            tls,
             targets: targets.to_vec(),
             mode: self.mode,
             size: self.size,
@@ -301,7 +329,7 @@ impl LoadArgs {
             source_base: self.source_base.unwrap_or_else(|| {
                 addr::run_base((mono_ns() / 1_000_000) ^ std::process::id() as u64)
             }),
-        }
+        })
     }
 }
 
@@ -465,6 +493,12 @@ impl Processes {
                 .args(["--threads", &args.threads.to_string()])
                 .args(["--timeout", &args.timeout.to_string()])
                 .args(["--in-flight", &args.in_flight.to_string()]);
+            if let Some(ca) = &args.tls_ca {
+                cmd.arg("--tls-ca").arg(ca);
+            }
+            if args.insecure {
+                cmd.arg("--insecure");
+            }
             if let Some(r) = args.rate {
                 cmd.args(["--rate", &r.to_string()]);
             }
@@ -652,7 +686,7 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
         .unwrap_or_else(|| processes_for(args.connections, args.conns_per_process))
         .max(1);
     let start_ns = mono_ns();
-    let cfg = args.run_config(targets, n_proc);
+    let cfg = args.run_config(targets, n_proc)?;
     let mut group: Box<dyn Group> = if n_proc == 1 {
         Box::new(LocalRun::start(cfg, args, cpus))
     } else {
@@ -773,7 +807,13 @@ fn sleep_until(t: u64) {
 
 /// A worker process: run the threads, talk to the driver over stdin/stdout.
 fn worker_main(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> i32 {
-    let cfg = args.run_config(targets, args.worker_count);
+    let cfg = match args.run_config(targets, args.worker_count) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("percore load worker: {e}");
+            return 2;
+        }
+    };
     let run = LocalRun::start(cfg, args, cpus);
     let shared = run.shared.clone();
     // Commands from the driver; EOF (driver gone) aborts.

@@ -21,6 +21,7 @@ use super::addr;
 use super::payload::{self, Mismatch, Stamp};
 use super::report::{self, Errors, Partial};
 use super::schedule::Schedule;
+use super::tls::Tls;
 use super::ws::{self, Event, Op};
 use crate::sys::{self, mono_ns};
 
@@ -74,6 +75,8 @@ pub struct RunConfig {
     pub explicit_sources: bool,
     /// Rotation of the source address window for this run.
     pub source_base: u32,
+    /// wss:// targets: the client config.
+    pub tls: Option<Arc<percore::tls::rustls::ClientConfig>>,
 }
 
 impl RunConfig {
@@ -147,6 +150,8 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
+    /// wss://: the connection's TLS (its records go through `stream`).
+    tls: Option<Box<Tls>>,
     state: State,
     started_ns: u64,
     key: String,
@@ -154,6 +159,21 @@ struct Conn {
     tail: Vec<u8>,
     decoder: ws::Decoder,
     flow: Flow,
+}
+
+impl Conn {
+    /// Read plaintext (through TLS for wss://).
+    fn read(&mut self, buf: &mut [u8], cbuf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(t) => t.read(&mut self.stream, buf, cbuf),
+        }
+    }
+
+    /// Is anything waiting to be written (plaintext, or TLS records)?
+    fn wants_write(&self) -> bool {
+        !self.flow.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 /// The message flow of one connection (apart from the socket and decoder, so that the
@@ -265,6 +285,8 @@ struct Thread {
     poll: Poll,
     conns: Slab<Conn>,
     scratch: Vec<u8>,
+    /// wss://: ciphertext as read, before it is opened into `scratch`.
+    cbuf: Vec<u8>,
     msg: Vec<u8>,
     hist: hdrhistogram::Histogram<u64>,
     /// The latencies since the last progress publication.
@@ -305,6 +327,7 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         }
     };
     let scratch_len = (256 << 10).max(4 * (cfg.size + 64));
+    let cfg_tls = cfg.tls.is_some();
     let timer = cfg.rate.and_then(|_| WakeTimer::new(&poll));
     let mut t = Thread {
         msg: vec![0u8; cfg.size],
@@ -313,6 +336,11 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         poll,
         conns: Slab::with_capacity(job.ids.len()),
         scratch: vec![0u8; scratch_len],
+        cbuf: if cfg_tls {
+            vec![0u8; 64 << 10]
+        } else {
+            Vec::new()
+        },
         hist: report::new_histogram(),
         live: report::new_histogram(),
         live_since: 0,
@@ -564,6 +592,17 @@ impl Thread {
             }
         };
         let mut stream = TcpStream::from_std(stream);
+        let target = &self.cfg.targets[id as usize % self.cfg.targets.len()];
+        let tls = match (&target.tls_name, &self.cfg.tls) {
+            (Some(name), Some(cfg)) => match Tls::new(cfg.clone(), name) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    self.part.errors.connect += 1;
+                    return;
+                }
+            },
+            _ => None,
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if self
@@ -586,6 +625,7 @@ impl Thread {
         };
         entry.insert(Conn {
             stream,
+            tls,
             state: State::Connecting,
             started_ns: now,
             key: String::new(),
@@ -642,18 +682,18 @@ impl Thread {
                 self.flush(key);
             }
             State::Handshaking => {
-                if !c.flow.wbuf.is_empty() {
-                    self.flush(key);
-                }
                 if readable {
                     self.read_handshake(key);
+                }
+                if self.conns.get(key).is_some_and(Conn::wants_write) {
+                    self.flush(key);
                 }
             }
             State::Open => {
                 if readable {
                     self.read_frames(key);
                 }
-                if self.conns.get(key).is_some_and(|c| !c.flow.wbuf.is_empty()) {
+                if self.conns.get(key).is_some_and(Conn::wants_write) {
                     self.flush(key);
                 }
             }
@@ -666,7 +706,7 @@ impl Thread {
         };
         let mut buf = [0u8; 4096];
         loop {
-            match c.stream.read(&mut buf) {
+            match c.read(&mut buf, &mut self.cbuf) {
                 Ok(0) => return self.remove(key, Some(|e| e.handshake += 1)),
                 Ok(n) => c.tail.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -701,6 +741,7 @@ impl Thread {
         let Thread {
             conns,
             scratch,
+            cbuf,
             msg,
             hist,
             live,
@@ -719,7 +760,7 @@ impl Thread {
         scratch[..tail].copy_from_slice(&c.tail);
         let mut failure: Option<fn(&mut Errors)> = None;
         'read: loop {
-            let n = match c.stream.read(&mut scratch[tail..]) {
+            let n = match c.read(&mut scratch[tail..], cbuf) {
                 Ok(0) => {
                     failure = Some(|e| e.closed += 1);
                     break;
@@ -813,8 +854,9 @@ impl Thread {
                     break;
                 }
             }
-            if n < scratch.len() - total {
-                // Short read: the socket is drained (an edge will come for new data).
+            if n < scratch.len() - total && c.tls.is_none() {
+                // Short read: the socket is drained (an edge will come for new data). Not said
+                // of TLS, whose plaintext comes a record at a time.
                 break;
             }
         }
@@ -875,6 +917,25 @@ impl Thread {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        if let Some(t) = &mut c.tls {
+            // Plaintext waits in `wbuf` until the TLS handshake is done, then is sealed.
+            let mut res = Ok(true);
+            if t.is_open() && !c.flow.wbuf.is_empty() {
+                res = t.seal(&c.flow.wbuf).map(|()| true);
+                c.flow.wbuf.clear();
+                if c.flow.wbuf.capacity() > 64 << 10 {
+                    c.flow.wbuf = Vec::new();
+                }
+            }
+            if res.is_ok() {
+                res = t.write(&mut c.stream);
+            }
+            if res.is_err() {
+                let expected = self.phase == Phase::Ended;
+                return self.remove(key, (!expected).then_some(|e: &mut Errors| e.closed += 1));
+            }
+            return;
+        }
         let mut off = 0;
         while off < c.flow.wbuf.len() {
             match c.stream.write(&c.flow.wbuf[off..]) {
