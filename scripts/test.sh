@@ -43,11 +43,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo clippy (engine without its optional features)"
+echo "== cargo clippy (engine without its optional features: no cluster or TLS code built)"
 cargo clippy -p percore --lib -- -D warnings
-echo "== cargo doc (engine, warnings are errors: missing docs, broken links)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster
+echo "== cargo doc (engine with cluster and tls, warnings are errors: missing docs, broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster,tls
 echo "== cargo test"
 cargo test --workspace
 echo "== autobahn conformance"
 bash scripts/autobahn.sh --backend all
+echo "== autobahn conformance over wss:// (1.*-10.*, the client verifies the test CA; ~20 s a backend)"
+bash scripts/autobahn.sh --backend all --tls
