@@ -405,6 +405,27 @@ impl<K: KeySchedule> RecordLayer<K> {
         self.flush_key_update(out)
     }
 
+    /// Tests and fuzzing: seal `parts` as one record of inner content type `content_type`
+    /// under the current key, with no bookkeeping (a handshake message sealed this way does
+    /// not change our keys). Lets a peer be played that sends what this layer never would.
+    #[doc(hidden)]
+    pub fn seal_content(
+        &mut self,
+        content_type: u8,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        self.seal_record(content_type, parts, out)
+    }
+
+    /// Tests and fuzzing: take the next sending key now, as after a KeyUpdate sealed with
+    /// [`RecordLayer::seal_content`].
+    #[doc(hidden)]
+    pub fn next_tx_key(&mut self) -> Result<(), RecordError> {
+        self.tx = Direction::new(&self.keys.next_tx()?)?;
+        Ok(())
+    }
+
     /// Append `close_notify` (once): the end of what we send.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) {
         if self.can_send() {
