@@ -393,16 +393,9 @@ impl<H: Handler> Shard<H> {
                 flags |= OVER_CAPACITY;
             }
             let conn = Connection::server(self.ctx.now);
-            self.insert(
-                key,
-                peer,
-                conn,
-                Queue::default(),
-                flags,
-                None,
-                #[cfg(feature = "tls")]
-                tls,
-            );
+            self.insert(key, peer, conn, Queue::default(), flags, None);
+            #[cfg(feature = "tls")]
+            self.set_tls(key, tls);
         }
     }
 
@@ -446,16 +439,17 @@ impl<H: Handler> Shard<H> {
             ctx: &mut self.ctx,
         };
         let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
-        self.insert(
-            key,
-            out.peer,
-            conn,
-            queue,
-            flags,
-            Some(*state),
-            #[cfg(feature = "tls")]
-            tls,
-        );
+        self.insert(key, out.peer, conn, queue, flags, Some(*state));
+        #[cfg(feature = "tls")]
+        self.set_tls(key, tls);
+    }
+
+    /// The TLS session of a connection just inserted with the `TLS` flag.
+    #[cfg(feature = "tls")]
+    fn set_tls(&mut self, key: usize, tls: entry::TlsIndex) {
+        if let Some(e) = self.slab.get_mut(key) {
+            e.tls = tls;
+        }
     }
 
     /// A new connection at slot `key` (the slab's vacant key); an accepted one gets its state
@@ -468,7 +462,6 @@ impl<H: Handler> Shard<H> {
         queue: Queue,
         flags: u8,
         state: Option<H::State>,
-        #[cfg(feature = "tls")] tls: entry::TlsIndex,
     ) {
         self.next_generation = self.next_generation.wrapping_add(1);
         let k = self.slab.insert(Entry {
@@ -482,7 +475,7 @@ impl<H: Handler> Shard<H> {
             turn: self.turn.wrapping_sub(1),
             frames_left: 0,
             #[cfg(feature = "tls")]
-            tls,
+            tls: entry::TlsIndex::default(),
         });
         debug_assert_eq!(k, key);
         self.settle(key);
