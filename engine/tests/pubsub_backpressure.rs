@@ -160,7 +160,7 @@ every_backend! {
         }
         // The stalled client still talks: ask the server for its queue length.
         r.stalled.send(TMessage::text("probe")).unwrap();
-        assert!(wait_until(Duration::from_secs(5), || r.shared.probe.load(Ordering::SeqCst) > 0));
+        assert!(wait_until(common::WAIT, || r.shared.probe.load(Ordering::SeqCst) > 0));
         let buffered = r.shared.probe.load(Ordering::SeqCst) - 1;
         assert!(buffered <= QUEUE_MAX, "queue grew to {buffered} bytes");
         assert!(buffered > 0, "the stalled subscriber's queue should be full");
@@ -175,7 +175,7 @@ every_backend! {
         assert_eq!(s.delivered, (GOOD * N + got.len()) as u64, "{s:?}");
         // It is still subscribed and gets new messages once it reads again.
         r.server.publish("feed", Message::Text(&message(N))).unwrap();
-        r.stalled.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        r.stalled.get_mut().set_read_timeout(Some(common::WAIT)).unwrap();
         assert_eq!(index(&read_text(&mut r.stalled)), N);
     }
 
@@ -216,11 +216,11 @@ every_backend! {
                 .publish_with("d", Message::Text(&message(i)), PublishOptions::droppable())
                 .unwrap();
         }
-        assert!(wait_until(Duration::from_secs(5), || server.stats().dropped > 0));
+        assert!(wait_until(common::WAIT, || server.stats().dropped > 0));
         // (An asynchronous backend may report drains into the kernel buffer before this.)
         let before = shared.drained.load(Ordering::SeqCst);
         let (got, _) = drain(&mut ws);
         assert_increasing(&got);
-        assert!(wait_until(Duration::from_secs(5), || shared.drained.load(Ordering::SeqCst) > before));
+        assert!(wait_until(common::WAIT, || shared.drained.load(Ordering::SeqCst) > before));
     }
 }

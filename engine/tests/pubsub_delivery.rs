@@ -120,7 +120,7 @@ every_backend! {
         let (server, shared) = start(builder(backend, 2));
         let addr = addr(&server);
         let mut clients: Vec<Client> = (0..4).map(|_| connect(addr, "/")).collect();
-        assert!(wait_until(Duration::from_secs(5), || shared.opened.lock().unwrap().len() == 4));
+        assert!(wait_until(common::WAIT, || shared.opened.lock().unwrap().len() == 4));
         let ids = shared.opened.lock().unwrap().clone();
         let publisher = server.publisher();
         std::thread::spawn(move || {
@@ -142,14 +142,14 @@ every_backend! {
     fn send_to_a_closed_connection_is_ignored(backend) {
         let (server, shared) = start(builder(backend, 1));
         let mut ws = connect(addr(&server), "/");
-        assert!(wait_until(Duration::from_secs(5), || shared.opened.lock().unwrap().len() == 1));
+        assert!(wait_until(common::WAIT, || shared.opened.lock().unwrap().len() == 1));
         let id = shared.opened.lock().unwrap()[0];
         ws.close(None).unwrap();
         while read(&mut ws).is_ok() {}
-        assert!(wait_until(Duration::from_secs(5), || server.stats().connections_open == 0));
+        assert!(wait_until(common::WAIT, || server.stats().connections_open == 0));
         // The slot is reused by the next connection, with a new generation.
         let mut next = connect(addr(&server), "/");
-        assert!(wait_until(Duration::from_secs(5), || shared.opened.lock().unwrap().len() == 2));
+        assert!(wait_until(common::WAIT, || shared.opened.lock().unwrap().len() == 2));
         server.send(id, Message::Text("stale")).unwrap();
         let id2 = shared.opened.lock().unwrap()[1];
         server.send(id2, Message::Text("fresh")).unwrap();
@@ -176,7 +176,7 @@ every_backend! {
         wait_subscriptions(&server, 1);
         // Keep the shard busy in a callback so its mailbox is not read.
         ws.send(TMessage::text("block")).unwrap();
-        assert!(wait_until(Duration::from_secs(5), || server.stats().messages_received == 1));
+        assert!(wait_until(common::WAIT, || server.stats().messages_received == 1));
         for i in 0..4 {
             server.publish("m", Message::Text(&format!("{i}"))).unwrap();
         }

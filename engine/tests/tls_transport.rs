@@ -213,6 +213,8 @@ tls_only! {
         m.tcp.write_all(&rec).unwrap();
         let err = m.read_plain().unwrap_err();
         assert!(err.contains("BadRecordMac"), "the client hears bad_record_mac: {err}");
+        // The server lingers after its alert until our FIN (or its close timeout).
+        m.tcp.shutdown(std::net::Shutdown::Write).unwrap();
         let (code, reason) = closed_reason(&server);
         assert_eq!(code, Some(1006));
         assert!(reason.contains("bad_record_mac"), "{reason}");

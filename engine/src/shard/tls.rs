@@ -55,6 +55,9 @@ pub(crate) struct TlsConn {
     pub(crate) wire: Queue,
     /// `close_notify` was sealed (or the session cannot send any more).
     notified: bool,
+    /// The peer's EOF came with its `close_notify`, before our answer was flushed: once it is,
+    /// the connection ends (there is no FIN left to linger for).
+    pub(crate) eof: bool,
 }
 
 /// The shard's TLS state: the sessions of its TLS connections and what they share.
@@ -110,14 +113,16 @@ impl TlsConns {
         self.insert(session, wire)
     }
 
-    /// Connection `e` ended its input with the peer's `close_notify` and is flushing our answer
-    /// (the flush closes it): an orderly EOF after it needs nothing more.
-    pub(crate) fn answers_close<S>(&self, e: &Entry<S>) -> bool {
-        e.conn.is_flushing()
-            && self
-                .conns
-                .get(e.tls.get())
-                .is_some_and(|t| t.session.peer_closed() && !t.notified)
+    /// Connection `e` ended its input with the peer's `close_notify` and is flushing our answer:
+    /// an orderly EOF now is noted, and the connection ends once that answer is out (see
+    /// `flush_tls`) instead of at once.
+    pub(crate) fn answers_close<S>(&mut self, e: &Entry<S>) -> bool {
+        let Some(t) = self.conns.get_mut(e.tls.get()) else {
+            return false;
+        };
+        let answers = e.conn.is_flushing() && t.session.peer_closed() && !t.notified;
+        t.eof |= answers;
+        answers
     }
 
     fn insert(&mut self, session: Session, wire: Queue) -> Result<TlsIndex, TlsError> {
@@ -130,6 +135,7 @@ impl TlsConns {
             session,
             wire,
             notified: false,
+            eof: false,
         });
         Ok(index)
     }
@@ -201,6 +207,9 @@ impl<H: Handler> Shard<H> {
         if !scratch.is_empty() {
             t.wire.push(scratch);
         }
+        // An alert of ours is waiting to go: linger after it so that the peer reads it (a close
+        // with unread input would reset the connection); none (the peer's own alert): close.
+        let linger = !t.wire.is_empty();
         if handshaking && !t.session.is_handshaking() && res.is_ok() {
             ShardStats::bump(&out.ctx.stats.tls_handshakes, 1);
         }
@@ -208,7 +217,7 @@ impl<H: Handler> Shard<H> {
             Err(err) => {
                 let who = peer.get();
                 out.queue.discard_unsent();
-                conn.end_transport(now, &err.to_string(), true);
+                conn.end_transport(now, &err.to_string(), linger);
                 t.notified = true;
                 self.tls_failed(who, &err);
             }
@@ -350,7 +359,17 @@ impl<H: Handler> Shard<H> {
             mark_dirty(&mut self.ctx.dirty, key, e);
         }
         let flushed = wire_done && e.queue.is_empty() && (t.notified || !t.session.is_open());
+        let eof = t.eof;
         self.after_flush(driver, key, flushed);
+        if flushed && eof {
+            // A half-close would wait for a FIN that already came.
+            if let Some(e) = self.slab.get_mut(key) {
+                if !e.conn.is_finished() && !e.conn.is_flushing() {
+                    e.conn.handle_eof();
+                    self.finalize(key);
+                }
+            }
+        }
     }
 }
 

@@ -151,8 +151,9 @@ pub fn connect_small_rcvbuf(addr: SocketAddr, path: &str) -> Client {
 }
 
 fn handshake(stream: Stream, addr: SocketAddr, path: &str) -> Client {
+    // Generous: the whole suite (both backends, both transports) runs at once on a small host.
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(crate::common::WAIT))
         .expect("timeout");
     let url = format!("ws://{addr}{path}");
     let (ws, resp) = tungstenite::client(url, stream).expect("handshake");
@@ -219,6 +220,6 @@ pub fn assert_silent(ws: &mut Client, d: Duration) {
         other => panic!("expected nothing more, got {other:?}"),
     }
     ws.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(crate::common::WAIT))
         .unwrap();
 }
