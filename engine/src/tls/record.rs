@@ -306,36 +306,70 @@ impl<K: KeySchedule> RecordLayer<K> {
         res
     }
 
+    /// The records of `buf` in order. The plaintext of consecutive application-data records is
+    /// moved together, over the headers and tags between them, and handed out as one slice: a
+    /// WebSocket frame that spans records (a 16 KiB message does) reaches the decoder whole,
+    /// without being copied aside as a partial frame. Anything else (a KeyUpdate, an alert, the
+    /// end of `buf`, an error) hands out what came before it first.
     fn recv_records(
         &mut self,
-        mut buf: &mut [u8],
+        buf: &mut [u8],
         on: &mut impl FnMut(&mut [u8]),
     ) -> Result<(), RecordError> {
+        let mut pos = 0;
         if !self.staging.is_empty() {
-            let taken = self.fill_staging(buf)?;
-            buf = &mut buf[taken..];
+            pos = self.fill_staging(buf)?;
             if !self.record_complete() {
                 return Ok(());
             }
             let mut rec = std::mem::take(&mut self.staging);
-            self.open(&mut rec, on)?;
-        }
-        while self.flags & PEER_CLOSED == 0 {
-            match record_len(buf)? {
-                Some(n) => {
-                    let (rec, rest) = std::mem::take(&mut buf).split_at_mut(n);
-                    self.open(rec, on)?;
-                    buf = rest;
-                }
-                None => {
-                    if !buf.is_empty() {
-                        self.fill_staging(buf)?;
-                    }
-                    break;
-                }
+            if let Some(r) = self.open(&mut rec)? {
+                on(&mut rec[r]);
             }
         }
-        Ok(())
+        // Plaintext gathered so far: `buf[run.0..run.1]`.
+        let mut run: Option<(usize, usize)> = None;
+        let res = loop {
+            if self.flags & PEER_CLOSED != 0 {
+                break Ok(());
+            }
+            let n = match record_len(&buf[pos..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    if pos < buf.len() {
+                        if let Err(e) = self.fill_staging(&buf[pos..]) {
+                            break Err(e);
+                        }
+                    }
+                    break Ok(());
+                }
+                Err(e) => break Err(e),
+            };
+            let opened = self.open(&mut buf[pos..pos + n]);
+            match opened {
+                Ok(Some(r)) => {
+                    let (start, end) = (pos + r.start, pos + r.end);
+                    run = Some(match run {
+                        None => (start, end),
+                        Some((s, e)) => {
+                            buf.copy_within(start..end, e);
+                            (s, e + (end - start))
+                        }
+                    });
+                }
+                Ok(None) => {
+                    if let Some((s, e)) = run.take() {
+                        on(&mut buf[s..e]);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+            pos += n;
+        };
+        if let Some((s, e)) = run {
+            on(&mut buf[s..e]);
+        }
+        res
     }
 
     /// Seal `parts`, concatenated (at most [`PLAINTEXT_MAX`] bytes together), as one
@@ -521,8 +555,10 @@ impl<K: KeySchedule> RecordLayer<K> {
                 == HEADER_LEN + usize::from(u16::from_be_bytes([self.staging[3], self.staging[4]]))
     }
 
-    /// Open one whole record (header checked) in place and act on what it carries.
-    fn open(&mut self, rec: &mut [u8], on: &mut impl FnMut(&mut [u8])) -> Result<(), RecordError> {
+    /// Open one whole record (header checked) in place and act on what it carries; for
+    /// application data, where its plaintext now is in `rec` (`None` for other records and
+    /// empty ones).
+    fn open(&mut self, rec: &mut [u8]) -> Result<Option<std::ops::Range<usize>>, RecordError> {
         if self.rx.seq == u64::MAX {
             return Err(RecordError::SequenceExhausted);
         }
@@ -552,14 +588,13 @@ impl<K: KeySchedule> RecordLayer<K> {
                     if self.empty_records > EMPTY_RECORDS_MAX {
                         return Err(RecordError::UnexpectedMessage("too many empty records"));
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 self.empty_records = 0;
-                on(content);
-                Ok(())
+                Ok(Some(HEADER_LEN..HEADER_LEN + end))
             }
-            content::ALERT => self.on_alert(content),
-            content::HANDSHAKE if !content.is_empty() => self.on_handshake(content),
+            content::ALERT => self.on_alert(content).map(|()| None),
+            content::HANDSHAKE if !content.is_empty() => self.on_handshake(content).map(|()| None),
             content::HANDSHAKE => Err(RecordError::UnexpectedMessage("empty handshake record")),
             content::CHANGE_CIPHER_SPEC => Err(RecordError::UnexpectedMessage(
                 "change_cipher_spec after the handshake",

@@ -539,3 +539,33 @@ fn a_partial_record_is_held_until_complete_then_released() {
     assert_eq!(got.len(), 10_000);
     assert_eq!(s.held_bytes(), 0);
 }
+
+#[test]
+fn records_lying_together_come_out_as_one_slice_until_a_control_record() {
+    let (mut s, mut c) = mirrored(u64::MAX);
+    let mut wire = Vec::new();
+    c.seal(&[&[1u8; 16384]], &mut wire).unwrap();
+    c.seal(&[b"the frame's tail"], &mut wire).unwrap();
+    c.seal(&[], &mut wire).unwrap();
+    c.seal(&[b"more"], &mut wire).unwrap();
+    c.key_update(&mut wire).unwrap();
+    c.seal(&[b"after the key update"], &mut wire).unwrap();
+    c.seal(&[b", together again"], &mut wire).unwrap();
+    let mut slices = Vec::new();
+    s.recv(&mut wire.clone(), &mut Vec::new(), |p| {
+        slices.push(p.to_vec())
+    })
+    .unwrap();
+    let mut first = vec![1u8; 16384];
+    first.extend_from_slice(b"the frame's tail");
+    // The empty record splits the run too (it is not data to hand out).
+    assert_eq!(
+        slices.len(),
+        3,
+        "{:?}",
+        slices.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(slices[0], first);
+    assert_eq!(slices[1], b"more");
+    assert_eq!(slices[2], b"after the key update, together again");
+}
