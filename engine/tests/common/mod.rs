@@ -35,6 +35,11 @@ pub fn transport() -> Transport {
     TRANSPORT.with(|t| t.get())
 }
 
+/// Set this thread's transport (a test body re-run in a child process carries it over).
+pub fn set_transport(t: Transport) {
+    TRANSPORT.with(|c| c.set(t));
+}
+
 /// Run a test body once per backend × transport: `every_backend! { fn name(backend) { ... } }`
 /// makes a module `name` with tests `epoll`, `io_uring`, `epoll_tls` and `io_uring_tls`. The
 /// io_uring tests print a skip note and pass when io_uring cannot start here, unless
