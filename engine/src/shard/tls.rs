@@ -18,7 +18,6 @@
 //! A plain connection has no entry here and pays one flag test per receive, send completion and
 //! flush.
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ use slab::Slab;
 use super::ctx::Out;
 use super::entry::{Entry, Queue, TlsIndex, DEAD, DIRTY, TLS};
 use super::{dispatch, Handler, Shard};
-use crate::io::{Driver, Token, IOV_MAX};
+use crate::io::{Driver, Token};
 use crate::proto::{Received, Request};
 use crate::send_queue::SendQueue;
 use crate::stats::ShardStats;
@@ -46,6 +45,9 @@ pub(crate) const LOG_LINES_PER_SECOND: u32 = 10;
 /// Bytes a sealed record may need beyond its plaintext: its own overhead and a KeyUpdate
 /// record before it.
 const RECORD_SLACK: usize = 2 * SEAL_OVERHEAD + 8;
+
+/// Most pieces of the send queue gathered into one record (a record with more ends early).
+const RECORD_PARTS_MAX: usize = 16;
 
 /// One TLS connection's state in the shard (in [`TlsConns`], named by the entry's `tls`).
 pub(crate) struct TlsConn {
@@ -381,31 +383,56 @@ fn mark_dirty<S>(dirty: &mut Vec<u32>, key: usize, e: &mut Entry<S>) {
     }
 }
 
-/// Seal the front of `plain` into records of up to 16 KiB appended to `wire`, at most
-/// [`SEAL_BYTES_PER_FLUSH`] of plaintext. Shared (broadcast) frames are read where they are:
-/// the plaintext is copied once, into the record, and encrypted there.
+/// Seal the front of `plain` (at most [`SEAL_BYTES_PER_FLUSH`]) into records of up to 16 KiB,
+/// appended to `wire` as one chunk. Shared (broadcast) frames are read where they are: the
+/// plaintext is copied once, into its record, and encrypted there.
 fn seal_queue(session: &mut Session, plain: &mut Queue, wire: &mut Queue) -> Result<(), TlsError> {
-    let mut sealed = 0;
-    while !plain.is_empty() && sealed < SEAL_BYTES_PER_FLUSH {
-        let mut slices = [IoSlice::new(&[]); IOV_MAX];
-        let n = plain.io_slices(&mut slices);
-        let mut parts: [&[u8]; IOV_MAX] = [&[]; IOV_MAX];
-        let (mut k, mut take) = (0, 0);
-        for s in &slices[..n] {
-            let b = &s[..s.len().min(PLAINTEXT_MAX - take)];
-            parts[k] = b;
-            k += 1;
-            take += b.len();
-            if take == PLAINTEXT_MAX {
-                break;
+    let total = plain.len().min(SEAL_BYTES_PER_FLUSH);
+    let records = total.div_ceil(PLAINTEXT_MAX).max(1);
+    let mut res = Ok(());
+    {
+        let (chunks, head) = plain.chunks();
+        let q: &mut SendQueue = wire;
+        q.push_with(total + records * RECORD_SLACK, |v| {
+            res = seal_chunks(session, chunks, head, total, v);
+        });
+    }
+    res?;
+    plain.advance(total);
+    Ok(())
+}
+
+/// Seal the first `total` bytes of `chunks` (the first one starting at `head`) into `out`:
+/// records as full as 16 KiB allows, a record ending early only after [`RECORD_PARTS_MAX`]
+/// pieces.
+fn seal_chunks<'a>(
+    session: &mut Session,
+    chunks: impl Iterator<Item = &'a [u8]>,
+    head: usize,
+    total: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), TlsError> {
+    let mut parts: [&[u8]; RECORD_PARTS_MAX] = [&[]; RECORD_PARTS_MAX];
+    let (mut k, mut in_record, mut left) = (0, 0, total);
+    for (i, chunk) in chunks.enumerate() {
+        let mut c = if i == 0 {
+            chunk.get(head..).unwrap_or(&[])
+        } else {
+            chunk
+        };
+        while !c.is_empty() && left > 0 {
+            let take = c.len().min(PLAINTEXT_MAX - in_record).min(left);
+            let (piece, rest) = c.split_at(take);
+            parts[k] = piece;
+            (k, in_record, left, c) = (k + 1, in_record + take, left - take, rest);
+            if in_record == PLAINTEXT_MAX || k == RECORD_PARTS_MAX || left == 0 {
+                session.seal(&parts[..k], out)?;
+                (k, in_record) = (0, 0);
             }
         }
-        let mut res = Ok(());
-        let q: &mut SendQueue = wire;
-        q.push_with(take + RECORD_SLACK, |v| res = session.seal(&parts[..k], v));
-        res?;
-        plain.advance(take);
-        sealed += take;
+        if left == 0 {
+            break;
+        }
     }
     Ok(())
 }
