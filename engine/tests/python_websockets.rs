@@ -48,12 +48,17 @@ every_backend! {
         let mut cmd = Command::new(py);
         cmd.arg(script).arg(server.url());
         // Over TLS: the client verifies the server against the test CA (a file for the
-        // test's lifetime; the CA's key stays in this process).
-        let ca = std::env::temp_dir().join(format!("percore-test-ca-{}.pem", std::process::id()));
-        if common::transport() == common::Transport::Tls {
+        // test's lifetime, one per backend: the runs of this process overlap; the CA's key
+        // stays in this process).
+        let ca = (common::transport() == common::Transport::Tls).then(|| {
+            let ca = std::env::temp_dir().join(format!(
+                "percore-test-ca-{}-{backend:?}.pem",
+                std::process::id()
+            ));
             std::fs::write(&ca, &common::tls::pki().ca_pem).unwrap();
             cmd.arg(&ca);
-        }
+            ca
+        });
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -72,7 +77,9 @@ every_backend! {
             std::thread::sleep(Duration::from_millis(20));
         };
         let out = child.wait_with_output().unwrap();
-        let _ = std::fs::remove_file(&ca);
+        if let Some(ca) = ca {
+            let _ = std::fs::remove_file(ca);
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprintln!("{stdout}");

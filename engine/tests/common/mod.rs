@@ -159,8 +159,10 @@ pub fn builder(backend: Backend) -> Builder {
 }
 
 /// The address a test talks to: the TLS listener's over TLS (clients then use TLS for it),
-/// else the plain one.
+/// else the plain one. The plain address is known as plain from now on, even if an earlier
+/// server of this process had a TLS listener on the same port.
 pub fn addr_of(h: &ServerHandle) -> SocketAddr {
+    tls::not_serving(h.local_addr());
     match h.tls_local_addr() {
         Some(a) => {
             tls::serving(a);
@@ -258,6 +260,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
+            if let Some(a) = h.tls_local_addr() {
+                tls::not_serving(a);
+            }
             // Shutdown is not what these tests check (graceful_shutdown.rs does): a hang here is
             // reported, not turned into a failure of an unrelated test.
             if !shutdown_bounded(h, Duration::from_secs(1)) {
