@@ -58,7 +58,7 @@ pub struct Stats {
     pub tls_handshakes: u64,
     /// TLS connections failed in the TLS layer: a handshake refused (garbage or plaintext on
     /// the TLS port, no common version, an unknown CA on the client side, …), a record that
-    /// did not authenticate, the peer's fatal alert. Each is closed (after our alert, when TLS
+    /// did not authenticate, the peer's fatal alert, the peer's EOF inside a record. Each is closed (after our alert, when TLS
     /// asks for one) and logged at `warn` (rate-limited per shard).
     pub tls_failures: u64,
     /// Topics across servers (all zero unless the server runs with

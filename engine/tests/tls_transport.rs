@@ -383,4 +383,117 @@ tls_only! {
         assert_eq!(client.stats().tls_failures, 1);
         common::wait_until("the server saw the client's alert", || server.handle().stats().tls_failures == 1);
     }
+
+    fn a_client_asking_for_another_name_refuses_the_certificate_and_fails_alone(backend) {
+        capture_logs();
+        let server = common::start(backend);
+        let (mut plain, mut tls) = bystanders(&server);
+        let err = handshake_error(server.addr, "wrong.example");
+        assert!(err.contains("NotValidForName"), "the client names the mismatch: {err}");
+        common::wait_until("the server counts the client's alert", || server.handle().stats().tls_failures == 1);
+        assert!(log_mentions("BadCertificate"), "{:?}", logged().lock().unwrap());
+        plain.echo_text("still served");
+        tls.echo_text("still served");
+    }
+
+    fn a_server_name_no_certificate_answers_is_refused_by_the_server(backend) {
+        capture_logs();
+        // The application's resolver knows only "localhost".
+        let p = common::tls::pki();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(p.key.clone().into());
+        let signing = percore::tls::provider().key_provider.load_private_key(key).unwrap();
+        let mut by_name = rustls::server::ResolvesServerCertUsingSni::new();
+        by_name.add("localhost", rustls::sign::CertifiedKey::new(p.chain.clone(), signing)).unwrap();
+        let mut cfg = common::tls::server_config();
+        cfg.cert_resolver = Arc::new(by_name);
+        let server = common::start_with(backend, |b| b.tls(cfg));
+        let (mut plain, mut tls) = bystanders(&server);
+        let err = handshake_error(server.addr, "other.localhost");
+        assert!(err.contains("AlertReceived"), "the client hears the server's alert: {err}");
+        common::wait_until("the refusal is counted", || server.handle().stats().tls_failures == 1);
+        assert!(log_mentions("no server certificate"), "{:?}", logged().lock().unwrap());
+        plain.echo_text("still served");
+        tls.echo_text("still served");
+    }
+
+    fn an_expired_certificate_is_refused_by_clients_and_counted(backend) {
+        let server = common::start_with(backend, |b| b.tls(common::tls::expired_server_config()));
+        let mut plain = RawClient::connect(server.handle().local_addr()).unwrap();
+        let err = handshake_error(server.addr, "localhost");
+        assert!(err.contains("Expired"), "the client names the expiry: {err}");
+        common::wait_until("the client's alert is counted", || server.handle().stats().tls_failures == 1);
+        // percore's own client (Connect::tls) trusting the CA refuses it too, with the reason.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = common::builder(backend)
+            .shards(percore::Shards::Count(1))
+            .start(move |_| common::handlers::TestHandler { events: tx.clone() })
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(common::tls::pki().ca.clone()).unwrap();
+        let trusting = percore::tls::client_config(roots);
+        client
+            .connect(0, percore::Connect::new(server.addr).tls(Arc::new(trusting)).server_name("localhost"))
+            .unwrap();
+        let reason = loop {
+            match rx.recv_timeout(common::WAIT).expect("on_close of the outbound connection") {
+                Event::Closed(_, code, reason) => {
+                    assert_eq!(code, Some(1006));
+                    break reason;
+                }
+                Event::Opened(_) => panic!("opened with an expired certificate"),
+                _ => {}
+            }
+        };
+        assert!(reason.contains("certificate expired"), "{reason}");
+        assert_eq!(client.stats().tls_failures, 1);
+        common::wait_until("both clients' alerts are counted", || server.handle().stats().tls_failures == 2);
+        plain.echo_text("still served");
+    }
+
+    fn a_record_cut_short_by_the_peers_eof_is_a_tls_failure(backend) {
+        capture_logs();
+        let server = common::start(backend);
+        let (mut plain, mut tls) = bystanders(&server);
+        let mut m = Manual::open(server.addr);
+        let frame = raw::encode_frame(true, 0, op::TEXT, b"never whole", [1, 2, 3, 4]);
+        m.conn.writer().write_all(&frame).unwrap();
+        let rec = m.take_records();
+        m.tcp.write_all(&rec[..rec.len() - 7]).unwrap();
+        m.tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        let (code, reason) = closed_reason(&server);
+        assert_eq!(code, Some(1006));
+        assert!(reason.contains("cut short"), "{reason}");
+        assert_eq!(server.handle().stats().tls_failures, 1);
+        assert!(log_mentions("cut short"), "{:?}", logged().lock().unwrap());
+        // Half a ClientHello, then FIN: counted the same way, without waiting for the timeout.
+        let hello = client_hello();
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(&hello[..hello.len() / 2]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(read_to_end(&mut s).is_empty());
+        common::wait_until("the cut ClientHello is counted", || server.handle().stats().tls_failures == 2);
+        // A FIN between records (no close_notify) is an ordinary EOF, not a TLS failure.
+        let mut c = RawClient::connect(server.addr).unwrap();
+        c.echo_text("whole records");
+        c.stream.tcp().shutdown(std::net::Shutdown::Write).unwrap();
+        let (code, reason) = closed_reason(&server);
+        assert_eq!(code, Some(1006));
+        assert!(!reason.contains("cut short"), "{reason}");
+        assert_eq!(server.handle().stats().tls_failures, 2);
+        plain.echo_text("still served");
+        tls.echo_text("still served");
+    }
+}
+
+/// Run a TLS handshake with `addr` as a rustls client (trusting the test CA) asking for `name`,
+/// expecting it to fail; returns the client's error.
+fn handshake_error(addr: SocketAddr, name: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(common::WAIT)).unwrap();
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = ClientConnection::new(common::tls::client_config(), name).unwrap();
+    match conn.complete_io(&mut tcp) {
+        Ok(_) => panic!("the handshake completed"),
+        Err(e) => format!("{e:?}"),
+    }
 }

@@ -328,13 +328,14 @@ impl<H: Handler> Shard<H> {
                 listener,
             } => self.accepted.push((socket, peer, listener)),
             Completion::Closed { token, error } => {
+                #[cfg(feature = "tls")]
+                if error.is_none()
+                    && matches!(self.slab.get(token.0), Some(e) if e.flags & TLS != 0)
+                    && self.on_eof_tls(token.0)
+                {
+                    return Flow::Continue;
+                }
                 if let Some(e) = self.slab.get_mut(token.0) {
-                    #[cfg(feature = "tls")]
-                    if error.is_none() && e.flags & TLS != 0 && self.tls.answers_close(e) {
-                        // The peer's close_notify came with its FIN: ours goes out with this
-                        // turn's flush, which then closes.
-                        return Flow::Continue;
-                    }
                     if error.is_none() && e.flags & BACKLOG != 0 {
                         // The FIN came behind frames the budget still holds (io_uring: its
                         // completion was already on the way): those first (`drain_backlog`).

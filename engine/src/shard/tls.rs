@@ -240,6 +240,32 @@ impl<H: Handler> Shard<H> {
         self.settle(key);
     }
 
+    /// The peer's orderly EOF on TLS connection `key`. True: the peer's `close_notify` came with
+    /// it and ours goes out with this turn's flush, which then closes (the caller does nothing
+    /// more). False: the caller ends the connection as for any EOF; if the EOF came inside a
+    /// record or handshake message, that is a truncated stream, reported and counted as a TLS
+    /// failure first.
+    pub(super) fn on_eof_tls(&mut self, key: usize) -> bool {
+        let Some(e) = self.slab.get_mut(key) else {
+            return false;
+        };
+        if self.tls.answers_close(e) {
+            return true;
+        }
+        let held = self
+            .tls
+            .conns
+            .get(e.tls.get())
+            .map_or(0, |t| t.session.pending_bytes());
+        if held > 0 {
+            let err = TlsError::Truncated(held);
+            e.conn.end_transport(self.ctx.now, &err.to_string(), false);
+            let peer = e.peer.get();
+            self.tls_failed(peer, &err);
+        }
+        false
+    }
+
     /// Count, log (rate-limited) a TLS failure.
     fn tls_failed(&mut self, peer: SocketAddr, err: &TlsError) {
         ShardStats::bump(&self.ctx.stats.tls_failures, 1);

@@ -94,6 +94,9 @@ pub enum TlsError {
     NotTls13,
     /// The record layer failed after the handshake.
     Record(RecordError),
+    /// The peer's stream ended (its FIN) inside a record or handshake message: this many bytes
+    /// of it had arrived. No alert is sent (nothing can be read any more).
+    Truncated(usize),
 }
 
 impl TlsError {
@@ -115,6 +118,10 @@ impl fmt::Display for TlsError {
             TlsError::HandshakeTooLarge => f.write_str("TLS handshake input over the limit"),
             TlsError::NotTls13 => f.write_str("TLS version other than 1.3 negotiated"),
             TlsError::Record(e) => write!(f, "TLS: {e}"),
+            TlsError::Truncated(n) => write!(
+                f,
+                "TLS stream cut short: the peer's EOF came inside a record ({n} bytes of it held)"
+            ),
         }
     }
 }

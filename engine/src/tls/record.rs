@@ -284,6 +284,12 @@ impl<K: KeySchedule> RecordLayer<K> {
         self.staging.capacity() + self.handshake.capacity()
     }
 
+    /// Received bytes of a record, or of a handshake message spread over records, that is not
+    /// complete yet: a stream that ends now was cut short.
+    pub fn pending_bytes(&self) -> usize {
+        self.staging.len() + self.handshake.len()
+    }
+
     /// Process one buffer of received bytes, all of it. Each application-data record is
     /// opened in place and its plaintext handed to `on` (mutable: the WebSocket decoder
     /// unmasks in place); a record cut by the end of `buf` is kept until the next call.

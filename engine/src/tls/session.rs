@@ -199,6 +199,17 @@ impl Session {
         }
     }
 
+    /// Received bytes of a record or message not complete yet (handshake input included),
+    /// while the session still reads: if the peer's stream ends now, it was cut short
+    /// ([`TlsError::Truncated`]).
+    pub fn pending_bytes(&self) -> usize {
+        match &self.state {
+            State::Handshake(h) => h.inbuf.len(),
+            State::Open(r) if !r.is_failed() && !r.peer_closed() => r.pending_bytes(),
+            State::Open(_) | State::Failed => 0,
+        }
+    }
+
     /// Process one buffer of received bytes, all of it (an empty `buf` just runs the
     /// handshake's pending output). Handshake messages and alerts to send are appended to
     /// `out`; application data is handed to `on`, in place in `buf` once the handshake is done

@@ -23,6 +23,10 @@ pub struct Pki {
     pub chain: Vec<CertificateDer<'static>>,
     /// The server's key (PKCS#8 DER).
     pub key: Vec<u8>,
+    /// A leaf from the same CA for the same names that expired in 2021 (and its key).
+    pub expired_chain: Vec<CertificateDer<'static>>,
+    /// The expired leaf's key (PKCS#8 DER).
+    pub expired_key: Vec<u8>,
 }
 
 /// The PKI of this test process (made once).
@@ -47,11 +51,17 @@ pub fn pki() -> &'static Pki {
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         p.distinguished_name.push(DnType::CommonName, "localhost");
         let cert = p.signed_by(&key, &issuer).unwrap();
+        let old_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let expired = p.signed_by(&old_key, &issuer).unwrap();
         Pki {
             ca: ca_cert.der().clone(),
             ca_pem: ca_cert.pem(),
             chain: vec![cert.der().clone()],
             key: key.serialize_der(),
+            expired_chain: vec![expired.der().clone()],
+            expired_key: old_key.serialize_der(),
         }
     })
 }
@@ -61,6 +71,13 @@ pub fn server_config() -> ServerConfig {
     let p = pki();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.key.clone()));
     percore::tls::server_config(p.chain.clone(), key).unwrap()
+}
+
+/// A server config whose certificate (from the test CA, for the right names) has expired.
+pub fn expired_server_config() -> ServerConfig {
+    let p = pki();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.expired_key.clone()));
+    percore::tls::server_config(p.expired_chain.clone(), key).unwrap()
 }
 
 /// A client config trusting the test CA (rustls' aws-lc-rs provider, TLS 1.3).
@@ -90,6 +107,11 @@ fn tls_addrs() -> &'static Mutex<HashSet<SocketAddr>> {
 /// `addr` speaks TLS (a test server's TLS listener): clients connecting to it use TLS.
 pub fn serving(addr: SocketAddr) {
     tls_addrs().lock().unwrap().insert(addr);
+}
+
+/// `addr` does not speak TLS (any more): its server stopped, or a plain listener got the port.
+pub fn not_serving(addr: SocketAddr) {
+    tls_addrs().lock().unwrap().remove(&addr);
 }
 
 /// Does `addr` speak TLS?
