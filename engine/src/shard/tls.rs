@@ -379,7 +379,10 @@ impl<H: Handler> Shard<H> {
             t.wire.recycle(&mut self.ctx.pool);
         }
         t.wire.release_if_idle();
+        // The plaintext queue is never the backend's: once sealed it can go (an idle TLS
+        // connection holds no queue, as a plain one).
         e.queue.recycle(&mut self.ctx.pool);
+        e.queue.release_if_idle();
         let wire_done = t.wire.is_empty() && !t.wire.in_flight();
         // Plaintext left over (the per-flush budget, or the handshake still running): the next
         // turn goes on once the wire queue is out.
