@@ -82,8 +82,9 @@ impl ServerBuilder {
     /// none, and its certificate resolver wrapped to learn the SNI
     /// ([`crate::Request::server_name`]).
     ///
-    /// Cost: a TLS connection holds about 2 KiB more than a plain one while idle (two AEAD keys
-    /// and rustls' key schedule, no buffer), up to `tls_handshake_bytes_max` during its
+    /// Cost: a TLS connection holds about 2.5 KiB more than a plain one while idle (two AEAD
+    /// keys and rustls' key schedule, no buffer; 2.65 KiB of heap per connection measured at
+    /// 10,000, bench/results/2026-12-01-tls.md), up to `tls_handshake_bytes_max` during its
     /// handshake, and whatever of its plaintext send queue is sealed and not yet written (at
     /// most 256 KiB plus record overhead). The handshake counts against `handshake_timeout`.
     #[cfg(feature = "tls")]
