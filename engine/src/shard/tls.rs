@@ -465,3 +465,30 @@ fn seal_chunks<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LogLimit, LOG_LINES_PER_SECOND};
+
+    #[test]
+    fn failure_log_lines_are_limited_per_second_and_the_rest_counted() {
+        let mut l = LogLimit::default();
+        let t0 = 1_000;
+        for _ in 0..LOG_LINES_PER_SECOND {
+            assert_eq!(l.allow(t0), Some(0));
+        }
+        for i in 0..25u32 {
+            assert_eq!(l.allow(t0 + i), None, "held back within the second");
+        }
+        // The next window's first line says how many were held back.
+        assert_eq!(l.allow(t0 + 100), Some(25));
+        assert_eq!(l.allow(t0 + 101), Some(0));
+        // Ticks wrap around.
+        let mut w = LogLimit {
+            window: u32::MAX - 10,
+            ..LogLimit::default()
+        };
+        assert_eq!(w.allow(u32::MAX - 10), Some(0));
+        assert_eq!(w.allow(95), Some(0), "a new window after the wrap");
+    }
+}
