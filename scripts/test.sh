@@ -12,10 +12,14 @@ export PERCORE_PYENV PERCORE_REQUIRE_PY=1
 export PERCORE_REQUIRE_URING=${PERCORE_REQUIRE_URING:-1}
 # Same for network namespaces (tests/half_open.rs): root and iproute2 are there.
 export PERCORE_REQUIRE_NETNS=${PERCORE_REQUIRE_NETNS:-1}
-echo "== python venv with websockets ($PERCORE_PYENV)"
+echo "== python venv with websockets and prometheus_client ($PERCORE_PYENV)"
 if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2>&1; then
   python3 -m venv "$PERCORE_PYENV"
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'websockets>=13'
+fi
+# An independent parser of the metrics' text format (bench/tests/serve_metrics.rs).
+if ! "$PERCORE_PYENV/bin/python" -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
+  "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
 fi
 echo "== autobahn testsuite venv"
 ../shared/tools/autobahn/setup.sh
@@ -43,12 +47,18 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo clippy (engine without its optional features: no cluster or TLS code built)"
+echo "== cargo clippy (engine without its default features: no Prometheus text; the tests add tls)"
+cargo clippy -p percore --no-default-features --all-targets -- -D warnings
+echo "== cargo clippy (engine without any optional feature: no cluster, TLS or Prometheus code built)"
+cargo clippy -p percore --no-default-features --lib -- -D warnings
+echo "== cargo clippy (engine with its default features only)"
 cargo clippy -p percore --lib -- -D warnings
 echo "== cargo doc (engine with cluster and tls, warnings are errors: missing docs, broken links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster,tls
 echo "== cargo test"
 cargo test --workspace
+echo "== dashboard in headless chromium"
+bash scripts/dashboard-test.sh
 echo "== autobahn conformance"
 bash scripts/autobahn.sh --backend all
 echo "== autobahn conformance over wss:// (1.*-10.*, the client verifies the test CA; ~20 s a backend)"

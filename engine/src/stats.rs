@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::counters::ShardMetrics;
+
 /// Server counters (summed over shards).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -130,6 +132,8 @@ pub(crate) struct ShardStats {
     pub(crate) subscriptions: AtomicU64,
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_failures: AtomicU64,
+    /// What `crate::Metrics` adds to these (same single-writer rule).
+    pub(crate) metrics: ShardMetrics,
 }
 
 impl ShardStats {

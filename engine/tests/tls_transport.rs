@@ -187,6 +187,13 @@ tls_only! {
         let stats = server.handle().stats();
         assert_eq!(stats.tls_failures, 6, "{stats:?}");
         assert_eq!(stats.upgraded, 3);
+        // Their closes are counted under the `tls_failure` reason (metrics), nothing else is.
+        let metrics = server.handle().metrics_handle();
+        let tls_closed = || -> u64 {
+            metrics.snapshot().shards.iter().map(|sh| sh.closed(percore::CloseReason::TlsFailure)).sum()
+        };
+        common::wait_until("six closes for tls_failure", || tls_closed() >= 6);
+        assert_eq!(tls_closed(), 6);
     }
 
     fn truncated_client_hello_is_closed_at_the_handshake_timeout(backend) {

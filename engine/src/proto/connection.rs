@@ -65,6 +65,13 @@ pub enum AppEvent<'a> {
     Message(Message<'a>),
     /// A ping; its pong is already queued.
     Ping(&'a [u8]),
+    /// A pong answered the connection's idle ping: the round trip, in microseconds of the
+    /// endpoint's fine clock ([`Endpoint::set_clock_us`]; its resolution is the caller's, the
+    /// shard's is one loop turn).
+    Rtt {
+        /// Round trip in µs.
+        micros: u32,
+    },
 }
 
 /// What the caller must know after [`Connection::handle_recv`].
@@ -418,9 +425,7 @@ impl Connection {
             _ => return Timeout::NotDue,
         }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
-            s.flags |= PING_OUT;
-            s.mark = now;
-            s.push_control(ep, out, OpCode::Ping, b"");
+            s.push_idle_ping(now, ep, out);
             return Timeout::Pinged;
         }
         if s.phase != Phase::Linger {
@@ -703,7 +708,11 @@ where
                 }
             }
             // Any input proves the peer alive; a pong ends the wait for one at once.
-            Event::Pong(_) => half.flags &= !PING_OUT,
+            Event::Pong(p) => {
+                if let Some(micros) = half.on_pong(ep, p) {
+                    on(AppEvent::Rtt { micros }, Link { half, ep, out, now });
+                }
+            }
             Event::Close(frame) => {
                 half.on_close_frame(now, ep, out, &frame);
                 return ControlFlow::Break(());

@@ -15,12 +15,16 @@ mod conn;
 mod ctx;
 mod delivery;
 mod entry;
+#[cfg(feature = "metrics")]
+mod exposition;
 mod flush;
 mod handler;
 mod handshake;
 mod hub;
 mod mailbox;
 mod memory;
+mod metering;
+mod metrics;
 mod request;
 mod timer;
 #[cfg(feature = "tls")]
@@ -36,6 +40,7 @@ pub use handler::Handler;
 pub(crate) use hub::Hub;
 pub use hub::Publisher;
 pub(crate) use mailbox::{Mail, Outbound};
+pub use metrics::{HistogramSnapshot, Metrics, MetricsSnapshot, ShardSnapshot};
 pub use request::{Decision, Deferred, HttpContext, Upgrade};
 
 use std::collections::HashMap;
@@ -51,9 +56,10 @@ use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
+use crate::proto::{AppEvent, CloseCode, Connection, Endpoint, Link, Received, Settings, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
@@ -61,9 +67,11 @@ use self::ctx::{Ctx, Out};
 #[cfg(feature = "tls")]
 use self::entry::TLS;
 use self::entry::{
-    Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, EOF_HELD, OVER_CAPACITY,
+    mark_reason, marked_reason, Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY,
+    EOF_HELD, OVER_CAPACITY,
 };
 use self::memory::MemoryTrim;
+use self::metering::Meter;
 use self::timer::{Scheduled, TimerWheel};
 use self::topics::Topics;
 
@@ -180,6 +188,8 @@ struct Shard<H: Handler> {
     /// The sessions of the TLS connections.
     #[cfg(feature = "tls")]
     tls: tls::TlsConns,
+    /// Loop-turn timing, the fine clock, the sampled gauges.
+    meter: Meter,
 }
 
 impl<H: Handler> Shard<H> {
@@ -192,7 +202,8 @@ impl<H: Handler> Shard<H> {
         hub: Arc<Hub>,
         mail: Receiver<Mail>,
     ) -> Self {
-        let wheel = TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS);
+        let start = Instant::now();
+        let wheel = TimerWheel::new(start, TICK, WHEEL_SLOTS);
         let mut settings = Settings::default();
         settings.limits.frame_bytes_max = config.frame_bytes_max;
         settings.limits.message_bytes_max = config.message_bytes_max;
@@ -236,6 +247,7 @@ impl<H: Handler> Shard<H> {
             memory: MemoryTrim::default(),
             #[cfg(feature = "tls")]
             tls: tls::TlsConns::new(None, None, 0),
+            meter: Meter::new(start),
         }
     }
 
@@ -243,6 +255,9 @@ impl<H: Handler> Shard<H> {
         loop {
             self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
+            let now_us = metering::micros(self.meter.since_start(now));
+            self.meter
+                .end_turn(now_us, &mut driver, &self.ctx.stats.metrics);
             let mut timeout = self.wheel.next_timeout(now);
             if !self.ctx.dirty.is_empty()
                 || !self.ctx.broadcasts.is_empty()
@@ -261,11 +276,14 @@ impl<H: Handler> Shard<H> {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            let mut stamped = false;
+            timeout = self
+                .meter
+                .bound_timeout(now_us, !self.slab.is_empty(), timeout);
             let res = driver.poll(timeout, |c| {
-                if !stamped {
-                    self.ctx.now = self.wheel.tick_of(Instant::now());
-                    stamped = true;
+                if !self.meter.turn_started() {
+                    let d = self.meter.since_start(Instant::now());
+                    self.ctx.now = self.wheel.tick_at(d);
+                    self.ep.set_clock_us(self.meter.start_turn(d));
                 }
                 self.on_completion(c)
             });
@@ -274,7 +292,13 @@ impl<H: Handler> Shard<H> {
                 break;
             }
             let now = Instant::now();
-            self.ctx.now = self.wheel.tick_of(now);
+            let since = self.meter.since_start(now);
+            self.ctx.now = self.wheel.tick_at(since);
+            if !self.meter.turn_started() {
+                // No completion: the turn starts now (else the fine clock of its first
+                // completion stays: a ping queued below is stamped with the turn's start).
+                self.ep.set_clock_us(self.meter.start_turn(since));
+            }
             self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
@@ -284,6 +308,9 @@ impl<H: Handler> Shard<H> {
             self.close_finished(&mut driver);
             self.memory
                 .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
+            let since_us = metering::micros(since);
+            self.meter
+                .sample(since_us, &self.slab, &self.ctx.stats.metrics);
             if let Some(at) = self.shutdown_at {
                 if Instant::now() >= at {
                     self.drop_all();
@@ -433,6 +460,7 @@ impl<H: Handler> Shard<H> {
             return;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
+        counters::bump(&self.ctx.stats.metrics.outbound, 1);
         let mut o = Out {
             key: key as u32,
             queue: &mut queue,
@@ -461,7 +489,7 @@ impl<H: Handler> Shard<H> {
         peer: SocketAddr,
         conn: Connection,
         queue: Queue,
-        flags: u8,
+        flags: u16,
         state: Option<H::State>,
     ) {
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -561,8 +589,23 @@ impl<H: Handler> Shard<H> {
             }
             #[cfg(not(feature = "tls"))]
             Received::Request(req) => self.respond(key, &req),
-            Received::Failed(_) => ShardStats::bump(&self.ctx.stats.protocol_errors, 1),
-            Received::Refused(_) => ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1),
+            Received::Failed(_) => {
+                ShardStats::bump(&self.ctx.stats.protocol_errors, 1);
+                self.mark(key, CloseReason::ProtocolError);
+            }
+            Received::Refused(e) => {
+                ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1);
+                let slot = counters::reject_slot(e.status);
+                counters::bump(&self.ctx.stats.metrics.rejected[slot], 1);
+                self.mark(key, CloseReason::HandshakeRejected);
+            }
+        }
+    }
+
+    /// Record why connection `key` is ending (the first reason stays).
+    fn mark(&mut self, key: usize, reason: CloseReason) {
+        if let Some(e) = self.slab.get_mut(key) {
+            mark_reason(&mut e.flags, reason);
         }
     }
 
@@ -604,6 +647,11 @@ impl<H: Handler> Shard<H> {
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
         ShardStats::bump(&self.ctx.stats.closed, 1);
+        let reason = marked_reason(e.flags).unwrap_or(match e.conn.close_outcome().0 {
+            Some(CloseCode::ABNORMAL) => CloseReason::Abnormal,
+            _ => CloseReason::Normal,
+        });
+        counters::bump(&self.ctx.stats.metrics.closed[reason.index()], 1);
         self.to_close.push(key as u32);
         let state = e.state.take();
         if let (true, Some(state)) = (e.conn.reports_close(), state) {
@@ -708,6 +756,7 @@ impl<H: Handler> Shard<H> {
             };
             if e.conn.handle_timeout(t, &mut self.ep, &mut out) == Timeout::Expired {
                 ShardStats::bump(&self.ctx.stats.timeouts, 1);
+                mark_reason(&mut e.flags, CloseReason::Timeout);
             }
             self.settle(key);
         }
@@ -772,6 +821,10 @@ fn dispatch<H: Handler>(
             conn.guard(|c| handler.on_message(c, msg));
         }
         AppEvent::Ping(p) => conn.guard(|c| handler.on_ping(c, p)),
+        AppEvent::Rtt { micros } => {
+            let m = &conn.out.ctx.stats.metrics;
+            m.ping_rtt_us.record(u64::from(micros));
+        }
         AppEvent::Opened => {
             ShardStats::bump(&conn.out.ctx.stats.upgraded, 1);
             conn.guard(|c| handler.on_open(c));

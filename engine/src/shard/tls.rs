@@ -28,6 +28,7 @@ use slab::Slab;
 use super::ctx::Out;
 use super::entry::{Entry, Queue, TlsIndex, DEAD, DIRTY, TLS};
 use super::{dispatch, Handler, Shard};
+use crate::counters::CloseReason;
 use crate::io::{Driver, Token};
 use crate::proto::{Received, Request};
 use crate::send_queue::SendQueue;
@@ -221,7 +222,7 @@ impl<H: Handler> Shard<H> {
                 out.queue.discard_unsent();
                 conn.end_transport(now, &err.to_string(), linger);
                 t.notified = true;
-                self.tls_failed(who, &err);
+                self.tls_failed(key, who, &err);
             }
             Ok(()) if t.session.peer_closed() => {
                 // The peer will send nothing more: ours follows what is queued, then we close.
@@ -261,14 +262,16 @@ impl<H: Handler> Shard<H> {
             let err = TlsError::Truncated(held);
             e.conn.end_transport(self.ctx.now, &err.to_string(), false);
             let peer = e.peer.get();
-            self.tls_failed(peer, &err);
+            self.tls_failed(key, peer, &err);
         }
         false
     }
 
-    /// Count, log (rate-limited) a TLS failure.
-    fn tls_failed(&mut self, peer: SocketAddr, err: &TlsError) {
+    /// Count, log (rate-limited) a TLS failure of connection `key`; its close is counted
+    /// under the `tls_failure` reason.
+    fn tls_failed(&mut self, key: usize, peer: SocketAddr, err: &TlsError) {
         ShardStats::bump(&self.ctx.stats.tls_failures, 1);
+        self.mark(key, CloseReason::TlsFailure);
         if let Some(held) = self.tls.log.allow(self.ctx.now) {
             let shard = self.ctx.shard;
             if held > 0 {
@@ -362,7 +365,7 @@ impl<H: Handler> Shard<H> {
             e.queue.discard_unsent();
             e.conn.end_transport(now, &err.to_string(), true);
             t.notified = true;
-            self.tls_failed(who, &err);
+            self.tls_failed(key, who, &err);
         }
         let e = &mut self.slab[key];
         let t = &mut self.tls.conns[e.tls.get()];
