@@ -172,13 +172,28 @@ fn drain(
 impl ServerProc {
     /// Start `kind` on `cpu` and wait until it is ready.
     pub fn start(kind: &ServerKind, cpu: usize, broadcast: bool) -> Result<ServerProc, String> {
+        Self::start_with(kind, cpu, broadcast, &[])
+    }
+
+    /// [`ServerProc::start`] with more `percore serve` arguments (ignored by other servers).
+    pub fn start_with(
+        kind: &ServerKind,
+        cpu: usize,
+        broadcast: bool,
+        extra: &[String],
+    ) -> Result<ServerProc, String> {
         match kind {
             ServerKind::External(p) => Self::start_external(p, cpu),
-            _ => Self::start_builtin(kind, cpu, broadcast),
+            _ => Self::start_builtin(kind, cpu, broadcast, extra),
         }
     }
 
-    fn start_builtin(kind: &ServerKind, cpu: usize, broadcast: bool) -> Result<ServerProc, String> {
+    fn start_builtin(
+        kind: &ServerKind,
+        cpu: usize,
+        broadcast: bool,
+        extra: &[String],
+    ) -> Result<ServerProc, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         let mut tls_ca = None;
@@ -204,6 +219,7 @@ impl ServerProc {
                         .arg(dir.join("key.pem"));
                     tls_ca = Some(dir.join("ca.pem"));
                 }
+                cmd.args(extra);
             }
             ServerKind::Peer(name) => {
                 let bin = PEERS

@@ -23,6 +23,8 @@ pub enum Op {
     Binary,
     /// Pong answering a ping.
     Pong,
+    /// Close frame (answering the server's).
+    Close,
 }
 
 /// A protocol violation by the server.
@@ -51,6 +53,7 @@ pub fn encode(out: &mut Vec<u8>, op: Op, payload: &[u8], mask: [u8; 4]) {
     let opcode = match op {
         Op::Binary => percore::proto::OpCode::Binary,
         Op::Pong => percore::proto::OpCode::Pong,
+        Op::Close => percore::proto::OpCode::Close,
     };
     percore::proto::encode_frame(out, opcode, true, payload, Some(mask));
 }

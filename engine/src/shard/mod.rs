@@ -25,6 +25,7 @@ mod mailbox;
 mod memory;
 mod metering;
 mod metrics;
+mod register;
 mod request;
 mod timer;
 #[cfg(feature = "tls")]
@@ -68,7 +69,7 @@ use self::ctx::{Ctx, Out};
 use self::entry::TLS;
 use self::entry::{
     mark_reason, marked_reason, Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY,
-    EOF_HELD, OVER_CAPACITY,
+    EOF_HELD,
 };
 use self::memory::MemoryTrim;
 use self::metering::Meter;
@@ -111,6 +112,7 @@ where
             recv_buffers: self.config.recv_buffers,
             direct_fds: self.config.direct_fds,
             direct_fds_max: self.config.direct_fds_max,
+            direct_fds_table_max: self.config.direct_fds_table_max,
             events_max: 1024,
         };
         let driver = match D::new(self.listeners, &dcfg) {
@@ -210,6 +212,7 @@ impl<H: Handler> Shard<H> {
         settings.handshake_header_bytes_max = config.handshake_header_bytes_max;
         settings.handshake_timeout_ticks = wheel.ticks(config.handshake_timeout);
         settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
+        settings.idle_jitter_ticks = wheel.ticks(config.idle_timeout_jitter);
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
         settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
@@ -382,103 +385,6 @@ impl<H: Handler> Shard<H> {
             Completion::Wake => {}
         }
         Flow::Continue
-    }
-
-    fn register_accepted<D: Driver>(&mut self, driver: &mut D) {
-        for (socket, peer, listener) in std::mem::take(&mut self.accepted) {
-            if self.shutdown_at.is_some() {
-                continue;
-            }
-            let key = self.slab.vacant_key();
-            if key > u32::MAX as usize / 2 {
-                continue;
-            }
-            let mut flags = 0;
-            #[cfg(feature = "tls")]
-            let mut tls = entry::TlsIndex::default();
-            #[cfg(feature = "tls")]
-            if self.tls.listener == Some(listener) {
-                match self.tls.accept() {
-                    Ok(i) => {
-                        tls = i;
-                        flags |= TLS;
-                    }
-                    // The server config was checked at start: nothing here to serve with.
-                    Err(_) => continue,
-                }
-            }
-            #[cfg(not(feature = "tls"))]
-            let _ = listener;
-            if driver.register(Token(key), socket).is_err() {
-                #[cfg(feature = "tls")]
-                if flags & TLS != 0 {
-                    self.tls.conns.remove(tls.get());
-                }
-                continue;
-            }
-            ShardStats::bump(&self.ctx.stats.accepted, 1);
-            if self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.connections_max {
-                flags |= OVER_CAPACITY;
-            }
-            let conn = Connection::server(self.ctx.now);
-            self.insert(key, peer, conn, Queue::default(), flags, None);
-            #[cfg(feature = "tls")]
-            self.set_tls(key, tls);
-        }
-    }
-
-    /// Start an outbound connection: register it and queue its upgrade request (and, for
-    /// `wss://`, its ClientHello before it).
-    fn register_outbound<D: Driver>(&mut self, driver: &mut D, out: Outbound) {
-        if self.shutdown_at.is_some() {
-            return;
-        }
-        // `ServerHandle::connect_with_state` checked the type: this does not fail.
-        let Ok(state) = out.state.downcast::<H::State>() else {
-            return;
-        };
-        let key = self.slab.vacant_key();
-        let (mut queue, mut flags) = (Queue::default(), 0);
-        #[cfg(feature = "tls")]
-        let mut tls = entry::TlsIndex::default();
-        #[cfg(feature = "tls")]
-        if let Some((cfg, name)) = out.tls {
-            match self.tls.connect(cfg, name) {
-                Ok(i) => {
-                    tls = i;
-                    flags |= TLS;
-                }
-                // Reported by Connect::open already (the config is checked there).
-                Err(_) => return,
-            }
-        }
-        if key > u32::MAX as usize / 2 || driver.register(Token(key), out.stream.into()).is_err() {
-            #[cfg(feature = "tls")]
-            if flags & TLS != 0 {
-                self.tls.conns.remove(tls.get());
-            }
-            return;
-        }
-        self.open.fetch_add(1, Ordering::Relaxed);
-        counters::bump(&self.ctx.stats.metrics.outbound, 1);
-        let mut o = Out {
-            key: key as u32,
-            queue: &mut queue,
-            flags: &mut flags,
-            ctx: &mut self.ctx,
-        };
-        let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
-        self.insert(key, out.peer, conn, queue, flags, Some(*state));
-        #[cfg(feature = "tls")]
-        self.set_tls(key, tls);
-    }
-
-    /// The TLS session of a connection just inserted with the `TLS` flag.
-    #[cfg(feature = "tls")]
-    fn set_tls(&mut self, key: usize, tls: entry::TlsIndex) {
-        if let Some(e) = self.slab.get_mut(key) {
-            e.tls = tls;
-        }
     }
 
     /// A new connection at slot `key` (the slab's vacant key); an accepted one gets its state
