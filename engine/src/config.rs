@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::history::HistoryPolicy;
 use crate::origin::Origins;
 
 /// Which I/O backend the shards run on.
@@ -107,6 +108,8 @@ pub(crate) struct Config {
     pub(crate) mailbox_messages_max: usize,
     pub(crate) http_response_bytes_max: usize,
     pub(crate) origins: Origins,
+    pub(crate) history: HistoryPolicy,
+    pub(crate) resume_protocol: bool,
     /// TLS for the TLS listener (the application's config, prepared at start).
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -145,6 +148,8 @@ impl Default for Config {
             mailbox_messages_max: 65_536,
             http_response_bytes_max: 1 << 20,
             origins: Origins::default(),
+            history: HistoryPolicy::default(),
+            resume_protocol: false,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "tls")]
@@ -183,6 +188,7 @@ impl Config {
         self.mailbox_messages_max = self.mailbox_messages_max.max(1);
         // 0 frames a turn would never decode anything; a connection counts them in a u16.
         self.recv_frames_per_turn_max = self.recv_frames_per_turn_max.clamp(1, u32::from(u16::MAX));
+        self.history.topics_max = self.history.topics_max.max(1);
         #[cfg(feature = "tls")]
         {
             self.tls_handshake_bytes_max =

@@ -95,11 +95,15 @@ mod client;
 pub mod cluster;
 mod config;
 mod counters;
+mod handle;
+mod history;
 mod id;
 mod io;
 mod origin;
 pub mod pubsub;
+mod reconnect;
 mod response;
+pub mod resume;
 mod send_queue;
 mod server;
 mod shard;
@@ -113,11 +117,14 @@ pub use client::Connect;
 pub use cluster::ClusterConfig;
 pub use config::{Backend, Shards, SlowConsumer};
 pub use counters::CloseReason;
+pub use handle::ServerHandle;
+pub use history::{Position, TopicHistory};
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
 pub use pubsub::{PubSubError, PublishOptions};
+pub use reconnect::{ResumeClient, ResumeClientBuilder};
 pub use response::Response;
-pub use server::{Server, ServerBuilder, ServerHandle};
+pub use server::{Server, ServerBuilder};
 pub use shard::{
     Conn, Decision, Deferred, Handler, HistogramSnapshot, HttpContext, Metrics, MetricsSnapshot,
     Publisher, SendError, ShardSnapshot, Upgrade,

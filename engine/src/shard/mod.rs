@@ -27,6 +27,7 @@ mod metering;
 mod metrics;
 mod register;
 mod request;
+mod resume;
 mod timer;
 #[cfg(feature = "tls")]
 mod tls;
@@ -724,7 +725,7 @@ fn dispatch<H: Handler>(
     match ev {
         AppEvent::Message(msg) => {
             ShardStats::bump(&conn.out.ctx.stats.messages_received, 1);
-            conn.guard(|c| handler.on_message(c, msg));
+            resume::on_message(handler, &mut conn, msg);
         }
         AppEvent::Ping(p) => conn.guard(|c| handler.on_ping(c, p)),
         AppEvent::Rtt { micros } => {
