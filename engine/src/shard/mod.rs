@@ -28,6 +28,7 @@ mod metrics;
 mod register;
 mod request;
 mod resume;
+mod shutdown;
 mod timer;
 #[cfg(feature = "tls")]
 mod tls;
@@ -594,52 +595,6 @@ impl<H: Handler> Shard<H> {
             self.tls.conns.try_remove(e.tls.get());
         }
         drop(e);
-    }
-
-    fn begin_shutdown<D: Driver>(&mut self, driver: &mut D, at: Instant) {
-        if self.shutdown_at.is_some() {
-            return;
-        }
-        self.shutdown_at = Some(at);
-        driver.stop_accepting();
-        let now = self.ctx.now;
-        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let Some(e) = self.slab.get_mut(key) else {
-                continue;
-            };
-            if e.flags & DEAD != 0 {
-                continue;
-            }
-            if e.conn.is_handshaking() {
-                e.conn.abort();
-            } else if e.conn.is_open() {
-                let mut out = Out {
-                    key: key as u32,
-                    queue: &mut e.queue,
-                    flags: &mut e.flags,
-                    ctx: &mut self.ctx,
-                };
-                let reason = "server shutting down";
-                let code = crate::proto::CloseCode::GOING_AWAY;
-                e.conn
-                    .send_half()
-                    .close(now, &mut self.ep, &mut out, code, reason);
-            }
-            self.settle(key);
-        }
-    }
-
-    fn drop_all(&mut self) {
-        let keys: Vec<usize> = self
-            .slab
-            .iter()
-            .filter(|(_, e)| e.flags & DEAD == 0)
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            self.finalize(key);
-        }
     }
 
     fn fire_timers(&mut self, now: Instant) {
