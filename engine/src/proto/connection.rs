@@ -37,11 +37,12 @@
 use super::close::CloseState;
 use super::close_code::CloseCode;
 use super::codec::{DecodeState, Event};
+use super::deflate::{client_accept, InflateError, Terms};
 use super::endpoint::Endpoint;
 use super::error::ProtocolError;
 use super::frame::{OpCode, Role};
 use super::handshake::{
-    accept_response, parse_request, parse_response, reject_response, HandshakeError, Request,
+    accept_response, parse_request, parse_response_with, reject_response, HandshakeError, Request,
 };
 use super::message::Message;
 
@@ -129,8 +130,8 @@ pub struct Link<'a, O> {
     pub now: u32,
 }
 
-/// One WebSocket connection (see the module docs for how to drive it). 48 bytes; no heap
-/// memory while idle.
+/// One WebSocket connection (see the module docs for how to drive it). 56 bytes; no heap
+/// memory while idle (dedicated permessage-deflate terms excepted: see [`super::deflate`]).
 #[derive(Debug)]
 pub struct Connection {
     recv: RecvHalf,
@@ -178,6 +179,8 @@ impl Connection {
                 close: CloseState::new(),
                 phase: Phase::Handshake,
                 flags: 0,
+                deflate: Terms::default(),
+                pmd: None,
             },
         }
     }
@@ -251,6 +254,60 @@ impl Connection {
             Some(o) => (o.code, o.reason.as_str()),
             None => (Some(CloseCode::ABNORMAL), ""),
         }
+    }
+
+    /// Client: offer permessage-deflate ([`super::deflate::client_offer`], which the request
+    /// given to [`Connection::client`] must carry in `Sec-WebSocket-Extensions`); the
+    /// server's answer is then checked, and a bad one fails the handshake (RFC 7692 §7.1).
+    pub fn offer_deflate(&mut self) {
+        if self.send.is_client() && self.is_handshaking() {
+            self.send.deflate = Terms::offered();
+        }
+    }
+
+    /// Server: agree on permessage-deflate for `req` under the endpoint's settings (call it
+    /// before [`Connection::accept_upgrade`]): the `Sec-WebSocket-Extensions` value to answer
+    /// with, or `None` (compression off, nothing offered, or no acceptable offer). `Err`: the
+    /// request's extension header is malformed (answer 400, RFC 6455 §4.2.1).
+    pub fn negotiate_deflate(
+        &mut self,
+        ep: &mut Endpoint,
+        req: &Request,
+    ) -> Result<Option<String>, HandshakeError> {
+        if self.send.phase != Phase::Upgrading
+            || ep.settings().deflate.mode == super::Compression::Off
+        {
+            return Ok(None);
+        }
+        let values = req
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+            .map(|(_, v)| v);
+        let st = ep.settings().deflate;
+        match ep.deflate.negotiate(values, &st) {
+            Err(_) => Err(HandshakeError::new(
+                400,
+                "malformed Sec-WebSocket-Extensions",
+            )),
+            Ok(None) => Ok(None),
+            Ok(Some((answer, pmd))) => {
+                self.send.deflate = Terms::new(&answer.agreed);
+                self.send.pmd = pmd;
+                self.recv.decoder.set_permessage_deflate(true);
+                Ok(Some(answer.header))
+            }
+        }
+    }
+
+    /// Is permessage-deflate in use on this connection?
+    pub fn is_deflating(&self) -> bool {
+        self.send.deflate.is_on()
+    }
+
+    /// Heap bytes of this connection's own compression state (dedicated terms: the peer's
+    /// window and our compressor while it exists; 0 otherwise).
+    pub fn deflate_heap_bytes(&self) -> usize {
+        self.send.deflate_heap_bytes()
     }
 
     /// Bytes held between receives (a partial handshake or frame), for memory accounting.
@@ -368,6 +425,9 @@ impl Connection {
         out: &mut O,
     ) -> Timeout {
         let s = &mut self.send;
+        if let Some(p) = s.pmd.as_deref_mut() {
+            p.on_timeout(now, &ep.settings().deflate);
+        }
         if s.flags & PING_OUT != 0 && s.last_rx > s.mark {
             s.flags &= !PING_OUT; // something arrived since the ping: alive
         }
@@ -572,7 +632,30 @@ impl Connection {
             return Received::Done;
         };
         bytes.extend_from_slice(buf);
-        match parse_response(bytes, key.unwrap_or_default(), max) {
+        let offered = self.send.deflate.is_offered();
+        let parsed = parse_response_with(bytes, key.unwrap_or_default(), max, offered);
+        let parsed = match parsed {
+            Ok(Some((resp, n))) if offered => {
+                let values = resp
+                    .headers()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+                    .map(|(_, v)| v);
+                match client_accept(values) {
+                    Ok(agreed) => {
+                        self.send.deflate = Terms::default();
+                        if let Some(a) = agreed {
+                            self.send.deflate = Terms::new(&a);
+                            self.send.pmd = ep.deflate.conn_state(&a);
+                            self.recv.decoder.set_permessage_deflate(true);
+                        }
+                        Ok(Some((resp, n)))
+                    }
+                    Err(e) => Err(HandshakeError::new(502, e.0)),
+                }
+            }
+            other => other,
+        };
+        match parsed {
             Ok(None) => Received::Done,
             Ok(Some((_resp, n))) => {
                 let mut rest = self.recv.held.take_handshake();
@@ -618,8 +701,17 @@ where
 {
     use core::ops::ControlFlow;
     let limits = ep.settings().limits;
-    decoder.decode(&limits, buf, |ev| {
+    let mut failed = None;
+    let r = decoder.decode(&limits, buf, |ev| {
         match ev {
+            Event::Compressed { text, data } => {
+                if let Err(e) =
+                    inflate(half, now, ep, out, text, data, limits.message_bytes_max, on)
+                {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
             Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
             Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
             Event::Ping(p) => {
@@ -640,7 +732,51 @@ where
         } else {
             ControlFlow::Break(())
         }
-    })
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => r,
+    }
+}
+
+/// A whole compressed message: inflate it with the shard's inflater (bounded by `limit`),
+/// check text, hand it out.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn inflate<O, F>(
+    half: &mut SendHalf,
+    now: u32,
+    ep: &mut Endpoint,
+    out: &mut O,
+    text: bool,
+    data: &[u8],
+    limit: usize,
+    on: &mut F,
+) -> Result<(), ProtocolError>
+where
+    O: Output,
+    F: FnMut(AppEvent<'_>, Link<'_, O>),
+{
+    let (buf, r) = ep.deflate.inflate(data, half.pmd.as_deref_mut(), limit);
+    let r = match r {
+        Ok(()) if text => match percore_simd::validate_utf8(&buf) {
+            Ok(s) => {
+                deliver(half, now, ep, out, Message::Text(s), on);
+                Ok(())
+            }
+            Err(_) => Err(ProtocolError::invalid_utf8("text is not UTF-8")),
+        },
+        Ok(()) => {
+            deliver(half, now, ep, out, Message::Binary(&buf), on);
+            Ok(())
+        }
+        Err(InflateError::TooBig) => Err(ProtocolError::too_big(
+            "inflated message larger than message_bytes_max",
+        )),
+        Err(_) => Err(ProtocolError::invalid_utf8("invalid compressed data")),
+    };
+    ep.deflate.restore(buf);
+    r
 }
 
 /// A data message arrived: hand it out unless our close frame went first (§7.1.2 leaves data

@@ -3,6 +3,7 @@
 //! connection small).
 
 use super::codec::Limits;
+use super::deflate::{DeflateSettings, ShardDeflate};
 use super::handshake::HEADER_BYTES_MAX_DEFAULT;
 use super::rng::MaskRng;
 
@@ -26,6 +27,8 @@ pub struct Settings {
     /// Ticks allowed for a close handshake, or for the peer to hang up after we failed the
     /// connection or refused its handshake.
     pub close_timeout_ticks: u32,
+    /// permessage-deflate (off by default).
+    pub deflate: DeflateSettings,
 }
 
 impl Default for Settings {
@@ -39,17 +42,19 @@ impl Default for Settings {
             idle_timeout_ticks: 6_000,
             pong_timeout_ticks: 2_000,
             close_timeout_ticks: 500,
+            deflate: DeflateSettings::default(),
         }
     }
 }
 
 /// Per-shard protocol state shared by its connections (quinn-proto's `Endpoint`, reduced to
 /// what a WebSocket connection needs): the [`Settings`] and the [`MaskRng`] that masks client
-/// frames. A per-shard compressor would live here too.
+/// frames, and the compression state its connections share ([`ShardDeflate`]).
 #[derive(Debug)]
 pub struct Endpoint {
     settings: Settings,
     rng: MaskRng,
+    pub(crate) deflate: ShardDeflate,
 }
 
 impl Endpoint {
@@ -59,8 +64,25 @@ impl Endpoint {
     }
 
     /// An endpoint with `settings` and the given RNG (tests: a fixed seed).
-    pub fn with_rng(settings: Settings, rng: MaskRng) -> Self {
-        Self { settings, rng }
+    pub fn with_rng(mut settings: Settings, rng: MaskRng) -> Self {
+        settings.deflate = settings.deflate.clamped();
+        Self {
+            settings,
+            rng,
+            deflate: ShardDeflate::default(),
+        }
+    }
+
+    /// The compression state shared by this endpoint's connections.
+    pub fn deflate(&self) -> &ShardDeflate {
+        &self.deflate
+    }
+
+    /// A shared frame is delivered to every connection it was meant for: forget its
+    /// compressed variants (see [`super::SendHalf::deflated_variant`]).
+    #[inline]
+    pub fn end_delivery(&mut self) {
+        self.deflate.end_delivery();
     }
 
     /// The settings.

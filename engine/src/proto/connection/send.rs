@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::proto::close::CloseFrame;
 use crate::proto::close::CloseState;
 use crate::proto::close_code::CloseCode;
+use crate::proto::deflate::{encode_compressed, ConnDeflate, Terms};
 use crate::proto::endpoint::{Endpoint, Settings};
 use crate::proto::frame::{encode_frame, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 use crate::proto::message::Message;
@@ -42,6 +43,11 @@ pub struct SendHalf {
     pub(super) close: CloseState,
     pub(super) phase: Phase,
     pub(super) flags: u8,
+    /// permessage-deflate terms (0: not negotiated).
+    pub(super) deflate: Terms,
+    /// Dedicated permessage-deflate state (the peer's window, our compressor); `None` for a
+    /// connection without compression or with shared terms.
+    pub(super) pmd: Option<Box<ConnDeflate>>,
 }
 
 /// Where a connection stands.
@@ -96,14 +102,61 @@ impl SendHalf {
         if !self.can_send() {
             return false;
         }
-        // The one place a message becomes a frame: a per-message transform (compression)
-        // belongs between the two.
+        // The one place a message becomes a frame.
         let mask = self.is_client().then(|| ep.mask());
         let payload = msg.as_bytes();
+        if self.deflate.is_on() && self.send_compressed(ep, out, msg, mask) {
+            return true;
+        }
         out.push_frame(payload.len() + MAX_HEADER_LEN, |v| {
             encode_frame(v, msg.opcode(), true, payload, mask)
         });
         true
+    }
+
+    /// permessage-deflate: queue `msg` compressed, or say `false` to send it as it is (below
+    /// the threshold, or compression did not pay off).
+    #[inline(never)]
+    fn send_compressed<O: Output>(
+        &mut self,
+        ep: &mut Endpoint,
+        out: &mut O,
+        msg: Message<'_>,
+        mask: Option<[u8; 4]>,
+    ) -> bool {
+        let st = ep.settings().deflate;
+        let payload = msg.as_bytes();
+        if payload.len() < st.threshold_bytes {
+            return false;
+        }
+        let Some(z) = ep
+            .deflate
+            .compress(self.deflate, self.pmd.as_deref_mut(), &st, payload)
+        else {
+            return false;
+        };
+        out.push_frame(z.len() + MAX_HEADER_LEN, |v| {
+            encode_compressed(v, msg.opcode(), z, mask)
+        });
+        true
+    }
+
+    /// permessage-deflate: the frame to queue instead of the shared (unmasked) `frame` for
+    /// this connection, compressed once per shard while `frame` is delivered; `None`: queue
+    /// `frame` itself. Call [`Endpoint::end_delivery`] once `frame` is delivered.
+    #[inline]
+    pub fn deflated_variant(&mut self, ep: &mut Endpoint, frame: &Arc<[u8]>) -> Option<Arc<[u8]>> {
+        if !self.deflate.is_on() {
+            return None;
+        }
+        let st = ep.settings().deflate;
+        ep.deflate
+            .shared_variant(self.deflate, self.pmd.as_deref_mut(), &st, frame)
+    }
+
+    /// Heap bytes of this connection's compression state (0 without dedicated terms).
+    pub fn deflate_heap_bytes(&self) -> usize {
+        self.pmd.as_ref().map_or(0, |p| p.heap_bytes())
     }
 
     /// Queue a ping (payload truncated to 125 bytes). `false` when the connection cannot send.
@@ -174,6 +227,14 @@ impl SendHalf {
 
     /// The next deadline: the whole deadline table.
     pub(super) fn deadline(&self, st: &Settings) -> Option<u32> {
+        let d = self.protocol_deadline(st);
+        match self.pmd.as_deref().and_then(ConnDeflate::deadline) {
+            Some(c) => Some(d.map_or(c, |d| d.min(c))),
+            None => d,
+        }
+    }
+
+    fn protocol_deadline(&self, st: &Settings) -> Option<u32> {
         let after = |t: u32, ticks: u32| Some(t.saturating_add(ticks));
         match self.phase {
             Phase::Handshake | Phase::Upgrading | Phase::Responding => {
@@ -203,6 +264,7 @@ impl SendHalf {
             }));
         }
         self.phase = Phase::Closed;
+        self.pmd = None;
     }
 
     /// Queue a control frame (masked on the client side).

@@ -95,6 +95,8 @@ fn frames(role: Role, bytes: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
                         .map(|c| close_payload_of(c.0, f.reason))
                         .unwrap_or_default(),
                 ),
+                // Compressed messages (RSV1) only reach a decoder that allows them.
+                _ => (OpCode::Continuation, Vec::new()),
             });
             ControlFlow::Continue(())
         })
@@ -119,8 +121,9 @@ fn open_server(ep: &mut Endpoint) -> Connection {
 
 #[test]
 fn connection_is_small() {
+    // 48 + the box pointer of dedicated permessage-deflate state.
     assert!(
-        core::mem::size_of::<Connection>() <= 48,
+        core::mem::size_of::<Connection>() <= 56,
         "{}",
         core::mem::size_of::<Connection>()
     );

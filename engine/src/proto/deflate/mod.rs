@@ -1,0 +1,474 @@
+//! permessage-deflate (RFC 7692), with bounded memory.
+//!
+//! # Where the state lives
+//!
+//! - **Per shard** ([`ShardDeflate`], inside the [`super::Endpoint`]): one [`Inflater`] for
+//!   every connection, one [`Compressor`] per window size for every message sent without
+//!   context takeover, and the buffers a message is inflated into and compressed into.
+//! - **Per connection**: one byte of terms in the send half (negotiated? our window, whether
+//!   each side keeps context) and, only for dedicated terms, a box ([`ConnDeflate`]) with the
+//!   peer's [`Window`] (when the peer uses context takeover) and our own [`Compressor`]
+//!   (created on the first compressed send, dropped after `compressor_idle_ticks` without
+//!   one). A connection that negotiated nothing, or shared terms, holds no compression state.
+//!
+//! # Receiving
+//!
+//! The decoder hands out a compressed message only once it is whole (a fragmented one is
+//! assembled, still compressed, in the connection's message buffer, bounded by
+//! `message_bytes_max` like any other); the shard's inflater then inflates it in one go, the
+//! peer's window put in front as a dictionary. So no inflate state is ever kept across
+//! receive completions, and one inflater serves connections whose messages interleave. The
+//! inflated size is checked against `message_bytes_max` as the output grows (1009 past it);
+//! corrupt data is 1007.
+//!
+//! # Sending
+//!
+//! Messages of at least `threshold_bytes` are compressed: without context takeover by the
+//! shard's compressor (reset after each message; a message that did not shrink goes out
+//! uncompressed), with it by the connection's own compressor. Shared frames (broadcasts,
+//! publishes) are compressed once per shard and window size and queued by reference to every
+//! connection with compression; a connection with a compressor of its own drops it when it
+//! gets one (its peer's window now holds bytes that compressor never saw; a fresh compressor
+//! references nothing earlier).
+
+mod codec;
+mod negotiate;
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+pub use self::codec::{CompressError, Compressor, InflateError, Inflater, Window};
+pub use self::negotiate::{client_accept, client_offer, Agreed, BadAnswer};
+pub(crate) use self::negotiate::{server_answer, Malformed};
+
+use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+
+/// Whether and how a server compresses (permessage-deflate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Decline every offer (the default): no compression, no cost.
+    #[default]
+    Off,
+    /// Accept with `server_no_context_takeover; client_no_context_takeover`: every message is
+    /// compressed on its own, by one compressor per shard, and inflated by one decompressor
+    /// per shard. A connection holds no compression state at all.
+    Shared,
+    /// Accept with context takeover (what the client offered, windows capped by
+    /// [`DeflateSettings::server_max_window_bits`] and
+    /// [`DeflateSettings::client_max_window_bits`]): better ratios for streams of similar
+    /// messages, at a per-connection cost (the peer's window while open, a compressor of our
+    /// own while sending), bounded per shard by [`DeflateSettings::dedicated_bytes_max`].
+    Dedicated,
+}
+
+/// permessage-deflate settings (part of [`super::Settings`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeflateSettings {
+    /// Off, shared or dedicated.
+    pub mode: Compression,
+    /// Messages shorter than this go out uncompressed (RSV1 clear): small messages compress
+    /// badly and cost CPU. Default 64.
+    pub threshold_bytes: usize,
+    /// zlib level 0..=9 (default 1: zlib-rs' fastest, see the crate docs for the ratio).
+    pub level: u8,
+    /// Largest window we compress with, 9..=15 (default 12: 4 KiB of history). Each
+    /// dedicated compressor costs 16 bytes per window byte (zlib-rs) plus fixed tables.
+    pub server_max_window_bits: u8,
+    /// Dedicated: the window asked of a client that offers `client_max_window_bits`, 9..=15
+    /// (default 12). A client with context takeover costs 2^this bytes while its connection is
+    /// open; one that does not offer the parameter costs 32 KiB.
+    pub client_max_window_bits: u8,
+    /// zlib memory level 1..=9 of dedicated compressors (default 5): zlib-rs sizes its
+    /// literal buffers by it (7 × 2^(level+6) bytes: 14 KiB at 5), not its hash table.
+    pub mem_level: u8,
+    /// Dedicated: most bytes of per-connection compression state one shard holds (windows
+    /// plus live compressors; default 64 MiB). Past it, new connections get shared terms and
+    /// a connection that cannot get a compressor sends uncompressed.
+    pub dedicated_bytes_max: usize,
+    /// Dedicated: a connection's compressor is dropped once it has gone this many ticks
+    /// without compressing (checked every that many ticks: dropped after 1–2×). Default 1000
+    /// (10 s at 10 ms ticks).
+    pub compressor_idle_ticks: u32,
+}
+
+impl Default for DeflateSettings {
+    fn default() -> Self {
+        Self {
+            mode: Compression::Off,
+            threshold_bytes: 64,
+            level: 1,
+            server_max_window_bits: 12,
+            client_max_window_bits: 12,
+            mem_level: 5,
+            dedicated_bytes_max: 64 << 20,
+            compressor_idle_ticks: 1_000,
+        }
+    }
+}
+
+impl DeflateSettings {
+    /// Every clamp, in one place.
+    pub fn clamped(mut self) -> Self {
+        self.level = self.level.min(9);
+        self.server_max_window_bits = self.server_max_window_bits.clamp(9, 15);
+        self.client_max_window_bits = self.client_max_window_bits.clamp(9, 15);
+        self.mem_level = self.mem_level.clamp(1, 9);
+        self.compressor_idle_ticks = self.compressor_idle_ticks.max(1);
+        self
+    }
+}
+
+/// One connection's terms, packed in a byte of its send half (0: no compression).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Terms(u8);
+
+impl Terms {
+    const ON: u8 = 0x80;
+    const LOCAL_NO_CONTEXT: u8 = 0x40;
+    /// Client side: an offer was sent, the answer is still to be checked.
+    const OFFERED: u8 = 0x20;
+    const BITS: u8 = 0x0f;
+
+    pub(crate) fn new(a: &Agreed) -> Self {
+        let mut t = Self::ON | (a.local_max_window_bits & Self::BITS);
+        if a.local_no_context_takeover {
+            t |= Self::LOCAL_NO_CONTEXT;
+        }
+        Self(t)
+    }
+
+    pub(crate) fn offered() -> Self {
+        Self(Self::OFFERED)
+    }
+
+    #[inline]
+    pub(crate) fn is_on(self) -> bool {
+        self.0 & Self::ON != 0
+    }
+
+    pub(crate) fn is_offered(self) -> bool {
+        self.0 & Self::OFFERED != 0
+    }
+
+    fn local_no_context(self) -> bool {
+        self.0 & Self::LOCAL_NO_CONTEXT != 0
+    }
+
+    fn local_bits(self) -> u8 {
+        self.0 & Self::BITS
+    }
+}
+
+/// A connection's own compression state (dedicated terms only; boxed in its send half).
+#[derive(Debug)]
+pub(crate) struct ConnDeflate {
+    /// The peer's history (it uses context takeover).
+    window: Option<Window>,
+    /// Our compressor with context takeover, while we are sending.
+    compressor: Option<Compressor>,
+    /// Used since the last idle check.
+    used: bool,
+    /// Tick of the next idle check of `compressor` (meaningful while it exists).
+    check_at: u32,
+    /// The tick the connection last saw (a compressor is created without one at hand).
+    seen: u32,
+    local_bits: u8,
+    /// Bytes charged to the shard's budget: the window, plus the compressor while it exists.
+    charged: usize,
+    budget: Arc<AtomicUsize>,
+}
+
+impl ConnDeflate {
+    fn compressor_bytes(&self, st: &DeflateSettings) -> usize {
+        Compressor::heap_bytes(self.local_bits, st.mem_level)
+    }
+
+    /// The next tick at which the idle compressor check is due (none without a compressor).
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<u32> {
+        self.compressor.as_ref().map(|_| self.check_at)
+    }
+
+    /// Run the idle check if due: drop a compressor unused since the last check.
+    pub(crate) fn on_timeout(&mut self, now: u32, st: &DeflateSettings) {
+        self.seen = now;
+        if self.compressor.is_none() || now < self.check_at {
+            return;
+        }
+        if self.used {
+            self.used = false;
+            self.check_at = now.saturating_add(st.compressor_idle_ticks);
+        } else {
+            self.drop_compressor(st);
+        }
+    }
+
+    /// Drop our compressor (idle, or the peer's window got bytes it did not compress).
+    fn drop_compressor(&mut self, st: &DeflateSettings) {
+        if self.compressor.take().is_some() {
+            let b = self.compressor_bytes(st);
+            self.charged -= b;
+            self.budget.fetch_sub(b, Relaxed);
+        }
+    }
+
+    /// Heap bytes this connection holds for compression (window, compressor, this box).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        core::mem::size_of::<Self>() + self.charged
+    }
+}
+
+impl Drop for ConnDeflate {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.charged, Relaxed);
+    }
+}
+
+/// What the shard's connections share for compression (inside the [`super::Endpoint`]).
+#[derive(Debug, Default)]
+pub struct ShardDeflate {
+    /// Compressors without context takeover, by window bits 8..=15 (created on first use).
+    compressors: [Option<Compressor>; 8],
+    inflater: Option<Inflater>,
+    /// A message's inflated bytes (lent to the handler while it is delivered).
+    inflated: Vec<u8>,
+    /// A message's compressed bytes before they are framed.
+    scratch: Vec<u8>,
+    /// Bytes of dedicated state held by this shard's connections.
+    charged: Arc<AtomicUsize>,
+    /// Compressed variants of the shared frame being delivered: (plain, window bits, frame).
+    variants: Vec<Variant>,
+}
+
+/// A shared frame, a window size, and its compressed variant (`None`: send it plain).
+type Variant = (Arc<[u8]>, u8, Option<Arc<[u8]>>);
+
+/// Negotiated terms, and the connection's box if they need one.
+pub(crate) type Negotiated = (negotiate::Answer, Option<Box<ConnDeflate>>);
+
+/// Buffers above this are released after use (a shard keeps at most this much per buffer).
+const KEEP_BUFFER_BYTES: usize = 256 << 10;
+
+impl ShardDeflate {
+    /// Bytes of dedicated per-connection state this shard's connections hold (budgeted).
+    pub fn dedicated_bytes(&self) -> usize {
+        self.charged.load(Relaxed)
+    }
+
+    fn compressor(&mut self, bits: u8, st: &DeflateSettings) -> &mut Compressor {
+        let i = usize::from(bits.clamp(8, 15) - 8);
+        self.compressors[i].get_or_insert_with(|| Compressor::new(st.level, bits, 8))
+    }
+
+    /// Server side: agree on terms for a request's `Sec-WebSocket-Extensions` values.
+    pub(crate) fn negotiate<'a>(
+        &self,
+        values: impl Iterator<Item = &'a str>,
+        st: &DeflateSettings,
+    ) -> Result<Option<Negotiated>, Malformed> {
+        let charged = self.charged.load(Relaxed);
+        let compressor = Compressor::heap_bytes(st.server_max_window_bits, st.mem_level);
+        let fits = |ring_bits: u8| {
+            let ring = if ring_bits == 0 {
+                0
+            } else {
+                Window::heap_bytes(ring_bits)
+            };
+            charged + ring + compressor <= st.dedicated_bytes_max
+        };
+        let Some(answer) = server_answer(values, st, fits)? else {
+            return Ok(None);
+        };
+        let conn = answer
+            .dedicated
+            .then(|| self.conn_state(&answer.agreed))
+            .flatten();
+        Ok(Some((answer, conn)))
+    }
+
+    /// The per-connection box for `agreed`, if it needs one (context takeover either way).
+    pub(crate) fn conn_state(&self, a: &Agreed) -> Option<Box<ConnDeflate>> {
+        if a.local_no_context_takeover && a.remote_no_context_takeover {
+            return None;
+        }
+        let window = (!a.remote_no_context_takeover).then(|| Window::new(a.remote_max_window_bits));
+        let charged = if window.is_some() {
+            Window::heap_bytes(a.remote_max_window_bits)
+        } else {
+            0
+        };
+        self.charged.fetch_add(charged, Relaxed);
+        Some(Box::new(ConnDeflate {
+            window,
+            compressor: None,
+            used: false,
+            check_at: 0,
+            seen: 0,
+            local_bits: a.local_max_window_bits,
+            charged,
+            budget: self.charged.clone(),
+        }))
+    }
+
+    /// Inflate one received message (whole) into the shard's buffer, which is taken out and
+    /// returned: give it back with [`ShardDeflate::restore`] once the message is delivered.
+    pub(crate) fn inflate(
+        &mut self,
+        payload: &[u8],
+        conn: Option<&mut ConnDeflate>,
+        limit: usize,
+    ) -> (Vec<u8>, Result<(), InflateError>) {
+        let mut out = core::mem::take(&mut self.inflated);
+        let inflater = self.inflater.get_or_insert_with(Inflater::new);
+        let window = conn.and_then(|c| c.window.as_mut());
+        let r = inflater.inflate(payload, window, limit, &mut out);
+        (out, r)
+    }
+
+    /// Give back the buffer [`ShardDeflate::inflate`] lent (released if it grew large).
+    pub(crate) fn restore(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            buf = Vec::new();
+        }
+        buf.clear();
+        self.inflated = buf;
+    }
+
+    /// Compress `payload` for a connection with `terms` (and its box, if dedicated): the
+    /// compressed payload (trailer removed), borrowed until the next call. `None`: send it
+    /// uncompressed (it did not shrink without context takeover, the budget has no room for a
+    /// compressor, or zlib-rs failed).
+    pub(crate) fn compress(
+        &mut self,
+        terms: Terms,
+        conn: Option<&mut ConnDeflate>,
+        st: &DeflateSettings,
+        payload: &[u8],
+    ) -> Option<&[u8]> {
+        let mut z = core::mem::take(&mut self.scratch);
+        if z.capacity() > KEEP_BUFFER_BYTES {
+            z = Vec::new();
+        }
+        z.clear();
+        let ok = match conn {
+            Some(c) if !terms.local_no_context() => self.compress_dedicated(c, st, payload, &mut z),
+            _ => {
+                let c = self.compressor(terms.local_bits(), st);
+                let r = c.compress(payload, &mut z);
+                c.reset();
+                r.is_ok() && z.len() < payload.len()
+            }
+        };
+        self.scratch = z;
+        ok.then_some(&self.scratch[..])
+    }
+
+    fn compress_dedicated(
+        &mut self,
+        c: &mut ConnDeflate,
+        st: &DeflateSettings,
+        payload: &[u8],
+        z: &mut Vec<u8>,
+    ) -> bool {
+        if c.compressor.is_none() {
+            let bytes = c.compressor_bytes(st);
+            if self.charged.load(Relaxed) + bytes > st.dedicated_bytes_max {
+                return false;
+            }
+            self.charged.fetch_add(bytes, Relaxed);
+            c.charged += bytes;
+            c.compressor = Some(Compressor::new(st.level, c.local_bits, st.mem_level));
+            c.check_at = c.seen.saturating_add(st.compressor_idle_ticks);
+        }
+        c.used = true;
+        let Some(comp) = c.compressor.as_mut() else {
+            return false;
+        };
+        if comp.compress(payload, z).is_err() {
+            c.drop_compressor(st);
+            return false;
+        }
+        true
+    }
+
+    /// The compressed variant of a shared (unmasked, single-frame) `plain` frame for a
+    /// connection with `terms`, compressed once per window size while the same frame is being
+    /// delivered (see [`ShardDeflate::end_delivery`]). `None`: send `plain` (too small, or
+    /// compression did not pay off).
+    pub(crate) fn shared_variant(
+        &mut self,
+        terms: Terms,
+        conn: Option<&mut ConnDeflate>,
+        st: &DeflateSettings,
+        plain: &Arc<[u8]>,
+    ) -> Option<Arc<[u8]>> {
+        let bits = terms.local_bits();
+        let hit = self
+            .variants
+            .iter()
+            .find(|(p, b, _)| *b == bits && Arc::ptr_eq(p, plain))
+            .map(|(_, _, v)| v.clone());
+        let v = match hit {
+            Some(v) => v,
+            None => {
+                let v = self.compress_shared(bits, st, plain);
+                self.variants.push((plain.clone(), bits, v.clone()));
+                v
+            }
+        };
+        if v.is_some() {
+            // The peer's window gets bytes our own compressor never saw: start it afresh.
+            if let Some(c) = conn {
+                c.drop_compressor(st);
+            }
+        }
+        v
+    }
+
+    fn compress_shared(
+        &mut self,
+        bits: u8,
+        st: &DeflateSettings,
+        plain: &[u8],
+    ) -> Option<Arc<[u8]>> {
+        let (h, n) = FrameHeader::parse(plain).ok().flatten()?;
+        if !h.fin || h.rsv != 0 || h.mask.is_some() || h.opcode.is_control() {
+            return None;
+        }
+        let payload = plain.get(n..)?;
+        if payload.len() < st.threshold_bytes {
+            return None;
+        }
+        let terms = Terms(Terms::ON | Terms::LOCAL_NO_CONTEXT | bits);
+        let z = self.compress(terms, None, st, payload)?;
+        let mut frame = Vec::with_capacity(z.len() + MAX_HEADER_LEN);
+        encode_compressed(&mut frame, h.opcode, z, None);
+        Some(Arc::from(frame))
+    }
+
+    /// The shared frame being delivered is done: forget its variants (they stay alive in the
+    /// send queues that hold them).
+    #[inline]
+    pub(crate) fn end_delivery(&mut self) {
+        if !self.variants.is_empty() {
+            self.variants.clear();
+        }
+    }
+}
+
+/// Append one compressed data frame (RSV1 set, FIN) carrying `payload` (masked with `mask`).
+pub fn encode_compressed(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+    let mut header = FrameHeader::new(true, opcode, mask, payload.len() as u64);
+    header.rsv = 4;
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut h);
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&h[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(k) = mask {
+        percore_simd::unmask(&mut out[start..], k, 0);
+    }
+}
