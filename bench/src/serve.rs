@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use percore::{
-    Backend, ClusterConfig, Conn, Handler, HttpContext, Message, PublishOptions, Request, Response,
-    Server, Shards, SlowConsumer,
+    Backend, ClusterConfig, Compression, Conn, Decision, Handler, HttpContext, Message,
+    PublishOptions, Request, Response, Server, Shards, SlowConsumer, Upgrade,
 };
 
 mod broadcast;
+mod subprotocol;
 
 /// Options of `percore serve`.
 #[derive(Args, Debug)]
@@ -122,6 +123,47 @@ pub struct ServeArgs {
     /// Longest wait between two reconnection attempts to the broker, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub cluster_reconnect_delay_max_ms: u64,
+    /// permessage-deflate: off (decline), shared (no context takeover, one compressor per
+    /// shard) or dedicated (context takeover, per-connection state within a budget).
+    #[arg(long, value_enum, default_value_t = CompressionArg::Off)]
+    pub compression: CompressionArg,
+    /// Messages shorter than this are sent uncompressed.
+    #[arg(long, default_value_t = 64)]
+    pub deflate_threshold_bytes: usize,
+    /// zlib compression level 0..=9.
+    #[arg(long, default_value_t = 1)]
+    pub deflate_level: u8,
+    /// Largest LZ77 window the server compresses with, 9..=15 bits.
+    #[arg(long, default_value_t = 12)]
+    pub deflate_server_max_window_bits: u8,
+    /// dedicated: client_max_window_bits answered to clients that offer it, 9..=15.
+    #[arg(long, default_value_t = 12)]
+    pub deflate_client_max_window_bits: u8,
+    /// zlib memory level 1..=9 of dedicated compressors.
+    #[arg(long, default_value_t = 5)]
+    pub deflate_mem_level: u8,
+    /// dedicated: most bytes of per-connection compression state per shard (then shared terms).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub deflate_dedicated_bytes_max: usize,
+    /// dedicated: seconds without compressing before a connection's compressor is dropped.
+    #[arg(long, default_value_t = 10)]
+    pub deflate_compressor_idle_timeout_secs: u64,
+    /// A subprotocol the server speaks (repeatable, in preference order is the client's): the
+    /// first one the client offers that is in this list is chosen. A client offering none is
+    /// served without one; a client offering only others is refused with 400 naming these.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    pub subprotocols: Vec<String>,
+}
+
+/// `--compression` on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompressionArg {
+    /// Decline permessage-deflate.
+    Off,
+    /// No context takeover; one compressor and decompressor per shard.
+    Shared,
+    /// Context takeover; per-connection windows and compressors within a budget.
+    Dedicated,
 }
 
 /// Backend choice on the command line.
@@ -147,10 +189,16 @@ pub enum Mode {
     Chat,
 }
 
-struct Echo;
+struct Echo {
+    protocols: subprotocol::Protocols,
+}
 
 impl Handler for Echo {
     type State = ();
+
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<()>) -> Decision<()> {
+        subprotocol::accept(req, up, &self.protocols, ())
+    }
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         // A refused send already closed the connection (slow consumer or closing).
         let _ = conn.send(msg);
@@ -245,15 +293,42 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .reconnect_delay_max(Duration::from_millis(args.cluster_reconnect_delay_max_ms)),
         );
     }
+    builder = builder
+        .compression(match args.compression {
+            CompressionArg::Off => Compression::Off,
+            CompressionArg::Shared => Compression::Shared,
+            CompressionArg::Dedicated => Compression::Dedicated,
+        })
+        .deflate_threshold_bytes(args.deflate_threshold_bytes)
+        .deflate_level(args.deflate_level)
+        .deflate_server_max_window_bits(args.deflate_server_max_window_bits)
+        .deflate_client_max_window_bits(args.deflate_client_max_window_bits)
+        .deflate_mem_level(args.deflate_mem_level)
+        .deflate_dedicated_bytes_max(args.deflate_dedicated_bytes_max)
+        .deflate_compressor_idle_timeout(Duration::from_secs(
+            args.deflate_compressor_idle_timeout_secs,
+        ));
+    for p in &args.subprotocols {
+        if !subprotocol::is_token(p) {
+            return Err(format!("--subprotocol {p:?} is not an HTTP token"));
+        }
+    }
+    let protocols: std::sync::Arc<[String]> = args.subprotocols.clone().into();
     let opts = if args.droppable {
         PublishOptions::droppable()
     } else {
         PublishOptions::default()
     };
+    let p = protocols;
     let server = match args.mode {
-        Mode::Echo => builder.start(|_| Echo),
-        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast { opts }),
-        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts)),
+        Mode::Echo => builder.start(move |_| Echo {
+            protocols: p.clone(),
+        }),
+        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast {
+            opts,
+            protocols: p.clone(),
+        }),
+        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts, p.clone())),
     }
     .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
     let backend_name = match server.backend() {

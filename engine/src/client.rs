@@ -18,6 +18,7 @@ pub struct Connect {
     path: String,
     protocols: Vec<String>,
     headers: Vec<(String, String)>,
+    deflate: bool,
 }
 
 impl Connect {
@@ -29,6 +30,7 @@ impl Connect {
             path: "/".to_owned(),
             protocols: Vec::new(),
             headers: Vec::new(),
+            deflate: false,
         }
     }
 
@@ -47,6 +49,19 @@ impl Connect {
     /// Offer a subprotocol (`Sec-WebSocket-Protocol`), in preference order.
     pub fn protocol(mut self, p: impl Into<String>) -> Self {
         self.protocols.push(p.into());
+        self
+    }
+
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, default off).
+    /// The server's answer is checked (an extension or parameter that was not offered, or an
+    /// invalid value, fails the handshake: `on_close` gets 1006 with the reason); what it
+    /// agreed to is kept to: our messages of at least the server's
+    /// [`crate::ServerBuilder::deflate_threshold_bytes`] are compressed (without context
+    /// takeover when the server asks so, else by a compressor of this connection's own), and
+    /// the server's compressed messages are inflated within
+    /// [`crate::ServerBuilder::message_bytes_max`].
+    pub fn deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
         self
     }
 
@@ -71,11 +86,14 @@ impl Connect {
         let host = self.host.unwrap_or_else(|| self.addr.to_string());
         let key = proto::generate_key();
         let protocols: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
-        let headers: Vec<(&str, &str)> = self
+        let mut headers: Vec<(&str, &str)> = self
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        if self.deflate {
+            headers.push(("Sec-WebSocket-Extensions", proto::deflate::client_offer()));
+        }
         let request = proto::client_request(&host, &self.path, &key, &protocols, &headers);
         Ok(Outbound {
             stream,
@@ -83,6 +101,7 @@ impl Connect {
             request,
             key,
             state,
+            deflate: self.deflate,
         })
     }
 }

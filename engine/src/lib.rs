@@ -64,7 +64,7 @@ mod upgrade;
 pub use client::Connect;
 #[cfg(feature = "cluster")]
 pub use cluster::ClusterConfig;
-pub use config::{Backend, Shards, SlowConsumer};
+pub use config::{Backend, Compression, Shards, SlowConsumer};
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
 pub use pubsub::{PubSubError, PublishOptions};

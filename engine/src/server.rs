@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::client::Connect;
 #[cfg(feature = "cluster")]
 use crate::cluster::{Bridge, ClusterConfig};
-use crate::config::{Backend, Config, Shards, SlowConsumer};
+use crate::config::{Backend, Compression, Config, Shards, SlowConsumer};
 use crate::id::ConnId;
 use crate::io::{self as backend_io, Waker};
 use crate::proto::Message;
@@ -303,6 +303,79 @@ impl ServerBuilder {
     #[cfg(feature = "cluster")]
     pub fn cluster(mut self, config: ClusterConfig) -> Self {
         self.cluster = Some(config);
+        self
+    }
+
+    /// permessage-deflate (RFC 7692, default [`Compression::Off`]: offers are declined).
+    /// [`Compression::Shared`] costs an idle connection nothing (one compressor per window
+    /// size and one decompressor per shard, about 180 KiB each, serve them all) and CPU per
+    /// message; [`Compression::Dedicated`] compresses better across similar messages and costs
+    /// each connection the peer's window while it is open (2^`deflate_client_max_window_bits`
+    /// bytes, 4 KiB by default; 32 KiB for a client that does not offer
+    /// `client_max_window_bits`) plus a compressor while it is sending (about 165 KiB with the
+    /// defaults; see [`ServerBuilder::deflate_compressor_idle_timeout`]), within
+    /// [`ServerBuilder::deflate_dedicated_bytes_max`] per shard. A compressed message is
+    /// inflated whole once it has arrived, its inflated size bounded by
+    /// [`ServerBuilder::message_bytes_max`] (1009 past it, corrupt data 1007).
+    pub fn compression(mut self, mode: Compression) -> Self {
+        self.config.compression = mode;
+        self
+    }
+
+    /// Messages shorter than this are sent uncompressed (default 64 bytes): small messages
+    /// compress badly and each compression costs a few microseconds.
+    pub fn deflate_threshold_bytes(mut self, n: usize) -> Self {
+        self.config.deflate_threshold_bytes = n;
+        self
+    }
+
+    /// zlib compression level, 0..=9 (default 1, zlib-rs' fastest: about half the CPU of
+    /// level 6 for a few percent larger output on JSON-like text).
+    pub fn deflate_level(mut self, level: u8) -> Self {
+        self.config.deflate_level = level;
+        self
+    }
+
+    /// The largest LZ77 window the server compresses with, 9..=15 bits (default 12, 4 KiB),
+    /// announced as `server_max_window_bits` so clients can inflate with a small window. A
+    /// client asking for less gets less (8 is honoured with distance-1 matches only). Each
+    /// dedicated compressor costs 16 bytes per window byte plus zlib-rs' fixed 128 KiB hash
+    /// table and the literal buffers of [`ServerBuilder::deflate_mem_level`].
+    pub fn deflate_server_max_window_bits(mut self, bits: u8) -> Self {
+        self.config.deflate_server_max_window_bits = bits;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: the `client_max_window_bits` answered to a client that
+    /// offers it, 9..=15 (default 12): what each such connection costs while open, in bytes,
+    /// is 2^this (the client's window, kept between its messages).
+    pub fn deflate_client_max_window_bits(mut self, bits: u8) -> Self {
+        self.config.deflate_client_max_window_bits = bits;
+        self
+    }
+
+    /// zlib memory level of dedicated compressors, 1..=9 (default 5): zlib-rs sizes its
+    /// literal buffers by it (7 × 2^(level+6) bytes: 14 KiB at 5, 112 KiB at 8); lower levels
+    /// end Huffman blocks sooner (slightly larger output for large messages).
+    pub fn deflate_mem_level(mut self, level: u8) -> Self {
+        self.config.deflate_mem_level = level;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: most bytes of per-connection compression state one shard
+    /// holds (peer windows plus live compressors; default 64 MiB). Past it, new connections get
+    /// shared terms (no context takeover) and a connection that cannot get a compressor sends
+    /// uncompressed until one fits.
+    pub fn deflate_dedicated_bytes_max(mut self, n: usize) -> Self {
+        self.config.deflate_dedicated_bytes_max = n;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: a connection's compressor is dropped once it has not
+    /// compressed for this long (default 10 s; it goes 1–2× this), giving back its memory;
+    /// the next message starts a fresh one (the peer reads it with the window it kept).
+    pub fn deflate_compressor_idle_timeout(mut self, d: Duration) -> Self {
+        self.config.deflate_compressor_idle_timeout = d;
         self
     }
 

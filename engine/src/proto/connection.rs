@@ -275,7 +275,7 @@ impl Connection {
         req: &Request,
     ) -> Result<Option<String>, HandshakeError> {
         if self.send.phase != Phase::Upgrading
-            || ep.settings().deflate.mode == super::Compression::Off
+            || ep.settings().deflate.mode == super::deflate::Compression::Off
         {
             return Ok(None);
         }

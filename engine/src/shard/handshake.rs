@@ -86,6 +86,15 @@ impl<H: Handler> Shard<H> {
     /// Accept the upgrade: answer 101, give the connection its state, `on_open`, then decode
     /// the frames that came with (or after) the request.
     fn open(&mut self, key: usize, req: &Request, accept: Accept, state: H::State) {
+        // permessage-deflate: agreed here, answered in the 101 (a malformed offer is 400).
+        let ext = match self.slab.get_mut(key) {
+            Some(e) => e.conn.negotiate_deflate(&mut self.ep, req),
+            None => return,
+        };
+        let ext = match ext {
+            Ok(ext) => ext,
+            Err(e) => return self.refuse(key, &Reject::new(e.status, e.reason)),
+        };
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
@@ -105,7 +114,11 @@ impl<H: Handler> Shard<H> {
             flags,
             ctx: &mut self.ctx,
         };
-        let headers = pairs(&accept.headers);
+        let mut headers = pairs(&accept.headers);
+        if let Some(ext) = ext.as_deref() {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"));
+            headers.push(("Sec-WebSocket-Extensions", ext));
+        }
         conn.accept_upgrade(now, &mut out, req, accept.protocol.as_deref(), &headers);
         ShardStats::bump(&out.ctx.stats.upgraded, 1);
         let state = slot.insert(state);

@@ -86,6 +86,8 @@ pub(crate) struct Outbound {
     /// The connection's initial state: the handler's `State` type (checked by
     /// [`crate::ServerHandle::connect_with_state`]).
     pub(crate) state: Box<dyn Any + Send>,
+    /// The request offers permessage-deflate (the answer is checked).
+    pub(crate) deflate: bool,
 }
 
 /// Why a mail was not posted.

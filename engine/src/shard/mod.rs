@@ -166,6 +166,7 @@ impl<H: Handler> Shard<H> {
         settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
+        settings.deflate = deflate_settings(&config, &wheel);
         let ctx = Ctx {
             shard: index as u32,
             dirty: Vec::new(),
@@ -318,7 +319,10 @@ impl<H: Handler> Shard<H> {
             flags: &mut flags,
             ctx: &mut self.ctx,
         };
-        let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
+        let mut conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
+        if out.deflate {
+            conn.offer_deflate();
+        }
         self.insert(key, out.peer, conn, queue, flags, Some(*state));
     }
 
@@ -676,5 +680,19 @@ fn dispatch<H: Handler>(
             ShardStats::bump(&conn.out.ctx.stats.upgraded, 1);
             conn.guard(|c| handler.on_open(c));
         }
+    }
+}
+
+/// The protocol layer's permessage-deflate settings from the server's.
+fn deflate_settings(config: &Config, wheel: &TimerWheel) -> crate::proto::DeflateSettings {
+    crate::proto::DeflateSettings {
+        mode: config.compression,
+        threshold_bytes: config.deflate_threshold_bytes,
+        level: config.deflate_level,
+        server_max_window_bits: config.deflate_server_max_window_bits,
+        client_max_window_bits: config.deflate_client_max_window_bits,
+        mem_level: config.deflate_mem_level,
+        dedicated_bytes_max: config.deflate_dedicated_bytes_max,
+        compressor_idle_ticks: wheel.ticks(config.deflate_compressor_idle_timeout).max(1),
     }
 }

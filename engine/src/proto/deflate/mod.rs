@@ -33,6 +33,7 @@
 
 mod codec;
 mod negotiate;
+mod settings;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -41,84 +42,9 @@ pub use self::codec::{CompressError, Compressor, InflateError, Inflater, Window}
 pub use self::negotiate::{client_accept, client_offer, Agreed, BadAnswer};
 pub(crate) use self::negotiate::{server_answer, Malformed};
 
+pub use self::settings::{Compression, DeflateSettings};
+
 use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
-
-/// Whether and how a server compresses (permessage-deflate).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Compression {
-    /// Decline every offer (the default): no compression, no cost.
-    #[default]
-    Off,
-    /// Accept with `server_no_context_takeover; client_no_context_takeover`: every message is
-    /// compressed on its own, by one compressor per shard, and inflated by one decompressor
-    /// per shard. A connection holds no compression state at all.
-    Shared,
-    /// Accept with context takeover (what the client offered, windows capped by
-    /// [`DeflateSettings::server_max_window_bits`] and
-    /// [`DeflateSettings::client_max_window_bits`]): better ratios for streams of similar
-    /// messages, at a per-connection cost (the peer's window while open, a compressor of our
-    /// own while sending), bounded per shard by [`DeflateSettings::dedicated_bytes_max`].
-    Dedicated,
-}
-
-/// permessage-deflate settings (part of [`super::Settings`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeflateSettings {
-    /// Off, shared or dedicated.
-    pub mode: Compression,
-    /// Messages shorter than this go out uncompressed (RSV1 clear): small messages compress
-    /// badly and cost CPU. Default 64.
-    pub threshold_bytes: usize,
-    /// zlib level 0..=9 (default 1: zlib-rs' fastest, see the crate docs for the ratio).
-    pub level: u8,
-    /// Largest window we compress with, 9..=15 (default 12: 4 KiB of history). Each
-    /// dedicated compressor costs 16 bytes per window byte (zlib-rs) plus fixed tables.
-    pub server_max_window_bits: u8,
-    /// Dedicated: the window asked of a client that offers `client_max_window_bits`, 9..=15
-    /// (default 12). A client with context takeover costs 2^this bytes while its connection is
-    /// open; one that does not offer the parameter costs 32 KiB.
-    pub client_max_window_bits: u8,
-    /// zlib memory level 1..=9 of dedicated compressors (default 5): zlib-rs sizes its
-    /// literal buffers by it (7 × 2^(level+6) bytes: 14 KiB at 5), not its hash table.
-    pub mem_level: u8,
-    /// Dedicated: most bytes of per-connection compression state one shard holds (windows
-    /// plus live compressors; default 64 MiB). Past it, new connections get shared terms and
-    /// a connection that cannot get a compressor sends uncompressed.
-    pub dedicated_bytes_max: usize,
-    /// Dedicated: a connection's compressor is dropped once it has gone this many ticks
-    /// without compressing (checked every that many ticks: dropped after 1–2×). Default 1000
-    /// (10 s at 10 ms ticks).
-    pub compressor_idle_ticks: u32,
-}
-
-impl Default for DeflateSettings {
-    fn default() -> Self {
-        Self {
-            mode: Compression::Off,
-            threshold_bytes: 64,
-            level: 1,
-            server_max_window_bits: 12,
-            client_max_window_bits: 12,
-            mem_level: 5,
-            dedicated_bytes_max: 64 << 20,
-            compressor_idle_ticks: 1_000,
-        }
-    }
-}
-
-impl DeflateSettings {
-    /// Every clamp, in one place.
-    pub fn clamped(mut self) -> Self {
-        self.level = self.level.min(9);
-        self.server_max_window_bits = self.server_max_window_bits.clamp(9, 15);
-        self.client_max_window_bits = self.client_max_window_bits.clamp(9, 15);
-        self.mem_level = self.mem_level.clamp(1, 9);
-        self.compressor_idle_ticks = self.compressor_idle_ticks.max(1);
-        self
-    }
-}
 
 /// One connection's terms, packed in a byte of its send half (0: no compression).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

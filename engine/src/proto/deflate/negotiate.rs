@@ -2,7 +2,7 @@
 //! RFC 6455 §9.1, the server's choice among the client's offers, and the client's check of the
 //! server's answer.
 
-use super::{Compression, DeflateSettings};
+use super::settings::{Compression, DeflateSettings};
 
 /// The extension's name.
 pub(crate) const NAME: &str = "permessage-deflate";
