@@ -57,6 +57,10 @@ pub struct Stats {
     /// Topics across servers (all zero unless the server runs with
     /// `ServerBuilder::cluster` (engine feature `cluster`)).
     pub cluster: ClusterStats,
+    /// Bytes of dedicated permessage-deflate state held (peer windows and live compressors,
+    /// budgeted by [`crate::ServerBuilder::deflate_dedicated_bytes_max`]; a gauge, updated once
+    /// per loop turn).
+    pub deflate_dedicated_bytes: u64,
 }
 
 /// The cluster bridge's counters: what this server sent to and received from the broker, and
@@ -121,6 +125,8 @@ pub(crate) struct ShardStats {
     pub(crate) conflated: AtomicU64,
     /// A gauge: moved by [`ShardStats::bump`] and [`ShardStats::drop_one`].
     pub(crate) subscriptions: AtomicU64,
+    /// A gauge: stored by the shard once per loop turn.
+    pub(crate) deflate_dedicated_bytes: AtomicU64,
 }
 
 impl ShardStats {
@@ -162,6 +168,7 @@ impl ShardStats {
         s.dropped += g(&self.dropped);
         s.conflated += g(&self.conflated);
         s.subscriptions += g(&self.subscriptions);
+        s.deflate_dedicated_bytes += g(&self.deflate_dedicated_bytes);
     }
 }
 

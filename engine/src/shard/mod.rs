@@ -233,6 +233,11 @@ impl<H: Handler> Shard<H> {
             self.deliver_local();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
+            let held = self.ep.deflate().dedicated_bytes() as u64;
+            let gauge = &self.ctx.stats.deflate_dedicated_bytes;
+            if gauge.load(Ordering::Relaxed) != held {
+                gauge.store(held, Ordering::Relaxed);
+            }
             if let Some(at) = self.shutdown_at {
                 if Instant::now() >= at {
                     self.drop_all();

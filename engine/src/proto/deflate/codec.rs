@@ -63,6 +63,12 @@ impl Compressor {
     /// The compressor keeps its history (context takeover) until [`Compressor::reset`].
     /// `Err` leaves `out` as it was; the compressor must then be reset or dropped.
     pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
+        if input.is_empty() {
+            // An empty stored block (RFC 7692 §7.2.3.6): zlib refuses a sync flush right after
+            // another, and an empty message adds nothing to the history anyway.
+            out.push(0x00);
+            return Ok(());
+        }
         let start = out.len();
         let mut pos = start;
         let mut used = 0;
@@ -298,6 +304,12 @@ mod tests {
             let mut w = Window::new(bits);
             let base = text(3000, 7);
             let mut total_z = 0;
+            for empty in [Vec::new(), Vec::new()] {
+                let mut z = Vec::new();
+                c.compress(&empty, &mut z).unwrap();
+                inf.inflate(&z, Some(&mut w), 1 << 20, &mut out).unwrap();
+                assert!(out.is_empty());
+            }
             for round in 0..4 {
                 let mut msg = base.clone();
                 msg.extend_from_slice(round.to_string().as_bytes());
