@@ -17,6 +17,18 @@ if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2
   python3 -m venv "$PERCORE_PYENV"
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'websockets>=13'
 fi
+# Node `ws` (an independent permessage-deflate client for the interop test), kept in a cache
+# directory like the Python venv.
+PERCORE_NODE_MODULES=${PERCORE_NODE_MODULES:-$HOME/.cache/percore-node/node_modules}
+export PERCORE_NODE_MODULES PERCORE_REQUIRE_NODE=1
+echo "== node ws ($PERCORE_NODE_MODULES)"
+if [ ! -f "$PERCORE_NODE_MODULES/ws/package.json" ]; then
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+  fi
+  mkdir -p "$(dirname "$PERCORE_NODE_MODULES")"
+  npm install --prefix "$(dirname "$PERCORE_NODE_MODULES")" --no-audit --no-fund --silent 'ws@8'
+fi
 echo "== autobahn testsuite venv"
 ../shared/tools/autobahn/setup.sh
 # The reference tools the bench tests run: uWebSockets' load_test and uws_echo (built once into
