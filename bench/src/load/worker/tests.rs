@@ -136,6 +136,8 @@ fn config(dst: SocketAddrV4, mode: Mode, connections: u32) -> RunConfig {
         timeout_ns: 2_000_000_000,
         explicit_sources: true,
         source_base: addr::run_base(mono_ns() / 1000),
+        deflate: false,
+        fill: crate::load::payload::Fill::Pattern,
     }
 }
 
