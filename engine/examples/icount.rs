@@ -240,8 +240,10 @@ fn conn_echo_deflate(n: usize, run: usize, mode: Compression) -> usize {
             &mut out,
             black_box(&mut frames[s..e]),
             |ev, link| {
+                // (Not the same code as `conn_echo`'s closure, which the compiler would
+                // otherwise merge with this one and then inline into neither.)
                 if let AppEvent::Message(m) = ev {
-                    link.half.send_message(link.ep, link.out, m);
+                    total += usize::from(link.half.send_message(link.ep, link.out, m));
                 }
             },
         );

@@ -507,15 +507,12 @@ impl Connection {
                     break None;
                 }
                 let rest = &mut buf[pos..];
-                let r = decode(
-                    &mut self.recv.decoder,
-                    &mut self.send,
-                    now,
-                    ep,
-                    out,
-                    rest,
-                    on,
-                );
+                let (d, s) = (&mut self.recv.decoder, &mut self.send);
+                let r = if s.deflate.is_on() {
+                    decode_deflating(d, s, now, ep, out, rest, on)
+                } else {
+                    decode(d, s, now, ep, out, rest, on)
+                };
                 match r {
                     Ok(c) if c < rest.len() && self.send.phase == Phase::Open => {
                         self.recv.held.set_frames(rest[c..].to_vec());
@@ -530,15 +527,13 @@ impl Connection {
             let take = (buf.len() - pos).min(HELD_FILL);
             held.extend_from_slice(&buf[pos..pos + take]);
             let mut bytes = self.recv.held.take_frames();
-            match decode(
-                &mut self.recv.decoder,
-                &mut self.send,
-                now,
-                ep,
-                out,
-                &mut bytes,
-                on,
-            ) {
+            let (d, s) = (&mut self.recv.decoder, &mut self.send);
+            let r = if s.deflate.is_on() {
+                decode_deflating(d, s, now, ep, out, &mut bytes, on)
+            } else {
+                decode(d, s, now, ep, out, &mut bytes, on)
+            };
+            match r {
                 // The old bytes and `c - old` new ones are consumed; go on in place.
                 Ok(c) if c >= old => pos += c - old,
                 Ok(c) => {
@@ -685,8 +680,50 @@ impl Connection {
     }
 }
 
-/// Run the decoder over `buf`, handing events to `on`. Returns the bytes consumed.
+/// Run the decoder over `buf`, handing events to `on`. Returns the bytes consumed. The
+/// connection has no permessage-deflate (its decoder never hands out a compressed message):
+/// [`decode_deflating`] is the copy for one that has.
 fn decode<O, F>(
+    decoder: &mut DecodeState,
+    half: &mut SendHalf,
+    now: u32,
+    ep: &mut Endpoint,
+    out: &mut O,
+    buf: &mut [u8],
+    on: &mut F,
+) -> Result<usize, ProtocolError>
+where
+    O: Output,
+    F: FnMut(AppEvent<'_>, Link<'_, O>),
+{
+    use core::ops::ControlFlow;
+    let limits = ep.settings().limits;
+    decoder.decode(&limits, buf, |ev| {
+        match ev {
+            Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
+            Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
+            Event::Ping(p) => {
+                if half.can_send() {
+                    half.push_control(ep, out, OpCode::Pong, p);
+                    on(AppEvent::Ping(p), Link { half, ep, out, now });
+                }
+            }
+            // Any input proves the peer alive; a pong ends the wait for one at once.
+            Event::Pong(_) => half.flags &= !PING_OUT,
+            Event::Close(frame) => {
+                half.on_close_frame(now, ep, out, &frame);
+                return ControlFlow::Break(());
+            }
+            Event::Compressed { .. } => {}
+        }
+        flow(half)
+    })
+}
+
+/// [`decode`] for a connection with permessage-deflate: a compressed message is inflated
+/// into the shard's buffer, lent for its delivery.
+#[inline(never)]
+fn decode_deflating<O, F>(
     decoder: &mut DecodeState,
     half: &mut SendHalf,
     now: u32,
@@ -703,35 +740,49 @@ where
     let limits = ep.settings().limits;
     let mut failed = None;
     let r = decoder.decode(&limits, buf, |ev| {
-        match ev {
+        let mut inflated = Vec::new();
+        let msg = match ev {
+            Event::Text(s) => Message::Text(s),
+            Event::Binary(b) => Message::Binary(b),
             Event::Compressed { text, data } => {
-                if let Err(e) =
-                    inflate(half, now, ep, out, text, data, limits.message_bytes_max, on)
-                {
-                    failed = Some(e);
-                    return ControlFlow::Break(());
+                match inflate(half, ep, text, data, limits.message_bytes_max) {
+                    Ok(b) => inflated = b,
+                    Err(e) => {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                if text {
+                    // `inflate` checked it: this only makes the `&str`.
+                    match percore_simd::validate_utf8(&inflated) {
+                        Ok(s) => Message::Text(s),
+                        Err(_) => return ControlFlow::Break(()),
+                    }
+                } else {
+                    Message::Binary(&inflated)
                 }
             }
-            Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
-            Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
             Event::Ping(p) => {
                 if half.can_send() {
                     half.push_control(ep, out, OpCode::Pong, p);
                     on(AppEvent::Ping(p), Link { half, ep, out, now });
                 }
+                return flow(half);
             }
-            // Any input proves the peer alive; a pong ends the wait for one at once.
-            Event::Pong(_) => half.flags &= !PING_OUT,
+            Event::Pong(_) => {
+                half.flags &= !PING_OUT;
+                return flow(half);
+            }
             Event::Close(frame) => {
                 half.on_close_frame(now, ep, out, &frame);
                 return ControlFlow::Break(());
             }
+        };
+        deliver(half, now, ep, out, msg, on);
+        if inflated.capacity() != 0 {
+            ep.deflate.restore(inflated);
         }
-        if half.phase == Phase::Open {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
+        flow(half)
     });
     match failed {
         Some(e) => Err(e),
@@ -739,44 +790,38 @@ where
     }
 }
 
-/// A whole compressed message: inflate it with the shard's inflater (bounded by `limit`),
-/// check text, hand it out.
+/// Go on decoding while the connection is open.
+#[inline(always)]
+fn flow(half: &SendHalf) -> core::ops::ControlFlow<()> {
+    if half.phase == Phase::Open {
+        core::ops::ControlFlow::Continue(())
+    } else {
+        core::ops::ControlFlow::Break(())
+    }
+}
+
+/// A whole compressed message: inflate it with the shard's inflater (bounded by `limit`) into
+/// the shard's buffer (returned: give it back with `ShardDeflate::restore`), text checked.
+#[cold]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn inflate<O, F>(
+fn inflate(
     half: &mut SendHalf,
-    now: u32,
     ep: &mut Endpoint,
-    out: &mut O,
     text: bool,
     data: &[u8],
     limit: usize,
-    on: &mut F,
-) -> Result<(), ProtocolError>
-where
-    O: Output,
-    F: FnMut(AppEvent<'_>, Link<'_, O>),
-{
+) -> Result<Vec<u8>, ProtocolError> {
     let (buf, r) = ep.deflate.inflate(data, half.pmd.as_deref_mut(), limit);
-    let r = match r {
-        Ok(()) if text => match percore_simd::validate_utf8(&buf) {
-            Ok(s) => {
-                deliver(half, now, ep, out, Message::Text(s), on);
-                Ok(())
-            }
-            Err(_) => Err(ProtocolError::invalid_utf8("text is not UTF-8")),
-        },
-        Ok(()) => {
-            deliver(half, now, ep, out, Message::Binary(&buf), on);
-            Ok(())
+    let e = match r {
+        Ok(()) if !text || percore_simd::validate_utf8(&buf).is_ok() => return Ok(buf),
+        Ok(()) => ProtocolError::invalid_utf8("text is not UTF-8"),
+        Err(InflateError::TooBig) => {
+            ProtocolError::too_big("inflated message larger than message_bytes_max")
         }
-        Err(InflateError::TooBig) => Err(ProtocolError::too_big(
-            "inflated message larger than message_bytes_max",
-        )),
-        Err(_) => Err(ProtocolError::invalid_utf8("invalid compressed data")),
+        Err(_) => ProtocolError::invalid_utf8("invalid compressed data"),
     };
     ep.deflate.restore(buf);
-    r
+    Err(e)
 }
 
 /// A data message arrived: hand it out unless our close frame went first (§7.1.2 leaves data

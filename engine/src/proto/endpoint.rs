@@ -73,6 +73,12 @@ impl Endpoint {
         }
     }
 
+    /// The shared compression state and its settings, borrowed together.
+    #[inline]
+    pub(crate) fn deflate_parts(&mut self) -> (&mut ShardDeflate, &DeflateSettings) {
+        (&mut self.deflate, &self.settings.deflate)
+    }
+
     /// The compression state shared by this endpoint's connections.
     pub fn deflate(&self) -> &ShardDeflate {
         &self.deflate

@@ -114,7 +114,7 @@ impl FrameHeader {
         let rsv = (b0 >> 4) & 0x7;
         let opcode =
             OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::protocol("reserved opcode"))?;
-        if rsv & !rsv_allowed != 0 {
+        if rsv != 0 && rsv & !rsv_allowed != 0 {
             return Err(ProtocolError::protocol("RSV bits set without an extension"));
         }
         if opcode.is_control() && !fin {

@@ -12,6 +12,46 @@ use crate::proto::frame::{encode_frame, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEA
 use crate::proto::message::Message;
 use crate::proto::output::Output;
 
+/// Append `msg` as one frame to `v`: compressed (RSV1) when permessage-deflate is on, the
+/// message reaches the threshold and compression pays off; else as it is.
+#[inline(always)]
+fn frame_message(
+    v: &mut Vec<u8>,
+    msg: Message<'_>,
+    mask: Option<[u8; 4]>,
+    half: &mut SendHalf,
+    ep: &mut Endpoint,
+) {
+    if half.deflate.is_on() && frame_compressed(v, msg, mask, half, ep) {
+        return;
+    }
+    encode_frame(v, msg.opcode(), true, msg.as_bytes(), mask);
+}
+
+/// [`frame_message`] with permessage-deflate on: `false` when `msg` goes out as it is.
+#[cold]
+#[inline(never)]
+fn frame_compressed(
+    v: &mut Vec<u8>,
+    msg: Message<'_>,
+    mask: Option<[u8; 4]>,
+    half: &mut SendHalf,
+    ep: &mut Endpoint,
+) -> bool {
+    let payload = msg.as_bytes();
+    let (z, st) = ep.deflate_parts();
+    if payload.len() < st.threshold_bytes {
+        return false;
+    }
+    match z.compress(half.deflate, half.pmd.as_deref_mut(), st, payload) {
+        Some(c) => {
+            encode_compressed(v, msg.opcode(), c, mask);
+            true
+        }
+        None => false,
+    }
+}
+
 /// How a connection ended, as `on_close` reports it.
 #[derive(Debug)]
 pub(super) struct Outcome {
@@ -102,41 +142,11 @@ impl SendHalf {
         if !self.can_send() {
             return false;
         }
-        // The one place a message becomes a frame.
+        // The one place a message becomes a frame (compressed there, with permessage-deflate:
+        // deciding it inside the framing call keeps this path as short as without).
         let mask = self.is_client().then(|| ep.mask());
-        let payload = msg.as_bytes();
-        if self.deflate.is_on() && self.send_compressed(ep, out, msg, mask) {
-            return true;
-        }
-        out.push_frame(payload.len() + MAX_HEADER_LEN, |v| {
-            encode_frame(v, msg.opcode(), true, payload, mask)
-        });
-        true
-    }
-
-    /// permessage-deflate: queue `msg` compressed, or say `false` to send it as it is (below
-    /// the threshold, or compression did not pay off).
-    #[inline(never)]
-    fn send_compressed<O: Output>(
-        &mut self,
-        ep: &mut Endpoint,
-        out: &mut O,
-        msg: Message<'_>,
-        mask: Option<[u8; 4]>,
-    ) -> bool {
-        let st = ep.settings().deflate;
-        let payload = msg.as_bytes();
-        if payload.len() < st.threshold_bytes {
-            return false;
-        }
-        let Some(z) = ep
-            .deflate
-            .compress(self.deflate, self.pmd.as_deref_mut(), &st, payload)
-        else {
-            return false;
-        };
-        out.push_frame(z.len() + MAX_HEADER_LEN, |v| {
-            encode_compressed(v, msg.opcode(), z, mask)
+        out.push_frame(msg.as_bytes().len() + MAX_HEADER_LEN, |v| {
+            frame_message(v, msg, mask, self, ep)
         });
         true
     }
