@@ -29,6 +29,12 @@ if [ ! -f "$PERCORE_NODE_MODULES/ws/package.json" ]; then
   mkdir -p "$(dirname "$PERCORE_NODE_MODULES")"
   npm install --prefix "$(dirname "$PERCORE_NODE_MODULES")" --no-audit --no-fund --silent 'ws@8'
 fi
+# Headless Chromium: a browser's `new WebSocket(url, ['chat'])` against `percore serve`.
+export PERCORE_REQUIRE_BROWSER=1
+if ! command -v chromium >/dev/null; then
+  echo "== chromium"
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
 echo "== autobahn testsuite venv"
 ../shared/tools/autobahn/setup.sh
 # The reference tools the bench tests run: uWebSockets' load_test and uws_echo (built once into

@@ -92,8 +92,9 @@ impl Terms {
 pub(crate) struct ConnDeflate {
     /// The peer's history (it uses context takeover).
     window: Option<Window>,
-    /// Our compressor with context takeover, while we are sending.
-    compressor: Option<Compressor>,
+    /// Our compressor with context takeover, while we are sending (boxed: an idle connection
+    /// keeps 8 bytes for it, not zlib-rs' stream struct).
+    compressor: Option<Box<Compressor>>,
     /// Used since the last idle check.
     used: bool,
     /// Tick of the next idle check of `compressor` (meaningful while it exists).
@@ -305,7 +306,11 @@ impl ShardDeflate {
             }
             self.charged.fetch_add(bytes, Relaxed);
             c.charged += bytes;
-            c.compressor = Some(Compressor::new(st.level, c.local_bits, st.mem_level));
+            c.compressor = Some(Box::new(Compressor::new(
+                st.level,
+                c.local_bits,
+                st.mem_level,
+            )));
             c.check_at = c.seen.saturating_add(st.compressor_idle_ticks);
         }
         c.used = true;
@@ -396,5 +401,17 @@ pub fn encode_compressed(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask
     out.extend_from_slice(payload);
     if let Some(k) = mask {
         percore_simd::unmask(&mut out[start..], k, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_dedicated_connection_holds_its_window_and_a_small_box() {
+        let size = core::mem::size_of::<ConnDeflate>();
+        println!("ConnDeflate: {size} bytes");
+        assert!(size <= 80, "{size}");
     }
 }
