@@ -203,7 +203,6 @@ fn replay_reports_the_input_files_that_fail() {
         "a missing folder holds nothing"
     );
 }
-}
 
 #[test]
 fn permessage_deflate_fuzz_body_survives_seeds_and_mutations() {
