@@ -36,37 +36,28 @@
 
 use super::close::CloseState;
 use super::close_code::CloseCode;
-use super::codec::{DecodeState, Event};
-use super::deflate::{client_accept, InflateError, Terms};
+use super::codec::DecodeState;
+use super::deflate::{client_accept, Terms};
 use super::endpoint::Endpoint;
 use super::error::ProtocolError;
 use super::frame::{OpCode, Role};
 use super::handshake::{
     accept_response, parse_request, parse_response_with, reject_response, HandshakeError, Request,
 };
-use super::message::Message;
 
+mod decode;
+mod event;
 mod held;
 mod send;
 #[cfg(test)]
 mod tests;
 
+use self::decode::{decode, decode_deflating};
+pub use self::event::{AppEvent, Link};
 use self::held::Held;
 pub use self::send::SendHalf;
 use self::send::{Ending, Outcome, Phase, CLIENT, LINGER, OPENED, PING_OUT};
 use super::output::Output;
-
-/// What [`Connection::handle_recv`] hands to the application.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AppEvent<'a> {
-    /// Client side: the server accepted the upgrade; the connection is open.
-    Opened,
-    /// A complete data message.
-    Message(Message<'a>),
-    /// A ping; its pong is already queued.
-    Ping(&'a [u8]),
-}
 
 /// What the caller must know after [`Connection::handle_recv`].
 #[derive(Debug)]
@@ -113,21 +104,6 @@ pub enum AfterFlush {
     ShutdownWrite,
     /// Close the transport: the connection is finished.
     Close,
-}
-
-/// The send half's view of one event: what the application needs to send or close while the
-/// event borrows the receive half.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Link<'a, O> {
-    /// The connection's send half.
-    pub half: &'a mut SendHalf,
-    /// The shared endpoint.
-    pub ep: &'a mut Endpoint,
-    /// Where output goes.
-    pub out: &'a mut O,
-    /// The current tick.
-    pub now: u32,
 }
 
 /// One WebSocket connection (see the module docs for how to drive it). 56 bytes; no heap
@@ -677,168 +653,5 @@ impl Connection {
                 Received::Refused(e)
             }
         }
-    }
-}
-
-/// Run the decoder over `buf`, handing events to `on`. Returns the bytes consumed. The
-/// connection has no permessage-deflate (its decoder never hands out a compressed message):
-/// [`decode_deflating`] is the copy for one that has.
-fn decode<O, F>(
-    decoder: &mut DecodeState,
-    half: &mut SendHalf,
-    now: u32,
-    ep: &mut Endpoint,
-    out: &mut O,
-    buf: &mut [u8],
-    on: &mut F,
-) -> Result<usize, ProtocolError>
-where
-    O: Output,
-    F: FnMut(AppEvent<'_>, Link<'_, O>),
-{
-    use core::ops::ControlFlow;
-    let limits = ep.settings().limits;
-    decoder.decode(&limits, buf, |ev| {
-        match ev {
-            Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
-            Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
-            Event::Ping(p) => {
-                if half.can_send() {
-                    half.push_control(ep, out, OpCode::Pong, p);
-                    on(AppEvent::Ping(p), Link { half, ep, out, now });
-                }
-            }
-            // Any input proves the peer alive; a pong ends the wait for one at once.
-            Event::Pong(_) => half.flags &= !PING_OUT,
-            Event::Close(frame) => {
-                half.on_close_frame(now, ep, out, &frame);
-                return ControlFlow::Break(());
-            }
-            Event::Compressed { .. } => {}
-        }
-        flow(half)
-    })
-}
-
-/// [`decode`] for a connection with permessage-deflate: a compressed message is inflated
-/// into the shard's buffer, lent for its delivery.
-#[inline(never)]
-fn decode_deflating<O, F>(
-    decoder: &mut DecodeState,
-    half: &mut SendHalf,
-    now: u32,
-    ep: &mut Endpoint,
-    out: &mut O,
-    buf: &mut [u8],
-    on: &mut F,
-) -> Result<usize, ProtocolError>
-where
-    O: Output,
-    F: FnMut(AppEvent<'_>, Link<'_, O>),
-{
-    use core::ops::ControlFlow;
-    let limits = ep.settings().limits;
-    let mut failed = None;
-    let r = decoder.decode(&limits, buf, |ev| {
-        let mut inflated = Vec::new();
-        let msg = match ev {
-            Event::Text(s) => Message::Text(s),
-            Event::Binary(b) => Message::Binary(b),
-            Event::Compressed { text, data } => {
-                match inflate(half, ep, text, data, limits.message_bytes_max) {
-                    Ok(b) => inflated = b,
-                    Err(e) => {
-                        failed = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
-                if text {
-                    // `inflate` checked it: this only makes the `&str`.
-                    match percore_simd::validate_utf8(&inflated) {
-                        Ok(s) => Message::Text(s),
-                        Err(_) => return ControlFlow::Break(()),
-                    }
-                } else {
-                    Message::Binary(&inflated)
-                }
-            }
-            Event::Ping(p) => {
-                if half.can_send() {
-                    half.push_control(ep, out, OpCode::Pong, p);
-                    on(AppEvent::Ping(p), Link { half, ep, out, now });
-                }
-                return flow(half);
-            }
-            Event::Pong(_) => {
-                half.flags &= !PING_OUT;
-                return flow(half);
-            }
-            Event::Close(frame) => {
-                half.on_close_frame(now, ep, out, &frame);
-                return ControlFlow::Break(());
-            }
-        };
-        deliver(half, now, ep, out, msg, on);
-        if inflated.capacity() != 0 {
-            ep.deflate.restore(inflated);
-        }
-        flow(half)
-    });
-    match failed {
-        Some(e) => Err(e),
-        None => r,
-    }
-}
-
-/// Go on decoding while the connection is open.
-#[inline(always)]
-fn flow(half: &SendHalf) -> core::ops::ControlFlow<()> {
-    if half.phase == Phase::Open {
-        core::ops::ControlFlow::Continue(())
-    } else {
-        core::ops::ControlFlow::Break(())
-    }
-}
-
-/// A whole compressed message: inflate it with the shard's inflater (bounded by `limit`) into
-/// the shard's buffer (returned: give it back with `ShardDeflate::restore`), text checked.
-#[cold]
-#[inline(never)]
-fn inflate(
-    half: &mut SendHalf,
-    ep: &mut Endpoint,
-    text: bool,
-    data: &[u8],
-    limit: usize,
-) -> Result<Vec<u8>, ProtocolError> {
-    let (buf, r) = ep.deflate.inflate(data, half.pmd.as_deref_mut(), limit);
-    let e = match r {
-        Ok(()) if !text || percore_simd::validate_utf8(&buf).is_ok() => return Ok(buf),
-        Ok(()) => ProtocolError::invalid_utf8("text is not UTF-8"),
-        Err(InflateError::TooBig) => {
-            ProtocolError::too_big("inflated message larger than message_bytes_max")
-        }
-        Err(_) => ProtocolError::invalid_utf8("invalid compressed data"),
-    };
-    ep.deflate.restore(buf);
-    Err(e)
-}
-
-/// A data message arrived: hand it out unless our close frame went first (§7.1.2 leaves data
-/// that still arrives unread).
-#[inline]
-fn deliver<O, F>(
-    half: &mut SendHalf,
-    now: u32,
-    ep: &mut Endpoint,
-    out: &mut O,
-    msg: Message<'_>,
-    on: &mut F,
-) where
-    O: Output,
-    F: FnMut(AppEvent<'_>, Link<'_, O>),
-{
-    if half.phase == Phase::Open && half.close.accepts_data() {
-        on(AppEvent::Message(msg), Link { half, ep, out, now });
     }
 }

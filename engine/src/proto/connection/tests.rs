@@ -5,8 +5,8 @@ use core::ops::ControlFlow;
 
 use super::*;
 use crate::proto::{
-    client_request, encode_frame, parse_close_payload, Decoder, Event, Limits, MaskRng, Role,
-    Settings,
+    client_request, encode_frame, parse_close_payload, Decoder, Event, Limits, MaskRng, Message,
+    Role, Settings,
 };
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
