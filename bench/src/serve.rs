@@ -145,9 +145,6 @@ pub struct ServeArgs {
     /// dedicated: most bytes of per-connection compression state per shard (then shared terms).
     #[arg(long, default_value_t = 64 << 20)]
     pub deflate_dedicated_bytes_max: usize,
-    /// dedicated: seconds without compressing before a connection's compressor is dropped.
-    #[arg(long, default_value_t = 10)]
-    pub deflate_compressor_idle_timeout_secs: u64,
     /// A subprotocol the server speaks (repeatable, in preference order is the client's): the
     /// first one the client offers that is in this list is chosen. A client offering none is
     /// served without one; a client offering only others is refused with 400 naming these.
@@ -304,10 +301,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .deflate_server_max_window_bits(args.deflate_server_max_window_bits)
         .deflate_client_max_window_bits(args.deflate_client_max_window_bits)
         .deflate_mem_level(args.deflate_mem_level)
-        .deflate_dedicated_bytes_max(args.deflate_dedicated_bytes_max)
-        .deflate_compressor_idle_timeout(Duration::from_secs(
-            args.deflate_compressor_idle_timeout_secs,
-        ));
+        .deflate_dedicated_bytes_max(args.deflate_dedicated_bytes_max);
     for p in &args.subprotocols {
         if !subprotocol::is_token(p) {
             return Err(format!("--subprotocol {p:?} is not an HTTP token"));

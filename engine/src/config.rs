@@ -113,7 +113,6 @@ pub(crate) struct Config {
     pub(crate) deflate_client_max_window_bits: u8,
     pub(crate) deflate_mem_level: u8,
     pub(crate) deflate_dedicated_bytes_max: usize,
-    pub(crate) deflate_compressor_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -149,7 +148,6 @@ impl Default for Config {
             deflate_client_max_window_bits: 12,
             deflate_mem_level: 5,
             deflate_dedicated_bytes_max: 64 << 20,
-            deflate_compressor_idle_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -313,7 +313,9 @@ impl ServerBuilder {
     /// each connection the peer's window while it is open (2^`deflate_client_max_window_bits`
     /// bytes, 4 KiB by default; 32 KiB for a client that does not offer
     /// `client_max_window_bits`) plus a compressor while it is sending (about 165 KiB with the
-    /// defaults; see [`ServerBuilder::deflate_compressor_idle_timeout`]), within
+    /// defaults; dropped when [`ServerBuilder::idle_timeout`] passes without input, so a
+    /// connection idle both ways holds none, and one that only sends rebuilds it once per idle
+    /// timeout), within
     /// [`ServerBuilder::deflate_dedicated_bytes_max`] per shard. A compressed message is
     /// inflated whole once it has arrived, its inflated size bounded by
     /// [`ServerBuilder::message_bytes_max`] (1009 past it, corrupt data 1007).
@@ -368,14 +370,6 @@ impl ServerBuilder {
     /// uncompressed until one fits.
     pub fn deflate_dedicated_bytes_max(mut self, n: usize) -> Self {
         self.config.deflate_dedicated_bytes_max = n;
-        self
-    }
-
-    /// [`Compression::Dedicated`]: a connection's compressor is dropped once it has not
-    /// compressed for this long (default 10 s; it goes 1–2× this), giving back its memory;
-    /// the next message starts a fresh one (the peer reads it with the window it kept).
-    pub fn deflate_compressor_idle_timeout(mut self, d: Duration) -> Self {
-        self.config.deflate_compressor_idle_timeout = d;
         self
     }
 

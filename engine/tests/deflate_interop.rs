@@ -63,8 +63,7 @@ fn node_modules() -> Option<PathBuf> {
 /// "all checks passed".
 fn run_client(mut cmd: Command, backend: Backend, mode: Compression, name: &str) {
     let server = common::start_with(backend, |b| {
-        b.compression(mode)
-            .deflate_compressor_idle_timeout(Duration::from_millis(200))
+        b.compression(mode).idle_timeout(Duration::from_millis(200))
     });
     let mode_arg = match mode {
         Compression::Shared => "shared",

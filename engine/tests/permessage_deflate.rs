@@ -242,7 +242,7 @@ every_backend! {
 
     fn dedicated_compressor_is_dropped_when_idle_and_the_peer_still_reads(backend) {
         let server = server(backend, Compression::Dedicated, |b| {
-            b.deflate_compressor_idle_timeout(Duration::from_millis(50))
+            b.idle_timeout(Duration::from_millis(50))
         });
         let mut c = RawClient::connect_with(server.addr, "/", &[OFFER]).unwrap();
         let mut d = Decompress::new(false);

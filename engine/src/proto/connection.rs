@@ -401,15 +401,17 @@ impl Connection {
         out: &mut O,
     ) -> Timeout {
         let s = &mut self.send;
-        if let Some(p) = s.pmd.as_deref_mut() {
-            p.on_timeout(now, &ep.settings().deflate);
-        }
         if s.flags & PING_OUT != 0 && s.last_rx > s.mark {
             s.flags &= !PING_OUT; // something arrived since the ping: alive
         }
         match s.deadline(ep.settings()) {
             Some(at) if now >= at => {}
             _ => return Timeout::NotDue,
+        }
+        // Nothing received for the idle timeout (or a pong or close deadline): the connection
+        // is idle, and gives back its compressor (dedicated permessage-deflate).
+        if let Some(p) = s.pmd.as_deref_mut() {
+            p.on_idle(&ep.settings().deflate);
         }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
             s.flags |= PING_OUT;

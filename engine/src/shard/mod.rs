@@ -166,7 +166,7 @@ impl<H: Handler> Shard<H> {
         settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
-        settings.deflate = deflate_settings(&config, &wheel);
+        settings.deflate = deflate_settings(&config);
         let ctx = Ctx {
             shard: index as u32,
             dirty: Vec::new(),
@@ -689,7 +689,7 @@ fn dispatch<H: Handler>(
 }
 
 /// The protocol layer's permessage-deflate settings from the server's.
-fn deflate_settings(config: &Config, wheel: &TimerWheel) -> crate::proto::DeflateSettings {
+fn deflate_settings(config: &Config) -> crate::proto::DeflateSettings {
     crate::proto::DeflateSettings {
         mode: config.compression,
         threshold_bytes: config.deflate_threshold_bytes,
@@ -698,6 +698,5 @@ fn deflate_settings(config: &Config, wheel: &TimerWheel) -> crate::proto::Deflat
         client_max_window_bits: config.deflate_client_max_window_bits,
         mem_level: config.deflate_mem_level,
         dedicated_bytes_max: config.deflate_dedicated_bytes_max,
-        compressor_idle_ticks: wheel.ticks(config.deflate_compressor_idle_timeout).max(1),
     }
 }

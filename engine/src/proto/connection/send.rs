@@ -237,14 +237,6 @@ impl SendHalf {
 
     /// The next deadline: the whole deadline table.
     pub(super) fn deadline(&self, st: &Settings) -> Option<u32> {
-        let d = self.protocol_deadline(st);
-        match self.pmd.as_deref().and_then(ConnDeflate::deadline) {
-            Some(c) => Some(d.map_or(c, |d| d.min(c))),
-            None => d,
-        }
-    }
-
-    fn protocol_deadline(&self, st: &Settings) -> Option<u32> {
         let after = |t: u32, ticks: u32| Some(t.saturating_add(ticks));
         match self.phase {
             Phase::Handshake | Phase::Upgrading | Phase::Responding => {

@@ -8,8 +8,10 @@
 //! - **Per connection**: one byte of terms in the send half (negotiated? our window, whether
 //!   each side keeps context) and, only for dedicated terms, a box ([`ConnDeflate`]) with the
 //!   peer's [`Window`] (when the peer uses context takeover) and our own [`Compressor`]
-//!   (created on the first compressed send, dropped after `compressor_idle_ticks` without
-//!   one). A connection that negotiated nothing, or shared terms, holds no compression state.
+//!   (created on the first compressed send, dropped when the connection's idle deadline passes,
+//!   i.e. nothing was received for the idle timeout: the check rides on a deadline the
+//!   connection has anyway, so it costs the others nothing). A connection that negotiated
+//!   nothing, or shared terms, holds no compression state.
 //!
 //! # Receiving
 //!
@@ -95,12 +97,6 @@ pub(crate) struct ConnDeflate {
     /// Our compressor with context takeover, while we are sending (boxed: an idle connection
     /// keeps 8 bytes for it, not zlib-rs' stream struct).
     compressor: Option<Box<Compressor>>,
-    /// Used since the last idle check.
-    used: bool,
-    /// Tick of the next idle check of `compressor` (meaningful while it exists).
-    check_at: u32,
-    /// The tick the connection last saw (a compressor is created without one at hand).
-    seen: u32,
     local_bits: u8,
     /// Bytes charged to the shard's budget: the window, plus the compressor while it exists.
     charged: usize,
@@ -112,24 +108,11 @@ impl ConnDeflate {
         Compressor::heap_bytes(self.local_bits, st.mem_level)
     }
 
-    /// The next tick at which the idle compressor check is due (none without a compressor).
-    #[inline]
-    pub(crate) fn deadline(&self) -> Option<u32> {
-        self.compressor.as_ref().map(|_| self.check_at)
-    }
-
-    /// Run the idle check if due: drop a compressor unused since the last check.
-    pub(crate) fn on_timeout(&mut self, now: u32, st: &DeflateSettings) {
-        self.seen = now;
-        if self.compressor.is_none() || now < self.check_at {
-            return;
-        }
-        if self.used {
-            self.used = false;
-            self.check_at = now.saturating_add(st.compressor_idle_ticks);
-        } else {
-            self.drop_compressor(st);
-        }
+    /// The connection's idle deadline passed (nothing received for the idle timeout), or
+    /// another deadline: drop the compressor (a busy sender makes a new one: once per idle
+    /// timeout at most).
+    pub(crate) fn on_idle(&mut self, st: &DeflateSettings) {
+        self.drop_compressor(st);
     }
 
     /// Drop our compressor (idle, or the peer's window got bytes it did not compress).
@@ -230,9 +213,6 @@ impl ShardDeflate {
         Some(Box::new(ConnDeflate {
             window,
             compressor: None,
-            used: false,
-            check_at: 0,
-            seen: 0,
             local_bits: a.local_max_window_bits,
             charged,
             budget: self.charged.clone(),
@@ -311,9 +291,7 @@ impl ShardDeflate {
                 c.local_bits,
                 st.mem_level,
             )));
-            c.check_at = c.seen.saturating_add(st.compressor_idle_ticks);
         }
-        c.used = true;
         let Some(comp) = c.compressor.as_mut() else {
             return false;
         };

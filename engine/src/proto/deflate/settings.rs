@@ -27,10 +27,6 @@ pub struct DeflateSettings {
     /// plus live compressors; default 64 MiB). Past it, new connections get shared terms and
     /// a connection that cannot get a compressor sends uncompressed.
     pub dedicated_bytes_max: usize,
-    /// Dedicated: a connection's compressor is dropped once it has gone this many ticks
-    /// without compressing (checked every that many ticks: dropped after 1–2×). Default 1000
-    /// (10 s at 10 ms ticks).
-    pub compressor_idle_ticks: u32,
 }
 
 impl Default for DeflateSettings {
@@ -43,7 +39,6 @@ impl Default for DeflateSettings {
             client_max_window_bits: 12,
             mem_level: 5,
             dedicated_bytes_max: 64 << 20,
-            compressor_idle_ticks: 1_000,
         }
     }
 }
@@ -55,7 +50,6 @@ impl DeflateSettings {
         self.server_max_window_bits = self.server_max_window_bits.clamp(9, 15);
         self.client_max_window_bits = self.client_max_window_bits.clamp(9, 15);
         self.mem_level = self.mem_level.clamp(1, 9);
-        self.compressor_idle_ticks = self.compressor_idle_ticks.max(1);
         self
     }
 }
