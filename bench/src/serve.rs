@@ -139,8 +139,8 @@ pub struct ServeArgs {
     /// dedicated: client_max_window_bits answered to clients that offer it, 9..=15.
     #[arg(long, default_value_t = 12)]
     pub deflate_client_max_window_bits: u8,
-    /// zlib memory level 1..=9 of dedicated compressors.
-    #[arg(long, default_value_t = 5)]
+    /// zlib memory level 1..=9 of the shard's compressors.
+    #[arg(long, default_value_t = 8)]
     pub deflate_mem_level: u8,
     /// dedicated: most bytes of per-connection compression state per shard (then shared terms).
     #[arg(long, default_value_t = 64 << 20)]
@@ -159,7 +159,7 @@ pub enum CompressionArg {
     Off,
     /// No context takeover; one compressor and decompressor per shard.
     Shared,
-    /// Context takeover; per-connection windows and compressors within a budget.
+    /// Context takeover; per-connection windows within a budget.
     Dedicated,
 }
 

@@ -57,7 +57,8 @@ impl Connect {
     /// invalid value, fails the handshake: `on_close` gets 1006 with the reason); what it
     /// agreed to is kept to: our messages of at least the server's
     /// [`crate::ServerBuilder::deflate_threshold_bytes`] are compressed (without context
-    /// takeover when the server asks so, else by a compressor of this connection's own), and
+    /// takeover when the server asks so, else with this connection's last sent bytes as
+    /// history), and
     /// the server's compressed messages are inflated within
     /// [`crate::ServerBuilder::message_bytes_max`].
     pub fn deflate(mut self, on: bool) -> Self {

@@ -66,8 +66,9 @@ pub enum Compression {
     /// Accept with context takeover (what the client offered, windows capped by
     /// [`crate::ServerBuilder::deflate_server_max_window_bits`] and
     /// [`crate::ServerBuilder::deflate_client_max_window_bits`]): better ratios for streams of similar
-    /// messages, at a per-connection cost (the peer's window while open, a compressor of our
-    /// own while sending), bounded per shard by [`crate::ServerBuilder::deflate_dedicated_bytes_max`].
+    /// messages, at a per-connection cost (the peer's window while open, our own window once
+    /// we send, 2^bits bytes each), bounded per shard by
+    /// [`crate::ServerBuilder::deflate_dedicated_bytes_max`].
     Dedicated,
 }
 
@@ -146,7 +147,7 @@ impl Default for Config {
             deflate_level: 1,
             deflate_server_max_window_bits: 12,
             deflate_client_max_window_bits: 12,
-            deflate_mem_level: 5,
+            deflate_mem_level: 8,
             deflate_dedicated_bytes_max: 64 << 20,
         }
     }

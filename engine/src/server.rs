@@ -307,16 +307,17 @@ impl ServerBuilder {
     }
 
     /// permessage-deflate (RFC 7692, default [`Compression::Off`]: offers are declined).
-    /// [`Compression::Shared`] costs an idle connection nothing (one compressor per window
-    /// size and one decompressor per shard, about 180 KiB each, serve them all) and CPU per
-    /// message; [`Compression::Dedicated`] compresses better across similar messages and costs
-    /// each connection the peer's window while it is open (2^`deflate_client_max_window_bits`
-    /// bytes, 4 KiB by default; 32 KiB for a client that does not offer
-    /// `client_max_window_bits`) plus a compressor while it is sending (about 165 KiB with the
-    /// defaults; dropped when [`ServerBuilder::idle_timeout`] passes without input, so a
-    /// connection idle both ways holds none, and one that only sends rebuilds it once per idle
-    /// timeout), within
-    /// [`ServerBuilder::deflate_dedicated_bytes_max`] per shard. A compressed message is
+    /// Either way one compressor per window size in use and one decompressor per shard, about
+    /// 180 KiB each, serve every connection. [`Compression::Shared`] costs an idle connection
+    /// nothing, and CPU per message; [`Compression::Dedicated`] compresses better across
+    /// similar messages and costs each connection the peer's window while it is open
+    /// (2^`deflate_client_max_window_bits` bytes, 4 KiB by default; 32 KiB for a client that
+    /// does not offer `client_max_window_bits`) plus our own window once it has sent a
+    /// compressed message (2^`deflate_server_max_window_bits` bytes, the history its next
+    /// messages may reference, 4 KiB by default; dropped when [`ServerBuilder::idle_timeout`]
+    /// passes without input), within [`ServerBuilder::deflate_dedicated_bytes_max`] per shard;
+    /// its CPU per message is a little above `Shared`'s (the window is hashed again for each
+    /// message). A compressed message is
     /// inflated whole once it has arrived, its inflated size bounded by
     /// [`ServerBuilder::message_bytes_max`] (1009 past it, corrupt data 1007).
     pub fn compression(mut self, mode: Compression) -> Self {
@@ -340,9 +341,10 @@ impl ServerBuilder {
 
     /// The largest LZ77 window the server compresses with, 9..=15 bits (default 12, 4 KiB),
     /// announced as `server_max_window_bits` so clients can inflate with a small window. A
-    /// client asking for less gets less (8 is honoured with distance-1 matches only). Each
-    /// dedicated compressor costs 16 bytes per window byte plus zlib-rs' fixed 128 KiB hash
-    /// table and the literal buffers of [`ServerBuilder::deflate_mem_level`].
+    /// client asking for less gets less (8 is honoured with distance-1 matches only). A
+    /// dedicated connection that sends keeps 2^this bytes of history; each of the shard's
+    /// compressors costs 16 bytes per window byte plus zlib-rs' fixed 128 KiB hash table and
+    /// the literal buffers of [`ServerBuilder::deflate_mem_level`].
     pub fn deflate_server_max_window_bits(mut self, bits: u8) -> Self {
         self.config.deflate_server_max_window_bits = bits;
         self
@@ -356,18 +358,20 @@ impl ServerBuilder {
         self
     }
 
-    /// zlib memory level of dedicated compressors, 1..=9 (default 5): zlib-rs sizes its
-    /// literal buffers by it (7 × 2^(level+6) bytes: 14 KiB at 5, 112 KiB at 8); lower levels
-    /// end Huffman blocks sooner (slightly larger output for large messages).
+    /// zlib memory level of the shard's compressors (one per window size in use), 1..=9
+    /// (default 8): zlib-rs sizes its literal buffers by it (7 × 2^(level+6) bytes per
+    /// compressor: 112 KiB at 8, 14 KiB at 5); lower levels end Huffman blocks sooner
+    /// (slightly larger output for large messages). Nothing per connection.
     pub fn deflate_mem_level(mut self, level: u8) -> Self {
         self.config.deflate_mem_level = level;
         self
     }
 
     /// [`Compression::Dedicated`]: most bytes of per-connection compression state one shard
-    /// holds (peer windows plus live compressors; default 64 MiB). Past it, new connections get
-    /// shared terms (no context takeover) and a connection that cannot get a compressor sends
-    /// uncompressed until one fits.
+    /// holds (peer windows plus our own; default 64 MiB: 8,192 connections with both 4 KiB
+    /// windows, 16,384 idle ones). Past it, new connections get shared terms (no context
+    /// takeover) and a connection with no room for its own window sends uncompressed until it
+    /// fits.
     pub fn deflate_dedicated_bytes_max(mut self, n: usize) -> Self {
         self.config.deflate_dedicated_bytes_max = n;
         self

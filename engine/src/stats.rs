@@ -57,7 +57,7 @@ pub struct Stats {
     /// Topics across servers (all zero unless the server runs with
     /// `ServerBuilder::cluster` (engine feature `cluster`)).
     pub cluster: ClusterStats,
-    /// Bytes of dedicated permessage-deflate state held (peer windows and live compressors,
+    /// Bytes of dedicated permessage-deflate state held (peer windows and our own,
     /// budgeted by [`crate::ServerBuilder::deflate_dedicated_bytes_max`]; a gauge, updated once
     /// per loop turn).
     pub deflate_dedicated_bytes: u64,

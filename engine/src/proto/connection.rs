@@ -281,7 +281,7 @@ impl Connection {
     }
 
     /// Heap bytes of this connection's own compression state (dedicated terms: the peer's
-    /// window and our compressor while it exists; 0 otherwise).
+    /// window and our own while it exists; 0 otherwise).
     pub fn deflate_heap_bytes(&self) -> usize {
         self.send.deflate_heap_bytes()
     }
@@ -409,9 +409,9 @@ impl Connection {
             _ => return Timeout::NotDue,
         }
         // Nothing received for the idle timeout (or a pong or close deadline): the connection
-        // is idle, and gives back its compressor (dedicated permessage-deflate).
+        // is idle, and gives back its history (dedicated permessage-deflate).
         if let Some(p) = s.pmd.as_deref_mut() {
-            p.on_idle(&ep.settings().deflate);
+            p.on_idle();
         }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
             s.flags |= PING_OUT;

@@ -85,7 +85,7 @@ pub struct SendHalf {
     pub(super) flags: u8,
     /// permessage-deflate terms (0: not negotiated).
     pub(super) deflate: Terms,
-    /// Dedicated permessage-deflate state (the peer's window, our compressor); `None` for a
+    /// Dedicated permessage-deflate state (the peer's window, ours); `None` for a
     /// connection without compression or with shared terms.
     pub(super) pmd: Option<Box<ConnDeflate>>,
 }

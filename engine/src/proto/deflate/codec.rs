@@ -98,6 +98,25 @@ impl Compressor {
         Ok(())
     }
 
+    /// Compress `input` as one message that may reference `history` (the last bytes this
+    /// sender compressed before it, which the peer's decompressor holds: context takeover
+    /// without keeping a compressor per connection). Call on a fresh or reset compressor, and
+    /// reset it afterwards. `Err` leaves `out` as it was.
+    pub fn compress_after(
+        &mut self,
+        history: &Window,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CompressError> {
+        if !input.is_empty()
+            && !history.buf.is_empty()
+            && self.z.set_dictionary(&history.buf).is_err()
+        {
+            return Err(CompressError);
+        }
+        self.compress(input, out)
+    }
+
     /// Forget the history: the next message references nothing before it.
     pub fn reset(&mut self) {
         self.z.reset();
@@ -243,8 +262,8 @@ impl Window {
         1usize << bits.clamp(9, 15)
     }
 
-    /// Append a message's inflated bytes, keeping the last `size`.
-    fn extend(&mut self, bytes: &[u8]) {
+    /// Append a message's bytes (inflated, or compressed by us), keeping the last `size`.
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
         if bytes.len() >= self.size {
             self.buf.clear();
             self.buf
@@ -321,6 +340,37 @@ mod tests {
             }
             if bits >= 12 {
                 assert!(total_z < 3000, "context takeover pays off: {total_z}");
+            }
+        }
+    }
+
+    #[test]
+    fn context_takeover_through_a_preset_history() {
+        // One compressor, reset between messages, with the sender's last bytes as a preset
+        // dictionary: the peer's decompressor, which keeps its window, reads every message, and
+        // repeats cost what they would with a compressor kept per connection.
+        let mut inf = Inflater::new();
+        let mut out = Vec::new();
+        for bits in [8u8, 9, 12, 15] {
+            let mut c = Compressor::new(1, bits, 8);
+            let mut sent = Window::new(bits);
+            let mut peer = Window::new(bits);
+            let base = text(3000, 11);
+            let mut total_z = 0;
+            for round in 0..6 {
+                let mut msg = if round == 2 { Vec::new() } else { base.clone() };
+                msg.extend_from_slice(round.to_string().as_bytes());
+                let mut z = Vec::new();
+                c.compress_after(&sent, &msg, &mut z).unwrap();
+                c.reset();
+                sent.extend(&msg);
+                total_z += z.len();
+                inf.inflate(&z, Some(&mut peer), 1 << 20, &mut out).unwrap();
+                assert_eq!(out, msg, "bits {bits} round {round}");
+                assert_eq!(sent.buf, peer.buf);
+            }
+            if bits >= 12 {
+                assert!(total_z < 3000, "the history pays off: {total_z}");
             }
         }
     }

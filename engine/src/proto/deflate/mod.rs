@@ -3,12 +3,12 @@
 //! # Where the state lives
 //!
 //! - **Per shard** ([`ShardDeflate`], inside the [`super::Endpoint`]): one [`Inflater`] for
-//!   every connection, one [`Compressor`] per window size for every message sent without
-//!   context takeover, and the buffers a message is inflated into and compressed into.
+//!   every connection, one [`Compressor`] per window size for every message sent, and the
+//!   buffers a message is inflated into and compressed into.
 //! - **Per connection**: one byte of terms in the send half (negotiated? our window, whether
-//!   each side keeps context) and, only for dedicated terms, a box ([`ConnDeflate`]) with the
-//!   peer's [`Window`] (when the peer uses context takeover) and our own [`Compressor`]
-//!   (created on the first compressed send, dropped when the connection's idle deadline passes,
+//!   each side keeps context) and, only for dedicated terms, a box (`ConnDeflate`, 80 bytes)
+//!   with the peer's [`Window`] (when the peer uses context takeover) and our own (when we do:
+//!   created on the first compressed send, dropped when the connection's idle deadline passes,
 //!   i.e. nothing was received for the idle timeout: the check rides on a deadline the
 //!   connection has anyway, so it costs the others nothing). A connection that negotiated
 //!   nothing, or shared terms, holds no compression state.
@@ -25,13 +25,41 @@
 //!
 //! # Sending
 //!
-//! Messages of at least `threshold_bytes` are compressed: without context takeover by the
-//! shard's compressor (reset after each message; a message that did not shrink goes out
-//! uncompressed), with it by the connection's own compressor. Shared frames (broadcasts,
+//! Messages of at least `threshold_bytes` are compressed by the shard's compressor for the
+//! connection's window size, reset after each message; a message that did not shrink goes out
+//! uncompressed. With context takeover, the connection's own window (the last 2^bits bytes it
+//! sent compressed, which the peer's decompressor holds too) is put in front as a preset
+//! dictionary: the output references earlier messages exactly as a compressor kept per
+//! connection would, for 2^bits bytes instead of a compressor. Shared frames (broadcasts,
 //! publishes) are compressed once per shard and window size and queued by reference to every
-//! connection with compression; a connection with a compressor of its own drops it when it
-//! gets one (its peer's window now holds bytes that compressor never saw; a fresh compressor
-//! references nothing earlier).
+//! connection with compression; a dedicated connection that gets one starts its own window
+//! afresh (the peer's window now holds bytes it did not record; a message compressed without
+//! a dictionary references nothing earlier).
+//!
+//! # Choices
+//!
+//! - **zlib-rs** (pure Rust, a port of zlib-ng; its safe `Deflate`/`Inflate` API, no `unsafe`
+//!   here): raw deflate with window bits 9-15, memory level, sync flush, reset and
+//!   dictionaries, the speed of zlib-ng. flate2 on the same backend hides the memory level;
+//!   libz-rs-sys would need `unsafe` FFI calls. Its costs shape the design: a compressor is
+//!   one allocation of about 165 KiB at a 12-bit window whatever the memory level (a fixed
+//!   128 KiB hash table; zlib's would be 64 KiB at memLevel 8), and an inflater always
+//!   allocates a 32 KiB window (about 42 KiB). So neither is ever per connection: one of each
+//!   per shard (a compressor per window size in use), and a connection that keeps context
+//!   keeps only windows, 2^bits bytes each, put in front of a message as a dictionary. That
+//!   costs CPU per message (the dictionary is hashed again, and the compressor's 128 KiB hash
+//!   table cleared, for every message) but keeps every compressor hot in cache: at 100
+//!   connections, a server CPU of about 11 µs per echoed 1 KiB JSON message in `shared` and
+//!   15 µs in `dedicated`, about half of uWebSockets' (`bench/results/2026-11-30-deflate-cpu.md`).
+//! - A compressed message is inflated once it is whole: a per-shard inflater cannot keep one
+//!   connection's half-inflated message while others' messages arrive in between, and a
+//!   per-connection one would cost 42 KiB per connection mid-message. The compressed bytes of
+//!   a fragmented message are bounded by `message_bytes_max` like any message's.
+//! - `server_max_window_bits=8` is accepted and kept to: zlib cannot compress with a 256-byte
+//!   window (it uses 512, madler/zlib#171), so such a connection's messages use the run-length
+//!   strategy (distance-1 matches only), valid in any window. Python `websockets` declines such
+//!   an offer; Node `ws` accepts it and compresses with 512 bytes. A peer's window is kept at 9
+//!   bits at least for the same reason.
 
 mod codec;
 mod negotiate;
@@ -94,45 +122,44 @@ impl Terms {
 pub(crate) struct ConnDeflate {
     /// The peer's history (it uses context takeover).
     window: Option<Window>,
-    /// Our compressor with context takeover, while we are sending (boxed: an idle connection
-    /// keeps 8 bytes for it, not zlib-rs' stream struct).
-    compressor: Option<Box<Compressor>>,
+    /// Our own history (we use context takeover): the last bytes we sent compressed since it
+    /// last started afresh, which the peer's decompressor holds too. The shard's compressor
+    /// takes it as a preset dictionary, so a connection keeps 2^bits bytes instead of a
+    /// compressor of its own. Created on the first compressed send, dropped when idle.
+    sent: Option<Window>,
     local_bits: u8,
-    /// Bytes charged to the shard's budget: the window, plus the compressor while it exists.
-    charged: usize,
+    /// Bytes charged to the shard's budget: the peer's window, plus ours while it exists (at
+    /// most 2 × 32 KiB; 32 bits keep the box at 80 bytes).
+    charged: u32,
     budget: Arc<AtomicUsize>,
 }
 
 impl ConnDeflate {
-    fn compressor_bytes(&self, st: &DeflateSettings) -> usize {
-        Compressor::heap_bytes(self.local_bits, st.mem_level)
+    /// The connection's idle deadline passed (nothing received for the idle timeout): drop
+    /// our history (a busy sender makes a new one: once per idle timeout at most). The next
+    /// message references nothing earlier, which the peer reads as well.
+    pub(crate) fn on_idle(&mut self) {
+        self.forget_sent();
     }
 
-    /// The connection's idle deadline passed (nothing received for the idle timeout), or
-    /// another deadline: drop the compressor (a busy sender makes a new one: once per idle
-    /// timeout at most).
-    pub(crate) fn on_idle(&mut self, st: &DeflateSettings) {
-        self.drop_compressor(st);
-    }
-
-    /// Drop our compressor (idle, or the peer's window got bytes it did not compress).
-    fn drop_compressor(&mut self, st: &DeflateSettings) {
-        if self.compressor.take().is_some() {
-            let b = self.compressor_bytes(st);
-            self.charged -= b;
+    /// Start our history afresh (idle, or the peer's window got bytes we did not record).
+    fn forget_sent(&mut self) {
+        if self.sent.take().is_some() {
+            let b = Window::heap_bytes(self.local_bits);
+            self.charged -= b as u32;
             self.budget.fetch_sub(b, Relaxed);
         }
     }
 
-    /// Heap bytes this connection holds for compression (window, compressor, this box).
+    /// Heap bytes this connection holds for compression (windows, this box).
     pub(crate) fn heap_bytes(&self) -> usize {
-        core::mem::size_of::<Self>() + self.charged
+        core::mem::size_of::<Self>() + self.charged as usize
     }
 }
 
 impl Drop for ConnDeflate {
     fn drop(&mut self) {
-        self.budget.fetch_sub(self.charged, Relaxed);
+        self.budget.fetch_sub(self.charged as usize, Relaxed);
     }
 }
 
@@ -169,7 +196,7 @@ impl ShardDeflate {
 
     fn compressor(&mut self, bits: u8, st: &DeflateSettings) -> &mut Compressor {
         let i = usize::from(bits.clamp(8, 15) - 8);
-        self.compressors[i].get_or_insert_with(|| Compressor::new(st.level, bits, 8))
+        self.compressors[i].get_or_insert_with(|| Compressor::new(st.level, bits, st.mem_level))
     }
 
     /// Server side: agree on terms for a request's `Sec-WebSocket-Extensions` values.
@@ -179,14 +206,14 @@ impl ShardDeflate {
         st: &DeflateSettings,
     ) -> Result<Option<Negotiated>, Malformed> {
         let charged = self.charged.load(Relaxed);
-        let compressor = Compressor::heap_bytes(st.server_max_window_bits, st.mem_level);
+        let sent = Window::heap_bytes(st.server_max_window_bits);
         let fits = |ring_bits: u8| {
             let ring = if ring_bits == 0 {
                 0
             } else {
                 Window::heap_bytes(ring_bits)
             };
-            charged + ring + compressor <= st.dedicated_bytes_max
+            charged + ring + sent <= st.dedicated_bytes_max
         };
         let Some(answer) = server_answer(values, st, fits)? else {
             return Ok(None);
@@ -212,9 +239,9 @@ impl ShardDeflate {
         self.charged.fetch_add(charged, Relaxed);
         Some(Box::new(ConnDeflate {
             window,
-            compressor: None,
+            sent: None,
             local_bits: a.local_max_window_bits,
-            charged,
+            charged: charged as u32,
             budget: self.charged.clone(),
         }))
     }
@@ -245,8 +272,8 @@ impl ShardDeflate {
 
     /// Compress `payload` for a connection with `terms` (and its box, if dedicated): the
     /// compressed payload (trailer removed), borrowed until the next call. `None`: send it
-    /// uncompressed (it did not shrink without context takeover, the budget has no room for a
-    /// compressor, or zlib-rs failed).
+    /// uncompressed (it did not shrink, the budget has no room for the connection's history,
+    /// or zlib-rs failed).
     pub(crate) fn compress(
         &mut self,
         terms: Terms,
@@ -279,27 +306,27 @@ impl ShardDeflate {
         payload: &[u8],
         z: &mut Vec<u8>,
     ) -> bool {
-        if c.compressor.is_none() {
-            let bytes = c.compressor_bytes(st);
+        if c.sent.is_none() {
+            let bytes = Window::heap_bytes(c.local_bits);
             if self.charged.load(Relaxed) + bytes > st.dedicated_bytes_max {
                 return false;
             }
             self.charged.fetch_add(bytes, Relaxed);
-            c.charged += bytes;
-            c.compressor = Some(Box::new(Compressor::new(
-                st.level,
-                c.local_bits,
-                st.mem_level,
-            )));
+            c.charged += bytes as u32;
+            c.sent = Some(Window::new(c.local_bits));
         }
-        let Some(comp) = c.compressor.as_mut() else {
+        let Some(sent) = c.sent.as_mut() else {
             return false;
         };
-        if comp.compress(payload, z).is_err() {
-            c.drop_compressor(st);
-            return false;
+        let comp = self.compressor(c.local_bits, st);
+        let r = comp.compress_after(sent, payload, z);
+        comp.reset();
+        // A message sent uncompressed does not reach the peer's window: the history stays.
+        let shrank = r.is_ok() && z.len() < payload.len();
+        if shrank {
+            sent.extend(payload);
         }
-        true
+        shrank
     }
 
     /// The compressed variant of a shared (unmasked, single-frame) `plain` frame for a
@@ -328,9 +355,9 @@ impl ShardDeflate {
             }
         };
         if v.is_some() {
-            // The peer's window gets bytes our own compressor never saw: start it afresh.
+            // The peer's window gets bytes our history does not have: start it afresh.
             if let Some(c) = conn {
-                c.drop_compressor(st);
+                c.forget_sent();
             }
         }
         v

@@ -198,7 +198,7 @@ pub(crate) struct Answer {
     pub(crate) header: String,
     pub(crate) agreed: Agreed,
     /// Dedicated terms: the peer's messages build on each other and we keep a window for
-    /// them, and/or we keep a compressor of our own.
+    /// them, and/or we keep our own history.
     pub(crate) dedicated: bool,
 }
 

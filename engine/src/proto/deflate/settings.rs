@@ -13,19 +13,20 @@ pub struct DeflateSettings {
     pub threshold_bytes: usize,
     /// zlib level 0..=9 (default 1: zlib-rs' fastest, see the crate docs for the ratio).
     pub level: u8,
-    /// Largest window we compress with, 9..=15 (default 12: 4 KiB of history). Each
-    /// dedicated compressor costs 16 bytes per window byte (zlib-rs) plus fixed tables.
+    /// Largest window we compress with, 9..=15 (default 12: 4 KiB of history, what a dedicated
+    /// connection keeps of what it sent). Each of the shard's compressors costs 16 bytes per
+    /// window byte (zlib-rs) plus fixed tables.
     pub server_max_window_bits: u8,
     /// Dedicated: the window asked of a client that offers `client_max_window_bits`, 9..=15
     /// (default 12). A client with context takeover costs 2^this bytes while its connection is
     /// open; one that does not offer the parameter costs 32 KiB.
     pub client_max_window_bits: u8,
-    /// zlib memory level 1..=9 of dedicated compressors (default 5): zlib-rs sizes its
-    /// literal buffers by it (7 × 2^(level+6) bytes: 14 KiB at 5), not its hash table.
+    /// zlib memory level 1..=9 of the shard's compressors (default 8): zlib-rs sizes its
+    /// literal buffers by it (7 × 2^(level+6) bytes: 112 KiB at 8), not its hash table.
     pub mem_level: u8,
-    /// Dedicated: most bytes of per-connection compression state one shard holds (windows
-    /// plus live compressors; default 64 MiB). Past it, new connections get shared terms and
-    /// a connection that cannot get a compressor sends uncompressed.
+    /// Dedicated: most bytes of per-connection compression state one shard holds (the peers'
+    /// windows and our own; default 64 MiB). Past it, new connections get shared terms and a
+    /// connection with no room for its own window sends uncompressed.
     pub dedicated_bytes_max: usize,
 }
 
@@ -37,7 +38,7 @@ impl Default for DeflateSettings {
             level: 1,
             server_max_window_bits: 12,
             client_max_window_bits: 12,
-            mem_level: 5,
+            mem_level: 8,
             dedicated_bytes_max: 64 << 20,
         }
     }
