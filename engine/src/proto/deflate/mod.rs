@@ -49,8 +49,8 @@
 //!   keeps only windows, 2^bits bytes each, put in front of a message as a dictionary. That
 //!   costs CPU per message (the dictionary is hashed again, and the compressor's 128 KiB hash
 //!   table cleared, for every message) but keeps every compressor hot in cache: at 100
-//!   connections, a server CPU of about 11 µs per echoed 1 KiB JSON message in `shared` and
-//!   15 µs in `dedicated`, about half of uWebSockets' (`bench/results/2026-11-30-deflate-cpu.md`).
+//!   connections, a server CPU of about 13 µs per echoed 1 KiB JSON message in `shared` and
+//!   19 µs in `dedicated`, 0.5 and 0.6 of uWebSockets' (`bench/results/2026-11-30-deflate-cpu.md`).
 //! - A compressed message is inflated once it is whole: a per-shard inflater cannot keep one
 //!   connection's half-inflated message while others' messages arrive in between, and a
 //!   per-connection one would cost 42 KiB per connection mid-message. The compressed bytes of
