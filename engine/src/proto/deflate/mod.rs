@@ -414,6 +414,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dedicated_connection_without_room_for_its_window_sends_uncompressed() {
+        // Room for both windows of one connection and the peer's window of another: the
+        // second one's messages go out plain until the first one closes.
+        let window = Window::heap_bytes(12);
+        let st = DeflateSettings {
+            mode: Compression::Dedicated,
+            dedicated_bytes_max: 3 * window,
+            ..DeflateSettings::default()
+        };
+        let mut shard = ShardDeflate::default();
+        let offer = ["permessage-deflate; client_max_window_bits"];
+        let open = || {
+            let (answer, conn) = shard.negotiate(offer.into_iter(), &st).unwrap().unwrap();
+            assert!(answer.dedicated);
+            (Terms::new(&answer.agreed), conn.expect("a dedicated box"))
+        };
+        let (t1, mut c1) = open();
+        let (t2, mut c2) = open();
+        assert_eq!(shard.dedicated_bytes(), 2 * window);
+        let msg = b"{\"id\":1,\"price\":100},{\"id\":2,\"price\":100},{\"id\":3,\"price\":100}";
+        assert!(shard.compress(t1, Some(&mut c1), &st, msg).is_some());
+        assert_eq!(shard.dedicated_bytes(), 3 * window);
+        assert!(shard.compress(t2, Some(&mut c2), &st, msg).is_none());
+        assert_eq!(
+            c2.heap_bytes(),
+            core::mem::size_of::<ConnDeflate>() + window
+        );
+        drop(c1);
+        assert_eq!(shard.dedicated_bytes(), window);
+        assert!(shard.compress(t2, Some(&mut c2), &st, msg).is_some());
+        c2.on_idle();
+        assert_eq!(shard.dedicated_bytes(), window);
+        drop(c2);
+        assert_eq!(shard.dedicated_bytes(), 0);
+    }
+
+    #[test]
     fn an_idle_dedicated_connection_holds_its_window_and_a_small_box() {
         let size = core::mem::size_of::<ConnDeflate>();
         println!("ConnDeflate: {size} bytes");
