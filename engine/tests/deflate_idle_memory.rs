@@ -6,9 +6,9 @@
 //!
 //! - `off`: deflate declined (the baseline);
 //! - `shared`: no per-connection compression state: within 16 bytes of `off`;
-//! - `dedicated, idle`: every connection exchanged a compressed message, then its compressor
+//! - `dedicated, idle`: every connection exchanged a compressed message, then its own history
 //!   was dropped (idle): the client's 4 KiB window and the box around it remain;
-//! - `dedicated, active`: every connection just got a compressed reply: a compressor each.
+//! - `dedicated, active`: every connection just got a compressed reply: both windows each.
 //!
 //! N is 2,000 (`PERCORE_IDLE_CONNECTIONS` to change it; bench/results has 10,000). Both
 //! backends. One test per binary: the allocator counts the whole process.
@@ -158,9 +158,9 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Heap bytes per connection of `n` connections in `mode` (`talk`: each exchanged a message;
-/// `release`: the compressors are dropped before counting).
+/// `release`: the connections' own histories are dropped before counting).
 fn measure(backend: Backend, mode: Compression, n: usize, talk: bool, release: bool) -> f64 {
-    // The compressors go at the idle deadline (no input meanwhile) when unused since the last.
+    // The histories go at the idle deadline (no input meanwhile).
     let idle = if release { 100 } else { 0 };
     let server = Server::builder()
         .bind("127.0.0.1:0")

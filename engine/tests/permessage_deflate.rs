@@ -1,6 +1,6 @@
 //! permessage-deflate (RFC 7692) over real sockets, on both backends: negotiation in shared and
 //! dedicated mode, echoes of compressed messages of every size (whole and fragmented), the
-//! dedicated-state budget, the idle compressor, outbound connections, broadcasts, and bad input
+//! dedicated-state budget, the idle history, outbound connections, broadcasts, and bad input
 //! (RSV1 without negotiation or on a continuation, corrupt data, a bomb), after which the
 //! server keeps serving.
 //!
@@ -456,7 +456,7 @@ every_backend! {
         )
         .unwrap();
         let mut d_ded = Decompress::new(false);
-        // The dedicated connection first gets a reply from its own compressor (context).
+        // The dedicated connection first gets a reply built on its own history (context).
         let mut ours = Compressor::new(6, 12, 8);
         let first = json(2000, 1);
         let mut z = Vec::new();
@@ -476,7 +476,7 @@ every_backend! {
         // decompressor, with its context, reads it.
         assert_eq!(fd.payload, fs.payload);
         assert_eq!(inflate(&mut d_ded, &fd.payload), text.as_bytes());
-        // Its next own reply starts a fresh compressor: still readable with that context.
+        // Its next own reply starts a fresh history: still readable with that context.
         let again = json(2000, 1);
         let mut z = Vec::new();
         ours.compress(again.as_bytes(), &mut z).unwrap();

@@ -4,8 +4,8 @@
 // `ws` offers permessage-deflate by default (`client_max_window_bits`); here with threshold 0
 // so that every message is compressed. The server must accept with the terms of its mode and
 // echo text and binary messages of 0 B..1 MiB, whole and fragmented. In dedicated mode the
-// server drops its compressor after a short idle time (200 ms in the test server): the echo
-// after a pause comes from a fresh compressor, which the client (with context takeover) reads.
+// server drops its own history after a short idle time (200 ms in the test server): the echo
+// after a pause references nothing earlier, which the client (with context takeover) reads.
 // Exit 0 when all pass. `ws` is found through NODE_PATH (scripts/test.sh installs it).
 import { createRequire } from "node:module";
 

@@ -3,9 +3,10 @@
 usage: websockets_deflate.py ws://127.0.0.1:PORT/ shared|dedicated
 `websockets` offers permessage-deflate by default (`client_max_window_bits`): the server must
 accept it with the terms of its mode, then echo text and binary messages of 0 B..1 MiB, whole
-and fragmented, compressed both ways. In dedicated mode the server drops its compressor after a
-short idle time (the test server runs with 200 ms): the echo after a pause comes from a fresh
-compressor, which the client's decompressor (with context takeover) must still read.
+and fragmented, compressed both ways. In dedicated mode the server drops its own history (what
+its next messages may reference) after a short idle time (the test server runs with 200 ms): the
+echo after a pause references nothing earlier, which the client's decompressor (with context
+takeover) must still read.
 Exit 0 when all pass.
 """
 import sys
@@ -62,7 +63,7 @@ def main():
             ws.send(bparts)
             check(ws.recv(timeout=TIMEOUT) == b"".join(bparts), "fragmented binary echo")
             if MODE == "dedicated" and rnd == 0:
-                time.sleep(1.0)  # the server's compressor is dropped meanwhile
+                time.sleep(1.0)  # the server's history is dropped meanwhile
         ws.close(code=1000, reason="bye")
         check(ws.close_code == 1000, "close 1000")
     print("all checks passed", flush=True)
