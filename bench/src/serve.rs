@@ -67,6 +67,12 @@ pub struct ServeArgs {
     /// io_uring: receive buffers in each shard's buffer ring (each recv-buffer-bytes long).
     #[arg(long, default_value_t = 256)]
     pub recv_buffers: usize,
+    /// Most frames one connection may have decoded per loop turn (fairness; the rest waits).
+    #[arg(long, default_value_t = 256)]
+    pub recv_frames_per_turn_max: u32,
+    /// Bytes of large message buffers each shard keeps for reuse (0: none).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub buffer_pool_bytes_max: usize,
     /// io_uring: accept connections as direct descriptors (not counted against
     /// RLIMIT_NOFILE). Ignored by epoll.
     #[arg(long)]
@@ -269,6 +275,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .backlog(args.backlog)
         .recv_buffer_bytes(args.recv_buffer_bytes)
         .recv_buffers(args.recv_buffers)
+        .recv_frames_per_turn_max(args.recv_frames_per_turn_max)
+        .buffer_pool_bytes_max(args.buffer_pool_bytes_max)
         .direct_fds(args.direct_fds)
         .direct_fds_max(args.direct_fds_max)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout_secs))

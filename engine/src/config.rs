@@ -97,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
     pub(crate) recv_buffers: usize,
+    pub(crate) recv_frames_per_turn_max: u32,
+    pub(crate) buffer_pool_bytes_max: usize,
     pub(crate) direct_fds: bool,
     pub(crate) direct_fds_max: u32,
     pub(crate) handshake_timeout: Duration,
@@ -132,6 +134,8 @@ impl Default for Config {
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
             recv_buffers: 256,
+            recv_frames_per_turn_max: 256,
+            buffer_pool_bytes_max: 4 << 20,
             direct_fds: false,
             direct_fds_max: 20_000,
             handshake_timeout: Duration::from_secs(10),
@@ -175,6 +179,8 @@ impl Config {
         self.deflate_server_max_window_bits = self.deflate_server_max_window_bits.clamp(9, 15);
         self.deflate_client_max_window_bits = self.deflate_client_max_window_bits.clamp(9, 15);
         self.deflate_mem_level = self.deflate_mem_level.clamp(1, 9);
+        // 0 frames a turn would never decode anything; a connection counts them in a u16.
+        self.recv_frames_per_turn_max = self.recv_frames_per_turn_max.clamp(1, u32::from(u16::MAX));
         self
     }
 }
@@ -191,6 +197,7 @@ mod tests {
             direct_fds_max: u32::MAX,
             send_queue_low_water_bytes: 0,
             mailbox_messages_max: 0,
+            recv_frames_per_turn_max: 0,
             shards: Shards::Count(0),
             ..Config::default()
         }
@@ -200,6 +207,7 @@ mod tests {
         assert_eq!(c.direct_fds_max, 20_000);
         assert_eq!(c.send_queue_low_water_bytes, 1);
         assert_eq!(c.mailbox_messages_max, 1);
+        assert_eq!(c.recv_frames_per_turn_max, 1);
         assert_eq!(c.shards, Shards::Count(1));
         let c = Config {
             recv_buffers: 1 << 20,

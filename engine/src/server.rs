@@ -153,11 +153,40 @@ impl ServerBuilder {
 
     /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
     /// down to a power of two, 1..=32768), each `recv_buffer_bytes` long: 16 MiB per shard
-    /// by default. They are shared by all of the shard's connections (an idle connection holds
-    /// none) and bound how many receive completions one loop turn handles; past that, the
-    /// affected receives are re-armed on the next turn. epoll ignores it.
+    /// mapped by default. They are shared by all of the shard's connections (an idle connection
+    /// holds none) and bound how many receive completions one loop turn handles; past that, the
+    /// affected receives are re-armed on the next turn. Only as many as the traffic of the last
+    /// seconds needed are resident: 8 (512 KiB) under light traffic, up to all of them during a
+    /// burst, given back to the kernel a few seconds after it. epoll ignores it.
     pub fn recv_buffers(mut self, n: usize) -> Self {
         self.config.recv_buffers = n;
+        self
+    }
+
+    /// Most frames (data or control, whatever their size) one connection may have decoded per
+    /// loop turn (default 256; 1..=65535), so that a client flooding tiny frames or pings
+    /// cannot slow the shard's other connections down by more than that much work per turn.
+    /// What is left waits: the rest of the receive buffer is held (copied) by the connection
+    /// and decoded first on the next turns, and until then the socket is not read (epoll) or
+    /// its multishot receive is cancelled (io_uring; completions already in flight are held
+    /// too), so one flooder holds at most about one receive buffer. Cost: a connection that
+    /// sends more than this many frames per turn gets them handled over several turns (one
+    /// copy of what was held, and on io_uring a re-armed receive); lower means fairer turns,
+    /// higher means fewer pauses for clients that batch many small messages.
+    pub fn recv_frames_per_turn_max(mut self, n: u32) -> Self {
+        self.config.recv_frames_per_turn_max = n;
+        self
+    }
+
+    /// Most bytes of large message buffers (64 KiB and more: messages split across reads or
+    /// fragmented) each shard keeps between messages for reuse (default 4 MiB; 0 keeps none).
+    /// A message that needs one takes it from the pool instead of allocating it, and a
+    /// connection that dies mid-message gives its buffer back. Cost: up to this much memory
+    /// per shard while large messages come in; a pool left unused for a second is freed, and
+    /// after a burst of freed buffers the shard asks the allocator to give free memory back to
+    /// the system.
+    pub fn buffer_pool_bytes_max(mut self, n: usize) -> Self {
+        self.config.buffer_pool_bytes_max = n;
         self
     }
 

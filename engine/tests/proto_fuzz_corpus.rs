@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 type Body = fn(&[u8]);
 
 /// The fuzz targets, with their bodies; a regression folder must name one of them.
-const TARGETS: [(&str, Body); 3] = [
+const TARGETS: [(&str, Body); 4] = [
     ("handshake", bodies::handshake),
     ("decode_frames", bodies::decode_frames),
     ("permessage_deflate", bodies::permessage_deflate),
+    ("connection", bodies::connection),
 ];
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -141,6 +142,13 @@ fn handshake_fuzz_body_survives_seeds_and_mutations() {
 fn decode_frames_fuzz_body_survives_seeds_and_mutations() {
     for input in inputs(&seeds("decode_frames"), MUTATIONS) {
         bodies::decode_frames(&input);
+    }
+}
+
+#[test]
+fn connection_fuzz_body_survives_seeds_and_mutations() {
+    for input in inputs(&seeds("connection"), MUTATIONS) {
+        bodies::connection(&input);
     }
 }
 

@@ -4,6 +4,10 @@
 
 use core::ops::ControlFlow;
 
+#[path = "connection.rs"]
+mod connection;
+pub use connection::connection;
+
 use percore::proto::{
     accept_response, parse_close_payload, parse_request, parse_response, response_head, Decoder,
     Event, FrameHeader, Limits, ProtocolError, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN,

@@ -14,7 +14,9 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::{Completion, Driver, DriverConfig, Socket, Token, Wake, Waker, ACCEPT_RETRY, IOV_MAX};
+use super::{
+    Completion, Driver, DriverConfig, Flow, Socket, Token, Wake, Waker, ACCEPT_RETRY, IOV_MAX,
+};
 use crate::send_queue::SendQueue;
 
 const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
@@ -27,6 +29,8 @@ struct Watched {
     write_armed: bool,
     /// EOF or an error was reported: read no more.
     done: bool,
+    /// The shard paused receiving ([`Flow::PauseRecv`]): not read until `resume_recv`.
+    paused: bool,
 }
 
 /// The epoll driver of one shard.
@@ -59,7 +63,7 @@ impl EpollDriver {
         self.sockets.get_mut(token.0).and_then(Option::as_mut)
     }
 
-    fn accept_all<F: FnMut(Completion<'_>)>(&mut self, on: &mut F) {
+    fn accept_all<F: FnMut(Completion<'_>) -> Flow>(&mut self, on: &mut F) {
         let Some(listener) = &self.listener else {
             return;
         };
@@ -88,12 +92,17 @@ impl EpollDriver {
         }
     }
 
-    fn read_all<F: FnMut(Completion<'_>)>(&mut self, token: Token, drain: bool, on: &mut F) {
+    fn read_all<F: FnMut(Completion<'_>) -> Flow>(
+        &mut self,
+        token: Token,
+        drain: bool,
+        on: &mut F,
+    ) {
         for _ in 0..READS_PER_TURN {
             let Some(sock) = self.sockets.get_mut(token.0).and_then(Option::as_mut) else {
                 return;
             };
-            if sock.done {
+            if sock.done || sock.paused {
                 return;
             }
             match sock.stream.read(&mut self.scratch) {
@@ -103,10 +112,18 @@ impl EpollDriver {
                     return;
                 }
                 Ok(n) => {
-                    on(Completion::Recv {
+                    let flow = on(Completion::Recv {
                         token,
                         buf: &mut self.scratch[..n],
                     });
+                    if flow == Flow::PauseRecv {
+                        // What is left stays in the kernel; `resume_recv` reads it (no new
+                        // edge may come for it).
+                        if let Some(sock) = self.socket(token) {
+                            sock.paused = true;
+                        }
+                        return;
+                    }
                     if n < self.scratch.len() && !drain {
                         // A short read drained the socket (edge-triggered: the next arrival
                         // raises a new event), saving the read that would say WouldBlock.
@@ -174,13 +191,14 @@ impl Driver for EpollDriver {
             stream,
             write_armed: false,
             done: false,
+            paused: false,
         });
         Ok(())
     }
 
     fn poll<F>(&mut self, timeout: Option<Duration>, mut on: F) -> io::Result<()>
     where
-        F: FnMut(Completion<'_>),
+        F: FnMut(Completion<'_>) -> Flow,
     {
         let timeout = if !self.unfinished.is_empty() {
             Some(Duration::ZERO)
@@ -210,7 +228,9 @@ impl Driver for EpollDriver {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for ev in events.iter() {
             match ev.token() {
-                WAKER => on(Completion::Wake),
+                WAKER => {
+                    on(Completion::Wake);
+                }
                 LISTENER => self.accept_all(&mut on),
                 mio::Token(t) => {
                     let token = Token(t);
@@ -269,6 +289,17 @@ impl Driver for EpollDriver {
             sock.write_armed = false;
         }
         Ok(())
+    }
+
+    fn resume_recv(&mut self, token: Token) {
+        if let Some(sock) = self.socket(token) {
+            if sock.paused {
+                sock.paused = false;
+                // Read on the next poll whatever arrived meanwhile, up to EOF: edges raised
+                // while paused were skipped.
+                self.unfinished.push((token, true));
+            }
+        }
     }
 
     fn shutdown_write(&mut self, token: Token) {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use super::{Completion, Driver, DriverConfig, Socket, Token};
+use super::{Completion, Driver, DriverConfig, Flow, Socket, Token};
 use crate::send_queue::SendQueue;
 
 pub(crate) fn config(direct_fds: bool) -> DriverConfig {
@@ -39,6 +39,8 @@ pub(crate) struct Mini<D> {
     pub(crate) send_failed: usize,
     /// Tokens given to `close` (a shard sends nothing more on them).
     pub(crate) closing: Vec<usize>,
+    /// Tokens whose receives are answered with `Flow::PauseRecv`.
+    pub(crate) pausing: Vec<usize>,
 }
 
 impl<D: Driver> Mini<D> {
@@ -54,6 +56,7 @@ impl<D: Driver> Mini<D> {
             released: 0,
             send_failed: 0,
             closing: Vec::new(),
+            pausing: Vec::new(),
         }
     }
 
@@ -82,9 +85,14 @@ impl<D: Driver> Mini<D> {
             queues,
             sent,
             released,
+            pausing,
             ..
         } = self;
         d.poll(Some(Duration::from_millis(20)), |c| {
+            let flow = match &c {
+                Completion::Recv { token, .. } if pausing.contains(&token.0) => Flow::PauseRecv,
+                _ => Flow::Continue,
+            };
             match &c {
                 Completion::Sent { token, n } => {
                     if let Some(q) = queues.get_mut(&token.0) {
@@ -98,7 +106,8 @@ impl<D: Driver> Mini<D> {
                 }
                 _ => {}
             }
-            on(st, &mut acts, c)
+            on(st, &mut acts, c);
+            flow
         })
         .unwrap();
         for a in acts {

@@ -154,6 +154,19 @@ pub(crate) enum Completion<'a> {
     Wake,
 }
 
+/// The shard's answer to a [`Completion`]: only a [`Completion::Recv`]'s matters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) enum Flow {
+    /// Go on.
+    #[default]
+    Continue,
+    /// Stop receiving on this token until [`Driver::resume_recv`]: the connection has more
+    /// input waiting than it may handle this turn. epoll reads the socket no more (the data
+    /// stays in the kernel); io_uring cancels the multishot receive, and the completions
+    /// already produced still arrive (the shard holds them).
+    PauseRecv,
+}
+
 /// A cross-thread wake-up for one shard's driver (mio `Waker`, eventfd, `msg_ring`...).
 pub(crate) trait Wake: Send + Sync {
     /// Interrupt the driver's current or next [`Driver::poll`]; it reports [`Completion::Wake`].
@@ -178,10 +191,15 @@ pub(crate) trait Driver: Sized {
 
     /// Wait until at least one completion is ready or `timeout` passes (`None`: no limit,
     /// `Some(ZERO)`: do not block), then call `on` for every ready completion, in order.
-    /// Received buffers are lent to `on` and reused after it returns.
+    /// Received buffers are lent to `on` and reused after it returns; `on` answers a `Recv`
+    /// with [`Flow::PauseRecv`] to stop receiving on that token.
     fn poll<F>(&mut self, timeout: Option<Duration>, on: F) -> io::Result<()>
     where
-        F: FnMut(Completion<'_>);
+        F: FnMut(Completion<'_>) -> Flow;
+
+    /// Receive on `token` again after a [`Flow::PauseRecv`] (nothing received meanwhile is
+    /// lost: it waited in the kernel). No effect on a token that is not paused.
+    fn resume_recv(&mut self, token: Token);
 
     /// Write the front of `queue` to `token`'s socket. Called only when the queue is non-empty
     /// and not in flight. Either write now and [`SendQueue::advance`] over what was written

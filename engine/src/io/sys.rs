@@ -103,3 +103,35 @@ pub(crate) unsafe fn munmap(p: NonNull<u8>, len: usize) {
     // The caller guarantees the mapping; munmap involves no Rust object.
     let _ = syscall!(munmap(p.as_ptr().cast(), len));
 }
+
+/// The page size (4 KiB if it cannot be read).
+pub(crate) fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // sysconf(3) involves no memory.
+    *PAGE.get_or_init(|| match syscall!(sysconf(libc::_SC_PAGESIZE)) {
+        Ok(n) if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
+
+/// `madvise(p, len, MADV_DONTNEED)`: drop the pages of a private anonymous range; the next
+/// access reads zeros (failures are ignored: the pages merely stay resident).
+///
+/// # Safety
+///
+/// `p`/`len` lie inside one mapping from [`mmap_anon`], and no reference to those bytes is
+/// alive (their contents become zeros).
+pub(crate) unsafe fn madvise_dontneed(p: *mut u8, len: usize) {
+    // The caller guarantees the range and that nothing borrows it.
+    let _ = syscall!(madvise(p.cast(), len, libc::MADV_DONTNEED));
+}
+
+/// Give the allocator's free memory back to the kernel (glibc `malloc_trim(0)`: every arena's
+/// free pages, not only the top of the heap). Elsewhere a no-op.
+pub(crate) fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim(3) takes the allocator's own locks and touches no Rust object.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

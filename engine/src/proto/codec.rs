@@ -5,6 +5,7 @@ use core::ops::ControlFlow;
 use super::close::{parse_close_payload, CloseFrame};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode, Role};
+use super::pool::BufPool;
 use percore_simd::{validate_utf8, Utf8Validator};
 
 /// Receive-side limits. Defaults: `frame_bytes_max` = 16 MiB, `message_bytes_max` = 16 MiB.
@@ -140,10 +141,24 @@ impl Partial {
 
     /// Unmask, check and append the next bytes of the current frame; returns how many of
     /// `buf` belong to it.
-    fn stream(&mut self, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+    fn stream(
+        &mut self,
+        buf: &mut [u8],
+        pool: Option<&mut BufPool>,
+    ) -> Result<usize, ProtocolError> {
         let take = usize::try_from(self.frame_remaining)
             .unwrap_or(usize::MAX)
             .min(buf.len());
+        let need = self.msg.len() + take;
+        if let Some(pool) = pool.filter(|_| need > self.msg.capacity() && need >= BufPool::LARGE) {
+            // Hold at most what is needed: the rest of this frame, but never more than twice
+            // what arrived (the header's length is not trusted with memory in advance).
+            let frame_end = (self.msg.len() as u64).saturating_add(self.frame_remaining);
+            let want = frame_end.min(need as u64 * 2) as usize;
+            let mut bigger = pool.take(want.max(need));
+            bigger.extend_from_slice(&self.msg);
+            pool.give(core::mem::replace(&mut self.msg, bigger));
+        }
         let chunk = &mut buf[..take];
         if let Some(key) = self.frame_mask {
             percore_simd::unmask(chunk, key, usize::from(self.frame_key_offset));
@@ -220,7 +235,9 @@ impl Decoder {
     where
         F: FnMut(Event<'_>) -> ControlFlow<()>,
     {
-        self.state.decode(&self.limits, buf, on_event)
+        let mut frames = u32::MAX;
+        self.state
+            .decode(&self.limits, None, &mut frames, buf, on_event)
     }
 
     /// Bytes currently held for a partial message (for memory accounting).
@@ -239,7 +256,7 @@ impl Decoder {
     /// Release the internal message buffer if no message is in progress (idle connections hold
     /// none).
     pub fn shrink(&mut self) {
-        self.state.shrink();
+        self.state.shrink(None);
     }
 
     /// Is a data message partly received (fragments or part of a frame held)?
@@ -286,11 +303,15 @@ impl DecodeState {
         self.rsv = if on { 4 } else { 0 };
     }
 
-    /// See [`Decoder::decode`].
+    /// See [`Decoder::decode`]. Message buffers of [`BufPool::LARGE`] bytes and more come from
+    /// and go back to `pool` (without one they are allocated and freed). Decodes at most `frames` frames (counting them down) and leaves
+    /// the rest of `buf` unconsumed when it runs out.
     #[inline]
     pub(crate) fn decode<F>(
         &mut self,
         limits: &Limits,
+        mut pool: Option<&mut BufPool>,
+        frames: &mut u32,
         buf: &mut [u8],
         mut on_event: F,
     ) -> Result<usize, ProtocolError>
@@ -306,10 +327,10 @@ impl DecodeState {
                 ))
             }
         }
-        let r = self.decode_frames(limits, buf, &mut on_event);
+        let r = self.decode_frames(limits, pool.as_deref_mut(), frames, buf, &mut on_event);
         if r.is_err() {
             self.status = Status::Failed;
-            self.partial = None;
+            self.release(pool);
         }
         r
     }
@@ -329,11 +350,19 @@ impl DecodeState {
             .map_or(0, |p| core::mem::size_of::<Partial>() + p.msg.capacity())
     }
 
-    /// Release the internal message buffer if no message is in progress (idle connections hold
-    /// none).
-    pub(crate) fn shrink(&mut self) {
+    /// Release the internal message buffer (to `pool` if it came from there) if no message is
+    /// in progress (idle connections hold none).
+    pub(crate) fn shrink(&mut self, pool: Option<&mut BufPool>) {
         if !self.in_message() {
-            self.partial = None;
+            self.release(pool);
+        }
+    }
+
+    /// Drop the message state, whatever it holds (the connection is over); its buffer goes to
+    /// `pool` if it came from there.
+    pub(crate) fn release(&mut self, pool: Option<&mut BufPool>) {
+        if let (Some(p), Some(pool)) = (self.partial.take(), pool) {
+            pool.give(p.msg);
         }
     }
 
@@ -357,6 +386,8 @@ impl DecodeState {
     fn decode_frames<F>(
         &mut self,
         limits: &Limits,
+        mut pool: Option<&mut BufPool>,
+        frames: &mut u32,
         buf: &mut [u8],
         on_event: &mut F,
     ) -> Result<usize, ProtocolError>
@@ -366,7 +397,7 @@ impl DecodeState {
         let mut pos = 0usize;
         loop {
             if let Some(p) = self.partial.as_deref_mut().filter(|p| p.in_frame) {
-                pos += p.stream(&mut buf[pos..])?;
+                pos += p.stream(&mut buf[pos..], pool.as_deref_mut())?;
                 if p.in_frame {
                     return Ok(pos); // `buf` is used up
                 }
@@ -376,6 +407,9 @@ impl DecodeState {
                 continue;
             }
 
+            if *frames == 0 {
+                return Ok(pos); // the caller's budget of frames is spent
+            }
             let mut h = FrameHeader::new(false, OpCode::Continuation, None, 0);
             let n = FrameHeader::parse_into(&buf[pos..], &mut h, self.rsv)?;
             if n == 0 {
@@ -414,6 +448,7 @@ impl DecodeState {
                     percore_simd::unmask(payload, key, 0);
                 }
                 pos = end;
+                *frames -= 1;
                 let payload = &*payload;
                 let flow = match h.opcode {
                     OpCode::Ping => on_event(Event::Ping(payload)),
@@ -421,7 +456,7 @@ impl DecodeState {
                     _ => {
                         let frame = parse_close_payload(payload)?;
                         self.status = Status::Closed;
-                        self.partial = None;
+                        self.release(pool);
                         let _ = on_event(Event::Close(frame));
                         return Ok(pos);
                     }
@@ -468,6 +503,7 @@ impl DecodeState {
                     percore_simd::unmask(payload, key, 0);
                 }
                 pos = end;
+                *frames -= 1;
                 let payload = &*payload;
                 let flow = if h.rsv != 0 {
                     on_event(Event::Compressed {
@@ -500,6 +536,7 @@ impl DecodeState {
             p.frame_mask = h.mask;
             p.frame_key_offset = 0;
             pos = body;
+            *frames -= 1;
         }
     }
 }

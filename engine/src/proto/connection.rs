@@ -291,6 +291,26 @@ impl Connection {
         self.recv.held.len() + self.recv.decoder.buffered_bytes()
     }
 
+    /// Heap memory the connection holds (held bytes and message buffer, by capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.recv.held.capacity() + self.recv.decoder.heap_bytes()
+    }
+
+    /// Give the connection's buffers up: held bytes are freed, a pooled message buffer goes back
+    /// to `ep`'s [`super::BufPool`]. Call when the connection is finished (before dropping it),
+    /// so that a large partial message it leaves is reused; any other time loses what they hold.
+    pub fn release_buffers(&mut self, ep: &mut Endpoint) {
+        self.recv.held.clear();
+        self.recv.decoder.release(Some(ep.pool()));
+    }
+
+    /// Do held bytes wait to be decoded (a [`Connection::handle_recv_budgeted`] ran out of
+    /// frames, or a partial frame waits for the rest)?
+    #[inline]
+    pub fn has_held_frames(&self) -> bool {
+        self.recv.held.len() > 0 && self.send.phase == Phase::Open
+    }
+
     /// Call with every buffer of bytes received, in order (plaintext: after TLS, if any). The
     /// buffer is processed in place (frames are unmasked where they lie) and a message that
     /// lies whole in it is handed to `on` without a copy; what is left of a partial frame is
@@ -302,6 +322,28 @@ impl Connection {
         ep: &mut Endpoint,
         out: &mut O,
         buf: &mut [u8],
+        on: F,
+    ) -> Received
+    where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
+        let mut unlimited = u32::MAX;
+        self.handle_recv_budgeted(now, ep, out, buf, &mut unlimited, on)
+    }
+
+    /// [`Connection::handle_recv`] that decodes at most `frames` frames (data or control),
+    /// counting them down: once they are spent, the rest of `buf` is held, undecoded, until a
+    /// later call (with an empty `buf` to decode only what is held:
+    /// [`Connection::has_held_frames`] says whether anything waits). This is how a caller
+    /// bounds the work one peer causes per loop turn, whatever the size of its frames.
+    pub fn handle_recv_budgeted<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        buf: &mut [u8],
+        frames: &mut u32,
         mut on: F,
     ) -> Received
     where
@@ -310,7 +352,7 @@ impl Connection {
     {
         self.send.last_rx = now;
         match self.send.phase {
-            Phase::Open => match self.recv_frames(now, ep, out, buf, &mut on) {
+            Phase::Open => match self.recv_frames(now, ep, out, buf, frames, &mut on) {
                 None => Received::Done,
                 Some(e) => Received::Failed(e),
             },
@@ -462,13 +504,15 @@ impl Connection {
         self.send.finish();
     }
 
-    /// Frames in the open phase: `buf` in place, after completing any held partial frame.
+    /// Frames in the open phase: `buf` in place, after completing any held partial frame; at
+    /// most `frames` of them, the rest held.
     fn recv_frames<O, F>(
         &mut self,
         now: u32,
         ep: &mut Endpoint,
         out: &mut O,
         buf: &mut [u8],
+        frames: &mut u32,
         on: &mut F,
     ) -> Option<ProtocolError>
     where
@@ -487,9 +531,9 @@ impl Connection {
                 let rest = &mut buf[pos..];
                 let (d, s) = (&mut self.recv.decoder, &mut self.send);
                 let r = if s.deflate.is_on() {
-                    decode_deflating(d, s, now, ep, out, rest, on)
+                    decode_deflating(d, s, now, ep, out, rest, frames, on)
                 } else {
-                    decode(d, s, now, ep, out, rest, on)
+                    decode(d, s, now, ep, out, rest, frames, on)
                 };
                 match r {
                     Ok(c) if c < rest.len() && self.send.phase == Phase::Open => {
@@ -500,6 +544,11 @@ impl Connection {
                 }
                 break None;
             };
+            if *frames == 0 {
+                // No frame may be decoded any more: everything new waits behind what is held.
+                held.extend_from_slice(&buf[pos..]);
+                break None;
+            }
             // Complete the partial frame held from the previous buffer.
             let old = held.len();
             let take = (buf.len() - pos).min(HELD_FILL);
@@ -507,9 +556,9 @@ impl Connection {
             let mut bytes = self.recv.held.take_frames();
             let (d, s) = (&mut self.recv.decoder, &mut self.send);
             let r = if s.deflate.is_on() {
-                decode_deflating(d, s, now, ep, out, &mut bytes, on)
+                decode_deflating(d, s, now, ep, out, &mut bytes, frames, on)
             } else {
-                decode(d, s, now, ep, out, &mut bytes, on)
+                decode(d, s, now, ep, out, &mut bytes, frames, on)
             };
             match r {
                 // The old bytes and `c - old` new ones are consumed; go on in place.
@@ -534,7 +583,7 @@ impl Connection {
             self.recv.held.clear();
         }
         if !self.recv.decoder.in_message() {
-            self.recv.decoder.shrink();
+            self.recv.decoder.shrink(Some(ep.pool()));
         }
         None
     }
@@ -641,7 +690,8 @@ impl Connection {
                     now,
                 };
                 on(AppEvent::Opened, link);
-                match self.recv_frames(now, ep, out, &mut rest, on) {
+                let mut unlimited = u32::MAX;
+                match self.recv_frames(now, ep, out, &mut rest, &mut unlimited, on) {
                     None => Received::Done,
                     Some(e) => Received::Failed(e),
                 }

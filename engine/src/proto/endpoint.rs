@@ -5,6 +5,7 @@
 use super::codec::Limits;
 use super::deflate::{DeflateSettings, ShardDeflate};
 use super::handshake::HEADER_BYTES_MAX_DEFAULT;
+use super::pool::BufPool;
 use super::rng::MaskRng;
 
 /// The protocol settings of a group of connections. Timeouts count *ticks*, a unit the caller
@@ -29,6 +30,9 @@ pub struct Settings {
     pub close_timeout_ticks: u32,
     /// permessage-deflate (off by default).
     pub deflate: DeflateSettings,
+    /// Most bytes of large message buffers the endpoint keeps between messages for reuse
+    /// ([`BufPool`]); 0 keeps none.
+    pub buffer_pool_bytes_max: usize,
 }
 
 impl Default for Settings {
@@ -43,18 +47,23 @@ impl Default for Settings {
             pong_timeout_ticks: 2_000,
             close_timeout_ticks: 500,
             deflate: DeflateSettings::default(),
+            buffer_pool_bytes_max: 4 << 20,
         }
     }
 }
 
 /// Per-shard protocol state shared by its connections (quinn-proto's `Endpoint`, reduced to
-/// what a WebSocket connection needs): the [`Settings`] and the [`MaskRng`] that masks client
-/// frames, and the compression state its connections share ([`ShardDeflate`]).
+/// what a WebSocket connection needs): the [`Settings`], the [`MaskRng`] that masks client
+/// frames, the [`BufPool`] of large message buffers and the compression state its connections
+/// share ([`ShardDeflate`]).
 #[derive(Debug)]
 pub struct Endpoint {
     settings: Settings,
     rng: MaskRng,
     pub(crate) deflate: ShardDeflate,
+    /// Boxed, so that a connection can take it out for the time it decodes (while the events
+    /// it hands out borrow the endpoint) at the cost of one pointer.
+    pool: Option<Box<BufPool>>,
 }
 
 impl Endpoint {
@@ -66,10 +75,12 @@ impl Endpoint {
     /// An endpoint with `settings` and the given RNG (tests: a fixed seed).
     pub fn with_rng(mut settings: Settings, rng: MaskRng) -> Self {
         settings.deflate = settings.deflate.clamped();
+        let pool = Some(Box::new(BufPool::new(settings.buffer_pool_bytes_max)));
         Self {
             settings,
             rng,
             deflate: ShardDeflate::default(),
+            pool,
         }
     }
 
@@ -101,5 +112,24 @@ impl Endpoint {
     #[inline]
     pub fn mask(&mut self) -> [u8; 4] {
         self.rng.mask()
+    }
+
+    /// The pool of large message buffers.
+    pub fn pool(&mut self) -> &mut BufPool {
+        self.pool.get_or_insert_with(Box::default)
+    }
+
+    /// Take the pool out while the endpoint is lent to event callbacks.
+    #[inline]
+    pub(crate) fn take_pool(&mut self) -> Option<Box<BufPool>> {
+        self.pool.take()
+    }
+
+    /// Put back what [`Endpoint::take_pool`] took.
+    #[inline]
+    pub(crate) fn restore_pool(&mut self, pool: Option<Box<BufPool>>) {
+        if pool.is_some() {
+            self.pool = pool;
+        }
     }
 }

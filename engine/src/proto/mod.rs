@@ -23,6 +23,7 @@ mod frame;
 mod handshake;
 mod message;
 mod output;
+mod pool;
 mod rng;
 
 #[cfg(test)]
@@ -47,4 +48,5 @@ pub use handshake::{
 };
 pub use message::Message;
 pub use output::Output;
+pub use pool::BufPool;
 pub use rng::MaskRng;

@@ -15,6 +15,12 @@ pub(crate) const DRAIN_WANTED: u8 = 2;
 pub(crate) const OVER_CAPACITY: u8 = 4;
 /// Finished (`on_close` called); waiting for the driver to release the token.
 pub(crate) const DEAD: u8 = 8;
+/// Spent its frames for a turn with input left: receiving is paused, the shard decodes what it
+/// holds on the next turns (`Shard::drain_backlog`).
+pub(crate) const BACKLOG: u8 = 16;
+/// The peer's EOF came while frames were held by the budget (`BACKLOG`): it is handled once
+/// they are decoded, so that nothing the peer sent before its FIN is lost.
+pub(crate) const EOF_HELD: u8 = 32;
 
 /// One connection in the shard's slab.
 pub(crate) struct Entry<S> {
@@ -28,8 +34,13 @@ pub(crate) struct Entry<S> {
     pub(crate) generation: u32,
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
-    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`.
+    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`.
     pub(crate) flags: u8,
+    /// The loop turn (its low bits) `frames_left` counts for: a receive in another turn starts
+    /// with a full budget.
+    pub(crate) turn: u8,
+    /// Frames it may still have decoded in turn `turn` (`recv_frames_per_turn_max`).
+    pub(crate) frames_left: u16,
 }
 
 /// An upgrade request waiting for its deferred decision, beside the slab (not in the entry: a

@@ -9,6 +9,7 @@
 //! and close the sockets that are done. After every call into a connection the shard
 //! [settles](Shard::settle) it: schedules its next deadline, or finalizes it when it is finished.
 
+mod backlog;
 mod cluster;
 mod conn;
 mod ctx;
@@ -18,6 +19,7 @@ mod handler;
 mod handshake;
 mod hub;
 mod mailbox;
+mod memory;
 mod request;
 mod timer;
 mod topics;
@@ -47,15 +49,17 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::id::ConnId;
-use crate::io::{Completion, Driver, DriverConfig, Socket, Token, Waker, WithDriver};
+use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
 use crate::proto::{AfterFlush, AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
 use self::ctx::{Ctx, Out};
 use self::entry::{
-    Entry, PeerAddr, PendingUpgrade, Queue, DEAD, DIRTY, DRAIN_WANTED, OVER_CAPACITY,
+    Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, DRAIN_WANTED, EOF_HELD,
+    OVER_CAPACITY,
 };
+use self::memory::MemoryTrim;
 use self::timer::{Scheduled, TimerWheel};
 use self::topics::Topics;
 
@@ -145,6 +149,15 @@ struct Shard<H: Handler> {
     expired: Vec<Scheduled>,
     next_generation: u32,
     shutdown_at: Option<Instant>,
+    /// The loop turn, wrapping (what a connection's frame budget is counted against).
+    turn: u8,
+    /// `recv_frames_per_turn_max`.
+    frames_per_turn: u16,
+    /// Connections whose receiving is paused with frames held (`BACKLOG`): decoded first,
+    /// within their budget, on the next turns.
+    backlog: Vec<u32>,
+    /// Memory given back after bursts (see `memory.rs`).
+    memory: MemoryTrim,
 }
 
 impl<H: Handler> Shard<H> {
@@ -167,6 +180,8 @@ impl<H: Handler> Shard<H> {
         settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
         settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
         settings.deflate = deflate_settings(&config);
+        settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
+        let frames_per_turn = u16::try_from(config.recv_frames_per_turn_max).unwrap_or(u16::MAX);
         let ctx = Ctx {
             shard: index as u32,
             dirty: Vec::new(),
@@ -194,20 +209,30 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             next_generation: 0,
             shutdown_at: None,
+            turn: 0,
+            frames_per_turn,
+            backlog: Vec::new(),
+            memory: MemoryTrim::default(),
         }
     }
 
     fn run<D: Driver>(&mut self, mut driver: D) {
         loop {
+            self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
             let mut timeout = self.wheel.next_timeout(now);
             if !self.ctx.dirty.is_empty()
                 || !self.ctx.broadcasts.is_empty()
                 || self.ctx.topics.has_pending()
                 || self.mail_backlog
+                || !self.backlog.is_empty()
             {
                 // Work left over from the last turn: no sleep.
                 timeout = Some(Duration::ZERO);
+            }
+            if let Some(at) = self.memory.due() {
+                let left = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             if let Some(at) = self.shutdown_at {
                 let left = at.saturating_duration_since(now);
@@ -219,7 +244,7 @@ impl<H: Handler> Shard<H> {
                     self.ctx.now = self.wheel.tick_of(Instant::now());
                     stamped = true;
                 }
-                self.on_completion(c);
+                self.on_completion(c)
             });
             if res.is_err() {
                 // The poller itself failed (not a connection): nothing sensible is left to do.
@@ -227,6 +252,7 @@ impl<H: Handler> Shard<H> {
             }
             let now = Instant::now();
             self.ctx.now = self.wheel.tick_of(now);
+            self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
             self.fire_timers(now);
@@ -238,6 +264,8 @@ impl<H: Handler> Shard<H> {
             if gauge.load(Ordering::Relaxed) != held {
                 gauge.store(held, Ordering::Relaxed);
             }
+            self.memory
+                .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
             if let Some(at) = self.shutdown_at {
                 if Instant::now() >= at {
                     self.drop_all();
@@ -254,9 +282,9 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    fn on_completion(&mut self, c: Completion<'_>) {
+    fn on_completion(&mut self, c: Completion<'_>) -> Flow {
         match c {
-            Completion::Recv { token, buf } => self.on_recv(token.0, buf),
+            Completion::Recv { token, buf } => return self.on_recv(token.0, buf),
             Completion::Sent { token, n } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     e.queue.complete(n);
@@ -268,10 +296,16 @@ impl<H: Handler> Shard<H> {
                 }
             }
             Completion::Accepted { socket, peer } => self.accepted.push((socket, peer)),
-            Completion::Closed { token, .. } => {
+            Completion::Closed { token, error } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
-                    e.conn.handle_eof();
-                    self.finalize(token.0);
+                    if error.is_none() && e.flags & BACKLOG != 0 {
+                        // The FIN came behind frames the budget still holds (io_uring: its
+                        // completion was already on the way): those first (`drain_backlog`).
+                        e.flags |= EOF_HELD;
+                    } else {
+                        e.conn.handle_eof();
+                        self.finalize(token.0);
+                    }
                 }
             }
             Completion::Released { token } => {
@@ -282,6 +316,7 @@ impl<H: Handler> Shard<H> {
             // The mailbox is read every turn.
             Completion::Wake => {}
         }
+        Flow::Continue
     }
 
     fn register_accepted<D: Driver>(&mut self, driver: &mut D) {
@@ -351,17 +386,26 @@ impl<H: Handler> Shard<H> {
             generation: self.next_generation,
             timer_at: 0,
             flags,
+            turn: self.turn.wrapping_sub(1),
+            frames_left: 0,
         });
         debug_assert_eq!(k, key);
         self.settle(key);
     }
 
-    /// Bytes arrived on connection `key`.
-    fn on_recv(&mut self, key: usize, buf: &mut [u8]) {
+    /// Bytes arrived on connection `key` (an empty `buf`: decode what it holds). Decodes at
+    /// most the frames left of its budget for this turn; with input left over it is paused
+    /// (`PauseRecv`) and put on the backlog.
+    fn on_recv(&mut self, key: usize, buf: &mut [u8]) -> Flow {
         ShardStats::bump(&self.ctx.stats.bytes_received, buf.len() as u64);
         let Some(e) = self.slab.get_mut(key) else {
-            return;
+            return Flow::Continue;
         };
+        if e.turn != self.turn {
+            e.turn = self.turn;
+            e.frames_left = self.frames_per_turn;
+        }
+        let mut frames = u32::from(e.frames_left);
         let Entry {
             conn,
             queue,
@@ -379,18 +423,29 @@ impl<H: Handler> Shard<H> {
             flags,
             ctx: &mut self.ctx,
         };
-        let received = conn.handle_recv(now, &mut self.ep, &mut out, buf, |ev, link| {
-            dispatch(handler, ev, link, state, peer, generation)
-        });
+        let received =
+            conn.handle_recv_budgeted(now, &mut self.ep, &mut out, buf, &mut frames, |ev, link| {
+                dispatch(handler, ev, link, state, peer, generation)
+            });
+        e.frames_left = frames as u16;
+        let mut flow = Flow::Continue;
+        if frames == 0 && e.conn.has_held_frames() {
+            flow = Flow::PauseRecv;
+            if e.flags & BACKLOG == 0 {
+                e.flags |= BACKLOG;
+                self.backlog.push(key as u32);
+            }
+        }
         if let Received::Done = received {
             // The usual case: settle with the entry at hand.
             if !schedule(&mut self.wheel, &mut self.ctx.dirty, &self.ep, key, e) {
                 self.finalize(key);
             }
-            return;
+            return flow;
         }
         self.after_recv(key, received);
         self.settle(key);
+        flow
     }
 
     #[inline]
@@ -429,6 +484,13 @@ impl<H: Handler> Shard<H> {
         if !e.conn.is_finished() {
             e.conn.abort();
         }
+        if e.timer_at != 0 {
+            // Not left in the wheel, stale, until its tick (up to the idle timeout).
+            self.wheel.cancel(key as u32, e.generation, e.timer_at);
+            e.timer_at = 0;
+        }
+        self.memory.freed(e.conn.heap_bytes());
+        e.conn.release_buffers(&mut self.ep);
         self.ctx.topics.remove_conn(key as u32);
         if self.pending.remove(&(key as u32)).is_some() {
             ShardStats::drop_one(&self.ctx.stats.upgrades_pending);

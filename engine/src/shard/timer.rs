@@ -100,6 +100,25 @@ impl TimerWheel {
         at
     }
 
+    /// Remove the entry of `key`/`generation` scheduled at tick `at` (a connection that is gone:
+    /// its entry would otherwise sit in the wheel, stale, until its tick). An emptied slot gives
+    /// its buffer back.
+    pub(crate) fn cancel(&mut self, key: u32, generation: u32, at: u32) {
+        let mask = self.slots.len() - 1;
+        let slot = &mut self.slots[at as usize & mask];
+        let found = slot
+            .iter()
+            .position(|e| e.key == key && e.generation == generation && e.at == at);
+        if let Some(i) = found {
+            slot.swap_remove(i);
+            self.len -= 1;
+            self.scanned = None;
+            if slot.is_empty() {
+                *slot = Vec::new();
+            }
+        }
+    }
+
     /// Process every tick up to the one containing `now`, appending the entries that expired
     /// to `out`.
     pub(crate) fn advance(&mut self, now: Instant, out: &mut Vec<Scheduled>) {
@@ -190,6 +209,22 @@ mod tests {
                 at: 3
             }]
         );
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn a_cancelled_entry_never_fires_and_only_it_is_removed() {
+        let (mut w, t0) = wheel();
+        let at = w.schedule(1, 7, 3);
+        w.schedule(2, 0, 3);
+        w.cancel(1, 6, at); // another generation: not this entry
+        assert_eq!(w.len(), 2);
+        w.cancel(1, 7, at);
+        assert_eq!(w.len(), 1);
+        w.cancel(1, 7, at); // already gone: nothing happens
+        let mut out = Vec::new();
+        w.advance(t0 + Duration::from_millis(100), &mut out);
+        assert_eq!(out.iter().map(|e| e.key).collect::<Vec<_>>(), vec![2]);
         assert_eq!(w.len(), 0);
     }
 

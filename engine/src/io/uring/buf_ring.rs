@@ -3,6 +3,7 @@
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::io::sys;
 use io_uring::{types, IoUring};
@@ -14,13 +15,38 @@ pub(super) const BGID: u16 = 0;
 pub(super) const PBUF_RING_INC: u16 = 2;
 
 /// A provided-buffer ring: `count` buffers of `size` bytes, registered with the ring as buffer
-/// group [`BGID`]. A buffer is either in the ring (the kernel may fill it) or lent out by one
-/// recv completion until [`BufRing::recycle`] puts it back.
+/// group [`BGID`]. A buffer is either in the ring (the kernel may fill it), lent out by one
+/// recv completion until [`BufRing::recycle`] gives it back, or free (ours alone).
 ///
 /// Where the kernel supports it the ring is *incremental*: a recv takes only the bytes it
 /// fills from the head buffer, so many small messages share one buffer instead of taking one
 /// each; completions then carry consecutive slices of a buffer (`F_BUF_MORE` while the
 /// kernel keeps using the rest), and the buffer goes back to the ring after its last slice.
+///
+/// # Memory follows the load
+///
+/// The kernel takes ring entries in order, so a ring that always held every buffer would
+/// cycle through all of them and, under any steady trickle of bytes, end up with all
+/// `count × size` bytes resident (16 MiB per shard by default), growing by each byte received
+/// until then. Instead only a *window* of buffers is kept in the ring, taken from a LIFO stack
+/// of free buffers (the most recently used, still resident, first):
+/// - it starts at [`WINDOW_MIN`] buffers (made resident at once) and doubles, up to `count`, when the ring ran dry
+///   (`ENOBUFS`) or one batch of completions used at least half of it ([`BufRing::end_batch`]);
+/// - every [`TRIM_INTERVAL`] while it is above the minimum or buffers are resident that it does
+///   not need, [`BufRing::trim`] looks at the largest batch since the last trim; after
+///   [`CALM_TRIMS`] trims in a row in which no batch used a quarter of the window, the window
+///   shrinks to four times the largest of those batches (a burst now and then keeps it wide:
+///   memory that is needed again soon is not given back and faulted in again). Each trim
+///   gives the pages of buffers the window does not need back to the kernel (`MADV_DONTNEED`):
+///   free buffers below the stack's top `window`, and buffers still in the ring past the
+///   window that the kernel has not started filling. The kernel fills ring buffers only inside
+///   this thread's `io_uring_enter` (the ring is `DEFER_TASKRUN`, single issuer), never while
+///   the driver runs, so dropping the pages of an unstarted ring buffer loses nothing: the
+///   kernel's next write faults in fresh pages.
+///
+/// Resident receive-buffer memory is thus about `2 × window × size` (the window in the ring and
+/// as many hot free buffers), following the largest bursts of the last seconds: after a burst
+/// it is given back within `(CALM_TRIMS + 1) × TRIM_INTERVAL` (6 s).
 pub(super) struct BufRing {
     /// `count` ring entries, page aligned (mmap).
     pub(super) entries: NonNull<types::BufRingEntry>,
@@ -37,7 +63,42 @@ pub(super) struct BufRing {
     /// Incremental consumption: `offsets[bid]` is where the next slice of `bid` starts.
     /// Empty when the ring is not incremental.
     pub(super) offsets: Box<[u32]>,
+    /// Free buffers (neither in the ring nor lent out), most recently returned last.
+    free: Vec<u16>,
+    /// Per buffer: [`IN_RING`] and [`RESIDENT`] bits.
+    state: Box<[u8]>,
+    /// Buffers in the ring (the kernel's until a completion says it is done with them).
+    in_ring: u16,
+    /// Buffers whose pages may be resident (used since their last release).
+    resident: u16,
+    /// How many buffers the ring is kept topped up with.
+    window: u16,
+    /// Buffers the kernel finished in the current batch of completions.
+    batch_used: u16,
+    /// Most buffers one batch used since the last trim (`count` after the ring ran dry).
+    peak_used: u16,
+    /// When [`BufRing::trim`] is due; `None` while there is nothing to trim.
+    trim_at: Option<Instant>,
+    /// Trims in a row that found the window four times larger than needed.
+    calm: u8,
+    /// The largest batch of those trims.
+    calm_peak: u16,
 }
+
+/// Buffers the ring starts with (resident from the start) and never shrinks below (512 KiB
+/// with 64 KiB buffers: enough for 50 MB/s at 100 loop turns a second before it widens).
+pub(super) const WINDOW_MIN: u16 = 8;
+
+/// How often the window is reconsidered and unneeded buffers are released.
+pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Trims in a row that must find the window four times larger than needed before it shrinks.
+pub(super) const CALM_TRIMS: u8 = 5;
+
+/// `state` bit: the buffer is in the ring.
+const IN_RING: u8 = 1;
+/// `state` bit: the buffer's pages may be resident.
+const RESIDENT: u8 = 2;
 
 impl BufRing {
     pub(super) fn new(
@@ -73,11 +134,28 @@ impl BufRing {
             tail: 0,
             leak: false,
             offsets: Box::default(),
+            // Buffer 0 on top: the lowest addresses are used first.
+            free: (0..count).rev().collect(),
+            state: vec![0; usize::from(count)].into_boxed_slice(),
+            in_ring: 0,
+            resident: 0,
+            window: WINDOW_MIN.min(count),
+            batch_used: 0,
+            peak_used: 0,
+            trim_at: None,
+            calm: 0,
+            calm_peak: 0,
         };
-        for bid in 0..count {
-            me.push(bid);
+        me.top_up();
+        // Make the first window resident now, so that a light load (which cycles through it)
+        // does not grow RSS by each byte received until it has touched all of it.
+        let page = sys::page_size();
+        for bid in 0..me.window {
+            let buf = me.get(bid, 0, size as usize);
+            for i in (0..buf.len()).step_by(page) {
+                buf[i] = 0;
+            }
         }
-        me.publish();
         // SAFETY: `entries` points to `count` page-aligned, zero-initialised ring entries that
         // stay mapped until `self` is dropped, and `self` is only dropped after the ring (see
         // field order in `Driver` and `probe`, where the ring outlives nothing that uses it:
@@ -99,7 +177,7 @@ impl BufRing {
     }
 
     /// Write buffer `bid` into the next ring entry (not yet visible to the kernel).
-    pub(super) fn push(&mut self, bid: u16) {
+    fn push(&mut self, bid: u16) {
         let idx = usize::from(self.tail & (self.count - 1));
         // SAFETY: idx < count, so the entry lies inside the mapping; the kernel only reads
         // entries between its head and our published tail, and this one is past the tail.
@@ -117,7 +195,7 @@ impl BufRing {
     }
 
     /// Make pushed entries visible to the kernel.
-    pub(super) fn publish(&mut self) {
+    fn publish(&mut self) {
         // SAFETY: the tail field lives in entry 0 (its `resv`), inside the mapping; the kernel
         // only reads it. `AtomicU16` has the same layout as `u16`, and the mapping is aligned.
         let tail = unsafe {
@@ -126,27 +204,171 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    /// Give buffer `bid` back to the kernel.
+    /// Put free buffers (hottest first) into the ring until it holds `window` of them.
+    fn top_up(&mut self) {
+        let before = self.tail;
+        while self.in_ring < self.window {
+            let Some(bid) = self.free.pop() else { break };
+            let st = &mut self.state[usize::from(bid)];
+            if *st & RESIDENT == 0 {
+                self.resident += 1;
+            }
+            *st = IN_RING | RESIDENT;
+            self.in_ring += 1;
+            self.push(bid);
+        }
+        if self.tail != before {
+            self.publish();
+        }
+    }
+
+    /// Give buffer `bid` (lent out by a completion that finished it) back: onto the free
+    /// stack, and into the ring if the window has room.
     pub(super) fn recycle(&mut self, bid: u16) {
-        self.push(bid);
-        self.publish();
+        if bid >= self.count {
+            return;
+        }
+        self.free.push(bid);
+        self.top_up();
     }
 
     /// Account for a completion that filled `len` bytes of buffer `bid` (`buf_more`: its
     /// `F_BUF_MORE` flag). Returns where those bytes start in the buffer and whether the kernel
     /// is done with the buffer (then it goes back with [`BufRing::recycle`] once handled).
     pub(super) fn consume(&mut self, bid: u16, len: usize, buf_more: bool) -> (usize, bool) {
-        let Some(off) = self.offsets.get_mut(usize::from(bid)) else {
-            return (0, true);
+        let (start, finished) = match self.offsets.get_mut(usize::from(bid)) {
+            None => (0, true),
+            Some(off) if buf_more => {
+                let start = *off as usize;
+                *off = (start + len).min(self.size as usize) as u32;
+                (start, false)
+            }
+            Some(off) => (std::mem::replace(off, 0) as usize, true),
         };
-        let start = *off as usize;
-        if buf_more {
-            *off = (start + len).min(self.size as usize) as u32;
-            (start, false)
-        } else {
-            *off = 0;
-            (start, true)
+        if finished {
+            if let Some(st) = self.state.get_mut(usize::from(bid)) {
+                if *st & IN_RING != 0 {
+                    *st &= !IN_RING;
+                    self.in_ring -= 1;
+                }
+            }
+            self.batch_used = self.batch_used.saturating_add(1);
         }
+        (start, finished)
+    }
+
+    /// A recv found the ring empty (`ENOBUFS`): widen the window.
+    pub(super) fn ran_dry(&mut self) {
+        self.peak_used = self.count;
+        self.grow();
+    }
+
+    /// The end of a batch of completions: widen the window if this batch used half of it.
+    pub(super) fn end_batch(&mut self) {
+        let used = std::mem::take(&mut self.batch_used);
+        self.peak_used = self.peak_used.max(used);
+        if used.saturating_mul(2) >= self.window {
+            self.grow();
+        }
+    }
+
+    fn grow(&mut self) {
+        if self.window < self.count {
+            self.window = self.window.saturating_mul(2).min(self.count);
+            self.top_up();
+        }
+        if self.trim_at.is_none() {
+            self.trim_at = Some(Instant::now() + TRIM_INTERVAL);
+        }
+    }
+
+    /// When [`BufRing::trim`] is due (`None`: nothing to trim, no need to wake for it).
+    pub(super) fn trim_at(&self) -> Option<Instant> {
+        self.trim_at
+    }
+
+    /// Reconsider the window and release what it does not need (see the type docs). Call when
+    /// [`BufRing::trim_at`] has passed, between two waits for completions (never while a
+    /// buffer is lent out).
+    pub(super) fn trim(&mut self, now: Instant) {
+        if self.trim_at.is_none_or(|at| now < at) {
+            return;
+        }
+        let peak = std::mem::take(&mut self.peak_used);
+        let floor = WINDOW_MIN.min(self.count);
+        if u32::from(peak) * 4 < u32::from(self.window) {
+            self.calm = self.calm.saturating_add(1);
+            self.calm_peak = self.calm_peak.max(peak);
+        } else {
+            (self.calm, self.calm_peak) = (0, 0);
+        }
+        if self.calm >= CALM_TRIMS {
+            // Used less than a quarter of the window for a while: four times the largest
+            // batch of that while is enough.
+            let fit = (u32::from(self.calm_peak) * 4).next_power_of_two();
+            self.window = (fit.min(u32::from(self.window)) as u16).max(floor);
+            (self.calm, self.calm_peak) = (0, 0);
+        }
+        // Free buffers below the top `window` of the stack: the ring is refilled from the top.
+        let cold = self.free.len().saturating_sub(usize::from(self.window));
+        for i in 0..cold {
+            let bid = self.free[i];
+            self.release(bid);
+        }
+        // Ring buffers past the window (left from a burst) the kernel has not started filling.
+        if self.in_ring > self.window {
+            for bid in 0..self.count {
+                let st = self.state[usize::from(bid)];
+                let started = self.offsets.get(usize::from(bid)).is_some_and(|&o| o > 0);
+                if st & IN_RING != 0 && !started {
+                    self.release(bid);
+                }
+            }
+        }
+        let settled =
+            self.window == floor && usize::from(self.resident) <= 2 * usize::from(self.window);
+        self.trim_at = (!settled).then(|| now + TRIM_INTERVAL);
+    }
+
+    /// Give buffer `bid`'s pages back to the kernel (it must not be lent out, nor started by
+    /// the kernel if it is in the ring).
+    fn release(&mut self, bid: u16) {
+        let st = &mut self.state[usize::from(bid)];
+        if *st & RESIDENT == 0 {
+            return;
+        }
+        *st &= !RESIDENT;
+        self.resident -= 1;
+        // The whole pages inside the buffer (the mapping is page aligned, a buffer need not be).
+        let size = self.size as usize;
+        let page = sys::page_size();
+        let start = (usize::from(bid) * size).next_multiple_of(page);
+        let end = (usize::from(bid) + 1) * size / page * page;
+        if start < end {
+            // SAFETY: `start..end` lies inside buffer `bid`, inside the `bufs` mapping
+            // (bid < count), page aligned. Nothing reads it: the buffer is not lent out, and a
+            // ring buffer the kernel has not started is only written by the kernel inside this
+            // thread's `io_uring_enter` (see the type docs), which faults in zeroed pages again.
+            unsafe { sys::madvise_dontneed(self.bufs.as_ptr().add(start), end - start) };
+        }
+    }
+
+    /// Make the next [`BufRing::trim`] check due now (tests).
+    #[cfg(test)]
+    pub(super) fn force_trim(&mut self) {
+        self.trim_at = Some(Instant::now());
+    }
+
+    /// Buffers whose pages may be resident (used since they were last released).
+    #[cfg(test)]
+    pub(super) fn resident(&self) -> u16 {
+        self.resident
+    }
+
+    /// How many buffers the ring is kept topped up with.
+    #[cfg(test)]
+    pub(super) fn window(&self) -> u16 {
+        self.window
     }
 
     /// Bytes `start..start + len` of buffer `bid`, lent out by a recv completion.

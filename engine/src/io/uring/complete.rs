@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::direct::DirectFd;
-use super::driver::{RingFd, UringDriver, DIRECT_FDS_SLACK};
+use super::driver::{RecvArm, RingFd, UringDriver, DIRECT_FDS_SLACK};
 use super::op::{OpId, OpKind};
 use crate::io::ACCEPT_RETRY;
-use crate::io::{Completion, Socket, Token};
+use crate::io::{Completion, Flow, Socket, Token};
 
 impl UringDriver {
     /// Submit everything queued and wait (one `io_uring_enter`) for a completion or `timeout`.
@@ -41,7 +41,10 @@ impl UringDriver {
     }
 
     /// Handle every completion reaped so far, then the tokens to revisit.
-    pub(super) fn complete<F: FnMut(Completion<'_>)>(&mut self, on: &mut F) -> io::Result<()> {
+    pub(super) fn complete<F: FnMut(Completion<'_>) -> Flow>(
+        &mut self,
+        on: &mut F,
+    ) -> io::Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
             cqes.clear();
@@ -55,6 +58,15 @@ impl UringDriver {
             }
         }
         self.cqes = cqes;
+        self.bufs.end_batch();
+        // Every completion is reaped and nothing was submitted since: no buffer is lent out and
+        // none is being filled, the one point where unneeded buffers may be released.
+        if let Some(at) = self.bufs.trim_at() {
+            let now = Instant::now();
+            if now >= at {
+                self.bufs.trim(now);
+            }
+        }
         // Every buffer of the batch is back in the ring: re-arm recvs that ran dry, release
         // closing connections that became idle.
         let revisit = std::mem::take(&mut self.revisit);
@@ -65,7 +77,7 @@ impl UringDriver {
                     self.release(token);
                     on(Completion::Released { token });
                 }
-            } else if !c.recv_armed && !c.closed_reported {
+            } else if c.recv == RecvArm::Off && !c.closed_reported {
                 if let Err(error) = self.arm_recv(token) {
                     // This connection cannot receive any more: the shard closes it.
                     if let Some(c) = self.conn_mut(token) {
@@ -81,7 +93,7 @@ impl UringDriver {
         Ok(())
     }
 
-    pub(super) fn on_cqe<F: FnMut(Completion<'_>)>(
+    pub(super) fn on_cqe<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
         cqe: &cqueue::Entry,
         on: &mut F,
@@ -123,20 +135,28 @@ impl UringDriver {
                     return Ok(());
                 };
                 if !more {
-                    c.recv_armed = false;
+                    c.recv = match c.recv {
+                        RecvArm::Cancelling | RecvArm::Paused => RecvArm::Paused,
+                        RecvArm::Armed | RecvArm::Off => RecvArm::Off,
+                    };
                 }
                 let live = !c.closing && !c.closed_reported;
                 if res > 0 {
+                    let mut pause = false;
                     if let Some((bid, (start, finished))) = taken {
                         if live {
-                            on(Completion::Recv {
+                            let flow = on(Completion::Recv {
                                 token,
                                 buf: self.bufs.get(bid, start, len),
                             });
+                            pause = flow == Flow::PauseRecv;
                         }
                         if finished {
                             self.bufs.recycle(bid);
                         }
+                    }
+                    if pause {
+                        self.pause_recv(token);
                     }
                     if !more {
                         self.revisit.push(token);
@@ -145,6 +165,9 @@ impl UringDriver {
                 }
                 if let Some((bid, (_, true))) = taken {
                     self.bufs.recycle(bid);
+                }
+                if res == -libc::ENOBUFS {
+                    self.bufs.ran_dry();
                 }
                 if res == -libc::ENOBUFS || !live || res == -libc::ECANCELED {
                     self.revisit.push(token);
@@ -193,7 +216,7 @@ impl UringDriver {
         Ok(())
     }
 
-    pub(super) fn on_accept<F: FnMut(Completion<'_>)>(
+    pub(super) fn on_accept<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
         res: i32,
         more: bool,
@@ -254,7 +277,7 @@ impl UringDriver {
 
     /// The plain descriptor installed for direct descriptor `index` (`res`) is here: ask its
     /// peer address, close it, report the connection.
-    pub(super) fn on_peer_of<F: FnMut(Completion<'_>)>(
+    pub(super) fn on_peer_of<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
         index: u32,
         res: i32,
@@ -283,7 +306,7 @@ impl UringDriver {
         Ok(())
     }
 
-    pub(super) fn deliver_direct<F: FnMut(Completion<'_>)>(
+    pub(super) fn deliver_direct<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
         index: u32,
         peer: Option<SocketAddr>,

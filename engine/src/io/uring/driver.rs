@@ -15,13 +15,13 @@ use super::buf_ring::BufRing;
 use super::op::{OpId, OpKind};
 use super::probe::builder;
 use super::waker::EventFdWaker;
-use crate::io::{sys, Completion, Driver, DriverConfig, Socket, Token, Waker, IOV_MAX};
+use crate::io::{sys, Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, IOV_MAX};
 use crate::send_queue::SendQueue;
 
 /// Tunables of one shard's ring, derived from the shard's [`DriverConfig`].
 ///
-/// Memory per shard: `buf_count × buf_size` bytes of receive buffers (shared by every
-/// connection of the shard; touched as the ring cycles through them), `16 × buf_count` bytes
+/// Memory per shard: `buf_count × buf_size` bytes of receive buffers mapped (shared by every
+/// connection of the shard; resident only as far as the load needs them, see `BufRing`), `16 × buf_count` bytes
 /// of buffer ring, `64 × sq_entries` bytes of submission queue and `16 × 4 × sq_entries` bytes
 /// of completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -99,8 +99,8 @@ impl SendOp {
 pub(super) struct ConnIo {
     pub(super) sock: RingFd,
     pub(super) gen: u32,
-    /// A multishot recv is armed (its final completion not yet reaped).
-    pub(super) recv_armed: bool,
+    /// Where its multishot recv stands.
+    pub(super) recv: RecvArm,
     /// A sendmsg is in flight; its iovecs live in `send`.
     pub(super) send_in_flight: bool,
     /// [`Driver::close`] was called: report nothing more, release when idle.
@@ -112,7 +112,28 @@ pub(super) struct ConnIo {
 
 impl ConnIo {
     pub(super) fn busy(&self) -> bool {
-        self.recv_armed || self.send_in_flight
+        self.recv.armed() || self.send_in_flight
+    }
+}
+
+/// Where a connection's multishot recv stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum RecvArm {
+    /// Not armed: never yet, or it ended (re-armed after the batch unless closing).
+    Off,
+    /// Armed: its final completion is not reaped yet.
+    Armed,
+    /// Paused by the shard ([`Flow::PauseRecv`]) and not armed.
+    Paused,
+    /// Paused while armed: a cancel is submitted, the recv's final completion is not reaped
+    /// yet (completions before it still carry data).
+    Cancelling,
+}
+
+impl RecvArm {
+    /// Is a recv in the kernel?
+    pub(super) fn armed(self) -> bool {
+        matches!(self, RecvArm::Armed | RecvArm::Cancelling)
     }
 }
 
@@ -238,7 +259,7 @@ impl Driver for UringDriver {
         self.conns[token.0] = Some(ConnIo {
             sock,
             gen: self.next_gen,
-            recv_armed: false,
+            recv: RecvArm::Off,
             send_in_flight: false,
             closing: false,
             closed_reported: false,
@@ -254,7 +275,7 @@ impl Driver for UringDriver {
 
     fn poll<F>(&mut self, timeout: Option<Duration>, mut on: F) -> io::Result<()>
     where
-        F: FnMut(Completion<'_>),
+        F: FnMut(Completion<'_>) -> Flow,
     {
         self.close_orphans()?;
         let mut timeout = timeout;
@@ -265,6 +286,11 @@ impl Driver for UringDriver {
             } else {
                 timeout = Some(timeout.map_or(at - now, |t| t.min(at - now)));
             }
+        }
+        if let Some(at) = self.bufs.trim_at() {
+            // Wake for the buffer ring's trim even when nothing else happens.
+            let left = at.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
         if !self.revisit.is_empty() || !self.backlog.is_empty() {
             timeout = Some(Duration::ZERO);
@@ -359,6 +385,23 @@ impl Driver for UringDriver {
             }
         }
         pushed
+    }
+
+    fn resume_recv(&mut self, token: Token) {
+        let Some(c) = self.conn_mut(token) else {
+            return;
+        };
+        match c.recv {
+            RecvArm::Paused => {
+                // Armed after the next batch (which does not wait), where a failure to arm
+                // is reported like any other.
+                c.recv = RecvArm::Off;
+                self.revisit.push(token);
+            }
+            // The cancel still ends it; its final completion re-arms (see `complete`).
+            RecvArm::Cancelling => c.recv = RecvArm::Armed,
+            RecvArm::Off | RecvArm::Armed => {}
+        }
     }
 
     fn shutdown_write(&mut self, token: Token) {

@@ -23,8 +23,10 @@
 //! Every submission carries an [`OpId`] (kind, token, generation) in its `user_data`. A token is
 //! released (and its socket closed) only once none of its operations is in flight.
 //!
-//! Memory: per shard, `recv_buffers × recv_buffer_bytes` of receive buffers (shared by all
-//! connections, touched as they are used), 16 bytes per buffer-ring entry, 64 bytes per SQ
+//! Memory: per shard, `recv_buffers × recv_buffer_bytes` of receive buffers mapped (shared by
+//! all connections), of which only a window that follows the load is resident (8 buffers,
+//! 512 KiB at the default size, when the traffic is light; see `BufRing`), 16 bytes per
+//! buffer-ring entry, 64 bytes per SQ
 //! entry and 4 × 16 bytes per CQ entry; per connection, one [`ConnIo`] slot (24 bytes) and,
 //! only while a send is in flight, a pooled [`SendOp`] (msghdr + up to [`IOV_MAX`](crate::io::IOV_MAX) iovecs). In
 //! the kernel an idle connection holds its armed multishot recv (one request, ~256 bytes) where

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BGID;
-use super::driver::{ConnIo, RingFd, SendOp, UringDriver, DIRECT_FDS_SLACK};
+use super::driver::{ConnIo, RecvArm, RingFd, SendOp, UringDriver, DIRECT_FDS_SLACK};
 use super::op::{OpId, OpKind};
 use crate::io::Token;
 use crate::io::ACCEPT_RETRY;
@@ -154,7 +154,7 @@ impl UringDriver {
         let Some(c) = self.conn_mut(token) else {
             return Ok(());
         };
-        if c.recv_armed || c.closing {
+        if c.recv != RecvArm::Off || c.closing {
             return Ok(());
         }
         let ud = OpId::new(OpKind::Recv, token.0, c.gen).encode();
@@ -162,17 +162,39 @@ impl UringDriver {
             RingFd::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), BGID).build(),
             RingFd::Fixed(i) => opcode::RecvMulti::new(types::Fixed(i), BGID).build(),
         };
-        c.recv_armed = true;
+        c.recv = RecvArm::Armed;
         // SAFETY: the recv writes only into provided buffers of group BGID, which the buffer
         // ring keeps mapped as long as the ring exists (see `Drop`).
         let pushed = unsafe { self.push(&sqe.user_data(ud)) };
         if pushed.is_err() {
             // Never reached the kernel; the token must still be releasable.
             if let Some(c) = self.conn_mut(token) {
-                c.recv_armed = false;
+                c.recv = RecvArm::Off;
             }
         }
         pushed
+    }
+
+    /// The shard paused receiving on `token` ([`crate::io::Flow::PauseRecv`]): cancel its
+    /// multishot recv (completions already produced still arrive) or keep it from being armed.
+    pub(super) fn pause_recv(&mut self, token: Token) {
+        let Some(c) = self.conn_mut(token) else {
+            return;
+        };
+        match c.recv {
+            RecvArm::Armed => {
+                c.recv = RecvArm::Cancelling;
+                let ud = OpId::new(OpKind::Recv, token.0, c.gen).encode();
+                let sqe = opcode::AsyncCancel::new(ud)
+                    .build()
+                    .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+                // SAFETY: a cancel points at no user memory. If it cannot even be queued the
+                // recv goes on: the shard holds what arrives, as for completions in flight.
+                let _ = unsafe { self.push(&sqe) };
+            }
+            RecvArm::Off => c.recv = RecvArm::Paused,
+            RecvArm::Paused | RecvArm::Cancelling => {}
+        }
     }
 
     /// Queue one submission; when the SQ is full, submit what is queued first.

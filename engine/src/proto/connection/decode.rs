@@ -12,9 +12,10 @@ use crate::proto::frame::OpCode;
 use crate::proto::message::Message;
 use crate::proto::output::Output;
 
-/// Run the decoder over `buf`, handing events to `on`. Returns the bytes consumed. The
-/// connection has no permessage-deflate (its decoder never hands out a compressed message):
-/// [`decode_deflating`] is the copy for one that has.
+/// Run the decoder over `buf` (at most `frames` frames), handing events to `on`. Returns the
+/// bytes consumed. The connection has no permessage-deflate (its decoder never hands out a
+/// compressed message): [`decode_deflating`] is the copy for one that has.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decode<O, F>(
     decoder: &mut DecodeState,
     half: &mut SendHalf,
@@ -22,6 +23,7 @@ pub(super) fn decode<O, F>(
     ep: &mut Endpoint,
     out: &mut O,
     buf: &mut [u8],
+    frames: &mut u32,
     on: &mut F,
 ) -> Result<usize, ProtocolError>
 where
@@ -30,7 +32,9 @@ where
 {
     use core::ops::ControlFlow;
     let limits = ep.settings().limits;
-    decoder.decode(&limits, buf, |ev| {
+    // The events lend `ep` to the application: the pool is out meanwhile.
+    let mut pool = ep.take_pool();
+    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, buf, |ev| {
         match ev {
             Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
             Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
@@ -49,12 +53,15 @@ where
             Event::Compressed { .. } => {}
         }
         flow(half)
-    })
+    });
+    ep.restore_pool(pool);
+    r
 }
 
 /// [`decode`] for a connection with permessage-deflate: a compressed message is inflated
 /// into the shard's buffer, lent for its delivery.
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decode_deflating<O, F>(
     decoder: &mut DecodeState,
     half: &mut SendHalf,
@@ -62,6 +69,7 @@ pub(super) fn decode_deflating<O, F>(
     ep: &mut Endpoint,
     out: &mut O,
     buf: &mut [u8],
+    frames: &mut u32,
     on: &mut F,
 ) -> Result<usize, ProtocolError>
 where
@@ -71,7 +79,9 @@ where
     use core::ops::ControlFlow;
     let limits = ep.settings().limits;
     let mut failed = None;
-    let r = decoder.decode(&limits, buf, |ev| {
+    // The events lend `ep` to the application: the pool is out meanwhile.
+    let mut pool = ep.take_pool();
+    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, buf, |ev| {
         let mut inflated = Vec::new();
         let msg = match ev {
             Event::Text(s) => Message::Text(s),
@@ -116,6 +126,7 @@ where
         }
         flow(half)
     });
+    ep.restore_pool(pool);
     match failed {
         Some(e) => Err(e),
         None => r,

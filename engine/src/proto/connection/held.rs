@@ -62,6 +62,15 @@ impl Held {
         }
     }
 
+    pub(super) fn capacity(&self) -> usize {
+        match self.0.as_deref() {
+            Some(HeldBytes::Frames(v)) | Some(HeldBytes::Handshake { bytes: v, .. }) => {
+                v.capacity() + std::mem::size_of::<HeldBytes>()
+            }
+            None => 0,
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         match self.0.as_deref() {
             Some(HeldBytes::Frames(v)) | Some(HeldBytes::Handshake { bytes: v, .. }) => v.len(),

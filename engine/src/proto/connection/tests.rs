@@ -528,3 +528,154 @@ fn plain_request_waiting_for_its_answer_expires_at_the_handshake_deadline() {
     assert_eq!(c.handle_timeout(8, &mut ep, &mut out), Timeout::Expired);
     assert!(c.is_finished() && out.is_empty() && !c.reports_close());
 }
+
+/// [`recv`] with a budget of `frames` frames.
+fn recv_budgeted(
+    c: &mut Connection,
+    ep: &mut Endpoint,
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    frames: u32,
+) -> (u32, Vec<Got>) {
+    let mut buf = bytes.to_vec();
+    let mut got = Vec::new();
+    let mut left = frames;
+    let r = c.handle_recv_budgeted(1, ep, out, &mut buf, &mut left, |ev, _link| {
+        got.push(match ev {
+            AppEvent::Message(Message::Binary(b)) => Got::Binary(b.to_vec()),
+            AppEvent::Message(Message::Text(s)) => Got::Text(s.to_owned()),
+            AppEvent::Ping(p) => Got::Ping(p.to_vec()),
+            AppEvent::Opened => Got::Opened,
+        })
+    });
+    assert!(matches!(r, Received::Done), "{r:?}");
+    (left, got)
+}
+
+#[test]
+fn a_spent_frame_budget_holds_the_rest_in_order_until_the_next_call() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    // Ten pings and a text message split in two fragments, the last fragment cut short.
+    let mut bytes = Vec::new();
+    for i in 0..10u8 {
+        bytes.extend_from_slice(&cframe(OpCode::Ping, &[i]));
+    }
+    let mut frag = Vec::new();
+    encode_frame(&mut frag, OpCode::Text, false, b"hel", Some(MASK));
+    encode_frame(&mut frag, OpCode::Continuation, true, b"lo", Some(MASK));
+    bytes.extend_from_slice(&frag[..frag.len() - 1]);
+    let (left, got) = recv_budgeted(&mut c, &mut ep, &mut out, &bytes, 4);
+    assert_eq!(left, 0);
+    assert_eq!(got, (0..4).map(|i| Got::Ping(vec![i])).collect::<Vec<_>>());
+    assert!(c.has_held_frames());
+    // Bytes that arrive while the budget is spent go behind the held ones, undecoded.
+    let (left, got) = recv_budgeted(&mut c, &mut ep, &mut out, &frag[frag.len() - 1..], 0);
+    assert_eq!((left, got.len()), (0, 0));
+    let (left, got) = recv_budgeted(&mut c, &mut ep, &mut out, &[], 4);
+    assert_eq!(left, 0);
+    assert_eq!(got, (4..8).map(|i| Got::Ping(vec![i])).collect::<Vec<_>>());
+    let (left, got) = recv_budgeted(&mut c, &mut ep, &mut out, &[], 100);
+    assert_eq!(left, 100 - 4, "two pings and two fragments");
+    assert_eq!(
+        got,
+        vec![
+            Got::Ping(vec![8]),
+            Got::Ping(vec![9]),
+            Got::Text("hello".into())
+        ]
+    );
+    assert!(!c.has_held_frames());
+    // Every ping was answered, in order.
+    let pongs: Vec<_> = frames(Role::Client, &out);
+    assert_eq!(
+        pongs,
+        (0..10u8)
+            .map(|i| (OpCode::Pong, vec![i]))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(c.heap_bytes(), 0, "nothing held once all is decoded");
+}
+
+#[test]
+fn a_budget_counts_every_frame_of_a_one_byte_fragment_flood() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, OpCode::Binary, false, b"a", Some(MASK));
+    for _ in 0..998 {
+        encode_frame(&mut bytes, OpCode::Continuation, false, b"b", Some(MASK));
+    }
+    encode_frame(&mut bytes, OpCode::Continuation, true, b"c", Some(MASK));
+    let mut calls = 0;
+    let mut got = Vec::new();
+    let mut input = bytes;
+    loop {
+        let (left, g) = recv_budgeted(&mut c, &mut ep, &mut out, &input, 64);
+        input.clear();
+        calls += 1;
+        got.extend(g);
+        if left > 0 {
+            break;
+        }
+    }
+    assert_eq!(calls, 1000 / 64 + 1, "64 frames per call");
+    assert_eq!(got.len(), 1);
+    let want = [b"a".to_vec(), b"b".repeat(998), b"c".to_vec()].concat();
+    assert_eq!(got[0], Got::Binary(want));
+}
+
+#[test]
+fn a_large_split_message_is_assembled_in_a_pooled_buffer_that_is_reused() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = cframe(OpCode::Binary, &payload);
+    let (mut addr, mut pooled) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let mut got = Vec::new();
+        for chunk in frame.chunks(16 << 10) {
+            let mut buf = chunk.to_vec();
+            c.handle_recv(1, &mut ep, &mut out, &mut buf, |ev, _| {
+                if let AppEvent::Message(Message::Binary(b)) = ev {
+                    got.push((b.as_ptr() as usize, b.to_vec()));
+                }
+            });
+            // Never more than the frame (rounded to a power of two) nor twice what came.
+            assert!(c.heap_bytes() <= (512 << 10) + 1024, "{}", c.heap_bytes());
+        }
+        assert_eq!(got.len(), 1);
+        assert!(got[0].1 == payload);
+        addr.push(got[0].0);
+        // Delivered: the buffer went back to the pool, the connection holds nothing.
+        assert_eq!(c.heap_bytes(), 0);
+        pooled.push(ep.pool().bytes());
+    }
+    assert!(pooled[0] >= 512 << 10, "{pooled:?}");
+    assert_eq!(
+        pooled[0], pooled[1],
+        "nothing new was allocated for the second message"
+    );
+    assert_eq!(
+        addr[0], addr[1],
+        "the second message reused the first one's buffer"
+    );
+}
+
+#[test]
+fn a_finished_connection_gives_its_partial_message_buffer_to_the_pool() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let frame = cframe(OpCode::Binary, &vec![7u8; 128 << 10]);
+    let (_, got) = recv(&mut c, 1, &mut ep, &mut out, &frame[..(64 << 10) + 100]);
+    assert!(got.is_empty());
+    assert!(c.heap_bytes() >= 64 << 10);
+    c.handle_eof();
+    c.release_buffers(&mut ep);
+    assert_eq!(c.heap_bytes(), 0);
+    assert_eq!(ep.pool().bytes(), 128 << 10);
+}
