@@ -12,7 +12,7 @@ export PERCORE_PYENV PERCORE_REQUIRE_PY=1
 export PERCORE_REQUIRE_URING=${PERCORE_REQUIRE_URING:-1}
 # Same for network namespaces (tests/half_open.rs): root and iproute2 are there.
 export PERCORE_REQUIRE_NETNS=${PERCORE_REQUIRE_NETNS:-1}
-echo "== python venv with websockets ($PERCORE_PYENV)"
+echo "== python venv with websockets and prometheus_client ($PERCORE_PYENV)"
 if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2>&1; then
   python3 -m venv "$PERCORE_PYENV"
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'websockets>=13'
@@ -34,6 +34,10 @@ export PERCORE_REQUIRE_BROWSER=1
 if ! command -v chromium >/dev/null; then
   echo "== chromium"
   apt-get update -qq && apt-get install -y -qq chromium
+fi
+# An independent parser of the metrics' text format (bench/tests/serve_metrics.rs).
+if ! "$PERCORE_PYENV/bin/python" -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
+  "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
 fi
 echo "== autobahn testsuite venv"
 ../shared/tools/autobahn/setup.sh
@@ -61,11 +65,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo clippy (engine without its optional features)"
+echo "== cargo clippy (engine without its optional features: no cluster, no Prometheus text)"
+cargo clippy -p percore --no-default-features --all-targets -- -D warnings
+echo "== cargo clippy (engine with its default features only)"
 cargo clippy -p percore --lib -- -D warnings
 echo "== cargo doc (engine, warnings are errors: missing docs, broken links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster
 echo "== cargo test"
 cargo test --workspace
+echo "== dashboard in headless chromium"
+bash scripts/dashboard-test.sh
 echo "== autobahn conformance"
 bash scripts/autobahn.sh --backend all

@@ -12,6 +12,7 @@ use percore::{
 };
 
 mod broadcast;
+pub mod metrics;
 mod subprotocol;
 
 /// Options of `percore serve`.
@@ -156,6 +157,16 @@ pub struct ServeArgs {
     /// served without one; a client offering only others is refused with 400 naming these.
     #[arg(long = "subprotocol", value_name = "NAME")]
     pub subprotocols: Vec<String>,
+    /// Serve the metrics on this address (port 0: a free one, printed): `GET /metrics` (the
+    /// Prometheus text format), `GET /dashboard` (a live page) and the dashboard's WebSocket,
+    /// on a second, one-shard percore server. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Most connections the metrics port holds (scrapers and dashboards); past it a dashboard
+    /// gets 503. Each costs a slab entry, and an opening dashboard its history (about 2 KiB per
+    /// snapshot per shard, two minutes of snapshots) in its send queue.
+    #[arg(long, default_value_t = metrics::ADMIN_CONNECTIONS_MAX)]
+    pub metrics_connections_max: usize,
 }
 
 /// `--compression` on the command line.
@@ -348,8 +359,19 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             None => String::new(),
         }
     );
+    let admin = match &args.metrics {
+        Some(addr) => {
+            let admin =
+                metrics::Admin::start(addr, server.metrics_handle(), args.metrics_connections_max)?;
+            let a = admin.local_addr();
+            println!("metrics on http://{a}/metrics dashboard http://{a}/dashboard");
+            Some(admin)
+        }
+        None => None,
+    };
     let _ = std::io::stdout().flush();
     let _ = signals.forever().next();
+    drop(admin);
     server.shutdown(Duration::from_secs(args.shutdown_grace_secs));
     let s = server.stats();
     eprintln!(

@@ -41,6 +41,16 @@
 //! service; the shard serves everyone else meanwhile). [`Handler::on_request`] answers the
 //! plain HTTP requests that come to the same port (a health check, a page, a script) with a
 //! [`Response`]. [`ServerBuilder::allow_origin`] restricts which browser origins may connect.
+//!
+//! # Metrics
+//!
+//! Each shard counts what it does (connections by close reason, refusals by status, messages
+//! and bytes, send-queue bytes, publishes and drops, histograms of ping round trips, loop turns
+//! and io_uring batches) with single-writer relaxed counters. [`ServerHandle::metrics`] renders
+//! them in the Prometheus text format; [`ServerHandle::metrics_handle`] gives a [`Metrics`] to
+//! keep (a [`MetricsSnapshot`] of plain numbers, the text, or a `prometheus-client` collector);
+//! [`HttpContext::metrics`] answers `/metrics` from [`Handler::on_request`]. The names, labels
+//! and what collecting costs are listed in `docs/metrics.md`.
 #![warn(missing_docs, clippy::exhaustive_enums, clippy::exhaustive_structs)]
 #![deny(unsafe_code)]
 
@@ -50,6 +60,7 @@ mod client;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;
+mod counters;
 mod id;
 mod io;
 mod origin;
@@ -65,11 +76,20 @@ pub use client::Connect;
 #[cfg(feature = "cluster")]
 pub use cluster::ClusterConfig;
 pub use config::{Backend, Compression, Shards, SlowConsumer};
+pub use counters::CloseReason;
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
 pub use pubsub::{PubSubError, PublishOptions};
 pub use response::Response;
 pub use server::{Server, ServerBuilder, ServerHandle};
-pub use shard::{Conn, Decision, Deferred, Handler, HttpContext, Publisher, SendError, Upgrade};
+pub use shard::{
+    Conn, Decision, Deferred, Handler, HistogramSnapshot, HttpContext, Metrics, MetricsSnapshot,
+    Publisher, SendError, ShardSnapshot, Upgrade,
+};
 pub use stats::{ClusterStats, Stats};
+
+/// The `prometheus-client` crate the engine's [`Metrics`] collector is written for (register it
+/// in a registry of this version).
+#[cfg(feature = "metrics")]
+pub use prometheus_client;
 pub use upgrade::{Accept, Reject};

@@ -16,7 +16,7 @@ use crate::id::ConnId;
 use crate::io::{self as backend_io, Waker};
 use crate::proto::Message;
 use crate::pubsub::{PubSubError, PublishOptions};
-use crate::shard::{self, Handler, Hub, Mail, Publisher};
+use crate::shard::{self, Handler, Hub, Mail, Metrics, Publisher};
 use crate::stats::{ShardStats, Stats};
 
 /// Entry point: `Server::builder()`.
@@ -418,7 +418,7 @@ impl ServerBuilder {
         if let Some(e) = self.origin_error {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
-        let config = self.config.clamped(backend_io::nofile_limit());
+        let mut config = self.config.clamped(backend_io::nofile_limit());
         #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             c.check(config.topic_name_bytes_max)?;
@@ -430,6 +430,7 @@ impl ServerBuilder {
             ));
         }
         let backend = backend_io::resolve(config.backend);
+        config.backend = backend;
         let n = match config.shards {
             Shards::Count(n) => n.max(1),
             Shards::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -522,6 +523,7 @@ impl ServerBuilder {
             _ => None,
         };
         let handle = ServerHandle {
+            metrics: Metrics::new(hub.clone(), config.clone()),
             hub,
             local_addr,
             backend,
@@ -556,6 +558,7 @@ fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
 /// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
 pub struct ServerHandle {
     hub: Arc<Hub>,
+    metrics: Metrics,
     local_addr: SocketAddr,
     backend: Backend,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -663,6 +666,21 @@ impl ServerHandle {
     /// atomic cut).
     pub fn stats(&self) -> Stats {
         self.hub.stats()
+    }
+
+    /// Every metric, per shard, in the Prometheus text exposition format (OpenMetrics 1.0,
+    /// `Content-Type` [`Metrics::CONTENT_TYPE`]): the body of a `/metrics` answer. Names, types
+    /// and labels: `docs/metrics.md`. Reading costs the shards nothing (see [`Metrics`]).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// A handle on the metrics to keep and read from any thread: [`Metrics::snapshot`] (plain
+    /// numbers), [`Metrics::render`] (the text), or register it as a `prometheus-client`
+    /// collector.
+    pub fn metrics_handle(&self) -> Metrics {
+        self.metrics.clone()
     }
 
     /// Graceful shutdown: stop accepting, send close 1001 to every open connection, keep

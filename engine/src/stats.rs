@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::counters::ShardMetrics;
+
 /// Server counters (summed over shards).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -127,6 +129,8 @@ pub(crate) struct ShardStats {
     pub(crate) subscriptions: AtomicU64,
     /// A gauge: stored by the shard once per loop turn.
     pub(crate) deflate_dedicated_bytes: AtomicU64,
+    /// What `crate::Metrics` adds to these (same single-writer rule).
+    pub(crate) metrics: ShardMetrics,
 }
 
 impl ShardStats {

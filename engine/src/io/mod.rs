@@ -222,6 +222,12 @@ pub(crate) trait Driver: Sized {
 
     /// Stop accepting and close the listener (graceful shutdown). Idempotent.
     fn stop_accepting(&mut self);
+
+    /// Submission and completion queue entries since the last call (io_uring: SQEs queued and
+    /// CQEs reaped), for the per-turn metrics; `None` for a backend without queues (epoll).
+    fn take_turn_counts(&mut self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// Is `backend` usable on this host (kernel support, permissions)? `Auto` is always usable.

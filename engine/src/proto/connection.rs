@@ -40,7 +40,7 @@ use super::codec::DecodeState;
 use super::deflate::{client_accept, Terms};
 use super::endpoint::Endpoint;
 use super::error::ProtocolError;
-use super::frame::{OpCode, Role};
+use super::frame::Role;
 use super::handshake::{
     accept_response, parse_request, parse_response_with, reject_response, HandshakeError, Request,
 };
@@ -456,9 +456,7 @@ impl Connection {
             p.on_idle();
         }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
-            s.flags |= PING_OUT;
-            s.mark = now;
-            s.push_control(ep, out, OpCode::Ping, b"");
+            s.push_idle_ping(now, ep, out);
             return Timeout::Pinged;
         }
         if s.phase != Phase::Linger {

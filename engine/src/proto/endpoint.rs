@@ -54,8 +54,8 @@ impl Default for Settings {
 
 /// Per-shard protocol state shared by its connections (quinn-proto's `Endpoint`, reduced to
 /// what a WebSocket connection needs): the [`Settings`], the [`MaskRng`] that masks client
-/// frames, the [`BufPool`] of large message buffers and the compression state its connections
-/// share ([`ShardDeflate`]).
+/// frames, the [`BufPool`] of large message buffers, the compression state its connections
+/// share ([`ShardDeflate`]) and the caller's fine clock, which times idle pings.
 #[derive(Debug)]
 pub struct Endpoint {
     settings: Settings,
@@ -64,6 +64,8 @@ pub struct Endpoint {
     /// Boxed, so that a connection can take it out for the time it decodes (while the events
     /// it hands out borrow the endpoint) at the cost of one pointer.
     pool: Option<Box<BufPool>>,
+    /// The caller's fine clock ([`Endpoint::set_clock_us`]).
+    clock_us: u32,
 }
 
 impl Endpoint {
@@ -81,6 +83,7 @@ impl Endpoint {
             rng,
             deflate: ShardDeflate::default(),
             pool,
+            clock_us: 0,
         }
     }
 
@@ -106,6 +109,22 @@ impl Endpoint {
     #[inline]
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Set the fine clock: microseconds on any monotonic clock of the caller's, wrapping at
+    /// 2^32 (71 minutes). An idle ping carries the time it was queued at and a pong that echoes
+    /// it gives the round trip ([`super::AppEvent::Rtt`]), so set it whenever the tick is
+    /// stamped (the shard does it once per loop turn; its resolution is then the turn). Never
+    /// set, every round trip reads 0.
+    #[inline]
+    pub fn set_clock_us(&mut self, us: u32) {
+        self.clock_us = us;
+    }
+
+    /// The fine clock's last value.
+    #[inline]
+    pub fn clock_us(&self) -> u32 {
+        self.clock_us
     }
 
     /// A fresh masking key for one client frame.

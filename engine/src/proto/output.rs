@@ -8,6 +8,12 @@ use std::sync::Arc;
 pub trait Output {
     /// Queue one frame: `encode` appends it (at most `len_max` bytes) to the `Vec` it is given.
     fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>));
+    /// Queue one control frame (ping, pong, close), as [`Output::push_frame`] does; separate so
+    /// that an output can count data and control frames apart without a branch on the data
+    /// path.
+    fn push_control(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.push_frame(len_max, encode);
+    }
     /// Queue bytes that are not a frame (the handshake's HTTP request or response).
     fn push_bytes(&mut self, bytes: &[u8]);
     /// Queue an encoded frame shared with other connections (a broadcast or publish).

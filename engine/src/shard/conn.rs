@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::ctx::Out;
-use super::entry::PeerAddr;
+use super::entry::{mark_reason, PeerAddr};
 use super::hub::Publisher;
+use crate::counters::CloseReason;
 use crate::id::ConnId;
 use crate::proto::{CloseCode, Endpoint, Message, SendHalf, MAX_HEADER_LEN};
 use crate::pubsub::{PubSubError, PublishOptions};
@@ -195,6 +196,7 @@ impl<S> Conn<'_, S> {
     pub(crate) fn guard(&mut self, callback: impl FnOnce(&mut Self)) {
         if catch_unwind(AssertUnwindSafe(|| callback(&mut *self))).is_err() {
             ShardStats::bump(&self.out.ctx.stats.handler_panics, 1);
+            mark_reason(self.out.flags, CloseReason::HandlerPanic);
             let (now, half, ep) = (self.now, &mut *self.half, &mut *self.ep);
             half.fail(
                 now,

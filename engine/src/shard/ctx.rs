@@ -4,9 +4,10 @@
 
 use std::sync::{Arc, Weak};
 
-use super::entry::{Queue, DIRTY, DRAIN_WANTED};
+use super::entry::{mark_reason, Queue, DIRTY, DRAIN_WANTED};
 use super::topics::Topics;
 use crate::config::{Config, SlowConsumer};
+use crate::counters::{self, CloseReason};
 use crate::proto::{CloseCode, Endpoint, Output, SendHalf};
 use crate::pubsub::PublishOptions;
 use crate::send_queue::QueuePool;
@@ -35,7 +36,7 @@ pub(crate) struct Ctx {
 pub(crate) struct Out<'a> {
     pub(crate) key: u32,
     pub(crate) queue: &'a mut Queue,
-    pub(crate) flags: &'a mut u8,
+    pub(crate) flags: &'a mut u16,
     pub(crate) ctx: &'a mut Ctx,
 }
 
@@ -54,10 +55,12 @@ pub(crate) enum Offered {
 impl Output for Out<'_> {
     #[inline]
     fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
-        self.queue.reuse(&mut self.ctx.pool);
-        self.queue.push_with(len_max, encode);
-        ShardStats::bump(&self.ctx.stats.frames_sent, 1);
-        self.queued();
+        counters::bump(&self.ctx.stats.metrics.messages_sent, 1);
+        self.push_encoded(len_max, encode);
+    }
+
+    fn push_control(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.push_encoded(len_max, encode);
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) {
@@ -68,6 +71,7 @@ impl Output for Out<'_> {
     fn push_shared(&mut self, frame: &Arc<[u8]>) {
         self.queue.push_shared(frame.clone());
         ShardStats::bump(&self.ctx.stats.frames_sent, 1);
+        counters::bump(&self.ctx.stats.metrics.messages_sent, 1);
         self.queued();
     }
 }
@@ -82,6 +86,15 @@ impl Out<'_> {
             flags: self.flags,
             ctx: self.ctx,
         }
+    }
+
+    /// Queue one frame `encode` writes (data or control).
+    #[inline]
+    fn push_encoded(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.queue.reuse(&mut self.ctx.pool);
+        self.queue.push_with(len_max, encode);
+        ShardStats::bump(&self.ctx.stats.frames_sent, 1);
+        self.queued();
     }
 
     /// Bytes were queued: the queue is due for a flush, and `on_drain` once it falls below the
@@ -109,6 +122,7 @@ impl Out<'_> {
     /// configured code.
     pub(crate) fn slow_consumer(&mut self, half: &mut SendHalf, ep: &mut Endpoint, now: u32) {
         ShardStats::bump(&self.ctx.stats.slow_consumers, 1);
+        mark_reason(self.flags, CloseReason::SlowConsumer);
         let code = match self.ctx.config.slow_consumer {
             SlowConsumer::Close1013 => CloseCode::TRY_AGAIN_LATER,
             _ => CloseCode::POLICY_VIOLATION,
@@ -147,6 +161,7 @@ impl Out<'_> {
         }
         if self.over_limit(frame.len()) {
             if opts.droppable || opts.conflate {
+                counters::bump(&self.ctx.stats.metrics.dropped_queue_full, 1);
                 return Offered::Dropped;
             }
             let now = self.ctx.now;

@@ -9,6 +9,7 @@ use super::ctx::{Offered, Out};
 use super::entry::{Entry, DEAD};
 use super::mailbox::Mail;
 use super::{Handler, Shard};
+use crate::counters;
 use crate::io::Driver;
 use crate::pubsub::PublishOptions;
 use crate::stats::ShardStats;
@@ -72,6 +73,7 @@ impl<H: Handler> Shard<H> {
             self.fan_out(f);
             let full = self.hub.broadcast(Some(shard), f);
             ShardStats::bump(&self.ctx.stats.dropped, full);
+            counters::bump(&self.ctx.stats.metrics.dropped_mailbox_full, full);
         }
     }
 

@@ -4,23 +4,41 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 
+use crate::counters::CloseReason;
 use crate::proto::{Connection, Request};
 use crate::send_queue::SendQueue;
 
 /// In the dirty list.
-pub(crate) const DIRTY: u8 = 1;
+pub(crate) const DIRTY: u16 = 1;
 /// The queue held at least the low-water mark: `on_drain` is due when it falls below.
-pub(crate) const DRAIN_WANTED: u8 = 2;
+pub(crate) const DRAIN_WANTED: u16 = 2;
 /// Accepted while `connections_max` were open: answer the upgrade with 503.
-pub(crate) const OVER_CAPACITY: u8 = 4;
+pub(crate) const OVER_CAPACITY: u16 = 4;
 /// Finished (`on_close` called); waiting for the driver to release the token.
-pub(crate) const DEAD: u8 = 8;
+pub(crate) const DEAD: u16 = 8;
 /// Spent its frames for a turn with input left: receiving is paused, the shard decodes what it
 /// holds on the next turns (`Shard::drain_backlog`).
-pub(crate) const BACKLOG: u8 = 16;
+pub(crate) const BACKLOG: u16 = 16;
 /// The peer's EOF came while frames were held by the budget (`BACKLOG`): it is handled once
 /// they are decoded, so that nothing the peer sent before its FIN is lost.
-pub(crate) const EOF_HELD: u8 = 32;
+pub(crate) const EOF_HELD: u16 = 32;
+/// The high byte: the [`CloseReason`] recorded while the connection runs (its code; 0: none
+/// yet). Kept in the flags, whose low byte holds the flags above.
+const REASON_SHIFT: u32 = 8;
+
+/// Record why the connection is ending, unless a reason was recorded before (the first cause
+/// is the one counted).
+#[inline]
+pub(crate) fn mark_reason(flags: &mut u16, reason: CloseReason) {
+    if *flags >> REASON_SHIFT == 0 {
+        *flags |= u16::from(reason.code()) << REASON_SHIFT;
+    }
+}
+
+/// The reason recorded by [`mark_reason`], if any.
+pub(crate) fn marked_reason(flags: u16) -> Option<CloseReason> {
+    CloseReason::from_code((flags >> REASON_SHIFT) as u8)
+}
 
 /// One connection in the shard's slab.
 pub(crate) struct Entry<S> {
@@ -34,8 +52,9 @@ pub(crate) struct Entry<S> {
     pub(crate) generation: u32,
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
-    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`.
-    pub(crate) flags: u8,
+    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, and the close
+    /// reason in the high byte ([`mark_reason`]).
+    pub(crate) flags: u16,
     /// The loop turn (its low bits) `frames_left` counts for: a receive in another turn starts
     /// with a full budget.
     pub(crate) turn: u8,
@@ -138,6 +157,33 @@ mod tests {
         let size = std::mem::size_of::<Entry<()>>();
         println!("slab entry for State = (): {size} bytes");
         assert!(size <= 96, "slab entry grew to {size} bytes");
+    }
+
+    #[test]
+    fn the_first_close_reason_marked_stays_and_leaves_the_other_flags_alone() {
+        let mut flags = DIRTY | DEAD;
+        assert_eq!(marked_reason(flags), None);
+        mark_reason(&mut flags, CloseReason::ProtocolError);
+        mark_reason(&mut flags, CloseReason::Timeout);
+        assert_eq!(marked_reason(flags), Some(CloseReason::ProtocolError));
+        assert_eq!(
+            flags & (DIRTY | DRAIN_WANTED | OVER_CAPACITY | DEAD),
+            DIRTY | DEAD
+        );
+        for r in [
+            CloseReason::Http,
+            CloseReason::Timeout,
+            CloseReason::TlsFailure,
+        ] {
+            let mut f = OVER_CAPACITY;
+            mark_reason(&mut f, r);
+            assert_eq!(marked_reason(f), Some(r));
+            assert_eq!(
+                f & 0xff,
+                OVER_CAPACITY,
+                "the low byte holds the other flags"
+            );
+        }
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::time::SystemTime;
 
 use super::conn::Conn;
 use super::ctx::Out;
-use super::entry::{Entry, PendingUpgrade, OVER_CAPACITY};
+use super::entry::{mark_reason, Entry, PendingUpgrade, OVER_CAPACITY};
 use super::mailbox::Verdict;
 use super::request::{Decided, HttpContext, Upgrade};
 use super::{dispatch, Handler, Shard};
+use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::proto::{response_head, Request};
 use crate::response::Response;
@@ -40,6 +41,9 @@ impl<H: Handler> Shard<H> {
                 Ok(decision) => decision.0,
                 Err(_panic) => {
                     ShardStats::bump(&self.ctx.stats.handler_panics, 1);
+                    if let Some(e) = self.slab.get_mut(key) {
+                        mark_reason(&mut e.flags, CloseReason::HandlerPanic);
+                    }
                     Decided::Reject(Reject::new(500, "internal error"))
                 }
             }
@@ -145,6 +149,9 @@ impl<H: Handler> Shard<H> {
             return;
         };
         ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1);
+        let m = &self.ctx.stats.metrics;
+        counters::bump(&m.rejected[counters::reject_slot(reject.status)], 1);
+        mark_reason(&mut e.flags, CloseReason::HandshakeRejected);
         let now = self.ctx.now;
         let mut out = Out {
             key: key as u32,
@@ -167,16 +174,19 @@ impl<H: Handler> Shard<H> {
             peer: e.peer.get(),
             shard: self.ctx.shard as usize,
             hub: &self.hub,
+            config: &self.ctx.config,
         };
         let handler = &mut self.handler;
-        let response = match catch_unwind(AssertUnwindSafe(|| handler.on_request(req, &cx))) {
-            Ok(r) => r,
-            Err(_panic) => {
-                ShardStats::bump(&self.ctx.stats.handler_panics, 1);
-                Response::text(500, "internal error\n")
-            }
-        };
-        let (head, body) = render(&response, self.ctx.config.http_response_bytes_max);
+        let (response, reason) =
+            match catch_unwind(AssertUnwindSafe(|| handler.on_request(req, &cx))) {
+                Ok(r) => (r, CloseReason::Http),
+                Err(_panic) => {
+                    ShardStats::bump(&self.ctx.stats.handler_panics, 1);
+                    let r = Response::text(500, "internal error\n");
+                    (r, CloseReason::HandlerPanic)
+                }
+            };
+        let (status, head, body) = render(&response, self.ctx.config.http_response_bytes_max);
         let body = if req.method() == "HEAD" {
             &[][..]
         } else {
@@ -186,6 +196,9 @@ impl<H: Handler> Shard<H> {
             return;
         };
         ShardStats::bump(&self.ctx.stats.http_requests, 1);
+        let m = &self.ctx.stats.metrics;
+        counters::bump(&m.http[counters::http_class_slot(status)], 1);
+        mark_reason(&mut e.flags, reason);
         let now = self.ctx.now;
         let mut out = Out {
             key: key as u32,
@@ -197,9 +210,9 @@ impl<H: Handler> Shard<H> {
     }
 }
 
-/// The head and body of `r`: its own, or 500 when its status is not 200–599 or the whole
-/// response is larger than `bytes_max`.
-fn render(r: &Response, bytes_max: usize) -> (Vec<u8>, &[u8]) {
+/// The status, head and body of `r`: its own, or 500 when its status is not 200–599 or the
+/// whole response is larger than `bytes_max`.
+fn render(r: &Response, bytes_max: usize) -> (u16, Vec<u8>, &[u8]) {
     let date = http_date(SystemTime::now());
     let mut headers = pairs(&r.headers);
     headers.push(("Date", &date));
@@ -212,7 +225,7 @@ fn render(r: &Response, bytes_max: usize) -> (Vec<u8>, &[u8]) {
     };
     let head = response_head(r.status, &headers, len);
     if (200..=599).contains(&r.status) && head.len() + body.len() <= bytes_max {
-        return (head, body);
+        return (r.status, head, body);
     }
     const TOO_LARGE: &[u8] = b"response too large\n";
     const BAD_STATUS: &[u8] = b"invalid response status\n";
@@ -225,7 +238,7 @@ fn render(r: &Response, bytes_max: usize) -> (Vec<u8>, &[u8]) {
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Date", &date),
     ];
-    (response_head(500, &headers, Some(body.len())), body)
+    (500, response_head(500, &headers, Some(body.len())), body)
 }
 
 /// The `Origin` header values of `req`, in order.
@@ -288,21 +301,23 @@ mod tests {
     #[test]
     fn responses_past_the_limit_or_with_a_bad_status_become_500() {
         let ok = Response::text(200, "hello");
-        let (head, body) = render(&ok, 1 << 10);
+        let (status, head, body) = render(&ok, 1 << 10);
+        assert_eq!(status, 200);
         let text = String::from_utf8(head.clone()).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n"));
         assert!(text.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"));
         assert!(text.contains("\r\nDate: ") && text.ends_with(" GMT\r\n\r\n"));
         assert_eq!(body, b"hello");
         let exact = head.len() + body.len();
-        assert_eq!(render(&ok, exact).0, head, "exactly the limit fits");
-        let (head, body) = render(&ok, exact - 1);
+        assert_eq!(render(&ok, exact).1, head, "exactly the limit fits");
+        let (status, head, body) = render(&ok, exact - 1);
+        assert_eq!(status, 500);
         assert!(head.starts_with(b"HTTP/1.1 500 "));
         assert_eq!(body, b"response too large\n");
-        let (head, _) = render(&Response::new(101), 1 << 10);
+        let (_, head, _) = render(&Response::new(101), 1 << 10);
         assert!(head.starts_with(b"HTTP/1.1 500 "));
         let no_content = Response::text(204, "ignored");
-        let (head, body) = render(&no_content, 1 << 10);
+        let (_, head, body) = render(&no_content, 1 << 10);
         let text = String::from_utf8(head).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 204 No Content\r\n") && !text.contains("Content-Length")

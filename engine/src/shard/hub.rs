@@ -80,6 +80,11 @@ impl Hub {
         s
     }
 
+    /// Each shard's counters, and those of publishes and sends made outside the shards.
+    pub(crate) fn counters(&self) -> (&[Arc<ShardStats>], &SharedStats) {
+        (&self.shard_stats, &self.shared)
+    }
+
     /// The shards' mailboxes.
     pub(crate) fn mail(&self) -> &Mailboxes {
         &self.mail

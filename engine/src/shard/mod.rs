@@ -15,12 +15,17 @@ mod conn;
 mod ctx;
 mod delivery;
 mod entry;
+#[cfg(feature = "metrics")]
+mod exposition;
 mod handler;
 mod handshake;
 mod hub;
 mod mailbox;
 mod memory;
+mod metering;
+mod metrics;
 mod request;
+mod settings;
 mod timer;
 mod topics;
 
@@ -33,6 +38,7 @@ pub use handler::Handler;
 pub(crate) use hub::Hub;
 pub use hub::Publisher;
 pub(crate) use mailbox::{Mail, Outbound};
+pub use metrics::{HistogramSnapshot, Metrics, MetricsSnapshot, ShardSnapshot};
 pub use request::{Decision, Deferred, HttpContext, Upgrade};
 
 use std::collections::HashMap;
@@ -48,18 +54,22 @@ use crossbeam_channel::{Receiver, Sender};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{AfterFlush, AppEvent, Connection, Endpoint, Link, Received, Settings, Timeout};
+use crate::proto::{
+    AfterFlush, AppEvent, CloseCode, Connection, Endpoint, Link, Received, Timeout,
+};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
 use self::ctx::{Ctx, Out};
 use self::entry::{
-    Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY, DRAIN_WANTED, EOF_HELD,
-    OVER_CAPACITY,
+    mark_reason, marked_reason, Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY,
+    DRAIN_WANTED, EOF_HELD, OVER_CAPACITY,
 };
 use self::memory::MemoryTrim;
+use self::metering::Meter;
 use self::timer::{Scheduled, TimerWheel};
 use self::topics::Topics;
 
@@ -158,6 +168,8 @@ struct Shard<H: Handler> {
     backlog: Vec<u32>,
     /// Memory given back after bursts (see `memory.rs`).
     memory: MemoryTrim,
+    /// Loop-turn timing, the fine clock, the sampled gauges.
+    meter: Meter,
 }
 
 impl<H: Handler> Shard<H> {
@@ -170,17 +182,9 @@ impl<H: Handler> Shard<H> {
         hub: Arc<Hub>,
         mail: Receiver<Mail>,
     ) -> Self {
-        let wheel = TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS);
-        let mut settings = Settings::default();
-        settings.limits.frame_bytes_max = config.frame_bytes_max;
-        settings.limits.message_bytes_max = config.message_bytes_max;
-        settings.handshake_header_bytes_max = config.handshake_header_bytes_max;
-        settings.handshake_timeout_ticks = wheel.ticks(config.handshake_timeout);
-        settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
-        settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
-        settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
-        settings.deflate = deflate_settings(&config);
-        settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
+        let start = Instant::now();
+        let wheel = TimerWheel::new(start, TICK, WHEEL_SLOTS);
+        let settings = settings::protocol(&config, &wheel);
         let frames_per_turn = u16::try_from(config.recv_frames_per_turn_max).unwrap_or(u16::MAX);
         let ctx = Ctx {
             shard: index as u32,
@@ -213,6 +217,7 @@ impl<H: Handler> Shard<H> {
             frames_per_turn,
             backlog: Vec::new(),
             memory: MemoryTrim::default(),
+            meter: Meter::new(start),
         }
     }
 
@@ -220,6 +225,9 @@ impl<H: Handler> Shard<H> {
         loop {
             self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
+            let now_us = metering::micros(self.meter.since_start(now));
+            self.meter
+                .end_turn(now_us, &mut driver, &self.ctx.stats.metrics);
             let mut timeout = self.wheel.next_timeout(now);
             if !self.ctx.dirty.is_empty()
                 || !self.ctx.broadcasts.is_empty()
@@ -238,11 +246,14 @@ impl<H: Handler> Shard<H> {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            let mut stamped = false;
+            timeout = self
+                .meter
+                .bound_timeout(now_us, !self.slab.is_empty(), timeout);
             let res = driver.poll(timeout, |c| {
-                if !stamped {
-                    self.ctx.now = self.wheel.tick_of(Instant::now());
-                    stamped = true;
+                if !self.meter.turn_started() {
+                    let d = self.meter.since_start(Instant::now());
+                    self.ctx.now = self.wheel.tick_at(d);
+                    self.ep.set_clock_us(self.meter.start_turn(d));
                 }
                 self.on_completion(c)
             });
@@ -251,7 +262,13 @@ impl<H: Handler> Shard<H> {
                 break;
             }
             let now = Instant::now();
-            self.ctx.now = self.wheel.tick_of(now);
+            let since = self.meter.since_start(now);
+            self.ctx.now = self.wheel.tick_at(since);
+            if !self.meter.turn_started() {
+                // No completion: the turn starts now (else the fine clock of its first
+                // completion stays: a ping queued below is stamped with the turn's start).
+                self.ep.set_clock_us(self.meter.start_turn(since));
+            }
             self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
@@ -266,6 +283,9 @@ impl<H: Handler> Shard<H> {
             }
             self.memory
                 .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
+            let since_us = metering::micros(since);
+            self.meter
+                .sample(since_us, &self.slab, &self.ctx.stats.metrics);
             if let Some(at) = self.shutdown_at {
                 if Instant::now() >= at {
                     self.drop_all();
@@ -352,6 +372,7 @@ impl<H: Handler> Shard<H> {
             return;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
+        counters::bump(&self.ctx.stats.metrics.outbound, 1);
         let (mut queue, mut flags) = (Queue::default(), 0);
         let mut o = Out {
             key: key as u32,
@@ -374,7 +395,7 @@ impl<H: Handler> Shard<H> {
         peer: SocketAddr,
         conn: Connection,
         queue: Queue,
-        flags: u8,
+        flags: u16,
         state: Option<H::State>,
     ) {
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -454,8 +475,23 @@ impl<H: Handler> Shard<H> {
             Received::Done => {}
             Received::Upgrade(req) => self.upgrade(key, req),
             Received::Request(req) => self.respond(key, &req),
-            Received::Failed(_) => ShardStats::bump(&self.ctx.stats.protocol_errors, 1),
-            Received::Refused(_) => ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1),
+            Received::Failed(_) => {
+                ShardStats::bump(&self.ctx.stats.protocol_errors, 1);
+                self.mark(key, CloseReason::ProtocolError);
+            }
+            Received::Refused(e) => {
+                ShardStats::bump(&self.ctx.stats.handshakes_rejected, 1);
+                let slot = counters::reject_slot(e.status);
+                counters::bump(&self.ctx.stats.metrics.rejected[slot], 1);
+                self.mark(key, CloseReason::HandshakeRejected);
+            }
+        }
+    }
+
+    /// Record why connection `key` is ending (the first reason stays).
+    fn mark(&mut self, key: usize, reason: CloseReason) {
+        if let Some(e) = self.slab.get_mut(key) {
+            mark_reason(&mut e.flags, reason);
         }
     }
 
@@ -497,6 +533,11 @@ impl<H: Handler> Shard<H> {
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
         ShardStats::bump(&self.ctx.stats.closed, 1);
+        let reason = marked_reason(e.flags).unwrap_or(match e.conn.close_outcome().0 {
+            Some(CloseCode::ABNORMAL) => CloseReason::Abnormal,
+            _ => CloseReason::Normal,
+        });
+        counters::bump(&self.ctx.stats.metrics.closed[reason.index()], 1);
         self.to_close.push(key as u32);
         let state = e.state.take();
         if let (true, Some(state)) = (e.conn.reports_close(), state) {
@@ -589,6 +630,7 @@ impl<H: Handler> Shard<H> {
             };
             if e.conn.handle_timeout(t, &mut self.ep, &mut out) == Timeout::Expired {
                 ShardStats::bump(&self.ctx.stats.timeouts, 1);
+                mark_reason(&mut e.flags, CloseReason::Timeout);
             }
             self.settle(key);
         }
@@ -743,22 +785,13 @@ fn dispatch<H: Handler>(
             conn.guard(|c| handler.on_message(c, msg));
         }
         AppEvent::Ping(p) => conn.guard(|c| handler.on_ping(c, p)),
+        AppEvent::Rtt { micros } => {
+            let m = &conn.out.ctx.stats.metrics;
+            m.ping_rtt_us.record(u64::from(micros));
+        }
         AppEvent::Opened => {
             ShardStats::bump(&conn.out.ctx.stats.upgraded, 1);
             conn.guard(|c| handler.on_open(c));
         }
-    }
-}
-
-/// The protocol layer's permessage-deflate settings from the server's.
-fn deflate_settings(config: &Config) -> crate::proto::DeflateSettings {
-    crate::proto::DeflateSettings {
-        mode: config.compression,
-        threshold_bytes: config.deflate_threshold_bytes,
-        level: config.deflate_level,
-        server_max_window_bits: config.deflate_server_max_window_bits,
-        client_max_window_bits: config.deflate_client_max_window_bits,
-        mem_level: config.deflate_mem_level,
-        dedicated_bytes_max: config.deflate_dedicated_bytes_max,
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use super::hub::{Hub, Publisher};
 use super::mailbox::{Mail, Verdict};
+use super::metrics::Metrics;
+use crate::config::Config;
 use crate::id::ConnId;
 use crate::stats::Stats;
 use crate::upgrade::{Accept, Reject};
@@ -83,6 +85,7 @@ pub struct HttpContext<'a> {
     pub(crate) peer: SocketAddr,
     pub(crate) shard: usize,
     pub(crate) hub: &'a Arc<Hub>,
+    pub(crate) config: &'a Arc<Config>,
 }
 
 impl<S: 'static> Upgrade<S> {
@@ -219,6 +222,19 @@ impl HttpContext<'_> {
     /// A handle for publishing and sending from here or elsewhere.
     pub fn publisher(&self) -> Publisher {
         Publisher::new(self.hub.clone())
+    }
+
+    /// The server's metrics (a handle to keep, or to read now: [`Metrics::snapshot`]).
+    pub fn metrics_handle(&self) -> Metrics {
+        Metrics::new(self.hub.clone(), self.config.clone())
+    }
+
+    /// The server's metrics in the Prometheus text format (as [`crate::ServerHandle::metrics`]),
+    /// for a `/metrics` answer on this port: `Response::with_body(200, Metrics::CONTENT_TYPE,
+    /// cx.metrics().into_bytes())`. A separate port for it is often better: see `percore serve --metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(&self) -> String {
+        self.metrics_handle().render()
     }
 }
 

@@ -60,7 +60,12 @@ impl TimerWheel {
 
     /// The tick containing `t` (rounded down).
     pub(crate) fn tick_of(&self, t: Instant) -> u32 {
-        let d = t.saturating_duration_since(self.start);
+        self.tick_at(t.saturating_duration_since(self.start))
+    }
+
+    /// The tick containing the instant `d` after the wheel's start (rounded down).
+    #[inline]
+    pub(crate) fn tick_at(&self, d: Duration) -> u32 {
         // u64 nanoseconds cover 584 years of uptime.
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         (ns / self.tick_ns).min(u64::from(u32::MAX)) as u32

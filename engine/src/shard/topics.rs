@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use slab::Slab;
 
 use super::hub::Hub;
+use crate::counters;
 use crate::proto::Message;
 use crate::pubsub::{PubSubError, PublishOptions};
 use crate::stats::ShardStats;
@@ -230,6 +231,7 @@ impl Topics {
             0 => remote,
             full => {
                 ShardStats::bump(&self.stats.dropped, full);
+                counters::bump(&self.stats.metrics.dropped_mailbox_full, full);
                 Err(PubSubError::MailboxFull)
             }
         }

@@ -53,6 +53,7 @@ impl UringDriver {
             if cqes.is_empty() {
                 break;
             }
+            self.turn_counts.1 = self.turn_counts.1.wrapping_add(cqes.len() as u32);
             for cqe in &cqes {
                 self.on_cqe(cqe, on)?;
             }

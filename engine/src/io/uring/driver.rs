@@ -174,6 +174,8 @@ pub(crate) struct UringDriver {
     pub(super) spare: Vec<Box<SendOp>>,
     /// Direct descriptors accepted but dropped unregistered: close them.
     pub(super) orphans: Rc<RefCell<Vec<u32>>>,
+    /// SQEs queued and CQEs reaped since [`Driver::take_turn_counts`] last took them.
+    pub(super) turn_counts: (u32, u32),
 }
 
 impl Driver for UringDriver {
@@ -224,6 +226,7 @@ impl Driver for UringDriver {
             backlog: Vec::new(),
             spare: Vec::new(),
             orphans: Rc::default(),
+            turn_counts: (0, 0),
         };
         me.arm_wake()?;
         me.arm_accept()?;
@@ -467,5 +470,9 @@ impl Driver for UringDriver {
         // connections it still produces are closed unreported (see `on_accept`).
         drop(listener);
         self.accept_retry_at = None;
+    }
+
+    fn take_turn_counts(&mut self) -> Option<(u32, u32)> {
+        Some(std::mem::take(&mut self.turn_counts))
     }
 }

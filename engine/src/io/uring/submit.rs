@@ -207,6 +207,7 @@ impl UringDriver {
             // SAFETY: forwarded from this function's contract.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 self.in_flight += 1;
+                self.turn_counts.0 = self.turn_counts.0.wrapping_add(1);
                 return Ok(());
             }
             match self.ring.submit() {

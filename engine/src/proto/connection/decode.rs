@@ -3,7 +3,7 @@
 //! and the delivery of a data message.
 
 use super::event::{AppEvent, Link};
-use super::send::{Phase, SendHalf, PING_OUT};
+use super::send::{Phase, SendHalf};
 use crate::proto::codec::{DecodeState, Event};
 use crate::proto::deflate::InflateError;
 use crate::proto::endpoint::Endpoint;
@@ -45,7 +45,11 @@ where
                 }
             }
             // Any input proves the peer alive; a pong ends the wait for one at once.
-            Event::Pong(_) => half.flags &= !PING_OUT,
+            Event::Pong(p) => {
+                if let Some(micros) = half.on_pong(ep, p) {
+                    on(AppEvent::Rtt { micros }, Link { half, ep, out, now });
+                }
+            }
             Event::Close(frame) => {
                 half.on_close_frame(now, ep, out, &frame);
                 return ControlFlow::Break(());
@@ -111,8 +115,11 @@ where
                 }
                 return flow(half);
             }
-            Event::Pong(_) => {
-                half.flags &= !PING_OUT;
+            // Any input proves the peer alive; a pong ends the wait for one at once.
+            Event::Pong(p) => {
+                if let Some(micros) = half.on_pong(ep, p) {
+                    on(AppEvent::Rtt { micros }, Link { half, ep, out, now });
+                }
                 return flow(half);
             }
             Event::Close(frame) => {

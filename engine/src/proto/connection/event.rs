@@ -14,6 +14,13 @@ pub enum AppEvent<'a> {
     Message(Message<'a>),
     /// A ping; its pong is already queued.
     Ping(&'a [u8]),
+    /// A pong answered the connection's idle ping: the round trip, in microseconds of the
+    /// endpoint's fine clock ([`Endpoint::set_clock_us`]; its resolution is the caller's, the
+    /// shard's is one loop turn).
+    Rtt {
+        /// Round trip in µs.
+        micros: u32,
+    },
 }
 
 /// The send half's view of one event: what the application needs to send or close while the

@@ -117,6 +117,8 @@ pub(super) const OPENED: u8 = 2;
 pub(super) const PING_OUT: u8 = 4;
 /// After the flush, half-close and linger instead of closing.
 pub(super) const LINGER: u8 = 8;
+/// Payload bytes of an idle ping: the tick it was sent at and the fine clock, 4 bytes each.
+pub(super) const IDLE_PING_LEN: usize = 8;
 
 impl SendHalf {
     /// May the application send data or pings (open, and no close frame sent or received)?
@@ -278,9 +280,34 @@ impl SendHalf {
         p: &[u8],
     ) {
         let mask = self.is_client().then(|| ep.mask());
-        out.push_frame(p.len() + MAX_HEADER_LEN, |v| {
+        out.push_control(p.len() + MAX_HEADER_LEN, |v| {
             encode_frame(v, op, true, p, mask)
         });
+    }
+
+    /// Queue the idle ping: its payload is the tick it was sent at (`mark`, which the pong must
+    /// give back for the round trip to count) and the endpoint's fine clock, 4 bytes each.
+    pub(super) fn push_idle_ping<O: Output>(&mut self, now: u32, ep: &mut Endpoint, out: &mut O) {
+        self.flags |= PING_OUT;
+        self.mark = now;
+        let mut p = [0; IDLE_PING_LEN];
+        p[..4].copy_from_slice(&now.to_be_bytes());
+        p[4..].copy_from_slice(&ep.clock_us().to_be_bytes());
+        self.push_control(ep, out, OpCode::Ping, &p);
+    }
+
+    /// A pong arrived: it ends the wait for one. The round trip in the fine clock's
+    /// microseconds when it answers the outstanding idle ping (same payload), else `None`.
+    #[inline]
+    pub(super) fn on_pong(&mut self, ep: &Endpoint, p: &[u8]) -> Option<u32> {
+        let outstanding = self.flags & PING_OUT != 0;
+        self.flags &= !PING_OUT;
+        let (tick, sent) = p.split_first_chunk::<4>()?;
+        let sent: &[u8; 4] = sent.try_into().ok()?;
+        if !outstanding || u32::from_be_bytes(*tick) != self.mark {
+            return None;
+        }
+        Some(ep.clock_us().wrapping_sub(u32::from_be_bytes(*sent)))
     }
 
     pub(super) fn on_close_frame<O: Output>(

@@ -6,7 +6,7 @@ use core::ops::ControlFlow;
 use super::*;
 use crate::proto::{
     client_request, encode_frame, parse_close_payload, Decoder, Event, Limits, MaskRng, Message,
-    Role, Settings,
+    OpCode, Role, Settings,
 };
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -55,6 +55,7 @@ enum Got {
     Text(String),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
+    Rtt(u32),
 }
 
 fn recv(
@@ -72,6 +73,7 @@ fn recv(
             AppEvent::Message(Message::Text(s)) => Got::Text(s.to_owned()),
             AppEvent::Message(Message::Binary(b)) => Got::Binary(b.to_vec()),
             AppEvent::Ping(p) => Got::Ping(p.to_vec()),
+            AppEvent::Rtt { micros } => Got::Rtt(micros),
         })
     });
     (r, got)
@@ -181,10 +183,56 @@ fn idle_connection_is_pinged_after_the_idle_timeout() {
     let mut out = Vec::new();
     assert_eq!(c.poll_timeout(&ep), Some(10));
     assert_eq!(c.handle_timeout(9, &mut ep, &mut out), Timeout::NotDue);
+    ep.set_clock_us(0xDEAD_BEEF);
     assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::Pinged);
-    assert_eq!(frames(Role::Client, &out), vec![(OpCode::Ping, vec![])]);
+    // The payload: the tick it was sent at and the fine clock, for the round trip.
+    let payload = [0, 0, 0, 10, 0xDE, 0xAD, 0xBE, 0xEF].to_vec();
+    assert_eq!(frames(Role::Client, &out), vec![(OpCode::Ping, payload)]);
     // Now the pong deadline runs.
     assert_eq!(c.poll_timeout(&ep), Some(15));
+}
+
+#[test]
+fn pong_echoing_the_idle_ping_gives_the_round_trip_in_fine_clock_microseconds() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    // The fine clock wraps between ping and pong: the round trip does not care.
+    ep.set_clock_us(u32::MAX - 99);
+    assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::Pinged);
+    let ping = frames(Role::Client, &out).remove(0).1;
+    out.clear();
+    ep.set_clock_us(1_400);
+    let (_, got) = recv(&mut c, 11, &mut ep, &mut out, &cframe(OpCode::Pong, &ping));
+    assert_eq!(got, vec![Got::Rtt(1_500)]);
+    // Only once: a second copy of the pong is no answer to an outstanding ping.
+    let (_, got) = recv(&mut c, 11, &mut ep, &mut out, &cframe(OpCode::Pong, &ping));
+    assert_eq!(got, vec![]);
+    assert!(out.is_empty(), "pongs are not answered");
+}
+
+#[test]
+fn pongs_that_do_not_echo_the_idle_ping_give_no_round_trip_but_prove_the_peer_alive() {
+    let mut ep = endpoint();
+    for pong in [
+        &b""[..],
+        b"unsolicited",
+        &[0, 0, 0, 9, 0, 0, 0, 0],     // another tick
+        &[0, 0, 0, 10, 0, 0, 0, 0, 0], // one byte too many
+    ] {
+        let mut c = open_server(&mut ep);
+        let mut out = Vec::new();
+        assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::Pinged);
+        let (_, got) = recv(&mut c, 12, &mut ep, &mut out, &cframe(OpCode::Pong, pong));
+        assert_eq!(got, vec![], "{pong:?}");
+        // Alive: the next ping is one idle timeout after the pong, not a pong timeout.
+        assert_eq!(c.poll_timeout(&ep), Some(22), "{pong:?}");
+    }
+    // A pong that echoes a ping from before the connection's current one (none outstanding).
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let (_, got) = recv(&mut c, 3, &mut ep, &mut out, &cframe(OpCode::Pong, &[0; 8]));
+    assert_eq!(got, vec![]);
 }
 
 #[test]
@@ -546,6 +594,7 @@ fn recv_budgeted(
             AppEvent::Message(Message::Text(s)) => Got::Text(s.to_owned()),
             AppEvent::Ping(p) => Got::Ping(p.to_vec()),
             AppEvent::Opened => Got::Opened,
+            AppEvent::Rtt { micros } => Got::Rtt(micros),
         })
     });
     assert!(matches!(r, Received::Done), "{r:?}");
