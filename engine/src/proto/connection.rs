@@ -149,14 +149,13 @@ impl Connection {
                 held: Held::default(),
             },
             send: SendHalf {
-                outcome: None,
+                cold: None,
                 last_rx: now,
                 mark: now,
                 close: CloseState::new(),
                 phase: Phase::Handshake,
                 flags: 0,
                 deflate: Terms::default(),
-                pmd: None,
             },
         }
     }
@@ -226,7 +225,7 @@ impl Connection {
     /// failed the connection), `None` for a close frame without a code, and 1006 with an empty
     /// reason when the transport ended without a close handshake (or a deadline passed).
     pub fn close_outcome(&self) -> (Option<CloseCode>, &str) {
-        match self.send.outcome.as_deref() {
+        match self.send.outcome() {
             Some(o) => (o.code, o.reason.as_str()),
             None => (Some(CloseCode::ABNORMAL), ""),
         }
@@ -268,7 +267,7 @@ impl Connection {
             Ok(None) => Ok(None),
             Ok(Some((answer, pmd))) => {
                 self.send.deflate = Terms::new(&answer.agreed);
-                self.send.pmd = pmd;
+                self.send.set_pmd(pmd);
                 self.recv.decoder.set_permessage_deflate(true);
                 Ok(Some(answer.header))
             }
@@ -452,7 +451,7 @@ impl Connection {
         }
         // Nothing received for the idle timeout (or a pong or close deadline): the connection
         // is idle, and gives back its history (dedicated permessage-deflate).
-        if let Some(p) = s.pmd.as_deref_mut() {
+        if let Some(p) = s.pmd_mut() {
             p.on_idle();
         }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
@@ -461,7 +460,7 @@ impl Connection {
         }
         if s.phase != Phase::Linger {
             // Only a lingering connection finished its close handshake: the rest report 1006.
-            s.outcome = None;
+            s.clear_outcome();
         }
         self.finish();
         Timeout::Expired
@@ -665,7 +664,7 @@ impl Connection {
                         self.send.deflate = Terms::default();
                         if let Some(a) = agreed {
                             self.send.deflate = Terms::new(&a);
-                            self.send.pmd = ep.deflate.conn_state(&a);
+                            self.send.set_pmd(ep.deflate.conn_state(&a));
                             self.recv.decoder.set_permessage_deflate(true);
                         }
                         Ok(Some((resp, n)))
@@ -695,10 +694,10 @@ impl Connection {
                 }
             }
             Err(e) => {
-                self.send.outcome = Some(Box::new(Outcome {
+                self.send.set_outcome(Outcome {
                     code: Some(CloseCode::ABNORMAL),
                     reason: format!("handshake failed: {} {}", e.status, e.reason),
-                }));
+                });
                 self.finish();
                 Received::Refused(e)
             }

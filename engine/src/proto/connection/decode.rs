@@ -161,7 +161,7 @@ fn inflate(
     data: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, ProtocolError> {
-    let (buf, r) = ep.deflate.inflate(data, half.pmd.as_deref_mut(), limit);
+    let (buf, r) = ep.deflate.inflate(data, half.pmd_mut(), limit);
     let e = match r {
         Ok(()) if !text || percore_simd::validate_utf8(&buf).is_ok() => return Ok(buf),
         Ok(()) => ProtocolError::invalid_utf8("text is not UTF-8"),

@@ -43,7 +43,7 @@ fn frame_compressed(
     if payload.len() < st.threshold_bytes {
         return false;
     }
-    match z.compress(half.deflate, half.pmd.as_deref_mut(), st, payload) {
+    match z.compress(half.deflate, half.pmd_mut(), st, payload) {
         Some(c) => {
             encode_compressed(v, msg.opcode(), c, mask);
             true
@@ -74,8 +74,9 @@ pub(super) enum Ending {
 /// The send half: phase, close handshake, keepalive clock and close outcome.
 #[derive(Debug)]
 pub struct SendHalf {
-    /// How the connection ended (for `close_outcome`), once known.
-    pub(super) outcome: Option<Box<Outcome>>,
+    /// The close outcome and the dedicated permessage-deflate state: both rare, behind one
+    /// pointer (a second one would make the slab entry 8 bytes larger for every connection).
+    pub(super) cold: Option<Box<Cold>>,
     /// Tick of the last received bytes.
     pub(super) last_rx: u32,
     /// Tick the current phase (or the outstanding ping) started.
@@ -85,9 +86,16 @@ pub struct SendHalf {
     pub(super) flags: u8,
     /// permessage-deflate terms (0: not negotiated).
     pub(super) deflate: Terms,
+}
+
+/// What a connection rarely holds, allocated when the first of them is set.
+#[derive(Debug, Default)]
+pub(super) struct Cold {
+    /// How the connection ended (for `close_outcome`), once known.
+    outcome: Option<Outcome>,
     /// Dedicated permessage-deflate state (the peer's window, ours); `None` for a
     /// connection without compression or with shared terms.
-    pub(super) pmd: Option<Box<ConnDeflate>>,
+    pmd: Option<ConnDeflate>,
 }
 
 /// Where a connection stands.
@@ -121,6 +129,54 @@ pub(super) const LINGER: u8 = 8;
 pub(super) const IDLE_PING_LEN: usize = 8;
 
 impl SendHalf {
+    /// How the connection ended, once known.
+    #[inline]
+    pub(super) fn outcome(&self) -> Option<&Outcome> {
+        self.cold.as_ref().and_then(|c| c.outcome.as_ref())
+    }
+
+    /// Record how the connection ended (replacing what was recorded).
+    pub(super) fn set_outcome(&mut self, o: Outcome) {
+        self.cold.get_or_insert_with(Box::default).outcome = Some(o);
+    }
+
+    /// Forget the outcome (the connection reports 1006).
+    pub(super) fn clear_outcome(&mut self) {
+        if let Some(c) = self.cold.as_mut() {
+            c.outcome = None;
+        }
+        self.drop_cold_if_empty();
+    }
+
+    /// The dedicated permessage-deflate state, if any.
+    #[inline]
+    pub(super) fn pmd_mut(&mut self) -> Option<&mut ConnDeflate> {
+        self.cold.as_mut().and_then(|c| c.pmd.as_mut())
+    }
+
+    /// Set (or drop) the dedicated permessage-deflate state.
+    pub(super) fn set_pmd(&mut self, pmd: Option<Box<ConnDeflate>>) {
+        match pmd {
+            Some(p) => self.cold.get_or_insert_with(Box::default).pmd = Some(*p),
+            None => {
+                if let Some(c) = self.cold.as_mut() {
+                    c.pmd = None;
+                }
+                self.drop_cold_if_empty();
+            }
+        }
+    }
+
+    fn drop_cold_if_empty(&mut self) {
+        if self
+            .cold
+            .as_ref()
+            .is_some_and(|c| c.outcome.is_none() && c.pmd.is_none())
+        {
+            self.cold = None;
+        }
+    }
+
     /// May the application send data or pings (open, and no close frame sent or received)?
     #[inline]
     pub fn can_send(&self) -> bool {
@@ -163,12 +219,18 @@ impl SendHalf {
         }
         let st = ep.settings().deflate;
         ep.deflate
-            .shared_variant(self.deflate, self.pmd.as_deref_mut(), &st, frame)
+            .shared_variant(self.deflate, self.pmd_mut(), &st, frame)
     }
 
-    /// Heap bytes of this connection's compression state (0 without dedicated terms).
+    /// Heap bytes of this connection's compression state (0 without dedicated terms): its
+    /// windows and the box that holds it (shared with the close outcome).
     pub fn deflate_heap_bytes(&self) -> usize {
-        self.pmd.as_ref().map_or(0, |p| p.heap_bytes())
+        self.cold
+            .as_ref()
+            .and_then(|c| c.pmd.as_ref())
+            .map_or(0, |p| {
+                p.heap_bytes() + core::mem::size_of::<Cold>() - core::mem::size_of::<ConnDeflate>()
+            })
     }
 
     /// Queue a ping (payload truncated to 125 bytes). `false` when the connection cannot send.
@@ -228,11 +290,11 @@ impl SendHalf {
         if let Some((p, n)) = self.close.fail(code, reason) {
             self.push_control(ep, out, OpCode::Close, &p[..n]);
         }
-        if self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
+        if self.outcome().is_none() {
+            self.set_outcome(Outcome {
                 code: Some(code),
                 reason: reason.to_owned(),
-            }));
+            });
         }
         self.end_after_flush(now, Ending::Failed);
     }
@@ -261,14 +323,14 @@ impl SendHalf {
     }
 
     pub(super) fn finish(&mut self) {
-        if self.flags & (CLIENT | OPENED) == CLIENT && self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
+        if self.flags & (CLIENT | OPENED) == CLIENT && self.outcome().is_none() {
+            self.set_outcome(Outcome {
                 code: Some(CloseCode::ABNORMAL),
                 reason: "handshake did not complete".to_owned(),
-            }));
+            });
         }
         self.phase = Phase::Closed;
-        self.pmd = None;
+        self.set_pmd(None);
     }
 
     /// Queue a control frame (masked on the client side).
@@ -317,11 +379,11 @@ impl SendHalf {
         out: &mut O,
         frame: &CloseFrame<'_>,
     ) {
-        if self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
+        if self.outcome().is_none() {
+            self.set_outcome(Outcome {
                 code: frame.code,
                 reason: frame.reason.to_owned(),
-            }));
+            });
         }
         if let Some((p, n)) = self.close.on_received(frame) {
             self.push_control(ep, out, OpCode::Close, &p[..n]);
