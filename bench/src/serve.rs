@@ -37,9 +37,12 @@ pub struct ServeArgs {
     /// closed as a slow consumer.
     #[arg(long)]
     pub droppable: bool,
-    /// Most connections open at once (excess upgrades get HTTP 503).
-    #[arg(long, default_value_t = 200_000)]
-    pub connections_max: usize,
+    /// Most connections open at once (excess upgrades get HTTP 503); default 200000. Past
+    /// RLIMIT_NOFILE it needs --backend uring --direct-fds: epoll (and io_uring without direct
+    /// descriptors) keeps one file descriptor per connection, and a value above the limit is
+    /// refused with an error saying so.
+    #[arg(long)]
+    pub connections_max: Option<usize>,
     /// Largest accepted message in bytes (larger: close 1009).
     #[arg(long, default_value_t = 16 << 20)]
     pub message_bytes_max: usize,
@@ -79,14 +82,22 @@ pub struct ServeArgs {
     #[arg(long)]
     pub direct_fds: bool,
     /// io_uring with --direct-fds: most connections per shard.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 1 << 20)]
     pub direct_fds_max: u32,
+    /// io_uring with --direct-fds: entries of one ring's fixed-file table (clamped to
+    /// RLIMIT_NOFILE, the default); a shard with more connections opens more rings.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub direct_fds_table_max: u32,
     /// Seconds allowed to complete the upgrade request.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout_secs: u64,
     /// Seconds without input before the server pings (0: never).
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
+    /// Spread of the idle pings in milliseconds: a connection pings after between
+    /// idle-timeout minus this and idle-timeout without input (at most half the idle timeout).
+    #[arg(long, default_value_t = 15_000)]
+    pub idle_timeout_jitter_ms: u64,
     /// Seconds to wait for any input after an idle ping before dropping the connection.
     #[arg(long, default_value_t = 20)]
     pub pong_timeout_secs: u64,
@@ -238,6 +249,52 @@ fn health(req: &Request, cx: &HttpContext<'_>) -> Response {
     Response::json(200, body).header("Cache-Control", "no-store")
 }
 
+/// The process's RLIMIT_NOFILE (soft, from `/proc/self/limits`), or `u64::MAX` when unlimited
+/// or unknown.
+fn nofile_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// An explicit `--connections-max` that needs more descriptors than the process has: only
+/// io_uring direct descriptors go past RLIMIT_NOFILE in one process.
+fn check_descriptors(backend: Backend, direct: bool, connections: usize) -> Result<(), String> {
+    let limit = nofile_limit();
+    let fits = (connections as u64).saturating_add(64) <= limit;
+    match backend {
+        Backend::Epoll if direct => {
+            Err(descriptor_error("--direct-fds needs io_uring", connections))
+        }
+        Backend::Epoll if !fits => Err(descriptor_error(
+            "--backend epoll cannot hold that many connections in one process",
+            connections,
+        )),
+        Backend::IoUring | Backend::Auto if !fits && !direct => Err(descriptor_error(
+            "plain descriptors cannot hold that many connections in one process",
+            connections,
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn descriptor_error(what: &str, connections: usize) -> String {
+    format!(
+        "{what}: --connections-max {connections} and RLIMIT_NOFILE {}. epoll keeps one file \
+         descriptor per connection, so one epoll process holds fewer connections than that limit. \
+         Use --backend uring --direct-fds (io_uring direct descriptors: not counted against \
+         RLIMIT_NOFILE; a shard opens another ring when one fixed-file table is full), raise the \
+         limit (`percore tune --connections {connections}`), or run several processes on the \
+         port (SO_REUSEPORT).",
+        nofile_limit()
+    )
+}
+
 /// `percore serve`: run, and exit with status 1 and a message on failure.
 pub fn main(args: ServeArgs) {
     if let Err(e) = run(args) {
@@ -266,6 +323,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             ))
         }
     };
+    let connections_max = args.connections_max.unwrap_or(200_000);
+    if args.connections_max.is_some() {
+        check_descriptors(backend, args.direct_fds, connections_max)?;
+    } else if args.direct_fds && matches!(backend, Backend::Epoll) {
+        return Err(descriptor_error(
+            "--direct-fds needs io_uring",
+            connections_max,
+        ));
+    }
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -276,7 +342,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .shards(shards)
         .pin(!args.no_pin)
         .backend(backend)
-        .connections_max(args.connections_max)
+        .connections_max(connections_max)
         .message_bytes_max(args.message_bytes_max)
         .frame_bytes_max(args.frame_bytes_max)
         .send_queue_bytes_max(args.send_queue_bytes_max)
@@ -290,8 +356,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .buffer_pool_bytes_max(args.buffer_pool_bytes_max)
         .direct_fds(args.direct_fds)
         .direct_fds_max(args.direct_fds_max)
+        .direct_fds_table_max(args.direct_fds_table_max)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout_secs))
         .idle_timeout(Duration::from_secs(args.idle_timeout_secs))
+        .idle_timeout_jitter(Duration::from_millis(args.idle_timeout_jitter_ms))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs))
         .http_response_bytes_max(args.http_response_bytes_max);

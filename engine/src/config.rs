@@ -80,6 +80,15 @@ const RECV_BUFFER_BYTES_MAX: usize = 1 << 30;
 /// Most buffers in one io_uring provided-buffer ring (the kernel's bound).
 const RECV_BUFFERS_MAX: usize = 32_768;
 
+/// Default most direct descriptors per shard: 2^20, so a million connections fit in one or
+/// two shards; nothing is allocated for them until they come.
+const DIRECT_FDS_MAX: u32 = 1 << 20;
+/// Most entries in one io_uring fixed-file table (the kernel's bound, `IORING_MAX_FIXED_FILES`).
+/// The driver lowers it further to `RLIMIT_NOFILE`, which the kernel also applies.
+const DIRECT_FDS_TABLE_MAX: u32 = 1 << 20;
+/// Most io_uring rings per shard (must match the driver's `RINGS_MAX`).
+const RINGS_PER_SHARD_MAX: u32 = 256;
+
 /// Everything a shard needs to know; built by [`crate::ServerBuilder`]. Limit names carry their
 /// unit last (`_bytes`, `_messages`…) and a `_max` when they bound something.
 #[derive(Clone, Debug)]
@@ -101,8 +110,10 @@ pub(crate) struct Config {
     pub(crate) buffer_pool_bytes_max: usize,
     pub(crate) direct_fds: bool,
     pub(crate) direct_fds_max: u32,
+    pub(crate) direct_fds_table_max: u32,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) idle_timeout_jitter: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) topic_name_bytes_max: usize,
@@ -137,9 +148,11 @@ impl Default for Config {
             recv_frames_per_turn_max: 256,
             buffer_pool_bytes_max: 4 << 20,
             direct_fds: false,
-            direct_fds_max: 20_000,
+            direct_fds_max: DIRECT_FDS_MAX,
+            direct_fds_table_max: DIRECT_FDS_TABLE_MAX,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            idle_timeout_jitter: Duration::from_secs(15),
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(5),
             topic_name_bytes_max: 256,
@@ -171,7 +184,17 @@ impl Config {
         // A provided-buffer ring holds a power of two of buffers.
         let n = self.recv_buffers.clamp(1, RECV_BUFFERS_MAX);
         self.recv_buffers = 1 << (usize::BITS - 1 - n.leading_zeros());
-        self.direct_fds_max = self.direct_fds_max.clamp(1, nofile.max(1));
+        // One fixed-file table holds at most RLIMIT_NOFILE entries; a shard spreads its direct
+        // descriptors over up to RINGS_PER_SHARD_MAX rings of one table each.
+        self.direct_fds_table_max = self
+            .direct_fds_table_max
+            .clamp(1, nofile.clamp(1, DIRECT_FDS_TABLE_MAX));
+        self.direct_fds_max = self.direct_fds_max.clamp(
+            1,
+            self.direct_fds_table_max
+                .saturating_mul(RINGS_PER_SHARD_MAX),
+        );
+        self.idle_timeout_jitter = self.idle_timeout_jitter.min(self.idle_timeout / 2);
         // `on_drain` is due when the queue falls below this: 0 would never be crossed.
         self.send_queue_low_water_bytes = self.send_queue_low_water_bytes.max(1);
         self.mailbox_messages_max = self.mailbox_messages_max.max(1);
@@ -195,6 +218,7 @@ mod tests {
             recv_buffers: 5000,
             recv_buffer_bytes: 10,
             direct_fds_max: u32::MAX,
+            direct_fds_table_max: u32::MAX,
             send_queue_low_water_bytes: 0,
             mailbox_messages_max: 0,
             recv_frames_per_turn_max: 0,
@@ -204,7 +228,8 @@ mod tests {
         .clamped(20_000);
         assert_eq!(c.recv_buffers, 4096);
         assert_eq!(c.recv_buffer_bytes, RECV_BUFFER_BYTES_MIN);
-        assert_eq!(c.direct_fds_max, 20_000);
+        assert_eq!(c.direct_fds_table_max, 20_000);
+        assert_eq!(c.direct_fds_max, 20_000 * RINGS_PER_SHARD_MAX);
         assert_eq!(c.send_queue_low_water_bytes, 1);
         assert_eq!(c.mailbox_messages_max, 1);
         assert_eq!(c.recv_frames_per_turn_max, 1);

@@ -151,13 +151,15 @@ impl ServerBuilder {
         self
     }
 
-    /// io_uring: receive buffers in each shard's provided-buffer ring (default 256, rounded
-    /// down to a power of two, 1..=32768), each `recv_buffer_bytes` long: 16 MiB per shard
-    /// mapped by default. They are shared by all of the shard's connections (an idle connection
-    /// holds none) and bound how many receive completions one loop turn handles; past that, the
-    /// affected receives are re-armed on the next turn. Only as many as the traffic of the last
-    /// seconds needed are resident: 8 (512 KiB) under light traffic, up to all of them during a
-    /// burst, given back to the kernel a few seconds after it. epoll ignores it.
+    /// io_uring: receive buffers in each ring's provided-buffer ring (default 256, rounded
+    /// down to a power of two, 1..=32768), each `recv_buffer_bytes` long: 16 MiB per ring
+    /// mapped by default (a shard has one ring, more with direct descriptors past one
+    /// fixed-file table: see [`ServerBuilder::direct_fds_table_max`]). They are shared by the
+    /// ring's connections (an idle connection holds none) and bound how many receive
+    /// completions one loop turn handles; past that, the affected receives are re-armed on the
+    /// next turn. Only as many as the traffic of the last seconds needed are resident: 8
+    /// (512 KiB) under light traffic, up to all of them during a burst, given back to the
+    /// kernel a few seconds after it. epoll ignores it.
     pub fn recv_buffers(mut self, n: usize) -> Self {
         self.config.recv_buffers = n;
         self
@@ -201,23 +203,45 @@ impl ServerBuilder {
     }
 
     /// io_uring with [`ServerBuilder::direct_fds`]: the most connections one shard holds
-    /// (default 20 000). Past the cap, new connections wait in the listen backlog until one
-    /// closes.
+    /// (default 2^20 = 1 048 576; nothing is allocated until connections come). Past the cap,
+    /// new connections wait in the listen backlog until one closes.
     ///
     /// # Descriptors and `RLIMIT_NOFILE`
     ///
     /// Every plain socket counts against the process's `RLIMIT_NOFILE` (20 000 on the hosts
     /// this is measured on, often 1024 by default): past it, `accept` fails (`EMFILE`) and new
-    /// connections wait in the listen backlog. Direct descriptors are entries of a shard's
-    /// io_uring fixed-file table instead, and do not count against it; but the kernel caps one
-    /// table at `RLIMIT_NOFILE` entries, so this cap is clamped to that limit and a process
-    /// holds at most shards × `RLIMIT_NOFILE` connections (e.g. 100 000 connections under a
-    /// 20 000 limit need 5 or more shards). Each table is registered with 256 entries more than
-    /// the cap (within the limit), so a burst accepted in the turn that reaches the cap still
-    /// finds slots; near the cap, accepts go one at a time. Kernel memory: about 8 bytes per
-    /// table entry. `percore tune` reports the limit and how to raise it.
+    /// connections wait in the listen backlog. **epoll cannot go past that limit in one
+    /// process**: it needs a descriptor per connection (run several processes on the port with
+    /// `SO_REUSEPORT`, or io_uring with direct descriptors). Direct descriptors are entries of
+    /// an io_uring fixed-file table instead, and do not count against it; the kernel caps one
+    /// table at `RLIMIT_NOFILE` entries too, so a shard whose connections outgrow one table
+    /// opens another ring with a table of its own (up to 256 rings per shard, see
+    /// [`ServerBuilder::direct_fds_table_max`]): one shard thread holds any number of
+    /// connections up to this cap, whatever the limit. Kernel memory: about 8 bytes per table
+    /// entry. `percore tune` reports the limit and how to raise it.
     pub fn direct_fds_max(mut self, n: u32) -> Self {
         self.config.direct_fds_max = n;
+        self
+    }
+
+    /// io_uring with [`ServerBuilder::direct_fds`]: entries of one ring's fixed-file table
+    /// (default: the largest the kernel allows, which is `RLIMIT_NOFILE`; clamped to it).
+    ///
+    /// A shard starts with one ring. When the tables it has are down to their last quarter (at
+    /// most 4096 entries, kept free because a multishot accept takes a whole backlog burst at
+    /// once) and [`ServerBuilder::direct_fds_max`] allows more, it opens another ring with its
+    /// own table, buffer ring and eventfd; the shard's one thread still waits in one
+    /// `io_uring_enter` (on the first ring, which keeps a read armed on each other ring's
+    /// eventfd) and enters another ring only to submit to it or when its eventfd fired.
+    ///
+    /// Cost of each extra ring: two descriptors (the ring and its eventfd), its submission and
+    /// completion queues (`64 + 4 × 16` bytes per entry, 1024 entries: ~130 KiB), its receive
+    /// buffers ([`ServerBuilder::recv_buffers`] × [`ServerBuilder::recv_buffer_bytes`], touched
+    /// as used) and one `io_uring_enter` in a loop turn that sent on one of its connections.
+    /// Smaller tables mean more rings for the same connections; the setting exists to bound a
+    /// table below the limit (and to test the spreading with a small one).
+    pub fn direct_fds_table_max(mut self, n: u32) -> Self {
+        self.config.direct_fds_table_max = n;
         self
     }
 
@@ -235,6 +259,19 @@ impl ServerBuilder {
     /// the last activity when it fires.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.config.idle_timeout = d;
+        self
+    }
+
+    /// Spread of the idle pings (default 15 s, at most half the idle timeout): a connection
+    /// pings after between `idle_timeout − jitter` and `idle_timeout` without input, drawn
+    /// afresh at its handshake and at each ping. Without it, connections opened in one burst
+    /// (a restart's reconnect storm) ping in the same 10 ms tick every `idle_timeout`, and their
+    /// pongs come back together: at a million connections and 60 s, 16 700 pings a second on
+    /// average but all of a burst at once. Costs no memory (2 bytes in a connection's padding)
+    /// and a random draw per ping; pings come up to `jitter` earlier than `idle_timeout`.
+    /// `Duration::ZERO` turns the spread off.
+    pub fn idle_timeout_jitter(mut self, d: Duration) -> Self {
+        self.config.idle_timeout_jitter = d;
         self
     }
 

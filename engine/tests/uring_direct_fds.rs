@@ -48,3 +48,54 @@ fn direct_fds_server_echoes_to_a_thousand_open_connections() {
     }
     server.shutdown(Duration::from_secs(2));
 }
+
+/// One shard thread past one fixed-file table: with tables of 64 entries (standing for
+/// RLIMIT_NOFILE), 300 connections on one shard need five rings or more; all echo, and the
+/// shard's cap (300) turns the next upgrade away only until one closes.
+#[test]
+fn one_shard_serves_connections_past_one_fixed_file_table() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(Backend::IoUring)
+        .direct_fds(true)
+        .direct_fds_table_max(64)
+        .direct_fds_max(300)
+        .start(|_| Echo)
+        .expect("server starts");
+    let url = format!("ws://{}/", server.local_addr());
+    let open = |url: &str| {
+        let stream = TcpStream::connect(server.local_addr()).expect("tcp connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        tungstenite::client(url, stream).ok()
+    };
+    let mut clients = Vec::with_capacity(300);
+    for _ in 0..300 {
+        let (ws, resp) = open(&url).expect("handshake");
+        assert_eq!(resp.status(), 101);
+        clients.push(ws);
+    }
+    assert_eq!(server.stats().connections_open, 300);
+    for (i, ws) in clients.iter_mut().enumerate() {
+        ws.send(TMessage::text(format!("m{i}"))).unwrap();
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_eq!(ws.read().unwrap(), TMessage::text(format!("m{i}")));
+    }
+    // Past the cap the connection waits in the backlog: its handshake gets no answer.
+    let stream = TcpStream::connect(server.local_addr()).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(tungstenite::client(url.as_str(), stream).is_err());
+    let mut first = clients.remove(0);
+    first.close(None).unwrap();
+    while first.read().is_ok() {}
+    let (mut ws, _) = open(&url).expect("a slot came free");
+    ws.send(TMessage::text("late")).unwrap();
+    assert_eq!(ws.read().unwrap(), TMessage::text("late"));
+    server.shutdown(Duration::from_secs(2));
+}

@@ -435,11 +435,20 @@ fn nofile_knobs(host: &Host, n: u64, need: u64, knobs: &mut Vec<Knob>, blockers:
     let Limit { soft, hard } = limit;
     let soft_ok = !matches!(soft, Some(s) if s < need);
     let hard_ok = !matches!(hard, Some(h) if h < need);
+    // io_uring works here (the live probe): direct descriptors hold connections past the limit.
+    let uring_ok = host
+        .io_uring
+        .as_ref()
+        .is_some_and(|p| p.setup_flags.is_ok() && p.multishot_accept.is_ok());
     knobs.push(Knob {
         name: "RLIMIT_NOFILE soft".into(),
         current: limit_text(soft),
         recommended: format!(">= {need}"),
-        status: if soft_ok { Status::Ok } else { Status::Raise },
+        status: match (soft_ok, hard_ok) {
+            (true, _) => Status::Ok,
+            (false, false) if uring_ok => Status::Info,
+            _ => Status::Raise,
+        },
         why: if soft_ok || !hard_ok {
             what.clone()
         } else {
@@ -469,13 +478,35 @@ fn nofile_knobs(host: &Host, n: u64, need: u64, knobs: &mut Vec<Knob>, blockers:
         "Raise it where it is set: LimitNOFILE={need} in the systemd unit (--emit systemd), \
          `* - nofile {need}` in /etc/security/limits.conf, `docker run --ulimit nofile={need}:{need}` \
          or the container runtime's default ulimits (fs.nr_open must be >= {need} first). Where it \
-         cannot be raised: run {processes} processes of <= {per_process} connections each on the \
-         same port with SO_REUSEPORT; io_uring direct descriptors (fixed file table) keep sockets \
-         out of the fd table, but each ring's table is also capped by RLIMIT_NOFILE, so one ring \
-         per shard holds at most shards x {h}."
+         cannot be raised: serve with io_uring direct descriptors (`percore serve --backend uring \
+         --direct-fds`, ServerBuilder::direct_fds): the sockets stay out of the fd table, and \
+         since the kernel caps each ring's fixed-file table at RLIMIT_NOFILE ({h}) a shard opens \
+         another ring per {h} connections (--direct-fds-max bounds a shard, default 1048576), so \
+         one process holds {n} under this limit (epoll cannot: one fd per connection); or run \
+         {processes} processes of <= {per_process} connections each on the same port with \
+         SO_REUSEPORT."
     );
     let why = if can_raise {
         format!("{what} This process may raise it (root with CAP_SYS_RESOURCE). {remedy}")
+    } else if uring_ok {
+        // Not a blocker for percore: io_uring works here, and direct descriptors spread over
+        // several rings per shard hold any number of connections under this limit.
+        let reason = "cannot be raised here";
+        let text = format!(
+            "hard limit {h} {reason}; not needed with io_uring direct descriptors (io_uring \
+             works on this host): percore serve --backend uring --direct-fds \
+             --direct-fds-max {per_shard} (per shard, with 2 shards). {what} {remedy}",
+            per_shard = n.div_ceil(2) + 10_000
+        );
+        knobs.push(Knob {
+            name: "RLIMIT_NOFILE hard".into(),
+            current: limit_text(hard),
+            recommended: format!(">= {need} (or io_uring direct descriptors)"),
+            status: Status::Info,
+            why: text,
+            set: None,
+        });
+        return;
     } else {
         let reason = match (&host.euid, &host.cap_sys_resource) {
             (Ok(0), _) => "root without CAP_SYS_RESOURCE, as in a container",

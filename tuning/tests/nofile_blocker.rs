@@ -66,3 +66,37 @@ fn table_prints_blockers_section_for_container_at_1m() {
     assert!(out.contains("RLIMIT_NOFILE hard"));
     assert!(out.contains("256 B per connection"));
 }
+
+/// Where io_uring works, a hard limit that cannot be raised is no blocker: direct descriptors,
+/// several rings per shard, hold the connections (how the 1M run on this machine was served).
+#[test]
+fn nofile_20000_with_io_uring_is_not_a_blocker_and_names_the_serve_flags() {
+    let mut host = percore_tune::Host::read(&common::roots(&common::fixture("container")));
+    host.io_uring = Some(percore_tune::UringProbe {
+        setup_flags: Ok(()),
+        setup_plain: Ok(()),
+        opcodes: Vec::new(),
+        multishot_accept: Ok(()),
+        pbuf_ring: Ok(()),
+    });
+    let r = percore_tune::check(&host, 1_000_000);
+    assert!(
+        !r.blockers.iter().any(|b| b.starts_with("RLIMIT_NOFILE")),
+        "{:?}",
+        r.blockers
+    );
+    let hard = knob(&r, "RLIMIT_NOFILE hard");
+    assert_eq!(hard.status, Status::Info);
+    for needle in [
+        "--backend uring --direct-fds",
+        "--direct-fds-max 510000",
+        "another ring per 20000 connections",
+    ] {
+        assert!(
+            hard.why.contains(needle),
+            "missing {needle:?} in {}",
+            hard.why
+        );
+    }
+    assert_eq!(knob(&r, "RLIMIT_NOFILE soft").status, Status::Info);
+}

@@ -87,8 +87,10 @@ pub struct BenchArgs {
     /// Hold the idle connections this many seconds.
     #[arg(long, default_value_t = 2.0)]
     pub idle_duration: f64,
-    /// Server processes sharing the idle connections (default: one per 18000 connections,
-    /// the most one process holds under RLIMIT_NOFILE = 20000). RSS is summed over them.
+    /// Server processes sharing the idle connections (default: one io_uring process with
+    /// direct descriptors, which holds any number of connections; for the other servers one
+    /// per 18000 connections, the most one process holds under RLIMIT_NOFILE = 20000). RSS is
+    /// summed over them.
     #[arg(long)]
     pub idle_servers: Option<usize>,
     /// CPU for the server.
@@ -640,10 +642,32 @@ fn idle(args: &BenchArgs, plan: &Plan, n: u32) -> Vec<Row> {
     let g = Generator::Percore;
     let mut rows = Vec::new();
     for kind in &plan.servers {
+        // io_uring direct descriptors: one process, past RLIMIT_NOFILE (extra rings per shard).
+        let direct = matches!(kind, ServerKind::Percore(b) if b == "uring");
         let k = args
             .idle_servers
-            .unwrap_or_else(|| n.div_ceil(18_000) as usize)
+            .unwrap_or_else(|| {
+                if direct {
+                    1
+                } else {
+                    n.div_ceil(18_000) as usize
+                }
+            })
             .max(1);
+        let extra: Vec<String> = if direct {
+            let per = n.div_ceil(k as u32) as usize + 1000;
+            vec![
+                "--direct-fds".into(),
+                "--connections-max".into(),
+                per.to_string(),
+                "--recv-buffer-bytes".into(),
+                "4096".into(),
+                "--recv-buffers".into(),
+                "64".into(),
+            ]
+        } else {
+            Vec::new()
+        };
         let name = if k == 1 {
             format!("idle {n}")
         } else {
@@ -659,7 +683,7 @@ fn idle(args: &BenchArgs, plan: &Plan, n: u32) -> Vec<Row> {
             continue;
         }
         let servers: Result<Vec<ServerProc>, String> = (0..k)
-            .map(|_| ServerProc::start(kind, args.server_cpu, false))
+            .map(|_| ServerProc::start_with(kind, args.server_cpu, false, &extra))
             .collect();
         let servers = match servers {
             Ok(s) => s,

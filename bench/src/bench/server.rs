@@ -142,13 +142,28 @@ fn drain(
 impl ServerProc {
     /// Start `kind` on `cpu` and wait until it is ready.
     pub fn start(kind: &ServerKind, cpu: usize, broadcast: bool) -> Result<ServerProc, String> {
+        Self::start_with(kind, cpu, broadcast, &[])
+    }
+
+    /// [`ServerProc::start`] with more `percore serve` arguments (ignored by other servers).
+    pub fn start_with(
+        kind: &ServerKind,
+        cpu: usize,
+        broadcast: bool,
+        extra: &[String],
+    ) -> Result<ServerProc, String> {
         match kind {
             ServerKind::External(p) => Self::start_external(p, cpu),
-            _ => Self::start_builtin(kind, cpu, broadcast),
+            _ => Self::start_builtin(kind, cpu, broadcast, extra),
         }
     }
 
-    fn start_builtin(kind: &ServerKind, cpu: usize, broadcast: bool) -> Result<ServerProc, String> {
+    fn start_builtin(
+        kind: &ServerKind,
+        cpu: usize,
+        broadcast: bool,
+        extra: &[String],
+    ) -> Result<ServerProc, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         match kind {
@@ -165,6 +180,7 @@ impl ServerProc {
                 if broadcast {
                     cmd.args(["--mode", "broadcast"]);
                 }
+                cmd.args(extra);
             }
             ServerKind::Peer(name) => {
                 let bin = PEERS

@@ -6,8 +6,8 @@
 //! explicit 127.0.0.x source address (see [`addr`]).
 //!
 //! Worker protocol (one line each): worker -> `ready`, driver -> `go GO_NS END_NS`,
-//! worker -> `progress ESTABLISHED MESSAGES ERRORS P99_NS` (4 per second; P99_NS: the
-//! largest p99 of its threads over their last second, 0 if none), worker -> `ended`,
+//! worker -> `progress ESTABLISHED MESSAGES ERRORS P99_NS OPEN` (4 per second; P99_NS: the
+//! largest p99 of its threads over their last second, 0 if none; OPEN: connections open now), worker -> `ended`,
 //! driver -> `release`, worker -> `result {json Partial}`. A worker whose stdin closes
 //! gives up; a worker whose parent dies is killed by the kernel.
 
@@ -102,6 +102,12 @@ pub struct LoadArgs {
     /// (JSON-like records, about 3:1 compressible). Default: json with --deflate, else pattern.
     #[arg(long, value_enum)]
     pub payload: Option<payload::Fill>,
+    /// After the window, keep the connections open up to this many seconds, answering pings
+    /// and the server's close frames, or until the server has closed them all (a graceful
+    /// shutdown started once stderr says `window over`). Closes then are not errors; the
+    /// result counts them (`closed_by_server`).
+    #[arg(long, default_value_t = 0.0)]
+    pub linger: f64,
     /// Internal: run as a worker process driven over stdin/stdout.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -378,6 +384,8 @@ trait Group {
     fn ended(&mut self) -> bool;
     /// (established, messages, errors) so far.
     fn progress(&mut self) -> (u64, u64, u64);
+    /// Connections open now.
+    fn open(&mut self) -> u64;
     /// The largest p99 latency (ns) measured over about the last second (0: none).
     fn live_p99_ns(&mut self) -> u64;
     fn finish(self: Box<Self>) -> Result<Partial, String>;
@@ -401,6 +409,9 @@ impl Group for LocalRun {
             s.errors.load(Relaxed),
         )
     }
+    fn open(&mut self) -> u64 {
+        self.shared.open.load(Relaxed)
+    }
     fn live_p99_ns(&mut self) -> u64 {
         self.shared.live_p99_ns.swap(0, Relaxed)
     }
@@ -411,8 +422,8 @@ impl Group for LocalRun {
 
 enum Line {
     Ready,
-    /// established, messages, errors, p99 ns.
-    Progress(u64, u64, u64, u64),
+    /// established, messages, errors, p99 ns, open.
+    Progress(u64, u64, u64, u64, u64),
     Ended,
     Result(Box<Partial>),
     Gone,
@@ -433,8 +444,9 @@ fn parse_line(l: &str) -> Option<Line> {
             .filter_map(|x| x.parse().ok())
             .collect();
         return match v[..] {
-            [a, b, c] => Some(Line::Progress(a, b, c, 0)),
-            [a, b, c, d] => Some(Line::Progress(a, b, c, d)),
+            [a, b, c] => Some(Line::Progress(a, b, c, 0, a)),
+            [a, b, c, d] => Some(Line::Progress(a, b, c, d, a)),
+            [a, b, c, d, e] => Some(Line::Progress(a, b, c, d, e)),
             _ => None,
         };
     }
@@ -452,6 +464,7 @@ struct WorkerProc {
     ready: bool,
     ended: bool,
     progress: (u64, u64, u64),
+    open: u64,
     p99_ns: u64,
     result: Option<Partial>,
     gone: bool,
@@ -532,6 +545,7 @@ impl Processes {
                 ready: false,
                 ended: false,
                 progress: (0, 0, 0),
+                open: 0,
                 p99_ns: 0,
                 result: None,
                 gone: false,
@@ -554,8 +568,9 @@ impl Processes {
             match line {
                 Line::Ready => p.ready = true,
                 Line::Ended => p.ended = true,
-                Line::Progress(a, b, c, d) => {
+                Line::Progress(a, b, c, d, e) => {
                     p.progress = (a, b, c);
+                    p.open = e;
                     p.p99_ns = p.p99_ns.max(d);
                 }
                 Line::Result(r) => p.result = Some(*r),
@@ -595,6 +610,10 @@ impl Group for Processes {
         self.procs.iter().fold((0, 0, 0), |a, p| {
             (a.0 + p.progress.0, a.1 + p.progress.1, a.2 + p.progress.2)
         })
+    }
+    fn open(&mut self) -> u64 {
+        self.pump(Duration::ZERO);
+        self.procs.iter().filter(|p| !p.gone).map(|p| p.open).sum()
     }
     fn live_p99_ns(&mut self) -> u64 {
         self.pump(Duration::ZERO);
@@ -765,6 +784,17 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
     while !group.ended() && mono_ns() < end_deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
+    if args.linger > 0.0 {
+        eprintln!(
+            "window over: holding {} connections up to {} s",
+            group.open(),
+            args.linger
+        );
+        let until = mono_ns() + (args.linger * 1e9) as u64;
+        while group.open() > 0 && mono_ns() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let merged = group.finish()?;
     line.clear();
     Ok(Summary::new(
@@ -854,11 +884,12 @@ fn worker_main(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> i32 {
         if now - last >= 250_000_000 {
             last = now;
             say(&format!(
-                "progress {} {} {} {}\n",
+                "progress {} {} {} {} {}\n",
                 shared.established.load(Relaxed),
                 shared.messages.load(Relaxed),
                 shared.errors.load(Relaxed),
-                shared.live_p99_ns.swap(0, Relaxed)
+                shared.live_p99_ns.swap(0, Relaxed),
+                shared.open.load(Relaxed)
             ));
         }
         std::thread::sleep(Duration::from_millis(2));

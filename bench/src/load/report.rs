@@ -67,6 +67,18 @@ pub struct Partial {
     /// Open loop: messages intended inside the window and still unanswered after the drain.
     #[serde(default)]
     pub unanswered: u64,
+    /// Pings from the server answered with a pong (any time, the connect phase included).
+    #[serde(default)]
+    pub pings: u64,
+    /// Of those, the ones answered inside the measured window.
+    #[serde(default)]
+    pub pings_window: u64,
+    /// Connections open at the end of the window that answered at least one ping.
+    #[serde(default)]
+    pub pinged: u64,
+    /// Close frames from the server after the window, answered (a graceful shutdown).
+    #[serde(default)]
+    pub server_closes: u64,
     /// Errors by kind.
     pub errors: Errors,
     /// CPU time the load generator's threads used inside the window, nanoseconds.
@@ -104,6 +116,10 @@ impl Partial {
             out.sent += p.sent;
             out.open_at_end += p.open_at_end;
             out.unanswered += p.unanswered;
+            out.pings += p.pings;
+            out.pings_window += p.pings_window;
+            out.pinged += p.pinged;
+            out.server_closes += p.server_closes;
             out.cpu_ns += p.cpu_ns;
             out.errors.add(&p.errors);
             let _ = h.add(p.histogram());
@@ -188,6 +204,23 @@ pub struct Summary {
     pub errors_detail: Errors,
     /// Connections still open at the end of the window.
     pub open_at_end: u64,
+    /// Pings from the server answered with a pong (over the whole run).
+    #[serde(default)]
+    pub pings_answered: u64,
+    /// Pings answered inside the window.
+    #[serde(default)]
+    pub pings_in_window: u64,
+    /// Connections open at the end of the window that answered at least one ping.
+    #[serde(default)]
+    pub connections_pinged: u64,
+    /// Close frames the server sent after the window, each answered (with `--linger`: its
+    /// graceful shutdown).
+    #[serde(default)]
+    pub closed_by_server: u64,
+    /// Server CPU µs per ping answered inside the window (idle mode: what the server did in
+    /// the window besides sleeping was mostly its pings).
+    #[serde(default)]
+    pub server_cpu_us_per_ping: Option<f64>,
     /// Worker processes used.
     pub processes: usize,
     /// Event-loop threads per process.
@@ -297,6 +330,13 @@ impl Summary {
             errors: p.errors.total(),
             errors_detail: p.errors,
             open_at_end: p.open_at_end,
+            pings_answered: p.pings,
+            pings_in_window: p.pings_window,
+            connections_pinged: p.pinged,
+            closed_by_server: p.server_closes,
+            server_cpu_us_per_ping: server_cpu_us
+                .filter(|_| p.pings_window > 0)
+                .map(|c| c / p.pings_window as f64),
             processes: cx.processes,
             threads: cx.threads,
             server_cpu_us,

@@ -184,11 +184,16 @@ fn worker_lines_round_trip() {
     assert!(matches!(parse_line("ended"), Some(Line::Ended)));
     assert!(matches!(
         parse_line("progress 1 2 3"),
-        Some(Line::Progress(1, 2, 3, 0))
+        Some(Line::Progress(1, 2, 3, 0, 1))
     ));
     assert!(matches!(
         parse_line("progress 1 2 3 4000"),
-        Some(Line::Progress(1, 2, 3, 4000))
+        Some(Line::Progress(1, 2, 3, 4000, 1))
+    ));
+    // The fifth field: connections open now (what `--linger` waits on).
+    assert!(matches!(
+        parse_line("progress 9 2 3 4000 5"),
+        Some(Line::Progress(9, 2, 3, 4000, 5))
     ));
     assert!(parse_line("progress 1 2").is_none());
     let p = Partial {

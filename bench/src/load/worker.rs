@@ -117,6 +117,8 @@ pub struct Shared {
     pub messages: AtomicU64,
     /// Progress: errors.
     pub errors: AtomicU64,
+    /// Progress: connections open now (a gauge).
+    pub open: AtomicU64,
     /// Progress: the largest p99 latency (ns) a thread measured over its last second, since
     /// the driver last took it (`swap(0)`).
     pub live_p99_ns: AtomicU64,
@@ -181,6 +183,8 @@ struct Flow {
     pending_ts: VecDeque<u64>,
     /// permessage-deflate terms and compressor (`--deflate`).
     z: Option<Box<ws::ConnDeflate>>,
+    /// A ping from the server was answered on this connection.
+    pinged: bool,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -433,6 +437,11 @@ impl Thread {
                             .iter()
                             .filter(|(_, c)| c.state == State::Open)
                             .count() as u64;
+                        self.part.pinged = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.state == State::Open && c.flow.pinged)
+                            .count() as u64;
                         if schedule.is_some() && self.cfg.mode == Mode::Echo {
                             self.phase = Phase::Draining;
                             self.drain_end_ns = self.end_ns + self.cfg.timeout_ns.min(DRAIN_MAX_NS);
@@ -612,6 +621,7 @@ impl Thread {
                 next_from: vec![0u64; publishers].into_boxed_slice(),
                 pending_ts: VecDeque::new(),
                 z: None,
+                pinged: false,
             },
         });
         self.pending += 1;
@@ -622,6 +632,9 @@ impl Thread {
         if let Some(mut c) = self.conns.try_remove(key) {
             if matches!(c.state, State::Connecting | State::Handshaking) {
                 self.pending -= 1;
+            }
+            if c.state == State::Open {
+                self.shared.open.fetch_sub(1, Relaxed);
             }
             let _ = self.poll.registry().deregister(&mut c.stream);
             sys::set_linger_zero(&c.stream);
@@ -705,6 +718,7 @@ impl Thread {
                 self.part.established += 1;
                 self.part.connect_done_ns = now;
                 self.shared.established.fetch_add(1, Relaxed);
+                self.shared.open.fetch_add(1, Relaxed);
                 if !self.conns[key].tail.is_empty() {
                     self.read_frames(key);
                 }
@@ -812,8 +826,24 @@ impl Thread {
                     }
                     Event::Ping(p) => {
                         ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng), None);
+                        c_ref.pinged = true;
+                        part.pings += 1;
+                        part.pings_window += u64::from(in_window);
                     }
                     Event::Pong => {}
+                    Event::Close if *phase == Phase::Ended => {
+                        // After the window: the server shutting down. Answer with a close
+                        // frame and wait for it to close the TCP connection (it closes
+                        // first, as RFC 6455 asks of servers).
+                        ws::encode(
+                            &mut c_ref.wbuf,
+                            Op::Close,
+                            &1000u16.to_be_bytes(),
+                            next_mask(rng),
+                            None,
+                        );
+                        part.server_closes += 1;
+                    }
                     Event::Close => {
                         failure = Some(|e| e.closed += 1);
                         return ControlFlow::Break(());

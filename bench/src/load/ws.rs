@@ -26,6 +26,8 @@ pub enum Op {
     Binary,
     /// Pong answering a ping.
     Pong,
+    /// Close frame (answering the server's).
+    Close,
 }
 
 /// A protocol violation by the server.
@@ -115,6 +117,7 @@ pub fn encode(
     let opcode = match op {
         Op::Binary => percore::proto::OpCode::Binary,
         Op::Pong => percore::proto::OpCode::Pong,
+        Op::Close => percore::proto::OpCode::Close,
     };
     if let (Op::Binary, Some((c, t))) = (op, z) {
         t.scratch.clear();

@@ -12,6 +12,7 @@ pub(crate) fn config(direct_fds: bool) -> DriverConfig {
     DriverConfig {
         direct_fds,
         direct_fds_max: 2048,
+        direct_fds_table_max: u32::MAX,
         recv_buffer_bytes: 4096,
         recv_buffers: 64,
         events_max: 64,

@@ -76,8 +76,11 @@ pub(crate) struct DriverConfig {
     /// what they cost and how `RLIMIT_NOFILE` bounds them.
     pub(crate) direct_fds: bool,
     /// io_uring only, with `direct_fds`: the most connections one shard holds in that mode
-    /// (already clamped by the builder).
+    /// (already clamped by the builder), over all of its rings.
     pub(crate) direct_fds_max: u32,
+    /// io_uring only, with `direct_fds`: entries of one ring's fixed-file table (the driver
+    /// clamps it to `RLIMIT_NOFILE`); past one table's worth a shard opens more rings.
+    pub(crate) direct_fds_table_max: u32,
     /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
     pub(crate) recv_buffer_bytes: usize,

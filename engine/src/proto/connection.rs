@@ -156,6 +156,7 @@ impl Connection {
                 phase: Phase::Handshake,
                 flags: 0,
                 deflate: Terms::default(),
+                jitter: 0,
             },
         }
     }
@@ -356,9 +357,13 @@ impl Connection {
                 Some(e) => Received::Failed(e),
             },
             Phase::Handshake if self.send.is_client() => {
+                self.send.jitter = ep.idle_jitter();
                 self.recv_response(now, ep, out, buf, &mut on)
             }
-            Phase::Handshake => self.recv_request(now, ep, out, buf),
+            Phase::Handshake => {
+                self.send.jitter = ep.idle_jitter();
+                self.recv_request(now, ep, out, buf)
+            }
             Phase::Upgrading => {
                 // Frames sent before the answer: held, within the handshake's bound.
                 if self.recv.held.len() + buf.len() > ep.settings().handshake_header_bytes_max {
@@ -455,6 +460,7 @@ impl Connection {
             p.on_idle();
         }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
+            s.jitter = ep.idle_jitter();
             s.push_idle_ping(now, ep, out);
             return Timeout::Pinged;
         }

@@ -23,6 +23,12 @@ pub struct Settings {
     pub handshake_timeout_ticks: u32,
     /// Ticks without input before a ping is sent; 0 turns idle pings off.
     pub idle_timeout_ticks: u32,
+    /// Spread of the idle pings: each connection pings after `idle_timeout_ticks − j` ticks
+    /// without input, `j` drawn afresh (uniform in `0..=idle_jitter_ticks`, at most half the
+    /// idle timeout and 65 535) at its handshake and at each ping. Connections that went quiet
+    /// in the same tick (opened in one burst, or answered one round of pings) then ping over
+    /// this many ticks instead of all in one. 0: no spread (the default here; servers set it).
+    pub idle_jitter_ticks: u32,
     /// Ticks after an idle ping without any input before the connection is dropped.
     pub pong_timeout_ticks: u32,
     /// Ticks allowed for a close handshake, or for the peer to hang up after we failed the
@@ -44,6 +50,7 @@ impl Default for Settings {
             handshake_header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
             handshake_timeout_ticks: 1_000,
             idle_timeout_ticks: 6_000,
+            idle_jitter_ticks: 0,
             pong_timeout_ticks: 2_000,
             close_timeout_ticks: 500,
             deflate: DeflateSettings::default(),
@@ -125,6 +132,22 @@ impl Endpoint {
     #[inline]
     pub fn clock_us(&self) -> u32 {
         self.clock_us
+    }
+
+    /// A fresh idle-ping jitter for one connection (see [`Settings::idle_jitter_ticks`]).
+    #[inline]
+    pub(crate) fn idle_jitter(&mut self) -> u16 {
+        let st = &self.settings;
+        let most = st
+            .idle_jitter_ticks
+            .min(st.idle_timeout_ticks / 2)
+            .min(u32::from(u16::MAX));
+        if most == 0 {
+            return 0;
+        }
+        let r = u32::from_le_bytes(self.rng.mask());
+        // `most` < 2^16: the modulo bias is below 2^-16.
+        (r % (most + 1)) as u16
     }
 
     /// A fresh masking key for one client frame.

@@ -105,6 +105,7 @@ where
             recv_buffers: self.config.recv_buffers,
             direct_fds: self.config.direct_fds,
             direct_fds_max: self.config.direct_fds_max,
+            direct_fds_table_max: self.config.direct_fds_table_max,
             events_max: 1024,
         };
         let driver = match D::new(self.listener, &dcfg) {

@@ -14,6 +14,7 @@ pub(super) fn protocol(config: &Config, wheel: &TimerWheel) -> Settings {
     settings.handshake_header_bytes_max = config.handshake_header_bytes_max;
     settings.handshake_timeout_ticks = wheel.ticks(config.handshake_timeout);
     settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
+    settings.idle_jitter_ticks = wheel.ticks(config.idle_timeout_jitter);
     settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
     settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
     settings.deflate = deflate(config);

@@ -8,24 +8,56 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::direct::DirectFd;
-use super::driver::{RecvArm, RingFd, UringDriver, DIRECT_FDS_SLACK};
+use super::driver::{RecvArm, RingFd, UringDriver};
 use super::op::{OpId, OpKind};
 use crate::io::ACCEPT_RETRY;
 use crate::io::{Completion, Flow, Socket, Token};
 
+/// A batch this large suggests the kernel left deferred work for the next enter.
+const DEFERRED_BATCH: usize = 16;
+/// Most extra enters ([`UringDriver::run_deferred`]) in one poll.
+const DEFERRED_RUNS_MAX: u32 = 64;
+
 impl UringDriver {
+    /// Enter ring `r` without waiting, asking for up to a CQ's worth of completions: the kernel
+    /// runs that much of the work it deferred to this thread (not just its default ~20).
+    pub(super) fn run_deferred(&mut self, r: usize) -> io::Result<()> {
+        let Some(ring) = self.rings.get_mut(r) else {
+            return Ok(());
+        };
+        if r > 0 {
+            ring.queued = false;
+        }
+        let want = ring.ring.completion().capacity();
+        let ts = types::Timespec::new();
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Submit everything queued and wait (one `io_uring_enter`) for a completion or `timeout`.
     pub(super) fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let r = match timeout {
-            None => self.ring.submitter().submit_and_wait(1),
+            None => self.rings[0].ring.submitter().submit_and_wait(1),
             Some(t) => {
                 let ts = types::Timespec::new()
                     .sec(t.as_secs())
                     .nsec(t.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                self.rings[0].ring.submitter().submit_with_args(1, &args)
             }
         };
+        self.rings[0].queued = false;
         match r {
             Ok(_) => Ok(()),
             Err(e)
@@ -40,32 +72,63 @@ impl UringDriver {
         }
     }
 
-    /// Handle every completion reaped so far, then the tokens to revisit.
+    /// Handle every completion reaped so far (ring 0's, then those of the rings whose eventfd
+    /// fired, entered once each to run their deferred work), then the tokens to revisit.
     pub(super) fn complete<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
         on: &mut F,
     ) -> io::Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
+        let mut backlog = Vec::new();
+        // Bounds the extra enters of one poll, so that a steady flood still lets the shard's
+        // timers and mailbox run between polls.
+        let mut deferred_runs = 0;
         loop {
-            cqes.clear();
-            cqes.append(&mut self.backlog);
-            cqes.extend(self.ring.completion());
-            if cqes.is_empty() {
-                break;
+            let mut any = false;
+            std::mem::swap(&mut backlog, &mut self.backlog);
+            for (r, cqe) in backlog.drain(..) {
+                any = true;
+                self.on_cqe(r, &cqe, on)?;
             }
-            self.turn_counts.1 = self.turn_counts.1.wrapping_add(cqes.len() as u32);
-            for cqe in &cqes {
-                self.on_cqe(cqe, on)?;
+            for r in 0..self.rings.len() {
+                if r > 0 {
+                    match &mut self.rings[r].notify {
+                        Some(n) if n.fired => n.fired = false,
+                        _ => continue,
+                    }
+                    self.enter_other(r)?;
+                }
+                cqes.clear();
+                cqes.extend(self.rings[r].ring.completion());
+                any |= !cqes.is_empty();
+                self.turn_counts.1 = self.turn_counts.1.wrapping_add(cqes.len() as u32);
+                for cqe in &cqes {
+                    self.on_cqe(r, cqe, on)?;
+                }
+                let more_work = self.rings[r].ring.submission().taskrun();
+                if (more_work || cqes.len() >= DEFERRED_BATCH) && deferred_runs < DEFERRED_RUNS_MAX
+                {
+                    deferred_runs += 1;
+                    // The kernel runs at most ~20 deferred completions per enter (Linux ≥
+                    // 6.10): a burst (16 000 close replies at a graceful shutdown) would take
+                    // hundreds of loop turns, past the close timeout. Run the rest now.
+                    self.run_deferred(r)?;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
             }
         }
         self.cqes = cqes;
-        self.bufs.end_batch();
         // Every completion is reaped and nothing was submitted since: no buffer is lent out and
-        // none is being filled, the one point where unneeded buffers may be released.
-        if let Some(at) = self.bufs.trim_at() {
-            let now = Instant::now();
-            if now >= at {
-                self.bufs.trim(now);
+        // none is being filled (with DEFER_TASKRUN a ring fills buffers only while this thread
+        // enters it), the one point where unneeded buffers may be released, on every ring.
+        let now = Instant::now();
+        for ring in &mut self.rings {
+            ring.bufs.end_batch();
+            if ring.bufs.trim_at().is_some_and(|at| now >= at) {
+                ring.bufs.trim(now);
             }
         }
         // Every buffer of the batch is back in the ring: re-arm recvs that ran dry, release
@@ -94,8 +157,10 @@ impl UringDriver {
         Ok(())
     }
 
+    /// Handle one completion of ring `r`.
     pub(super) fn on_cqe<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
+        r: usize,
         cqe: &cqueue::Entry,
         on: &mut F,
     ) -> io::Result<()> {
@@ -111,27 +176,42 @@ impl UringDriver {
             OpKind::Ignore => {}
             OpKind::CloseDirect => {
                 self.direct_open = self.direct_open.saturating_sub(1);
+                if let Some(ring) = self.rings.get_mut(r) {
+                    ring.open = ring.open.saturating_sub(1);
+                }
                 if !self.accept_armed && self.accept_retry_at.is_none() {
                     self.arm_accept_or_retry();
                 }
             }
-            OpKind::PeerOf => self.on_peer_of(op.slot, res, on)?,
+            OpKind::PeerOf => self.on_peer_of(r, op.slot, res, on)?,
             OpKind::Wake => {
                 self.wake_armed = false;
                 self.arm_wake()?;
                 on(Completion::Wake);
             }
-            OpKind::Accept => self.on_accept(res, more, on)?,
+            OpKind::Notify => {
+                let ring = op.slot as usize;
+                if let Some(n) = self.rings.get_mut(ring).and_then(|x| x.notify.as_mut()) {
+                    n.armed = false;
+                    n.fired = true;
+                }
+                self.arm_notify(ring)?;
+            }
+            OpKind::Accept => self.on_accept(r, res, more, on)?,
             OpKind::Recv => {
                 let token = Token(op.slot as usize);
                 let len = usize::try_from(res).unwrap_or(0);
                 let buf_more = cqueue::buffer_more(cqe.flags());
+                let Some(ring) = self.rings.get_mut(r) else {
+                    return Ok(());
+                };
+                let bufs = &mut ring.bufs;
                 let taken = cqueue::buffer_select(cqe.flags())
-                    .map(|bid| (bid, self.bufs.consume(bid, len, buf_more)));
+                    .map(|bid| (bid, bufs.consume(bid, len, buf_more)));
                 let conn = self.conns.get_mut(token.0).and_then(Option::as_mut);
                 let Some(c) = conn.filter(|c| c.gen == op.gen) else {
                     if let Some((bid, (_, true))) = taken {
-                        self.bufs.recycle(bid);
+                        bufs.recycle(bid);
                     }
                     return Ok(());
                 };
@@ -148,12 +228,12 @@ impl UringDriver {
                         if live {
                             let flow = on(Completion::Recv {
                                 token,
-                                buf: self.bufs.get(bid, start, len),
+                                buf: bufs.get(bid, start, len),
                             });
                             pause = flow == Flow::PauseRecv;
                         }
                         if finished {
-                            self.bufs.recycle(bid);
+                            bufs.recycle(bid);
                         }
                     }
                     if pause {
@@ -165,10 +245,10 @@ impl UringDriver {
                     return Ok(());
                 }
                 if let Some((bid, (_, true))) = taken {
-                    self.bufs.recycle(bid);
+                    bufs.recycle(bid);
                 }
                 if res == -libc::ENOBUFS {
-                    self.bufs.ran_dry();
+                    bufs.ran_dry();
                 }
                 if res == -libc::ENOBUFS || !live || res == -libc::ECANCELED {
                     self.revisit.push(token);
@@ -219,6 +299,7 @@ impl UringDriver {
 
     pub(super) fn on_accept<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
+        r: usize,
         res: i32,
         more: bool,
         on: &mut F,
@@ -228,12 +309,18 @@ impl UringDriver {
         }
         if res >= 0 {
             let sock = if self.cfg.direct_fds {
-                RingFd::Fixed(res as u32)
+                RingFd::Fixed {
+                    ring: r as u16,
+                    index: res as u32,
+                }
             } else {
                 RingFd::Fd(res)
             };
-            if matches!(sock, RingFd::Fixed(_)) {
+            if matches!(sock, RingFd::Fixed { .. }) {
                 self.direct_open += 1;
+                if let Some(ring) = self.rings.get_mut(r) {
+                    ring.open += 1;
+                }
             }
             if self.listener.is_none() {
                 // Accepted after stop_accepting, before the cancel took effect.
@@ -251,25 +338,31 @@ impl UringDriver {
                         });
                     }
                 }
-                RingFd::Fixed(index) if self.fd_install => {
+                RingFd::Fixed { index, .. } if self.fd_install => {
                     // Reported once the peer address is known (`on_peer_of`).
                     let sqe = opcode::FixedFdInstall::new(types::Fixed(index), 0)
                         .build()
                         .user_data(OpId::new(OpKind::PeerOf, index as usize, 0).encode());
                     // SAFETY: an fd install points at no user memory.
-                    if unsafe { self.push(&sqe) }.is_err() {
-                        self.deliver_direct(index, None, on);
+                    if unsafe { self.push(r, &sqe) }.is_err() {
+                        self.deliver_direct(r, index, None, on);
                     }
                 }
-                RingFd::Fixed(index) => self.deliver_direct(index, None, on),
+                RingFd::Fixed { index, .. } => self.deliver_direct(r, index, None, on),
             }
             if !more {
                 self.arm_accept_or_retry();
-            } else if self.direct_room() <= DIRECT_FDS_SLACK {
-                // Near the cap: switch to one-shot accepts (see `arm_accept`).
+            } else if self.room_on(r) <= self.slack {
+                // Near this table's end or the cap: move the accept to a ring with more room,
+                // or go one at a time (see `arm_accept`); re-armed when the cancel completes.
                 self.cancel_accept();
             }
-        } else if !more && res != -libc::ECANCELED && self.listener.is_some() {
+        } else if !more && res == -libc::ECANCELED {
+            // Cancelled to move or to go one at a time (a stopped listener is not re-armed).
+            if self.listener.is_some() && !self.accept_armed {
+                self.arm_accept_or_retry();
+            }
+        } else if !more && self.listener.is_some() {
             // EMFILE/ENFILE (descriptor table full) and the like: retry later, not in a loop.
             self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
         }
@@ -280,41 +373,48 @@ impl UringDriver {
     /// peer address, close it, report the connection.
     pub(super) fn on_peer_of<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
+        r: usize,
         index: u32,
         res: i32,
         on: &mut F,
     ) -> io::Result<()> {
+        let sock = RingFd::Fixed {
+            ring: r as u16,
+            index,
+        };
         if self.listener.is_none() {
             if res >= 0 {
                 // SAFETY: the kernel just installed `res` for us; nothing else owns it.
                 drop(unsafe { OwnedFd::from_raw_fd(res) });
             }
-            return self.close_sock(RingFd::Fixed(index));
+            return self.close_sock(sock);
         }
         if res < 0 {
             // No descriptor to spare (EMFILE): the peer stays unknown.
-            self.deliver_direct(index, None, on);
+            self.deliver_direct(r, index, None, on);
             return Ok(());
         }
         // SAFETY: the kernel just installed `res` for us; nothing else owns it. Dropping it
         // closes only this descriptor: the fixed-file table keeps the socket.
         let installed = TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) });
         match installed.peer_addr() {
-            Ok(peer) => self.deliver_direct(index, Some(peer), on),
+            Ok(peer) => self.deliver_direct(r, index, Some(peer), on),
             // A peer that already reset has no address: drop it, as for plain descriptors.
-            Err(_) => self.close_sock(RingFd::Fixed(index))?,
+            Err(_) => self.close_sock(sock)?,
         }
         Ok(())
     }
 
     pub(super) fn deliver_direct<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
+        r: usize,
         index: u32,
         peer: Option<SocketAddr>,
         on: &mut F,
     ) {
         on(Completion::Accepted {
             socket: Socket::Direct(DirectFd {
+                ring: r as u16,
                 index,
                 orphans: self.orphans.clone(),
                 registered: false,

@@ -9,19 +9,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, opcode, types, IoUring};
+use io_uring::{cqueue, opcode, types};
 
-use super::buf_ring::BufRing;
 use super::op::{OpId, OpKind};
-use super::probe::builder;
+use super::ring::Ring;
 use super::waker::EventFdWaker;
 use crate::io::{sys, Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, IOV_MAX};
 use crate::send_queue::SendQueue;
 
 /// Tunables of one shard's ring, derived from the shard's [`DriverConfig`].
 ///
-/// Memory per shard: `buf_count × buf_size` bytes of receive buffers mapped (shared by every
-/// connection of the shard; resident only as far as the load needs them, see `BufRing`), `16 × buf_count` bytes
+/// Memory per ring (one per shard, more with direct descriptors past one fixed-file table):
+/// `buf_count × buf_size` bytes of receive buffers mapped (shared by every connection of the
+/// ring; resident only as far as the load needs them, see `BufRing`), `16 × buf_count` bytes
 /// of buffer ring, `64 × sq_entries` bytes of submission queue and `16 × 4 × sq_entries` bytes
 /// of completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -37,18 +37,20 @@ pub(crate) struct UringConfig {
     pub buf_count: u16,
     /// Size of one receive buffer in bytes: the most one recv completion carries.
     pub buf_size: u32,
-    /// Accept connections as io_uring direct descriptors (the ring's fixed-file table) instead of
-    /// plain file descriptors (see [`crate::ServerBuilder::direct_fds_max`] for why and what
-    /// bounds them); the table's size becomes the shard's connection cap.
+    /// Accept connections as io_uring direct descriptors (the rings' fixed-file tables) instead
+    /// of plain file descriptors (see [`crate::ServerBuilder::direct_fds_max`] for why and what
+    /// bounds them).
     /// `getpeername` needs a real descriptor, so each accepted one is installed as a plain
     /// descriptor for one `getpeername` and closed again (Linux ≥ 6.8; where that is missing,
     /// or no plain descriptor is free, the peer address is reported as `0.0.0.0:0`).
     pub direct_fds: bool,
-    /// With `direct_fds`: the most connections one shard holds (the builder clamped it). The
-    /// fixed-file table is registered with [`DIRECT_FDS_SLACK`] more entries within the
-    /// kernel's bound, so a burst accepted in the turn that reaches the cap still finds slots;
-    /// near the cap accepts go one at a time, which keeps it exact.
+    /// With `direct_fds`: the most connections one shard holds (the builder clamped it), over
+    /// all of its rings.
     pub direct_fds_max: u32,
+    /// With `direct_fds`: entries of one ring's fixed-file table (the kernel caps it at
+    /// `RLIMIT_NOFILE`; [`UringDriver::new`] clamps it there). A shard whose connections do not
+    /// fit one table opens another ring with a table of its own (see [`Ring`]).
+    pub direct_fds_table_max: u32,
 }
 
 impl UringConfig {
@@ -62,20 +64,42 @@ impl UringConfig {
             buf_size: u32::try_from(cfg.recv_buffer_bytes).unwrap_or(0),
             direct_fds: cfg.direct_fds,
             direct_fds_max: cfg.direct_fds_max,
+            direct_fds_table_max: cfg.direct_fds_table_max,
         }
     }
 }
 
-/// Fixed-file table entries registered beyond `direct_fds_max` (see [`UringDriver::new`]).
-pub(super) const DIRECT_FDS_SLACK: u32 = 256;
+/// Most fixed-file table entries kept free while a multishot accept runs on a ring (a quarter
+/// of a smaller table): one multishot accept takes every connection waiting in the listen
+/// backlog in one go, and one that finds the table full is closed by the kernel (`ENFILE`).
+/// Past it, the accept moves to a ring with more room, or (none left) goes one at a time.
+pub(super) const DIRECT_FDS_SLACK: u32 = 4096;
+
+/// Most rings one shard opens (each costs two descriptors: the ring and its eventfd).
+pub(super) const RINGS_MAX: usize = 256;
 
 /// A socket as the ring knows it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum RingFd {
     /// A plain file descriptor, owned by the driver.
     Fd(RawFd),
-    /// An io_uring direct descriptor: an index in the ring's fixed-file table.
-    Fixed(u32),
+    /// An io_uring direct descriptor: an index in the fixed-file table of ring `ring`.
+    Fixed {
+        /// The shard's ring whose table holds it (0: the first).
+        ring: u16,
+        /// The index in that table.
+        index: u32,
+    },
+}
+
+impl RingFd {
+    /// The ring that operations on this socket go to.
+    pub(super) fn ring(self) -> usize {
+        match self {
+            RingFd::Fd(_) => 0,
+            RingFd::Fixed { ring, .. } => usize::from(ring),
+        }
+    }
 }
 
 /// The msghdr and iovecs of one in-flight `sendmsg`. Boxed so that its address is stable
@@ -139,10 +163,15 @@ impl RecvArm {
 
 /// One shard's io_uring driver.
 pub(crate) struct UringDriver {
-    // Field order matters: the ring is closed before the buffer ring's memory is unmapped.
-    pub(super) ring: IoUring,
-    pub(super) bufs: BufRing,
+    /// Ring 0 (accept, wake-up, every plain descriptor) and, with direct descriptors, one more
+    /// per fixed-file table the shard's connections needed (opened as they are needed, never
+    /// more than [`RINGS_MAX`]).
+    pub(super) rings: Vec<Ring>,
     pub(super) cfg: UringConfig,
+    /// Entries of each ring's fixed-file table (0: no direct descriptors).
+    pub(super) table: u32,
+    /// Table entries kept free while a multishot accept runs on a ring.
+    pub(super) slack: u32,
     pub(super) waker: Arc<EventFdWaker>,
     /// Target of the eventfd read (8 bytes), alive as long as the ring.
     pub(super) wake_buf: Box<u64>,
@@ -150,9 +179,12 @@ pub(crate) struct UringDriver {
     /// The shard's listener; `None` after [`Driver::stop_accepting`].
     pub(super) listener: Option<TcpListener>,
     pub(super) accept_armed: bool,
+    /// The ring the accept is (or was last) armed on.
+    pub(super) accept_ring: usize,
     /// The multishot accept ended on an error: arm it again at this instant.
     pub(super) accept_retry_at: Option<Instant>,
-    /// Direct descriptors accepted and not yet closed (the connection cap in that mode).
+    /// Direct descriptors accepted and not yet closed, over all rings (the connection cap in
+    /// that mode).
     pub(super) direct_open: u32,
     /// The kernel can install a direct descriptor as a plain one (Linux 6.8): used to learn
     /// the peer address of each accepted direct descriptor.
@@ -165,15 +197,15 @@ pub(crate) struct UringDriver {
     /// Tokens to look at after the batch: re-arm a recv that ended (ENOBUFS, no F_MORE) once
     /// the batch's buffers are back in the ring, or release a closing connection that is idle.
     pub(super) revisit: Vec<Token>,
-    /// Completions copied out of the CQ for the current batch.
+    /// Completions copied out of a CQ for the current batch.
     pub(super) cqes: Vec<cqueue::Entry>,
-    /// Completions reaped early to let the kernel flush an overflowing CQ.
-    pub(super) backlog: Vec<cqueue::Entry>,
+    /// Completions reaped early (with their ring) to let the kernel flush an overflowing CQ.
+    pub(super) backlog: Vec<(usize, cqueue::Entry)>,
     /// Spare send ops (bounded), reused to avoid an allocation per send.
     #[allow(clippy::vec_box)] // boxed: in flight, their address must not change
     pub(super) spare: Vec<Box<SendOp>>,
-    /// Direct descriptors accepted but dropped unregistered: close them.
-    pub(super) orphans: Rc<RefCell<Vec<u32>>>,
+    /// Direct descriptors (ring, index) accepted but dropped unregistered: close them.
+    pub(super) orphans: Rc<RefCell<Vec<(u16, u32)>>>,
     /// SQEs queued and CQEs reaped since [`Driver::take_turn_counts`] last took them.
     pub(super) turn_counts: (u32, u32),
 }
@@ -185,36 +217,36 @@ impl Driver for UringDriver {
         // Accepted sockets inherit TCP_NODELAY from the listener (there is no setsockopt on a
         // direct descriptor without a real fd).
         sys::set_nodelay(listener.as_raw_fd())?;
-        let ring = builder()
-            .setup_cqsize(cfg.sq_entries * 4)
-            .build(cfg.sq_entries)?;
-        let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size, true)?;
+        let (mut table, mut slack) = (0, 0);
         if cfg.direct_fds {
-            // Slack past the cap: a multishot accept is only stopped once the room left is
-            // small, so connections arriving in that same turn still find a slot instead of
-            // being accepted and closed by the kernel (ENFILE). The table itself is bounded
-            // like the cap (see `ServerBuilder::direct_fds_max`), so the slack shrinks there.
-            let limit = sys::nofile_limit();
-            let table = cfg
-                .direct_fds_max
-                .saturating_add(DIRECT_FDS_SLACK)
-                .min(limit);
-            cfg.direct_fds_max = cfg.direct_fds_max.min(table);
-            ring.submitter().register_files_sparse(table)?;
+            // One table holds at most RLIMIT_NOFILE entries (the kernel's bound). A cap that
+            // fits one table with room to spare gets exactly that much room (the slack lets a
+            // burst accepted in the turn that reaches the cap find slots, see `arm_accept`);
+            // a larger cap is spread over several rings, each with a full table.
+            let limit = sys::nofile_limit().max(1);
+            let per_table = cfg.direct_fds_table_max.clamp(1, limit);
+            cfg.direct_fds_table_max = per_table;
+            slack = (per_table / 4).min(DIRECT_FDS_SLACK);
+            table = cfg.direct_fds_max.saturating_add(slack).min(per_table);
+            let rings_max = u32::try_from(RINGS_MAX).unwrap_or(u32::MAX);
+            cfg.direct_fds_max = cfg.direct_fds_max.min(per_table.saturating_mul(rings_max));
         }
         let mut probe = io_uring::Probe::new();
+        let first = Ring::new(cfg.sq_entries, (cfg.buf_count, cfg.buf_size), table, false)?;
         let fd_install = cfg.direct_fds
-            && ring.submitter().register_probe(&mut probe).is_ok()
+            && first.ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::FixedFdInstall::CODE);
         let mut me = Self {
-            ring,
-            bufs,
+            rings: vec![first],
             cfg,
+            table,
+            slack,
             waker: Arc::new(EventFdWaker::new()?),
             wake_buf: Box::new(0),
             wake_armed: false,
             listener: Some(listener),
             accept_armed: false,
+            accept_ring: 0,
             accept_retry_at: None,
             direct_open: 0,
             fd_install,
@@ -245,7 +277,10 @@ impl Driver for UringDriver {
             }
             Socket::Direct(mut d) => {
                 d.registered = true;
-                RingFd::Fixed(d.index)
+                RingFd::Fixed {
+                    ring: d.ring,
+                    index: d.index,
+                }
             }
         };
         if self.conns.len() <= token.0 {
@@ -290,7 +325,7 @@ impl Driver for UringDriver {
                 timeout = Some(timeout.map_or(at - now, |t| t.min(at - now)));
             }
         }
-        if let Some(at) = self.bufs.trim_at() {
+        if let Some(at) = self.rings.iter().filter_map(|r| r.bufs.trim_at()).min() {
             // Wake for the buffer ring's trim even when nothing else happens.
             let left = at.saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -298,6 +333,7 @@ impl Driver for UringDriver {
         if !self.revisit.is_empty() || !self.backlog.is_empty() {
             timeout = Some(Duration::ZERO);
         }
+        self.submit_others()?;
         self.enter(timeout)?;
         self.complete(&mut on)
     }
@@ -352,7 +388,7 @@ impl Driver for UringDriver {
                 RingFd::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
                     .flags(flags)
                     .build(),
-                RingFd::Fixed(i) => opcode::Send::new(types::Fixed(i), buf, len)
+                RingFd::Fixed { index, .. } => opcode::Send::new(types::Fixed(index), buf, len)
                     .flags(flags)
                     .build(),
             }
@@ -361,12 +397,13 @@ impl Driver for UringDriver {
                 RingFd::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
                     .flags(flags as u32)
                     .build(),
-                RingFd::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg)
+                RingFd::Fixed { index, .. } => opcode::SendMsg::new(types::Fixed(index), msg)
                     .flags(flags as u32)
                     .build(),
             }
         }
         .user_data(ud);
+        let r = c.sock.ring();
         c.send = Some(op);
         c.send_in_flight = true;
         queue.set_in_flight(true);
@@ -376,7 +413,7 @@ impl Driver for UringDriver {
         // memory does not move or get freed while the queue is in flight (SendQueue contract:
         // no append to an in-flight chunk, and the shard keeps the queue until `Sent` or
         // `Released`).
-        let pushed = unsafe { self.push(&sqe) };
+        let pushed = unsafe { self.push(r, &sqe) };
         if pushed.is_err() {
             // Never reached the kernel: nothing is in flight.
             queue.set_in_flight(false);
@@ -414,14 +451,14 @@ impl Driver for UringDriver {
                 // Errors are ignored: the close timeout bounds the wait anyway.
                 let _ = sys::shutdown_write(fd);
             }
-            RingFd::Fixed(i) => {
+            RingFd::Fixed { ring, index } => {
                 // Runs inline at submission (a socket shutdown never blocks), so before any
                 // later close of this table slot.
-                let sqe = opcode::Shutdown::new(types::Fixed(i), libc::SHUT_WR)
+                let sqe = opcode::Shutdown::new(types::Fixed(index), libc::SHUT_WR)
                     .build()
                     .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
                 // SAFETY: a shutdown points at no user memory.
-                let _ = unsafe { self.push(&sqe) };
+                let _ = unsafe { self.push(usize::from(ring), &sqe) };
             }
         }
     }
@@ -438,17 +475,25 @@ impl Driver for UringDriver {
             self.release(token);
             return true;
         }
-        let cancel = match c.sock {
-            RingFd::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)),
-            RingFd::Fixed(i) => types::CancelBuilder::fd(types::Fixed(i)),
-        };
-        let sqe = opcode::AsyncCancel2::new(cancel.all())
-            .build()
-            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
-        // SAFETY: a cancel points at no user memory.
-        if unsafe { self.push(&sqe) }.is_err() {
-            // Could not even queue the cancel: the operations still end on their own (peer
-            // reset, EOF) and the release follows then.
+        // Cancel each operation by its user_data, which the kernel finds in a hash table. A
+        // cancel by file (`IORING_ASYNC_CANCEL_FD | ALL`) walks every armed request of the ring
+        // instead: closing N connections cost N² (16,000 at a graceful shutdown: 13 s of CPU
+        // in io_cancel_req_match).
+        let r = c.sock.ring();
+        let mut ops = [None, None];
+        if c.recv.armed() {
+            ops[0] = Some(OpId::new(OpKind::Recv, token.0, c.gen).encode());
+        }
+        if c.send_in_flight {
+            ops[1] = Some(OpId::new(OpKind::Send, token.0, c.gen).encode());
+        }
+        for ud in ops.into_iter().flatten() {
+            let sqe = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+            // SAFETY: a cancel points at no user memory. If it cannot even be queued, the
+            // operation still ends on its own (peer reset, EOF) and the release follows then.
+            let _ = unsafe { self.push(r, &sqe) };
         }
         false
     }
@@ -464,7 +509,7 @@ impl Driver for UringDriver {
             .build()
             .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
             // SAFETY: a cancel points at no user memory.
-            let _ = unsafe { self.push(&sqe) };
+            let _ = unsafe { self.push(self.accept_ring, &sqe) };
         }
         // The in-flight accept holds its own reference to the socket until it is cancelled;
         // connections it still produces are closed unreported (see `on_accept`).

@@ -14,6 +14,8 @@ pub(super) enum OpKind {
     CloseDirect = 6,
     /// A direct descriptor installed as a plain one just long enough to ask its peer address.
     PeerOf = 7,
+    /// A read on the eventfd of ring `slot` (not 0): that ring has work.
+    Notify = 8,
 }
 
 /// `user_data` of a submission: kind (8 bits), slot generation (24 bits), slot index (32 bits).
@@ -50,6 +52,7 @@ impl OpId {
             5 => OpKind::Wake,
             6 => OpKind::CloseDirect,
             7 => OpKind::PeerOf,
+            8 => OpKind::Notify,
             _ => return None,
         };
         Some(Self {

@@ -60,6 +60,7 @@ pub(super) fn builder() -> io_uring::Builder {
     b.setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun()
+        .setup_taskrun_flag()
         .setup_submit_all();
     b
 }

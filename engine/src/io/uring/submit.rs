@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BGID;
-use super::driver::{ConnIo, RecvArm, RingFd, SendOp, UringDriver, DIRECT_FDS_SLACK};
+use super::driver::{ConnIo, RecvArm, RingFd, SendOp, UringDriver, RINGS_MAX};
 use super::op::{OpId, OpKind};
+use super::ring::Ring;
 use crate::io::Token;
 use crate::io::ACCEPT_RETRY;
 
@@ -42,20 +43,20 @@ impl UringDriver {
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
                 Ok(())
             }
-            RingFd::Fixed(i) => {
-                let sqe = opcode::Close::new(types::Fixed(i))
+            RingFd::Fixed { ring, index } => {
+                let sqe = opcode::Close::new(types::Fixed(index))
                     .build()
                     .user_data(OpId::new(OpKind::CloseDirect, 0, 0).encode());
                 // SAFETY: a close points at no user memory.
-                unsafe { self.push(&sqe) }
+                unsafe { self.push(usize::from(ring), &sqe) }
             }
         }
     }
 
     pub(super) fn close_orphans(&mut self) -> io::Result<()> {
         let orphans = std::mem::take(&mut *self.orphans.borrow_mut());
-        for index in orphans {
-            self.close_sock(RingFd::Fixed(index))?;
+        for (ring, index) in orphans {
+            self.close_sock(RingFd::Fixed { ring, index })?;
         }
         Ok(())
     }
@@ -78,8 +79,29 @@ impl UringDriver {
             .user_data(OpId::new(OpKind::Wake, 0, 0).encode());
         // SAFETY: the read targets `wake_buf`, a heap u64 that lives as long as the ring (and
         // is leaked in `Drop` if the read might still be in flight).
-        unsafe { self.push(&sqe) }?;
+        unsafe { self.push(0, &sqe) }?;
         self.wake_armed = true;
+        Ok(())
+    }
+
+    /// Keep ring 0's read armed on the eventfd of ring `r` (not 0).
+    pub(super) fn arm_notify(&mut self, r: usize) -> io::Result<()> {
+        let Some(n) = self.rings.get_mut(r).and_then(|x| x.notify.as_mut()) else {
+            return Ok(());
+        };
+        if n.armed {
+            return Ok(());
+        }
+        let buf: *mut u64 = &mut *n.buf;
+        let sqe = opcode::Read::new(types::Fd(n.fd.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(OpId::new(OpKind::Notify, r, 0).encode());
+        // SAFETY: the read targets the ring's `Notify::buf`, a heap u64 that lives as long as
+        // the rings (and is leaked in `Drop` if the read might still be in flight).
+        unsafe { self.push(0, &sqe) }?;
+        if let Some(n) = self.rings.get_mut(r).and_then(|x| x.notify.as_mut()) {
+            n.armed = true;
+        }
         Ok(())
     }
 
@@ -88,26 +110,31 @@ impl UringDriver {
         let Some(listener) = &self.listener else {
             return Ok(());
         };
+        let fd = types::Fd(listener.as_raw_fd());
         if self.accept_armed || self.direct_full() {
             // Full: armed again when a direct descriptor is closed. Meanwhile connections
             // wait in the listen backlog.
             return Ok(());
         }
+        let r = if self.cfg.direct_fds {
+            self.accept_target()?
+        } else {
+            0
+        };
         // Direct descriptors have no close-on-exec flag (the kernel refuses SOCK_CLOEXEC).
         let flags = if self.cfg.direct_fds {
             libc::SOCK_NONBLOCK
         } else {
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
         };
-        let fd = types::Fd(listener.as_raw_fd());
-        let sqe = if self.direct_room() > DIRECT_FDS_SLACK {
+        let sqe = if self.room_on(r) > self.slack {
             opcode::AcceptMulti::new(fd)
                 .allocate_file_index(self.cfg.direct_fds)
                 .flags(flags)
                 .build()
         } else {
-            // Near the direct-descriptor cap a multishot accept would take a whole burst of
-            // pending connections in one go; one at a time keeps the cap exact.
+            // Near a table's end or the cap a multishot accept would take a whole burst of
+            // pending connections in one go; one at a time keeps both exact.
             opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
                 .file_index(Some(types::DestinationSlot::auto_target()))
                 .flags(flags)
@@ -115,9 +142,32 @@ impl UringDriver {
         }
         .user_data(OpId::new(OpKind::Accept, 0, 0).encode());
         // SAFETY: an accept without address output points at no user memory.
-        unsafe { self.push(&sqe) }?;
+        unsafe { self.push(r, &sqe) }?;
         self.accept_armed = true;
+        self.accept_ring = r;
         Ok(())
+    }
+
+    /// With direct descriptors: the ring to accept on next. The one with the most room; a new
+    /// ring (with a table of its own) when every ring is down to its slack, the cap is not, and
+    /// [`RINGS_MAX`] allows.
+    pub(super) fn accept_target(&mut self) -> io::Result<usize> {
+        let best = (0..self.rings.len())
+            .max_by_key(|&r| (self.rings[r].room(), std::cmp::Reverse(r)))
+            .unwrap_or(0);
+        let room_left = self.cfg.direct_fds_max.saturating_sub(self.direct_open);
+        if self.rings[best].room() > self.slack
+            || room_left <= self.slack
+            || self.rings.len() >= RINGS_MAX
+        {
+            return Ok(best);
+        }
+        let c = &self.cfg;
+        let ring = Ring::new(c.sq_entries, (c.buf_count, c.buf_size), self.table, true)?;
+        self.rings.push(ring);
+        let r = self.rings.len() - 1;
+        self.arm_notify(r)?;
+        Ok(r)
     }
 
     /// [`UringDriver::arm_accept`] from the loop: a failure is retried after `ACCEPT_RETRY`
@@ -128,15 +178,20 @@ impl UringDriver {
         }
     }
 
-    /// With direct descriptors: is the connection cap (`direct_fds_max`) reached?
+    /// With direct descriptors: is the connection cap (`direct_fds_max`) reached, or is every
+    /// table full with no ring left to open?
     pub(super) fn direct_full(&self) -> bool {
-        self.direct_room() == 0
+        self.cfg.direct_fds
+            && (self.direct_open >= self.cfg.direct_fds_max
+                || (self.rings.len() >= RINGS_MAX && self.rings.iter().all(|r| r.room() == 0)))
     }
 
-    /// With direct descriptors: connections that may still be accepted (unbounded otherwise).
-    pub(super) fn direct_room(&self) -> u32 {
+    /// With direct descriptors: connections ring `r` may still accept (unbounded otherwise):
+    /// its table's room, within what is left of the cap.
+    pub(super) fn room_on(&self, r: usize) -> u32 {
         if self.cfg.direct_fds {
-            self.cfg.direct_fds_max.saturating_sub(self.direct_open)
+            let left = self.cfg.direct_fds_max.saturating_sub(self.direct_open);
+            self.rings.get(r).map_or(0, Ring::room).min(left)
         } else {
             u32::MAX
         }
@@ -147,7 +202,7 @@ impl UringDriver {
             .build()
             .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
         // SAFETY: a cancel points at no user memory.
-        let _ = unsafe { self.push(&sqe) };
+        let _ = unsafe { self.push(self.accept_ring, &sqe) };
     }
 
     pub(super) fn arm_recv(&mut self, token: Token) -> io::Result<()> {
@@ -158,14 +213,17 @@ impl UringDriver {
             return Ok(());
         }
         let ud = OpId::new(OpKind::Recv, token.0, c.gen).encode();
+        let r = c.sock.ring();
         let sqe = match c.sock {
             RingFd::Fd(fd) => opcode::RecvMulti::new(types::Fd(fd), BGID).build(),
-            RingFd::Fixed(i) => opcode::RecvMulti::new(types::Fixed(i), BGID).build(),
+            RingFd::Fixed { index, .. } => {
+                opcode::RecvMulti::new(types::Fixed(index), BGID).build()
+            }
         };
         c.recv = RecvArm::Armed;
-        // SAFETY: the recv writes only into provided buffers of group BGID, which the buffer
-        // ring keeps mapped as long as the ring exists (see `Drop`).
-        let pushed = unsafe { self.push(&sqe.user_data(ud)) };
+        // SAFETY: the recv writes only into provided buffers of group BGID of its own ring,
+        // which that ring's buffer ring keeps mapped as long as the ring exists (see `Drop`).
+        let pushed = unsafe { self.push(r, &sqe.user_data(ud)) };
         if pushed.is_err() {
             // Never reached the kernel; the token must still be releasable.
             if let Some(c) = self.conn_mut(token) {
@@ -181,6 +239,7 @@ impl UringDriver {
         let Some(c) = self.conn_mut(token) else {
             return;
         };
+        let r = c.sock.ring();
         match c.recv {
             RecvArm::Armed => {
                 c.recv = RecvArm::Cancelling;
@@ -190,33 +249,38 @@ impl UringDriver {
                     .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
                 // SAFETY: a cancel points at no user memory. If it cannot even be queued the
                 // recv goes on: the shard holds what arrives, as for completions in flight.
-                let _ = unsafe { self.push(&sqe) };
+                let _ = unsafe { self.push(r, &sqe) };
             }
             RecvArm::Off => c.recv = RecvArm::Paused,
             RecvArm::Paused | RecvArm::Cancelling => {}
         }
     }
 
-    /// Queue one submission; when the SQ is full, submit what is queued first.
+    /// Queue one submission on ring `r`; when its SQ is full, submit what is queued first.
     ///
     /// # Safety
     ///
     /// Every buffer the entry points to must stay valid until its final completion is reaped.
-    pub(super) unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+    pub(super) unsafe fn push(&mut self, r: usize, sqe: &squeue::Entry) -> io::Result<()> {
+        let Some(ring) = self.rings.get_mut(r) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
         loop {
             // SAFETY: forwarded from this function's contract.
-            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            if unsafe { ring.ring.submission().push(sqe) }.is_ok() {
                 self.in_flight += 1;
                 self.turn_counts.0 = self.turn_counts.0.wrapping_add(1);
+                ring.queued = true;
                 return Ok(());
             }
-            match self.ring.submit() {
+            match ring.ring.submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     // CQ overflowing: move completions aside (handled by the next batch) so
                     // the kernel can flush its overflow list, then submit again.
                     let before = self.backlog.len();
-                    self.backlog.extend(self.ring.completion());
+                    self.backlog
+                        .extend(ring.ring.completion().map(|cqe| (r, cqe)));
                     if self.backlog.len() == before {
                         return Err(e);
                     }
@@ -225,32 +289,76 @@ impl UringDriver {
             }
         }
     }
-}
 
-impl UringDriver {
+    /// Enter ring `r` (not 0) without waiting: submit what is queued on it and run the work the
+    /// kernel deferred to this thread (`DEFER_TASKRUN`: its completions are posted only then).
+    pub(super) fn enter_other(&mut self, r: usize) -> io::Result<()> {
+        let Some(ring) = self.rings.get_mut(r) else {
+            return Ok(());
+        };
+        ring.queued = false;
+        let to_submit = u32::try_from(ring.ring.submission().len()).unwrap_or(u32::MAX);
+        // SAFETY: a plain io_uring_enter with no argument; the submissions it hands over were
+        // pushed under `push`'s contract.
+        let r = unsafe {
+            ring.ring.submitter().enter::<libc::sigset_t>(
+                to_submit,
+                0,
+                io_uring::EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Before ring 0 waits: hand every other ring's queued submissions to the kernel (one
+    /// enter per ring that has some).
+    pub(super) fn submit_others(&mut self) -> io::Result<()> {
+        for r in 1..self.rings.len() {
+            if self.rings[r].queued {
+                self.enter_other(r)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Cancel every operation and wait, at most `limit`, until none is in flight. Returns
     /// whether that point was reached. Afterwards the kernel no longer touches send iovecs,
-    /// send-queue chunks, the eventfd target or the receive buffers.
+    /// send-queue chunks, the eventfd targets or the receive buffers.
     pub(super) fn cancel_all(&mut self, limit: Duration) -> bool {
-        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
-        // SAFETY: a cancel points at no user memory.
-        let _ = unsafe { self.push(&sqe) };
+        for r in 0..self.rings.len() {
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+            // SAFETY: a cancel points at no user memory.
+            let _ = unsafe { self.push(r, &sqe) };
+        }
         let finished = self
             .backlog
             .drain(..)
-            .filter(|c| !cqueue::more(c.flags()))
+            .filter(|(_, c)| !cqueue::more(c.flags()))
             .count();
         self.in_flight = self.in_flight.saturating_sub(finished);
         let deadline = Instant::now() + limit;
         while self.in_flight > 0 && Instant::now() < deadline {
+            for r in 1..self.rings.len() {
+                let _ = self.enter_other(r);
+            }
             let _ = self.enter(Some(Duration::from_millis(10)));
-            let finished = self
-                .ring
-                .completion()
-                .filter(|c| !cqueue::more(c.flags()))
-                .count();
+            let finished: usize = self
+                .rings
+                .iter_mut()
+                .map(|r| {
+                    r.ring
+                        .completion()
+                        .filter(|c| !cqueue::more(c.flags()))
+                        .count()
+                })
+                .sum();
             self.in_flight = self.in_flight.saturating_sub(finished);
         }
         self.in_flight == 0
@@ -273,8 +381,13 @@ impl Drop for UringDriver {
             }
         }
         if leak {
-            // Same for the receive buffers and the eventfd target.
-            self.bufs.leak = true;
+            // Same for the receive buffers and the eventfd targets.
+            for r in &mut self.rings {
+                r.bufs.leak = true;
+                if let Some(n) = &mut r.notify {
+                    std::mem::forget(std::mem::take(&mut n.buf));
+                }
+            }
             std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
     }

@@ -7,7 +7,7 @@ use crate::io::harness::{config, echo, Action};
 use crate::io::{Completion, Driver, DriverConfig, Socket, Token};
 
 use super::buf_ring::{CALM_TRIMS, TRIM_INTERVAL, WINDOW_MIN};
-use super::driver::{ConnIo, UringDriver};
+use super::driver::{ConnIo, UringDriver, RINGS_MAX};
 use super::op::{OpId, OpKind};
 use super::probe::probe;
 use crate::io::harness::Mini;
@@ -51,7 +51,7 @@ fn accepted_connection_echoes_with_direct_fds() {
 fn small_receives_share_one_buffer_when_the_ring_is_incremental() {
     let mut m = Mini::<UringDriver>::new(config(false));
     assert!(
-        !m.d.bufs.offsets.is_empty(),
+        !m.d.rings[0].bufs.offsets.is_empty(),
         "Linux ≥ 6.12 consumes buffers incrementally"
     );
     let mut c = TcpStream::connect(m.addr).unwrap();
@@ -229,14 +229,89 @@ fn direct_fds_max_caps_connections_until_one_is_released() {
 }
 
 #[test]
-fn direct_fds_max_past_the_descriptor_limit_is_clamped_to_it() {
+fn direct_fds_table_past_the_descriptor_limit_is_clamped_to_it() {
     let cfg = DriverConfig {
         direct_fds_max: u32::MAX,
+        direct_fds_table_max: u32::MAX,
         ..config(true)
     };
-    // The kernel refuses a file table larger than RLIMIT_NOFILE: clamped, the ring starts.
+    // The kernel refuses a file table larger than RLIMIT_NOFILE: clamped, the ring starts,
+    // and the cap becomes what the most rings of such tables hold.
     let m = Mini::<UringDriver>::new(cfg);
-    assert_eq!(m.d.cfg.direct_fds_max, nofile_limit());
+    assert_eq!(m.d.cfg.direct_fds_table_max, nofile_limit());
+    assert_eq!(m.d.rings[0].table, nofile_limit());
+    assert_eq!(
+        m.d.cfg.direct_fds_max,
+        nofile_limit().saturating_mul(RINGS_MAX as u32)
+    );
+}
+
+/// A fake per-table cap of 64 entries stands for RLIMIT_NOFILE: 200 connections on one driver
+/// (one shard thread) need four rings, each with its own table; every connection echoes, the
+/// cap (200) holds, and a released slot lets exactly one waiting connection in.
+#[test]
+fn connections_past_one_fixed_file_table_spread_over_more_rings() {
+    let cfg = DriverConfig {
+        direct_fds_max: 200,
+        direct_fds_table_max: 64,
+        ..config(true)
+    };
+    let mut m = Mini::<UringDriver>::new(cfg);
+    assert_eq!(m.d.rings.len(), 1);
+    assert_eq!(m.d.rings[0].table, 64);
+    let mut st = ();
+    let mut clients = Vec::new();
+    // In bursts no larger than the slack a table keeps free (16 of 64), as a listen backlog
+    // within the slack would be.
+    for batch in 0..25u8 {
+        for _ in 0..8 {
+            let mut c = TcpStream::connect(m.addr).unwrap();
+            c.write_all(&[batch; 3]).unwrap();
+            clients.push(c);
+        }
+        let want = clients.len() * 3;
+        m.pump(&mut st, echo, |_, m| m.sent == want);
+    }
+    assert_eq!(m.next, 200);
+    assert!(m.d.rings.len() >= 4, "{} rings", m.d.rings.len());
+    for r in &m.d.rings {
+        assert_eq!(r.table, 64);
+        assert!(r.open <= 64);
+    }
+    assert_eq!(m.d.rings.iter().map(|r| r.open).sum::<u32>(), 200);
+    assert!(m.d.rings.iter().skip(1).all(|r| r.open > 0));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut b = [0u8; 3];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, [(i / 8) as u8; 3]);
+    }
+    // Echo again on every connection of the last ring: its completions come through its
+    // eventfd while ring 0 waits.
+    let last = m.d.rings.len() - 1;
+    let on_last: Vec<usize> = (0..200)
+        .filter(|&t| m.d.conns[t].as_ref().is_some_and(|c| c.sock.ring() == last))
+        .collect();
+    assert!(!on_last.is_empty());
+    let before = m.sent;
+    for &t in &on_last {
+        clients[t].write_all(b"xy").unwrap();
+    }
+    m.pump(&mut st, echo, |_, m| m.sent == before + 2 * on_last.len());
+    // The cap is reached: later connections wait in the listen backlog.
+    clients.push(TcpStream::connect(m.addr).unwrap());
+    for _ in 0..10 {
+        m.turn(&mut st, &mut echo);
+    }
+    assert_eq!(m.next, 200);
+    let _ = m.d.close(Token(on_last[0]));
+    m.pump(&mut st, echo, |_, m| m.next == 201);
+    for _ in 0..10 {
+        m.turn(&mut st, &mut echo);
+    }
+    assert_eq!(m.next, 201);
+    assert_eq!(m.d.rings.iter().map(|r| r.open).sum::<u32>(), 200);
+    // Teardown cancels the operations of every ring.
+    assert!(m.d.cancel_all(Duration::from_secs(5)));
 }
 
 #[test]
@@ -309,7 +384,7 @@ fn a_trickle_of_bytes_cycles_through_the_window_only_not_the_whole_ring() {
         "{} buffers used",
         pages.len()
     );
-    assert!(usize::from(m.d.bufs.resident()) <= usize::from(WINDOW_MIN) + 1);
+    assert!(usize::from(m.d.rings[0].bufs.resident()) <= usize::from(WINDOW_MIN) + 1);
 }
 
 #[test]
@@ -331,30 +406,30 @@ fn a_burst_widens_the_window_and_trimming_gives_the_buffers_back() {
                 *got += buf.len();
             }
         });
-        widest = widest.max(m.d.bufs.window());
+        widest = widest.max(m.d.rings[0].bufs.window());
     }
     assert!(
         widest > WINDOW_MIN,
         "the burst widened the window ({widest})"
     );
-    assert!(m.d.bufs.resident() > WINDOW_MIN);
+    assert!(m.d.rings[0].bufs.resident() > WINDOW_MIN);
     // Idle: the window stays wide for CALM_TRIMS - 1 trims (a burst may come back), then
     // shrinks to the minimum and the buffers it no longer needs are released.
-    let wide = m.d.bufs.window();
+    let wide = m.d.rings[0].bufs.window();
     let mut at = std::time::Instant::now();
     for _ in 1..CALM_TRIMS {
         at += TRIM_INTERVAL;
-        m.d.bufs.trim(at);
+        m.d.rings[0].bufs.trim(at);
     }
-    assert_eq!(m.d.bufs.window(), wide);
+    assert_eq!(m.d.rings[0].bufs.window(), wide);
     for _ in 0..2 {
         at += TRIM_INTERVAL;
-        m.d.bufs.trim(at);
+        m.d.rings[0].bufs.trim(at);
     }
-    assert_eq!(m.d.bufs.window(), WINDOW_MIN);
-    assert!(m.d.bufs.resident() <= 2 * WINDOW_MIN);
+    assert_eq!(m.d.rings[0].bufs.window(), WINDOW_MIN);
+    assert!(m.d.rings[0].bufs.resident() <= 2 * WINDOW_MIN);
     assert_eq!(
-        m.d.bufs.trim_at(),
+        m.d.rings[0].bufs.trim_at(),
         None,
         "nothing left to trim: no wake-up for it"
     );
@@ -382,7 +457,7 @@ fn trimming_between_every_turn_loses_no_received_byte() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while got.len() < payload.len() {
         assert!(std::time::Instant::now() < deadline, "timed out");
-        m.d.bufs.force_trim();
+        m.d.rings[0].bufs.force_trim();
         m.turn(&mut got, &mut |got, _, c| {
             if let Completion::Recv { buf, .. } = c {
                 got.extend_from_slice(buf);

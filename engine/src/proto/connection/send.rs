@@ -86,6 +86,9 @@ pub struct SendHalf {
     pub(super) flags: u8,
     /// permessage-deflate terms (0: not negotiated).
     pub(super) deflate: Terms,
+    /// Ticks taken off the next idle deadline ([`Settings::idle_jitter_ticks`]); fits in the
+    /// struct's padding.
+    pub(super) jitter: u16,
 }
 
 /// What a connection rarely holds, allocated when the first of them is set.
@@ -310,7 +313,12 @@ impl SendHalf {
             Phase::Open if self.flags & PING_OUT != 0 && self.last_rx <= self.mark => {
                 after(self.mark, st.pong_timeout_ticks)
             }
-            Phase::Open if st.idle_timeout_ticks > 0 => after(self.last_rx, st.idle_timeout_ticks),
+            Phase::Open if st.idle_timeout_ticks > 0 => after(
+                self.last_rx,
+                st.idle_timeout_ticks
+                    .saturating_sub(u32::from(self.jitter))
+                    .max(1),
+            ),
             Phase::Open | Phase::Closed => None,
             Phase::Flushing | Phase::Linger => after(self.mark, st.close_timeout_ticks),
         }

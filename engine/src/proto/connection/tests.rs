@@ -728,3 +728,61 @@ fn a_finished_connection_gives_its_partial_message_buffer_to_the_pool() {
     assert_eq!(c.heap_bytes(), 0);
     assert_eq!(ep.pool().bytes(), 128 << 10);
 }
+
+/// Pings per tick (index: tick, 0..=`ticks`) when `n` connections, opened in the same tick,
+/// sit idle and answer every ping at once, and the tick of each connection's first ping.
+fn pings_per_tick(jitter: u32, n: usize, ticks: u32) -> (Vec<usize>, Vec<u32>) {
+    let s = Settings {
+        idle_timeout_ticks: 100,
+        idle_jitter_ticks: jitter,
+        pong_timeout_ticks: 50,
+        ..Settings::default()
+    };
+    let mut ep = Endpoint::with_rng(s, MaskRng::from_seed([9; 32]));
+    let mut conns: Vec<Connection> = (0..n).map(|_| open_server(&mut ep)).collect();
+    let mut per_tick = vec![0; ticks as usize + 1];
+    let mut first = vec![0; n];
+    let mut out = Vec::new();
+    for now in 1..=ticks {
+        for (c, first) in conns.iter_mut().zip(&mut first) {
+            // What a timer wheel does: wake the connection at its deadline's tick.
+            if c.poll_timeout(&ep).is_some_and(|at| at <= now)
+                && c.handle_timeout(now, &mut ep, &mut out) == Timeout::Pinged
+            {
+                per_tick[now as usize] += 1;
+                if *first == 0 {
+                    *first = now;
+                }
+                // The pong comes back in the same tick.
+                recv(c, now, &mut ep, &mut out, &cframe(OpCode::Pong, b""));
+            }
+            out.clear();
+        }
+    }
+    (per_tick, first)
+}
+
+#[test]
+fn idle_pings_of_a_burst_of_connections_spread_over_the_jitter() {
+    // Without jitter, 2000 connections opened in one tick ping in one tick, every time.
+    let (burst, _) = pings_per_tick(0, 2000, 250);
+    assert_eq!(burst[100], 2000);
+    assert_eq!(burst[200], 2000);
+    assert_eq!(burst.iter().filter(|&&p| p > 0).count(), 2);
+    // With 50 ticks of jitter the first round spreads over ticks 50..=100 (~39 per tick)
+    // and every connection is still pinged once per round.
+    let (spread, first) = pings_per_tick(50, 2000, 250);
+    assert!(
+        first.iter().all(|&t| (50..=100).contains(&t)),
+        "first pings in 50..=100"
+    );
+    assert!(
+        spread[..50].iter().all(|&p| p == 0),
+        "no ping before 100 - 50"
+    );
+    let most = *spread.iter().max().unwrap();
+    assert!(most <= 90, "at most {most} pings in one tick");
+    // Later rounds spread further (the sum of two draws), never bunching up again.
+    assert!(spread[101..].iter().all(|&p| p <= 90));
+    assert!(spread.iter().sum::<usize>() >= 4000);
+}
