@@ -39,6 +39,27 @@ fi
 if ! "$PERCORE_PYENV/bin/python" -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
 fi
+# Node with a built-in WebSocket (22+, or 20/21 with --experimental-websocket) runs the browser
+# resume client (bench/tests/resume_js.rs); Debian's own nodejs may be older: then Node 22 from
+# the npm registry (the `node` package) into a cache directory (PERCORE_REQUIRE_NODE, set above,
+# makes a missing one a failure for both Node tests).
+has_ws_node() {
+  "$1" -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null ||
+    "$1" --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null
+}
+echo "== node with a WebSocket"
+if ! command -v node >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+if ! has_ws_node node; then
+  PERCORE_NODE22_DIR=${PERCORE_NODE22_DIR:-$HOME/.cache/percore-node22}
+  if [ ! -x "$PERCORE_NODE22_DIR/node_modules/node/bin/node" ]; then
+    command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm; }
+    npm install --silent --prefix "$PERCORE_NODE22_DIR" node@22
+  fi
+  export PATH="$PERCORE_NODE22_DIR/node_modules/node/bin:$PATH"
+fi
+node --version
 echo "== autobahn testsuite venv"
 ../shared/tools/autobahn/setup.sh
 # The reference tools the bench tests run: uWebSockets' load_test and uws_echo (built once into

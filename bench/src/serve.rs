@@ -1,6 +1,7 @@
 //! `percore serve`: an echo server on the percore engine, for benchmarks and conformance runs.
 //! Every mode also answers plain HTTP on the same port: `GET /healthz` is 200 with the shard
-//! count and the open connections (JSON), any other path 404.
+//! count and the open connections (JSON), `GET /client.js` the browser client of the resume
+//! protocol (an ES module, `clients/js/percore-client.js`), any other path 404.
 
 use std::io::Write;
 use std::time::Duration;
@@ -114,7 +115,8 @@ pub struct ServeArgs {
     /// an Origin header (non-browser clients) pass.
     #[arg(long = "allow-origin", value_name = "PATTERN")]
     pub allow_origins: Vec<String>,
-    /// Largest response to a plain HTTP request (/healthz), head and body, in bytes.
+    /// Largest response to a plain HTTP request (/healthz, /client.js), head and body, in
+    /// bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub http_response_bytes_max: usize,
     /// Join a cluster through this NATS server (nats://HOST:PORT, several separated by
@@ -178,6 +180,20 @@ pub struct ServeArgs {
     /// snapshot per shard, two minutes of snapshots) in its send queue.
     #[arg(long, default_value_t = metrics::ADMIN_CONNECTIONS_MAX)]
     pub metrics_connections_max: usize,
+    /// broadcast/chat: messages each topic (room) keeps for clients that resume after a
+    /// reconnect (0: none). Default: 1000 in chat mode, 0 otherwise.
+    #[arg(long)]
+    pub topic_history_messages_max: Option<usize>,
+    /// Bytes of frames each topic's history keeps at most.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub topic_history_bytes_max: usize,
+    /// Seconds a message stays in a topic's history at most.
+    #[arg(long, default_value_t = 300)]
+    pub topic_history_age_secs_max: u64,
+    /// Most topics holding a history at once (past it the least recently published idle one
+    /// is dropped).
+    #[arg(long, default_value_t = 100_000)]
+    pub history_topics_max: usize,
 }
 
 /// `--compression` on the command line.
@@ -234,10 +250,17 @@ impl Handler for Echo {
     }
 }
 
+/// The browser client of the resume protocol, served at `/client.js`.
+pub const CLIENT_JS: &str = include_str!("../../clients/js/percore-client.js");
+
 /// Plain HTTP in every mode: `GET /healthz` (or `HEAD`) answers 200 with
 /// `{"status":"ok","shards":N,"connections":M}` (M: TCP connections held, this one included),
 /// anything else 404.
 fn health(req: &Request, cx: &HttpContext<'_>) -> Response {
+    if req.path() == "/client.js" {
+        return Response::with_body(200, "text/javascript; charset=utf-8", CLIENT_JS.as_bytes())
+            .header("Cache-Control", "no-cache");
+    }
     if req.path() != "/healthz" {
         return Response::not_found();
     }
@@ -362,7 +385,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .idle_timeout_jitter(Duration::from_millis(args.idle_timeout_jitter_ms))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs))
-        .http_response_bytes_max(args.http_response_bytes_max);
+        .http_response_bytes_max(args.http_response_bytes_max)
+        .topic_history_messages_max(args.topic_history_messages_max.unwrap_or(match args.mode {
+            Mode::Chat => 1000,
+            _ => 0,
+        }))
+        .topic_history_bytes_max(args.topic_history_bytes_max)
+        .topic_history_age_max(Duration::from_secs(args.topic_history_age_secs_max))
+        .history_topics_max(args.history_topics_max)
+        .resume_protocol(!matches!(args.mode, Mode::Echo));
     for pattern in &args.allow_origins {
         builder = builder.allow_origin(pattern);
     }
@@ -448,8 +479,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     );
     if !matches!(args.mode, Mode::Echo) {
         eprintln!(
-            "pubsub: published={} delivered={} dropped={} slow_consumers={}",
-            s.published, s.delivered, s.dropped, s.slow_consumers
+            "pubsub: published={} delivered={} dropped={} slow_consumers={} history_topics={}",
+            s.published, s.delivered, s.dropped, s.slow_consumers, s.history_topics
         );
     }
     if args.cluster.is_some() {

@@ -3,6 +3,8 @@
 //! 101 for listed ones), and chat mode's rooms from the upgrade path. Each server runs on a free
 //! port for well under a second and is stopped with SIGTERM.
 
+mod tools;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -34,11 +36,7 @@ impl Serve {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let addr = tools::listen_addr(&line);
         Self { child, addr }
     }
 }

@@ -4,6 +4,8 @@
 //! match what the clients did: messages sent and received by a client and by `percore load`,
 //! closes by reason, a handshake refused by the Origin policy.
 
+mod tools;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -46,11 +48,7 @@ impl Serve {
         let (mut first, mut second) = (String::new(), String::new());
         out.read_line(&mut first).unwrap();
         out.read_line(&mut second).unwrap();
-        let ws = first
-            .strip_prefix("listening on ")
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let ws = tools::listen_addr(&first);
         // metrics on http://ADDR/metrics dashboard http://ADDR/dashboard
         let metrics = second
             .strip_prefix("metrics on http://")

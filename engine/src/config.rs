@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::history::HistoryPolicy;
 use crate::origin::Origins;
 
 /// Which I/O backend the shards run on.
@@ -127,6 +128,8 @@ pub(crate) struct Config {
     pub(crate) deflate_client_max_window_bits: u8,
     pub(crate) deflate_mem_level: u8,
     pub(crate) deflate_dedicated_bytes_max: usize,
+    pub(crate) history: HistoryPolicy,
+    pub(crate) resume_protocol: bool,
 }
 
 impl Default for Config {
@@ -166,6 +169,8 @@ impl Default for Config {
             deflate_client_max_window_bits: 12,
             deflate_mem_level: 8,
             deflate_dedicated_bytes_max: 64 << 20,
+            history: HistoryPolicy::default(),
+            resume_protocol: false,
         }
     }
 }
@@ -204,6 +209,7 @@ impl Config {
         self.deflate_mem_level = self.deflate_mem_level.clamp(1, 9);
         // 0 frames a turn would never decode anything; a connection counts them in a u16.
         self.recv_frames_per_turn_max = self.recv_frames_per_turn_max.clamp(1, u32::from(u16::MAX));
+        self.history.topics_max = self.history.topics_max.max(1);
         self
     }
 }

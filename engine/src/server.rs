@@ -1,23 +1,23 @@
-//! The builder, shard spawning and the handle to a running server.
+//! The builder and shard spawning; the handle to a running server is in `server/handle.rs`.
 
-use std::any::{Any, TypeId};
+mod handle;
+
+use std::any::TypeId;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::Connect;
 #[cfg(feature = "cluster")]
 use crate::cluster::{Bridge, ClusterConfig};
 use crate::config::{Backend, Compression, Config, Shards, SlowConsumer};
-use crate::id::ConnId;
+use crate::history::TopicHistory;
 use crate::io::{self as backend_io, Waker};
-use crate::proto::Message;
-use crate::pubsub::{PubSubError, PublishOptions};
-use crate::shard::{self, Handler, Hub, Mail, Metrics, Publisher};
-use crate::stats::{ShardStats, Stats};
+use crate::shard::{self, Handler, Hub, Metrics};
+use crate::stats::ShardStats;
+
+pub use handle::ServerHandle;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -290,8 +290,9 @@ impl ServerBuilder {
     }
 
     /// Longest topic name in bytes (default 256); longer names are refused with
-    /// [`PubSubError::TopicTooLong`]. Each topic a shard has subscribers for costs its name
-    /// (twice: shard table and the shared shard mask) plus one entry per subscriber.
+    /// [`PubSubError::TopicTooLong`](crate::PubSubError::TopicTooLong). Each topic a shard has
+    /// subscribers for costs its name (twice: shard table and the shared shard mask) plus one
+    /// entry per subscriber.
     pub fn topic_name_bytes_max(mut self, n: usize) -> Self {
         self.config.topic_name_bytes_max = n;
         self
@@ -299,11 +300,75 @@ impl ServerBuilder {
 
     /// Most data messages waiting in one shard's mailbox (publishes, sends and broadcasts from
     /// other shards and threads; default 65 536; at least 1). Past it, that shard misses the
-    /// message ([`PubSubError::MailboxFull`], counted in [`Stats::dropped`]). Each waiting
-    /// message costs about 64 bytes plus a reference that keeps its frame alive, so worst-case
-    /// mailbox memory is this times the frame size.
+    /// message ([`PubSubError::MailboxFull`](crate::PubSubError::MailboxFull), counted in
+    /// [`Stats::dropped`](crate::Stats::dropped)). Each waiting message costs about 64 bytes
+    /// plus a reference that keeps its frame alive, so worst-case mailbox memory is this times
+    /// the frame size.
     pub fn mailbox_messages_max(mut self, n: usize) -> Self {
         self.config.mailbox_messages_max = n;
+        self
+    }
+
+    /// Messages each topic keeps in its history (default 0: no history; see
+    /// [`crate::resume`]). With history, every publish to the topic gets a position and the
+    /// topic keeps its last messages within this count, [`Self::topic_history_bytes_max`] and
+    /// [`Self::topic_history_age_max`], so that resume subscribers that lost their connection
+    /// get what they missed. Cost per publish: one lock of the topic's history, one envelope
+    /// frame encoded (shared by every resume subscriber and the history), and the plain frame
+    /// as before; memory: the kept frames (shared with the send queues) plus ~65 bytes per kept
+    /// message and ~200 per topic (measured: ~160 bytes per kept 64-byte message; about
+    /// 200-300 ns of CPU per publish, bench/results/2026-12-01-resume-cost.md). Per-topic
+    /// values: [`Self::topic_history`].
+    pub fn topic_history_messages_max(mut self, n: usize) -> Self {
+        self.config.history.default.messages_max = n;
+        self
+    }
+
+    /// Bytes of frames each topic's history keeps at most (default 1 MiB; a message larger
+    /// than this is never kept). A replay is queued whole when a subscriber resumes, beside
+    /// the send-queue limit: keep this below `send_queue_bytes_max`, or live messages that
+    /// follow a full replay find the queue over its limit.
+    pub fn topic_history_bytes_max(mut self, n: usize) -> Self {
+        self.config.history.default.bytes_max = n;
+        self
+    }
+
+    /// Age past which history messages are dropped (default 5 minutes; checked when the topic
+    /// is published to or resumed, and when room is needed for another topic's history).
+    pub fn topic_history_age_max(mut self, d: Duration) -> Self {
+        self.config.history.default.age_max = d;
+        self
+    }
+
+    /// The history limits of the topics `pattern` names instead of the server's (repeatable,
+    /// first match wins): `name*` every topic whose name starts with `name`, anything else one
+    /// topic exactly. `TopicHistory::OFF` turns history off for them.
+    pub fn topic_history(mut self, pattern: impl AsRef<[u8]>, limits: TopicHistory) -> Self {
+        let p = pattern.as_ref().to_vec();
+        self.config.history.overrides.push((p, limits));
+        self
+    }
+
+    /// Most topics holding a history at once (default 100,000; at least 1), with or without
+    /// subscribers: a topic's history outlives its subscribers (they come back to resume it).
+    /// Past it, the history of a topic nobody subscribes to is dropped to make room (expired
+    /// ones first, else the one published to least recently: its clients will be told it
+    /// started over); if every such topic has subscribers, the new topic gets no history. This
+    /// bounds what clients that choose their topics (chat rooms) can make the server keep:
+    /// this times the per-topic bound.
+    pub fn history_topics_max(mut self, n: usize) -> Self {
+        self.config.history.topics_max = n;
+        self
+    }
+
+    /// Speak the resume subprotocol (`percore.resume.v1`, see [`crate::resume`]) with clients
+    /// that offer it, when the handler's [`Accept`](crate::Accept) chose no subprotocol
+    /// (default `false`: off until the application decides which topics its clients may read,
+    /// in [`Handler::on_subscribe`], since the engine answers their subscriptions itself).
+    /// Costs nothing for other connections. A handler may also accept with
+    /// `Accept::new().protocol(percore::resume::PROTOCOL)` itself.
+    pub fn resume_protocol(mut self, on: bool) -> Self {
+        self.config.resume_protocol = on;
         self
     }
 
@@ -506,6 +571,7 @@ impl ServerBuilder {
             open.clone(),
             config.mailbox_messages_max,
             config.topic_name_bytes_max,
+            config.history.clone(),
             link,
         );
 
@@ -590,161 +656,4 @@ fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
-}
-
-/// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
-pub struct ServerHandle {
-    hub: Arc<Hub>,
-    metrics: Metrics,
-    local_addr: SocketAddr,
-    backend: Backend,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The cluster bridge thread, stopped after the shards.
-    #[cfg(feature = "cluster")]
-    bridge: Mutex<Option<Bridge>>,
-    handshake_timeout: Duration,
-    /// The handler's `State` type (outbound connections bring theirs).
-    state_type: (TypeId, &'static str),
-}
-
-impl std::fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle")
-            .field("local_addr", &self.local_addr)
-            .field("backend", &self.backend)
-            .field("shards", &self.shards())
-            .finish()
-    }
-}
-
-impl ServerHandle {
-    /// The address the shards listen on (with the real port when bound to port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The backend actually running (`Auto` resolved).
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    /// Queue `msg` for every open accepted connection on every shard, like
-    /// [`crate::Conn::broadcast`], from any thread (serialized once here). A shard whose mailbox
-    /// is full misses it (counted in [`Stats::dropped`]).
-    pub fn broadcast(&self, msg: Message<'_>) {
-        self.hub.broadcast_external(msg);
-    }
-
-    /// A cloneable, thread-safe handle for publishing and sending to connections.
-    pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.hub.clone())
-    }
-
-    /// Publish `msg` to every subscriber of `topic` (see [`Publisher::publish`]).
-    pub fn publish(&self, topic: impl AsRef<[u8]>, msg: Message<'_>) -> Result<(), PubSubError> {
-        self.publisher().publish(topic, msg)
-    }
-
-    /// Publish with explicit [`PublishOptions`].
-    pub fn publish_with(
-        &self,
-        topic: impl AsRef<[u8]>,
-        msg: Message<'_>,
-        opts: PublishOptions,
-    ) -> Result<(), PubSubError> {
-        self.publisher().publish_with(topic, msg, opts)
-    }
-
-    /// Queue `msg` to the connection `id` (see [`Publisher::send`]).
-    pub fn send(&self, id: ConnId, msg: Message<'_>) -> Result<(), PubSubError> {
-        self.publisher().send(id, msg)
-    }
-
-    /// Open an outbound connection on shard `shard` (taken modulo the shard count), for a
-    /// handler whose `State` is `()` (else see [`ServerHandle::connect_with_state`]). The TCP
-    /// connect happens here, blocking up to the handshake timeout; the WebSocket handshake then
-    /// runs on the shard, whose handler gets `on_open` when the server answered 101, then
-    /// messages as for any connection. If the handshake fails or times out, `on_close` is called
-    /// with 1006 and a reason (without `on_open` before it).
-    pub fn connect(&self, shard: usize, target: Connect) -> io::Result<()> {
-        self.connect_with_state(shard, target, ())
-    }
-
-    /// [`ServerHandle::connect`] with the connection's initial `state`, which must be of the
-    /// handler's `State` type (else `InvalidInput`, and nothing is connected).
-    pub fn connect_with_state<S: Send + 'static>(
-        &self,
-        shard: usize,
-        target: Connect,
-        state: S,
-    ) -> io::Result<()> {
-        let (want, name) = self.state_type;
-        if TypeId::of::<S>() != want {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "connect: the handler's State is {name}, not {}",
-                    std::any::type_name::<S>()
-                ),
-            ));
-        }
-        let state: Box<dyn Any + Send> = Box::new(state);
-        let out = target.open(self.handshake_timeout, state)?;
-        let i = shard % self.shards().max(1);
-        Ok(self.hub.mail().post(i, Mail::Connect(Box::new(out)))?)
-    }
-
-    /// Number of shards.
-    pub fn shards(&self) -> usize {
-        self.hub.mail().len()
-    }
-
-    /// Counters summed over all shards (each read with relaxed ordering: a snapshot, not an
-    /// atomic cut).
-    pub fn stats(&self) -> Stats {
-        self.hub.stats()
-    }
-
-    /// Every metric, per shard, in the Prometheus text exposition format (OpenMetrics 1.0,
-    /// `Content-Type` [`Metrics::CONTENT_TYPE`]): the body of a `/metrics` answer. Names, types
-    /// and labels: `docs/metrics.md`. Reading costs the shards nothing (see [`Metrics`]).
-    #[cfg(feature = "metrics")]
-    pub fn metrics(&self) -> String {
-        self.metrics.render()
-    }
-
-    /// A handle on the metrics to keep and read from any thread: [`Metrics::snapshot`] (plain
-    /// numbers), [`Metrics::render`] (the text), or register it as a `prometheus-client`
-    /// collector.
-    pub fn metrics_handle(&self) -> Metrics {
-        self.metrics.clone()
-    }
-
-    /// Graceful shutdown: stop accepting, send close 1001 to every open connection, keep
-    /// flushing and wait for the close replies until `deadline` has passed, then drop the
-    /// remaining sockets (their `on_close` gets 1006) and join the shard threads. Idempotent.
-    pub fn shutdown(&self, deadline: Duration) {
-        let at = Instant::now() + deadline;
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        if threads.is_empty() {
-            return;
-        }
-        self.hub.stop();
-        for i in 0..self.hub.mail().len() {
-            let _ = self.hub.mail().post(i, Mail::Shutdown(at));
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-        #[cfg(feature = "cluster")]
-        if let Some(b) = self.bridge.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            b.stop(at);
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.shutdown(Duration::ZERO);
-    }
 }

@@ -52,8 +52,11 @@ pub struct Stats {
     pub dropped: u64,
     /// Queued, unsent conflated frames replaced by a newer frame of the same topic.
     pub conflated: u64,
-    /// Topics with at least one subscriber (a gauge).
+    /// Topics with at least one subscriber, or a history holding messages (a gauge).
     pub topics: u64,
+    /// Topics holding a history (bounded by `history_topics_max`), with or without
+    /// subscribers.
+    pub history_topics: u64,
     /// Subscriptions (connection, topic) on all shards (a gauge).
     pub subscriptions: u64,
     /// Topics across servers (all zero unless the server runs with

@@ -1,6 +1,6 @@
 //! The engine's files import top-down and never in a loop: a file never imports from a file
 //! that imports it (directly or through others), and the layers read
-//! server → cluster → shard → {proto, io} → shared leaf files (config, stats, …). Reads `engine/src`,
+//! server → cluster → shard → resume → {proto, io} → shared leaf files (config, stats, …). Reads `engine/src`,
 //! resolves every `crate::`, `super::`, `self::` and child-module path to the file that
 //! defines it, and checks the graph. See engine/ARCHITECTURE.md.
 
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LEAVES: &[&str] = &[
     "config.rs",
     "counters.rs",
+    "history.rs",
     "id.rs",
     "origin.rs",
     "pubsub.rs",
@@ -27,10 +28,12 @@ fn layer(file: &str) -> (u8, &'static str) {
         f if LEAVES.contains(&f) => (0, "leaf"),
         f if f.starts_with("proto/") => (1, "proto"),
         f if f.starts_with("io/") => (1, "io"),
-        f if f.starts_with("shard/") => (2, "shard"),
-        f if f.starts_with("cluster/") => (3, "cluster"),
-        "server.rs" | "client.rs" => (4, "server"),
-        "lib.rs" => (5, "lib"),
+        f if f.starts_with("resume/") => (2, "resume"),
+        f if f.starts_with("shard/") => (3, "shard"),
+        f if f.starts_with("cluster/") => (4, "cluster"),
+        "server.rs" | "client.rs" | "reconnect.rs" => (5, "server"),
+        f if f.starts_with("server/") => (5, "server"),
+        "lib.rs" => (6, "lib"),
         other => panic!("{other}: new file: give it a layer in source_layers.rs"),
     }
 }

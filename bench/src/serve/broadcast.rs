@@ -7,6 +7,11 @@
 //!
 //! A message is encoded once whatever the number of receivers, and keeps its type (text or
 //! binary).
+//!
+//! Both modes speak the resume subprotocol (`percore.resume.v1`) with clients that offer it:
+//! such a client subscribes itself (`sub` / `resume`), to its own room or `all` only, and sends
+//! `msg TEXT`. Chat rooms keep history (`--topic-history-messages-max`, 1000 by default in
+//! chat mode), so a client that reconnects gets what it missed.
 
 use std::rc::Rc;
 
@@ -40,8 +45,15 @@ impl Handler for Broadcast {
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
-        // Only fails for a topic name past the limit, which `ALL` is not.
-        let _ = conn.subscribe(ALL);
+        // Only fails for a topic name past the limit, which `ALL` is not. A resume client
+        // subscribes itself, from its last position.
+        if !conn.speaks_resume() {
+            let _ = conn.subscribe(ALL);
+        }
+    }
+
+    fn on_subscribe(&mut self, _: &mut Conn<'_, ()>, topic: &str) -> bool {
+        topic == ALL
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
@@ -87,11 +99,19 @@ impl Handler for Chat {
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, Rc<str>>) {
+        if conn.speaks_resume() {
+            return; // it subscribes itself, from its last position
+        }
         let room = conn.state().clone();
         if conn.subscribe(&*room).is_err() {
             // Only a name past the server's topic_name_bytes_max fails.
             conn.close(CloseCode::POLICY_VIOLATION, "room name too long");
         }
+    }
+
+    fn on_subscribe(&mut self, conn: &mut Conn<'_, Rc<str>>, topic: &str) -> bool {
+        // Its own room only.
+        topic == &**conn.state()
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, Rc<str>>, msg: Message<'_>) {

@@ -6,8 +6,17 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The address in `percore serve`'s first line ("listening on ADDR ...").
+pub fn listen_addr(line: &str) -> SocketAddr {
+    line.strip_prefix("listening on ")
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+}
 
 /// ../shared/tools, if it is there.
 pub fn shared_tools() -> Option<PathBuf> {
@@ -115,11 +124,7 @@ impl Serve {
         out.read_line(&mut line).unwrap();
         // Keep reading, so the server never writes into a closed pipe.
         std::thread::spawn(move || for _ in out.lines() {});
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let addr = listen_addr(&line);
         Serve {
             child,
             url: format!("ws://{addr}/"),

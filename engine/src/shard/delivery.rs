@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use super::ctx::{Offered, Out};
 use super::entry::{Entry, DEAD};
+use super::hub::lock;
 use super::mailbox::Mail;
+use super::topics::Subscriber;
 use super::{Handler, Shard};
 use crate::counters;
 use crate::io::Driver;
 use crate::pubsub::PublishOptions;
+use crate::resume::Envelope;
 use crate::stats::ShardStats;
 
 /// Mail handled per loop turn (the rest waits for the next turn, which does not block), so a
@@ -30,7 +33,12 @@ impl<H: Handler> Shard<H> {
             };
             budget -= 1;
             match m {
-                Mail::Publish { topic, frame, opts } => self.deliver_topic(&topic, &frame, opts),
+                Mail::Publish {
+                    topic,
+                    frame,
+                    env,
+                    opts,
+                } => self.deliver_topic(&topic, &frame, env.as_ref(), opts),
                 Mail::Send { id, frame } => {
                     let key = id.key();
                     if !matches!(self.slab.get(key), Some(e) if e.generation == id.generation()) {
@@ -60,7 +68,7 @@ impl<H: Handler> Shard<H> {
         if self.ctx.topics.has_pending() {
             let mut batch = self.ctx.topics.take_pending();
             for p in batch.drain(..) {
-                self.deliver_topic(&p.topic, &p.frame, p.opts);
+                self.deliver_topic(&p.topic, &p.frame, p.env.as_ref(), p.opts);
             }
             self.ctx.topics.restore_pending(batch);
         }
@@ -104,26 +112,86 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// Queue `frame` to every local subscriber of `topic`.
-    fn deliver_topic(&mut self, topic: &[u8], frame: &Arc<[u8]>, opts: PublishOptions) {
+    /// Queue `frame` to every local subscriber of `topic`; with `env` (the topic has history:
+    /// the position and envelope frame), the envelope to resume subscribers, each position
+    /// once and in order: a position this shard delivered already is skipped, and positions
+    /// it has not seen yet (a publish of this shard's own still pending, a full mailbox) are
+    /// delivered first from the history.
+    fn deliver_topic(
+        &mut self,
+        topic: &[u8],
+        frame: &Arc<[u8]>,
+        env: Option<&(u64, Arc<[u8]>)>,
+        opts: PublishOptions,
+    ) {
         let Some((id, mut subs)) = self.ctx.topics.take_subscribers(topic) else {
             return;
         };
-        let (mut queued, mut conflated, mut dropped) = (0, 0, 0);
-        for s in &mut subs {
-            match self.offer(s.key as usize, frame, opts, Some(&mut s.last)) {
-                Offered::Queued => queued += 1,
-                Offered::Conflated => conflated += 1,
-                Offered::Dropped => dropped += 1,
-                Offered::Closed | Offered::Skipped => {}
+        let mut counts = [0u64; 3];
+        match env {
+            None => self.offer_all(&mut subs, frame, None, opts, &mut counts),
+            Some((seq, env)) => {
+                let seq = *seq;
+                let (history, delivered) = self.ctx.topics.history(id, seq);
+                let mark = *delivered;
+                if seq > mark {
+                    *delivered = seq;
+                }
+                if seq > mark + 1 {
+                    let mut missed = Vec::new();
+                    if let Some(h) = &history {
+                        let h = lock(h);
+                        let first = h.frames_after(mark, seq - 1, &mut missed);
+                        drop(h);
+                        for (i, f) in missed.iter().enumerate() {
+                            let at = first + i as u64;
+                            if let Some(plain) = Envelope::plain_of(f) {
+                                let e = Some((at, f));
+                                self.offer_all(&mut subs, &plain, e, opts, &mut counts);
+                            }
+                        }
+                    }
+                }
+                if seq > mark {
+                    self.offer_all(&mut subs, frame, Some((seq, env)), opts, &mut counts);
+                }
             }
         }
         self.ep.end_delivery();
         self.ctx.topics.put_subscribers(id, subs);
         let st = &self.ctx.stats;
-        ShardStats::bump(&st.delivered, queued);
-        ShardStats::bump(&st.conflated, conflated);
-        ShardStats::bump(&st.dropped, dropped);
+        ShardStats::bump(&st.delivered, counts[0]);
+        ShardStats::bump(&st.conflated, counts[1]);
+        ShardStats::bump(&st.dropped, counts[2]);
+    }
+
+    /// Offer one publish to `subs`: the plain `frame`, or the envelope at its position to
+    /// resume subscribers that have not had it. Counts queued, conflated, dropped.
+    fn offer_all(
+        &mut self,
+        subs: &mut [Subscriber],
+        frame: &Arc<[u8]>,
+        env: Option<(u64, &Arc<[u8]>)>,
+        opts: PublishOptions,
+        counts: &mut [u64; 3],
+    ) {
+        for s in subs {
+            let f = match env {
+                Some((seq, env)) if s.resume => {
+                    if seq <= s.from {
+                        continue;
+                    }
+                    env
+                }
+                _ => frame,
+            };
+            match self.offer(s.key as usize, f, opts, Some(&mut s.last)) {
+                Offered::Queued => counts[0] += 1,
+                Offered::Conflated => counts[1] += 1,
+                Offered::Dropped => counts[2] += 1,
+                Offered::Closed | Offered::Skipped => {}
+            }
+        }
     }
 
     /// Offer a shared frame to connection `key` (see [`Out::offer`]).

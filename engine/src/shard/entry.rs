@@ -22,6 +22,8 @@ pub(crate) const BACKLOG: u16 = 16;
 /// The peer's EOF came while frames were held by the budget (`BACKLOG`): it is handled once
 /// they are decoded, so that nothing the peer sent before its FIN is lost.
 pub(crate) const EOF_HELD: u16 = 32;
+/// Speaks the resume subprotocol: its text messages are commands (see `shard/resume.rs`).
+pub(crate) const RESUME: u16 = 64;
 /// The high byte: the [`CloseReason`] recorded while the connection runs (its code; 0: none
 /// yet). Kept in the flags, whose low byte holds the flags above.
 const REASON_SHIFT: u32 = 8;
@@ -52,8 +54,8 @@ pub(crate) struct Entry<S> {
     pub(crate) generation: u32,
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
-    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, and the close
-    /// reason in the high byte ([`mark_reason`]).
+    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, `RESUME`, and
+    /// the close reason in the high byte ([`mark_reason`]).
     pub(crate) flags: u16,
     /// The loop turn (its low bits) `frames_left` counts for: a receive in another turn starts
     /// with a full budget.

@@ -111,6 +111,16 @@ pub trait Handler: 'static {
     /// A complete text or binary message arrived.
     fn on_message(&mut self, conn: &mut Conn<'_, Self::State>, msg: Message<'_>);
 
+    /// A client of the resume subprotocol (see [`crate::resume`]) asks to subscribe to
+    /// `topic` (`sub` or `resume`): return whether it may. The default allows every topic:
+    /// when clients must not read every topic, decide here (from the connection's state),
+    /// since the engine answers these commands itself. A refusal is answered `err forbidden
+    /// TOPIC`; the connection goes on.
+    fn on_subscribe(&mut self, conn: &mut Conn<'_, Self::State>, topic: &str) -> bool {
+        let _ = (conn, topic);
+        true
+    }
+
     /// A ping arrived. The pong is sent automatically.
     fn on_ping(&mut self, conn: &mut Conn<'_, Self::State>, payload: &[u8]) {
         let _ = (conn, payload);

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use super::conn::Conn;
 use super::ctx::Out;
-use super::entry::{mark_reason, Entry, PendingUpgrade, OVER_CAPACITY};
+use super::entry::{mark_reason, Entry, PendingUpgrade, OVER_CAPACITY, RESUME};
 use super::mailbox::Verdict;
 use super::request::{Decided, HttpContext, Upgrade};
 use super::{dispatch, Handler, Shard};
@@ -18,6 +18,7 @@ use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::proto::{response_head, Request};
 use crate::response::Response;
+use crate::resume::PROTOCOL;
 use crate::stats::ShardStats;
 use crate::upgrade::{Accept, Reject};
 
@@ -123,7 +124,19 @@ impl<H: Handler> Shard<H> {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"));
             headers.push(("Sec-WebSocket-Extensions", ext));
         }
-        conn.accept_upgrade(now, &mut out, req, accept.protocol.as_deref(), &headers);
+        // The resume subprotocol, when the client offers it and the handler chose none.
+        let resume = match accept.protocol.as_deref() {
+            Some(p) => p == PROTOCOL,
+            None => out.ctx.config.resume_protocol && req.protocols().any(|p| p == PROTOCOL),
+        };
+        let protocol = match resume {
+            true => Some(PROTOCOL),
+            false => accept.protocol.as_deref(),
+        };
+        if resume {
+            *out.flags |= RESUME;
+        }
+        conn.accept_upgrade(now, &mut out, req, protocol, &headers);
         ShardStats::bump(&out.ctx.stats.upgraded, 1);
         let state = slot.insert(state);
         let handler = &mut self.handler;

@@ -1,29 +1,38 @@
 //! What every thread shares about the running shards: their mailboxes, the topic directory
-//! (which shards have subscribers for a topic), the link to the cluster bridge and the stop
-//! flag; and [`Publisher`], the handle that publishes and sends from any thread. The pub/sub
-//! model is described in [`crate::pubsub`], the cluster in `percore::cluster`.
+//! (which shards have subscribers for a topic, and its history), the link to the cluster bridge
+//! and the stop flag; and [`Publisher`], the handle that publishes and sends from any thread.
+//! The pub/sub model is described in [`crate::pubsub`], the cluster in `percore::cluster`,
+//! history and resume in [`crate::resume`].
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
 use super::cluster::ClusterLink;
 use super::mailbox::{Mail, Mailboxes, PostError};
+use crate::history::{History, HistoryPolicy, Position, TopicHistory};
 use crate::id::ConnId;
 use crate::proto::Message;
 use crate::pubsub::{PubSubError, PublishOptions};
+use crate::resume::{Envelope, Jitter};
 use crate::stats::{ShardStats, SharedStats, Stats};
 
 /// Shared between the shards, the server handle and every [`Publisher`].
 pub(crate) struct Hub {
     mail: Mailboxes,
     topic_name_bytes_max: usize,
-    /// Topic -> bit mask of the shards that have subscribers for it. Written only when a shard
-    /// gets its first subscriber for a topic or loses its last one.
-    topics: RwLock<HashMap<Arc<[u8]>, Vec<u64>>>,
+    /// Topic -> the shards that have subscribers for it, and its history. Written only when a
+    /// shard gets its first subscriber for a topic or loses its last one, or a topic's history
+    /// is made or dropped.
+    topics: RwLock<Directory>,
+    history: HistoryPolicy,
+    /// Epochs are `epoch_base + n` (below 2^53), `n` counting the histories made.
+    epoch_base: u64,
+    epochs: AtomicU64,
     /// Counters of publishes and drops made outside the shards.
     shared: SharedStats,
     /// Each shard's counters (written by that shard only).
@@ -50,13 +59,18 @@ impl Hub {
         open: Arc<AtomicUsize>,
         mailbox_messages_max: usize,
         topic_name_bytes_max: usize,
+        history: HistoryPolicy,
         cluster: Option<ClusterLink>,
     ) -> (Arc<Self>, Vec<Receiver<Mail>>) {
         let (mail, rxs) = Mailboxes::new(shard_stats.len(), mailbox_messages_max);
         let hub = Self {
             mail,
             topic_name_bytes_max,
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(Directory::default()),
+            history,
+            // Random, and low in the 53-bit range so that counting up never wraps in practice.
+            epoch_base: Jitter::from_os().next_u64() & ((1 << 52) - 1),
+            epochs: AtomicU64::new(1),
             shared: SharedStats::default(),
             shard_stats,
             open,
@@ -116,60 +130,152 @@ impl Hub {
         Ok(())
     }
 
-    /// Shard `shard` got its first subscriber for `topic`; returns the shared name to use.
-    pub(crate) fn add_shard(&self, topic: &[u8], shard: usize) -> Arc<[u8]> {
+    /// Shard `shard` got its first subscriber for `topic`: returns the shared name to use and
+    /// the topic's history with its head (the last position given out) if it has one.
+    /// `history` asks for one (a resume subscriber): a topic configured without history gets
+    /// one that keeps nothing but gives positions.
+    pub(crate) fn add_shard(&self, topic: &[u8], shard: usize, history: bool) -> Joined {
         let words = self.mail.len().div_ceil(64);
-        let mut map = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        let name = match map.get_key_value(topic) {
+        let mut dir = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let name = match dir.map.get_key_value(topic) {
             Some((k, _)) => k.clone(),
             None => {
                 let name: Arc<[u8]> = Arc::from(topic);
-                // Under the lock, so the bridge sees interest changes in the order they happen.
-                if let Some(c) = &self.cluster {
-                    c.interest(&name);
-                }
+                let entry = TopicEntry {
+                    mask: vec![0; words],
+                    history: None,
+                };
+                dir.map.insert(name.clone(), entry);
                 name
             }
         };
-        map.entry(name.clone()).or_insert_with(|| vec![0; words])[shard / 64] |= 1 << (shard % 64);
-        name
+        let limits = self.history.for_topic(topic);
+        if limits.is_on() || history {
+            self.attach_history(&mut dir, &name, limits);
+        }
+        let entry = dir.map.get_mut(topic).expect("inserted above");
+        if entry.idle() {
+            // Under the lock, so the bridge sees interest changes in the order they happen.
+            if let Some(c) = &self.cluster {
+                c.interest(&name);
+            }
+        }
+        entry.mask[shard / 64] |= 1 << (shard % 64);
+        let history = entry.history.clone().map(|h| {
+            let head = lock(&h).head();
+            (h, head)
+        });
+        Joined { name, history }
     }
 
-    /// Shard `shard` lost its last subscriber for `topic`.
-    pub(crate) fn remove_shard(&self, topic: &[u8], shard: usize) {
-        let mut map = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(mask) = map.get_mut(topic) {
-            mask[shard / 64] &= !(1 << (shard % 64));
-            if mask.iter().all(|&w| w == 0) {
-                if let Some((name, _)) = map.remove_entry(topic) {
-                    if let Some(c) = &self.cluster {
-                        c.interest(&name);
-                    }
-                }
-            }
+    /// Give the directory's topic `name` a history (within `history_topics_max`) unless it has
+    /// one.
+    fn attach_history(&self, dir: &mut Directory, name: &[u8], limits: TopicHistory) {
+        if dir.map.get(name).is_none_or(|e| e.history.is_some()) {
+            return;
+        }
+        if dir.with_history >= self.history.topics_max && !dir.evict_one() {
+            return;
+        }
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        let epoch = (self.epoch_base + n) & ((1 << 53) - 1);
+        let h = History::new(limits, epoch.max(1), Instant::now());
+        if let Some(e) = dir.map.get_mut(name) {
+            e.history = Some(Arc::new(Mutex::new(h)));
+            dir.with_history += 1;
         }
     }
 
-    /// Hand a publish to every shard (other than `from`) that has subscribers for `topic`.
-    /// `frame` encodes the message (called at most once, only if some shard needs it).
-    /// Returns how many shards did not get it because their mailbox was full. Inlined into its
-    /// callers (a local publish from a handler or a `Publisher`, a remote one from the cluster
-    /// bridge): with three callers the compiler would otherwise keep it out of line, which costs
-    /// a local publish about 5 % more instructions (`scripts/publish-cost.sh`).
-    #[inline(always)]
-    pub(crate) fn forward(
+    /// Shard `shard` lost its last subscriber for `topic`. The topic stays while its history
+    /// holds messages (for the subscribers that come back).
+    pub(crate) fn remove_shard(&self, topic: &[u8], shard: usize) {
+        let mut dir = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let Some((name, _)) = dir.map.get_key_value(topic) else {
+            return;
+        };
+        let name = name.clone();
+        let Some(e) = dir.map.get_mut(topic) else {
+            return;
+        };
+        let was = !e.idle();
+        e.mask[shard / 64] &= !(1 << (shard % 64));
+        if was && e.idle() {
+            // Under the lock, so the bridge sees interest changes in the order they happen.
+            if let Some(c) = &self.cluster {
+                c.interest(&name);
+            }
+        }
+        if e.idle() && !e.holds() {
+            dir.remove(topic);
+        }
+    }
+
+    /// The history of `topic`, if it has one.
+    pub(crate) fn history_of(&self, topic: &[u8]) -> Option<SharedHistory> {
+        let dir = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        dir.map.get(topic)?.history.clone()
+    }
+
+    /// Route a publish: give it its position if the topic has history (kept there), and hand
+    /// it to every shard (other than `from`) that has subscribers for `topic`. Returns the
+    /// frames (made only if needed: `local` asks for them, for the publishing shard's own
+    /// subscribers) and how many shards did not get it because their mailbox was full.
+    pub(crate) fn route(
         &self,
         from: Option<usize>,
         topic: &[u8],
-        frame: &mut dyn FnMut() -> Arc<[u8]>,
+        msg: Message<'_>,
         opts: PublishOptions,
-    ) -> u64 {
-        let map = self.topics.read().unwrap_or_else(|p| p.into_inner());
-        let Some((name, mask)) = map.get_key_value(topic) else {
-            return 0;
-        };
+        local: bool,
+    ) -> Routed {
+        let dir = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, entry)) = dir.map.get_key_value(topic) {
+            return self.route_to(from, name, entry, msg, opts, local);
+        }
+        drop(dir);
+        let limits = self.history.for_topic(topic);
+        if !limits.is_on() {
+            return Routed::default();
+        }
+        // A topic with history and no subscriber yet: its history starts with this message.
+        let mut dir = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if !dir.map.contains_key(topic) {
+            let entry = TopicEntry {
+                mask: vec![0; self.mail.len().div_ceil(64)],
+                history: None,
+            };
+            dir.map.insert(Arc::from(topic), entry);
+            self.attach_history(&mut dir, topic, limits);
+            if dir.map.get(topic).is_some_and(|e| e.history.is_none()) {
+                dir.remove(topic); // no room for another history
+                return Routed::default();
+            }
+        }
+        let (name, entry) = dir.map.get_key_value(topic).expect("present");
+        self.route_to(from, name, entry, msg, opts, local)
+    }
+
+    fn route_to(
+        &self,
+        from: Option<usize>,
+        name: &Arc<[u8]>,
+        entry: &TopicEntry,
+        msg: Message<'_>,
+        opts: PublishOptions,
+        local: bool,
+    ) -> Routed {
+        // Positions are given out and mail posted under the history's lock, so every shard
+        // gets a topic's publishes in position order.
+        let mut guard = entry.history.as_ref().map(|h| lock(h));
+        let env = guard.as_deref_mut().map(|h| {
+            let epoch = h.epoch();
+            h.push(Instant::now(), |seq| {
+                Envelope::encode_shared(name, Position { epoch, seq }, msg)
+            })
+        });
+        let mut frame: Option<Arc<[u8]>> = None;
         let mut full = 0;
-        for (w, &word) in mask.iter().enumerate() {
+        for (w, &word) in entry.mask.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
                 let i = w * 64 + bits.trailing_zeros() as usize;
@@ -179,7 +285,8 @@ impl Hub {
                 }
                 let mail = Mail::Publish {
                     topic: name.clone(),
-                    frame: frame(),
+                    frame: frame.get_or_insert_with(|| msg.encode_shared()).clone(),
+                    env: env.clone(),
                     opts,
                 };
                 if self.mail.post(i, mail) == Err(PostError::Full) {
@@ -187,7 +294,16 @@ impl Hub {
                 }
             }
         }
-        full
+        drop(guard);
+        if local {
+            frame.get_or_insert_with(|| msg.encode_shared());
+        }
+        Routed {
+            name: Some(name.clone()),
+            frame,
+            env,
+            full,
+        }
     }
 
     /// Publish from outside the shards.
@@ -202,9 +318,7 @@ impl Hub {
             c.admit(msg.as_bytes().len())?;
         }
         SharedStats::bump(&self.shared.published, 1);
-        let mut encoded: Option<Arc<[u8]>> = None;
-        let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
-        let full = self.forward(None, topic, &mut frame, opts);
+        let full = self.route(None, topic, msg, opts, false).full;
         let remote = match &self.cluster {
             Some(c) => c.publish(topic, msg, opts),
             None => Ok(()),
@@ -220,8 +334,9 @@ impl Hub {
 
     /// A message from another server (the cluster bridge): to every local subscriber of
     /// `topic`, through the shards' mailboxes like a publish from any thread (encoded once,
-    /// only if some shard subscribes). Returns how many shards' mailboxes were full (counted in
-    /// [`Stats::dropped`]).
+    /// only if some shard subscribes). A topic with history gives it this server's next
+    /// position: positions are per server, in the order messages reach it. Returns how many
+    /// shards' mailboxes were full (counted in [`Stats::dropped`]).
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn deliver_remote(
         &self,
@@ -229,18 +344,17 @@ impl Hub {
         msg: Message<'_>,
         opts: PublishOptions,
     ) -> u64 {
-        let mut encoded: Option<Arc<[u8]>> = None;
-        let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
-        let full = self.forward(None, topic, &mut frame, opts);
+        let full = self.route(None, topic, msg, opts, false).full;
         SharedStats::bump(&self.shared.dropped, full);
         full
     }
 
-    /// Does some shard have subscribers for `topic`? (The cluster bridge's interest.)
+    /// Does some shard have subscribers for `topic`? (The cluster bridge's interest; a topic
+    /// that only keeps history does not count.)
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn has_topic(&self, topic: &[u8]) -> bool {
-        let map = self.topics.read().unwrap_or_else(|p| p.into_inner());
-        map.contains_key(topic)
+        let dir = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        dir.map.get(topic).is_some_and(|e| !e.idle())
     }
 
     /// Send one message to one connection, from anywhere.
@@ -280,7 +394,10 @@ impl Hub {
     /// Add the counters kept here (publishes from outside, the topic gauge) to `s`.
     fn add_to(&self, s: &mut Stats) {
         self.shared.add_to(s);
-        s.topics = self.topics.read().map_or(0, |m| m.len() as u64);
+        if let Ok(dir) = self.topics.read() {
+            s.topics = dir.map.len() as u64;
+            s.history_topics = dir.with_history as u64;
+        }
         if let Some(c) = &self.cluster {
             c.add_to(s);
         }
@@ -361,5 +478,98 @@ impl Publisher {
     /// slow-consumer policy.
     pub fn send(&self, id: ConnId, msg: Message<'_>) -> Result<(), PubSubError> {
         self.hub.send(id, msg)
+    }
+}
+
+/// A topic's history, shared by its publishers and the shards that subscribe to it.
+pub(crate) type SharedHistory = Arc<Mutex<History>>;
+
+/// Lock a history (a panic while holding it cannot leave it inconsistent: every change is
+/// one push or pop).
+pub(crate) fn lock(h: &Mutex<History>) -> MutexGuard<'_, History> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What [`Hub::add_shard`] gives a shard joining a topic.
+pub(crate) struct Joined {
+    pub(crate) name: Arc<[u8]>,
+    pub(crate) history: Option<(SharedHistory, u64)>,
+}
+
+/// What [`Hub::route`] made of a publish.
+#[derive(Default)]
+pub(crate) struct Routed {
+    /// The topic's shared name (`None`: nobody subscribes and it keeps no history).
+    pub(crate) name: Option<Arc<[u8]>>,
+    /// The plain frame, if it was made.
+    pub(crate) frame: Option<Arc<[u8]>>,
+    /// The position and envelope frame, if the topic has history.
+    pub(crate) env: Option<(u64, Arc<[u8]>)>,
+    /// Shards whose mailbox was full.
+    pub(crate) full: u64,
+}
+
+/// One topic in the directory.
+struct TopicEntry {
+    /// Bit mask of the shards with subscribers.
+    mask: Vec<u64>,
+    history: Option<SharedHistory>,
+}
+
+impl TopicEntry {
+    fn idle(&self) -> bool {
+        self.mask.iter().all(|&w| w == 0)
+    }
+
+    /// Does its history hold messages (after dropping those past their age)?
+    fn holds(&self) -> bool {
+        self.history.as_ref().is_some_and(|h| {
+            let mut h = lock(h);
+            h.expire(Instant::now());
+            h.keeps() && h.held().0 > 0
+        })
+    }
+}
+
+/// The topic directory.
+#[derive(Default)]
+struct Directory {
+    map: HashMap<Arc<[u8]>, TopicEntry>,
+    /// Entries with a history (bounded by `history_topics_max`).
+    with_history: usize,
+}
+
+impl Directory {
+    fn remove(&mut self, topic: &[u8]) {
+        if let Some(e) = self.map.remove(topic) {
+            self.with_history -= usize::from(e.history.is_some());
+        }
+    }
+
+    /// Make room for one more history: drop the history of a topic nobody subscribes to, one
+    /// whose messages all expired if there is one, else the one published to least recently.
+    /// Linear in the topics, and only run when the bound is reached.
+    fn evict_one(&mut self) -> bool {
+        let mut oldest: Option<(Instant, Arc<[u8]>)> = None;
+        for (name, e) in &self.map {
+            let Some(h) = e.history.as_ref().filter(|_| e.idle()) else {
+                continue;
+            };
+            if !e.holds() {
+                oldest = Some((Instant::now(), name.clone()));
+                break;
+            }
+            let at = lock(h).last_publish;
+            if oldest.as_ref().is_none_or(|(t, _)| at < *t) {
+                oldest = Some((at, name.clone()));
+            }
+        }
+        match oldest {
+            Some((_, name)) => {
+                self.remove(&name);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -29,10 +29,12 @@ pub(crate) enum Mail {
     Connect(Box<Outbound>),
     /// Queue this encoded frame to every open accepted connection of the shard.
     Broadcast(Arc<[u8]>),
-    /// Queue `frame` to every local subscriber of `topic`.
+    /// Queue `frame` to every local subscriber of `topic` (the envelope frame at its position
+    /// to resume subscribers, if the topic has history).
     Publish {
         topic: Arc<[u8]>,
         frame: Arc<[u8]>,
+        env: Option<(u64, Arc<[u8]>)>,
         opts: PublishOptions,
     },
     /// Queue `frame` to one connection.

@@ -25,6 +25,7 @@ mod memory;
 mod metering;
 mod metrics;
 mod request;
+mod resume;
 mod settings;
 mod timer;
 mod topics;
@@ -783,7 +784,7 @@ fn dispatch<H: Handler>(
     match ev {
         AppEvent::Message(msg) => {
             ShardStats::bump(&conn.out.ctx.stats.messages_received, 1);
-            conn.guard(|c| handler.on_message(c, msg));
+            resume::on_message(handler, &mut conn, msg);
         }
         AppEvent::Ping(p) => conn.guard(|c| handler.on_ping(c, p)),
         AppEvent::Rtt { micros } => {

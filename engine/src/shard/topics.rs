@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use slab::Slab;
 
-use super::hub::Hub;
+use super::hub::{lock, Hub, Joined, SharedHistory};
 use crate::counters;
+use crate::history::{Position, Resume};
 use crate::proto::Message;
 use crate::pubsub::{PubSubError, PublishOptions};
 use crate::stats::ShardStats;
@@ -18,13 +20,41 @@ pub(crate) struct Subscriber {
     pub(crate) key: u32,
     /// The last conflated frame queued to it (compared by address to replace it while unsent).
     pub(crate) last: Option<Weak<[u8]>>,
+    /// A resume subscriber: it gets the envelope frames, those after position `from` only
+    /// (what it was replayed when it subscribed, it does not get again).
+    pub(crate) resume: bool,
+    pub(crate) from: u64,
+    /// The last position it acknowledged (in the topic's current epoch).
+    pub(crate) acked: Option<u64>,
+}
+
+impl Subscriber {
+    fn plain(key: u32) -> Self {
+        Self {
+            key,
+            last: None,
+            resume: false,
+            from: 0,
+            acked: None,
+        }
+    }
 }
 
 /// A topic with at least one subscriber on this shard.
-#[derive(Debug)]
 struct Topic {
     name: Arc<[u8]>,
     subs: Vec<Subscriber>,
+    /// The topic's history, if it has one, and the last position delivered on this shard.
+    history: Option<SharedHistory>,
+    delivered: u64,
+}
+
+/// How a resume subscription starts (see [`crate::resume::Notice`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    Ok(Position),
+    Gap(u64, Position),
+    Reset(Position),
 }
 
 /// One subscription of a connection: topic id and its index in the topic's `subs`.
@@ -39,6 +69,7 @@ struct Sub {
 pub(crate) struct Pending {
     pub(crate) topic: Arc<[u8]>,
     pub(crate) frame: Arc<[u8]>,
+    pub(crate) env: Option<(u64, Arc<[u8]>)>,
     pub(crate) opts: PublishOptions,
 }
 
@@ -119,18 +150,7 @@ impl Topics {
         if topic.len() > self.hub.topic_name_bytes_max() {
             return Err(PubSubError::TopicTooLong);
         }
-        let id = match self.by_name.get(topic) {
-            Some(&id) => id,
-            None => {
-                let name = self.hub.add_shard(topic, self.shard);
-                let id = self.table.insert(Topic {
-                    name: name.clone(),
-                    subs: Vec::new(),
-                }) as u32;
-                self.by_name.insert(name, id);
-                id
-            }
-        };
+        let id = self.topic_id(topic, false);
         let subs = self.conns.entry(key).or_default();
         if subs.iter().any(|s| s.topic == id) {
             return Ok(false);
@@ -140,9 +160,135 @@ impl Topics {
             topic: id,
             slot: t.subs.len() as u32,
         });
-        t.subs.push(Subscriber { key, last: None });
+        t.subs.push(Subscriber::plain(key));
         ShardStats::bump(&self.stats.subscriptions, 1);
         Ok(true)
+    }
+
+    /// This shard's entry for `topic`, made (and the shard registered with the hub) if needed.
+    /// `history`: the topic must have a history (a resume subscriber).
+    fn topic_id(&mut self, topic: &[u8], history: bool) -> u32 {
+        if let Some(&id) = self.by_name.get(topic) {
+            let t = &mut self.table[id as usize];
+            if history && t.history.is_none() {
+                // Plain subscribers came first: the hub gives the topic a history now.
+                let Joined { history: h, .. } = self.hub.add_shard(topic, self.shard, true);
+                if let Some((h, head)) = h {
+                    t.history = Some(h);
+                    t.delivered = head;
+                }
+            }
+            return id;
+        }
+        let Joined { name, history } = self.hub.add_shard(topic, self.shard, history);
+        let (history, delivered) = match history {
+            Some((h, head)) => (Some(h), head),
+            None => (None, 0),
+        };
+        let id = self.table.insert(Topic {
+            name: name.clone(),
+            subs: Vec::new(),
+            history,
+            delivered,
+        }) as u32;
+        self.by_name.insert(name, id);
+        id
+    }
+
+    /// Subscribe connection `key` to `topic` as a resume subscriber that last saw `from`
+    /// (None: nothing, from now on). Appends the frames to replay to `replay` and says how the
+    /// subscription starts; `None` if the topic can have no history (`history_topics_max`).
+    /// A subscription the connection already had starts over (in its place).
+    pub(crate) fn subscribe_resume(
+        &mut self,
+        key: u32,
+        topic: &[u8],
+        from: Option<Position>,
+        replay: &mut Vec<Arc<[u8]>>,
+    ) -> Result<Option<Start>, PubSubError> {
+        if topic.len() > self.hub.topic_name_bytes_max() {
+            return Err(PubSubError::TopicTooLong);
+        }
+        let id = self.topic_id(topic, true);
+        let t = &mut self.table[id as usize];
+        let Some(h) = t.history.clone() else {
+            if t.subs.is_empty() {
+                let t = self.table.remove(id as usize);
+                self.by_name.remove(&t.name);
+                self.hub.remove_shard(&t.name, self.shard);
+            }
+            return Ok(None);
+        };
+        let mut h = lock(&h);
+        let verdict = h.resume(Instant::now(), from, replay);
+        let (epoch, head) = (h.epoch(), h.head());
+        drop(h);
+        let start = match verdict {
+            Resume::Whole { after } => Start::Ok(Position { epoch, seq: after }),
+            Resume::Gap { first, last } => Start::Gap(first, Position { epoch, seq: last }),
+            Resume::Reset { after } => Start::Reset(Position { epoch, seq: after }),
+        };
+        let sub = Subscriber {
+            key,
+            last: None,
+            resume: true,
+            from: head,
+            acked: None,
+        };
+        let subs = self.conns.entry(key).or_default();
+        if let Some(s) = subs.iter().find(|s| s.topic == id) {
+            // Subscribed already (plain, or resuming again): the same slot starts over.
+            t.subs[s.slot as usize] = sub;
+            return Ok(Some(start));
+        }
+        subs.push(Sub {
+            topic: id,
+            slot: t.subs.len() as u32,
+        });
+        t.subs.push(sub);
+        ShardStats::bump(&self.stats.subscriptions, 1);
+        Ok(Some(start))
+    }
+
+    /// The resume subscriber `key` of `topic` acknowledged `pos`; false if it is not one (or
+    /// the epoch is not the topic's).
+    pub(crate) fn ack(&mut self, key: u32, topic: &[u8], pos: Position) -> bool {
+        let Some(s) = self.subscriber(key, topic) else {
+            return false;
+        };
+        let (t, slot) = s;
+        let epoch = t.history.as_ref().map(|h| lock(h).epoch());
+        if epoch != Some(pos.epoch) || !t.subs[slot].resume {
+            return false;
+        }
+        t.subs[slot].acked = Some(pos.seq);
+        true
+    }
+
+    /// The last position resume subscriber `key` of `topic` acknowledged.
+    pub(crate) fn acked(&mut self, key: u32, topic: &[u8]) -> Option<Position> {
+        let (t, slot) = self.subscriber(key, topic)?;
+        let seq = t.subs[slot].acked?;
+        let epoch = lock(t.history.as_ref()?).epoch();
+        Some(Position { epoch, seq })
+    }
+
+    fn subscriber(&mut self, key: u32, topic: &[u8]) -> Option<(&mut Topic, usize)> {
+        let &id = self.by_name.get(topic)?;
+        let sub = self.conns.get(&key)?.iter().find(|s| s.topic == id)?;
+        let slot = sub.slot as usize;
+        Some((&mut self.table[id as usize], slot))
+    }
+
+    /// The history and delivery mark of local topic `id`, for the delivery of position `seq`:
+    /// a topic that got its history after this shard joined it learns it now.
+    pub(crate) fn history(&mut self, id: u32, seq: u64) -> (Option<SharedHistory>, &mut u64) {
+        let t = &mut self.table[id as usize];
+        if t.history.is_none() {
+            t.history = self.hub.history_of(&t.name);
+            t.delivered = seq - 1;
+        }
+        (t.history.clone(), &mut t.delivered)
     }
 
     /// End connection `key`'s subscription to `topic`; returns whether there was one.
@@ -212,22 +358,21 @@ impl Topics {
             c.admit(msg.as_bytes().len())?;
         }
         ShardStats::bump(&self.stats.published, 1);
-        let mut encoded: Option<Arc<[u8]>> = None;
-        if let Some((name, _)) = self.by_name.get_key_value(topic) {
-            let frame = encoded.get_or_insert_with(|| msg.encode_shared()).clone();
+        let local = self.by_name.contains_key(topic);
+        let routed = self.hub.route(Some(self.shard), topic, msg, opts, local);
+        if let (true, Some(name), Some(frame)) = (local, routed.name, routed.frame) {
             self.pending.push(Pending {
-                topic: name.clone(),
+                topic: name,
                 frame,
+                env: routed.env,
                 opts,
             });
         }
-        let mut frame = || encoded.get_or_insert_with(|| msg.encode_shared()).clone();
-        let full = self.hub.forward(Some(self.shard), topic, &mut frame, opts);
         let remote = match cluster {
             Some(c) => c.publish(topic, msg, opts),
             None => Ok(()),
         };
-        match full {
+        match routed.full {
             0 => remote,
             full => {
                 ShardStats::bump(&self.stats.dropped, full);
@@ -261,7 +406,14 @@ mod tests {
 
     fn table_with(shards: usize, mailbox_max: usize) -> (Shards, Vec<Topics>) {
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
-        let (hub, rxs) = Hub::new(stats.clone(), Arc::default(), mailbox_max, 256, None);
+        let (hub, rxs) = Hub::new(
+            stats.clone(),
+            Arc::default(),
+            mailbox_max,
+            256,
+            Default::default(),
+            None,
+        );
         let t = (0..shards)
             .map(|i| Topics::new(hub.clone(), i, stats[i].clone()))
             .collect();
