@@ -168,6 +168,7 @@ pub struct ServeArgs {
     /// A subprotocol the server speaks (repeatable, in preference order is the client's): the
     /// first one the client offers that is in this list is chosen. A client offering none is
     /// served without one; a client offering only others is refused with 400 naming these.
+    /// broadcast/chat also speak `percore.resume.v1` (last in the list).
     #[arg(long = "subprotocol", value_name = "NAME")]
     pub subprotocols: Vec<String>,
     /// Serve the metrics on this address (port 0: a free one, printed): `GET /metrics` (the
@@ -425,7 +426,17 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             return Err(format!("--subprotocol {p:?} is not an HTTP token"));
         }
     }
-    let protocols: std::sync::Arc<[String]> = args.subprotocols.clone().into();
+    // broadcast/chat speak the resume subprotocol too: a resume client offering only it is
+    // served (the engine answers its commands), not refused for missing the --subprotocol list.
+    let mut protocols = args.subprotocols.clone();
+    let resume = percore::resume::PROTOCOL;
+    if !protocols.is_empty()
+        && !matches!(args.mode, Mode::Echo)
+        && !protocols.iter().any(|p| p == resume)
+    {
+        protocols.push(resume.to_owned());
+    }
+    let protocols: std::sync::Arc<[String]> = protocols.into();
     let opts = if args.droppable {
         PublishOptions::droppable()
     } else {

@@ -15,12 +15,21 @@ use tools::Serve;
 /// A raw handshake offering `protocols` (none: no header): Ok(chosen protocol) or Err(HTTP
 /// status, body).
 fn offer(url: &str, protocols: Option<&str>) -> Result<Option<String>, (u16, String)> {
+    offer_at(url, "/", protocols)
+}
+
+/// [`offer`] on `path`.
+fn offer_at(
+    url: &str,
+    path: &str,
+    protocols: Option<&str>,
+) -> Result<Option<String>, (u16, String)> {
     use std::io::{Read, Write};
     let addr = url.trim_start_matches("ws://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
     if let Some(p) = protocols {
@@ -69,6 +78,22 @@ fn the_first_offered_subprotocol_the_server_speaks_is_chosen() {
         // Without --subprotocol, offered ones are ignored (no header).
         let plain = Serve::start(backend);
         assert_eq!(offer(&plain.url, Some("chat")), Ok(None));
+    }
+}
+
+#[test]
+fn broadcast_and_chat_speak_the_resume_subprotocol_beside_the_listed_ones() {
+    for backend in ["epoll", "uring"] {
+        for (mode, path) in [("broadcast", "/"), ("chat", "/room/lobby")] {
+            let s = Serve::start_with(backend, &["--mode", mode, "--subprotocol", "chat"]);
+            let resume = "percore.resume.v1";
+            let offer = |p| offer_at(&s.url, path, Some(p));
+            assert_eq!(offer(resume), Ok(Some(resume.into())), "{mode}");
+            assert_eq!(offer("chat"), Ok(Some("chat".into())), "{mode}");
+            let (status, body) = offer("other").unwrap_err();
+            assert_eq!(status, 400, "{mode}");
+            assert!(body.contains("chat, percore.resume.v1"), "{mode}: {body}");
+        }
     }
 }
 
