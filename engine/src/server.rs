@@ -283,7 +283,9 @@ impl ServerBuilder {
     }
 
     /// Time allowed for a close handshake (or for the peer to hang up after we failed the
-    /// connection) before the socket is dropped (default 5 s).
+    /// connection) before the socket is dropped (default 5 s). The close handshakes of a
+    /// graceful shutdown ([`ServerHandle::shutdown`]) may take until its deadline if that is
+    /// later.
     pub fn close_timeout(mut self, d: Duration) -> Self {
         self.config.close_timeout = d;
         self

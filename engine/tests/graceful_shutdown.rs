@@ -85,6 +85,29 @@ every_backend! {
         assert!(RawClient::connect(addr).is_err(), "handshake succeeded after shutdown");
     }
 
+    fn a_close_reply_after_close_timeout_but_before_the_shutdown_deadline_is_clean(backend) {
+        let mut server = common::start_with(backend, |b| b.close_timeout(Duration::from_millis(200)));
+        let mut c = RawClient::connect(server.addr).unwrap();
+        server.wait_event("on_open", |e| matches!(e, Event::Opened(_)));
+        let handle = server.take_handle();
+        let stopper = std::thread::spawn(move || common::shutdown_bounded(handle, Duration::from_secs(5)));
+        assert_eq!(c.read_until_close(), Ending::Close(Some(1001)));
+        // Four close timeouts later, well within the shutdown's 5 s.
+        std::thread::sleep(Duration::from_millis(800));
+        c.send_close(1001, "").unwrap();
+        c.expect_eof();
+        assert!(stopper.join().unwrap(), "shutdown did not return");
+        let closed: Vec<Option<u16>> = server
+            .events
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Closed(_, code, _) => Some(code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, vec![Some(1001)], "on_close saw the peer's reply, not a timeout");
+    }
+
     fn on_close_runs_for_every_connection_at_shutdown(backend) {
         let mut server = common::start(backend);
         let clients: Vec<RawClient> = (0..6).map(|_| RawClient::connect(server.addr).unwrap()).collect();

@@ -118,6 +118,13 @@ impl Endpoint {
         &self.settings
     }
 
+    /// Let close handshakes begun from now on last `ticks` if that is longer than the
+    /// configured close timeout (a graceful shutdown waits for replies until its own deadline).
+    pub fn extend_close_timeout(&mut self, ticks: u32) {
+        let st = &mut self.settings;
+        st.close_timeout_ticks = st.close_timeout_ticks.max(ticks);
+    }
+
     /// Set the fine clock: microseconds on any monotonic clock of the caller's, wrapping at
     /// 2^32 (71 minutes). An idle ping carries the time it was queued at and a pong that echoes
     /// it gives the round trip ([`super::AppEvent::Rtt`]), so set it whenever the tick is

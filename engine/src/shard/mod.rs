@@ -27,6 +27,7 @@ mod metrics;
 mod request;
 mod resume;
 mod settings;
+mod shutdown;
 mod timer;
 mod topics;
 
@@ -562,52 +563,6 @@ impl<H: Handler> Shard<H> {
             if driver.close(Token(key)) && self.slab.contains(key) {
                 self.slab.remove(key);
             }
-        }
-    }
-
-    fn begin_shutdown<D: Driver>(&mut self, driver: &mut D, at: Instant) {
-        if self.shutdown_at.is_some() {
-            return;
-        }
-        self.shutdown_at = Some(at);
-        driver.stop_accepting();
-        let now = self.ctx.now;
-        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let Some(e) = self.slab.get_mut(key) else {
-                continue;
-            };
-            if e.flags & DEAD != 0 {
-                continue;
-            }
-            if e.conn.is_handshaking() {
-                e.conn.abort();
-            } else if e.conn.is_open() {
-                let mut out = Out {
-                    key: key as u32,
-                    queue: &mut e.queue,
-                    flags: &mut e.flags,
-                    ctx: &mut self.ctx,
-                };
-                let reason = "server shutting down";
-                let code = crate::proto::CloseCode::GOING_AWAY;
-                e.conn
-                    .send_half()
-                    .close(now, &mut self.ep, &mut out, code, reason);
-            }
-            self.settle(key);
-        }
-    }
-
-    fn drop_all(&mut self) {
-        let keys: Vec<usize> = self
-            .slab
-            .iter()
-            .filter(|(_, e)| e.flags & DEAD == 0)
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            self.finalize(key);
         }
     }
 
