@@ -17,14 +17,32 @@ if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2
   python3 -m venv "$PERCORE_PYENV"
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'websockets>=13'
 fi
+# Node `ws` (an independent permessage-deflate client for the interop test), kept in a cache
+# directory like the Python venv.
+PERCORE_NODE_MODULES=${PERCORE_NODE_MODULES:-$HOME/.cache/percore-node/node_modules}
+export PERCORE_NODE_MODULES PERCORE_REQUIRE_NODE=1
+echo "== node ws ($PERCORE_NODE_MODULES)"
+if [ ! -f "$PERCORE_NODE_MODULES/ws/package.json" ]; then
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+  fi
+  mkdir -p "$(dirname "$PERCORE_NODE_MODULES")"
+  npm install --prefix "$(dirname "$PERCORE_NODE_MODULES")" --no-audit --no-fund --silent 'ws@8'
+fi
+# Headless Chromium: a browser's `new WebSocket(url, ['chat'])` against `percore serve`.
+export PERCORE_REQUIRE_BROWSER=1
+if ! command -v chromium >/dev/null; then
+  echo "== chromium"
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
 # An independent parser of the metrics' text format (bench/tests/serve_metrics.rs).
 if ! "$PERCORE_PYENV/bin/python" -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
 fi
 # Node with a built-in WebSocket (22+, or 20/21 with --experimental-websocket) runs the browser
 # resume client (bench/tests/resume_js.rs); Debian's own nodejs may be older: then Node 22 from
-# the npm registry (the `node` package) into a cache directory.
-export PERCORE_REQUIRE_NODE=1
+# the npm registry (the `node` package) into a cache directory (PERCORE_REQUIRE_NODE, set above,
+# makes a missing one a failure for both Node tests).
 has_ws_node() {
   "$1" -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null ||
     "$1" --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null

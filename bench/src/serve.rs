@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use percore::{
-    Backend, ClusterConfig, Conn, Handler, HttpContext, Message, PublishOptions, Request, Response,
-    Server, Shards, SlowConsumer,
+    Backend, ClusterConfig, Compression, Conn, Decision, Handler, HttpContext, Message,
+    PublishOptions, Request, Response, Server, Shards, SlowConsumer, Upgrade,
 };
 
 mod broadcast;
 pub mod metrics;
+mod subprotocol;
 
 /// Options of `percore serve`.
 #[derive(Args, Debug)]
@@ -157,6 +158,34 @@ pub struct ServeArgs {
     /// Most received bytes a TLS connection holds during its handshake.
     #[arg(long, default_value_t = 32 << 10)]
     pub tls_handshake_bytes_max: usize,
+    /// permessage-deflate: off (decline), shared (no context takeover, one compressor per
+    /// shard) or dedicated (context takeover, per-connection state within a budget).
+    #[arg(long, value_enum, default_value_t = CompressionArg::Off)]
+    pub compression: CompressionArg,
+    /// Messages shorter than this are sent uncompressed.
+    #[arg(long, default_value_t = 64)]
+    pub deflate_threshold_bytes: usize,
+    /// zlib compression level 0..=9.
+    #[arg(long, default_value_t = 1)]
+    pub deflate_level: u8,
+    /// Largest LZ77 window the server compresses with, 9..=15 bits.
+    #[arg(long, default_value_t = 12)]
+    pub deflate_server_max_window_bits: u8,
+    /// dedicated: client_max_window_bits answered to clients that offer it, 9..=15.
+    #[arg(long, default_value_t = 12)]
+    pub deflate_client_max_window_bits: u8,
+    /// zlib memory level 1..=9 of the shard's compressors.
+    #[arg(long, default_value_t = 8)]
+    pub deflate_mem_level: u8,
+    /// dedicated: most bytes of per-connection compression state per shard (then shared terms).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub deflate_dedicated_bytes_max: usize,
+    /// A subprotocol the server speaks (repeatable, in preference order is the client's): the
+    /// first one the client offers that is in this list is chosen. A client offering none is
+    /// served without one; a client offering only others is refused with 400 naming these.
+    /// broadcast/chat also speak `percore.resume.v1` (last in the list).
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    pub subprotocols: Vec<String>,
     /// Serve the metrics on this address (port 0: a free one, printed): `GET /metrics` (the
     /// Prometheus text format), `GET /dashboard` (a live page) and the dashboard's WebSocket,
     /// on a second, one-shard percore server. Off by default.
@@ -183,6 +212,17 @@ pub struct ServeArgs {
     pub history_topics_max: usize,
 }
 
+/// `--compression` on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompressionArg {
+    /// Decline permessage-deflate.
+    Off,
+    /// No context takeover; one compressor and decompressor per shard.
+    Shared,
+    /// Context takeover; per-connection windows within a budget.
+    Dedicated,
+}
+
 /// Backend choice on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendArg {
@@ -206,10 +246,16 @@ pub enum Mode {
     Chat,
 }
 
-struct Echo;
+struct Echo {
+    protocols: subprotocol::Protocols,
+}
 
 impl Handler for Echo {
     type State = ();
+
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<()>) -> Decision<()> {
+        subprotocol::accept(req, up, &self.protocols, ())
+    }
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         // A refused send already closed the connection (slow consumer or closing).
         let _ = conn.send(msg);
@@ -384,6 +430,34 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .reconnect_delay_max(Duration::from_millis(args.cluster_reconnect_delay_max_ms)),
         );
     }
+    builder = builder
+        .compression(match args.compression {
+            CompressionArg::Off => Compression::Off,
+            CompressionArg::Shared => Compression::Shared,
+            CompressionArg::Dedicated => Compression::Dedicated,
+        })
+        .deflate_threshold_bytes(args.deflate_threshold_bytes)
+        .deflate_level(args.deflate_level)
+        .deflate_server_max_window_bits(args.deflate_server_max_window_bits)
+        .deflate_client_max_window_bits(args.deflate_client_max_window_bits)
+        .deflate_mem_level(args.deflate_mem_level)
+        .deflate_dedicated_bytes_max(args.deflate_dedicated_bytes_max);
+    for p in &args.subprotocols {
+        if !subprotocol::is_token(p) {
+            return Err(format!("--subprotocol {p:?} is not an HTTP token"));
+        }
+    }
+    // broadcast/chat speak the resume subprotocol too: a resume client offering only it is
+    // served (the engine answers its commands), not refused for missing the --subprotocol list.
+    let mut protocols = args.subprotocols.clone();
+    let resume = percore::resume::PROTOCOL;
+    if !protocols.is_empty()
+        && !matches!(args.mode, Mode::Echo)
+        && !protocols.iter().any(|p| p == resume)
+    {
+        protocols.push(resume.to_owned());
+    }
+    let protocols: std::sync::Arc<[String]> = protocols.into();
     let builder = match (tls, &args.tls_addr) {
         (None, _) => builder,
         (Some(t), None) => builder.tls(t),
@@ -394,10 +468,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     } else {
         PublishOptions::default()
     };
+    let p = protocols;
     let server = match args.mode {
-        Mode::Echo => builder.start(|_| Echo),
-        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast { opts }),
-        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts)),
+        Mode::Echo => builder.start(move |_| Echo {
+            protocols: p.clone(),
+        }),
+        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast {
+            opts,
+            protocols: p.clone(),
+        }),
+        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts, p.clone())),
     }
     .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
     let backend_name = match server.backend() {

@@ -21,6 +21,7 @@ pub struct Connect {
     /// `wss://`: the client config and the name to verify the server's certificate against.
     #[cfg(feature = "tls")]
     tls: Option<(std::sync::Arc<rustls::ClientConfig>, Option<String>)>,
+    deflate: bool,
 }
 
 impl Connect {
@@ -34,6 +35,7 @@ impl Connect {
             headers: Vec::new(),
             #[cfg(feature = "tls")]
             tls: None,
+            deflate: false,
         }
     }
 
@@ -77,6 +79,20 @@ impl Connect {
         self
     }
 
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, default off).
+    /// The server's answer is checked (an extension or parameter that was not offered, or an
+    /// invalid value, fails the handshake: `on_close` gets 1006 with the reason); what it
+    /// agreed to is kept to: our messages of at least the server's
+    /// [`crate::ServerBuilder::deflate_threshold_bytes`] are compressed (without context
+    /// takeover when the server asks so, else with this connection's last sent bytes as
+    /// history), and
+    /// the server's compressed messages are inflated within
+    /// [`crate::ServerBuilder::message_bytes_max`].
+    pub fn deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
+    }
+
     /// An extra request header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -115,11 +131,14 @@ impl Connect {
         let host = self.host.unwrap_or_else(|| self.addr.to_string());
         let key = proto::generate_key();
         let protocols: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
-        let headers: Vec<(&str, &str)> = self
+        let mut headers: Vec<(&str, &str)> = self
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        if self.deflate {
+            headers.push(("Sec-WebSocket-Extensions", proto::deflate::client_offer()));
+        }
         let request = proto::client_request(&host, &self.path, &key, &protocols, &headers);
         Ok(Outbound {
             stream,
@@ -129,6 +148,7 @@ impl Connect {
             state,
             #[cfg(feature = "tls")]
             tls,
+            deflate: self.deflate,
         })
     }
 }

@@ -95,7 +95,6 @@ mod client;
 pub mod cluster;
 mod config;
 mod counters;
-mod handle;
 mod history;
 mod id;
 mod io;
@@ -115,16 +114,15 @@ mod upgrade;
 pub use client::Connect;
 #[cfg(feature = "cluster")]
 pub use cluster::ClusterConfig;
-pub use config::{Backend, Shards, SlowConsumer};
+pub use config::{Backend, Compression, Shards, SlowConsumer};
 pub use counters::CloseReason;
-pub use handle::ServerHandle;
 pub use history::{Position, TopicHistory};
 pub use id::ConnId;
 pub use proto::{CloseCode, Message, Request};
 pub use pubsub::{PubSubError, PublishOptions};
 pub use reconnect::{ResumeClient, ResumeClientBuilder};
 pub use response::Response;
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, ServerHandle};
 pub use shard::{
     Conn, Decision, Deferred, Handler, HistogramSnapshot, HttpContext, Metrics, MetricsSnapshot,
     Publisher, SendError, ShardSnapshot, Upgrade,

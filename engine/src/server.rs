@@ -1,4 +1,6 @@
-//! The builder and shard spawning; the running server is [`ServerHandle`] (`handle.rs`).
+//! The builder and shard spawning; the handle to a running server is in `server/handle.rs`.
+
+mod handle;
 
 use std::any::TypeId;
 use std::io;
@@ -9,12 +11,13 @@ use std::time::Duration;
 
 #[cfg(feature = "cluster")]
 use crate::cluster::{Bridge, ClusterConfig};
-use crate::config::{Backend, Config, Shards, SlowConsumer};
-use crate::handle::ServerHandle;
+use crate::config::{Backend, Compression, Config, Shards, SlowConsumer};
 use crate::history::TopicHistory;
 use crate::io::{self as backend_io, Waker};
 use crate::shard::{self, Handler, Hub, Metrics};
 use crate::stats::ShardStats;
+
+pub use handle::ServerHandle;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -337,8 +340,9 @@ impl ServerBuilder {
     }
 
     /// Longest topic name in bytes (default 256); longer names are refused with
-    /// [`PubSubError::TopicTooLong`](crate::PubSubError::TopicTooLong). Each topic a shard has subscribers for costs its name
-    /// (twice: shard table and the shared shard mask) plus one entry per subscriber.
+    /// [`PubSubError::TopicTooLong`](crate::PubSubError::TopicTooLong). Each topic a shard has
+    /// subscribers for costs its name (twice: shard table and the shared shard mask) plus one
+    /// entry per subscriber.
     pub fn topic_name_bytes_max(mut self, n: usize) -> Self {
         self.config.topic_name_bytes_max = n;
         self
@@ -347,9 +351,9 @@ impl ServerBuilder {
     /// Most data messages waiting in one shard's mailbox (publishes, sends and broadcasts from
     /// other shards and threads; default 65 536; at least 1). Past it, that shard misses the
     /// message ([`PubSubError::MailboxFull`](crate::PubSubError::MailboxFull), counted in
-    /// [`Stats::dropped`](crate::Stats::dropped)). Each waiting
-    /// message costs about 64 bytes plus a reference that keeps its frame alive, so worst-case
-    /// mailbox memory is this times the frame size.
+    /// [`Stats::dropped`](crate::Stats::dropped)). Each waiting message costs about 64 bytes
+    /// plus a reference that keeps its frame alive, so worst-case mailbox memory is this times
+    /// the frame size.
     pub fn mailbox_messages_max(mut self, n: usize) -> Self {
         self.config.mailbox_messages_max = n;
         self
@@ -480,6 +484,77 @@ impl ServerBuilder {
     #[cfg(feature = "cluster")]
     pub fn cluster(mut self, config: ClusterConfig) -> Self {
         self.cluster = Some(config);
+        self
+    }
+
+    /// permessage-deflate (RFC 7692, default [`Compression::Off`]: offers are declined).
+    /// Either way one compressor per window size in use and one decompressor per shard, about
+    /// 180 KiB each, serve every connection. [`Compression::Shared`] costs an idle connection
+    /// nothing, and CPU per message; [`Compression::Dedicated`] compresses better across
+    /// similar messages and costs each connection the peer's window while it is open
+    /// (2^`deflate_client_max_window_bits` bytes, 4 KiB by default; 32 KiB for a client that
+    /// does not offer `client_max_window_bits`) plus our own window once it has sent a
+    /// compressed message (2^`deflate_server_max_window_bits` bytes, the history its next
+    /// messages may reference, 4 KiB by default; dropped when [`ServerBuilder::idle_timeout`]
+    /// passes without input), within [`ServerBuilder::deflate_dedicated_bytes_max`] per shard;
+    /// its CPU per message is a little above `Shared`'s (the window is hashed again for each
+    /// message). A compressed message is
+    /// inflated whole once it has arrived, its inflated size bounded by
+    /// [`ServerBuilder::message_bytes_max`] (1009 past it, corrupt data 1007).
+    pub fn compression(mut self, mode: Compression) -> Self {
+        self.config.compression = mode;
+        self
+    }
+
+    /// Messages shorter than this are sent uncompressed (default 64 bytes): small messages
+    /// compress badly and each compression costs a few microseconds.
+    pub fn deflate_threshold_bytes(mut self, n: usize) -> Self {
+        self.config.deflate_threshold_bytes = n;
+        self
+    }
+
+    /// zlib compression level, 0..=9 (default 1, zlib-rs' fastest: about half the CPU of
+    /// level 6 for a few percent larger output on JSON-like text).
+    pub fn deflate_level(mut self, level: u8) -> Self {
+        self.config.deflate_level = level;
+        self
+    }
+
+    /// The largest LZ77 window the server compresses with, 9..=15 bits (default 12, 4 KiB),
+    /// announced as `server_max_window_bits` so clients can inflate with a small window. A
+    /// client asking for less gets less (8 is honoured with distance-1 matches only). A
+    /// dedicated connection that sends keeps 2^this bytes of history; each of the shard's
+    /// compressors costs 16 bytes per window byte plus zlib-rs' fixed 128 KiB hash table and
+    /// the literal buffers of [`ServerBuilder::deflate_mem_level`].
+    pub fn deflate_server_max_window_bits(mut self, bits: u8) -> Self {
+        self.config.deflate_server_max_window_bits = bits;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: the `client_max_window_bits` answered to a client that
+    /// offers it, 9..=15 (default 12): what each such connection costs while open, in bytes,
+    /// is 2^this (the client's window, kept between its messages).
+    pub fn deflate_client_max_window_bits(mut self, bits: u8) -> Self {
+        self.config.deflate_client_max_window_bits = bits;
+        self
+    }
+
+    /// zlib memory level of the shard's compressors (one per window size in use), 1..=9
+    /// (default 8): zlib-rs sizes its literal buffers by it (7 × 2^(level+6) bytes per
+    /// compressor: 112 KiB at 8, 14 KiB at 5); lower levels end Huffman blocks sooner
+    /// (slightly larger output for large messages). Nothing per connection.
+    pub fn deflate_mem_level(mut self, level: u8) -> Self {
+        self.config.deflate_mem_level = level;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: most bytes of per-connection compression state one shard
+    /// holds (peer windows plus our own; default 64 MiB: 8,192 connections with both 4 KiB
+    /// windows, 16,384 idle ones). Past it, new connections get shared terms (no context
+    /// takeover) and a connection with no room for its own window sends uncompressed until it
+    /// fits.
+    pub fn deflate_dedicated_bytes_max(mut self, n: usize) -> Self {
+        self.config.deflate_dedicated_bytes_max = n;
         self
     }
 

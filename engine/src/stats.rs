@@ -69,6 +69,10 @@ pub struct Stats {
     /// Topics across servers (all zero unless the server runs with
     /// `ServerBuilder::cluster` (engine feature `cluster`)).
     pub cluster: ClusterStats,
+    /// Bytes of dedicated permessage-deflate state held (peer windows and our own,
+    /// budgeted by [`crate::ServerBuilder::deflate_dedicated_bytes_max`]; a gauge, updated once
+    /// per loop turn).
+    pub deflate_dedicated_bytes: u64,
 }
 
 /// The cluster bridge's counters: what this server sent to and received from the broker, and
@@ -135,6 +139,8 @@ pub(crate) struct ShardStats {
     pub(crate) subscriptions: AtomicU64,
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_failures: AtomicU64,
+    /// A gauge: stored by the shard once per loop turn.
+    pub(crate) deflate_dedicated_bytes: AtomicU64,
     /// What `crate::Metrics` adds to these (same single-writer rule).
     pub(crate) metrics: ShardMetrics,
 }
@@ -180,6 +186,7 @@ impl ShardStats {
         s.subscriptions += g(&self.subscriptions);
         s.tls_handshakes += g(&self.tls_handshakes);
         s.tls_failures += g(&self.tls_failures);
+        s.deflate_dedicated_bytes += g(&self.deflate_dedicated_bytes);
     }
 }
 

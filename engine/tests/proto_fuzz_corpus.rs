@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 type Body = fn(&[u8]);
 
 /// The fuzz targets, with their bodies; a regression folder must name one of them.
-const TARGETS: [(&str, Body); 3] = [
+const TARGETS: [(&str, Body); 4] = [
     ("handshake", bodies::handshake),
     ("decode_frames", bodies::decode_frames),
+    ("permessage_deflate", bodies::permessage_deflate),
     ("connection", bodies::connection),
 ];
 
@@ -213,4 +214,11 @@ fn replay_reports_the_input_files_that_fail() {
         Ok(0),
         "a missing folder holds nothing"
     );
+}
+
+#[test]
+fn permessage_deflate_fuzz_body_survives_seeds_and_mutations() {
+    for input in inputs(&seeds("permessage_deflate"), 2000) {
+        bodies::permessage_deflate(&input);
+    }
 }

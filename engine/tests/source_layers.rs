@@ -32,7 +32,8 @@ fn layer(file: &str) -> (u8, &'static str) {
         f if f.starts_with("resume/") => (2, "resume"),
         f if f.starts_with("shard/") => (3, "shard"),
         f if f.starts_with("cluster/") => (4, "cluster"),
-        "server.rs" | "handle.rs" | "client.rs" | "reconnect.rs" => (5, "server"),
+        "server.rs" | "client.rs" | "reconnect.rs" => (5, "server"),
+        f if f.starts_with("server/") => (5, "server"),
         "lib.rs" => (6, "lib"),
         other => panic!("{other}: new file: give it a layer in source_layers.rs"),
     }

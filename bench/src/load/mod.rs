@@ -102,6 +102,15 @@ pub struct LoadArgs {
     /// terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, as browsers do)
+    /// and require it: messages are sent compressed (zlib level 6) and every reply is inflated
+    /// and verified. The payload is JSON-like unless --payload says otherwise.
+    #[arg(long)]
+    pub deflate: bool,
+    /// What fills each payload after its 20-byte header: pattern (a 256-byte pattern) or json
+    /// (JSON-like records, about 3:1 compressible). Default: json with --deflate, else pattern.
+    #[arg(long, value_enum)]
+    pub payload: Option<payload::Fill>,
     /// After the window, keep the connections open up to this many seconds, answering pings
     /// and the server's close frames, or until the server has closed them all (a graceful
     /// shutdown started once stderr says `window over`). Closes then are not errors; the
@@ -235,6 +244,15 @@ fn positive(v: f64) -> bool {
 }
 
 impl LoadArgs {
+    /// The payload filler: `--payload`, else JSON-like with `--deflate`.
+    fn fill(&self) -> payload::Fill {
+        self.payload.unwrap_or(if self.deflate {
+            payload::Fill::Json
+        } else {
+            payload::Fill::Pattern
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.size < payload::HEADER_BYTES {
             return Err(format!(
@@ -335,6 +353,8 @@ impl LoadArgs {
             source_base: self.source_base.unwrap_or_else(|| {
                 addr::run_base((mono_ns() / 1_000_000) ^ std::process::id() as u64)
             }),
+            deflate: self.deflate,
+            fill: self.fill(),
         })
     }
 }
@@ -511,6 +531,19 @@ impl Processes {
             }
             if args.insecure {
                 cmd.arg("--insecure");
+            }
+            if args.deflate {
+                cmd.arg("--deflate");
+            }
+            if let Some(p) = args.payload {
+                cmd.args([
+                    "--payload",
+                    if p == payload::Fill::Json {
+                        "json"
+                    } else {
+                        "pattern"
+                    },
+                ]);
             }
             if let Some(r) = args.rate {
                 cmd.args(["--rate", &r.to_string()]);

@@ -77,6 +77,10 @@ pub struct RunConfig {
     pub source_base: u32,
     /// wss:// targets: the client config.
     pub tls: Option<Arc<percore::tls::rustls::ClientConfig>>,
+    /// Offer permessage-deflate, require it, compress what is sent and inflate what comes.
+    pub deflate: bool,
+    /// What fills the payloads.
+    pub fill: payload::Fill,
 }
 
 impl RunConfig {
@@ -197,6 +201,8 @@ struct Flow {
     /// Open-loop echo: intended send times of the messages not yet answered, oldest first
     /// (so those still unanswered when the run ends can be counted, not forgotten).
     pending_ts: VecDeque<u64>,
+    /// permessage-deflate terms and compressor (`--deflate`).
+    z: Option<Box<ws::ConnDeflate>>,
     /// A ping from the server was answered on this connection.
     pinged: bool,
 }
@@ -292,6 +298,9 @@ struct Thread {
     /// wss://: ciphertext as read, before it is opened into `scratch`.
     cbuf: Vec<u8>,
     msg: Vec<u8>,
+    /// The thread's decompressor and shared compressors (`--deflate`).
+    tin: ws::ThreadInflate,
+    tout: ws::ThreadDeflate,
     hist: hdrhistogram::Histogram<u64>,
     /// The latencies since the last progress publication.
     live: hdrhistogram::Histogram<u64>,
@@ -345,6 +354,8 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         } else {
             Vec::new()
         },
+        tin: ws::ThreadInflate::default(),
+        tout: ws::ThreadDeflate::default(),
         hist: report::new_histogram(),
         live: report::new_histogram(),
         live_since: 0,
@@ -649,6 +660,7 @@ impl Thread {
                 progress_ns: now,
                 next_from: vec![0u64; publishers].into_boxed_slice(),
                 pending_ts: VecDeque::new(),
+                z: None,
                 pinged: false,
             },
         });
@@ -688,7 +700,7 @@ impl Thread {
                     Err(_) => return self.remove(key, Some(|e| e.connect += 1)),
                 }
                 let t = &self.cfg.targets[c.flow.id as usize % self.cfg.targets.len()];
-                let (req, k) = ws::handshake_request(&t.host, &t.path);
+                let (req, k) = ws::handshake_request(&t.host, &t.path, self.cfg.deflate);
                 c.key = k;
                 c.state = State::Handshaking;
                 c.flow.wbuf = req;
@@ -730,9 +742,13 @@ impl Thread {
                 break;
             }
         }
-        match ws::handshake_response(&c.tail, &c.key) {
+        match ws::handshake_response(&c.tail, &c.key, self.cfg.deflate) {
             Ok(None) if c.tail.len() <= 16 << 10 => {}
-            Ok(Some(n)) => {
+            Ok(Some((n, agreed))) => {
+                if let Some(a) = agreed {
+                    c.decoder.enable_deflate(&a);
+                    c.flow.z = Some(ws::ConnDeflate::new(a));
+                }
                 c.tail.drain(..n);
                 c.key = String::new();
                 c.state = State::Open;
@@ -757,6 +773,8 @@ impl Thread {
             scratch,
             cbuf,
             msg,
+            tin,
+            tout,
             hist,
             live,
             part,
@@ -793,16 +811,23 @@ impl Thread {
             let open_loop = cfg.rate.is_some();
             let timing = matches!(*phase, Phase::Running | Phase::Draining);
             let c_ref = &mut c.flow;
-            let res = c.decoder.decode(&mut scratch[..total], |ev| {
+            let res = c.decoder.decode(&mut scratch[..total], tin, |ev| {
                 match ev {
                     Event::Data(p) => {
                         let r = match cfg.mode {
-                            Mode::Echo => {
-                                payload::check_echo(p, cfg.size, c_ref.id, c_ref.expect_seq)
-                            }
-                            Mode::Broadcast => {
-                                payload::check_broadcast(p, cfg.size, &mut c_ref.next_from)
-                            }
+                            Mode::Echo => payload::check_echo(
+                                p,
+                                cfg.size,
+                                cfg.fill,
+                                c_ref.id,
+                                c_ref.expect_seq,
+                            ),
+                            Mode::Broadcast => payload::check_broadcast(
+                                p,
+                                cfg.size,
+                                cfg.fill,
+                                &mut c_ref.next_from,
+                            ),
                             Mode::Idle => Err(Mismatch::WrongConn),
                         };
                         let stamp = match r {
@@ -836,12 +861,12 @@ impl Thread {
                         }
                         // Closed loop: the answer to the last message sent triggers the next.
                         if !open_loop && own && in_window && c_ref.outstanding == 0 {
-                            write_message(c_ref, msg, rng, now);
+                            write_message(c_ref, msg, rng, now, cfg.fill, tout);
                             part.sent += 1;
                         }
                     }
                     Event::Ping(p) => {
-                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng));
+                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng), None);
                         c_ref.pinged = true;
                         part.pings += 1;
                         part.pings_window += u64::from(in_window);
@@ -856,6 +881,7 @@ impl Thread {
                             Op::Close,
                             &1000u16.to_be_bytes(),
                             next_mask(rng),
+                            None,
                         );
                         part.server_closes += 1;
                     }
@@ -908,10 +934,11 @@ impl Thread {
             rng,
             part,
             cfg,
+            tout,
             ..
         } = self;
         if let Some(c) = conns.get_mut(key) {
-            write_message(&mut c.flow, msg, rng, ts_ns);
+            write_message(&mut c.flow, msg, rng, ts_ns, cfg.fill, tout);
             part.sent += 1;
             if cfg.rate.is_some() && cfg.mode == Mode::Echo {
                 c.flow.pending_ts.push_back(ts_ns);
@@ -1072,7 +1099,14 @@ impl Thread {
 }
 
 /// Append the connection's next message (stamped `ts_ns`) to its write buffer.
-fn write_message(c: &mut Flow, msg: &mut [u8], rng: &mut u64, ts_ns: u64) {
+fn write_message(
+    c: &mut Flow,
+    msg: &mut [u8],
+    rng: &mut u64,
+    ts_ns: u64,
+    fill: payload::Fill,
+    tout: &mut ws::ThreadDeflate,
+) {
     payload::write(
         msg,
         Stamp {
@@ -1080,13 +1114,15 @@ fn write_message(c: &mut Flow, msg: &mut [u8], rng: &mut u64, ts_ns: u64) {
             seq: c.next_seq,
             ts_ns,
         },
+        fill,
     );
     c.next_seq += 1;
     if c.outstanding == 0 {
         c.progress_ns = ts_ns;
     }
     c.outstanding += 1;
-    ws::encode(&mut c.wbuf, Op::Binary, msg, next_mask(rng));
+    let z = c.z.as_deref_mut().map(|z| (z, tout));
+    ws::encode(&mut c.wbuf, Op::Binary, msg, next_mask(rng), z);
 }
 
 /// A frame mask from the thread's xorshift64 state: masks must vary, not be secret.

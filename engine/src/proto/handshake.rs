@@ -477,6 +477,18 @@ pub fn parse_response(
     key: &str,
     header_bytes_max: usize,
 ) -> Result<Option<(Response, usize)>, HandshakeError> {
+    parse_response_with(buf, key, header_bytes_max, false)
+}
+
+/// [`parse_response`] for a client that offered permessage-deflate (`deflate_offered`): the
+/// `Sec-WebSocket-Extensions` answer is then left for [`super::deflate::client_accept`] to
+/// check instead of being refused.
+pub fn parse_response_with(
+    buf: &[u8],
+    key: &str,
+    header_bytes_max: usize,
+    deflate_offered: bool,
+) -> Result<Option<(Response, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let malformed = || bad_response("malformed HTTP response");
@@ -507,7 +519,7 @@ pub fn parse_response(
         Ok(i) if headers[i].1 == accept_key(key) => {}
         _ => return Err(bad_response("Sec-WebSocket-Accept does not match the key")),
     }
-    if find_header(&headers, "Sec-WebSocket-Extensions").is_some() {
+    if !deflate_offered && find_header(&headers, "Sec-WebSocket-Extensions").is_some() {
         return Err(bad_response(
             "server chose an extension that was not offered",
         ));

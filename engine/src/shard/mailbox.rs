@@ -94,6 +94,8 @@ pub(crate) struct Outbound {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// The request offers permessage-deflate (the answer is checked).
+    pub(crate) deflate: bool,
 }
 
 /// Why a mail was not posted.

@@ -28,6 +28,7 @@ mod metrics;
 mod register;
 mod request;
 mod resume;
+mod settings;
 mod shutdown;
 mod timer;
 #[cfg(feature = "tls")]
@@ -62,7 +63,7 @@ use crate::config::Config;
 use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{AppEvent, CloseCode, Connection, Endpoint, Link, Received, Settings, Timeout};
+use crate::proto::{AppEvent, CloseCode, Connection, Endpoint, Link, Received, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
@@ -208,16 +209,7 @@ impl<H: Handler> Shard<H> {
     ) -> Self {
         let start = Instant::now();
         let wheel = TimerWheel::new(start, TICK, WHEEL_SLOTS);
-        let mut settings = Settings::default();
-        settings.limits.frame_bytes_max = config.frame_bytes_max;
-        settings.limits.message_bytes_max = config.message_bytes_max;
-        settings.handshake_header_bytes_max = config.handshake_header_bytes_max;
-        settings.handshake_timeout_ticks = wheel.ticks(config.handshake_timeout);
-        settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
-        settings.idle_jitter_ticks = wheel.ticks(config.idle_timeout_jitter);
-        settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
-        settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
-        settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
+        let settings = settings::protocol(&config, &wheel);
         let frames_per_turn = u16::try_from(config.recv_frames_per_turn_max).unwrap_or(u16::MAX);
         let ctx = Ctx {
             shard: index as u32,
@@ -311,6 +303,11 @@ impl<H: Handler> Shard<H> {
             self.deliver_local();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
+            let held = self.ep.deflate().dedicated_bytes() as u64;
+            let gauge = &self.ctx.stats.deflate_dedicated_bytes;
+            if gauge.load(Ordering::Relaxed) != held {
+                gauge.store(held, Ordering::Relaxed);
+            }
             self.memory
                 .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
             let since_us = metering::micros(since);

@@ -98,7 +98,10 @@ impl<H: Handler> Shard<H> {
             flags: &mut flags,
             ctx: &mut self.ctx,
         };
-        let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
+        let mut conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
+        if out.deflate {
+            conn.offer_deflate();
+        }
         self.insert(key, out.peer, conn, queue, flags, Some(*state));
         #[cfg(feature = "tls")]
         self.set_tls(key, tls);

@@ -138,6 +138,8 @@ fn config(dst: SocketAddrV4, mode: Mode, connections: u32) -> RunConfig {
         explicit_sources: true,
         source_base: addr::run_base(mono_ns() / 1000),
         tls: None,
+        deflate: false,
+        fill: crate::load::payload::Fill::Pattern,
     }
 }
 

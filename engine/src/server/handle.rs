@@ -1,5 +1,4 @@
-//! The handle to a running server: its addresses, publishing and sending from any thread,
-//! outbound connections, counters and metrics, and the graceful shutdown.
+//! The handle to a running server: what the application does with it once started.
 
 use std::any::{Any, TypeId};
 use std::io;
@@ -20,19 +19,19 @@ use crate::stats::Stats;
 
 /// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
 pub struct ServerHandle {
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) metrics: Metrics,
-    pub(crate) local_addr: SocketAddr,
+    pub(super) hub: Arc<Hub>,
+    pub(super) metrics: Metrics,
+    pub(super) local_addr: SocketAddr,
     #[cfg(feature = "tls")]
-    pub(crate) tls_local_addr: Option<SocketAddr>,
-    pub(crate) backend: Backend,
-    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    pub(super) tls_local_addr: Option<SocketAddr>,
+    pub(super) backend: Backend,
+    pub(super) threads: Mutex<Vec<JoinHandle<()>>>,
     /// The cluster bridge thread, stopped after the shards.
     #[cfg(feature = "cluster")]
-    pub(crate) bridge: Mutex<Option<Bridge>>,
-    pub(crate) handshake_timeout: Duration,
+    pub(super) bridge: Mutex<Option<Bridge>>,
+    pub(super) handshake_timeout: Duration,
     /// The handler's `State` type (outbound connections bring theirs).
-    pub(crate) state_type: (TypeId, &'static str),
+    pub(super) state_type: (TypeId, &'static str),
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -51,8 +50,8 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// The address that speaks TLS, if any: the [`ServerBuilder::tls_bind`](crate::ServerBuilder::tls_bind) address (with its
-    /// real port), or [`ServerHandle::local_addr`] when TLS is served there.
+    /// The address that speaks TLS, if any: the [`ServerBuilder::tls_bind`](crate::ServerBuilder::tls_bind)
+    /// address (with its real port), or [`ServerHandle::local_addr`] when TLS is served there.
     #[cfg(feature = "tls")]
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         self.tls_local_addr
