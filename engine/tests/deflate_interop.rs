@@ -1,6 +1,7 @@
 //! permessage-deflate interop with independent clients that negotiate it by default: Python
 //! `websockets` (`tests/py/websockets_deflate.py`) and Node `ws` (`tests/js/ws_deflate.mjs`),
-//! each against a shared-mode and a dedicated-mode server, on every backend.
+//! each against a shared-mode and a dedicated-mode server, on every backend and over ws:// and
+//! wss:// (verifying the test CA).
 //!
 //! Python: `$PERCORE_PYENV/bin/python` (default `~/.cache/percore-pyenv`). Node: `node` with
 //! `ws` from `$PERCORE_NODE_MODULES` (default `~/.cache/percore-node/node_modules`). Both are
@@ -69,6 +70,23 @@ fn run_client(mut cmd: Command, backend: Backend, mode: Compression, name: &str)
         Compression::Shared => "shared",
         _ => "dedicated",
     };
+    // Over TLS (`wss://localhost:PORT/`): both clients verify the server against the test CA,
+    // given as a file for the test's lifetime (one per test: the runs of this process overlap;
+    // the CA's key stays in this process). Python's ssl reads SSL_CERT_FILE, Node reads
+    // NODE_EXTRA_CA_CERTS at start.
+    let ca = (common::transport() == common::Transport::Tls).then(|| {
+        let ca = std::env::temp_dir().join(
+            format!(
+                "percore-deflate-ca-{}-{backend:?}-{name}-{mode_arg}.pem",
+                std::process::id()
+            )
+            .replace(' ', "-"),
+        );
+        std::fs::write(&ca, &common::tls::pki().ca_pem).unwrap();
+        cmd.env("SSL_CERT_FILE", &ca)
+            .env("NODE_EXTRA_CA_CERTS", &ca);
+        ca
+    });
     let mut child = cmd
         .arg(server.url())
         .arg(mode_arg)
@@ -89,6 +107,9 @@ fn run_client(mut cmd: Command, backend: Backend, mode: Compression, name: &str)
         std::thread::sleep(Duration::from_millis(20));
     };
     let out = child.wait_with_output().unwrap();
+    if let Some(ca) = ca {
+        let _ = std::fs::remove_file(ca);
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -97,6 +118,12 @@ fn run_client(mut cmd: Command, backend: Backend, mode: Compression, name: &str)
     );
     assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
     assert_eq!(server.handle().stats().protocol_errors, 0);
+    if common::transport() == common::Transport::Tls {
+        assert!(
+            server.handle().stats().tls_handshakes >= 1,
+            "{name} spoke TLS"
+        );
+    }
 }
 
 fn python_client(backend: Backend, mode: Compression) {

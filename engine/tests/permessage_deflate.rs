@@ -2,7 +2,7 @@
 //! dedicated mode, echoes of compressed messages of every size (whole and fragmented), the
 //! dedicated-state budget, the idle history, outbound connections, broadcasts, and bad input
 //! (RSV1 without negotiation or on a continuation, corrupt data, a bomb), after which the
-//! server keeps serving.
+//! server keeps serving. Every test also runs over wss:// (`every_backend!`'s `_tls` runs).
 //!
 //! The client side here compresses and inflates with flate2 on miniz_oxide, a deflate
 //! implementation independent of the server's zlib-rs (except where a 4 KiB window with context
@@ -202,6 +202,7 @@ every_backend! {
         let f = next_data(&mut c);
         assert_eq!((f.rsv, f.payload.as_slice()), (0, &b"short"[..]));
         assert_eq!(server.handle().stats().protocol_errors, 0);
+        spoke_tls_if_asked(&server);
     }
 
     fn dedicated_mode_keeps_context_both_ways(backend) {
@@ -397,7 +398,7 @@ every_backend! {
             let server = server(backend, mode, |b| b);
             let (client, rx) = outbound(backend);
             client
-                .connect(0, percore::Connect::new(server.addr).deflate(true))
+                .connect(0, common::connect_target(server.addr).deflate(true))
                 .unwrap();
             let next = || rx.recv_timeout(common::WAIT).expect("event");
             assert_eq!(next(), Seen::Open);
@@ -408,41 +409,6 @@ every_backend! {
             let s = server.handle().stats();
             assert_eq!((s.protocol_errors, s.messages_received), (0, 4));
         }
-    }
-
-    fn outbound_connection_fails_on_an_answer_it_did_not_offer(backend) {
-        // A server that answers an extension nobody offered.
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let fake = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 4096];
-            let n = s.read(&mut buf).unwrap();
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            let key = req
-                .lines()
-                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap()
-                .trim()
-                .to_owned();
-            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Accept: {accept}\r\n\
-                 Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=16\r\n\r\n"
-            );
-            s.write_all(resp.as_bytes()).unwrap();
-            let _ = s.read(&mut buf);
-        });
-        let (client, rx) = outbound(backend);
-        client.connect(0, percore::Connect::new(addr).deflate(true)).unwrap();
-        match rx.recv_timeout(common::WAIT).expect("event") {
-            Seen::Closed(Some(1006)) => {}
-            other => panic!("expected a failed handshake, got {other:?}"),
-        }
-        drop(client);
-        fake.join().unwrap();
     }
 
     fn broadcast_is_compressed_once_and_every_kind_of_connection_reads_it(backend) {
@@ -485,6 +451,45 @@ every_backend! {
     }
 }
 
+plain_only! {
+    "the server that answers an extension nobody offered is a raw TCP socket in the test";
+
+    fn outbound_connection_fails_on_an_answer_it_did_not_offer(backend) {
+        // A server that answers an extension nobody offered.
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let key = req
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim()
+                .to_owned();
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=16\r\n\r\n"
+            );
+            s.write_all(resp.as_bytes()).unwrap();
+            let _ = s.read(&mut buf);
+        });
+        let (client, rx) = outbound(backend);
+        client.connect(0, percore::Connect::new(addr).deflate(true)).unwrap();
+        match rx.recv_timeout(common::WAIT).expect("event") {
+            Seen::Closed(Some(1006)) => {}
+            other => panic!("expected a failed handshake, got {other:?}"),
+        }
+        drop(client);
+        fake.join().unwrap();
+    }
+}
+
 /// Bad input closed one connection: another still echoes, compressed.
 fn still_serving(server: &common::TestServer) {
     common::wait_until("the protocol error is counted", || {
@@ -498,10 +503,21 @@ fn still_serving(server: &common::TestServer) {
         .unwrap();
     send_compressed(&mut c, op::TEXT, &z, 1);
     let f = next_data(&mut c);
+    assert_eq!(f.rsv, 4);
     assert_eq!(
         inflate(&mut Decompress::new(false), &f.payload),
         msg.as_bytes()
     );
+    spoke_tls_if_asked(server);
+}
+
+/// In a `_tls` run every client here went through the TLS port (RSV1 and compressed payloads
+/// inside TLS records): the server counted their handshakes.
+fn spoke_tls_if_asked(server: &common::TestServer) {
+    if common::transport() == common::Transport::Tls {
+        let s = server.handle().stats();
+        assert!(s.tls_handshakes >= 1 && s.tls_failures == 0, "{s:?}");
+    }
 }
 
 /// What an outbound connection's handler saw.
