@@ -100,5 +100,5 @@ echo "== dashboard in headless chromium"
 bash scripts/dashboard-test.sh
 echo "== autobahn conformance"
 bash scripts/autobahn.sh --backend all
-echo "== autobahn conformance over wss:// (1.*-10.*, the client verifies the test CA; ~20 s a backend)"
+echo "== autobahn conformance over wss:// (1.*-11.* + the 12/13 subset, the client verifies the test CA; ~60 s a backend)"
 bash scripts/autobahn.sh --backend all --tls
