@@ -29,6 +29,7 @@ BIN=./target/release/examples/icount
 n_for() {
     case "$1" in
         *-16k) echo 400 ;;
+        *deflate*) echo 2000 ;;
         handshake) echo 2000 ;;
         *) echo 20000 ;;
     esac

@@ -17,14 +17,32 @@ if ! "$PERCORE_PYENV/bin/python" -c 'import websockets.sync.client' >/dev/null 2
   python3 -m venv "$PERCORE_PYENV"
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'websockets>=13'
 fi
+# Node `ws` (an independent permessage-deflate client for the interop test), kept in a cache
+# directory like the Python venv.
+PERCORE_NODE_MODULES=${PERCORE_NODE_MODULES:-$HOME/.cache/percore-node/node_modules}
+export PERCORE_NODE_MODULES PERCORE_REQUIRE_NODE=1
+echo "== node ws ($PERCORE_NODE_MODULES)"
+if [ ! -f "$PERCORE_NODE_MODULES/ws/package.json" ]; then
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+  fi
+  mkdir -p "$(dirname "$PERCORE_NODE_MODULES")"
+  npm install --prefix "$(dirname "$PERCORE_NODE_MODULES")" --no-audit --no-fund --silent 'ws@8'
+fi
+# Headless Chromium: a browser's `new WebSocket(url, ['chat'])` against `percore serve`.
+export PERCORE_REQUIRE_BROWSER=1
+if ! command -v chromium >/dev/null; then
+  echo "== chromium"
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
 # An independent parser of the metrics' text format (bench/tests/serve_metrics.rs).
 if ! "$PERCORE_PYENV/bin/python" -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
   "$PERCORE_PYENV/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
 fi
 # Node with a built-in WebSocket (22+, or 20/21 with --experimental-websocket) runs the browser
 # resume client (bench/tests/resume_js.rs); Debian's own nodejs may be older: then Node 22 from
-# the npm registry (the `node` package) into a cache directory.
-export PERCORE_REQUIRE_NODE=1
+# the npm registry (the `node` package) into a cache directory (PERCORE_REQUIRE_NODE, set above,
+# makes a missing one a failure for both Node tests).
 has_ws_node() {
   "$1" -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null ||
     "$1" --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null
@@ -68,15 +86,19 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo clippy (engine without its optional features: no cluster, no Prometheus text)"
+echo "== cargo clippy (engine without its default features: no Prometheus text; the tests add tls)"
 cargo clippy -p percore --no-default-features --all-targets -- -D warnings
+echo "== cargo clippy (engine without any optional feature: no cluster, TLS or Prometheus code built)"
+cargo clippy -p percore --no-default-features --lib -- -D warnings
 echo "== cargo clippy (engine with its default features only)"
 cargo clippy -p percore --lib -- -D warnings
-echo "== cargo doc (engine, warnings are errors: missing docs, broken links)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster
+echo "== cargo doc (engine with cluster and tls, warnings are errors: missing docs, broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p percore --features cluster,tls
 echo "== cargo test"
 cargo test --workspace
 echo "== dashboard in headless chromium"
 bash scripts/dashboard-test.sh
 echo "== autobahn conformance"
 bash scripts/autobahn.sh --backend all
+echo "== autobahn conformance over wss:// (1.*-11.* + the 12/13 subset, the client verifies the test CA; ~60 s a backend)"
+bash scripts/autobahn.sh --backend all --tls

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cert;
 mod load;
 mod serve;
 mod soak;
@@ -34,6 +35,8 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Memory after a storm of connections that send half a large frame and reset.
     Storm(soak::storm::StormArgs),
+    /// Make a test CA and a server certificate signed by it (PEM files) for `serve --tls-cert`.
+    Cert(cert::CertArgs),
     /// Replace this process with PROGRAM (used by `percore bench` to start peer servers that
     /// die with it and stay on their CPU).
     #[command(hide = true)]
@@ -59,6 +62,7 @@ fn main() {
         Command::Bench(args) => std::process::exit(bench::main(args)),
         Command::Soak(args) => std::process::exit(soak::main(args)),
         Command::Storm(args) => std::process::exit(soak::storm::main(args)),
+        Command::Cert(args) => std::process::exit(cert::main(args)),
         Command::Exec { program, args } => {
             use std::os::unix::process::CommandExt;
             let e = std::process::Command::new(&program).args(args).exec();

@@ -4,16 +4,18 @@
 //! protocol (an ES module, `clients/js/percore-client.js`), any other path 404.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use percore::{
-    Backend, ClusterConfig, Conn, Handler, HttpContext, Message, PublishOptions, Request, Response,
-    Server, Shards, SlowConsumer,
+    Backend, ClusterConfig, Compression, Conn, Decision, Handler, HttpContext, Message,
+    PublishOptions, Request, Response, Server, Shards, SlowConsumer, Upgrade,
 };
 
 mod broadcast;
 pub mod metrics;
+mod subprotocol;
 
 /// Options of `percore serve`.
 #[derive(Args, Debug)]
@@ -142,6 +144,48 @@ pub struct ServeArgs {
     /// Longest wait between two reconnection attempts to the broker, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub cluster_reconnect_delay_max_ms: u64,
+    /// Serve wss:// with this certificate chain (PEM, leaf first). Make a test one with
+    /// `percore cert --out DIR`. Without --tls-addr, --addr serves wss:// only.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also listen on this address for wss:// (port 0: a free one); --addr stays ws://. Both
+    /// are served by the same shards.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub tls_addr: Option<String>,
+    /// Most received bytes a TLS connection holds during its handshake.
+    #[arg(long, default_value_t = 32 << 10)]
+    pub tls_handshake_bytes_max: usize,
+    /// permessage-deflate: off (decline), shared (no context takeover, one compressor per
+    /// shard) or dedicated (context takeover, per-connection state within a budget).
+    #[arg(long, value_enum, default_value_t = CompressionArg::Off)]
+    pub compression: CompressionArg,
+    /// Messages shorter than this are sent uncompressed.
+    #[arg(long, default_value_t = 64)]
+    pub deflate_threshold_bytes: usize,
+    /// zlib compression level 0..=9.
+    #[arg(long, default_value_t = 1)]
+    pub deflate_level: u8,
+    /// Largest LZ77 window the server compresses with, 9..=15 bits.
+    #[arg(long, default_value_t = 12)]
+    pub deflate_server_max_window_bits: u8,
+    /// dedicated: client_max_window_bits answered to clients that offer it, 9..=15.
+    #[arg(long, default_value_t = 12)]
+    pub deflate_client_max_window_bits: u8,
+    /// zlib memory level 1..=9 of the shard's compressors.
+    #[arg(long, default_value_t = 8)]
+    pub deflate_mem_level: u8,
+    /// dedicated: most bytes of per-connection compression state per shard (then shared terms).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub deflate_dedicated_bytes_max: usize,
+    /// A subprotocol the server speaks (repeatable, in preference order is the client's): the
+    /// first one the client offers that is in this list is chosen. A client offering none is
+    /// served without one; a client offering only others is refused with 400 naming these.
+    /// broadcast/chat also speak `percore.resume.v1` (last in the list).
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    pub subprotocols: Vec<String>,
     /// Serve the metrics on this address (port 0: a free one, printed): `GET /metrics` (the
     /// Prometheus text format), `GET /dashboard` (a live page) and the dashboard's WebSocket,
     /// on a second, one-shard percore server. Off by default.
@@ -168,6 +212,17 @@ pub struct ServeArgs {
     pub history_topics_max: usize,
 }
 
+/// `--compression` on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompressionArg {
+    /// Decline permessage-deflate.
+    Off,
+    /// No context takeover; one compressor and decompressor per shard.
+    Shared,
+    /// Context takeover; per-connection windows within a budget.
+    Dedicated,
+}
+
 /// Backend choice on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendArg {
@@ -191,10 +246,16 @@ pub enum Mode {
     Chat,
 }
 
-struct Echo;
+struct Echo {
+    protocols: subprotocol::Protocols,
+}
 
 impl Handler for Echo {
     type State = ();
+
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<()>) -> Decision<()> {
+        subprotocol::accept(req, up, &self.protocols, ())
+    }
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         // A refused send already closed the connection (slow consumer or closing).
         let _ = conn.send(msg);
@@ -301,6 +362,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             ))
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
+    log_to_stderr();
     let connections_max = args.connections_max.unwrap_or(200_000);
     if args.connections_max.is_some() {
         check_descriptors(backend, args.direct_fds, connections_max)?;
@@ -341,6 +407,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs))
         .http_response_bytes_max(args.http_response_bytes_max)
+        .tls_handshake_bytes_max(args.tls_handshake_bytes_max)
         .topic_history_messages_max(args.topic_history_messages_max.unwrap_or(match args.mode {
             Mode::Chat => 1000,
             _ => 0,
@@ -363,15 +430,54 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .reconnect_delay_max(Duration::from_millis(args.cluster_reconnect_delay_max_ms)),
         );
     }
+    builder = builder
+        .compression(match args.compression {
+            CompressionArg::Off => Compression::Off,
+            CompressionArg::Shared => Compression::Shared,
+            CompressionArg::Dedicated => Compression::Dedicated,
+        })
+        .deflate_threshold_bytes(args.deflate_threshold_bytes)
+        .deflate_level(args.deflate_level)
+        .deflate_server_max_window_bits(args.deflate_server_max_window_bits)
+        .deflate_client_max_window_bits(args.deflate_client_max_window_bits)
+        .deflate_mem_level(args.deflate_mem_level)
+        .deflate_dedicated_bytes_max(args.deflate_dedicated_bytes_max);
+    for p in &args.subprotocols {
+        if !subprotocol::is_token(p) {
+            return Err(format!("--subprotocol {p:?} is not an HTTP token"));
+        }
+    }
+    // broadcast/chat speak the resume subprotocol too: a resume client offering only it is
+    // served (the engine answers its commands), not refused for missing the --subprotocol list.
+    let mut protocols = args.subprotocols.clone();
+    let resume = percore::resume::PROTOCOL;
+    if !protocols.is_empty()
+        && !matches!(args.mode, Mode::Echo)
+        && !protocols.iter().any(|p| p == resume)
+    {
+        protocols.push(resume.to_owned());
+    }
+    let protocols: std::sync::Arc<[String]> = protocols.into();
+    let builder = match (tls, &args.tls_addr) {
+        (None, _) => builder,
+        (Some(t), None) => builder.tls(t),
+        (Some(t), Some(a)) => builder.tls(t).tls_bind(a.as_str()),
+    };
     let opts = if args.droppable {
         PublishOptions::droppable()
     } else {
         PublishOptions::default()
     };
+    let p = protocols;
     let server = match args.mode {
-        Mode::Echo => builder.start(|_| Echo),
-        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast { opts }),
-        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts)),
+        Mode::Echo => builder.start(move |_| Echo {
+            protocols: p.clone(),
+        }),
+        Mode::Broadcast => builder.start(move |_| broadcast::Broadcast {
+            opts,
+            protocols: p.clone(),
+        }),
+        Mode::Chat => builder.start(move |_| broadcast::Chat::new(opts, p.clone())),
     }
     .map_err(|e| format!("cannot start server on {}: {e}", args.addr))?;
     let backend_name = match server.backend() {
@@ -379,8 +485,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         Backend::Epoll => "epoll",
         _ => "auto",
     };
+    let tls_note = server
+        .tls_local_addr()
+        .map(|a| format!(" tls={a}"))
+        .unwrap_or_default();
     println!(
-        "listening on {} backend={} shards={}{}",
+        "listening on {} backend={} shards={}{tls_note}{}",
         server.local_addr(),
         backend_name,
         server.shards(),
@@ -408,6 +518,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={} handler_panics={}",
         s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts, s.handler_panics
     );
+    if server.tls_local_addr().is_some() {
+        eprintln!(
+            "tls: handshakes={} failures={}",
+            s.tls_handshakes, s.tls_failures
+        );
+    }
     if !matches!(args.mode, Mode::Echo) {
         eprintln!(
             "pubsub: published={} delivered={} dropped={} slow_consumers={} history_topics={}",
@@ -422,4 +538,43 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The server's TLS config from PEM files: percore's choices (aws-lc-rs, TLS 1.3, ALPN
+/// http/1.1, no session tickets).
+fn tls_config(cert: &Path, key: &Path) -> Result<percore::tls::rustls::ServerConfig, String> {
+    use percore::tls::rustls::pki_types::pem::PemObject;
+    use percore::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    percore::tls::server_config(chain, key).map_err(|e| format!("TLS config: {e}"))
+}
+
+/// The engine's warn lines (TLS failures, rate-limited per shard) on stderr.
+fn log_to_stderr() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("percore serve: {}: {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
 }

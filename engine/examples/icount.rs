@@ -19,13 +19,18 @@
 //! - `conn-echo-20`, `conn-echo-16k`: one masked binary frame through an open server
 //!   [`Connection`] (`handle_recv`), echoed from inside the event into an `Output`, then
 //!   `poll_timeout`: the protocol layer's whole part of an echoed message, without the shard.
+//! - `conn-echo-deflate-shared-1k`, `conn-echo-deflate-dedicated-1k`: the same with
+//!   permessage-deflate negotiated (shared / dedicated terms, the server's defaults: level 1,
+//!   12-bit window): one compressed 1 KiB JSON-like message (compressed by the client with
+//!   context takeover where the terms allow it) inflated, echoed and compressed.
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
 
+use percore::proto::deflate::{encode_compressed, Compressor};
 use percore::proto::{
-    accept_response, encode_frame, parse_request, AppEvent, Connection, Decoder, Endpoint, Event,
-    Limits, MaskRng, OpCode, Received, Role, Settings, HEADER_BYTES_MAX_DEFAULT,
+    accept_response, encode_frame, parse_request, AppEvent, Compression, Connection, Decoder,
+    Endpoint, Event, Limits, MaskRng, OpCode, Received, Role, Settings, HEADER_BYTES_MAX_DEFAULT,
 };
 
 const CASES: &[&str] = &[
@@ -40,6 +45,8 @@ const CASES: &[&str] = &[
     "utf8-16k",
     "conn-echo-20",
     "conn-echo-16k",
+    "conn-echo-deflate-shared-1k",
+    "conn-echo-deflate-dedicated-1k",
 ];
 
 const REQUEST: &[u8] = b"GET /chat?room=1 HTTP/1.1\r\n\
@@ -175,6 +182,76 @@ fn conn_echo(n: usize, run: usize, payload: &[u8]) -> usize {
     total
 }
 
+/// JSON-like records of `len` bytes, varied by `seed`.
+fn json(len: usize, seed: usize) -> Vec<u8> {
+    let mut s = String::new();
+    let mut i = seed * 1000;
+    while s.len() < len {
+        s.push_str(&format!(
+            "{{\"id\":{i},\"user\":\"user-{}\",\"price\":{}.{:02},\"tags\":[\"t{}\"]}},",
+            i * 7 % 5000,
+            i * 13 % 10_000,
+            i % 100,
+            i % 20
+        ));
+        i += 1;
+    }
+    s.truncate(len);
+    s.into_bytes()
+}
+
+fn conn_echo_deflate(n: usize, run: usize, mode: Compression) -> usize {
+    let mut settings = Settings::default();
+    settings.deflate.mode = mode;
+    let mut ep = Endpoint::with_rng(settings, MaskRng::from_seed([9; 32]));
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut conn = Connection::server(0);
+    let mut req = REQUEST.to_vec();
+    let Received::Upgrade(r) = conn.handle_recv(0, &mut ep, &mut out, &mut req, |_, _| {}) else {
+        unreachable!("a valid request");
+    };
+    let ext = conn.negotiate_deflate(&mut ep, &r).ok().flatten();
+    let ext = ext.unwrap_or_default();
+    conn.accept_upgrade(0, &mut out, &r, None, &[]);
+    // The client's side: context takeover unless the server said no.
+    let takeover = !ext.contains("client_no_context_takeover");
+    let mut client = Compressor::new(6, 12, 8);
+    let mut frames = Vec::new();
+    let mut ranges = Vec::with_capacity(n);
+    let mut z = Vec::new();
+    for i in 0..n {
+        z.clear();
+        client.compress(&json(1024, i), &mut z).unwrap_or_default();
+        if !takeover {
+            client.reset();
+        }
+        let start = frames.len();
+        let k = (i as u32).wrapping_mul(0x9E37_79B9).to_le_bytes();
+        encode_compressed(&mut frames, OpCode::Binary, &z, Some(k));
+        ranges.push((start, frames.len()));
+    }
+    let mut total = 0usize;
+    for (i, &(s, e)) in ranges[..run].iter().enumerate() {
+        out.clear();
+        let now = i as u32;
+        conn.handle_recv(
+            now,
+            &mut ep,
+            &mut out,
+            black_box(&mut frames[s..e]),
+            |ev, link| {
+                // (Not the same code as `conn_echo`'s closure, which the compiler would
+                // otherwise merge with this one and then inline into neither.)
+                if let AppEvent::Message(m) = ev {
+                    total += usize::from(link.half.send_message(link.ep, link.out, m));
+                }
+            },
+        );
+        total += black_box(&out).len() + conn.poll_timeout(&ep).map_or(0, |t| t as usize & 1);
+    }
+    total
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("list") {
@@ -202,6 +279,8 @@ fn main() {
         "utf8-16k" => utf8(n, run, 16384),
         "conn-echo-20" => conn_echo(n, run, &[7u8; 20]),
         "conn-echo-16k" => conn_echo(n, run, &[7u8; 16384]),
+        "conn-echo-deflate-shared-1k" => conn_echo_deflate(n, run, Compression::Shared),
+        "conn-echo-deflate-dedicated-1k" => conn_echo_deflate(n, run, Compression::Dedicated),
         _ => usage(),
     };
     println!(

@@ -53,6 +53,26 @@ pub enum SlowConsumer {
     Close1013,
 }
 
+/// Whether and how a server compresses (permessage-deflate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Decline every offer (the default): no compression, no cost.
+    #[default]
+    Off,
+    /// Accept with `server_no_context_takeover; client_no_context_takeover`: every message is
+    /// compressed on its own, by one compressor per shard, and inflated by one decompressor
+    /// per shard. A connection holds no compression state at all.
+    Shared,
+    /// Accept with context takeover (what the client offered, windows capped by
+    /// [`crate::ServerBuilder::deflate_server_max_window_bits`] and
+    /// [`crate::ServerBuilder::deflate_client_max_window_bits`]): better ratios for streams of similar
+    /// messages, at a per-connection cost (the peer's window while open, our own window once
+    /// we send, 2^bits bytes each), bounded per shard by
+    /// [`crate::ServerBuilder::deflate_dedicated_bytes_max`].
+    Dedicated,
+}
+
 /// Smallest receive buffer: one page (smaller buffers only add reads).
 const RECV_BUFFER_BYTES_MIN: usize = 4 << 10;
 /// Largest receive buffer: an io_uring buffer length is a `u32`, and a gigabyte per buffer is
@@ -61,6 +81,13 @@ const RECV_BUFFER_BYTES_MAX: usize = 1 << 30;
 /// Most buffers in one io_uring provided-buffer ring (the kernel's bound).
 const RECV_BUFFERS_MAX: usize = 32_768;
 
+/// Default for `tls_handshake_bytes_max`: 32 KiB, room for a ClientHello (usually under 2
+/// KiB, at most one 16 KiB record) and a client's certificate chain.
+#[cfg(feature = "tls")]
+pub(crate) const TLS_HANDSHAKE_BYTES_MAX_DEFAULT: usize = 32 << 10;
+/// Smallest `tls_handshake_bytes_max`: one whole TLS record.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_BYTES_MIN: usize = (1 << 14) + 256 + 5;
 /// Default most direct descriptors per shard: 2^20, so a million connections fit in one or
 /// two shards; nothing is allocated for them until they come.
 const DIRECT_FDS_MAX: u32 = 1 << 20;
@@ -101,8 +128,21 @@ pub(crate) struct Config {
     pub(crate) mailbox_messages_max: usize,
     pub(crate) http_response_bytes_max: usize,
     pub(crate) origins: Origins,
+    pub(crate) compression: Compression,
+    pub(crate) deflate_threshold_bytes: usize,
+    pub(crate) deflate_level: u8,
+    pub(crate) deflate_server_max_window_bits: u8,
+    pub(crate) deflate_client_max_window_bits: u8,
+    pub(crate) deflate_mem_level: u8,
+    pub(crate) deflate_dedicated_bytes_max: usize,
     pub(crate) history: HistoryPolicy,
     pub(crate) resume_protocol: bool,
+    /// TLS for the TLS listener (the application's config, prepared at start).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Most received bytes a TLS session holds while its handshake runs.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_handshake_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -135,8 +175,19 @@ impl Default for Config {
             mailbox_messages_max: 65_536,
             http_response_bytes_max: 1 << 20,
             origins: Origins::default(),
+            compression: Compression::Off,
+            deflate_threshold_bytes: 64,
+            deflate_level: 1,
+            deflate_server_max_window_bits: 12,
+            deflate_client_max_window_bits: 12,
+            deflate_mem_level: 8,
+            deflate_dedicated_bytes_max: 64 << 20,
             history: HistoryPolicy::default(),
             resume_protocol: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            tls_handshake_bytes_max: TLS_HANDSHAKE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -169,9 +220,18 @@ impl Config {
         // `on_drain` is due when the queue falls below this: 0 would never be crossed.
         self.send_queue_low_water_bytes = self.send_queue_low_water_bytes.max(1);
         self.mailbox_messages_max = self.mailbox_messages_max.max(1);
+        self.deflate_level = self.deflate_level.min(9);
+        self.deflate_server_max_window_bits = self.deflate_server_max_window_bits.clamp(9, 15);
+        self.deflate_client_max_window_bits = self.deflate_client_max_window_bits.clamp(9, 15);
+        self.deflate_mem_level = self.deflate_mem_level.clamp(1, 9);
         // 0 frames a turn would never decode anything; a connection counts them in a u16.
         self.recv_frames_per_turn_max = self.recv_frames_per_turn_max.clamp(1, u32::from(u16::MAX));
         self.history.topics_max = self.history.topics_max.max(1);
+        #[cfg(feature = "tls")]
+        {
+            self.tls_handshake_bytes_max =
+                self.tls_handshake_bytes_max.max(TLS_HANDSHAKE_BYTES_MIN);
+        }
         self
     }
 }

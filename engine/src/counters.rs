@@ -31,7 +31,8 @@ pub enum CloseReason {
     /// A handler callback panicked (1011, or 500 for `on_upgrade` and `on_request`).
     HandlerPanic,
     /// The TLS layer failed the connection (a handshake refused, a record that did not
-    /// authenticate, the peer's fatal alert). Zero while the server has no TLS listener.
+    /// authenticate, the peer's fatal alert, a stream cut inside a record). Zero while the
+    /// server has no TLS listener.
     TlsFailure,
     /// The upgrade was refused with an HTTP status (malformed request, Origin, full, or the
     /// handler's rejection).

@@ -42,6 +42,40 @@
 //! plain HTTP requests that come to the same port (a health check, a page, a script) with a
 //! [`Response`]. [`ServerBuilder::allow_origin`] restricts which browser origins may connect.
 //!
+//! # `wss://` (feature `tls`)
+//!
+//! With the `tls` feature, `ServerBuilder::tls` serves TLS 1.3 (rustls for the handshake, a
+//! record layer of percore's own on aws-lc-rs after it; see the `tls` module for what is and is
+//! not implemented) on the bind address or, with `tls_bind`, on a second address beside the
+//! plain one, both served by the same shards; `Connect::tls` opens outbound `wss://`.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use percore::tls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+//! use percore::{Conn, Handler, Message, Server};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     type State = ();
+//!     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+//!         let _ = conn.send(msg);
+//!     }
+//! }
+//!
+//! let chain = CertificateDer::pem_file_iter("cert.pem")?.collect::<Result<Vec<_>, _>>()?;
+//! let key = PrivateKeyDer::from_pem_file("key.pem")?;
+//! let server = Server::builder()
+//!     .bind("0.0.0.0:9001") // ws://
+//!     .tls(percore::tls::server_config(chain, key)?)
+//!     .tls_bind("0.0.0.0:9443") // wss://
+//!     .start(|_| Echo)?;
+//! println!("ws on {}, wss on {:?}", server.local_addr(), server.tls_local_addr());
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "tls"))]
+//! # fn main() {}
+//! ```
 //! # Metrics
 //!
 //! Each shard counts what it does (connections by close reason, refusals by status, messages
@@ -73,12 +107,14 @@ mod send_queue;
 mod server;
 mod shard;
 mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod upgrade;
 
 pub use client::Connect;
 #[cfg(feature = "cluster")]
 pub use cluster::ClusterConfig;
-pub use config::{Backend, Shards, SlowConsumer};
+pub use config::{Backend, Compression, Shards, SlowConsumer};
 pub use counters::CloseReason;
 pub use history::{Position, TopicHistory};
 pub use id::ConnId;

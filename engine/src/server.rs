@@ -1,24 +1,23 @@
-//! The builder, shard spawning and the handle to a running server.
+//! The builder and shard spawning; the handle to a running server is in `server/handle.rs`.
 
-use std::any::{Any, TypeId};
+mod handle;
+
+use std::any::TypeId;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::Connect;
 #[cfg(feature = "cluster")]
 use crate::cluster::{Bridge, ClusterConfig};
-use crate::config::{Backend, Config, Shards, SlowConsumer};
+use crate::config::{Backend, Compression, Config, Shards, SlowConsumer};
 use crate::history::TopicHistory;
-use crate::id::ConnId;
 use crate::io::{self as backend_io, Waker};
-use crate::proto::Message;
-use crate::pubsub::{PubSubError, PublishOptions};
-use crate::shard::{self, Handler, Hub, Mail, Metrics, Publisher};
-use crate::stats::{ShardStats, Stats};
+use crate::shard::{self, Handler, Hub, Metrics};
+use crate::stats::ShardStats;
+
+pub use handle::ServerHandle;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -36,6 +35,9 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerBuilder {
     addr: io::Result<SocketAddr>,
+    /// A second listener, for TLS (`tls_bind`).
+    #[cfg(feature = "tls")]
+    tls_addr: Option<io::Result<SocketAddr>>,
     pub(crate) config: Config,
     /// The first refused `allow_origin` pattern, reported by `start`.
     origin_error: Option<String>,
@@ -47,6 +49,8 @@ impl Default for ServerBuilder {
     fn default() -> Self {
         Self {
             addr: Ok(SocketAddr::from(([0, 0, 0, 0], 9001))),
+            #[cfg(feature = "tls")]
+            tls_addr: None,
             config: Config::default(),
             origin_error: None,
             #[cfg(feature = "cluster")]
@@ -55,14 +59,55 @@ impl Default for ServerBuilder {
     }
 }
 
+fn one_addr(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs().and_then(|mut a| {
+        a.next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
+    })
+}
+
 impl ServerBuilder {
     /// Address to listen on (default `0.0.0.0:9001`). Port 0 picks a free port, shared by all
     /// shards (each shard has its own `SO_REUSEPORT` listener on it).
     pub fn bind(mut self, addr: impl ToSocketAddrs) -> Self {
-        self.addr = addr.to_socket_addrs().and_then(|mut a| {
-            a.next()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
-        });
+        self.addr = one_addr(addr);
+        self
+    }
+
+    /// Serve `wss://` with this rustls config: on the [`ServerBuilder::tls_bind`] address when
+    /// one is given (the [`ServerBuilder::bind`] address then stays plain, and both are served
+    /// by the same shards), else on the `bind` address. TLS 1.3 only (see [`crate::tls`]);
+    /// [`crate::tls::server_config`] makes a config with percore's choices. The config is used
+    /// as given, except: secret extraction on, no 0-RTT data, ALPN `http/1.1` when it sets
+    /// none, and its certificate resolver wrapped to learn the SNI
+    /// ([`crate::Request::server_name`]).
+    ///
+    /// Cost: a TLS connection holds about 2.5 KiB more than a plain one while idle (two AEAD
+    /// keys and rustls' key schedule, no buffer; 2.65 KiB of heap per connection measured at
+    /// 10,000, bench/results/2026-12-01-tls.md), up to `tls_handshake_bytes_max` during its
+    /// handshake, and whatever of its plaintext send queue is sealed and not yet written (at
+    /// most 256 KiB plus record overhead). The handshake counts against `handshake_timeout`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: impl Into<Arc<rustls::ServerConfig>>) -> Self {
+        self.config.tls = Some(config.into());
+        self
+    }
+
+    /// A second address, which speaks TLS (needs [`ServerBuilder::tls`]); port 0 picks a free
+    /// one. [`ServerHandle::tls_local_addr`] tells which.
+    #[cfg(feature = "tls")]
+    pub fn tls_bind(mut self, addr: impl ToSocketAddrs) -> Self {
+        self.tls_addr = Some(one_addr(addr));
+        self
+    }
+
+    /// Most received bytes a TLS connection holds while its handshake runs (default 32 KiB;
+    /// at least one TLS record, 16,645 bytes): what rustls has not consumed yet, usually
+    /// nothing or part of one record. Past it the connection is closed (a
+    /// [`Stats::tls_failures`](crate::Stats::tls_failures)). Worst case this times the connections in their handshake.
+    #[cfg(feature = "tls")]
+    pub fn tls_handshake_bytes_max(mut self, n: usize) -> Self {
+        self.config.tls_handshake_bytes_max = n;
         self
     }
 
@@ -175,7 +220,9 @@ impl ServerBuilder {
     /// too), so one flooder holds at most about one receive buffer. Cost: a connection that
     /// sends more than this many frames per turn gets them handled over several turns (one
     /// copy of what was held, and on io_uring a re-armed receive); lower means fairer turns,
-    /// higher means fewer pauses for clients that batch many small messages.
+    /// higher means fewer pauses for clients that batch many small messages. Not applied to
+    /// TLS connections yet: their records are opened in place and decoded whole (a `wss://`
+    /// flooder costs its shard what a plain one did before this limit).
     pub fn recv_frames_per_turn_max(mut self, n: u32) -> Self {
         self.config.recv_frames_per_turn_max = n;
         self
@@ -295,8 +342,9 @@ impl ServerBuilder {
     }
 
     /// Longest topic name in bytes (default 256); longer names are refused with
-    /// [`PubSubError::TopicTooLong`]. Each topic a shard has subscribers for costs its name
-    /// (twice: shard table and the shared shard mask) plus one entry per subscriber.
+    /// [`PubSubError::TopicTooLong`](crate::PubSubError::TopicTooLong). Each topic a shard has
+    /// subscribers for costs its name (twice: shard table and the shared shard mask) plus one
+    /// entry per subscriber.
     pub fn topic_name_bytes_max(mut self, n: usize) -> Self {
         self.config.topic_name_bytes_max = n;
         self
@@ -304,9 +352,10 @@ impl ServerBuilder {
 
     /// Most data messages waiting in one shard's mailbox (publishes, sends and broadcasts from
     /// other shards and threads; default 65 536; at least 1). Past it, that shard misses the
-    /// message ([`PubSubError::MailboxFull`], counted in [`Stats::dropped`]). Each waiting
-    /// message costs about 64 bytes plus a reference that keeps its frame alive, so worst-case
-    /// mailbox memory is this times the frame size.
+    /// message ([`PubSubError::MailboxFull`](crate::PubSubError::MailboxFull), counted in
+    /// [`Stats::dropped`](crate::Stats::dropped)). Each waiting message costs about 64 bytes
+    /// plus a reference that keeps its frame alive, so worst-case mailbox memory is this times
+    /// the frame size.
     pub fn mailbox_messages_max(mut self, n: usize) -> Self {
         self.config.mailbox_messages_max = n;
         self
@@ -440,6 +489,77 @@ impl ServerBuilder {
         self
     }
 
+    /// permessage-deflate (RFC 7692, default [`Compression::Off`]: offers are declined).
+    /// Either way one compressor per window size in use and one decompressor per shard, about
+    /// 180 KiB each, serve every connection. [`Compression::Shared`] costs an idle connection
+    /// nothing, and CPU per message; [`Compression::Dedicated`] compresses better across
+    /// similar messages and costs each connection the peer's window while it is open
+    /// (2^`deflate_client_max_window_bits` bytes, 4 KiB by default; 32 KiB for a client that
+    /// does not offer `client_max_window_bits`) plus our own window once it has sent a
+    /// compressed message (2^`deflate_server_max_window_bits` bytes, the history its next
+    /// messages may reference, 4 KiB by default; dropped when [`ServerBuilder::idle_timeout`]
+    /// passes without input), within [`ServerBuilder::deflate_dedicated_bytes_max`] per shard;
+    /// its CPU per message is a little above `Shared`'s (the window is hashed again for each
+    /// message). A compressed message is
+    /// inflated whole once it has arrived, its inflated size bounded by
+    /// [`ServerBuilder::message_bytes_max`] (1009 past it, corrupt data 1007).
+    pub fn compression(mut self, mode: Compression) -> Self {
+        self.config.compression = mode;
+        self
+    }
+
+    /// Messages shorter than this are sent uncompressed (default 64 bytes): small messages
+    /// compress badly and each compression costs a few microseconds.
+    pub fn deflate_threshold_bytes(mut self, n: usize) -> Self {
+        self.config.deflate_threshold_bytes = n;
+        self
+    }
+
+    /// zlib compression level, 0..=9 (default 1, zlib-rs' fastest: about half the CPU of
+    /// level 6 for a few percent larger output on JSON-like text).
+    pub fn deflate_level(mut self, level: u8) -> Self {
+        self.config.deflate_level = level;
+        self
+    }
+
+    /// The largest LZ77 window the server compresses with, 9..=15 bits (default 12, 4 KiB),
+    /// announced as `server_max_window_bits` so clients can inflate with a small window. A
+    /// client asking for less gets less (8 is honoured with distance-1 matches only). A
+    /// dedicated connection that sends keeps 2^this bytes of history; each of the shard's
+    /// compressors costs 16 bytes per window byte plus zlib-rs' fixed 128 KiB hash table and
+    /// the literal buffers of [`ServerBuilder::deflate_mem_level`].
+    pub fn deflate_server_max_window_bits(mut self, bits: u8) -> Self {
+        self.config.deflate_server_max_window_bits = bits;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: the `client_max_window_bits` answered to a client that
+    /// offers it, 9..=15 (default 12): what each such connection costs while open, in bytes,
+    /// is 2^this (the client's window, kept between its messages).
+    pub fn deflate_client_max_window_bits(mut self, bits: u8) -> Self {
+        self.config.deflate_client_max_window_bits = bits;
+        self
+    }
+
+    /// zlib memory level of the shard's compressors (one per window size in use), 1..=9
+    /// (default 8): zlib-rs sizes its literal buffers by it (7 × 2^(level+6) bytes per
+    /// compressor: 112 KiB at 8, 14 KiB at 5); lower levels end Huffman blocks sooner
+    /// (slightly larger output for large messages). Nothing per connection.
+    pub fn deflate_mem_level(mut self, level: u8) -> Self {
+        self.config.deflate_mem_level = level;
+        self
+    }
+
+    /// [`Compression::Dedicated`]: most bytes of per-connection compression state one shard
+    /// holds (peer windows plus our own; default 64 MiB: 8,192 connections with both 4 KiB
+    /// windows, 16,384 idle ones). Past it, new connections get shared terms (no context
+    /// takeover) and a connection with no room for its own window sends uncompressed until it
+    /// fits.
+    pub fn deflate_dedicated_bytes_max(mut self, n: usize) -> Self {
+        self.config.deflate_dedicated_bytes_max = n;
+        self
+    }
+
     /// Bind, spawn the shards and start serving. `factory(shard_index)` is called on each
     /// shard's own thread to create that shard's handler. Fails if the address cannot be bound,
     /// the backend is not available or a shard cannot start.
@@ -453,6 +573,28 @@ impl ServerBuilder {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
         let mut config = self.config.clamped(backend_io::nofile_limit());
+        // The address of each listener, and which one speaks TLS.
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut addrs = vec![addr];
+        #[cfg(feature = "tls")]
+        let tls_listener = match (&config.tls, self.tls_addr) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "tls_bind needs a TLS config (ServerBuilder::tls)",
+                ))
+            }
+            (Some(_), None) => Some(0),
+            (Some(_), Some(a)) => {
+                addrs.push(a?);
+                Some(1)
+            }
+        };
+        #[cfg(feature = "tls")]
+        if let Some(cfg) = &config.tls {
+            config.tls = Some(crate::tls::prepare_server(cfg));
+        }
         #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             c.check(config.topic_name_bytes_max)?;
@@ -469,13 +611,19 @@ impl ServerBuilder {
             Shards::Count(n) => n.max(1),
             Shards::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let mut listeners = Vec::with_capacity(n);
-        let first = reuseport_listener(addr, config.backlog)?;
-        let local_addr = first.local_addr()?;
-        listeners.push(first);
-        for _ in 1..n {
-            listeners.push(reuseport_listener(local_addr, config.backlog)?);
+        // Per shard, one listener on each address (the first shard's picks the port).
+        let mut listeners: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let first = reuseport_listener(addr, config.backlog)?;
+            let local = first.local_addr()?;
+            listeners[0].push(first);
+            for l in listeners.iter_mut().skip(1) {
+                l.push(reuseport_listener(local, config.backlog)?);
+            }
+            local_addrs.push(local);
         }
+        let local_addr = local_addrs[0];
 
         let cores = if config.pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -512,7 +660,9 @@ impl ServerBuilder {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let run = shard::Run {
                 index,
-                listener,
+                listeners: listener,
+                #[cfg(feature = "tls")]
+                tls_listener,
                 config: config.clone(),
                 factory: factory.clone(),
                 stats: shard_stats.clone(),
@@ -561,6 +711,8 @@ impl ServerBuilder {
             metrics: Metrics::new(hub.clone(), config.clone()),
             hub,
             local_addr,
+            #[cfg(feature = "tls")]
+            tls_local_addr: tls_listener.map(|i| local_addrs[i]),
             backend,
             threads: Mutex::new(threads),
             #[cfg(feature = "cluster")]
@@ -588,161 +740,4 @@ fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
-}
-
-/// A running server. Dropping it shuts the server down at once (as `shutdown(Duration::ZERO)`).
-pub struct ServerHandle {
-    hub: Arc<Hub>,
-    metrics: Metrics,
-    local_addr: SocketAddr,
-    backend: Backend,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The cluster bridge thread, stopped after the shards.
-    #[cfg(feature = "cluster")]
-    bridge: Mutex<Option<Bridge>>,
-    handshake_timeout: Duration,
-    /// The handler's `State` type (outbound connections bring theirs).
-    state_type: (TypeId, &'static str),
-}
-
-impl std::fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle")
-            .field("local_addr", &self.local_addr)
-            .field("backend", &self.backend)
-            .field("shards", &self.shards())
-            .finish()
-    }
-}
-
-impl ServerHandle {
-    /// The address the shards listen on (with the real port when bound to port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The backend actually running (`Auto` resolved).
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    /// Queue `msg` for every open accepted connection on every shard, like
-    /// [`crate::Conn::broadcast`], from any thread (serialized once here). A shard whose mailbox
-    /// is full misses it (counted in [`Stats::dropped`]).
-    pub fn broadcast(&self, msg: Message<'_>) {
-        self.hub.broadcast_external(msg);
-    }
-
-    /// A cloneable, thread-safe handle for publishing and sending to connections.
-    pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.hub.clone())
-    }
-
-    /// Publish `msg` to every subscriber of `topic` (see [`Publisher::publish`]).
-    pub fn publish(&self, topic: impl AsRef<[u8]>, msg: Message<'_>) -> Result<(), PubSubError> {
-        self.publisher().publish(topic, msg)
-    }
-
-    /// Publish with explicit [`PublishOptions`].
-    pub fn publish_with(
-        &self,
-        topic: impl AsRef<[u8]>,
-        msg: Message<'_>,
-        opts: PublishOptions,
-    ) -> Result<(), PubSubError> {
-        self.publisher().publish_with(topic, msg, opts)
-    }
-
-    /// Queue `msg` to the connection `id` (see [`Publisher::send`]).
-    pub fn send(&self, id: ConnId, msg: Message<'_>) -> Result<(), PubSubError> {
-        self.publisher().send(id, msg)
-    }
-
-    /// Open an outbound connection on shard `shard` (taken modulo the shard count), for a
-    /// handler whose `State` is `()` (else see [`ServerHandle::connect_with_state`]). The TCP
-    /// connect happens here, blocking up to the handshake timeout; the WebSocket handshake then
-    /// runs on the shard, whose handler gets `on_open` when the server answered 101, then
-    /// messages as for any connection. If the handshake fails or times out, `on_close` is called
-    /// with 1006 and a reason (without `on_open` before it).
-    pub fn connect(&self, shard: usize, target: Connect) -> io::Result<()> {
-        self.connect_with_state(shard, target, ())
-    }
-
-    /// [`ServerHandle::connect`] with the connection's initial `state`, which must be of the
-    /// handler's `State` type (else `InvalidInput`, and nothing is connected).
-    pub fn connect_with_state<S: Send + 'static>(
-        &self,
-        shard: usize,
-        target: Connect,
-        state: S,
-    ) -> io::Result<()> {
-        let (want, name) = self.state_type;
-        if TypeId::of::<S>() != want {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "connect: the handler's State is {name}, not {}",
-                    std::any::type_name::<S>()
-                ),
-            ));
-        }
-        let state: Box<dyn Any + Send> = Box::new(state);
-        let out = target.open(self.handshake_timeout, state)?;
-        let i = shard % self.shards().max(1);
-        Ok(self.hub.mail().post(i, Mail::Connect(Box::new(out)))?)
-    }
-
-    /// Number of shards.
-    pub fn shards(&self) -> usize {
-        self.hub.mail().len()
-    }
-
-    /// Counters summed over all shards (each read with relaxed ordering: a snapshot, not an
-    /// atomic cut).
-    pub fn stats(&self) -> Stats {
-        self.hub.stats()
-    }
-
-    /// Every metric, per shard, in the Prometheus text exposition format (OpenMetrics 1.0,
-    /// `Content-Type` [`Metrics::CONTENT_TYPE`]): the body of a `/metrics` answer. Names, types
-    /// and labels: `docs/metrics.md`. Reading costs the shards nothing (see [`Metrics`]).
-    #[cfg(feature = "metrics")]
-    pub fn metrics(&self) -> String {
-        self.metrics.render()
-    }
-
-    /// A handle on the metrics to keep and read from any thread: [`Metrics::snapshot`] (plain
-    /// numbers), [`Metrics::render`] (the text), or register it as a `prometheus-client`
-    /// collector.
-    pub fn metrics_handle(&self) -> Metrics {
-        self.metrics.clone()
-    }
-
-    /// Graceful shutdown: stop accepting, send close 1001 to every open connection, keep
-    /// flushing and wait for the close replies until `deadline` has passed, then drop the
-    /// remaining sockets (their `on_close` gets 1006) and join the shard threads. Idempotent.
-    pub fn shutdown(&self, deadline: Duration) {
-        let at = Instant::now() + deadline;
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        if threads.is_empty() {
-            return;
-        }
-        self.hub.stop();
-        for i in 0..self.hub.mail().len() {
-            let _ = self.hub.mail().post(i, Mail::Shutdown(at));
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-        #[cfg(feature = "cluster")]
-        if let Some(b) = self.bridge.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            b.stop(at);
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.shutdown(Duration::ZERO);
-    }
 }

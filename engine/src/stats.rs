@@ -59,9 +59,20 @@ pub struct Stats {
     pub history_topics: u64,
     /// Subscriptions (connection, topic) on all shards (a gauge).
     pub subscriptions: u64,
+    /// TLS handshakes completed (`wss://` connections, accepted and outbound).
+    pub tls_handshakes: u64,
+    /// TLS connections failed in the TLS layer: a handshake refused (garbage or plaintext on
+    /// the TLS port, no common version, an unknown CA on the client side, …), a record that
+    /// did not authenticate, the peer's fatal alert, the peer's EOF inside a record. Each is closed (after our alert, when TLS
+    /// asks for one) and logged at `warn` (rate-limited per shard).
+    pub tls_failures: u64,
     /// Topics across servers (all zero unless the server runs with
     /// `ServerBuilder::cluster` (engine feature `cluster`)).
     pub cluster: ClusterStats,
+    /// Bytes of dedicated permessage-deflate state held (peer windows and our own,
+    /// budgeted by [`crate::ServerBuilder::deflate_dedicated_bytes_max`]; a gauge, updated once
+    /// per loop turn).
+    pub deflate_dedicated_bytes: u64,
 }
 
 /// The cluster bridge's counters: what this server sent to and received from the broker, and
@@ -126,6 +137,10 @@ pub(crate) struct ShardStats {
     pub(crate) conflated: AtomicU64,
     /// A gauge: moved by [`ShardStats::bump`] and [`ShardStats::drop_one`].
     pub(crate) subscriptions: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
+    /// A gauge: stored by the shard once per loop turn.
+    pub(crate) deflate_dedicated_bytes: AtomicU64,
     /// What `crate::Metrics` adds to these (same single-writer rule).
     pub(crate) metrics: ShardMetrics,
 }
@@ -169,6 +184,9 @@ impl ShardStats {
         s.dropped += g(&self.dropped);
         s.conflated += g(&self.conflated);
         s.subscriptions += g(&self.subscriptions);
+        s.tls_handshakes += g(&self.tls_handshakes);
+        s.tls_failures += g(&self.tls_failures);
+        s.deflate_dedicated_bytes += g(&self.deflate_dedicated_bytes);
     }
 }
 

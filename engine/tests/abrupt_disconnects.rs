@@ -4,7 +4,7 @@
 mod common;
 
 use common::handlers::Event;
-use common::raw::{encode_frame, new_key, op, upgrade_request, RawClient};
+use common::raw::{connect, encode_frame, new_key, op, upgrade_request, RawClient};
 use std::io::Write;
 use std::net::TcpStream;
 
@@ -22,11 +22,11 @@ every_backend! {
         let server = common::start(backend);
         let req = upgrade_request(server.addr, "/", &new_key(), &[]);
         for cut in [1, 10, req.len() / 2, req.len() - 1] {
-            let mut s = TcpStream::connect(server.addr).unwrap();
+            let mut s = connect(server.addr).unwrap();
             s.write_all(&req.as_bytes()[..cut]).unwrap();
             drop(s);
         }
-        // Connect and close without a byte.
+        // Connect and close without a byte (over TLS: before the ClientHello).
         drop(TcpStream::connect(server.addr).unwrap());
         next_client_works(&server);
     }

@@ -48,14 +48,14 @@ every_backend! {
         closed.send_close(1000, "").unwrap();
         closed.expect_eof();
         // Half a handshake: must not receive a WebSocket frame before its 101.
-        let mut half = std::net::TcpStream::connect(server.addr).unwrap();
+        let mut half = common::raw::connect(server.addr).unwrap();
         std::io::Write::write_all(&mut half, b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
         common::wait_until("the half handshake is accepted", || server.handle().stats().connections_open == 2);
         server.handle().broadcast(percore::Message::Text("hello all"));
         assert_eq!(open.read_message().unwrap(), (op::TEXT, b"hello all".to_vec()));
         // The other shard may deliver a little later: give it time before looking.
         std::thread::sleep(std::time::Duration::from_millis(200));
-        half.set_nonblocking(true).unwrap();
+        half.tcp().set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
         match std::io::Read::read(&mut half, &mut buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -7,11 +7,11 @@
 mod common;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use common::raw::{http_exchange, new_key, read_response_head, upgrade_request, RawClient};
+use common::raw::{http_exchange, new_key, read_response_head, upgrade_request, RawClient, Stream};
 use percore::{
     Accept, Backend, CloseCode, Conn, ConnId, Decision, Deferred, Handler, Message, Reject,
     Request, ServerHandle, Upgrade,
@@ -95,17 +95,15 @@ fn next_pending(rx: &Receiver<Seen>) -> (String, Deferred<Session>) {
 }
 
 /// Connect and send an upgrade request for `path` (no answer read).
-fn request(addr: SocketAddr, path: &str) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(common::WAIT)).unwrap();
-    s.set_nodelay(true).unwrap();
+fn request(addr: SocketAddr, path: &str) -> (Stream, String) {
+    let mut s = common::raw::connect(addr).unwrap();
     let key = new_key();
     std::io::Write::write_all(&mut s, upgrade_request(addr, path, &key, &[]).as_bytes()).unwrap();
     (s, key)
 }
 
 /// A raw client over a stream whose 101 has arrived.
-fn opened(stream: TcpStream) -> RawClient {
+fn opened(stream: Stream) -> RawClient {
     let mut stream = stream;
     let (response, rest) = read_response_head(&mut stream).unwrap();
     assert_eq!(response.status, 101, "{response:?}");
@@ -120,7 +118,7 @@ fn settled(server: &ServerHandle) -> bool {
 every_backend! {
     fn deferred_accept_opens_with_the_state_and_headers_from_another_thread(backend) {
         let (server, seen) = gate(backend, |b| b);
-        let (stream, _) = request(server.local_addr(), "/auth");
+        let (stream, _) = request(common::addr_of(&server), "/auth");
         let (path, handle) = next_pending(&seen);
         assert_eq!(path, "/auth");
         let id = handle.id();
@@ -149,7 +147,7 @@ every_backend! {
 
     fn deferred_reject_sends_its_status_headers_and_body(backend) {
         let (server, seen) = gate(backend, |b| b);
-        let (mut stream, _) = request(server.local_addr(), "/auth");
+        let (mut stream, _) = request(common::addr_of(&server), "/auth");
         let (_, handle) = next_pending(&seen);
         std::thread::spawn(move || {
             handle.reject(Reject::new(401, "token expired").header("WWW-Authenticate", "Bearer"));
@@ -166,7 +164,7 @@ every_backend! {
 
     fn frames_sent_before_the_decision_are_delivered_after_it(backend) {
         let (server, seen) = gate(backend, |b| b);
-        let (mut stream, _) = request(server.local_addr(), "/auth");
+        let (mut stream, _) = request(common::addr_of(&server), "/auth");
         let (_, handle) = next_pending(&seen);
         let early = common::raw::encode_frame(true, 0, common::raw::op::TEXT, b"early", [1, 2, 3, 4]);
         std::io::Write::write_all(&mut stream, &early).unwrap();
@@ -180,11 +178,11 @@ every_backend! {
     fn client_that_leaves_before_its_decision_makes_the_late_answer_a_no_op(backend) {
         // One shard: the second connection reuses the first one's slot.
         let (server, seen) = gate(backend, |b| b.shards(percore::Shards::Count(1)));
-        let (first, _) = request(server.local_addr(), "/a");
+        let (first, _) = request(common::addr_of(&server), "/a");
         let (_, late) = next_pending(&seen);
         drop(first);
         common::wait_until("the departed client is finalized", || settled(&server));
-        let (second, _) = request(server.local_addr(), "/b");
+        let (second, _) = request(common::addr_of(&server), "/b");
         let (_, current) = next_pending(&seen);
         assert_eq!(late.id().key(), current.id().key(), "the slot is reused");
         assert_ne!(late.id(), current.id(), "with a new generation");
@@ -209,7 +207,7 @@ every_backend! {
 
     fn decision_that_never_comes_closes_at_the_handshake_timeout(backend) {
         let (server, seen) = gate(backend, |b| b.handshake_timeout(Duration::from_millis(300)));
-        let (mut stream, _) = request(server.local_addr(), "/slow");
+        let (mut stream, _) = request(common::addr_of(&server), "/slow");
         let (_, handle) = next_pending(&seen);
         let mut got = Vec::new();
         match stream.read_to_end(&mut got) {
@@ -226,13 +224,13 @@ every_backend! {
         let s = server.stats();
         assert_eq!((s.upgraded, s.connections_open), (0, 0), "{s:?}");
         // The shard serves others as before.
-        let mut c = RawClient::connect_with(server.local_addr(), "/now/5", &[]).unwrap();
+        let mut c = RawClient::connect_with(common::addr_of(&server), "/now/5", &[]).unwrap();
         assert_eq!(c.read_message().unwrap().1, b"hello 5");
     }
 
     fn handle_dropped_without_an_answer_rejects_with_503(backend) {
         let (server, seen) = gate(backend, |b| b);
-        let (mut stream, _) = request(server.local_addr(), "/lost");
+        let (mut stream, _) = request(common::addr_of(&server), "/lost");
         let (_, handle) = next_pending(&seen);
         std::thread::spawn(move || drop(handle)).join().unwrap();
         let (resp, mut body) = read_response_head(&mut stream).unwrap();
@@ -245,12 +243,12 @@ every_backend! {
 
     fn pending_upgrades_count_against_connections_max(backend) {
         let (server, seen) = gate(backend, |b| b.connections_max(2));
-        let (a, _) = request(server.local_addr(), "/a");
-        let (b, _) = request(server.local_addr(), "/b");
+        let (a, _) = request(common::addr_of(&server), "/a");
+        let (b, _) = request(common::addr_of(&server), "/b");
         let mut handles = [next_pending(&seen), next_pending(&seen)];
         handles.sort_by(|x, y| x.0.cmp(&y.0));
-        let req = upgrade_request(server.local_addr(), "/now/1", &new_key(), &[]);
-        let resp = http_exchange(server.local_addr(), req.as_bytes()).unwrap();
+        let req = upgrade_request(common::addr_of(&server), "/now/1", &new_key(), &[]);
+        let resp = http_exchange(common::addr_of(&server), req.as_bytes()).unwrap();
         assert_eq!(resp.status, 503, "two pending upgrades fill a limit of two: {resp:?}");
         let [(pa, ha), (pb, hb)] = handles;
         assert_eq!((pa.as_str(), pb.as_str()), ("/a", "/b"));
@@ -265,7 +263,7 @@ every_backend! {
 
     fn state_from_on_upgrade_reaches_every_callback_without_a_deferral(backend) {
         let (server, seen) = gate(backend, |b| b);
-        let mut c = RawClient::connect_with(server.local_addr(), "/now/42", &[]).unwrap();
+        let mut c = RawClient::connect_with(common::addr_of(&server), "/now/42", &[]).unwrap();
         assert_eq!(c.read_message().unwrap().1, b"hello 42");
         c.exchange_text("x", "42:x");
         c.send_close(1000, "").unwrap();

@@ -51,7 +51,7 @@ every_backend! {
 
     fn shutdown_drops_connections_still_in_their_handshake(backend) {
         let server = common::start(backend);
-        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        let mut s = common::raw::connect(server.addr).unwrap();
         std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
         common::wait_until("the half-sent handshake is accepted", || {
             server.handle().stats().connections_open == 1

@@ -25,6 +25,8 @@ use std::time::Duration;
 /// Set in the re-run inside the namespace: the backend and the scenario.
 const ENV_BACKEND: &str = "PERCORE_HALF_OPEN_BACKEND";
 const ENV_SCENARIO: &str = "PERCORE_HALF_OPEN_SCENARIO";
+/// Set ("true") when the test runs over TLS.
+const ENV_TLS: &str = "PERCORE_HALF_OPEN_TLS";
 
 /// A network namespace, deleted on drop.
 struct Netns(String);
@@ -56,7 +58,8 @@ impl Drop for Netns {
 /// Run `scenario` on `backend` in a fresh namespace (a child test process); skip where
 /// namespaces cannot be made.
 fn in_namespace(backend: percore::Backend, scenario: &str) {
-    let tag = format!("{scenario}-{backend}");
+    let tls = common::transport() == common::Transport::Tls;
+    let tag = format!("{scenario}-{backend}{}", if tls { "-tls" } else { "" });
     let ns = match Netns::create(&tag) {
         Ok(ns) => ns,
         Err(why) => {
@@ -74,6 +77,10 @@ fn in_namespace(backend: percore::Backend, scenario: &str) {
         .args(["--exact", "half_open_inner", "--ignored", "--nocapture"])
         .env(ENV_BACKEND, backend.to_string())
         .env(ENV_SCENARIO, scenario)
+        .env(
+            ENV_TLS,
+            (common::transport() == common::Transport::Tls).to_string(),
+        )
         .output()
         .expect("running the test binary in the namespace");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -120,6 +127,9 @@ fn half_open_inner() {
         "io_uring" => percore::Backend::IoUring,
         b => panic!("unknown backend {b}"),
     };
+    if std::env::var(ENV_TLS).as_deref() == Ok("true") {
+        common::set_transport(common::Transport::Tls);
+    }
     loopback("up");
     let writing = scenario == "writing";
     let server = common::start_with(backend, |b| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::raw::RawClient;
 use percore::Upgrade;
-use percore::{Backend, CloseCode, Conn, ConnId, Decision, Handler, Message, Server, Shards};
+use percore::{Backend, CloseCode, Conn, ConnId, Decision, Handler, Message};
 
 /// Echo, but `on_message` panics on "boom" and `on_close` reports every close.
 struct Fragile {
@@ -44,11 +44,7 @@ fn start(
     mpsc::Receiver<(ConnId, Option<CloseCode>, String)>,
 ) {
     let (tx, rx) = mpsc::channel();
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .shards(Shards::Count(2))
-        .pin(false)
-        .backend(backend)
+    let server = common::builder(backend)
         .start(move |_| Fragile { closes: tx.clone() })
         .expect("server starts");
     (server, rx)
@@ -58,7 +54,7 @@ every_backend! {
     fn panic_in_on_message_closes_that_connection_with_1011_and_the_others_keep_echoing(backend) {
         let (server, closes) = start(backend);
         let mut clients: Vec<RawClient> = (0..100)
-            .map(|_| RawClient::connect(server.local_addr()).expect("connect"))
+            .map(|_| RawClient::connect(common::addr_of(&server)).expect("connect"))
             .collect();
         for (i, c) in clients.iter_mut().enumerate() {
             c.echo_text(&format!("before {i}"));
@@ -66,7 +62,7 @@ every_backend! {
         // Connection 42 makes its shard's handler panic.
         clients[42].send_text("boom").expect("send");
         clients[42].expect_close(1011);
-        let _ = clients[42].stream.shutdown(std::net::Shutdown::Both);
+        clients[42].stream.shutdown_both();
         let (_, code, reason) = closes.recv_timeout(common::WAIT).expect("on_close for the failed connection");
         assert_eq!(code, Some(CloseCode::INTERNAL_ERROR));
         assert_eq!(reason, "handler panicked");
@@ -80,7 +76,7 @@ every_backend! {
         assert_eq!(stats.handler_panics, 1);
         assert_eq!(stats.connections_open, 99);
         // New connections are served too.
-        let mut fresh = RawClient::connect(server.local_addr()).expect("connect");
+        let mut fresh = RawClient::connect(common::addr_of(&server)).expect("connect");
         fresh.echo_text("still here");
         assert!(closes.recv_timeout(Duration::from_millis(100)).is_err(), "no other connection closed");
         server.shutdown(Duration::from_secs(1));
@@ -88,7 +84,7 @@ every_backend! {
 
     fn panic_in_on_upgrade_answers_500_and_the_server_goes_on(backend) {
         let (server, _closes) = start(backend);
-        let addr = server.local_addr();
+        let addr = common::addr_of(&server);
         let key = common::raw::new_key();
         let req = common::raw::upgrade_request(addr, "/boom", &key, &[]);
         let resp = common::raw::http_exchange(addr, req.as_bytes()).expect("an HTTP answer");

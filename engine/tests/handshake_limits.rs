@@ -3,13 +3,12 @@
 
 mod common;
 
-use common::raw::{http_exchange, new_key, upgrade_request, RawClient};
+use common::raw::{connect, http_exchange, new_key, upgrade_request, RawClient, Stream};
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Read until EOF/reset; panics if the server keeps the socket open past `within`.
-fn expect_closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+fn expect_closed_within(s: &mut Stream, within: Duration) -> Vec<u8> {
     s.set_read_timeout(Some(within)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -67,8 +66,7 @@ every_backend! {
 
     fn endless_header_stream_gets_431_not_unbounded_buffering(backend) {
         let server = common::start_with(backend, |b| b.handshake_header_bytes_max(4096));
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut s = connect(server.addr).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
         // Keep sending header lines, never the final CRLF; the server must answer 431 and close.
         let line = format!("X-Pad: {}\r\n", "b".repeat(100));
@@ -86,8 +84,7 @@ every_backend! {
 
     fn slowloris_handshake_is_closed_at_the_timeout(backend) {
         let server = common::start_with(backend, |b| b.handshake_timeout(Duration::from_millis(300)));
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        s.set_nodelay(true).unwrap();
+        let mut s = connect(server.addr).unwrap();
         // A valid request, one byte every 50 ms: it would take seconds to complete.
         let req = upgrade_request(server.addr, "/", &new_key(), &[]);
         let start = Instant::now();
@@ -102,10 +99,10 @@ every_backend! {
                 break;
             }
             // Check, without blocking, whether the server gave up.
-            s.set_nonblocking(true).unwrap();
+            s.tcp().set_nonblocking(true).unwrap();
             let mut buf = [0u8; 512];
             let r = s.read(&mut buf);
-            s.set_nonblocking(false).unwrap();
+            s.tcp().set_nonblocking(false).unwrap();
             match r {
                 Ok(_) => {
                     closed = true;
@@ -126,7 +123,8 @@ every_backend! {
 
     fn silent_connection_is_closed_at_the_handshake_timeout(backend) {
         let server = common::start_with(backend, |b| b.handshake_timeout(Duration::from_millis(200)));
-        let mut s = TcpStream::connect(server.addr).unwrap();
+        // Over TLS the client completes the TLS handshake, then says nothing.
+        let mut s = connect(server.addr).unwrap();
         let got = expect_closed_within(&mut s, common::WAIT);
         let text = String::from_utf8_lossy(&got);
         assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "got {text:?}");

@@ -72,9 +72,11 @@ every_backend! {
     fn tungstenite_sees_the_selected_subprotocol(backend) {
         use tungstenite::client::IntoClientRequest;
         let server = common::start(backend);
-        let mut req = format!("ws://{}/", server.addr).into_client_request().unwrap();
+        let mut req = server.url().into_client_request().unwrap();
         req.headers_mut().insert("Sec-WebSocket-Protocol", "chat.v2".parse().unwrap());
-        let (mut ws, resp) = tungstenite::connect(req).unwrap();
+        let tcp = std::net::TcpStream::connect(server.addr).unwrap();
+        let tls = tungstenite::Connector::Rustls(common::tls::client_config());
+        let (mut ws, resp) = tungstenite::client_tls_with_config(req, tcp, None, Some(tls)).unwrap();
         assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "chat.v2");
         ws.send(tungstenite::Message::text("hi")).unwrap();
         assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), "hi");

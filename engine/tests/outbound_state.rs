@@ -57,7 +57,7 @@ every_backend! {
     fn outbound_connection_starts_with_the_state_given_to_connect_with_state(backend) {
         let echo = common::start(backend);
         let (client, seen) = caller(backend);
-        let target = percore::Connect::new(echo.addr);
+        let target = common::connect_target(echo.addr);
         client.connect_with_state(1, target, "alice".to_owned()).unwrap();
         let next = || seen.recv_timeout(common::WAIT).expect("an event");
         assert_eq!(next(), "alice got \"I am alice\"");
@@ -67,10 +67,10 @@ every_backend! {
     fn connect_with_a_state_of_another_type_is_invalid_input(backend) {
         let echo = common::start(backend);
         let (client, _seen) = caller(backend);
-        let err = client.connect(0, percore::Connect::new(echo.addr)).unwrap_err();
+        let err = client.connect(0, common::connect_target(echo.addr)).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("String"), "{err}");
-        let err = client.connect_with_state(0, percore::Connect::new(echo.addr), 7u32).unwrap_err();
+        let err = client.connect_with_state(0, common::connect_target(echo.addr), 7u32).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(echo.handle().stats().accepted, 0, "nothing was connected");

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::raw::{http_exchange, read_response_head, HttpResponse, RawClient};
@@ -62,7 +62,7 @@ fn site(backend: percore::Backend) -> percore::ServerHandle {
 every_backend! {
     fn get_is_answered_with_the_handlers_status_headers_and_body(backend) {
         let server = site(backend);
-        let addr = server.local_addr();
+        let addr = common::addr_of(&server);
         let r = get(addr, "GET", "/hello");
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
@@ -89,8 +89,8 @@ every_backend! {
 
     fn head_gets_the_get_head_with_its_length_and_no_body(backend) {
         let server = site(backend);
-        let get_r = get(server.local_addr(), "GET", "/size/1000");
-        let head_r = get(server.local_addr(), "HEAD", "/size/1000");
+        let get_r = get(common::addr_of(&server), "GET", "/size/1000");
+        let head_r = get(common::addr_of(&server), "HEAD", "/size/1000");
         assert_eq!(head_r.status, 200);
         assert_eq!(head_r.header("content-length"), Some("1000"));
         assert!(head_r.body.is_empty(), "HEAD must not carry a body: {} bytes", head_r.body.len());
@@ -113,7 +113,7 @@ every_backend! {
         // The head's size does not depend on the body's for 100 and 101 bytes (3 digits each).
         let probe = site(backend);
         let head_len = {
-            let mut s = TcpStream::connect(probe.local_addr()).unwrap();
+            let mut s = common::raw::connect(common::addr_of(&probe)).unwrap();
             s.set_read_timeout(Some(common::WAIT)).unwrap();
             s.write_all(b"GET /size/100 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let mut all = Vec::new();
@@ -122,17 +122,17 @@ every_backend! {
         };
         let limit = head_len + 100;
         let server = common::start_app(backend, |b| b.http_response_bytes_max(limit), |_| Site);
-        let r = get(server.local_addr(), "GET", "/size/100");
+        let r = get(common::addr_of(&server), "GET", "/size/100");
         assert_eq!((r.status, r.body.len()), (200, 100), "exactly {limit} bytes");
-        let r = get(server.local_addr(), "GET", "/size/101");
+        let r = get(common::addr_of(&server), "GET", "/size/101");
         assert_eq!(r.status, 500, "one byte past {limit}: {r:?}");
         assert_eq!(r.body, b"response too large\n");
-        assert_eq!(get(server.local_addr(), "HEAD", "/size/101").status, 500);
+        assert_eq!(get(common::addr_of(&server), "HEAD", "/size/101").status, 500);
     }
 
     fn connection_closes_after_the_answer_and_a_pipelined_request_is_not_answered(backend) {
         let server = site(backend);
-        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        let mut s = common::raw::connect(common::addr_of(&server)).unwrap();
         s.set_read_timeout(Some(common::WAIT)).unwrap();
         s.write_all(
             b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n\
@@ -157,7 +157,7 @@ every_backend! {
 
     fn request_bodies_get_413_or_411_and_other_methods_405(backend) {
         let server = site(backend);
-        let addr = server.local_addr();
+        let addr = common::addr_of(&server);
         let send = |req: &str| http_exchange(addr, req.as_bytes()).unwrap();
         let r = send("GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
         assert_eq!(r.status, 413, "{r:?}");
@@ -172,24 +172,24 @@ every_backend! {
 
     fn http_1_0_request_without_host_is_answered(backend) {
         let server = site(backend);
-        let r = http_exchange(server.local_addr(), b"GET /hello HTTP/1.0\r\n\r\n").unwrap();
+        let r = http_exchange(common::addr_of(&server), b"GET /hello HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"hello\n"[..]));
-        let r = http_exchange(server.local_addr(), b"GET /hello HTTP/1.1\r\n\r\n").unwrap();
+        let r = http_exchange(common::addr_of(&server), b"GET /hello HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(r.status, 400, "HTTP/1.1 needs Host");
     }
 
     fn panic_in_on_request_answers_500_and_the_server_goes_on(backend) {
         let server = site(backend);
-        let r = get(server.local_addr(), "GET", "/boom");
+        let r = get(common::addr_of(&server), "GET", "/boom");
         assert_eq!(r.status, 500, "{r:?}");
         assert_eq!(server.stats().handler_panics, 1);
-        assert_eq!(get(server.local_addr(), "GET", "/hello").status, 200);
-        RawClient::connect(server.local_addr()).unwrap().echo_text("still serving");
+        assert_eq!(get(common::addr_of(&server), "GET", "/hello").status, 200);
+        RawClient::connect(common::addr_of(&server)).unwrap().echo_text("still serving");
     }
 
     fn slow_plain_request_is_closed_at_the_handshake_timeout(backend) {
         let server = common::start_app(backend, |b| b.handshake_timeout(Duration::from_millis(200)), |_| Site);
-        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        let mut s = common::raw::connect(common::addr_of(&server)).unwrap();
         s.set_read_timeout(Some(common::WAIT)).unwrap();
         s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").unwrap();
         let mut got = Vec::new();

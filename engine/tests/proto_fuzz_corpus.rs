@@ -13,11 +13,16 @@ use std::path::{Path, PathBuf};
 type Body = fn(&[u8]);
 
 /// The fuzz targets, with their bodies; a regression folder must name one of them.
-const TARGETS: [(&str, Body); 3] = [
+const TARGETS: [(&str, Body); 4] = [
     ("handshake", bodies::handshake),
     ("decode_frames", bodies::decode_frames),
+    ("permessage_deflate", bodies::permessage_deflate),
     ("connection", bodies::connection),
 ];
+
+/// Targets whose bodies (and regression inputs) another test file runs: `tls_records`
+/// (engine/tests/tls_fuzz_corpus.rs).
+const OTHER_TARGETS: [&str; 1] = ["tls_records"];
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -174,7 +179,7 @@ fn regression_folders_name_existing_targets() {
         if p.is_dir() {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             assert!(
-                TARGETS.iter().any(|(t, _)| *t == name),
+                TARGETS.iter().any(|(t, _)| *t == name) || OTHER_TARGETS.contains(&&*name),
                 "{}: no fuzz target is named {name}",
                 p.display()
             );
@@ -209,4 +214,11 @@ fn replay_reports_the_input_files_that_fail() {
         Ok(0),
         "a missing folder holds nothing"
     );
+}
+
+#[test]
+fn permessage_deflate_fuzz_body_survives_seeds_and_mutations() {
+    for input in inputs(&seeds("permessage_deflate"), 2000) {
+        bodies::permessage_deflate(&input);
+    }
 }

@@ -49,7 +49,7 @@ fn run_feed(backend: Backend, policy: SlowConsumer, opts: PublishOptions) -> Run
         .send_queue_low_water_bytes(16 << 10)
         .slow_consumer(policy);
     let (server, shared) = start(b);
-    let addr = server.local_addr();
+    let addr = addr(&server);
     let stalled = connect_small_rcvbuf(addr, "/t/feed");
     let progress: Arc<Vec<AtomicUsize>> =
         Arc::new((0..GOOD).map(|_| AtomicUsize::new(0)).collect());
@@ -160,7 +160,7 @@ every_backend! {
         }
         // The stalled client still talks: ask the server for its queue length.
         r.stalled.send(TMessage::text("probe")).unwrap();
-        assert!(wait_until(Duration::from_secs(5), || r.shared.probe.load(Ordering::SeqCst) > 0));
+        assert!(wait_until(common::WAIT, || r.shared.probe.load(Ordering::SeqCst) > 0));
         let buffered = r.shared.probe.load(Ordering::SeqCst) - 1;
         assert!(buffered <= QUEUE_MAX, "queue grew to {buffered} bytes");
         assert!(buffered > 0, "the stalled subscriber's queue should be full");
@@ -175,7 +175,7 @@ every_backend! {
         assert_eq!(s.delivered, (GOOD * N + got.len()) as u64, "{s:?}");
         // It is still subscribed and gets new messages once it reads again.
         r.server.publish("feed", Message::Text(&message(N))).unwrap();
-        r.stalled.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        r.stalled.get_mut().set_read_timeout(Some(common::WAIT)).unwrap();
         assert_eq!(index(&read_text(&mut r.stalled)), N);
     }
 
@@ -209,18 +209,18 @@ every_backend! {
                 .send_queue_bytes_max(QUEUE_MAX)
                 .send_queue_low_water_bytes(16 << 10),
         );
-        let mut ws = connect_small_rcvbuf(server.local_addr(), "/t/d");
+        let mut ws = connect_small_rcvbuf(addr(&server), "/t/d");
         wait_subscriptions(&server, 1);
         for i in 0..N {
             server
                 .publish_with("d", Message::Text(&message(i)), PublishOptions::droppable())
                 .unwrap();
         }
-        assert!(wait_until(Duration::from_secs(5), || server.stats().dropped > 0));
+        assert!(wait_until(common::WAIT, || server.stats().dropped > 0));
         // (An asynchronous backend may report drains into the kernel buffer before this.)
         let before = shared.drained.load(Ordering::SeqCst);
         let (got, _) = drain(&mut ws);
         assert_increasing(&got);
-        assert!(wait_until(Duration::from_secs(5), || shared.drained.load(Ordering::SeqCst) > before));
+        assert!(wait_until(common::WAIT, || shared.drained.load(Ordering::SeqCst) > before));
     }
 }

@@ -17,7 +17,7 @@ const BATCH: usize = 200;
 every_backend! {
     fn no_subscription_survives_10000_connect_subscribe_disconnect_cycles(backend) {
         let (server, _) = start(builder(backend, 2));
-        let addr = server.local_addr();
+        let addr = addr(&server);
         let started = Instant::now();
         for batch in 0..CYCLES / BATCH {
             let mut clients: Vec<Client> = (0..BATCH)
@@ -50,7 +50,7 @@ every_backend! {
 
     fn graceful_shutdown_ends_every_subscription_on_every_shard(backend) {
         let (server, shared) = start(builder(backend, 2));
-        let addr = server.local_addr();
+        let addr = addr(&server);
         let mut clients: Vec<Client> =
             (0..20).map(|i| connect(addr, &format!("/t/x{},y", i % 3))).collect();
         let s = wait_subscriptions(&server, 40);

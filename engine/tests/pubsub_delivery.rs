@@ -41,7 +41,7 @@ every_backend! {
         const CLIENTS: usize = 16;
         const N: usize = 300;
         let (server, shared) = start(builder(backend, 2));
-        let addr = server.local_addr();
+        let addr = addr(&server);
         let mut clients: Vec<Client> = (0..CLIENTS).map(|_| connect(addr, "/t/news")).collect();
         assert_eq!(wait_subscriptions(&server, CLIENTS as u64).topics, 1);
         let shards: HashSet<usize> =
@@ -82,7 +82,7 @@ every_backend! {
 
     fn a_publish_reaches_only_the_subscribers_of_its_topic(backend) {
         let (server, _) = start(builder(backend, 2));
-        let addr = server.local_addr();
+        let addr = addr(&server);
         let mut a = connect(addr, "/t/a");
         let mut ab = connect(addr, "/t/a,b");
         let mut none = connect(addr, "/");
@@ -99,7 +99,7 @@ every_backend! {
 
     fn unsubscribe_stops_delivery_and_resubscribe_resumes_it(backend) {
         let (server, _) = start(builder(backend, 1));
-        let mut ws = connect(server.local_addr(), "/t/x");
+        let mut ws = connect(addr(&server), "/t/x");
         wait_subscriptions(&server, 1);
         ws.send(TMessage::text("sub x")).unwrap();
         assert_eq!(read_text(&mut ws), "ok false", "already subscribed");
@@ -118,9 +118,9 @@ every_backend! {
 
     fn send_from_another_thread_reaches_the_connection_by_id(backend) {
         let (server, shared) = start(builder(backend, 2));
-        let addr = server.local_addr();
+        let addr = addr(&server);
         let mut clients: Vec<Client> = (0..4).map(|_| connect(addr, "/")).collect();
-        assert!(wait_until(Duration::from_secs(5), || shared.opened.lock().unwrap().len() == 4));
+        assert!(wait_until(common::WAIT, || shared.opened.lock().unwrap().len() == 4));
         let ids = shared.opened.lock().unwrap().clone();
         let publisher = server.publisher();
         std::thread::spawn(move || {
@@ -141,15 +141,15 @@ every_backend! {
 
     fn send_to_a_closed_connection_is_ignored(backend) {
         let (server, shared) = start(builder(backend, 1));
-        let mut ws = connect(server.local_addr(), "/");
-        assert!(wait_until(Duration::from_secs(5), || shared.opened.lock().unwrap().len() == 1));
+        let mut ws = connect(addr(&server), "/");
+        assert!(wait_until(common::WAIT, || shared.opened.lock().unwrap().len() == 1));
         let id = shared.opened.lock().unwrap()[0];
         ws.close(None).unwrap();
         while read(&mut ws).is_ok() {}
-        assert!(wait_until(Duration::from_secs(5), || server.stats().connections_open == 0));
+        assert!(wait_until(common::WAIT, || server.stats().connections_open == 0));
         // The slot is reused by the next connection, with a new generation.
-        let mut next = connect(server.local_addr(), "/");
-        assert!(wait_until(Duration::from_secs(5), || shared.opened.lock().unwrap().len() == 2));
+        let mut next = connect(addr(&server), "/");
+        assert!(wait_until(common::WAIT, || shared.opened.lock().unwrap().len() == 2));
         server.send(id, Message::Text("stale")).unwrap();
         let id2 = shared.opened.lock().unwrap()[1];
         server.send(id2, Message::Text("fresh")).unwrap();
@@ -158,7 +158,7 @@ every_backend! {
 
     fn topic_name_longer_than_topic_name_bytes_max_is_refused(backend) {
         let (server, _) = start(builder(backend, 1).topic_name_bytes_max(8));
-        let mut ws = connect(server.local_addr(), "/t/12345678");
+        let mut ws = connect(addr(&server), "/t/12345678");
         wait_subscriptions(&server, 1);
         ws.send(TMessage::text("sub 123456789")).unwrap();
         assert_eq!(read_text(&mut ws), "err topic name too long");
@@ -172,11 +172,11 @@ every_backend! {
 
     fn publish_past_mailbox_messages_max_is_refused_while_the_shard_is_busy(backend) {
         let (server, shared) = start(builder(backend, 1).mailbox_messages_max(4));
-        let mut ws = connect(server.local_addr(), "/t/m");
+        let mut ws = connect(addr(&server), "/t/m");
         wait_subscriptions(&server, 1);
         // Keep the shard busy in a callback so its mailbox is not read.
         ws.send(TMessage::text("block")).unwrap();
-        assert!(wait_until(Duration::from_secs(5), || server.stats().messages_received == 1));
+        assert!(wait_until(common::WAIT, || server.stats().messages_received == 1));
         for i in 0..4 {
             server.publish("m", Message::Text(&format!("{i}"))).unwrap();
         }

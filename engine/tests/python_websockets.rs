@@ -45,9 +45,21 @@ every_backend! {
         };
         let server = common::start(backend);
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/websockets_client.py");
-        let mut child = Command::new(py)
-            .arg(script)
-            .arg(server.url())
+        let mut cmd = Command::new(py);
+        cmd.arg(script).arg(server.url());
+        // Over TLS: the client verifies the server against the test CA (a file for the
+        // test's lifetime, one per backend: the runs of this process overlap; the CA's key
+        // stays in this process).
+        let ca = (common::transport() == common::Transport::Tls).then(|| {
+            let ca = std::env::temp_dir().join(format!(
+                "percore-test-ca-{}-{backend:?}.pem",
+                std::process::id()
+            ));
+            std::fs::write(&ca, &common::tls::pki().ca_pem).unwrap();
+            cmd.arg(&ca);
+            ca
+        });
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -65,8 +77,12 @@ every_backend! {
             std::thread::sleep(Duration::from_millis(20));
         };
         let out = child.wait_with_output().unwrap();
+        if let Some(ca) = ca {
+            let _ = std::fs::remove_file(ca);
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{stdout}");
         assert!(status.success(), "python client failed ({status}):\n{stdout}\n{stderr}");
         assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
     }

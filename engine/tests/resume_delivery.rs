@@ -2,7 +2,8 @@
 //! whose TCP connection is cut with RST every 200 ms still gets every message exactly once and
 //! in order while history reaches back, and a gap notice followed by every later message when
 //! it does not; a restarted server starts a new epoch; the limits of history, backoff,
-//! heartbeat and the client's event queue are each crossed. Both backends.
+//! heartbeat and the client's event queue are each crossed. Both backends; the engine's side of
+//! the protocol (raw clients) also over wss://.
 
 mod common;
 mod resume_support;
@@ -116,7 +117,9 @@ fn through_rst(backend: percore::Backend, history: TopicHistory) -> Seen {
     seen
 }
 
-every_backend! {
+plain_only! {
+    "ResumeClient connects over ws:// only; the protocol over wss:// is the raw-client tests below";
+
     fn resume_rst_every_200ms_delivers_10000_messages_exactly_once_in_order(backend) {
         let history = TopicHistory::new(20_000, 4 << 20, Duration::from_secs(60));
         let seen = through_rst(backend, history);
@@ -277,12 +280,16 @@ every_backend! {
         client.close();
     }
 
+}
+
+// The engine's side of the protocol on both transports: over TLS these talk to the TLS port.
+every_backend! {
     fn resume_protocol_commands_over_a_raw_client(backend) {
         let srv = server(backend, |b| {
             b.topic_history_messages_max(3)
                 .topic_history("none*", TopicHistory::OFF)
         });
-        let mut ws = Raw::connect(srv.local_addr());
+        let mut ws = Raw::connect(common::addr_of(&srv));
         ws.send("sub a");
         let ok = ws.recv();
         let parts: Vec<&str> = ok.split(' ').collect();
@@ -295,7 +302,7 @@ every_backend! {
             assert_eq!(ws.recv(), format!("m {epoch} {} a\n{m}", i + 1));
         }
         // Resume on a second connection: the history holds 2..=4.
-        let mut ws2 = Raw::connect(srv.local_addr());
+        let mut ws2 = Raw::connect(common::addr_of(&srv));
         ws2.send(&format!("resume {epoch} 2 a"));
         assert_eq!(ws2.recv(), format!("ok {epoch} 2 a"));
         assert_eq!(ws2.recv(), format!("m {epoch} 3 a\nthree"));
@@ -335,6 +342,9 @@ every_backend! {
         srv.publish("a", Message::Text("five")).unwrap();
         assert_eq!(ws.recv(), format!("m {epoch} 5 a\nfive"));
         assert!(ws2.silent_for(Duration::from_millis(200)));
+        if common::transport() == common::Transport::Tls {
+            assert_eq!(srv.stats().tls_handshakes, 2, "both clients spoke TLS");
+        }
         srv.shutdown(Duration::from_secs(1));
     }
 
@@ -348,7 +358,7 @@ every_backend! {
             srv.publish("big", Message::Binary(&big)).unwrap();
         }
         let offer = [("Sec-WebSocket-Protocol", percore::resume::PROTOCOL)];
-        let mut c = common::raw::RawClient::connect_with(srv.local_addr(), "/", &offer).unwrap();
+        let mut c = common::raw::RawClient::connect_with(common::addr_of(&srv), "/", &offer).unwrap();
         // Each asks for the whole 1 MB history again; the client reads nothing meanwhile.
         for _ in 0..60 {
             if c.send_text("resume 1 0 big").is_err() {
@@ -374,7 +384,7 @@ every_backend! {
         srv.publish("c", Message::Text("1")).unwrap();
         assert_eq!(srv.stats().history_topics, 2);
         // "a" was dropped: its history starts over; "b" and "c" still hold their message.
-        let mut ws = Raw::connect(srv.local_addr());
+        let mut ws = Raw::connect(common::addr_of(&srv));
         ws.send("resume 1 0 b");
         assert!(ws.recv().starts_with("reset "));
         assert!(ws.recv().ends_with(" 1 b\n1"));
@@ -442,21 +452,18 @@ impl percore::Handler for Blocker {
 
 every_backend! {
     fn resume_history_fills_in_publishes_a_full_mailbox_refused(backend) {
-        let srv = percore::Server::builder()
-            .bind("127.0.0.1:0")
+        let srv = common::builder(backend)
             .shards(percore::Shards::Count(1))
-            .pin(false)
-            .backend(backend)
             .resume_protocol(true)
             .mailbox_messages_max(1)
             .topic_history_messages_max(100)
             .start(|_| Blocker)
             .unwrap();
-        let mut sub = Raw::connect(srv.local_addr());
+        let mut sub = Raw::connect(common::addr_of(&srv));
         sub.send("sub t");
         let ok = sub.recv();
         let epoch = ok.split(' ').nth(1).unwrap().to_owned();
-        let mut blocker = common::raw::RawClient::connect(srv.local_addr()).unwrap();
+        let mut blocker = common::raw::RawClient::connect(common::addr_of(&srv)).unwrap();
         blocker.send_text("block").unwrap();
         std::thread::sleep(Duration::from_millis(100));
         // The shard sleeps: the first publish waits in its mailbox, the rest do not fit.
@@ -486,7 +493,7 @@ fn resume_protocol_off_is_not_negotiated() {
         .start(|_| resume_support::Quiet)
         .unwrap();
     let offer = [("Sec-WebSocket-Protocol", percore::resume::PROTOCOL)];
-    let c = common::raw::RawClient::connect_with(srv.local_addr(), "/", &offer).unwrap();
+    let c = common::raw::RawClient::connect_with(common::addr_of(&srv), "/", &offer).unwrap();
     assert_eq!(c.response.header("sec-websocket-protocol"), None);
     let on = server(percore::Backend::Epoll, |b| b);
     let c2 = common::raw::RawClient::connect_with(on.local_addr(), "/", &offer).unwrap();

@@ -73,7 +73,9 @@ fn histogram(times_ms: &[u64], bucket: u64) -> Vec<(u64, usize)> {
     h
 }
 
-every_backend! {
+plain_only! {
+    "its 10,000 clients (resume Sessions on plain mio sockets in a child process) speak ws:// only";
+
     fn resume_ten_thousand_clients_come_back_spread_after_a_restart_with_a_new_epoch(backend) {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         restart_storm(backend);

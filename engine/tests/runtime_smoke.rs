@@ -1,11 +1,14 @@
 //! Smoke tests of the runtime over real sockets on 127.0.0.1 (the full suite lives in the other
-//! test files): echo, ping/pong, close handshake, protocol errors, graceful shutdown.
+//! test files): echo, ping/pong, close handshake, protocol errors, graceful shutdown, outbound
+//! connections (`wss://` through `Connect::tls` over TLS).
+
+mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use percore::{Backend, CloseCode, Conn, Handler, Message, Server, ServerHandle, Shards};
+use common::raw::Stream;
+use percore::{Backend, CloseCode, Conn, Handler, Message, ServerHandle, Shards};
 use tungstenite::protocol::frame::coding::CloseCode as TCode;
 use tungstenite::Message as TMessage;
 
@@ -19,24 +22,21 @@ impl Handler for Echo {
 }
 
 fn start(backend: Backend) -> ServerHandle {
-    Server::builder()
-        .bind("127.0.0.1:0")
-        .shards(Shards::Count(2))
-        .pin(false)
-        .backend(backend)
+    common::builder(backend)
         .close_timeout(Duration::from_secs(2))
         .start(|_| Echo)
         .expect("server starts")
 }
 
-type Client = tungstenite::WebSocket<TcpStream>;
+type Client = tungstenite::WebSocket<Stream>;
 
 fn connect(server: &ServerHandle) -> Client {
-    let stream = TcpStream::connect(server.local_addr()).expect("tcp connect");
+    let addr = common::addr_of(server);
+    let stream = Stream::connect(addr).expect("tcp connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let url = format!("ws://{}/", server.local_addr());
+    let url = format!("ws://{addr}/");
     let (ws, resp) = tungstenite::client(url, stream).expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
@@ -83,7 +83,7 @@ fn close_handshake_echoes_the_code_and_server_hangs_up(backend: Backend) {
 /// Reads the raw close frame the server sends after a broken frame.
 fn raw_close_code_after(backend: Backend, bytes: &[u8]) -> u16 {
     let server = start(backend);
-    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    let mut s = Stream::connect(common::addr_of(&server)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let req = percore::proto::client_request(
         &server.local_addr().to_string(),
@@ -153,11 +153,8 @@ fn on_close_reports_the_peer_close_code(backend: Backend) {
     }
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
+    let server = common::builder(backend)
         .shards(Shards::Count(1))
-        .pin(false)
-        .backend(backend)
         .start(move |_| Report(tx.lock().unwrap().clone()))
         .unwrap();
     let mut ws = connect(&server);
@@ -207,11 +204,8 @@ impl Handler for Outbound {
 fn outbound(backend: Backend) -> (ServerHandle, std::sync::mpsc::Receiver<Seen>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
-    let client = Server::builder()
-        .bind("127.0.0.1:0")
+    let client = common::builder(backend)
         .shards(Shards::Count(1))
-        .pin(false)
-        .backend(backend)
         .handshake_timeout(Duration::from_secs(2))
         .start(move |_| Outbound(tx.lock().unwrap().clone(), 0))
         .expect("client side starts");
@@ -222,7 +216,7 @@ fn outbound_connection_exchanges_messages_and_closes(backend: Backend) {
     let server = start(backend);
     let (client, rx) = outbound(backend);
     client
-        .connect(0, percore::Connect::new(server.local_addr()).path("/chat"))
+        .connect(0, target(&server).path("/chat"))
         .expect("tcp connect");
     let next = || rx.recv_timeout(Duration::from_secs(5)).expect("event");
     assert_eq!(next(), Seen::Open);
@@ -244,17 +238,12 @@ fn outbound_connection_refused_by_the_server_reports_1006(backend: Backend) {
         }
         fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
     }
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
+    let server = common::builder(backend)
         .shards(Shards::Count(1))
-        .pin(false)
-        .backend(backend)
         .start(|_| No)
         .unwrap();
     let (client, rx) = outbound(backend);
-    client
-        .connect(0, percore::Connect::new(server.local_addr()))
-        .expect("tcp connect");
+    client.connect(0, target(&server)).expect("tcp connect");
     match rx.recv_timeout(Duration::from_secs(5)).expect("event") {
         Seen::Closed(code, _) => assert_eq!(code, Some(CloseCode::ABNORMAL)),
         other => panic!("expected a failed handshake, got {other:?}"),
@@ -269,13 +258,7 @@ fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
             conn.broadcast(msg);
         }
     }
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .shards(Shards::Count(2))
-        .pin(false)
-        .backend(backend)
-        .start(|_| Fanout)
-        .unwrap();
+    let server = common::builder(backend).start(|_| Fanout).unwrap();
     // Enough connections that both shards hold some (SO_REUSEPORT spreads them by hash).
     let mut clients: Vec<Client> = (0..8).map(|_| connect(&server)).collect();
     // Make sure every connection is open on its shard before publishing.
@@ -299,8 +282,7 @@ fn broadcast_reaches_every_connection_on_every_shard(backend: Backend) {
 
 fn frames_split_across_many_reads_are_reassembled(backend: Backend) {
     let server = start(backend);
-    let mut s = TcpStream::connect(server.local_addr()).unwrap();
-    s.set_nodelay(true).unwrap();
+    let mut s = Stream::connect(common::addr_of(&server)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let req = percore::proto::client_request(
         &server.local_addr().to_string(),
@@ -365,19 +347,37 @@ fn frames_split_across_many_reads_are_reassembled(backend: Backend) {
     assert_eq!(&frames[316..323], &[0x82, 5, 9, 9, 9, 9, 9]);
 }
 
-/// Every behaviour runs on both backends: `epoll::name` and `io_uring::name`.
+/// `server` as an outbound connection's target: over TLS its TLS port, through `Connect::tls`.
+fn target(server: &ServerHandle) -> percore::Connect {
+    common::connect_target(common::addr_of(server))
+}
+
+/// Every behaviour runs on both backends and both transports: `epoll::name`,
+/// `io_uring::name`, `epoll_tls::name`, `io_uring_tls::name`.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod epoll {
             $(#[test]
             fn $name() {
-                super::$name(percore::Backend::Epoll)
+                crate::common::run_on(percore::Backend::Epoll, crate::common::Transport::Plain, stringify!($name), super::$name)
             })*
         }
         mod io_uring {
             $(#[test]
             fn $name() {
-                super::$name(percore::Backend::IoUring)
+                crate::common::run_on(percore::Backend::IoUring, crate::common::Transport::Plain, stringify!($name), super::$name)
+            })*
+        }
+        mod epoll_tls {
+            $(#[test]
+            fn $name() {
+                crate::common::run_on(percore::Backend::Epoll, crate::common::Transport::Tls, stringify!($name), super::$name)
+            })*
+        }
+        mod io_uring_tls {
+            $(#[test]
+            fn $name() {
+                crate::common::run_on(percore::Backend::IoUring, crate::common::Transport::Tls, stringify!($name), super::$name)
             })*
         }
     };

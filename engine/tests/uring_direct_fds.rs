@@ -1,9 +1,14 @@
 //! io_uring only (direct descriptors do not exist on epoll): a server accepting connections
-//! as io_uring direct descriptors serves a thousand WebSocket clients at once.
+//! as io_uring direct descriptors serves a thousand WebSocket clients at once, plain and over
+//! TLS, and one shard past one fixed-file table.
+
+mod common;
 
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::raw::Stream;
+use common::Transport;
 use percore::{Backend, Conn, Handler, Message, Server, Shards};
 use tungstenite::Message as TMessage;
 
@@ -18,20 +23,36 @@ impl Handler for Echo {
 
 #[test]
 fn direct_fds_server_echoes_to_a_thousand_open_connections() {
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .shards(Shards::Count(2))
-        .pin(false)
-        .backend(Backend::IoUring)
+    common::run_on(
+        Backend::IoUring,
+        Transport::Plain,
+        "direct_fds",
+        echo_to_a_thousand,
+    );
+}
+
+#[test]
+fn direct_fds_server_echoes_to_a_thousand_open_tls_connections() {
+    common::run_on(
+        Backend::IoUring,
+        Transport::Tls,
+        "direct_fds_tls",
+        echo_to_a_thousand,
+    );
+}
+
+fn echo_to_a_thousand(backend: Backend) {
+    let server = common::builder(backend)
         .direct_fds(true)
         .direct_fds_max(2000)
         .start(|_| Echo)
         .expect("server starts");
     assert_eq!(server.backend(), Backend::IoUring);
-    let url = format!("ws://{}/", server.local_addr());
+    let addr = common::addr_of(&server);
+    let url = format!("ws://{addr}/");
     let mut clients = Vec::with_capacity(1000);
     for _ in 0..1000 {
-        let stream = TcpStream::connect(server.local_addr()).expect("tcp connect");
+        let stream = Stream::connect(addr).expect("tcp connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");

@@ -91,10 +91,13 @@ impl Generator {
     pub fn cannot(&self, sc: &Scenario, kind: &ServerKind) -> Option<String> {
         if sc.broadcast {
             return match (self, kind) {
-                (Generator::Percore, ServerKind::Percore(_)) => None,
+                (Generator::Percore, k) if k.percore() => None,
                 (Generator::Percore, _) => Some("skipped: peer is an echo server".into()),
                 _ => Some(format!("skipped: {} only drives echo", self.label())),
             };
+        }
+        if matches!(kind, ServerKind::PercoreTls(..)) && *self != Generator::Percore {
+            return Some(format!("skipped: {} speaks no wss://", self.label()));
         }
         match self {
             Generator::Percore => {

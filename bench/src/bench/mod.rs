@@ -105,6 +105,11 @@ pub struct BenchArgs {
     /// Run every cell this many times (servers alternating) and report the medians.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Also run each percore backend over wss:// (rows with backend `B wss`, alternating with
+    /// the ws:// ones): `percore serve --tls-cert/--tls-key` with a test certificate made for
+    /// the run, `percore load` verifying it against the run's CA.
+    #[arg(long)]
+    pub tls: bool,
     /// Also write the results: PREFIX.md, PREFIX.csv, PREFIX.json and SVG charts
     /// (PREFIX-cpu.svg, -latency.svg, -rss.svg, -open-loop.svg). A directory (existing, or
     /// written with a trailing '/') gets DIR/bench.*.
@@ -237,13 +242,18 @@ impl Plan {
         if args.idle.is_some() && args.open_loop.is_some() {
             return Err("--idle and --open-loop are separate runs: give one of them".into());
         }
-        let mut servers: Vec<ServerKind> = args
+        let mut servers: Vec<ServerKind> = Vec::new();
+        for b in args
             .backends
             .split(',')
             .map(str::trim)
             .filter(|b| !b.is_empty())
-            .map(|b| ServerKind::Percore(b.to_string()))
-            .collect();
+        {
+            servers.push(ServerKind::Percore(b.to_string()));
+            if args.tls {
+                servers.push(ServerKind::percore_tls(b));
+            }
+        }
         if args.compare {
             servers.extend(server::PEERS.iter().map(|(n, _)| ServerKind::Peer(n)));
         }
@@ -371,7 +381,11 @@ fn run_load(servers: &[ServerProc], cpu: usize, extra: &[String]) -> Result<Summ
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let urls: Vec<String> = servers
         .iter()
-        .map(|s| format!("ws://{}/", s.addr))
+        .map(|s| match &s.tls_ca {
+            // The certificate names localhost (and 127.0.0.1).
+            Some(_) => format!("wss://localhost:{}/", s.port()),
+            None => format!("ws://{}/", s.addr),
+        })
         .collect();
     let pids: Vec<String> = servers.iter().map(|s| s.pid().to_string()).collect();
     let mut cmd = Command::new(exe);
@@ -380,6 +394,13 @@ fn run_load(servers: &[ServerProc], cpu: usize, extra: &[String]) -> Result<Summ
         .args(["--json", "--quiet", "--cpu", &cpu.to_string()])
         .args(["--server-pid", &pids.join(",")])
         .args(extra)
+        .args(
+            servers
+                .iter()
+                .find_map(|s| s.tls_ca.as_ref())
+                .map(|ca| vec!["--tls-ca".into(), ca.display().to_string()])
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
     sys::guarded(&mut cmd, &[cpu]);
@@ -510,7 +531,7 @@ fn run_matrix(args: &BenchArgs, plan: &Plan, duration: f64) -> Vec<Row> {
         let skip: Vec<Option<String>> = lanes
             .iter()
             .map(|(k, g)| {
-                if sc.broadcast && matches!(k, ServerKind::Percore(_)) && !broadcast {
+                if sc.broadcast && k.percore() && !broadcast {
                     return Some("skipped: percore serve has no broadcast mode yet".into());
                 }
                 if k.raw() && sc.broadcast {

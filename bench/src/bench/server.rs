@@ -18,6 +18,9 @@ use crate::sys;
 pub enum ServerKind {
     /// `percore serve --backend B`.
     Percore(String),
+    /// `percore serve --backend B --tls-cert … --tls-key …`, driven over wss:// (`--tls`); the
+    /// second string is its backend column (`B wss`).
+    PercoreTls(String, String),
     /// A peer binary from bench/peers.
     Peer(&'static str),
     /// A server declared with `--peer` or `--raw-peer`.
@@ -28,7 +31,7 @@ impl ServerKind {
     /// Name of its rows.
     pub fn name(&self) -> &str {
         match self {
-            ServerKind::Percore(_) => "percore",
+            ServerKind::Percore(_) | ServerKind::PercoreTls(..) => "percore",
             ServerKind::Peer(p) => p,
             ServerKind::External(p) => &p.name,
         }
@@ -38,6 +41,7 @@ impl ServerKind {
     pub fn backend(&self) -> &str {
         match self {
             ServerKind::Percore(b) => b,
+            ServerKind::PercoreTls(_, label) => label,
             ServerKind::Peer(_) => "tokio/epoll",
             ServerKind::External(p) if p.raw => "raw tcp",
             ServerKind::External(_) => "external",
@@ -48,6 +52,30 @@ impl ServerKind {
     pub fn raw(&self) -> bool {
         matches!(self, ServerKind::External(p) if p.raw)
     }
+
+    /// A percore server, plain or TLS.
+    pub fn percore(&self) -> bool {
+        matches!(self, ServerKind::Percore(_) | ServerKind::PercoreTls(..))
+    }
+
+    /// The TLS lane of percore backend `b`.
+    pub fn percore_tls(b: &str) -> ServerKind {
+        ServerKind::PercoreTls(b.to_string(), format!("{b} wss"))
+    }
+}
+
+/// The test CA and server certificate the TLS lanes use (made once per run, in a temporary
+/// directory of this process; `percore cert` makes the same).
+pub fn tls_files() -> Result<&'static Path, String> {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("percore-bench-tls-{}", std::process::id()));
+        let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+        crate::cert::make(&names, 2).and_then(|p| crate::cert::write(&dir, &p))?;
+        Ok(dir)
+    })
+    .as_deref()
+    .map_err(Clone::clone)
 }
 
 /// Peers: (display name, binary name).
@@ -92,6 +120,8 @@ pub struct ServerProc {
     child: Child,
     /// HOST:PORT it listens on.
     pub addr: String,
+    /// wss://: the CA to verify it with.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The last lines a child printed (stdout and stderr), and whether a wanted line was seen.
@@ -166,8 +196,9 @@ impl ServerProc {
     ) -> Result<ServerProc, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
+        let mut tls_ca = None;
         match kind {
-            ServerKind::Percore(backend) => {
+            ServerKind::Percore(backend) | ServerKind::PercoreTls(backend, _) => {
                 cmd.args([
                     "serve",
                     "--addr",
@@ -179,6 +210,14 @@ impl ServerProc {
                 .args(["--backend", backend, "--shutdown-grace-secs", "1"]);
                 if broadcast {
                     cmd.args(["--mode", "broadcast"]);
+                }
+                if matches!(kind, ServerKind::PercoreTls(..)) {
+                    let dir = tls_files()?;
+                    cmd.arg("--tls-cert")
+                        .arg(dir.join("cert.pem"))
+                        .arg("--tls-key")
+                        .arg(dir.join("key.pem"));
+                    tls_ca = Some(dir.join("ca.pem"));
                 }
                 cmd.args(extra);
             }
@@ -218,6 +257,7 @@ impl ServerProc {
         let mut proc = ServerProc {
             child,
             addr: String::new(),
+            tls_ca,
         };
         // The first line says where it listens: "listening on ADDR ...".
         let line = rx.recv_timeout(START_TIMEOUT).map_err(|_| {
@@ -230,7 +270,7 @@ impl ServerProc {
             .strip_prefix("listening on ")
             .and_then(|r| r.split_whitespace().next())
             .ok_or_else(|| format!("{}: unexpected first line {line:?}", kind.name()))?;
-        if let ServerKind::Percore(b) = kind {
+        if let ServerKind::Percore(b) | ServerKind::PercoreTls(b, _) = kind {
             if !line.contains(&format!("backend={b}")) {
                 return Err(format!("asked for backend {b}, server says {line:?}"));
             }
@@ -284,6 +324,7 @@ impl ServerProc {
         let mut proc = ServerProc {
             child,
             addr: format!("127.0.0.1:{port}"),
+            tls_ca: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -16,6 +16,7 @@ pub mod payload;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod tls;
 pub mod worker;
 pub mod ws;
 
@@ -36,10 +37,18 @@ use crate::sys::{self, mono_ns};
 /// Arguments of `percore load`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Server URL, ws://HOST:PORT/PATH (IPv4). Repeat (or separate with commas) to spread
-    /// connections round robin over several servers.
+    /// Server URL, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (IPv4). Repeat (or separate
+    /// with commas) to spread connections round robin over several servers.
     #[arg(long, required = true, value_delimiter = ',')]
     pub url: Vec<String>,
+    /// wss://: verify the servers against this CA (PEM); HOST is the name checked (and sent as
+    /// SNI) unless it is an IP address.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// wss://: accept any server certificate (benchmarks against a self-signed server only;
+    /// the handshake signature is still checked).
+    #[arg(long)]
+    pub insecure: bool,
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     pub connections: u32,
@@ -93,6 +102,15 @@ pub struct LoadArgs {
     /// terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, as browsers do)
+    /// and require it: messages are sent compressed (zlib level 6) and every reply is inflated
+    /// and verified. The payload is JSON-like unless --payload says otherwise.
+    #[arg(long)]
+    pub deflate: bool,
+    /// What fills each payload after its 20-byte header: pattern (a 256-byte pattern) or json
+    /// (JSON-like records, about 3:1 compressible). Default: json with --deflate, else pattern.
+    #[arg(long, value_enum)]
+    pub payload: Option<payload::Fill>,
     /// After the window, keep the connections open up to this many seconds, answering pings
     /// and the server's close frames, or until the server has closed them all (a graceful
     /// shutdown started once stderr says `window over`). Closes then are not errors; the
@@ -119,7 +137,7 @@ pub struct LoadArgs {
     pub source_base: Option<u32>,
 }
 
-/// A parsed ws:// URL.
+/// A parsed ws:// or wss:// URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Resolved IPv4 address.
@@ -128,13 +146,17 @@ pub struct Target {
     pub host: String,
     /// Path (with query), "/" if none.
     pub path: String,
+    /// wss://: the name to verify and send as SNI (HOST without the port).
+    pub tls_name: Option<String>,
 }
 
-/// Parse `ws://HOST:PORT/PATH`; HOST must resolve to IPv4.
+/// Parse `ws://HOST:PORT/PATH` or `wss://…`; HOST must resolve to IPv4.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url}: only ws:// and wss:// URLs are supported")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -144,9 +166,17 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     }
     let with_port = if authority.rsplit_once(':').is_some() {
         authority.to_string()
+    } else if tls {
+        format!("{authority}:443")
     } else {
         format!("{authority}:80")
     };
+    let tls_name = tls.then(|| {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string()
+    });
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{url}: {e}"))?
@@ -159,6 +189,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         addr,
         host: authority.to_string(),
         path: path.to_string(),
+        tls_name,
     })
 }
 
@@ -213,6 +244,15 @@ fn positive(v: f64) -> bool {
 }
 
 impl LoadArgs {
+    /// The payload filler: `--payload`, else JSON-like with `--deflate`.
+    fn fill(&self) -> payload::Fill {
+        self.payload.unwrap_or(if self.deflate {
+            payload::Fill::Json
+        } else {
+            payload::Fill::Pattern
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.size < payload::HEADER_BYTES {
             return Err(format!(
@@ -291,8 +331,14 @@ impl LoadArgs {
         Ok(())
     }
 
-    fn run_config(&self, targets: &[Target], processes: usize) -> RunConfig {
-        RunConfig {
+    fn run_config(&self, targets: &[Target], processes: usize) -> Result<RunConfig, String> {
+        let tls = if targets.iter().any(|t| t.tls_name.is_some()) {
+            Some(tls::client_config(self.tls_ca.as_deref(), self.insecure)?)
+        } else {
+            None
+        };
+        Ok(RunConfig {
+            tls,
             targets: targets.to_vec(),
             mode: self.mode,
             size: self.size,
@@ -307,7 +353,9 @@ impl LoadArgs {
             source_base: self.source_base.unwrap_or_else(|| {
                 addr::run_base((mono_ns() / 1_000_000) ^ std::process::id() as u64)
             }),
-        }
+            deflate: self.deflate,
+            fill: self.fill(),
+        })
     }
 }
 
@@ -478,6 +526,25 @@ impl Processes {
                 .args(["--threads", &args.threads.to_string()])
                 .args(["--timeout", &args.timeout.to_string()])
                 .args(["--in-flight", &args.in_flight.to_string()]);
+            if let Some(ca) = &args.tls_ca {
+                cmd.arg("--tls-ca").arg(ca);
+            }
+            if args.insecure {
+                cmd.arg("--insecure");
+            }
+            if args.deflate {
+                cmd.arg("--deflate");
+            }
+            if let Some(p) = args.payload {
+                cmd.args([
+                    "--payload",
+                    if p == payload::Fill::Json {
+                        "json"
+                    } else {
+                        "pattern"
+                    },
+                ]);
+            }
             if let Some(r) = args.rate {
                 cmd.args(["--rate", &r.to_string()]);
             }
@@ -671,7 +738,7 @@ pub fn run(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> Result<Summar
         .unwrap_or_else(|| processes_for(args.connections, args.conns_per_process))
         .max(1);
     let start_ns = mono_ns();
-    let cfg = args.run_config(targets, n_proc);
+    let cfg = args.run_config(targets, n_proc)?;
     let mut group: Box<dyn Group> = if n_proc == 1 {
         Box::new(LocalRun::start(cfg, args, cpus))
     } else {
@@ -803,7 +870,13 @@ fn sleep_until(t: u64) {
 
 /// A worker process: run the threads, talk to the driver over stdin/stdout.
 fn worker_main(args: &LoadArgs, targets: &[Target], cpus: &[usize]) -> i32 {
-    let cfg = args.run_config(targets, args.worker_count);
+    let cfg = match args.run_config(targets, args.worker_count) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("percore load worker: {e}");
+            return 2;
+        }
+    };
     let run = LocalRun::start(cfg, args, cpus);
     let shared = run.shared.clone();
     // Commands from the driver; EOF (driver gone) aborts.

@@ -15,8 +15,18 @@ fn url_without_path_gets_slash_and_without_port_gets_80() {
 }
 
 #[test]
+fn wss_urls_name_the_host_to_verify_and_default_to_443() {
+    let t = parse_url("wss://localhost:9443/x").unwrap();
+    assert_eq!(t.tls_name.as_deref(), Some("localhost"));
+    assert_eq!(t.addr.port(), 9443);
+    assert_eq!(t.host, "localhost:9443");
+    assert_eq!(parse_url("wss://127.0.0.1").unwrap().addr.port(), 443);
+    assert_eq!(parse_url("ws://127.0.0.1:1").unwrap().tls_name, None);
+}
+
+#[test]
 fn non_ws_urls_are_rejected() {
-    assert!(parse_url("wss://127.0.0.1:1/").is_err());
+    assert!(parse_url("https://127.0.0.1:1/").is_err());
     assert!(parse_url("http://127.0.0.1:1/").is_err());
     assert!(parse_url("ws:///path").is_err());
 }
@@ -160,7 +170,7 @@ fn impossible_open_loop_settings_are_refused_with_the_reason() {
 fn open_loop_rate_is_shared_by_connections_or_by_publishers() {
     let a = args(&["--connections", "100", "--rate", "1000"]);
     let t = [parse_url(&a.url[0]).unwrap()];
-    let cfg = a.run_config(&t, 1);
+    let cfg = a.run_config(&t, 1).unwrap();
     assert_eq!(cfg.thread_rate(&(0..25)), Some(250.0));
     let a = args(&[
         "--connections",
@@ -172,7 +182,7 @@ fn open_loop_rate_is_shared_by_connections_or_by_publishers() {
         "--publishers",
         "2",
     ]);
-    let cfg = a.run_config(&t, 1);
+    let cfg = a.run_config(&t, 1).unwrap();
     assert_eq!(cfg.thread_rate(&(0..50)), Some(1000.0));
     assert_eq!(cfg.thread_rate(&(1..50)), Some(500.0));
     assert_eq!(cfg.thread_rate(&(50..100)), Some(0.0));

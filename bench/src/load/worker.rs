@@ -21,6 +21,7 @@ use super::addr;
 use super::payload::{self, Mismatch, Stamp};
 use super::report::{self, Errors, Partial};
 use super::schedule::Schedule;
+use super::tls::Tls;
 use super::ws::{self, Event, Op};
 use crate::sys::{self, mono_ns};
 
@@ -74,6 +75,12 @@ pub struct RunConfig {
     pub explicit_sources: bool,
     /// Rotation of the source address window for this run.
     pub source_base: u32,
+    /// wss:// targets: the client config.
+    pub tls: Option<Arc<percore::tls::rustls::ClientConfig>>,
+    /// Offer permessage-deflate, require it, compress what is sent and inflate what comes.
+    pub deflate: bool,
+    /// What fills the payloads.
+    pub fill: payload::Fill,
 }
 
 impl RunConfig {
@@ -149,6 +156,8 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
+    /// wss://: the connection's TLS (its records go through `stream`).
+    tls: Option<Box<Tls>>,
     state: State,
     started_ns: u64,
     key: String,
@@ -156,6 +165,21 @@ struct Conn {
     tail: Vec<u8>,
     decoder: ws::Decoder,
     flow: Flow,
+}
+
+impl Conn {
+    /// Read plaintext (through TLS for wss://).
+    fn read(&mut self, buf: &mut [u8], cbuf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(t) => t.read(&mut self.stream, buf, cbuf),
+        }
+    }
+
+    /// Is anything waiting to be written (plaintext, or TLS records)?
+    fn wants_write(&self) -> bool {
+        !self.flow.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 /// The message flow of one connection (apart from the socket and decoder, so that the
@@ -177,6 +201,8 @@ struct Flow {
     /// Open-loop echo: intended send times of the messages not yet answered, oldest first
     /// (so those still unanswered when the run ends can be counted, not forgotten).
     pending_ts: VecDeque<u64>,
+    /// permessage-deflate terms and compressor (`--deflate`).
+    z: Option<Box<ws::ConnDeflate>>,
     /// A ping from the server was answered on this connection.
     pinged: bool,
 }
@@ -269,7 +295,12 @@ struct Thread {
     poll: Poll,
     conns: Slab<Conn>,
     scratch: Vec<u8>,
+    /// wss://: ciphertext as read, before it is opened into `scratch`.
+    cbuf: Vec<u8>,
     msg: Vec<u8>,
+    /// The thread's decompressor and shared compressors (`--deflate`).
+    tin: ws::ThreadInflate,
+    tout: ws::ThreadDeflate,
     hist: hdrhistogram::Histogram<u64>,
     /// The latencies since the last progress publication.
     live: hdrhistogram::Histogram<u64>,
@@ -309,6 +340,7 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         }
     };
     let scratch_len = (256 << 10).max(4 * (cfg.size + 64));
+    let cfg_tls = cfg.tls.is_some();
     let timer = cfg.rate.and_then(|_| WakeTimer::new(&poll));
     let mut t = Thread {
         msg: vec![0u8; cfg.size],
@@ -317,6 +349,13 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         poll,
         conns: Slab::with_capacity(job.ids.len()),
         scratch: vec![0u8; scratch_len],
+        cbuf: if cfg_tls {
+            vec![0u8; 64 << 10]
+        } else {
+            Vec::new()
+        },
+        tin: ws::ThreadInflate::default(),
+        tout: ws::ThreadDeflate::default(),
         hist: report::new_histogram(),
         live: report::new_histogram(),
         live_since: 0,
@@ -573,6 +612,17 @@ impl Thread {
             }
         };
         let mut stream = TcpStream::from_std(stream);
+        let target = &self.cfg.targets[id as usize % self.cfg.targets.len()];
+        let tls = match (&target.tls_name, &self.cfg.tls) {
+            (Some(name), Some(cfg)) => match Tls::new(cfg.clone(), name) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    self.part.errors.connect += 1;
+                    return;
+                }
+            },
+            _ => None,
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if self
@@ -595,6 +645,7 @@ impl Thread {
         };
         entry.insert(Conn {
             stream,
+            tls,
             state: State::Connecting,
             started_ns: now,
             key: String::new(),
@@ -609,6 +660,7 @@ impl Thread {
                 progress_ns: now,
                 next_from: vec![0u64; publishers].into_boxed_slice(),
                 pending_ts: VecDeque::new(),
+                z: None,
                 pinged: false,
             },
         });
@@ -648,25 +700,25 @@ impl Thread {
                     Err(_) => return self.remove(key, Some(|e| e.connect += 1)),
                 }
                 let t = &self.cfg.targets[c.flow.id as usize % self.cfg.targets.len()];
-                let (req, k) = ws::handshake_request(&t.host, &t.path);
+                let (req, k) = ws::handshake_request(&t.host, &t.path, self.cfg.deflate);
                 c.key = k;
                 c.state = State::Handshaking;
                 c.flow.wbuf = req;
                 self.flush(key);
             }
             State::Handshaking => {
-                if !c.flow.wbuf.is_empty() {
-                    self.flush(key);
-                }
                 if readable {
                     self.read_handshake(key);
+                }
+                if self.conns.get(key).is_some_and(Conn::wants_write) {
+                    self.flush(key);
                 }
             }
             State::Open => {
                 if readable {
                     self.read_frames(key);
                 }
-                if self.conns.get(key).is_some_and(|c| !c.flow.wbuf.is_empty()) {
+                if self.conns.get(key).is_some_and(Conn::wants_write) {
                     self.flush(key);
                 }
             }
@@ -679,7 +731,7 @@ impl Thread {
         };
         let mut buf = [0u8; 4096];
         loop {
-            match c.stream.read(&mut buf) {
+            match c.read(&mut buf, &mut self.cbuf) {
                 Ok(0) => return self.remove(key, Some(|e| e.handshake += 1)),
                 Ok(n) => c.tail.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -690,9 +742,13 @@ impl Thread {
                 break;
             }
         }
-        match ws::handshake_response(&c.tail, &c.key) {
+        match ws::handshake_response(&c.tail, &c.key, self.cfg.deflate) {
             Ok(None) if c.tail.len() <= 16 << 10 => {}
-            Ok(Some(n)) => {
+            Ok(Some((n, agreed))) => {
+                if let Some(a) = agreed {
+                    c.decoder.enable_deflate(&a);
+                    c.flow.z = Some(ws::ConnDeflate::new(a));
+                }
                 c.tail.drain(..n);
                 c.key = String::new();
                 c.state = State::Open;
@@ -715,7 +771,10 @@ impl Thread {
         let Thread {
             conns,
             scratch,
+            cbuf,
             msg,
+            tin,
+            tout,
             hist,
             live,
             part,
@@ -733,7 +792,7 @@ impl Thread {
         scratch[..tail].copy_from_slice(&c.tail);
         let mut failure: Option<fn(&mut Errors)> = None;
         'read: loop {
-            let n = match c.stream.read(&mut scratch[tail..]) {
+            let n = match c.read(&mut scratch[tail..], cbuf) {
                 Ok(0) => {
                     failure = Some(|e| e.closed += 1);
                     break;
@@ -752,16 +811,23 @@ impl Thread {
             let open_loop = cfg.rate.is_some();
             let timing = matches!(*phase, Phase::Running | Phase::Draining);
             let c_ref = &mut c.flow;
-            let res = c.decoder.decode(&mut scratch[..total], |ev| {
+            let res = c.decoder.decode(&mut scratch[..total], tin, |ev| {
                 match ev {
                     Event::Data(p) => {
                         let r = match cfg.mode {
-                            Mode::Echo => {
-                                payload::check_echo(p, cfg.size, c_ref.id, c_ref.expect_seq)
-                            }
-                            Mode::Broadcast => {
-                                payload::check_broadcast(p, cfg.size, &mut c_ref.next_from)
-                            }
+                            Mode::Echo => payload::check_echo(
+                                p,
+                                cfg.size,
+                                cfg.fill,
+                                c_ref.id,
+                                c_ref.expect_seq,
+                            ),
+                            Mode::Broadcast => payload::check_broadcast(
+                                p,
+                                cfg.size,
+                                cfg.fill,
+                                &mut c_ref.next_from,
+                            ),
                             Mode::Idle => Err(Mismatch::WrongConn),
                         };
                         let stamp = match r {
@@ -795,12 +861,12 @@ impl Thread {
                         }
                         // Closed loop: the answer to the last message sent triggers the next.
                         if !open_loop && own && in_window && c_ref.outstanding == 0 {
-                            write_message(c_ref, msg, rng, now);
+                            write_message(c_ref, msg, rng, now, cfg.fill, tout);
                             part.sent += 1;
                         }
                     }
                     Event::Ping(p) => {
-                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng));
+                        ws::encode(&mut c_ref.wbuf, Op::Pong, p, next_mask(rng), None);
                         c_ref.pinged = true;
                         part.pings += 1;
                         part.pings_window += u64::from(in_window);
@@ -815,6 +881,7 @@ impl Thread {
                             Op::Close,
                             &1000u16.to_be_bytes(),
                             next_mask(rng),
+                            None,
                         );
                         part.server_closes += 1;
                     }
@@ -842,8 +909,9 @@ impl Thread {
                     break;
                 }
             }
-            if n < scratch.len() - total {
-                // Short read: the socket is drained (an edge will come for new data).
+            if n < scratch.len() - total && c.tls.is_none() {
+                // Short read: the socket is drained (an edge will come for new data). Not said
+                // of TLS, whose plaintext comes a record at a time.
                 break;
             }
         }
@@ -866,10 +934,11 @@ impl Thread {
             rng,
             part,
             cfg,
+            tout,
             ..
         } = self;
         if let Some(c) = conns.get_mut(key) {
-            write_message(&mut c.flow, msg, rng, ts_ns);
+            write_message(&mut c.flow, msg, rng, ts_ns, cfg.fill, tout);
             part.sent += 1;
             if cfg.rate.is_some() && cfg.mode == Mode::Echo {
                 c.flow.pending_ts.push_back(ts_ns);
@@ -904,6 +973,25 @@ impl Thread {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        if let Some(t) = &mut c.tls {
+            // Plaintext waits in `wbuf` until the TLS handshake is done, then is sealed.
+            let mut res = Ok(true);
+            if t.is_open() && !c.flow.wbuf.is_empty() {
+                res = t.seal(&c.flow.wbuf).map(|()| true);
+                c.flow.wbuf.clear();
+                if c.flow.wbuf.capacity() > 64 << 10 {
+                    c.flow.wbuf = Vec::new();
+                }
+            }
+            if res.is_ok() {
+                res = t.write(&mut c.stream);
+            }
+            if res.is_err() {
+                let expected = self.phase == Phase::Ended;
+                return self.remove(key, (!expected).then_some(|e: &mut Errors| e.closed += 1));
+            }
+            return;
+        }
         let mut off = 0;
         while off < c.flow.wbuf.len() {
             match c.stream.write(&c.flow.wbuf[off..]) {
@@ -1011,7 +1099,14 @@ impl Thread {
 }
 
 /// Append the connection's next message (stamped `ts_ns`) to its write buffer.
-fn write_message(c: &mut Flow, msg: &mut [u8], rng: &mut u64, ts_ns: u64) {
+fn write_message(
+    c: &mut Flow,
+    msg: &mut [u8],
+    rng: &mut u64,
+    ts_ns: u64,
+    fill: payload::Fill,
+    tout: &mut ws::ThreadDeflate,
+) {
     payload::write(
         msg,
         Stamp {
@@ -1019,13 +1114,15 @@ fn write_message(c: &mut Flow, msg: &mut [u8], rng: &mut u64, ts_ns: u64) {
             seq: c.next_seq,
             ts_ns,
         },
+        fill,
     );
     c.next_seq += 1;
     if c.outstanding == 0 {
         c.progress_ns = ts_ns;
     }
     c.outstanding += 1;
-    ws::encode(&mut c.wbuf, Op::Binary, msg, next_mask(rng));
+    let z = c.z.as_deref_mut().map(|z| (z, tout));
+    ws::encode(&mut c.wbuf, Op::Binary, msg, next_mask(rng), z);
 }
 
 /// A frame mask from the thread's xorshift64 state: masks must vary, not be secret.

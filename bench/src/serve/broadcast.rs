@@ -21,6 +21,7 @@ use percore::{
 };
 
 use super::health;
+use super::subprotocol::{self, Protocols};
 
 /// The one topic of broadcast mode.
 const ALL: &str = "all";
@@ -32,10 +33,16 @@ const ROOM_BYTES_MAX: usize = 256;
 pub struct Broadcast {
     /// Publish options (droppable: slow receivers miss messages instead of being closed).
     pub opts: PublishOptions,
+    /// `--subprotocol`.
+    pub protocols: Protocols,
 }
 
 impl Handler for Broadcast {
     type State = ();
+
+    fn on_upgrade(&mut self, req: &Request, up: Upgrade<()>) -> Decision<()> {
+        subprotocol::accept(req, up, &self.protocols, ())
+    }
 
     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
         // Only fails for a topic name past the limit, which `ALL` is not. A resume client
@@ -62,12 +69,14 @@ impl Handler for Broadcast {
 pub struct Chat {
     /// Publish options.
     pub opts: PublishOptions,
+    /// `--subprotocol`.
+    pub protocols: Protocols,
 }
 
 impl Chat {
-    /// A chat handler publishing with `opts`.
-    pub fn new(opts: PublishOptions) -> Self {
-        Self { opts }
+    /// A chat handler publishing with `opts`, speaking `protocols`.
+    pub fn new(opts: PublishOptions, protocols: Protocols) -> Self {
+        Self { opts, protocols }
     }
 }
 
@@ -84,7 +93,7 @@ impl Handler for Chat {
 
     fn on_upgrade(&mut self, req: &Request, up: Upgrade<Rc<str>>) -> Decision<Rc<str>> {
         match room(req.path()) {
-            Some(name) => up.accept(name.into()),
+            Some(name) => subprotocol::accept(req, up, &self.protocols, name.into()),
             None => up.reject(Reject::new(404, "use /room/NAME")),
         }
     }
@@ -236,6 +245,7 @@ mod tests {
     fn broadcast_sends_every_message_to_every_connection_including_the_sender() {
         let s = server(|| Broadcast {
             opts: PublishOptions::default(),
+            protocols: Vec::new().into(),
         });
         let mut clients: Vec<Client> = (0..6)
             .map(|_| Client::connect(s.local_addr(), "/").unwrap())
@@ -255,7 +265,7 @@ mod tests {
 
     #[test]
     fn chat_publishes_to_the_senders_room_only() {
-        let s = server(|| Chat::new(PublishOptions::default()));
+        let s = server(|| Chat::new(PublishOptions::default(), Vec::new().into()));
         let addr = s.local_addr();
         assert!(Client::connect(addr, "/").is_none(), "no room: 404");
         assert!(Client::connect(addr, "/room/").is_none());

@@ -222,6 +222,7 @@ fn numbered(id: u32, seq: u64, size: usize) -> Vec<u8> {
             seq,
             ts_ns: mono_ns(),
         },
+        payload::Fill::Pattern,
     );
     m
 }
@@ -334,7 +335,9 @@ fn numbered_session(
                     class.unexpected("corrupt message", &format!("{} bytes", m.len()));
                     continue;
                 };
-                if st.conn != id || payload::read(&m, echo_size(st.seq)).is_err() {
+                if st.conn != id
+                    || payload::read(&m, echo_size(st.seq), payload::Fill::Pattern).is_err()
+                {
                     class.with(|r| r.corrupt += 1);
                     class.unexpected(
                         "corrupt message",
@@ -507,7 +510,9 @@ pub fn subscriber(ctx: &Ctx, class: &Class) {
         match c.next_answering(Instant::now() + Duration::from_millis(100)) {
             Ok(Ev::Data(m)) => {
                 let ok = stamp_of(&m)
-                    .filter(|st| payload::read(&m, echo_size(st.seq)).is_ok())
+                    .filter(|st| {
+                        payload::read(&m, echo_size(st.seq), payload::Fill::Pattern).is_ok()
+                    })
                     .map(|st| from.entry(st.conn).or_default().accept(st.seq));
                 match ok {
                     Some(Arrival::InOrder) | Some(Arrival::Late) => {

@@ -99,6 +99,11 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(backend: &str) -> Serve {
+        Self::start_with(backend, &[])
+    }
+
+    /// `percore serve` with extra arguments.
+    pub fn start_with(backend: &str, extra: &[&str]) -> Serve {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
             .args([
@@ -110,6 +115,7 @@ impl Serve {
                 "--no-pin",
             ])
             .args(["--backend", backend])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();

@@ -175,3 +175,81 @@ pub fn decode_frames(data: &[u8]) {
         }
     }
 }
+
+/// permessage-deflate over arbitrary bytes. Byte 0 picks the server's mode and a split point;
+/// the input up to the first `\n` is a `Sec-WebSocket-Extensions` value, the rest compressed
+/// data. Checked: the server's negotiation never panics and answers only offers it can keep;
+/// the client's check of the same value never panics; the rest, sent as a compressed message
+/// on a connection that negotiated, either arrives (inflated within the message limit) or fails
+/// the connection with 1002, 1007 or 1009; the inflater alone never writes past its limit.
+pub fn permessage_deflate(data: &[u8]) {
+    use percore::proto::deflate::{client_accept, Inflater, Window};
+    use percore::proto::{
+        deflate::encode_compressed, AppEvent, Compression, Connection, Endpoint, MaskRng, OpCode,
+        Received, Settings,
+    };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let (header, payload) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let header = String::from_utf8_lossy(header).replace('\r', "");
+    let _ = client_accept(core::iter::once(header.as_str()));
+    let limit = [64usize, 1000, 100_000][usize::from(sel >> 2) % 3];
+
+    let mut inflater = Inflater::new();
+    let mut out = Vec::new();
+    let mut window = Window::new(9 + (sel & 3) * 2);
+    for w in [None, Some(&mut window)] {
+        if inflater.inflate(payload, w, limit, &mut out).is_ok() {
+            assert!(out.len() <= limit);
+        }
+        assert!(out.capacity() <= limit.max(256) + 1, "{}", out.capacity());
+    }
+
+    let mut settings = Settings::default();
+    settings.limits.message_bytes_max = limit;
+    settings.deflate.mode = if sel & 1 == 0 {
+        Compression::Shared
+    } else {
+        Compression::Dedicated
+    };
+    let mut ep = Endpoint::with_rng(settings, MaskRng::from_seed([5; 32]));
+    let mut conn = Connection::server(0);
+    let mut req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {CLIENT_KEY}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: {header}\r\n\r\n"
+    )
+    .into_bytes();
+    let mut wire = Vec::new();
+    let Received::Upgrade(r) = conn.handle_recv(0, &mut ep, &mut wire, &mut req, |_, _| {}) else {
+        return; // the header made the request invalid (e.g. a NUL): a 4xx, fine
+    };
+    let answer = match conn.negotiate_deflate(&mut ep, &r) {
+        Err(e) => {
+            assert_eq!(e.status, 400);
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(a)) => a,
+    };
+    assert!(answer.starts_with("permessage-deflate"), "{answer}");
+    assert!(conn.is_deflating());
+    conn.accept_upgrade(0, &mut wire, &r, None, &[]);
+    let mut frame = Vec::new();
+    encode_compressed(&mut frame, OpCode::Binary, payload, Some([1, 2, 3, 4]));
+    let mut got = 0;
+    match conn.handle_recv(1, &mut ep, &mut wire, &mut frame, |ev, _| {
+        if let AppEvent::Message(m) = ev {
+            assert!(m.as_bytes().len() <= limit);
+            got += 1;
+        }
+    }) {
+        Received::Done => assert_eq!(got, 1),
+        Received::Failed(e) => assert!(matches!(e.code.0, 1002 | 1007 | 1009), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+}

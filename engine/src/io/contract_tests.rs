@@ -44,6 +44,7 @@ contract_tests! {
     stop_accepting_closes_the_listener,
     shutdown_write_sends_fin_and_keeps_receiving,
     paused_receive_reads_nothing_until_resumed_then_everything_in_order,
+    two_listeners_accept_and_say_which_and_both_stop,
 }
 
 fn accepted_connection_echoes<D: Driver>() {
@@ -64,7 +65,13 @@ fn accepted_socket_reports_the_peer_address<D: Driver>() {
     m.pump(
         &mut peer,
         |peer, acts, c| {
-            if let Completion::Accepted { socket, peer: p } = c {
+            if let Completion::Accepted {
+                socket,
+                peer: p,
+                listener,
+            } = c
+            {
+                assert_eq!(listener, 0);
                 assert!(matches!(socket, Socket::Stream(_)));
                 *peer = Some(p);
                 acts.push(Action::Drop(socket));
@@ -295,4 +302,51 @@ fn paused_receive_reads_nothing_until_resumed_then_everything_in_order<D: Driver
     m.pump(&mut got, &mut on, |got, _| got.len() >= 5 + more.len());
     assert_eq!(&got[..5], b"first");
     assert!(got[5..] == more[..], "in order, nothing lost");
+}
+
+fn two_listeners_accept_and_say_which_and_both_stop<D: Driver>() {
+    let mut m = Mini::<D>::with_listeners(config(false), 2);
+    // Three connections to the second listener, two to the first, interleaved.
+    let order = [1usize, 0, 1, 1, 0];
+    let mut clients = Vec::new();
+    for &i in &order {
+        clients.push((i, TcpStream::connect(m.addrs[i]).unwrap()));
+    }
+    let mut seen: Vec<(usize, std::net::SocketAddr)> = Vec::new();
+    m.pump(
+        &mut seen,
+        |seen, acts, c| {
+            if let Completion::Accepted {
+                socket,
+                peer,
+                listener,
+            } = c
+            {
+                seen.push((listener, peer));
+                acts.push(Action::Register(socket));
+            }
+        },
+        |seen, _| seen.len() == order.len(),
+    );
+    for (i, c) in &clients {
+        let me = c.local_addr().unwrap();
+        assert!(
+            seen.contains(&(*i, me)),
+            "{me} accepted by listener {i}: {seen:?}"
+        );
+    }
+    // Each registered connection echoes, whichever listener took it.
+    for (n, (_, c)) in clients.iter_mut().enumerate() {
+        c.write_all(&[n as u8; 3]).unwrap();
+    }
+    let mut st = ();
+    m.pump(&mut st, echo, |_, m| m.sent == 3 * order.len());
+    m.d.stop_accepting();
+    for _ in 0..3 {
+        m.turn(&mut st, &mut echo);
+    }
+    for (i, a) in m.addrs.iter().enumerate() {
+        let e = TcpStream::connect(a).map(|_| i).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{a}");
+    }
 }

@@ -16,11 +16,16 @@ use mio::{Events, Interest, Poll};
 
 use super::{
     Completion, Driver, DriverConfig, Flow, Socket, Token, Wake, Waker, ACCEPT_RETRY, IOV_MAX,
+    LISTENERS_MAX,
 };
 use crate::send_queue::SendQueue;
 
-const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
 const WAKER: mio::Token = mio::Token(usize::MAX);
+
+/// The poll token of listener `i` (connections' tokens are slab keys, far below).
+fn listener_token(i: usize) -> mio::Token {
+    mio::Token(usize::MAX - 1 - i)
+}
 
 /// A registered connection socket, as epoll watches it.
 struct Watched {
@@ -37,7 +42,8 @@ struct Watched {
 pub(crate) struct EpollDriver {
     poll: Poll,
     events: Events,
-    listener: Option<TcpListener>,
+    /// The listeners, by index (empty after `stop_accepting`).
+    listeners: Vec<TcpListener>,
     waker: Arc<mio::Waker>,
     sockets: Vec<Option<Watched>>,
     scratch: Box<[u8]>,
@@ -63,8 +69,8 @@ impl EpollDriver {
         self.sockets.get_mut(token.0).and_then(Option::as_mut)
     }
 
-    fn accept_all<F: FnMut(Completion<'_>) -> Flow>(&mut self, on: &mut F) {
-        let Some(listener) = &self.listener else {
+    fn accept_all<F: FnMut(Completion<'_>) -> Flow>(&mut self, index: usize, on: &mut F) {
+        let Some(listener) = self.listeners.get(index) else {
             return;
         };
         loop {
@@ -78,6 +84,7 @@ impl EpollDriver {
                     on(Completion::Accepted {
                         socket: Socket::Stream(socket),
                         peer,
+                        listener: index,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -148,19 +155,27 @@ impl EpollDriver {
 }
 
 impl Driver for EpollDriver {
-    fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self> {
+    fn new(listeners: Vec<TcpListener>, cfg: &DriverConfig) -> io::Result<Self> {
+        if listeners.len() > LISTENERS_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many listeners",
+            ));
+        }
         let poll = Poll::new()?;
-        listener.set_nonblocking(true)?;
-        poll.registry().register(
-            &mut SourceFd(&listener.as_raw_fd()),
-            LISTENER,
-            Interest::READABLE,
-        )?;
+        for (i, listener) in listeners.iter().enumerate() {
+            listener.set_nonblocking(true)?;
+            poll.registry().register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                listener_token(i),
+                Interest::READABLE,
+            )?;
+        }
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         Ok(Self {
             poll,
             events: Events::with_capacity(cfg.events_max.max(16)),
-            listener: Some(listener),
+            listeners,
             waker,
             sockets: Vec::new(),
             unfinished: Vec::new(),
@@ -215,7 +230,9 @@ impl Driver for EpollDriver {
         // A token here may have been closed (and even reused) since: reading a socket with
         // nothing to read only costs a `WouldBlock`.
         if std::mem::take(&mut self.accept_retry) {
-            self.accept_all(&mut on);
+            for i in 0..self.listeners.len() {
+                self.accept_all(i, &mut on);
+            }
         }
         let mut again = std::mem::take(&mut self.unfinished);
         for (token, drain) in again.drain(..) {
@@ -231,7 +248,9 @@ impl Driver for EpollDriver {
                 WAKER => {
                     on(Completion::Wake);
                 }
-                LISTENER => self.accept_all(&mut on),
+                mio::Token(t) if t >= usize::MAX - LISTENERS_MAX => {
+                    self.accept_all(usize::MAX - 1 - t, &mut on);
+                }
                 mio::Token(t) => {
                     let token = Token(t);
                     if ev.is_writable() {
@@ -318,7 +337,7 @@ impl Driver for EpollDriver {
     }
 
     fn stop_accepting(&mut self) {
-        if let Some(listener) = self.listener.take() {
+        for listener in std::mem::take(&mut self.listeners) {
             let _ = self
                 .poll
                 .registry()

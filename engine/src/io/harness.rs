@@ -29,7 +29,10 @@ pub(crate) enum Action {
 /// A minimal shard: registers what it is told, keeps send queues, flushes once per turn.
 pub(crate) struct Mini<D> {
     pub(crate) d: D,
+    /// The (first) listener's address.
     pub(crate) addr: SocketAddr,
+    /// Every listener's address, by listener index.
+    pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) queues: HashMap<usize, SendQueue>,
     /// Tokens registered so far (the next token).
     pub(crate) next: usize,
@@ -46,11 +49,19 @@ pub(crate) struct Mini<D> {
 
 impl<D: Driver> Mini<D> {
     pub(crate) fn new(cfg: DriverConfig) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+        Self::with_listeners(cfg, 1)
+    }
+
+    /// A driver accepting on `n` listeners (127.0.0.1, free ports).
+    pub(crate) fn with_listeners(cfg: DriverConfig, n: usize) -> Self {
+        let ls: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
         Self {
-            d: D::new(l, &cfg).unwrap(),
-            addr,
+            d: D::new(ls, &cfg).unwrap(),
+            addr: addrs[0],
+            addrs,
             queues: HashMap::new(),
             next: 0,
             sent: 0,

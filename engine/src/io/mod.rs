@@ -1,7 +1,7 @@
 //! The I/O backends behind one narrow, completion-style interface.
 //!
-//! A shard owns exactly one [`Driver`]. The driver owns the shard's listening socket and every
-//! accepted socket; the shard owns everything else (connection state, send queues, timers).
+//! A shard owns exactly one [`Driver`]. The driver owns the shard's listening sockets (one per
+//! address the server listens on, e.g. a plain and a TLS port) and every accepted socket; the shard owns everything else (connection state, send queues, timers).
 //! Nothing outside `io/` names epoll or io_uring: the shard is generic over `D: Driver` and the
 //! server picks the concrete type through [`run_with_backend`].
 //!
@@ -64,6 +64,9 @@ pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// amortized; Linux accepts up to 1024.
 pub(crate) const IOV_MAX: usize = 64;
 
+/// Most listeners one driver accepts on (a server listens on a plain and a TLS address).
+pub(crate) const LISTENERS_MAX: usize = 8;
+
 /// Names one connection inside one shard: the shard's slab key (always `< 2^32`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub(crate) struct Token(pub(crate) usize);
@@ -111,14 +114,16 @@ impl From<TcpStream> for Socket {
 /// What a backend reports to the shard from [`Driver::poll`].
 #[derive(Debug)]
 pub(crate) enum Completion<'a> {
-    /// A connection was accepted on the shard's listener. It is not registered yet: the shard
-    /// calls [`Driver::register`] (after `poll` returns) or drops it.
+    /// A connection was accepted on one of the shard's listeners. It is not registered yet:
+    /// the shard calls [`Driver::register`] (after `poll` returns) or drops it.
     Accepted {
         /// The accepted socket, non-blocking, `TCP_NODELAY` set.
         socket: Socket,
         /// The peer address (`0.0.0.0:0` when unknown: an io_uring direct descriptor whose
         /// address could not be asked).
         peer: SocketAddr,
+        /// Which listener accepted it: its index in the list given to [`Driver::new`].
+        listener: usize,
     },
     /// Bytes arrived on a connection. `buf` is non-empty and lent only for this callback.
     Recv {
@@ -143,7 +148,6 @@ pub(crate) enum Completion<'a> {
         /// The connection.
         token: Token,
         /// `None` for an orderly EOF.
-        #[allow(dead_code)] // for diagnostics
         error: Option<io::Error>,
     },
     /// A token given to [`Driver::close`] that the driver could not release at once is now
@@ -181,9 +185,10 @@ pub(crate) type Waker = Arc<dyn Wake>;
 
 /// One shard's I/O backend. All methods are called on the shard's own thread only.
 pub(crate) trait Driver: Sized {
-    /// Take ownership of the shard's (already bound and listening, `SO_REUSEPORT`) listener and
-    /// prepare to accept on it. The listener may be blocking; the driver sets what it needs.
-    fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self>;
+    /// Take ownership of the shard's listeners (each already bound and listening,
+    /// `SO_REUSEPORT`; at most [`LISTENERS_MAX`]) and prepare to accept on all of them. A
+    /// listener may be blocking; the driver sets what it needs.
+    fn new(listeners: Vec<TcpListener>, cfg: &DriverConfig) -> io::Result<Self>;
 
     /// A handle that other threads use to interrupt [`Driver::poll`].
     fn waker(&self) -> Waker;
@@ -223,7 +228,7 @@ pub(crate) trait Driver: Sized {
     /// then a [`Completion::Released`] follows and the shard must keep the queue alive until it.
     fn close(&mut self, token: Token) -> bool;
 
-    /// Stop accepting and close the listener (graceful shutdown). Idempotent.
+    /// Stop accepting and close the listeners (graceful shutdown). Idempotent.
     fn stop_accepting(&mut self);
 
     /// Submission and completion queue entries since the last call (io_uring: SQEs queued and

@@ -52,6 +52,15 @@ pub enum Event<'a> {
     Pong(&'a [u8]),
     /// A valid close frame. Decoding stops after it.
     Close(CloseFrame<'a>),
+    /// A complete permessage-deflate message (RSV1 on its first frame; only when
+    /// [`Decoder::set_permessage_deflate`] allows it), still compressed: inflate it (see
+    /// [`super::deflate::Inflater`]); text must be checked for UTF-8 once inflated.
+    Compressed {
+        /// A text message (else binary).
+        text: bool,
+        /// The compressed payload, without the `00 00 FF FF` trailer.
+        data: &'a [u8],
+    },
 }
 
 /// Kind of the data message being assembled.
@@ -88,6 +97,8 @@ pub(crate) struct DecodeState {
     partial: Option<Box<Partial>>,
     status: Status,
     role: Role,
+    /// RSV bits an extension defines: 4 once permessage-deflate is negotiated, else 0.
+    rsv: u8,
 }
 
 /// A data message that did not arrive as one whole frame in one buffer.
@@ -106,6 +117,9 @@ struct Partial {
     in_frame: bool,
     /// The current data frame is the last of its message.
     frame_fin: bool,
+    /// The message is compressed (RSV1 on its first frame): its bytes are assembled as they
+    /// are and checked once inflated.
+    compressed: bool,
     /// `MsgKind::None` when no message is in progress (the box is kept for reuse).
     kind: MsgKind,
 }
@@ -120,6 +134,7 @@ impl Partial {
             frame_key_offset: 0,
             in_frame: false,
             frame_fin: false,
+            compressed: false,
             kind: MsgKind::None,
         }
     }
@@ -158,7 +173,7 @@ impl Partial {
             percore_simd::unmask(chunk, key, usize::from(self.frame_key_offset));
             self.frame_key_offset = ((usize::from(self.frame_key_offset) + take) & 3) as u8;
         }
-        if self.kind == MsgKind::Text {
+        if self.kind == MsgKind::Text && !self.compressed {
             self.utf8
                 .feed(chunk)
                 .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
@@ -177,7 +192,12 @@ impl Partial {
         F: FnMut(Event<'_>) -> ControlFlow<()>,
     {
         let kind = core::mem::replace(&mut self.kind, MsgKind::None);
-        let flow = if kind == MsgKind::Text {
+        let flow = if self.compressed {
+            on_event(Event::Compressed {
+                text: kind == MsgKind::Text,
+                data: &self.msg,
+            })
+        } else if kind == MsgKind::Text {
             self.utf8
                 .finish()
                 .map_err(|_| ProtocolError::invalid_utf8("text ends inside a UTF-8 sequence"))?;
@@ -267,6 +287,13 @@ impl Decoder {
     pub fn limits(&self) -> Limits {
         self.limits
     }
+
+    /// Accept RSV1 on the first frame of a data message (permessage-deflate was negotiated)
+    /// and hand such messages out as [`Event::Compressed`]. RSV1 on a continuation or control
+    /// frame stays 1002, and so does RSV1 when this is off (the default).
+    pub fn set_permessage_deflate(&mut self, on: bool) {
+        self.state.set_permessage_deflate(on);
+    }
 }
 
 impl DecodeState {
@@ -276,7 +303,13 @@ impl DecodeState {
             partial: None,
             status: Status::Active,
             role,
+            rsv: 0,
         }
+    }
+
+    /// See [`Decoder::set_permessage_deflate`].
+    pub(crate) fn set_permessage_deflate(&mut self, on: bool) {
+        self.rsv = if on { 4 } else { 0 };
     }
 
     /// See [`Decoder::decode`]. Message buffers of [`BufPool::LARGE`] bytes and more come from
@@ -387,9 +420,18 @@ impl DecodeState {
                 return Ok(pos); // the caller's budget of frames is spent
             }
             let mut h = FrameHeader::new(false, OpCode::Continuation, None, 0);
-            let n = FrameHeader::parse_into(&buf[pos..], &mut h)?;
+            let n = FrameHeader::parse_into(&buf[pos..], &mut h, self.rsv)?;
             if n == 0 {
                 return Ok(pos);
+            }
+            if h.rsv != 0 {
+                // RSV1 (permessage-deflate): only on the first frame of a data message.
+                if h.opcode.is_control() {
+                    return Err(ProtocolError::protocol("RSV1 set on a control frame"));
+                }
+                if h.opcode == OpCode::Continuation {
+                    return Err(ProtocolError::protocol("RSV1 set on a continuation frame"));
+                }
             }
             match (self.role, h.mask.is_some()) {
                 (Role::Server, false) => {
@@ -472,7 +514,12 @@ impl DecodeState {
                 pos = end;
                 *frames -= 1;
                 let payload = &*payload;
-                let flow = if kind == MsgKind::Text {
+                let flow = if h.rsv != 0 {
+                    on_event(Event::Compressed {
+                        text: kind == MsgKind::Text,
+                        data: payload,
+                    })
+                } else if kind == MsgKind::Text {
                     let text = validate_utf8(payload)
                         .map_err(|_| ProtocolError::invalid_utf8("text is not UTF-8"))?;
                     on_event(Event::Text(text))
@@ -489,6 +536,7 @@ impl DecodeState {
             let p = self.partial.get_or_insert_with(|| Box::new(Partial::new()));
             if p.kind == MsgKind::None {
                 p.kind = kind;
+                p.compressed = h.rsv != 0;
                 p.utf8.reset();
             }
             p.in_frame = true;

@@ -36,43 +36,28 @@
 
 use super::close::CloseState;
 use super::close_code::CloseCode;
-use super::codec::{DecodeState, Event};
+use super::codec::DecodeState;
+use super::deflate::{client_accept, Terms};
 use super::endpoint::Endpoint;
 use super::error::ProtocolError;
-use super::frame::{OpCode, Role};
+use super::frame::Role;
 use super::handshake::{
-    accept_response, parse_request, parse_response, reject_response, HandshakeError, Request,
+    accept_response, parse_request, parse_response_with, reject_response, HandshakeError, Request,
 };
-use super::message::Message;
 
+mod decode;
+mod event;
 mod held;
 mod send;
 #[cfg(test)]
 mod tests;
 
+use self::decode::{decode, decode_deflating};
+pub use self::event::{AppEvent, Link};
 use self::held::Held;
 pub use self::send::SendHalf;
 use self::send::{Ending, Outcome, Phase, CLIENT, LINGER, OPENED, PING_OUT};
 use super::output::Output;
-
-/// What [`Connection::handle_recv`] hands to the application.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AppEvent<'a> {
-    /// Client side: the server accepted the upgrade; the connection is open.
-    Opened,
-    /// A complete data message.
-    Message(Message<'a>),
-    /// A ping; its pong is already queued.
-    Ping(&'a [u8]),
-    /// A pong answered the connection's idle ping: the round trip, in microseconds of the
-    /// endpoint's fine clock ([`Endpoint::set_clock_us`]; its resolution is the caller's, the
-    /// shard's is one loop turn).
-    Rtt {
-        /// Round trip in µs.
-        micros: u32,
-    },
-}
 
 /// What the caller must know after [`Connection::handle_recv`].
 #[derive(Debug)]
@@ -121,23 +106,8 @@ pub enum AfterFlush {
     Close,
 }
 
-/// The send half's view of one event: what the application needs to send or close while the
-/// event borrows the receive half.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Link<'a, O> {
-    /// The connection's send half.
-    pub half: &'a mut SendHalf,
-    /// The shared endpoint.
-    pub ep: &'a mut Endpoint,
-    /// Where output goes.
-    pub out: &'a mut O,
-    /// The current tick.
-    pub now: u32,
-}
-
-/// One WebSocket connection (see the module docs for how to drive it). 48 bytes; no heap
-/// memory while idle.
+/// One WebSocket connection (see the module docs for how to drive it). 56 bytes; no heap
+/// memory while idle (dedicated permessage-deflate terms excepted: see [`super::deflate`]).
 #[derive(Debug)]
 pub struct Connection {
     recv: RecvHalf,
@@ -179,12 +149,13 @@ impl Connection {
                 held: Held::default(),
             },
             send: SendHalf {
-                outcome: None,
+                cold: None,
                 last_rx: now,
                 mark: now,
                 close: CloseState::new(),
                 phase: Phase::Handshake,
                 flags: 0,
+                deflate: Terms::default(),
                 jitter: 0,
             },
         }
@@ -255,10 +226,64 @@ impl Connection {
     /// failed the connection), `None` for a close frame without a code, and 1006 with an empty
     /// reason when the transport ended without a close handshake (or a deadline passed).
     pub fn close_outcome(&self) -> (Option<CloseCode>, &str) {
-        match self.send.outcome.as_deref() {
+        match self.send.outcome() {
             Some(o) => (o.code, o.reason.as_str()),
             None => (Some(CloseCode::ABNORMAL), ""),
         }
+    }
+
+    /// Client: offer permessage-deflate ([`super::deflate::client_offer`], which the request
+    /// given to [`Connection::client`] must carry in `Sec-WebSocket-Extensions`); the
+    /// server's answer is then checked, and a bad one fails the handshake (RFC 7692 §7.1).
+    pub fn offer_deflate(&mut self) {
+        if self.send.is_client() && self.is_handshaking() {
+            self.send.deflate = Terms::offered();
+        }
+    }
+
+    /// Server: agree on permessage-deflate for `req` under the endpoint's settings (call it
+    /// before [`Connection::accept_upgrade`]): the `Sec-WebSocket-Extensions` value to answer
+    /// with, or `None` (compression off, nothing offered, or no acceptable offer). `Err`: the
+    /// request's extension header is malformed (answer 400, RFC 6455 §4.2.1).
+    pub fn negotiate_deflate(
+        &mut self,
+        ep: &mut Endpoint,
+        req: &Request,
+    ) -> Result<Option<String>, HandshakeError> {
+        if self.send.phase != Phase::Upgrading
+            || ep.settings().deflate.mode == super::deflate::Compression::Off
+        {
+            return Ok(None);
+        }
+        let values = req
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+            .map(|(_, v)| v);
+        let st = ep.settings().deflate;
+        match ep.deflate.negotiate(values, &st) {
+            Err(_) => Err(HandshakeError::new(
+                400,
+                "malformed Sec-WebSocket-Extensions",
+            )),
+            Ok(None) => Ok(None),
+            Ok(Some((answer, pmd))) => {
+                self.send.deflate = Terms::new(&answer.agreed);
+                self.send.set_pmd(pmd);
+                self.recv.decoder.set_permessage_deflate(true);
+                Ok(Some(answer.header))
+            }
+        }
+    }
+
+    /// Is permessage-deflate in use on this connection?
+    pub fn is_deflating(&self) -> bool {
+        self.send.deflate.is_on()
+    }
+
+    /// Heap bytes of this connection's own compression state (dedicated terms: the peer's
+    /// window and our own while it exists; 0 otherwise).
+    pub fn deflate_heap_bytes(&self) -> usize {
+        self.send.deflate_heap_bytes()
     }
 
     /// Bytes held between receives (a partial handshake or frame), for memory accounting.
@@ -429,6 +454,11 @@ impl Connection {
             Some(at) if now >= at => {}
             _ => return Timeout::NotDue,
         }
+        // Nothing received for the idle timeout (or a pong or close deadline): the connection
+        // is idle, and gives back its history (dedicated permessage-deflate).
+        if let Some(p) = s.pmd_mut() {
+            p.on_idle();
+        }
         if s.phase == Phase::Open && s.close.can_send() && s.flags & PING_OUT == 0 {
             s.jitter = ep.idle_jitter();
             s.push_idle_ping(now, ep, out);
@@ -436,7 +466,7 @@ impl Connection {
         }
         if s.phase != Phase::Linger {
             // Only a lingering connection finished its close handshake: the rest report 1006.
-            s.outcome = None;
+            s.clear_outcome();
         }
         self.finish();
         Timeout::Expired
@@ -464,6 +494,23 @@ impl Connection {
     /// finished (a lingering one normally; any other reports 1006 unless a close frame came).
     pub fn handle_eof(&mut self) {
         self.finish();
+    }
+
+    /// The transport under the protocol ended the connection itself — TLS: a fatal error (the
+    /// caller queued its alert) or the peer's `close_notify` (the caller queues its own): no
+    /// frame is sent any more, the connection reports 1006 with `reason` unless a close frame
+    /// came first, and the transport ends once the output is flushed, half-closed and
+    /// lingering when `linger` (so that the peer reads those last bytes), else closed. A
+    /// connection already lingering finishes now; one already flushing keeps its plan.
+    pub fn end_transport(&mut self, now: u32, reason: &str, linger: bool) {
+        match self.send.phase {
+            Phase::Closed | Phase::Flushing => {}
+            Phase::Linger => self.finish(),
+            Phase::Handshake | Phase::Upgrading | Phase::Responding | Phase::Open => {
+                self.recv.held.clear();
+                self.send.end_transport(now, reason, linger);
+            }
+        }
     }
 
     /// The caller gives up on the connection (a write failed, the shutdown deadline passed):
@@ -502,16 +549,12 @@ impl Connection {
                     break None;
                 }
                 let rest = &mut buf[pos..];
-                let r = decode(
-                    &mut self.recv.decoder,
-                    &mut self.send,
-                    now,
-                    ep,
-                    out,
-                    rest,
-                    frames,
-                    on,
-                );
+                let (d, s) = (&mut self.recv.decoder, &mut self.send);
+                let r = if s.deflate.is_on() {
+                    decode_deflating(d, s, now, ep, out, rest, frames, on)
+                } else {
+                    decode(d, s, now, ep, out, rest, frames, on)
+                };
                 match r {
                     Ok(c) if c < rest.len() && self.send.phase == Phase::Open => {
                         self.recv.held.set_frames(rest[c..].to_vec());
@@ -531,16 +574,13 @@ impl Connection {
             let take = (buf.len() - pos).min(HELD_FILL);
             held.extend_from_slice(&buf[pos..pos + take]);
             let mut bytes = self.recv.held.take_frames();
-            match decode(
-                &mut self.recv.decoder,
-                &mut self.send,
-                now,
-                ep,
-                out,
-                &mut bytes,
-                frames,
-                on,
-            ) {
+            let (d, s) = (&mut self.recv.decoder, &mut self.send);
+            let r = if s.deflate.is_on() {
+                decode_deflating(d, s, now, ep, out, &mut bytes, frames, on)
+            } else {
+                decode(d, s, now, ep, out, &mut bytes, frames, on)
+            };
+            match r {
                 // The old bytes and `c - old` new ones are consumed; go on in place.
                 Ok(c) if c >= old => pos += c - old,
                 Ok(c) => {
@@ -634,7 +674,30 @@ impl Connection {
             return Received::Done;
         };
         bytes.extend_from_slice(buf);
-        match parse_response(bytes, key.unwrap_or_default(), max) {
+        let offered = self.send.deflate.is_offered();
+        let parsed = parse_response_with(bytes, key.unwrap_or_default(), max, offered);
+        let parsed = match parsed {
+            Ok(Some((resp, n))) if offered => {
+                let values = resp
+                    .headers()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+                    .map(|(_, v)| v);
+                match client_accept(values) {
+                    Ok(agreed) => {
+                        self.send.deflate = Terms::default();
+                        if let Some(a) = agreed {
+                            self.send.deflate = Terms::new(&a);
+                            self.send.set_pmd(ep.deflate.conn_state(&a));
+                            self.recv.decoder.set_permessage_deflate(true);
+                        }
+                        Ok(Some((resp, n)))
+                    }
+                    Err(e) => Err(HandshakeError::new(502, e.0)),
+                }
+            }
+            other => other,
+        };
+        match parsed {
             Ok(None) => Received::Done,
             Ok(Some((_resp, n))) => {
                 let mut rest = self.recv.held.take_handshake();
@@ -654,84 +717,13 @@ impl Connection {
                 }
             }
             Err(e) => {
-                self.send.outcome = Some(Box::new(Outcome {
+                self.send.set_outcome(Outcome {
                     code: Some(CloseCode::ABNORMAL),
                     reason: format!("handshake failed: {} {}", e.status, e.reason),
-                }));
+                });
                 self.finish();
                 Received::Refused(e)
             }
         }
-    }
-}
-
-/// Run the decoder over `buf` (at most `frames` frames), handing events to `on`. Returns the
-/// bytes consumed.
-#[allow(clippy::too_many_arguments)]
-fn decode<O, F>(
-    decoder: &mut DecodeState,
-    half: &mut SendHalf,
-    now: u32,
-    ep: &mut Endpoint,
-    out: &mut O,
-    buf: &mut [u8],
-    frames: &mut u32,
-    on: &mut F,
-) -> Result<usize, ProtocolError>
-where
-    O: Output,
-    F: FnMut(AppEvent<'_>, Link<'_, O>),
-{
-    use core::ops::ControlFlow;
-    let limits = ep.settings().limits;
-    // The events lend `ep` to the application: the pool is out meanwhile.
-    let mut pool = ep.take_pool();
-    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, buf, |ev| {
-        match ev {
-            Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
-            Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
-            Event::Ping(p) => {
-                if half.can_send() {
-                    half.push_control(ep, out, OpCode::Pong, p);
-                    on(AppEvent::Ping(p), Link { half, ep, out, now });
-                }
-            }
-            // Any input proves the peer alive; a pong ends the wait for one at once.
-            Event::Pong(p) => {
-                if let Some(micros) = half.on_pong(ep, p) {
-                    on(AppEvent::Rtt { micros }, Link { half, ep, out, now });
-                }
-            }
-            Event::Close(frame) => {
-                half.on_close_frame(now, ep, out, &frame);
-                return ControlFlow::Break(());
-            }
-        }
-        if half.phase == Phase::Open {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
-    });
-    ep.restore_pool(pool);
-    r
-}
-
-/// A data message arrived: hand it out unless our close frame went first (§7.1.2 leaves data
-/// that still arrives unread).
-#[inline]
-fn deliver<O, F>(
-    half: &mut SendHalf,
-    now: u32,
-    ep: &mut Endpoint,
-    out: &mut O,
-    msg: Message<'_>,
-    on: &mut F,
-) where
-    O: Output,
-    F: FnMut(AppEvent<'_>, Link<'_, O>),
-{
-    if half.phase == Phase::Open && half.close.accepts_data() {
-        on(AppEvent::Message(msg), Link { half, ep, out, now });
     }
 }

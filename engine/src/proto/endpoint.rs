@@ -3,6 +3,7 @@
 //! connection small).
 
 use super::codec::Limits;
+use super::deflate::{DeflateSettings, ShardDeflate};
 use super::handshake::HEADER_BYTES_MAX_DEFAULT;
 use super::pool::BufPool;
 use super::rng::MaskRng;
@@ -33,6 +34,8 @@ pub struct Settings {
     /// Ticks allowed for a close handshake, or for the peer to hang up after we failed the
     /// connection or refused its handshake.
     pub close_timeout_ticks: u32,
+    /// permessage-deflate (off by default).
+    pub deflate: DeflateSettings,
     /// Most bytes of large message buffers the endpoint keeps between messages for reuse
     /// ([`BufPool`]); 0 keeps none.
     pub buffer_pool_bytes_max: usize,
@@ -50,6 +53,7 @@ impl Default for Settings {
             idle_jitter_ticks: 0,
             pong_timeout_ticks: 2_000,
             close_timeout_ticks: 500,
+            deflate: DeflateSettings::default(),
             buffer_pool_bytes_max: 4 << 20,
         }
     }
@@ -57,12 +61,13 @@ impl Default for Settings {
 
 /// Per-shard protocol state shared by its connections (quinn-proto's `Endpoint`, reduced to
 /// what a WebSocket connection needs): the [`Settings`], the [`MaskRng`] that masks client
-/// frames, the [`BufPool`] of large message buffers and the caller's fine clock, which times
-/// idle pings. A per-shard compressor would live here too.
+/// frames, the [`BufPool`] of large message buffers, the compression state its connections
+/// share ([`ShardDeflate`]) and the caller's fine clock, which times idle pings.
 #[derive(Debug)]
 pub struct Endpoint {
     settings: Settings,
     rng: MaskRng,
+    pub(crate) deflate: ShardDeflate,
     /// Boxed, so that a connection can take it out for the time it decodes (while the events
     /// it hands out borrow the endpoint) at the cost of one pointer.
     pool: Option<Box<BufPool>>,
@@ -77,14 +82,34 @@ impl Endpoint {
     }
 
     /// An endpoint with `settings` and the given RNG (tests: a fixed seed).
-    pub fn with_rng(settings: Settings, rng: MaskRng) -> Self {
+    pub fn with_rng(mut settings: Settings, rng: MaskRng) -> Self {
+        settings.deflate = settings.deflate.clamped();
         let pool = Some(Box::new(BufPool::new(settings.buffer_pool_bytes_max)));
         Self {
             settings,
             rng,
+            deflate: ShardDeflate::default(),
             pool,
             clock_us: 0,
         }
+    }
+
+    /// The shared compression state and its settings, borrowed together.
+    #[inline]
+    pub(crate) fn deflate_parts(&mut self) -> (&mut ShardDeflate, &DeflateSettings) {
+        (&mut self.deflate, &self.settings.deflate)
+    }
+
+    /// The compression state shared by this endpoint's connections.
+    pub fn deflate(&self) -> &ShardDeflate {
+        &self.deflate
+    }
+
+    /// A shared frame is delivered to every connection it was meant for: forget its
+    /// compressed variants (see [`super::SendHalf::deflated_variant`]).
+    #[inline]
+    pub fn end_delivery(&mut self) {
+        self.deflate.end_delivery();
     }
 
     /// The settings.

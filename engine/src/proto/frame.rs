@@ -91,7 +91,7 @@ impl FrameHeader {
     /// it needs is present, even if the header is not complete yet.
     pub fn parse(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         let mut h = FrameHeader::new(false, OpCode::Continuation, None, 0);
-        match Self::parse_into(buf, &mut h)? {
+        match Self::parse_into(buf, &mut h, 0)? {
             0 => Ok(None),
             n => Ok(Some((h, n))),
         }
@@ -100,8 +100,13 @@ impl FrameHeader {
     /// [`FrameHeader::parse`] for the decoder's hot path: writes the header into `h` and
     /// returns its length, 0 while incomplete (a header is never empty). The decoder keeps `h`
     /// in registers this way; a nested `Result<Option<(..)>>` got packed and unpacked.
+    /// `rsv_allowed`: the RSV bits a negotiated extension defines (4 = RSV1, permessage-deflate).
     #[inline(always)]
-    pub(crate) fn parse_into(buf: &[u8], h: &mut FrameHeader) -> Result<usize, ProtocolError> {
+    pub(crate) fn parse_into(
+        buf: &[u8],
+        h: &mut FrameHeader,
+        rsv_allowed: u8,
+    ) -> Result<usize, ProtocolError> {
         let Some(&b0) = buf.first() else {
             return Ok(0);
         };
@@ -109,7 +114,7 @@ impl FrameHeader {
         let rsv = (b0 >> 4) & 0x7;
         let opcode =
             OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::protocol("reserved opcode"))?;
-        if rsv != 0 {
+        if rsv != 0 && rsv & !rsv_allowed != 0 {
             return Err(ProtocolError::protocol("RSV bits set without an extension"));
         }
         if opcode.is_control() && !fin {

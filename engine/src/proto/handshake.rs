@@ -36,6 +36,9 @@ pub struct Request {
     host: Option<usize>,
     /// Index of the validated `Sec-WebSocket-Key` (upgrade requests only).
     key: Option<usize>,
+    /// Set by the runtime when the request came over TLS: the server name the client asked
+    /// for (`Some("")` when it sent none).
+    tls: Option<Box<str>>,
 }
 
 impl Request {
@@ -83,6 +86,23 @@ impl Request {
     /// The `Sec-WebSocket-Key` (validated: base64 of 16 bytes); empty for a plain request.
     pub fn key(&self) -> &str {
         self.header_at(self.key)
+    }
+
+    /// Did the request come over TLS (`wss://`)? The runtime says so ([`Request::set_tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS server name (SNI) the client asked for, when the request came over TLS and the
+    /// client sent one (clients send none for an IP address).
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls.as_deref().filter(|n| !n.is_empty())
+    }
+
+    /// Mark the request as received over TLS, with the server name the client sent (the
+    /// runtime calls this before the application sees the request).
+    pub fn set_tls(&mut self, server_name: Option<&str>) {
+        self.tls = Some(server_name.unwrap_or("").into());
     }
 
     /// The offered `Sec-WebSocket-Protocol` tokens, in order, across repeated headers.
@@ -238,6 +258,7 @@ pub fn parse_request(
             headers,
             host: Some(host),
             key: Some(key),
+            tls: None,
         },
         n,
     )))
@@ -305,6 +326,7 @@ fn plain_request(
         headers,
         host,
         key: None,
+        tls: None,
     })
 }
 
@@ -455,6 +477,18 @@ pub fn parse_response(
     key: &str,
     header_bytes_max: usize,
 ) -> Result<Option<(Response, usize)>, HandshakeError> {
+    parse_response_with(buf, key, header_bytes_max, false)
+}
+
+/// [`parse_response`] for a client that offered permessage-deflate (`deflate_offered`): the
+/// `Sec-WebSocket-Extensions` answer is then left for [`super::deflate::client_accept`] to
+/// check instead of being refused.
+pub fn parse_response_with(
+    buf: &[u8],
+    key: &str,
+    header_bytes_max: usize,
+    deflate_offered: bool,
+) -> Result<Option<(Response, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let malformed = || bad_response("malformed HTTP response");
@@ -485,7 +519,7 @@ pub fn parse_response(
         Ok(i) if headers[i].1 == accept_key(key) => {}
         _ => return Err(bad_response("Sec-WebSocket-Accept does not match the key")),
     }
-    if find_header(&headers, "Sec-WebSocket-Extensions").is_some() {
+    if !deflate_offered && find_header(&headers, "Sec-WebSocket-Extensions").is_some() {
         return Err(bad_response(
             "server chose an extension that was not offered",
         ));

@@ -6,6 +6,7 @@
 //! - [`Decoder`]: frames in, messages and control frames out, in place and zero copy.
 //! - [`encode_frame`] / [`FrameHeader`]: frames out.
 //! - [`CloseState`], [`parse_close_payload`], [`close_payload`]: the closing handshake.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compressor, decompressor.
 //! - [`Connection`]: one connection's whole protocol state (handshake, frames, close, deadlines),
 //!   driven with bytes and a time; [`Endpoint`] holds what a shard's connections share.
 //!
@@ -15,6 +16,7 @@ mod close;
 mod close_code;
 mod codec;
 mod connection;
+pub mod deflate;
 mod endpoint;
 mod error;
 mod frame;
@@ -35,13 +37,14 @@ pub use codec::{Decoder, Event, Limits};
 pub use connection::{
     AfterFlush, AppEvent, Connection, Link, Received, RecvHalf, SendHalf, Timeout,
 };
+pub use deflate::{Compression, DeflateSettings};
 pub use endpoint::{Endpoint, Settings};
 pub use error::ProtocolError;
 pub use frame::{encode_frame, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 pub use handshake::{
     accept_key, accept_response, client_request, generate_key, parse_request, parse_response,
-    reject_response, response_head, HandshakeError, Request, Response, HEADER_BYTES_MAX_DEFAULT,
-    MAX_HEADERS,
+    parse_response_with, reject_response, response_head, HandshakeError, Request, Response,
+    HEADER_BYTES_MAX_DEFAULT, MAX_HEADERS,
 };
 pub use message::Message;
 pub use output::Output;

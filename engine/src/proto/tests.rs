@@ -16,6 +16,7 @@ enum Ev {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(Option<u16>, String),
+    Compressed(bool, Vec<u8>),
 }
 
 impl From<Event<'_>> for Ev {
@@ -26,6 +27,7 @@ impl From<Event<'_>> for Ev {
             Event::Ping(b) => Ev::Ping(b.to_vec()),
             Event::Pong(b) => Ev::Pong(b.to_vec()),
             Event::Close(c) => Ev::Close(c.code.map(|c| c.0), c.reason.to_owned()),
+            Event::Compressed { text, data } => Ev::Compressed(text, data.to_vec()),
         }
     }
 }

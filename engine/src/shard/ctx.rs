@@ -147,6 +147,8 @@ impl Out<'_> {
         if !half.can_send() || half.is_client() {
             return Offered::Skipped;
         }
+        let variant = half.deflated_variant(ep, frame);
+        let frame = variant.as_ref().unwrap_or(frame);
         let mut last = last;
         if opts.conflate {
             if let Some(Some(w)) = last.as_deref() {

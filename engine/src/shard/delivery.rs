@@ -45,6 +45,7 @@ impl<H: Handler> Shard<H> {
                         continue;
                     }
                     let out = self.offer(key, &frame, PublishOptions::default(), None);
+                    self.ep.end_delivery();
                     let st = &self.ctx.stats;
                     match out {
                         Offered::Queued => ShardStats::bump(&st.delivered, 1),
@@ -105,6 +106,7 @@ impl<H: Handler> Shard<H> {
                 closed.push(key);
             }
         }
+        self.ep.end_delivery();
         for key in closed {
             self.settle(key);
         }
@@ -155,6 +157,7 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
+        self.ep.end_delivery();
         self.ctx.topics.put_subscribers(id, subs);
         let st = &self.ctx.stats;
         ShardStats::bump(&st.delivered, counts[0]);

@@ -24,6 +24,11 @@ pub(crate) const BACKLOG: u16 = 16;
 pub(crate) const EOF_HELD: u16 = 32;
 /// Speaks the resume subprotocol: its text messages are commands (see `shard/resume.rs`).
 pub(crate) const RESUME: u16 = 64;
+/// A TLS connection: its session is `Shard::tls.conns[tls]` and the backend writes from its
+/// wire queue (`queue` holds plaintext). Its receives are not paused by the frame budget.
+/// The last free bit of the low byte.
+#[cfg(feature = "tls")]
+pub(crate) const TLS: u16 = 128;
 /// The high byte: the [`CloseReason`] recorded while the connection runs (its code; 0: none
 /// yet). Kept in the flags, whose low byte holds the flags above.
 const REASON_SHIFT: u32 = 8;
@@ -54,14 +59,39 @@ pub(crate) struct Entry<S> {
     pub(crate) generation: u32,
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
-    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, `RESUME`, and
-    /// the close reason in the high byte ([`mark_reason`]).
+    /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, `RESUME`,
+    /// `TLS`, and the close reason in the high byte ([`mark_reason`]).
     pub(crate) flags: u16,
     /// The loop turn (its low bits) `frames_left` counts for: a receive in another turn starts
     /// with a full budget.
     pub(crate) turn: u8,
     /// Frames it may still have decoded in turn `turn` (`recv_frames_per_turn_max`).
     pub(crate) frames_left: u16,
+    /// With `TLS`: the connection's index in the shard's TLS sessions (3 bytes; beside the
+    /// frame budget's counters it makes the entry 96 bytes when the `tls` feature is built,
+    /// for plain connections too).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: TlsIndex,
+}
+
+/// An index in the shard's TLS sessions, in 3 bytes: at most 2^24 TLS connections per shard
+/// (a connection past that is refused at accept).
+#[cfg(feature = "tls")]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub(crate) struct TlsIndex([u8; 3]);
+
+#[cfg(feature = "tls")]
+impl TlsIndex {
+    /// Index `i`, if it fits.
+    pub(crate) fn new(i: usize) -> Option<Self> {
+        let b = u32::try_from(i).ok()?.to_le_bytes();
+        (b[3] == 0).then_some(Self([b[0], b[1], b[2]]))
+    }
+
+    /// The index.
+    pub(crate) fn get(self) -> usize {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], 0]) as usize
+    }
 }
 
 /// An upgrade request waiting for its deferred decision, beside the slab (not in the entry: a
@@ -168,6 +198,20 @@ mod tests {
         let size = std::mem::size_of::<Entry<()>>();
         println!("slab entry for State = (): {size} bytes");
         assert!(size <= 96, "slab entry grew to {size} bytes");
+        // With the `tls` feature the TLS index (3 bytes) no longer fits in the padding beside
+        // the 16-bit flags and the frame budget's counters (`turn`, `frames_left`): 96 bytes.
+        if cfg!(feature = "tls") {
+            assert_eq!(size, 96);
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_index_holds_24_bits() {
+        for i in [0, 1, 255, 65_536, (1 << 24) - 1] {
+            assert_eq!(TlsIndex::new(i).map(TlsIndex::get), Some(i));
+        }
+        assert_eq!(TlsIndex::new(1 << 24), None);
     }
 
     #[test]

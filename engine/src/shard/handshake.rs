@@ -91,6 +91,15 @@ impl<H: Handler> Shard<H> {
     /// Accept the upgrade: answer 101, give the connection its state, `on_open`, then decode
     /// the frames that came with (or after) the request.
     fn open(&mut self, key: usize, req: &Request, accept: Accept, state: H::State) {
+        // permessage-deflate: agreed here, answered in the 101 (a malformed offer is 400).
+        let ext = match self.slab.get_mut(key) {
+            Some(e) => e.conn.negotiate_deflate(&mut self.ep, req),
+            None => return,
+        };
+        let ext = match ext {
+            Ok(ext) => ext,
+            Err(e) => return self.refuse(key, &Reject::new(e.status, e.reason)),
+        };
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
@@ -110,7 +119,11 @@ impl<H: Handler> Shard<H> {
             flags,
             ctx: &mut self.ctx,
         };
-        let headers = pairs(&accept.headers);
+        let mut headers = pairs(&accept.headers);
+        if let Some(ext) = ext.as_deref() {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"));
+            headers.push(("Sec-WebSocket-Extensions", ext));
+        }
         // The resume subprotocol, when the client offers it and the handler chose none.
         let resume = match accept.protocol.as_deref() {
             Some(p) => p == PROTOCOL,

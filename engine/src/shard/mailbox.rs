@@ -88,6 +88,14 @@ pub(crate) struct Outbound {
     /// The connection's initial state: the handler's `State` type (checked by
     /// [`crate::ServerHandle::connect_with_state`]).
     pub(crate) state: Box<dyn Any + Send>,
+    /// `wss://`: the client config (prepared) and the server name to verify.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// The request offers permessage-deflate (the answer is checked).
+    pub(crate) deflate: bool,
 }
 
 /// Why a mail was not posted.

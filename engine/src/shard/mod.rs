@@ -17,6 +17,7 @@ mod delivery;
 mod entry;
 #[cfg(feature = "metrics")]
 mod exposition;
+mod flush;
 mod handler;
 mod handshake;
 mod hub;
@@ -24,10 +25,14 @@ mod mailbox;
 mod memory;
 mod metering;
 mod metrics;
+mod register;
 mod request;
 mod resume;
+mod settings;
 mod shutdown;
 mod timer;
+#[cfg(feature = "tls")]
+mod tls;
 mod topics;
 
 #[cfg(all(feature = "cluster", test))]
@@ -58,16 +63,16 @@ use crate::config::Config;
 use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{
-    AfterFlush, AppEvent, CloseCode, Connection, Endpoint, Link, Received, Settings, Timeout,
-};
+use crate::proto::{AppEvent, CloseCode, Connection, Endpoint, Link, Received, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
 use self::ctx::{Ctx, Out};
+#[cfg(feature = "tls")]
+use self::entry::TLS;
 use self::entry::{
     mark_reason, marked_reason, Entry, PeerAddr, PendingUpgrade, Queue, BACKLOG, DEAD, DIRTY,
-    DRAIN_WANTED, EOF_HELD, OVER_CAPACITY,
+    EOF_HELD,
 };
 use self::memory::MemoryTrim;
 use self::metering::Meter;
@@ -77,7 +82,11 @@ use self::topics::Topics;
 /// Everything a shard thread starts from.
 pub(crate) struct Run<H, F> {
     pub(crate) index: usize,
-    pub(crate) listener: TcpListener,
+    /// This shard's listeners (each `SO_REUSEPORT`, one per server address).
+    pub(crate) listeners: Vec<TcpListener>,
+    /// Which of them speaks TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_listener: Option<usize>,
     pub(crate) config: Arc<Config>,
     pub(crate) factory: Arc<F>,
     pub(crate) stats: Arc<ShardStats>,
@@ -109,7 +118,7 @@ where
             direct_fds_table_max: self.config.direct_fds_table_max,
             events_max: 1024,
         };
-        let driver = match D::new(self.listener, &dcfg) {
+        let driver = match D::new(self.listeners, &dcfg) {
             Ok(d) => d,
             Err(e) => {
                 let _ = self.ready.send((self.index, Err(e)));
@@ -121,6 +130,12 @@ where
         if self.ready.send((self.index, Ok(driver.waker()))).is_err() {
             return;
         }
+        #[cfg(feature = "tls")]
+        let tls = tls::TlsConns::new(
+            self.config.tls.clone(),
+            self.tls_listener,
+            self.config.tls_handshake_bytes_max,
+        );
         let mut shard = Shard::new(
             self.index,
             handler,
@@ -130,6 +145,10 @@ where
             self.hub,
             self.mail,
         );
+        #[cfg(feature = "tls")]
+        {
+            shard.tls = tls;
+        }
         shard.run(driver);
         shard.ctx.topics.clear();
     }
@@ -153,7 +172,8 @@ struct Shard<H: Handler> {
     /// The last turn left mail unread (the next poll must not block).
     mail_backlog: bool,
     open: Arc<AtomicUsize>,
-    accepted: Vec<(Socket, SocketAddr)>,
+    /// Accepted sockets, their peers and listeners, registered after the poll.
+    accepted: Vec<(Socket, SocketAddr, usize)>,
     /// Upgrade requests waiting for a deferred decision, by slab key: an entry exists exactly
     /// while its connection is live and upgrading (removed when decided or finalized).
     pending: HashMap<u32, PendingUpgrade>,
@@ -170,6 +190,9 @@ struct Shard<H: Handler> {
     backlog: Vec<u32>,
     /// Memory given back after bursts (see `memory.rs`).
     memory: MemoryTrim,
+    /// The sessions of the TLS connections.
+    #[cfg(feature = "tls")]
+    tls: tls::TlsConns,
     /// Loop-turn timing, the fine clock, the sampled gauges.
     meter: Meter,
 }
@@ -186,16 +209,7 @@ impl<H: Handler> Shard<H> {
     ) -> Self {
         let start = Instant::now();
         let wheel = TimerWheel::new(start, TICK, WHEEL_SLOTS);
-        let mut settings = Settings::default();
-        settings.limits.frame_bytes_max = config.frame_bytes_max;
-        settings.limits.message_bytes_max = config.message_bytes_max;
-        settings.handshake_header_bytes_max = config.handshake_header_bytes_max;
-        settings.handshake_timeout_ticks = wheel.ticks(config.handshake_timeout);
-        settings.idle_timeout_ticks = wheel.ticks(config.idle_timeout);
-        settings.idle_jitter_ticks = wheel.ticks(config.idle_timeout_jitter);
-        settings.pong_timeout_ticks = wheel.ticks(config.pong_timeout);
-        settings.close_timeout_ticks = wheel.ticks(config.close_timeout);
-        settings.buffer_pool_bytes_max = config.buffer_pool_bytes_max;
+        let settings = settings::protocol(&config, &wheel);
         let frames_per_turn = u16::try_from(config.recv_frames_per_turn_max).unwrap_or(u16::MAX);
         let ctx = Ctx {
             shard: index as u32,
@@ -228,6 +242,8 @@ impl<H: Handler> Shard<H> {
             frames_per_turn,
             backlog: Vec::new(),
             memory: MemoryTrim::default(),
+            #[cfg(feature = "tls")]
+            tls: tls::TlsConns::new(None, None, 0),
             meter: Meter::new(start),
         }
     }
@@ -287,6 +303,11 @@ impl<H: Handler> Shard<H> {
             self.deliver_local();
             self.flush(&mut driver);
             self.close_finished(&mut driver);
+            let held = self.ep.deflate().dedicated_bytes() as u64;
+            let gauge = &self.ctx.stats.deflate_dedicated_bytes;
+            if gauge.load(Ordering::Relaxed) != held {
+                gauge.store(held, Ordering::Relaxed);
+            }
             self.memory
                 .end_of_turn(now, &mut self.ep, &mut self.ctx.pool, &mut self.slab);
             let since_us = metering::micros(since);
@@ -313,6 +334,15 @@ impl<H: Handler> Shard<H> {
             Completion::Recv { token, buf } => return self.on_recv(token.0, buf),
             Completion::Sent { token, n } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
+                    #[cfg(feature = "tls")]
+                    if e.flags & TLS != 0 {
+                        if let Some(t) = self.tls.conns.get_mut(e.tls.get()) {
+                            t.wire.complete(n);
+                        }
+                    } else {
+                        e.queue.complete(n);
+                    }
+                    #[cfg(not(feature = "tls"))]
                     e.queue.complete(n);
                     ShardStats::bump(&self.ctx.stats.bytes_sent, n as u64);
                     if e.flags & DIRTY == 0 {
@@ -321,8 +351,19 @@ impl<H: Handler> Shard<H> {
                     }
                 }
             }
-            Completion::Accepted { socket, peer } => self.accepted.push((socket, peer)),
+            Completion::Accepted {
+                socket,
+                peer,
+                listener,
+            } => self.accepted.push((socket, peer, listener)),
             Completion::Closed { token, error } => {
+                #[cfg(feature = "tls")]
+                if error.is_none()
+                    && matches!(self.slab.get(token.0), Some(e) if e.flags & TLS != 0)
+                    && self.on_eof_tls(token.0)
+                {
+                    return Flow::Continue;
+                }
                 if let Some(e) = self.slab.get_mut(token.0) {
                     if error.is_none() && e.flags & BACKLOG != 0 {
                         // The FIN came behind frames the budget still holds (io_uring: its
@@ -336,58 +377,13 @@ impl<H: Handler> Shard<H> {
             }
             Completion::Released { token } => {
                 if matches!(self.slab.get(token.0), Some(e) if e.flags & DEAD != 0) {
-                    self.slab.remove(token.0);
+                    self.remove(token.0);
                 }
             }
             // The mailbox is read every turn.
             Completion::Wake => {}
         }
         Flow::Continue
-    }
-
-    fn register_accepted<D: Driver>(&mut self, driver: &mut D) {
-        for (socket, peer) in std::mem::take(&mut self.accepted) {
-            if self.shutdown_at.is_some() {
-                continue;
-            }
-            let key = self.slab.vacant_key();
-            if key > u32::MAX as usize / 2 || driver.register(Token(key), socket).is_err() {
-                continue;
-            }
-            ShardStats::bump(&self.ctx.stats.accepted, 1);
-            let mut flags = 0;
-            if self.open.fetch_add(1, Ordering::Relaxed) >= self.ctx.config.connections_max {
-                flags |= OVER_CAPACITY;
-            }
-            let conn = Connection::server(self.ctx.now);
-            self.insert(key, peer, conn, Queue::default(), flags, None);
-        }
-    }
-
-    /// Start an outbound connection: register it and queue its upgrade request.
-    fn register_outbound<D: Driver>(&mut self, driver: &mut D, out: Outbound) {
-        if self.shutdown_at.is_some() {
-            return;
-        }
-        // `ServerHandle::connect_with_state` checked the type: this does not fail.
-        let Ok(state) = out.state.downcast::<H::State>() else {
-            return;
-        };
-        let key = self.slab.vacant_key();
-        if key > u32::MAX as usize / 2 || driver.register(Token(key), out.stream.into()).is_err() {
-            return;
-        }
-        self.open.fetch_add(1, Ordering::Relaxed);
-        counters::bump(&self.ctx.stats.metrics.outbound, 1);
-        let (mut queue, mut flags) = (Queue::default(), 0);
-        let mut o = Out {
-            key: key as u32,
-            queue: &mut queue,
-            flags: &mut flags,
-            ctx: &mut self.ctx,
-        };
-        let conn = Connection::client(o.ctx.now, &mut o, &out.key, &out.request);
-        self.insert(key, out.peer, conn, queue, flags, Some(*state));
     }
 
     /// A new connection at slot `key` (the slab's vacant key); an accepted one gets its state
@@ -412,6 +408,8 @@ impl<H: Handler> Shard<H> {
             flags,
             turn: self.turn.wrapping_sub(1),
             frames_left: 0,
+            #[cfg(feature = "tls")]
+            tls: entry::TlsIndex::default(),
         });
         debug_assert_eq!(k, key);
         self.settle(key);
@@ -425,6 +423,12 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get_mut(key) else {
             return Flow::Continue;
         };
+        #[cfg(feature = "tls")]
+        if e.flags & TLS != 0 {
+            // TLS connections are not paused by the frame budget (see entry::TLS).
+            self.on_recv_tls(key, buf);
+            return Flow::Continue;
+        }
         if e.turn != self.turn {
             e.turn = self.turn;
             e.frames_left = self.frames_per_turn;
@@ -476,7 +480,19 @@ impl<H: Handler> Shard<H> {
     fn after_recv(&mut self, key: usize, received: Received) {
         match received {
             Received::Done => {}
+            #[cfg(feature = "tls")]
+            Received::Upgrade(mut req) => {
+                self.tls_request(key, &mut req);
+                self.upgrade(key, req);
+            }
+            #[cfg(not(feature = "tls"))]
             Received::Upgrade(req) => self.upgrade(key, req),
+            #[cfg(feature = "tls")]
+            Received::Request(mut req) => {
+                self.tls_request(key, &mut req);
+                self.respond(key, &req);
+            }
+            #[cfg(not(feature = "tls"))]
             Received::Request(req) => self.respond(key, &req),
             Received::Failed(_) => {
                 ShardStats::bump(&self.ctx.stats.protocol_errors, 1);
@@ -560,10 +576,22 @@ impl<H: Handler> Shard<H> {
     fn close_finished<D: Driver>(&mut self, driver: &mut D) {
         for key in std::mem::take(&mut self.to_close) {
             let key = key as usize;
+            #[cfg(feature = "tls")]
+            self.tls_goodbye(driver, key);
             if driver.close(Token(key)) && self.slab.contains(key) {
-                self.slab.remove(key);
+                self.remove(key);
             }
         }
+    }
+
+    /// Forget connection `key` (its token is released: nothing refers to its queues any more).
+    fn remove(&mut self, key: usize) {
+        let e = self.slab.remove(key);
+        #[cfg(feature = "tls")]
+        if e.flags & TLS != 0 {
+            self.tls.conns.try_remove(e.tls.get());
+        }
+        drop(e);
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -592,97 +620,6 @@ impl<H: Handler> Shard<H> {
             self.settle(key);
         }
         self.expired = expired;
-    }
-
-    /// Write every dirty connection's queue and act on what the writes finished.
-    fn flush<D: Driver>(&mut self, driver: &mut D) {
-        // Callbacks run here (on_drain, on_close) may dirty connections again: a few rounds.
-        for _ in 0..4 {
-            if self.ctx.dirty.is_empty() {
-                return;
-            }
-            let mut dirty = std::mem::take(&mut self.ctx.dirty);
-            for key in dirty.drain(..) {
-                self.flush_one(driver, key as usize);
-            }
-            if self.ctx.dirty.is_empty() {
-                self.ctx.dirty = dirty;
-            }
-        }
-    }
-
-    fn flush_one<D: Driver>(&mut self, driver: &mut D, key: usize) {
-        let Some(e) = self.slab.get_mut(key) else {
-            return;
-        };
-        e.flags &= !DIRTY;
-        if e.flags & DEAD != 0 || e.queue.in_flight() {
-            return;
-        }
-        if !e.queue.is_empty() {
-            let before = e.queue.len();
-            let res = driver.send(Token(key), &mut e.queue);
-            let written = (before - e.queue.len()) as u64;
-            ShardStats::bump(&self.ctx.stats.bytes_sent, written);
-            if res.is_err() {
-                e.conn.abort();
-                self.finalize(key);
-                return;
-            }
-        }
-        // Empty and not in flight (written now, or a completion came): its storage goes back
-        // to the stock before the queue's box is freed.
-        e.queue.recycle_if_idle(&mut self.ctx.pool);
-        let mut settle = false;
-        if e.queue.len() >= self.ctx.config.send_queue_low_water_bytes {
-            e.flags |= DRAIN_WANTED;
-        } else if e.flags & DRAIN_WANTED != 0 {
-            e.flags &= !DRAIN_WANTED;
-            if let (true, Some(state)) = (e.conn.can_send(), e.state.as_mut()) {
-                let now = self.ctx.now;
-                let Entry {
-                    conn,
-                    queue,
-                    peer,
-                    generation,
-                    flags,
-                    ..
-                } = e;
-                let handler = &mut self.handler;
-                Conn {
-                    half: conn.send_half(),
-                    ep: &mut self.ep,
-                    out: Out {
-                        key: key as u32,
-                        queue,
-                        flags,
-                        ctx: &mut self.ctx,
-                    },
-                    state,
-                    peer,
-                    now,
-                    generation: *generation,
-                }
-                .guard(|c| handler.on_drain(c));
-                settle = true;
-            }
-        }
-        let Some(e) = self.slab.get_mut(key) else {
-            return;
-        };
-        if e.queue.is_empty() && !e.queue.in_flight() {
-            match e.conn.handle_flushed() {
-                AfterFlush::Continue => {}
-                AfterFlush::ShutdownWrite => {
-                    driver.shutdown_write(Token(key));
-                    settle = true;
-                }
-                _ => settle = true,
-            }
-        }
-        if settle {
-            self.settle(key);
-        }
     }
 }
 

@@ -119,8 +119,13 @@ impl<S> Conn<'_, S> {
         if !self.notice(notice) {
             return;
         }
+        // With permessage-deflate, each replayed frame goes out as live publishes do: compressed
+        // per this connection's terms (once per frame and window size), or plain with RSV1 clear.
         for f in &replay {
-            self.half.send_shared(&mut self.out, f);
+            let variant = self.half.deflated_variant(self.ep, f);
+            self.half
+                .send_shared(&mut self.out, variant.as_ref().unwrap_or(f));
         }
+        self.ep.end_delivery();
     }
 }

@@ -38,6 +38,13 @@ pub enum Event {
     Drained(ConnId),
     /// What `send_text` returned right after `close` (command `close-then-send`).
     SendAfterClose(Result<(), percore::SendError>),
+    /// `on_upgrade` saw a request: over TLS or not, and the TLS server name.
+    Upgrade {
+        /// `Request::is_tls`.
+        tls: bool,
+        /// `Request::server_name`.
+        server_name: Option<String>,
+    },
 }
 
 /// Echo + commands + upgrade policy. One per shard.
@@ -50,6 +57,10 @@ impl Handler for TestHandler {
     type State = ();
 
     fn on_upgrade(&mut self, req: &Request, up: Upgrade<()>) -> Decision<()> {
+        let _ = self.events.send(Event::Upgrade {
+            tls: req.is_tls(),
+            server_name: req.server_name().map(str::to_owned),
+        });
         if req.origin() == Some(FORBIDDEN_ORIGIN) {
             return up.reject(Reject::new(403, "origin not allowed"));
         }

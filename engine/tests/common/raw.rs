@@ -1,10 +1,13 @@
-//! A minimal, independent WebSocket client over a plain `TcpStream`: handshake written by hand,
-//! frames encoded and masked here, so tests can send anything (bad frames, fragments, partial
-//! frames) and see exactly what the server puts on the wire. Nothing in here uses `percore`.
+//! A minimal, independent WebSocket client over a [`Stream`] (plain TCP, or rustls' client when
+//! the address speaks TLS): handshake written by hand, frames encoded and masked here, so tests
+//! can send anything (bad frames, fragments, partial frames) and see exactly what the server
+//! puts on the wire. Nothing in here uses `percore`.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+pub use super::tls::Stream;
 
 /// Opcodes, as raw numbers (tests also send reserved ones).
 pub mod op {
@@ -159,7 +162,7 @@ impl HttpResponse {
 }
 
 /// Read an HTTP response head from `stream`; returns it and the bytes after the head.
-pub fn read_response_head(stream: &mut TcpStream) -> io::Result<(HttpResponse, Vec<u8>)> {
+pub fn read_response_head(stream: &mut impl Read) -> io::Result<(HttpResponse, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -206,9 +209,7 @@ pub fn read_response_head(stream: &mut TcpStream) -> io::Result<(HttpResponse, V
 /// Send raw bytes as an HTTP request, read the whole response (head, then body until EOF or
 /// the connection is reset). For rejected handshakes.
 pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> io::Result<HttpResponse> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_nodelay(true)?;
+    let mut s = connect(addr)?;
     s.write_all(request)?;
     let (mut resp, rest) = read_response_head(&mut s)?;
     resp.body = rest;
@@ -218,12 +219,28 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> io::Result<HttpRespons
             match s.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => resp.body.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                // A reset, or (TLS) the end of the TCP stream without close_notify.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => return Err(e),
             }
         }
     }
     Ok(resp)
+}
+
+/// A client socket to `addr` (TLS when it speaks TLS), with the tests' timeouts.
+pub fn connect(addr: SocketAddr) -> io::Result<Stream> {
+    let s = Stream::connect(addr)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -237,7 +254,7 @@ fn bad(msg: String) -> io::Error {
 /// A raw client connection after a successful handshake.
 pub struct RawClient {
     /// The socket (tests may write raw bytes or shut it down).
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read but not yet parsed.
     rbuf: Vec<u8>,
     /// The 101 response.
@@ -253,10 +270,7 @@ impl RawClient {
     /// Connect and complete the handshake with a path and extra request headers; fails unless the
     /// server answers 101 with the right `Sec-WebSocket-Accept`.
     pub fn connect_with(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> io::Result<Self> {
-        let mut stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_nodelay(true)?;
+        let mut stream = connect(addr)?;
         let key = new_key();
         stream.write_all(upgrade_request(addr, path, &key, extra).as_bytes())?;
         let (response, rest) = read_response_head(&mut stream)?;
@@ -275,7 +289,7 @@ impl RawClient {
     }
 
     /// A client over `stream`, whose 101 `response` was read (`rest`: bytes read after it).
-    pub fn from_parts(stream: TcpStream, rest: Vec<u8>, response: HttpResponse) -> Self {
+    pub fn from_parts(stream: Stream, rest: Vec<u8>, response: HttpResponse) -> Self {
         Self {
             stream,
             rbuf: rest,
@@ -446,9 +460,9 @@ impl RawClient {
         assert_eq!(data, s.as_bytes());
     }
 
-    /// Shut the write side down (FIN) without a close frame.
-    pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+    /// Shut the write side down (FIN; over TLS `close_notify` first) without a close frame.
+    pub fn shutdown_write(&mut self) {
+        self.stream.shutdown_write();
     }
 }
 

@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpStream};
+
+use crate::common::raw::Stream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use percore::{Backend, Conn, ConnId, Decision, Handler, Message, PublishOptions, Request};
-use percore::{Server, ServerHandle, Shards, Stats};
 use percore::{ServerBuilder, Upgrade};
+use percore::{ServerHandle, Shards, Stats};
 
 /// What the handlers of all shards share with the test.
 #[derive(Default)]
@@ -109,11 +111,8 @@ impl Handler for App {
 
 /// A builder with the test defaults: port 0, no pinning, `shards` shards.
 pub fn builder(backend: Backend, shards: usize) -> ServerBuilder {
-    Server::builder()
-        .bind("127.0.0.1:0")
+    crate::common::builder(backend)
         .shards(Shards::Count(shards))
-        .pin(false)
-        .backend(backend)
         .close_timeout(Duration::from_secs(2))
 }
 
@@ -127,12 +126,17 @@ pub fn start(b: ServerBuilder) -> (ServerHandle, Arc<Shared>) {
     (server, shared)
 }
 
-/// A client.
-pub type Client = tungstenite::WebSocket<TcpStream>;
+/// A client (over TLS when the server's address speaks it).
+pub type Client = tungstenite::WebSocket<Stream>;
+
+/// The address to talk to `server` at (its TLS port over TLS).
+pub fn addr(server: &ServerHandle) -> SocketAddr {
+    crate::common::addr_of(server)
+}
 
 /// Connect to `path` (5 s read timeout).
 pub fn connect(addr: SocketAddr, path: &str) -> Client {
-    let stream = TcpStream::connect(addr).expect("tcp connect");
+    let stream = Stream::connect(addr).expect("tcp connect");
     handshake(stream, addr, path)
 }
 
@@ -142,12 +146,14 @@ pub fn connect_small_rcvbuf(addr: SocketAddr, path: &str) -> Client {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
     s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     s.connect(&addr.into()).expect("tcp connect");
-    handshake(s.into(), addr, path)
+    let tcp: TcpStream = s.into();
+    handshake(Stream::over(tcp, addr), addr, path)
 }
 
-fn handshake(stream: TcpStream, addr: SocketAddr, path: &str) -> Client {
+fn handshake(stream: Stream, addr: SocketAddr, path: &str) -> Client {
+    // Generous: the whole suite (both backends, both transports) runs at once on a small host.
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(crate::common::WAIT))
         .expect("timeout");
     let url = format!("ws://{addr}{path}");
     let (ws, resp) = tungstenite::client(url, stream).expect("handshake");
@@ -214,6 +220,6 @@ pub fn assert_silent(ws: &mut Client, d: Duration) {
         other => panic!("expected nothing more, got {other:?}"),
     }
     ws.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(crate::common::WAIT))
         .unwrap();
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use percore::{Backend, Handler, ServerHandle, Shards};
+use percore::{Backend, Handler, ServerHandle};
 
 /// A handler that needs nothing: the engine answers the resume commands.
 pub struct Quiet;
@@ -23,17 +23,13 @@ impl Handler for Quiet {
     }
 }
 
-/// A server on `backend` with 2 shards, after `tune` (history limits).
+/// A server on `backend` with 2 shards, after `tune` (history limits), on the test's transport
+/// (over TLS it also listens on a TLS port: `crate::common::addr_of` gives the one to talk to).
 pub fn server(
     backend: Backend,
     tune: impl FnOnce(percore::ServerBuilder) -> percore::ServerBuilder,
 ) -> ServerHandle {
-    let b = percore::Server::builder()
-        .bind("127.0.0.1:0")
-        .shards(Shards::Count(2))
-        .pin(false)
-        .backend(backend)
-        .resume_protocol(true);
+    let b = crate::common::builder(backend).resume_protocol(true);
     tune(b).start(|_| Quiet).expect("server starts")
 }
 
@@ -150,10 +146,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, silent: Arc<AtomicBool>) {
     });
 }
 
-/// A raw client speaking the resume protocol (tungstenite): every text/binary message as
-/// `(is_text, bytes)`.
+/// A raw client speaking the resume protocol (tungstenite; over TLS when `addr` speaks it,
+/// verifying the test CA): every text/binary message as `(is_text, bytes)`.
 pub struct Raw {
-    ws: tungstenite::WebSocket<TcpStream>,
+    ws: tungstenite::WebSocket<crate::common::tls::Stream>,
 }
 
 impl Raw {
@@ -164,7 +160,7 @@ impl Raw {
             "Sec-WebSocket-Protocol",
             percore::resume::PROTOCOL.parse().unwrap(),
         );
-        let stream = TcpStream::connect(addr).unwrap();
+        let stream = crate::common::tls::Stream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

@@ -124,6 +124,7 @@ fn config(dst: SocketAddrV4, mode: Mode, connections: u32) -> RunConfig {
             addr: dst,
             host: dst.to_string(),
             path: "/".into(),
+            tls_name: None,
         }],
         mode,
         size: 64,
@@ -136,6 +137,9 @@ fn config(dst: SocketAddrV4, mode: Mode, connections: u32) -> RunConfig {
         timeout_ns: 2_000_000_000,
         explicit_sources: true,
         source_base: addr::run_base(mono_ns() / 1000),
+        tls: None,
+        deflate: false,
+        fill: crate::load::payload::Fill::Pattern,
     }
 }
 
@@ -272,6 +276,7 @@ fn connections_are_spread_over_several_servers() {
         addr: b,
         host: b.to_string(),
         path: "/".into(),
+        tls_name: None,
     });
     let p = run(cfg, 200);
     // Ids 1 and 3 went to the corrupting server.

@@ -179,11 +179,11 @@ impl UringDriver {
                 if let Some(ring) = self.rings.get_mut(r) {
                     ring.open = ring.open.saturating_sub(1);
                 }
-                if !self.accept_armed && self.accept_retry_at.is_none() {
+                if self.accept_idle() && self.accept_retry_at.is_none() {
                     self.arm_accept_or_retry();
                 }
             }
-            OpKind::PeerOf => self.on_peer_of(r, op.slot, res, on)?,
+            OpKind::PeerOf => self.on_peer_of(r, op.slot, op.gen as usize, res, on)?,
             OpKind::Wake => {
                 self.wake_armed = false;
                 self.arm_wake()?;
@@ -197,7 +197,7 @@ impl UringDriver {
                 }
                 self.arm_notify(ring)?;
             }
-            OpKind::Accept => self.on_accept(r, res, more, on)?,
+            OpKind::Accept => self.on_accept(r, op.slot as usize, res, more, on)?,
             OpKind::Recv => {
                 let token = Token(op.slot as usize);
                 let len = usize::try_from(res).unwrap_or(0);
@@ -300,12 +300,15 @@ impl UringDriver {
     pub(super) fn on_accept<F: FnMut(Completion<'_>) -> Flow>(
         &mut self,
         r: usize,
+        listener: usize,
         res: i32,
         more: bool,
         on: &mut F,
     ) -> io::Result<()> {
         if !more {
-            self.accept_armed = false;
+            if let Some(l) = self.listeners.get_mut(listener) {
+                l.armed = false;
+            }
         }
         if res >= 0 {
             let sock = if self.cfg.direct_fds {
@@ -322,7 +325,7 @@ impl UringDriver {
                     ring.open += 1;
                 }
             }
-            if self.listener.is_none() {
+            if self.listeners.is_empty() {
                 // Accepted after stop_accepting, before the cancel took effect.
                 return self.close_sock(sock);
             }
@@ -335,20 +338,24 @@ impl UringDriver {
                         on(Completion::Accepted {
                             socket: Socket::Stream(socket),
                             peer,
+                            listener,
                         });
                     }
                 }
                 RingFd::Fixed { index, .. } if self.fd_install => {
                     // Reported once the peer address is known (`on_peer_of`).
+                    // The listener rides in the generation field (listeners < 2^24).
                     let sqe = opcode::FixedFdInstall::new(types::Fixed(index), 0)
                         .build()
-                        .user_data(OpId::new(OpKind::PeerOf, index as usize, 0).encode());
+                        .user_data(
+                            OpId::new(OpKind::PeerOf, index as usize, listener as u32).encode(),
+                        );
                     // SAFETY: an fd install points at no user memory.
                     if unsafe { self.push(r, &sqe) }.is_err() {
-                        self.deliver_direct(r, index, None, on);
+                        self.deliver_direct(r, index, None, listener, on);
                     }
                 }
-                RingFd::Fixed { index, .. } => self.deliver_direct(r, index, None, on),
+                RingFd::Fixed { index, .. } => self.deliver_direct(r, index, None, listener, on),
             }
             if !more {
                 self.arm_accept_or_retry();
@@ -359,10 +366,10 @@ impl UringDriver {
             }
         } else if !more && res == -libc::ECANCELED {
             // Cancelled to move or to go one at a time (a stopped listener is not re-armed).
-            if self.listener.is_some() && !self.accept_armed {
+            if !self.listeners.is_empty() && self.accept_idle() {
                 self.arm_accept_or_retry();
             }
-        } else if !more && self.listener.is_some() {
+        } else if !more && !self.listeners.is_empty() {
             // EMFILE/ENFILE (descriptor table full) and the like: retry later, not in a loop.
             self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
         }
@@ -375,6 +382,7 @@ impl UringDriver {
         &mut self,
         r: usize,
         index: u32,
+        listener: usize,
         res: i32,
         on: &mut F,
     ) -> io::Result<()> {
@@ -382,7 +390,7 @@ impl UringDriver {
             ring: r as u16,
             index,
         };
-        if self.listener.is_none() {
+        if self.listeners.is_empty() {
             if res >= 0 {
                 // SAFETY: the kernel just installed `res` for us; nothing else owns it.
                 drop(unsafe { OwnedFd::from_raw_fd(res) });
@@ -391,14 +399,14 @@ impl UringDriver {
         }
         if res < 0 {
             // No descriptor to spare (EMFILE): the peer stays unknown.
-            self.deliver_direct(r, index, None, on);
+            self.deliver_direct(r, index, None, listener, on);
             return Ok(());
         }
         // SAFETY: the kernel just installed `res` for us; nothing else owns it. Dropping it
         // closes only this descriptor: the fixed-file table keeps the socket.
         let installed = TcpStream::from(unsafe { OwnedFd::from_raw_fd(res) });
         match installed.peer_addr() {
-            Ok(peer) => self.deliver_direct(r, index, Some(peer), on),
+            Ok(peer) => self.deliver_direct(r, index, Some(peer), listener, on),
             // A peer that already reset has no address: drop it, as for plain descriptors.
             Err(_) => self.close_sock(sock)?,
         }
@@ -410,6 +418,7 @@ impl UringDriver {
         r: usize,
         index: u32,
         peer: Option<SocketAddr>,
+        listener: usize,
         on: &mut F,
     ) {
         on(Completion::Accepted {
@@ -420,6 +429,7 @@ impl UringDriver {
                 registered: false,
             }),
             peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            listener,
         });
     }
 }

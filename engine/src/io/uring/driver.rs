@@ -14,6 +14,7 @@ use io_uring::{cqueue, opcode, types};
 use super::op::{OpId, OpKind};
 use super::ring::Ring;
 use super::waker::EventFdWaker;
+use crate::io::LISTENERS_MAX;
 use crate::io::{sys, Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, IOV_MAX};
 use crate::send_queue::SendQueue;
 
@@ -119,6 +120,14 @@ impl SendOp {
     }
 }
 
+/// One listening socket and whether its accept is armed.
+pub(super) struct Listener {
+    pub(super) sock: TcpListener,
+    pub(super) armed: bool,
+    /// The ring its accept is (or was last) armed on.
+    pub(super) ring: usize,
+}
+
 /// Per-connection state of the driver.
 pub(super) struct ConnIo {
     pub(super) sock: RingFd,
@@ -176,12 +185,10 @@ pub(crate) struct UringDriver {
     /// Target of the eventfd read (8 bytes), alive as long as the ring.
     pub(super) wake_buf: Box<u64>,
     pub(super) wake_armed: bool,
-    /// The shard's listener; `None` after [`Driver::stop_accepting`].
-    pub(super) listener: Option<TcpListener>,
-    pub(super) accept_armed: bool,
-    /// The ring the accept is (or was last) armed on.
-    pub(super) accept_ring: usize,
-    /// The multishot accept ended on an error: arm it again at this instant.
+    /// The shard's listeners, by index (each accept's `user_data` slot); empty after
+    /// [`Driver::stop_accepting`].
+    pub(super) listeners: Vec<Listener>,
+    /// An accept ended on an error: arm the listeners that are not armed again at this instant.
     pub(super) accept_retry_at: Option<Instant>,
     /// Direct descriptors accepted and not yet closed, over all rings (the connection cap in
     /// that mode).
@@ -211,12 +218,20 @@ pub(crate) struct UringDriver {
 }
 
 impl Driver for UringDriver {
-    fn new(listener: TcpListener, cfg: &DriverConfig) -> io::Result<Self> {
+    fn new(listeners: Vec<TcpListener>, cfg: &DriverConfig) -> io::Result<Self> {
         let mut cfg = UringConfig::from_driver(cfg);
-        listener.set_nonblocking(true)?;
-        // Accepted sockets inherit TCP_NODELAY from the listener (there is no setsockopt on a
-        // direct descriptor without a real fd).
-        sys::set_nodelay(listener.as_raw_fd())?;
+        if listeners.len() > LISTENERS_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many listeners",
+            ));
+        }
+        for listener in &listeners {
+            listener.set_nonblocking(true)?;
+            // Accepted sockets inherit TCP_NODELAY from the listener (there is no setsockopt
+            // on a direct descriptor without a real fd).
+            sys::set_nodelay(listener.as_raw_fd())?;
+        }
         let (mut table, mut slack) = (0, 0);
         if cfg.direct_fds {
             // One table holds at most RLIMIT_NOFILE entries (the kernel's bound). A cap that
@@ -244,9 +259,14 @@ impl Driver for UringDriver {
             waker: Arc::new(EventFdWaker::new()?),
             wake_buf: Box::new(0),
             wake_armed: false,
-            listener: Some(listener),
-            accept_armed: false,
-            accept_ring: 0,
+            listeners: listeners
+                .into_iter()
+                .map(|sock| Listener {
+                    sock,
+                    armed: false,
+                    ring: 0,
+                })
+                .collect(),
             accept_retry_at: None,
             direct_open: 0,
             fd_install,
@@ -499,21 +519,31 @@ impl Driver for UringDriver {
     }
 
     fn stop_accepting(&mut self) {
-        let Some(listener) = self.listener.take() else {
-            return;
-        };
-        if self.accept_armed {
-            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(
-                listener.as_raw_fd(),
-            )))
-            .build()
-            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
-            // SAFETY: a cancel points at no user memory.
-            let _ = unsafe { self.push(self.accept_ring, &sqe) };
+        let listeners = std::mem::take(&mut self.listeners);
+        let mut cancelled = Vec::new();
+        for listener in &listeners {
+            if listener.armed {
+                let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(
+                    listener.sock.as_raw_fd(),
+                )))
+                .build()
+                .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+                // SAFETY: a cancel points at no user memory.
+                if unsafe { self.push(listener.ring, &sqe) }.is_ok() {
+                    cancelled.push(listener.ring);
+                }
+            }
         }
-        // The in-flight accept holds its own reference to the socket until it is cancelled;
-        // connections it still produces are closed unreported (see `on_accept`).
-        drop(listener);
+        // The kernel finds the accepts to cancel by their descriptors: submit while the
+        // descriptors are still open (the in-flight accepts hold their own references to the
+        // sockets until they are cancelled; what they still produce is closed unreported, see
+        // `on_accept`).
+        for r in cancelled {
+            if let Some(ring) = self.rings.get(r) {
+                let _ = ring.ring.submit();
+            }
+        }
+        drop(listeners);
         self.accept_retry_at = None;
     }
 

@@ -105,31 +105,40 @@ impl UringDriver {
         Ok(())
     }
 
+    /// Arm the accept of every listener that has none armed.
     pub(super) fn arm_accept(&mut self) -> io::Result<()> {
         self.accept_retry_at = None;
-        let Some(listener) = &self.listener else {
-            return Ok(());
-        };
-        let fd = types::Fd(listener.as_raw_fd());
-        if self.accept_armed || self.direct_full() {
+        for i in 0..self.listeners.len() {
+            self.arm_accept_on(i)?;
+        }
+        Ok(())
+    }
+
+    fn arm_accept_on(&mut self, index: usize) -> io::Result<()> {
+        let direct = self.cfg.direct_fds;
+        if self.direct_full() {
             // Full: armed again when a direct descriptor is closed. Meanwhile connections
             // wait in the listen backlog.
             return Ok(());
         }
-        let r = if self.cfg.direct_fds {
-            self.accept_target()?
-        } else {
-            0
+        match self.listeners.get(index) {
+            Some(l) if !l.armed => {}
+            _ => return Ok(()),
+        }
+        let r = if direct { self.accept_target()? } else { 0 };
+        let Some(listener) = self.listeners.get(index) else {
+            return Ok(());
         };
         // Direct descriptors have no close-on-exec flag (the kernel refuses SOCK_CLOEXEC).
-        let flags = if self.cfg.direct_fds {
+        let flags = if direct {
             libc::SOCK_NONBLOCK
         } else {
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
         };
+        let fd = types::Fd(listener.sock.as_raw_fd());
         let sqe = if self.room_on(r) > self.slack {
             opcode::AcceptMulti::new(fd)
-                .allocate_file_index(self.cfg.direct_fds)
+                .allocate_file_index(direct)
                 .flags(flags)
                 .build()
         } else {
@@ -140,12 +149,20 @@ impl UringDriver {
                 .flags(flags)
                 .build()
         }
-        .user_data(OpId::new(OpKind::Accept, 0, 0).encode());
+        .user_data(OpId::new(OpKind::Accept, index, 0).encode());
         // SAFETY: an accept without address output points at no user memory.
         unsafe { self.push(r, &sqe) }?;
-        self.accept_armed = true;
-        self.accept_ring = r;
+        if let Some(l) = self.listeners.get_mut(index) {
+            l.armed = true;
+            l.ring = r;
+        }
         Ok(())
+    }
+
+    /// Is any listener's accept not armed (after an error, a cancel, or at the
+    /// direct-descriptor cap)?
+    pub(super) fn accept_idle(&self) -> bool {
+        self.listeners.iter().any(|l| !l.armed)
     }
 
     /// With direct descriptors: the ring to accept on next. The one with the most room; a new
@@ -197,12 +214,20 @@ impl UringDriver {
         }
     }
 
+    /// Cancel the multishot accepts (near the direct-descriptor cap: they are re-armed one
+    /// at a time).
     pub(super) fn cancel_accept(&mut self) {
-        let sqe = opcode::AsyncCancel::new(OpId::new(OpKind::Accept, 0, 0).encode())
-            .build()
-            .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
-        // SAFETY: a cancel points at no user memory.
-        let _ = unsafe { self.push(self.accept_ring, &sqe) };
+        for i in 0..self.listeners.len() {
+            let Some(l) = self.listeners.get(i).filter(|l| l.armed) else {
+                continue;
+            };
+            let ring = l.ring;
+            let sqe = opcode::AsyncCancel::new(OpId::new(OpKind::Accept, i, 0).encode())
+                .build()
+                .user_data(OpId::new(OpKind::Ignore, 0, 0).encode());
+            // SAFETY: a cancel points at no user memory.
+            let _ = unsafe { self.push(ring, &sqe) };
+        }
     }
 
     pub(super) fn arm_recv(&mut self, token: Token) -> io::Result<()> {

@@ -82,7 +82,10 @@ fn accepted_socket_reports_the_peer_address_plain_or_direct() {
         m.pump(
             &mut peer,
             |peer, acts, c| {
-                if let Completion::Accepted { socket, peer: p } = c {
+                if let Completion::Accepted {
+                    socket, peer: p, ..
+                } = c
+                {
                     assert_eq!(matches!(socket, Socket::Direct(_)), direct);
                     *peer = Some(p);
                     acts.push(Action::Drop(socket));

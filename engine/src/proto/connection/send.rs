@@ -6,10 +6,51 @@ use std::sync::Arc;
 use crate::proto::close::CloseFrame;
 use crate::proto::close::CloseState;
 use crate::proto::close_code::CloseCode;
+use crate::proto::deflate::{encode_compressed, ConnDeflate, Terms};
 use crate::proto::endpoint::{Endpoint, Settings};
 use crate::proto::frame::{encode_frame, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 use crate::proto::message::Message;
 use crate::proto::output::Output;
+
+/// Append `msg` as one frame to `v`: compressed (RSV1) when permessage-deflate is on, the
+/// message reaches the threshold and compression pays off; else as it is.
+#[inline(always)]
+fn frame_message(
+    v: &mut Vec<u8>,
+    msg: Message<'_>,
+    mask: Option<[u8; 4]>,
+    half: &mut SendHalf,
+    ep: &mut Endpoint,
+) {
+    if half.deflate.is_on() && frame_compressed(v, msg, mask, half, ep) {
+        return;
+    }
+    encode_frame(v, msg.opcode(), true, msg.as_bytes(), mask);
+}
+
+/// [`frame_message`] with permessage-deflate on: `false` when `msg` goes out as it is.
+#[cold]
+#[inline(never)]
+fn frame_compressed(
+    v: &mut Vec<u8>,
+    msg: Message<'_>,
+    mask: Option<[u8; 4]>,
+    half: &mut SendHalf,
+    ep: &mut Endpoint,
+) -> bool {
+    let payload = msg.as_bytes();
+    let (z, st) = ep.deflate_parts();
+    if payload.len() < st.threshold_bytes {
+        return false;
+    }
+    match z.compress(half.deflate, half.pmd_mut(), st, payload) {
+        Some(c) => {
+            encode_compressed(v, msg.opcode(), c, mask);
+            true
+        }
+        None => false,
+    }
+}
 
 /// How a connection ended, as `on_close` reports it.
 #[derive(Debug)]
@@ -33,8 +74,9 @@ pub(super) enum Ending {
 /// The send half: phase, close handshake, keepalive clock and close outcome.
 #[derive(Debug)]
 pub struct SendHalf {
-    /// How the connection ended (for `close_outcome`), once known.
-    pub(super) outcome: Option<Box<Outcome>>,
+    /// The close outcome and the dedicated permessage-deflate state: both rare, behind one
+    /// pointer (a second one would make the slab entry 8 bytes larger for every connection).
+    pub(super) cold: Option<Box<Cold>>,
     /// Tick of the last received bytes.
     pub(super) last_rx: u32,
     /// Tick the current phase (or the outstanding ping) started.
@@ -42,9 +84,21 @@ pub struct SendHalf {
     pub(super) close: CloseState,
     pub(super) phase: Phase,
     pub(super) flags: u8,
+    /// permessage-deflate terms (0: not negotiated).
+    pub(super) deflate: Terms,
     /// Ticks taken off the next idle deadline ([`Settings::idle_jitter_ticks`]); fits in the
     /// struct's padding.
     pub(super) jitter: u16,
+}
+
+/// What a connection rarely holds, allocated when the first of them is set.
+#[derive(Debug, Default)]
+pub(super) struct Cold {
+    /// How the connection ended (for `close_outcome`), once known.
+    outcome: Option<Outcome>,
+    /// Dedicated permessage-deflate state (the peer's window, ours); `None` for a
+    /// connection without compression or with shared terms.
+    pmd: Option<ConnDeflate>,
 }
 
 /// Where a connection stands.
@@ -78,6 +132,54 @@ pub(super) const LINGER: u8 = 8;
 pub(super) const IDLE_PING_LEN: usize = 8;
 
 impl SendHalf {
+    /// How the connection ended, once known.
+    #[inline]
+    pub(super) fn outcome(&self) -> Option<&Outcome> {
+        self.cold.as_ref().and_then(|c| c.outcome.as_ref())
+    }
+
+    /// Record how the connection ended (replacing what was recorded).
+    pub(super) fn set_outcome(&mut self, o: Outcome) {
+        self.cold.get_or_insert_with(Box::default).outcome = Some(o);
+    }
+
+    /// Forget the outcome (the connection reports 1006).
+    pub(super) fn clear_outcome(&mut self) {
+        if let Some(c) = self.cold.as_mut() {
+            c.outcome = None;
+        }
+        self.drop_cold_if_empty();
+    }
+
+    /// The dedicated permessage-deflate state, if any.
+    #[inline]
+    pub(super) fn pmd_mut(&mut self) -> Option<&mut ConnDeflate> {
+        self.cold.as_mut().and_then(|c| c.pmd.as_mut())
+    }
+
+    /// Set (or drop) the dedicated permessage-deflate state.
+    pub(super) fn set_pmd(&mut self, pmd: Option<Box<ConnDeflate>>) {
+        match pmd {
+            Some(p) => self.cold.get_or_insert_with(Box::default).pmd = Some(*p),
+            None => {
+                if let Some(c) = self.cold.as_mut() {
+                    c.pmd = None;
+                }
+                self.drop_cold_if_empty();
+            }
+        }
+    }
+
+    fn drop_cold_if_empty(&mut self) {
+        if self
+            .cold
+            .as_ref()
+            .is_some_and(|c| c.outcome.is_none() && c.pmd.is_none())
+        {
+            self.cold = None;
+        }
+    }
+
     /// May the application send data or pings (open, and no close frame sent or received)?
     #[inline]
     pub fn can_send(&self) -> bool {
@@ -101,14 +203,37 @@ impl SendHalf {
         if !self.can_send() {
             return false;
         }
-        // The one place a message becomes a frame: a per-message transform (compression)
-        // belongs between the two.
+        // The one place a message becomes a frame (compressed there, with permessage-deflate:
+        // deciding it inside the framing call keeps this path as short as without).
         let mask = self.is_client().then(|| ep.mask());
-        let payload = msg.as_bytes();
-        out.push_frame(payload.len() + MAX_HEADER_LEN, |v| {
-            encode_frame(v, msg.opcode(), true, payload, mask)
+        out.push_frame(msg.as_bytes().len() + MAX_HEADER_LEN, |v| {
+            frame_message(v, msg, mask, self, ep)
         });
         true
+    }
+
+    /// permessage-deflate: the frame to queue instead of the shared (unmasked) `frame` for
+    /// this connection, compressed once per shard while `frame` is delivered; `None`: queue
+    /// `frame` itself. Call [`Endpoint::end_delivery`] once `frame` is delivered.
+    #[inline]
+    pub fn deflated_variant(&mut self, ep: &mut Endpoint, frame: &Arc<[u8]>) -> Option<Arc<[u8]>> {
+        if !self.deflate.is_on() {
+            return None;
+        }
+        let st = ep.settings().deflate;
+        ep.deflate
+            .shared_variant(self.deflate, self.pmd_mut(), &st, frame)
+    }
+
+    /// Heap bytes of this connection's compression state (0 without dedicated terms): its
+    /// windows and the box that holds it (shared with the close outcome).
+    pub fn deflate_heap_bytes(&self) -> usize {
+        self.cold
+            .as_ref()
+            .and_then(|c| c.pmd.as_ref())
+            .map_or(0, |p| {
+                p.heap_bytes() + core::mem::size_of::<Cold>() - core::mem::size_of::<ConnDeflate>()
+            })
     }
 
     /// Queue a ping (payload truncated to 125 bytes). `false` when the connection cannot send.
@@ -168,11 +293,11 @@ impl SendHalf {
         if let Some((p, n)) = self.close.fail(code, reason) {
             self.push_control(ep, out, OpCode::Close, &p[..n]);
         }
-        if self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
+        if self.outcome().is_none() {
+            self.set_outcome(Outcome {
                 code: Some(code),
                 reason: reason.to_owned(),
-            }));
+            });
         }
         self.end_after_flush(now, Ending::Failed);
     }
@@ -206,13 +331,14 @@ impl SendHalf {
     }
 
     pub(super) fn finish(&mut self) {
-        if self.flags & (CLIENT | OPENED) == CLIENT && self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
+        if self.flags & (CLIENT | OPENED) == CLIENT && self.outcome().is_none() {
+            self.set_outcome(Outcome {
                 code: Some(CloseCode::ABNORMAL),
                 reason: "handshake did not complete".to_owned(),
-            }));
+            });
         }
         self.phase = Phase::Closed;
+        self.set_pmd(None);
     }
 
     /// Queue a control frame (masked on the client side).
@@ -261,16 +387,33 @@ impl SendHalf {
         out: &mut O,
         frame: &CloseFrame<'_>,
     ) {
-        if self.outcome.is_none() {
-            self.outcome = Some(Box::new(Outcome {
+        if self.outcome().is_none() {
+            self.set_outcome(Outcome {
                 code: frame.code,
                 reason: frame.reason.to_owned(),
-            }));
+            });
         }
         if let Some((p, n)) = self.close.on_received(frame) {
             self.push_control(ep, out, OpCode::Close, &p[..n]);
         }
         self.end_after_flush(now, Ending::CloseHandshake);
+    }
+
+    /// See [`super::Connection::end_transport`].
+    pub(super) fn end_transport(&mut self, now: u32, reason: &str, linger: bool) {
+        if self.outcome().is_none() {
+            self.set_outcome(Outcome {
+                code: Some(CloseCode::ABNORMAL),
+                reason: reason.to_owned(),
+            });
+        }
+        self.phase = Phase::Flushing;
+        if linger {
+            self.flags |= LINGER;
+        } else {
+            self.flags &= !LINGER;
+        }
+        self.mark = now;
     }
 
     /// Answer the handshake with an HTTP error and end after it.
