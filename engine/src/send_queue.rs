@@ -313,7 +313,10 @@ impl SendQueue {
         if self.chunks.capacity() == 0 && self.spare.capacity() == 0 {
             return;
         }
-        let chunks = std::mem::take(&mut self.chunks);
+        // Empty (`len` is 0), but it may still hold chunks with no bytes (a transform that
+        // produced nothing): the stock takes only empty storage.
+        let mut chunks = std::mem::take(&mut self.chunks);
+        chunks.clear();
         let mut spare = std::mem::take(&mut self.spare);
         self.head = 0;
         if spare.capacity() > SPARE_BYTES_MAX {
@@ -468,6 +471,20 @@ mod tests {
         assert_eq!(r.chunks().0.next().map(<[u8]>::as_ptr), p);
         assert_eq!(collect(&r), b"again");
         assert_eq!(r.len(), 5);
+    }
+
+    #[test]
+    fn a_queue_left_with_a_chunk_of_no_bytes_is_recycled_empty() {
+        let mut pool = QueuePool::default();
+        let mut q = SendQueue::default();
+        q.push_with(100, |_| {});
+        assert!(q.is_empty());
+        q.recycle(&mut pool);
+        let mut r = SendQueue::default();
+        r.reuse(&mut pool);
+        assert_eq!(collect(&r), b"");
+        r.push(b"x");
+        assert_eq!(collect(&r), b"x");
     }
 
     #[test]
