@@ -50,8 +50,8 @@ type Storage = (VecDeque<Chunk>, Vec<u8>);
 ///
 /// Memory: at most [`QueuePool::ENTRIES_MAX`] entries of about 128 bytes of deque plus a
 /// buffer of at most 4 KiB, i.e. about 1 MiB per shard in the worst case, plus at most
-/// `large_bytes_max` bytes of large buffers (freed when unused for a while,
-/// [`QueuePool::drain_large_if_idle`]).
+/// `large_bytes_max` bytes of large buffers (freed when unused for a while, as the receive
+/// side's pool is: `shard/memory.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct QueuePool {
     free: Vec<Storage>,
@@ -62,7 +62,7 @@ pub(crate) struct QueuePool {
     large_bytes_max: usize,
     /// Capacity handed back to the allocator since the last [`QueuePool::take_released`].
     released: usize,
-    /// A large buffer was taken since the last [`QueuePool::drain_large_if_idle`].
+    /// A large buffer was taken since the last [`QueuePool::take_used`].
     used: bool,
 }
 
@@ -108,12 +108,13 @@ impl QueuePool {
         }
     }
 
-    /// Free every large buffer if none was taken since the last call. Returns the bytes freed
-    /// (also counted as released).
-    pub(crate) fn drain_large_if_idle(&mut self) -> usize {
-        if std::mem::take(&mut self.used) || self.large.is_empty() {
-            return 0;
-        }
+    /// Was a large buffer taken since the last call?
+    pub(crate) fn take_used(&mut self) -> bool {
+        std::mem::take(&mut self.used)
+    }
+
+    /// Free every large buffer. Returns the bytes freed (also counted as released).
+    pub(crate) fn drain_large(&mut self) -> usize {
         let n = self.large_bytes;
         self.large = Vec::new();
         self.large_bytes = 0;
@@ -555,8 +556,9 @@ mod tests {
         let mut small = SendQueue::default();
         small.reserve_large(8 << 10, &mut pool);
         assert_eq!(pool.large_bytes(), 40 << 10);
-        assert_eq!(pool.drain_large_if_idle(), 0, "used since the last look");
-        assert_eq!(pool.drain_large_if_idle(), 40 << 10);
+        assert!(pool.take_used());
+        assert!(!pool.take_used());
+        assert_eq!(pool.drain_large(), 40 << 10);
         assert_eq!(pool.take_released(), 40 << 10);
     }
 

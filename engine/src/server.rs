@@ -205,7 +205,10 @@ impl ServerBuilder {
     /// completions one loop turn handles; past that, the affected receives are re-armed on the
     /// next turn. Only as many as the traffic of the last seconds needed are resident: 8
     /// (512 KiB) under light traffic, up to all of them during a burst, given back to the
-    /// kernel a few seconds after it. epoll ignores it.
+    /// kernel 6 s after traffic goes quiet; while traffic goes on, bursts less than half a
+    /// minute apart (a client uploading as fast as it can now and then) keep them resident,
+    /// so that RSS stays flat under such a load, at most this many × `recv_buffer_bytes` per
+    /// ring. epoll ignores it.
     pub fn recv_buffers(mut self, n: usize) -> Self {
         self.config.recv_buffers = n;
         self
@@ -235,10 +238,23 @@ impl ServerBuilder {
     /// to the buffers of large frames sent (more than 4 KiB each): once written they are kept
     /// for the next large frames instead of being freed (from 128 KiB on the allocator would
     /// map and unmap one per frame). Cost: up to twice this much memory per shard while large
-    /// messages flow; a pool left unused for a second is freed, and after a burst of freed
-    /// buffers the shard asks the allocator to give free memory back to the system.
+    /// messages flow; a pool left unused for 5 s is freed, and after a burst of freed buffers
+    /// the shard asks the allocator to give free memory back to the system.
     pub fn buffer_pool_bytes_max(mut self, n: usize) -> Self {
         self.config.buffer_pool_bytes_max = n;
+        self
+    }
+
+    /// glibc: at [`ServerBuilder::start`], fix malloc's mmap and trim thresholds at 128 KiB,
+    /// their initial values, for the whole process (default on). glibc otherwise raises them
+    /// (up to 32 and 64 MiB) once a large block is freed, after which freed send queues and
+    /// message buffers of up to that size stay resident in the shards' arenas: RSS then follows
+    /// the largest burst so far instead of the load. Cost: each allocation of 128 KiB or more
+    /// that the buffer pool does not serve (a large send queue, a message past the pool) is an
+    /// `mmap` and `munmap` of its own, with its page faults. Turn it off when the application
+    /// tunes malloc itself. Other allocators ignore it.
+    pub fn fixed_malloc_thresholds(mut self, on: bool) -> Self {
+        self.config.fixed_malloc_thresholds = on;
         self
     }
 
@@ -607,6 +623,9 @@ impl ServerBuilder {
         }
         let backend = backend_io::resolve(config.backend);
         config.backend = backend;
+        if config.fixed_malloc_thresholds {
+            crate::io::sys::fix_malloc_thresholds();
+        }
         let n = match config.shards {
             Shards::Count(n) => n.max(1),
             Shards::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -74,9 +74,9 @@ pub struct SoakArgs {
     /// Largest RSS growth over the last half of the run that passes, percent.
     #[arg(long, default_value_t = 2.0)]
     pub rss_growth_max_pct: f64,
-    /// RSS growth over the last half that passes whatever its percentage, KiB: a server of a
-    /// few MB moves by about a megabyte as hostile bursts come and go (freed heap is not always
-    /// given back), which short runs cannot tell from a leak. 0: the percentage alone decides.
+    /// RSS growth over the last half that passes whatever its percentage, KiB: for servers of
+    /// a few MB under other loads than the soak's, whose heap may move by a few hundred KiB as
+    /// bursts come and go. 0 (the default, and CI's): the percentage alone decides.
     #[arg(long, default_value_t = 0)]
     pub rss_growth_min_kib: u64,
     /// Backends whose RSS growth is only reported (a warning), not a failure: for a known,

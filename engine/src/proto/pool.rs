@@ -84,9 +84,19 @@ impl BufPool {
     /// Free every kept buffer if none was taken since the last call (the traffic that needed
     /// them is over). Returns the bytes freed (also counted as released).
     pub fn drain_if_idle(&mut self) -> usize {
-        if std::mem::take(&mut self.used) || self.free.is_empty() {
+        if self.take_used() {
             return 0;
         }
+        self.drain()
+    }
+
+    /// Was a buffer taken since the last call (or the last [`BufPool::drain_if_idle`])?
+    pub fn take_used(&mut self) -> bool {
+        std::mem::take(&mut self.used)
+    }
+
+    /// Free every kept buffer. Returns the bytes freed (also counted as released).
+    pub fn drain(&mut self) -> usize {
         let n = self.bytes;
         self.free = Vec::new();
         self.bytes = 0;

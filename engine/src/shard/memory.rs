@@ -1,14 +1,21 @@
 //! Giving memory back after a burst. A storm of connections that die holding partial messages
 //! frees many large buffers at once; the allocator keeps freed memory for reuse (glibc keeps it
 //! in its arenas, and pages pinned by a few live objects among freed ones stay resident), so
-//! RSS would stay at the storm's level. After frees of at least [`TRIM_FREED_BYTES`] (a burst,
-//! not the churn of a steady load: trimming that would only give back pages the next
-//! connections fault in again) the shard trims, at most once per [`TRIM_INTERVAL`]: it frees its
-//! pool of large message buffers (and its stock of large send buffers) if no message used it
-//! since the last look, its stock of send-queue storage, the slab's table if no connection is left, and asks the allocator to
-//! return free pages to the system (`malloc_trim`). While the buffer pool holds anything the
-//! shard wakes every [`TRIM_INTERVAL`] to look again; when the pool a burst left behind goes
-//! idle and is freed, the shard trims once more.
+//! RSS would stay at the storm's level. After frees of at least [`TRIM_FREED_BYTES`] within
+//! [`TRIM_FREED_WINDOW`] (a burst, not the churn of a steady load: trimming that would only
+//! give back pages the next connections fault in again) the shard trims, at most once per
+//! [`TRIM_INTERVAL`]: it frees its stock of send-queue storage, the slab's table if no
+//! connection is left, and asks the allocator to return free pages to the system
+//! (`malloc_trim`). While the buffer pool of large message buffers (or the stock of large send
+//! buffers) holds anything the shard wakes every [`TRIM_INTERVAL`] to look at it; pools that
+//! no message used for [`POOL_IDLE_LOOKS`] looks in a row are freed (large messages a few
+//! seconds apart keep them, so that RSS does not follow each of them down and up again), and
+//! when the pools a burst left behind are freed, the shard trims once more.
+//!
+//! Only memory that goes back to the allocator counts as freed: a dead connection's message
+//! buffer that the pool keeps does not (see `Shard::finalize`). Blocks of 128 KiB or more are
+//! unmapped as they are freed (`fix_malloc_thresholds`, on by default), so a trim is for the
+//! free pages among smaller blocks.
 
 use std::time::{Duration, Instant};
 
@@ -22,29 +29,45 @@ use crate::send_queue::QueuePool;
 /// walks every arena's free chunks (tens of microseconds to a millisecond on a large heap), and
 /// the pages it gives back are faulted in again by whatever allocates next. 8 MiB is a burst
 /// (a storm of 1,000 connections with 64 KiB partial frames frees 64 MiB); a steady load with
-/// hostile clients frees a few hundred KiB a second and trims every few minutes.
+/// hostile clients frees a few hundred KiB a second, far from it within [`TRIM_FREED_WINDOW`],
+/// and does not trim: the pages it frees are the ones its next connections take again.
 pub(super) const TRIM_FREED_BYTES: usize = 8 << 20;
+
+/// Frees count towards [`TRIM_FREED_BYTES`] for this long: past it without a trim, the count
+/// starts again (the steady churn of a long run adds up to any figure; a burst frees its
+/// megabytes within a second or two).
+pub(super) const TRIM_FREED_WINDOW: Duration = Duration::from_secs(5);
 
 /// Least time between two trims, and how often an unused buffer pool is looked at.
 pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Looks ([`TRIM_INTERVAL`] apart) in a row that must find the buffer pool unused before it
+/// is freed.
+pub(super) const POOL_IDLE_LOOKS: u8 = 5;
+
 /// What the shard knows about memory it could give back.
 #[derive(Debug, Default)]
 pub(super) struct MemoryTrim {
-    /// Bytes freed since the last trim.
+    /// Bytes freed since the last trim, or since `window_end - TRIM_FREED_WINDOW`.
     freed: usize,
+    /// Bytes freed since the last end of turn (added to `freed` there).
+    just_freed: usize,
+    /// When `freed` starts again unless it reached [`TRIM_FREED_BYTES`].
+    window_end: Option<Instant>,
     /// When the next trim is due (`None`: nothing to do).
     at: Option<Instant>,
     /// When the last one ran.
     last: Option<Instant>,
     /// A burst's trim found the buffer pool in use: trim again once it is freed.
     after_burst: bool,
+    /// Looks in a row that found the buffer pool unused.
+    pool_idle: u8,
 }
 
 impl MemoryTrim {
     /// `bytes` of heap memory were freed (a dead connection's buffers).
     pub(super) fn freed(&mut self, bytes: usize) {
-        self.freed += bytes;
+        self.just_freed += bytes;
     }
 
     /// When the loop must wake for a trim.
@@ -65,7 +88,12 @@ impl MemoryTrim {
     ) {
         let pool = ep.pool();
         let pooled = pool.bytes() > 0 || queues.large_bytes() > 0;
-        self.freed += pool.take_released() + queues.take_released();
+        if self.freed < TRIM_FREED_BYTES && self.window_end.is_none_or(|end| now >= end) {
+            self.freed = 0;
+            self.window_end = Some(now + TRIM_FREED_WINDOW);
+        }
+        self.freed +=
+            std::mem::take(&mut self.just_freed) + pool.take_released() + queues.take_released();
         if self.at.is_none() && (self.freed >= TRIM_FREED_BYTES || pooled) {
             let earliest = self.last.map_or(now, |l| l + TRIM_INTERVAL);
             self.at = Some(earliest.max(now));
@@ -76,8 +104,13 @@ impl MemoryTrim {
         }
         self.at = None;
         let pool = ep.pool();
-        let drained = pool.drain_if_idle() > 0;
-        let drained = queues.drain_large_if_idle() > 0 || drained;
+        let used = pool.take_used() | queues.take_used();
+        self.pool_idle = if used {
+            0
+        } else {
+            self.pool_idle.saturating_add(1)
+        };
+        let drained = self.pool_idle >= POOL_IDLE_LOOKS && pool.drain() + queues.drain_large() > 0;
         let pooled = pool.bytes() > 0 || queues.large_bytes() > 0;
         self.freed += pool.take_released() + queues.take_released();
         if self.freed >= TRIM_FREED_BYTES || (drained && self.after_burst) {
@@ -94,5 +127,68 @@ impl MemoryTrim {
         if pooled {
             self.at = Some(now + TRIM_INTERVAL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Settings;
+
+    #[test]
+    fn a_pool_used_every_few_seconds_is_kept_one_idle_for_longer_is_freed() {
+        let mut ep = Endpoint::new(Settings::default());
+        let (mut queues, mut slab) = (QueuePool::default(), Slab::<()>::new());
+        let mut m = MemoryTrim::default();
+        let mut now = Instant::now();
+        let buf = ep.pool().take(64 << 10);
+        ep.pool().give(buf);
+        // A message every POOL_IDLE_LOOKS - 1 looks: the pool stays.
+        for round in 0..3 {
+            for look in 0..POOL_IDLE_LOOKS {
+                m.end_of_turn(now, &mut ep, &mut queues, &mut slab);
+                assert_eq!(ep.pool().bytes(), 64 << 10, "round {round}, look {look}");
+                now += TRIM_INTERVAL;
+                if look + 2 == POOL_IDLE_LOOKS {
+                    let buf = ep.pool().take(64 << 10);
+                    ep.pool().give(buf);
+                }
+            }
+        }
+        // Then none: freed at the POOL_IDLE_LOOKS-th look in a row that found it unused.
+        let mut looks = 0;
+        while ep.pool().bytes() > 0 {
+            assert!(m.due().is_some_and(|at| at <= now), "a look is scheduled");
+            m.end_of_turn(now, &mut ep, &mut queues, &mut slab);
+            now += TRIM_INTERVAL;
+            looks += 1;
+            assert!(
+                looks <= POOL_IDLE_LOOKS + 1,
+                "not freed after {looks} looks"
+            );
+        }
+        assert!(looks >= POOL_IDLE_LOOKS, "freed after {looks} looks only");
+    }
+
+    #[test]
+    fn steady_frees_do_not_trim_a_burst_does() {
+        let mut ep = Endpoint::new(Settings::default());
+        let (mut queues, mut slab) = (QueuePool::default(), Slab::<()>::new());
+        let mut m = MemoryTrim::default();
+        let mut now = Instant::now();
+        // 1 MiB a second for a minute: never 8 MiB within the window.
+        for _ in 0..60 {
+            m.freed(1 << 20);
+            m.end_of_turn(now, &mut ep, &mut queues, &mut slab);
+            now += Duration::from_secs(1);
+        }
+        assert!(m.last.is_none(), "a steady churn trimmed");
+        // A burst of 8 MiB within a second: trimmed.
+        for _ in 0..8 {
+            m.freed(1 << 20);
+            m.end_of_turn(now, &mut ep, &mut queues, &mut slab);
+            now += Duration::from_millis(100);
+        }
+        assert!(m.last.is_some(), "a burst was not trimmed");
     }
 }

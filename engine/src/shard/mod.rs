@@ -544,8 +544,14 @@ impl<H: Handler> Shard<H> {
             self.wheel.cancel(key as u32, e.generation, e.timer_at);
             e.timer_at = 0;
         }
-        self.memory.freed(e.conn.heap_bytes());
+        // Freed is what goes back to the allocator: not what the buffer pool keeps for the
+        // next messages (the pool's own releases are taken here, so counted once).
+        let heap = e.conn.heap_bytes();
+        let pool = self.ep.pool();
+        let (kept, earlier) = (pool.bytes(), pool.take_released());
         e.conn.release_buffers(&mut self.ep);
+        let kept = self.ep.pool().bytes().saturating_sub(kept);
+        self.memory.freed(earlier + heap.saturating_sub(kept));
         self.ctx.topics.remove_conn(key as u32);
         if self.pending.remove(&(key as u32)).is_some() {
             ShardStats::drop_one(&self.ctx.stats.upgrades_pending);

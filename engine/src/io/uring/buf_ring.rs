@@ -29,24 +29,29 @@ pub(super) const PBUF_RING_INC: u16 = 2;
 /// cycle through all of them and, under any steady trickle of bytes, end up with all
 /// `count × size` bytes resident (16 MiB per shard by default), growing by each byte received
 /// until then. Instead only a *window* of buffers is kept in the ring, taken from a LIFO stack
-/// of free buffers (the most recently used, still resident, first):
-/// - it starts at [`WINDOW_MIN`] buffers (made resident at once) and doubles, up to `count`, when the ring ran dry
-///   (`ENOBUFS`) or one batch of completions used at least half of it ([`BufRing::end_batch`]);
+/// of free buffers (the most recently used, still resident, first). The kernel cycles through
+/// the whole window, so resident receive-buffer memory is about `window × size`, never more
+/// than `2 × window × size` (the window in the ring and as many hot free buffers), never more
+/// than `count × size`:
+/// - it starts at [`WINDOW_MIN`] buffers (made resident at once) and doubles, up to `count`,
+///   when the ring ran dry (`ENOBUFS`) or the completions of one `io_uring_enter` used at
+///   least half of it ([`BufRing::end_batch`], called once per reap: buffers are back in the
+///   ring before the next enter, so what one enter can use is what the window must hold);
 /// - every [`TRIM_INTERVAL`] while it is above the minimum or buffers are resident that it does
-///   not need, [`BufRing::trim`] looks at the largest batch since the last trim; after
-///   [`CALM_TRIMS`] trims in a row in which no batch used a quarter of the window, the window
-///   shrinks to four times the largest of those batches (a burst now and then keeps it wide:
-///   memory that is needed again soon is not given back and faulted in again). Each trim
-///   gives the pages of buffers the window does not need back to the kernel (`MADV_DONTNEED`):
-///   free buffers below the stack's top `window`, and buffers still in the ring past the
-///   window that the kernel has not started filling. The kernel fills ring buffers only inside
-///   this thread's `io_uring_enter` (the ring is `DEFER_TASKRUN`, single issuer), never while
-///   the driver runs, so dropping the pages of an unstarted ring buffer loses nothing: the
-///   kernel's next write faults in fresh pages.
-///
-/// Resident receive-buffer memory is thus about `2 × window × size` (the window in the ring and
-/// as many hot free buffers), following the largest bursts of the last seconds: after a burst
-/// it is given back within `(CALM_TRIMS + 1) × TRIM_INTERVAL` (6 s).
+///   not need, [`BufRing::trim`] looks at the largest batch since the last trim. It shrinks to
+///   four times the largest batch of a calm stretch (trims in a row in which no batch used a
+///   quarter of the window): [`CALM_TRIMS`] trims once traffic went quiet (no batch finished
+///   more than [`QUIET_USED`] buffers: the burst is over, its memory goes back within 6 s), or
+///   [`BUSY_CALM_TRIMS`] trims while traffic goes on (a load that widens the window by bursts
+///   a few seconds apart, such as clients uploading as fast as loopback allows among steady
+///   ones, keeps it wide: RSS stays flat instead of following each burst up and down, and
+///   pages are not faulted in again every few seconds). Each trim gives the pages of buffers
+///   the window does not need back to the kernel (`MADV_DONTNEED`): free buffers below the
+///   stack's top `window`, and buffers still in the ring past the window that the kernel has
+///   not started filling. The kernel fills ring buffers only inside this thread's
+///   `io_uring_enter` (the ring is `DEFER_TASKRUN`, single issuer), never while the driver
+///   runs, so dropping the pages of an unstarted ring buffer loses nothing: the kernel's next
+///   write faults in fresh pages.
 pub(super) struct BufRing {
     /// `count` ring entries, page aligned (mmap).
     pub(super) entries: NonNull<types::BufRingEntry>,
@@ -81,6 +86,8 @@ pub(super) struct BufRing {
     trim_at: Option<Instant>,
     /// Trims in a row that found the window four times larger than needed.
     calm: u8,
+    /// One of those trims saw more than [`QUIET_USED`] buffers used by one batch.
+    calm_busy: bool,
     /// The largest batch of those trims.
     calm_peak: u16,
 }
@@ -92,8 +99,17 @@ pub(super) const WINDOW_MIN: u16 = 8;
 /// How often the window is reconsidered and unneeded buffers are released.
 pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Trims in a row that must find the window four times larger than needed before it shrinks.
+/// Trims in a row that must find the window four times larger than needed, with traffic
+/// quiet, before it shrinks.
 pub(super) const CALM_TRIMS: u8 = 5;
+
+/// The same while traffic goes on (some batch used more than [`QUIET_USED`] buffers): half a
+/// minute, longer than the gaps between the bursts of a steady load.
+pub(super) const BUSY_CALM_TRIMS: u8 = 30;
+
+/// Most buffers one batch may use while traffic counts as quiet (128 KiB in one enter with
+/// 64 KiB buffers: pings, small messages; a burst's leftovers).
+pub(super) const QUIET_USED: u16 = 1;
 
 /// `state` bit: the buffer is in the ring.
 const IN_RING: u8 = 1;
@@ -144,6 +160,7 @@ impl BufRing {
             peak_used: 0,
             trim_at: None,
             calm: 0,
+            calm_busy: false,
             calm_peak: 0,
         };
         me.top_up();
@@ -263,7 +280,8 @@ impl BufRing {
         self.grow();
     }
 
-    /// The end of a batch of completions: widen the window if this batch used half of it.
+    /// The end of a batch of completions (those of one `io_uring_enter`): widen the window if
+    /// this batch used half of it.
     pub(super) fn end_batch(&mut self) {
         let used = std::mem::take(&mut self.batch_used);
         self.peak_used = self.peak_used.max(used);
@@ -299,15 +317,21 @@ impl BufRing {
         if u32::from(peak) * 4 < u32::from(self.window) {
             self.calm = self.calm.saturating_add(1);
             self.calm_peak = self.calm_peak.max(peak);
+            self.calm_busy |= peak > QUIET_USED;
         } else {
-            (self.calm, self.calm_peak) = (0, 0);
+            (self.calm, self.calm_busy, self.calm_peak) = (0, false, 0);
         }
-        if self.calm >= CALM_TRIMS {
+        let needed = if self.calm_busy {
+            BUSY_CALM_TRIMS
+        } else {
+            CALM_TRIMS
+        };
+        if self.calm >= needed {
             // Used less than a quarter of the window for a while: four times the largest
             // batch of that while is enough.
             let fit = (u32::from(self.calm_peak) * 4).next_power_of_two();
             self.window = (fit.min(u32::from(self.window)) as u16).max(floor);
-            (self.calm, self.calm_peak) = (0, 0);
+            (self.calm, self.calm_busy, self.calm_peak) = (0, false, 0);
         }
         // Free buffers below the top `window` of the stack: the ring is refilled from the top.
         let cold = self.free.len().saturating_sub(usize::from(self.window));
@@ -351,6 +375,12 @@ impl BufRing {
             // thread's `io_uring_enter` (see the type docs), which faults in zeroed pages again.
             unsafe { sys::madvise_dontneed(self.bufs.as_ptr().add(start), end - start) };
         }
+    }
+
+    /// Account for a batch that used `used` buffers (tests).
+    #[cfg(test)]
+    pub(super) fn note_batch(&mut self, used: u16) {
+        self.peak_used = self.peak_used.max(used);
     }
 
     /// Make the next [`BufRing::trim`] check due now (tests).

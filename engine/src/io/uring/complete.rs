@@ -105,6 +105,8 @@ impl UringDriver {
                 for cqe in &cqes {
                     self.on_cqe(r, cqe, on)?;
                 }
+                // What one enter used: its buffers are back in the ring before the next.
+                self.rings[r].bufs.end_batch();
                 let more_work = self.rings[r].ring.submission().taskrun();
                 if (more_work || cqes.len() >= DEFERRED_BATCH) && deferred_runs < DEFERRED_RUNS_MAX
                 {
@@ -124,6 +126,7 @@ impl UringDriver {
         // Every completion is reaped and nothing was submitted since: no buffer is lent out and
         // none is being filled (with DEFER_TASKRUN a ring fills buffers only while this thread
         // enters it), the one point where unneeded buffers may be released, on every ring.
+        // (`end_batch` here accounts for held-back completions of `backlog` handled last.)
         let now = Instant::now();
         for ring in &mut self.rings {
             ring.bufs.end_batch();

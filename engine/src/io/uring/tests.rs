@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::io::harness::{config, echo, Action};
 use crate::io::{Completion, Driver, DriverConfig, Socket, Token};
 
-use super::buf_ring::{CALM_TRIMS, TRIM_INTERVAL, WINDOW_MIN};
+use super::buf_ring::{BUSY_CALM_TRIMS, CALM_TRIMS, QUIET_USED, TRIM_INTERVAL, WINDOW_MIN};
 use super::driver::{ConnIo, UringDriver, RINGS_MAX};
 use super::op::{OpId, OpKind};
 use super::probe::probe;
@@ -390,16 +390,16 @@ fn a_trickle_of_bytes_cycles_through_the_window_only_not_the_whole_ring() {
     assert!(usize::from(m.d.rings[0].bufs.resident()) <= usize::from(WINDOW_MIN) + 1);
 }
 
-#[test]
-fn a_burst_widens_the_window_and_trimming_gives_the_buffers_back() {
-    let mut m = Mini::<UringDriver>::new(config(false));
+/// A 1 MiB burst from one writer, received whole; returns the writer's socket and the widest
+/// window seen.
+fn widen_by_a_burst(m: &mut Mini<UringDriver>) -> (std::thread::JoinHandle<TcpStream>, u16) {
     let addr = m.addr;
     let writer = std::thread::spawn(move || {
         let mut c = TcpStream::connect(addr).unwrap();
         c.write_all(&vec![7u8; 1 << 20]).unwrap();
         c
     });
-    accept_one(&mut m);
+    accept_one(m);
     let mut got = 0usize;
     let mut widest = 0;
     while got < 1 << 20 {
@@ -411,6 +411,13 @@ fn a_burst_widens_the_window_and_trimming_gives_the_buffers_back() {
         });
         widest = widest.max(m.d.rings[0].bufs.window());
     }
+    (writer, widest)
+}
+
+#[test]
+fn a_burst_widens_the_window_and_trimming_gives_the_buffers_back() {
+    let mut m = Mini::<UringDriver>::new(config(false));
+    let (writer, widest) = widen_by_a_burst(&mut m);
     assert!(
         widest > WINDOW_MIN,
         "the burst widened the window ({widest})"
@@ -436,6 +443,45 @@ fn a_burst_widens_the_window_and_trimming_gives_the_buffers_back() {
         None,
         "nothing left to trim: no wake-up for it"
     );
+    drop(writer.join().unwrap());
+}
+
+#[test]
+fn under_steady_traffic_the_window_stays_wide_between_bursts() {
+    let mut m = Mini::<UringDriver>::new(config(false));
+    let (writer, _) = widen_by_a_burst(&mut m);
+    let wide = m.d.rings[0].bufs.window();
+    assert!(
+        wide >= 4 * WINDOW_MIN,
+        "the burst widened the window ({wide})"
+    );
+    let resident = m.d.rings[0].bufs.resident();
+    // Traffic goes on between bursts (batches of QUIET_USED + 1 buffers, far below a quarter
+    // of the window): the window and its resident buffers stay for BUSY_CALM_TRIMS - 1 trims,
+    // past CALM_TRIMS, so that the next burst finds them.
+    let mut at = std::time::Instant::now();
+    let first = m.d.rings[0]
+        .bufs
+        .trim_at()
+        .expect("a trim is due after a burst");
+    at = at.max(first);
+    m.d.rings[0].bufs.trim(at);
+    for _ in 1..BUSY_CALM_TRIMS {
+        m.d.rings[0].bufs.note_batch(QUIET_USED + 1);
+        at += TRIM_INTERVAL;
+        m.d.rings[0].bufs.trim(at);
+    }
+    assert_eq!(m.d.rings[0].bufs.window(), wide);
+    assert_eq!(m.d.rings[0].bufs.resident(), resident);
+    // Then it fits the load: four times its largest batch, rounded up to a power of two.
+    for _ in 0..2 {
+        m.d.rings[0].bufs.note_batch(QUIET_USED + 1);
+        at += TRIM_INTERVAL;
+        m.d.rings[0].bufs.trim(at);
+    }
+    let fit = (4 * (QUIET_USED + 1)).next_power_of_two().max(WINDOW_MIN);
+    assert_eq!(m.d.rings[0].bufs.window(), fit);
+    assert!(m.d.rings[0].bufs.resident() <= 2 * fit);
     drop(writer.join().unwrap());
 }
 
