@@ -292,9 +292,12 @@ impl ServerBuilder {
     /// (default: the largest the kernel allows, which is `RLIMIT_NOFILE`; clamped to it).
     ///
     /// A shard starts with one ring. When the tables it has are down to their last quarter (at
-    /// most 4096 entries, kept free because a multishot accept takes a whole backlog burst at
-    /// once) and [`ServerBuilder::direct_fds_max`] allows more, it opens another ring with its
-    /// own table, buffer ring and eventfd; the shard's one thread still waits in one
+    /// most 4096 entries, but never fewer than one multishot accept can take in one go: the
+    /// ring's completion-queue entries, 4096 by default, plus one per listener; the kernel
+    /// would close each connection of a larger burst that finds no free entry) and
+    /// [`ServerBuilder::direct_fds_max`] allows more, it opens another ring with its
+    /// own table, buffer ring and eventfd (a table no larger than that burst is filled to its
+    /// last entry one accept at a time first); the shard's one thread still waits in one
     /// `io_uring_enter` (on the first ring, which keeps a read armed on each other ring's
     /// eventfd) and enters another ring only to submit to it or when its eventfd fired.
     ///

@@ -1,9 +1,11 @@
 //! io_uring only (direct descriptors do not exist on epoll): a server accepting connections
 //! as io_uring direct descriptors serves a thousand WebSocket clients at once, plain and over
-//! TLS, and one shard past one fixed-file table.
+//! TLS, and one shard past one fixed-file table, also when clients arrive in bursts larger
+//! than a table and send their upgrade requests at once.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -118,5 +120,58 @@ fn one_shard_serves_connections_past_one_fixed_file_table() {
     let (mut ws, _) = open(&url).expect("a slot came free");
     ws.send(TMessage::text("late")).unwrap();
     assert_eq!(ws.read().unwrap(), TMessage::text("late"));
+    server.shutdown(Duration::from_secs(2));
+}
+
+/// Clients arrive in bursts larger than a fixed-file table (tables of 64 entries), each
+/// sending its upgrade request the moment it is connected, many rounds: every one is
+/// answered with 101 (none is closed before the shard hears of it): 480 connections, eight
+/// tables' worth, on one shard.
+#[test]
+fn bursts_of_clients_past_a_table_are_all_upgraded() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .shards(Shards::Count(1))
+        .pin(false)
+        .backend(Backend::IoUring)
+        .direct_fds(true)
+        .direct_fds_table_max(64)
+        .direct_fds_max(480)
+        .start(|_| Echo)
+        .expect("server starts");
+    let addr = server.local_addr();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let mut open = Vec::new();
+    for round in 0..6 {
+        let burst: Vec<TcpStream> = (0..80)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).expect("tcp connect");
+                s.write_all(request.as_bytes()).expect("request");
+                s
+            })
+            .collect();
+        for (i, mut s) in burst.into_iter().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 256];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            assert!(
+                text.starts_with("HTTP/1.1 101"),
+                "round {round}, client {i}: {text:?} (a lost accept reads EOF)"
+            );
+            open.push(s);
+        }
+    }
+    let s = server.stats();
+    assert_eq!((s.connections_open, s.upgraded), (480, 480), "{s:?}");
     server.shutdown(Duration::from_secs(2));
 }

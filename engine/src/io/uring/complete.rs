@@ -311,6 +311,12 @@ impl UringDriver {
         if !more {
             if let Some(l) = self.listeners.get_mut(listener) {
                 l.armed = false;
+                if !l.multishot && self.cfg.direct_fds {
+                    // Its entry, if it took one, is counted in `open` below.
+                    if let Some(ring) = self.rings.get_mut(l.ring) {
+                        ring.accepting = ring.accepting.saturating_sub(1);
+                    }
+                }
             }
         }
         if res >= 0 {

@@ -70,11 +70,24 @@ impl UringConfig {
     }
 }
 
-/// Most fixed-file table entries kept free while a multishot accept runs on a ring (a quarter
-/// of a smaller table): one multishot accept takes every connection waiting in the listen
-/// backlog in one go, and one that finds the table full is closed by the kernel (`ENFILE`).
-/// Past it, the accept moves to a ring with more room, or (none left) goes one at a time.
+/// Fixed-file table entries kept free while a multishot accept runs on a ring: a quarter of
+/// the table, at most this many, but never fewer than one multishot accept can take before the
+/// driver sees its completions ([`accept_burst_max`]). Past it, the accept moves to a ring with
+/// more room, or (none left, or tables too small for the burst) goes one at a time.
 pub(super) const DIRECT_FDS_SLACK: u32 = 4096;
+
+/// The most connections the multishot accepts of `listeners` listeners on one ring with
+/// `cq_entries` CQ entries take in one `io_uring_enter`: each goes on accepting while the
+/// listen backlog has connections and the CQ has room for another completion, and the one it
+/// accepted when the CQ was full ends it as its final completion (kept on the kernel's overflow
+/// list). The driver sees them all before the ring's next enter, which submits the cancel
+/// first. A burst larger than the table's free entries is not queued: the kernel closes each
+/// connection that finds no free entry (`ENFILE`) before the shard ever hears of it, and its
+/// client sees EOF during its handshake; so a multishot accept runs only on a ring with more
+/// room than this.
+pub(super) fn accept_burst_max(cq_entries: u32, listeners: usize) -> u32 {
+    cq_entries.saturating_add(u32::try_from(listeners).unwrap_or(u32::MAX))
+}
 
 /// Most rings one shard opens (each costs two descriptors: the ring and its eventfd).
 pub(super) const RINGS_MAX: usize = 256;
@@ -126,6 +139,9 @@ pub(super) struct Listener {
     pub(super) armed: bool,
     /// The ring its accept is (or was last) armed on.
     pub(super) ring: usize,
+    /// Its accept is (or was last) a multishot one; a single-shot one holds an entry of its
+    /// ring's table ([`Ring::accepting`]) until it completes.
+    pub(super) multishot: bool,
 }
 
 /// Per-connection state of the driver.
@@ -179,7 +195,8 @@ pub(crate) struct UringDriver {
     pub(super) cfg: UringConfig,
     /// Entries of each ring's fixed-file table (0: no direct descriptors).
     pub(super) table: u32,
-    /// Table entries kept free while a multishot accept runs on a ring.
+    /// Table entries kept free while a multishot accept runs on a ring (at least
+    /// [`accept_burst_max`]); below that, a ring accepts one connection per accept request.
     pub(super) slack: u32,
     pub(super) waker: Arc<EventFdWaker>,
     /// Target of the eventfd read (8 bytes), alive as long as the ring.
@@ -235,19 +252,24 @@ impl Driver for UringDriver {
         let (mut table, mut slack) = (0, 0);
         if cfg.direct_fds {
             // One table holds at most RLIMIT_NOFILE entries (the kernel's bound). A cap that
-            // fits one table with room to spare gets exactly that much room (the slack lets a
-            // burst accepted in the turn that reaches the cap find slots, see `arm_accept`);
-            // a larger cap is spread over several rings, each with a full table.
+            // fits one table gets a table of exactly that size (accepts never overshoot the
+            // free entries, see `arm_accept`); a larger cap is spread over several rings, each
+            // with a full table.
             let limit = sys::nofile_limit().max(1);
             let per_table = cfg.direct_fds_table_max.clamp(1, limit);
             cfg.direct_fds_table_max = per_table;
             slack = (per_table / 4).min(DIRECT_FDS_SLACK);
-            table = cfg.direct_fds_max.saturating_add(slack).min(per_table);
+            table = cfg.direct_fds_max.min(per_table);
             let rings_max = u32::try_from(RINGS_MAX).unwrap_or(u32::MAX);
             cfg.direct_fds_max = cfg.direct_fds_max.min(per_table.saturating_mul(rings_max));
         }
         let mut probe = io_uring::Probe::new();
         let first = Ring::new(cfg.sq_entries, (cfg.buf_count, cfg.buf_size), table, false)?;
+        if cfg.direct_fds {
+            // Every ring is set up alike: the first one's CQ bounds the burst on any of them.
+            let cq = first.ring.params().cq_entries();
+            slack = slack.max(accept_burst_max(cq, listeners.len()));
+        }
         let fd_install = cfg.direct_fds
             && first.ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::FixedFdInstall::CODE);
@@ -265,6 +287,7 @@ impl Driver for UringDriver {
                     sock,
                     armed: false,
                     ring: 0,
+                    multishot: false,
                 })
                 .collect(),
             accept_retry_at: None,

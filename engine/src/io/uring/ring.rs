@@ -22,6 +22,8 @@ pub(super) struct Ring {
     pub(super) table: u32,
     /// Direct descriptors open in that table (accepted, not yet closed).
     pub(super) open: u32,
+    /// Single-shot accepts in flight on this ring: each may take one more entry.
+    pub(super) accepting: u32,
     /// Submissions pushed since the ring was last entered (rings other than 0 are entered
     /// before ring 0 waits only when this is set).
     pub(super) queued: bool,
@@ -77,13 +79,16 @@ impl Ring {
             bufs,
             table,
             open: 0,
+            accepting: 0,
             queued: false,
             notify,
         })
     }
 
-    /// Direct descriptors this ring's table still has room for.
+    /// Direct descriptors this ring's table still has room for (besides those its
+    /// single-shot accepts in flight may take).
     pub(super) fn room(&self) -> u32 {
-        self.table.saturating_sub(self.open)
+        self.table
+            .saturating_sub(self.open.saturating_add(self.accepting))
     }
 }

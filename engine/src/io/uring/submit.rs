@@ -126,6 +126,12 @@ impl UringDriver {
             _ => return Ok(()),
         }
         let r = if direct { self.accept_target()? } else { 0 };
+        if self.room_on(r) == 0 {
+            // No ring has a free entry (and none may be opened): an accept now would take a
+            // connection only for the kernel to close it (`ENFILE`). Armed again when a direct
+            // descriptor is closed; meanwhile connections wait in the listen backlog.
+            return Ok(());
+        }
         let Some(listener) = self.listeners.get(index) else {
             return Ok(());
         };
@@ -136,14 +142,16 @@ impl UringDriver {
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
         };
         let fd = types::Fd(listener.sock.as_raw_fd());
-        let sqe = if self.room_on(r) > self.slack {
+        let multishot = self.room_on(r) > self.slack;
+        let sqe = if multishot {
             opcode::AcceptMulti::new(fd)
                 .allocate_file_index(direct)
                 .flags(flags)
                 .build()
         } else {
-            // Near a table's end or the cap a multishot accept would take a whole burst of
-            // pending connections in one go; one at a time keeps both exact.
+            // Near a table's end or the cap a multishot accept could take more pending
+            // connections in one go than there are free entries (see `accept_burst_max`); one
+            // at a time keeps both exact.
             opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
                 .file_index(Some(types::DestinationSlot::auto_target()))
                 .flags(flags)
@@ -155,6 +163,12 @@ impl UringDriver {
         if let Some(l) = self.listeners.get_mut(index) {
             l.armed = true;
             l.ring = r;
+            l.multishot = multishot;
+        }
+        if direct && !multishot {
+            if let Some(ring) = self.rings.get_mut(r) {
+                ring.accepting += 1;
+            }
         }
         Ok(())
     }
@@ -166,17 +180,19 @@ impl UringDriver {
     }
 
     /// With direct descriptors: the ring to accept on next. The one with the most room; a new
-    /// ring (with a table of its own) when every ring is down to its slack, the cap is not, and
-    /// [`RINGS_MAX`] allows.
+    /// ring (with a table of its own) when every ring is down to its slack, the cap leaves more
+    /// connections to come than that ring has room for, [`RINGS_MAX`] allows, and the new
+    /// table helps: it can run a multishot accept (it is larger than the slack), or no ring
+    /// has any room left. (Tables no larger than the slack are filled one accept at a time,
+    /// each to its last entry.)
     pub(super) fn accept_target(&mut self) -> io::Result<usize> {
         let best = (0..self.rings.len())
             .max_by_key(|&r| (self.rings[r].room(), std::cmp::Reverse(r)))
             .unwrap_or(0);
+        let room = self.rings[best].room();
         let room_left = self.cfg.direct_fds_max.saturating_sub(self.direct_open);
-        if self.rings[best].room() > self.slack
-            || room_left <= self.slack
-            || self.rings.len() >= RINGS_MAX
-        {
+        let fresh_helps = self.table > self.slack || room == 0;
+        if room > self.slack || room_left <= room || !fresh_helps || self.rings.len() >= RINGS_MAX {
             return Ok(best);
         }
         let c = &self.cfg;

@@ -264,8 +264,7 @@ fn connections_past_one_fixed_file_table_spread_over_more_rings() {
     assert_eq!(m.d.rings[0].table, 64);
     let mut st = ();
     let mut clients = Vec::new();
-    // In bursts no larger than the slack a table keeps free (16 of 64), as a listen backlog
-    // within the slack would be.
+    // In bursts of eight (bursts past a whole table: see the next test).
     for batch in 0..25u8 {
         for _ in 0..8 {
             let mut c = TcpStream::connect(m.addr).unwrap();
@@ -315,6 +314,52 @@ fn connections_past_one_fixed_file_table_spread_over_more_rings() {
     assert_eq!(m.d.rings.iter().map(|r| r.open).sum::<u32>(), 200);
     // Teardown cancels the operations of every ring.
     assert!(m.d.cancel_all(Duration::from_secs(5)));
+}
+
+/// A listen backlog burst larger than a table's free entries: 100 clients connect (each
+/// sends at once) before the driver runs, three times, with tables of 64 entries. One accept
+/// must not take more connections than its table has free entries (the kernel would close each
+/// one that finds none, and its client would see EOF): every connection is registered on some
+/// ring and echoes, and no table holds more than it has.
+#[test]
+fn backlog_bursts_larger_than_a_table_lose_no_connection() {
+    let cfg = DriverConfig {
+        direct_fds_max: 300,
+        direct_fds_table_max: 64,
+        ..config(true)
+    };
+    let mut m = Mini::<UringDriver>::new(cfg);
+    assert!(
+        m.d.slack >= 64,
+        "the CQ allows bursts past a 64-entry table"
+    );
+    let mut st = ();
+    let mut clients = Vec::new();
+    for round in 0..3u8 {
+        for _ in 0..100 {
+            let mut c = TcpStream::connect(m.addr).unwrap();
+            c.write_all(&[round; 3]).unwrap();
+            clients.push(c);
+        }
+        let want = clients.len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while m.next < want && std::time::Instant::now() < deadline {
+            m.turn(&mut st, &mut echo);
+        }
+        assert_eq!(m.next, want, "round {round}: connections lost at accept");
+        let want = want * 3;
+        m.pump(&mut st, echo, |_, m| m.sent == want);
+    }
+    for r in &m.d.rings {
+        assert_eq!(r.table, 64);
+        assert!(r.open <= 64);
+    }
+    assert_eq!(m.d.rings.iter().map(|r| r.open).sum::<u32>(), 300);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut b = [0u8; 3];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, [(i / 100) as u8; 3]);
+    }
 }
 
 #[test]
