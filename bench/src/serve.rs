@@ -515,8 +515,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     server.shutdown(Duration::from_secs(args.shutdown_grace_secs));
     let s = server.stats();
     eprintln!(
-        "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={} handler_panics={}",
-        s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts, s.handler_panics
+        "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={} timeouts_handshake={} timeouts_pong={} timeouts_close={} handler_panics={}",
+        s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts, s.timeouts_handshake, s.timeouts_pong, s.timeouts_close, s.handler_panics
     );
     if server.tls_local_addr().is_some() {
         eprintln!(

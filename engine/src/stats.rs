@@ -35,8 +35,17 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Connections failed for a protocol violation (or a limit) with a close code.
     pub protocol_errors: u64,
-    /// Connections dropped by a deadline (handshake, pong or close timeout).
+    /// Connections dropped by a deadline (handshake, pong or close timeout): the sum of the
+    /// three below.
     pub timeouts: u64,
+    /// Connections dropped because their upgrade request (or its deferred answer) was not
+    /// complete within the handshake timeout.
+    pub timeouts_handshake: u64,
+    /// Connections dropped because nothing answered an idle ping within the pong timeout.
+    pub timeouts_pong: u64,
+    /// Connections dropped because their close handshake (or final flush) did not finish
+    /// within the close timeout.
+    pub timeouts_close: u64,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumers: u64,
     /// Handler callbacks that panicked (each closed its connection with 1011; the shard and
@@ -129,6 +138,9 @@ pub(crate) struct ShardStats {
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    pub(crate) timeouts_handshake: AtomicU64,
+    pub(crate) timeouts_pong: AtomicU64,
+    pub(crate) timeouts_close: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) handler_panics: AtomicU64,
     pub(crate) published: AtomicU64,
@@ -177,6 +189,9 @@ impl ShardStats {
         s.bytes_sent += g(&self.bytes_sent);
         s.protocol_errors += g(&self.protocol_errors);
         s.timeouts += g(&self.timeouts);
+        s.timeouts_handshake += g(&self.timeouts_handshake);
+        s.timeouts_pong += g(&self.timeouts_pong);
+        s.timeouts_close += g(&self.timeouts_close);
         s.slow_consumers += g(&self.slow_consumers);
         s.handler_panics += g(&self.handler_panics);
         s.published += g(&self.published);

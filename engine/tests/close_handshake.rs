@@ -100,6 +100,9 @@ every_backend! {
         assert_eq!((f.opcode, f.close_code()), (op::CLOSE, Some(1000)));
         // Never answer: the server must give up on its own.
         c.expect_eof();
+        common::wait_until("the close timeout is counted", || server.handle().stats().timeouts >= 1);
+        let s = server.handle().stats();
+        assert_eq!((s.timeouts_handshake, s.timeouts_pong, s.timeouts_close), (0, 0, s.timeouts), "{s:?}");
     }
 
     fn data_queued_before_handler_close_is_delivered_first(backend) {

@@ -117,6 +117,8 @@ every_backend! {
         }
         assert!(closed, "slow handshake still open after sending the whole request over {:?}", start.elapsed());
         common::wait_until("the handshake timeout is counted", || server.handle().stats().timeouts >= 1);
+        let s = server.handle().stats();
+        assert_eq!((s.timeouts_handshake, s.timeouts_pong, s.timeouts_close), (s.timeouts, 0, 0), "{s:?}");
         // Others are served.
         RawClient::connect(server.addr).unwrap().echo_text("fast client");
     }

@@ -46,6 +46,8 @@ every_backend! {
         // No pong: the server gives up (close frame or plain drop, then EOF).
         c.expect_eof();
         common::wait_until("the pong timeout is counted", || server.handle().stats().timeouts >= 1);
+        let s = server.handle().stats();
+        assert_eq!((s.timeouts_handshake, s.timeouts_pong, s.timeouts_close), (0, s.timeouts, 0), "{s:?}");
         match server.wait_event("on_close", |e| matches!(e, Event::Closed(..))) {
             Event::Closed(_, code, _) => assert_eq!(code, Some(1006), "a dropped connection reports 1006"),
             _ => unreachable!(),

@@ -94,6 +94,22 @@ pub enum Timeout {
     Expired,
 }
 
+/// Which deadline [`Connection::poll_timeout`] gives ([`Connection::deadline_kind`]): what
+/// [`Connection::handle_timeout`] does when it passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// The upgrade request (and its answer) must be complete: expiry ends the connection.
+    Handshake,
+    /// Nothing received for the idle timeout: expiry sends a ping.
+    Idle,
+    /// The answer to an idle ping: expiry ends the connection.
+    Pong,
+    /// The close handshake (or the flush and half-close before the end): expiry ends the
+    /// connection.
+    Close,
+}
+
 /// What to do with the transport once the output is flushed ([`Connection::handle_flushed`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -436,6 +452,13 @@ impl Connection {
     #[inline]
     pub fn poll_timeout(&self, ep: &Endpoint) -> Option<u32> {
         self.send.deadline(ep.settings())
+    }
+
+    /// Which deadline [`Connection::poll_timeout`] gives (`None`: no deadline): ask before
+    /// [`Connection::handle_timeout`] to learn which one an [`Timeout::Expired`] ended.
+    #[inline]
+    pub fn deadline_kind(&self, ep: &Endpoint) -> Option<Deadline> {
+        self.send.next_deadline(ep.settings()).map(|(_, kind)| kind)
     }
 
     /// Call when a tick given by [`Connection::poll_timeout`] came (or later): sends the idle

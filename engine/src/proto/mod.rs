@@ -35,7 +35,7 @@ pub use close::{
 pub use close_code::CloseCode;
 pub use codec::{Decoder, Event, Limits};
 pub use connection::{
-    AfterFlush, AppEvent, Connection, Link, Received, RecvHalf, SendHalf, Timeout,
+    AfterFlush, AppEvent, Connection, Deadline, Link, Received, RecvHalf, SendHalf, Timeout,
 };
 pub use deflate::{Compression, DeflateSettings};
 pub use endpoint::{Endpoint, Settings};

@@ -63,7 +63,7 @@ use crate::config::Config;
 use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{AppEvent, CloseCode, Connection, Endpoint, Link, Received, Timeout};
+use crate::proto::{AppEvent, CloseCode, Connection, Deadline, Endpoint, Link, Received, Timeout};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
@@ -619,8 +619,16 @@ impl<H: Handler> Shard<H> {
                 flags: &mut e.flags,
                 ctx: &mut self.ctx,
             };
+            let kind = e.conn.deadline_kind(&self.ep);
             if e.conn.handle_timeout(t, &mut self.ep, &mut out) == Timeout::Expired {
-                ShardStats::bump(&self.ctx.stats.timeouts, 1);
+                let stats = &self.ctx.stats;
+                ShardStats::bump(&stats.timeouts, 1);
+                let by_kind = match kind {
+                    Some(Deadline::Handshake) => &stats.timeouts_handshake,
+                    Some(Deadline::Pong) => &stats.timeouts_pong,
+                    _ => &stats.timeouts_close,
+                };
+                ShardStats::bump(by_kind, 1);
                 mark_reason(&mut e.flags, CloseReason::Timeout);
             }
             self.settle(key);

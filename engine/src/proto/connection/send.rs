@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::Deadline;
 use crate::proto::close::CloseFrame;
 use crate::proto::close::CloseState;
 use crate::proto::close_code::CloseCode;
@@ -303,24 +304,35 @@ impl SendHalf {
     }
 
     /// The next deadline: the whole deadline table.
+    #[inline]
     pub(super) fn deadline(&self, st: &Settings) -> Option<u32> {
-        let after = |t: u32, ticks: u32| Some(t.saturating_add(ticks));
+        self.next_deadline(st).map(|(at, _)| at)
+    }
+
+    /// The next deadline and which one it is.
+    pub(super) fn next_deadline(&self, st: &Settings) -> Option<(u32, Deadline)> {
+        let after = |t: u32, ticks: u32, kind| Some((t.saturating_add(ticks), kind));
         match self.phase {
             Phase::Handshake | Phase::Upgrading | Phase::Responding => {
-                after(self.mark, st.handshake_timeout_ticks)
+                after(self.mark, st.handshake_timeout_ticks, Deadline::Handshake)
             }
-            Phase::Open if !self.close.can_send() => after(self.mark, st.close_timeout_ticks),
+            Phase::Open if !self.close.can_send() => {
+                after(self.mark, st.close_timeout_ticks, Deadline::Close)
+            }
             Phase::Open if self.flags & PING_OUT != 0 && self.last_rx <= self.mark => {
-                after(self.mark, st.pong_timeout_ticks)
+                after(self.mark, st.pong_timeout_ticks, Deadline::Pong)
             }
             Phase::Open if st.idle_timeout_ticks > 0 => after(
                 self.last_rx,
                 st.idle_timeout_ticks
                     .saturating_sub(u32::from(self.jitter))
                     .max(1),
+                Deadline::Idle,
             ),
             Phase::Open | Phase::Closed => None,
-            Phase::Flushing | Phase::Linger => after(self.mark, st.close_timeout_ticks),
+            Phase::Flushing | Phase::Linger => {
+                after(self.mark, st.close_timeout_ticks, Deadline::Close)
+            }
         }
     }
 
