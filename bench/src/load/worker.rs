@@ -319,7 +319,14 @@ struct Thread {
     pending: u32,
     reported_messages: u64,
     reported_errors: u64,
+    /// Connect and handshake failures written to stderr so far (at most
+    /// [`SETUP_FAILURES_LOGGED`]).
+    setup_failures_logged: u32,
 }
+
+/// Most connect/handshake failures one thread describes on stderr (which connection, from
+/// where, how far it got, why): enough to find them on the server side, without flooding.
+const SETUP_FAILURES_LOGGED: u32 = 8;
 
 /// Run one thread's share of the load and return what it measured.
 pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> Partial {
@@ -374,6 +381,7 @@ pub fn run_thread(cfg: Arc<RunConfig>, job: ThreadJob, shared: Arc<Shared>) -> P
         pending: 0,
         reported_messages: 0,
         reported_errors: 0,
+        setup_failures_logged: 0,
     };
     t.run(&job);
     t.finish()
@@ -684,6 +692,35 @@ impl Thread {
         }
     }
 
+    /// Drop a connection that failed before it was open, and say on stderr (rate-limited)
+    /// which one and why: its addresses, how long after its connect began, whether its
+    /// upgrade request was written and what came back.
+    fn fail_setup(&mut self, key: usize, err: CountError, why: &str) {
+        if let Some(c) = self.conns.get(key) {
+            if self.setup_failures_logged < SETUP_FAILURES_LOGGED {
+                self.setup_failures_logged += 1;
+                let addr = |a: io::Result<std::net::SocketAddr>| {
+                    a.map_or_else(|_| "?".to_owned(), |a| a.to_string())
+                };
+                let state = match c.state {
+                    State::Connecting => "connecting",
+                    State::Handshaking if c.wants_write() => "handshake (request not all written)",
+                    State::Handshaking => "handshake (request written)",
+                    State::Open => "open",
+                };
+                eprintln!(
+                    "load: connection {} {} -> {} failed in {state} after {} ms, {} response bytes: {why}",
+                    c.flow.id,
+                    addr(c.stream.local_addr()),
+                    addr(c.stream.peer_addr()),
+                    mono_ns().saturating_sub(c.started_ns) / 1_000_000,
+                    c.tail.len(),
+                );
+            }
+        }
+        self.remove(key, Some(err));
+    }
+
     fn on_event(&mut self, key: usize, readable: bool) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
@@ -692,12 +729,18 @@ impl Thread {
             State::Connecting => {
                 match c.stream.take_error() {
                     Ok(None) => {}
-                    _ => return self.remove(key, Some(|e| e.connect += 1)),
+                    Ok(Some(e)) | Err(e) => {
+                        let why = e.to_string();
+                        return self.fail_setup(key, |e| e.connect += 1, &why);
+                    }
                 }
                 match c.stream.peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                    Err(_) => return self.remove(key, Some(|e| e.connect += 1)),
+                    Err(e) => {
+                        let why = e.to_string();
+                        return self.fail_setup(key, |e| e.connect += 1, &why);
+                    }
                 }
                 let t = &self.cfg.targets[c.flow.id as usize % self.cfg.targets.len()];
                 let (req, k) = ws::handshake_request(&t.host, &t.path, self.cfg.deflate);
@@ -732,11 +775,14 @@ impl Thread {
         let mut buf = [0u8; 4096];
         loop {
             match c.read(&mut buf, &mut self.cbuf) {
-                Ok(0) => return self.remove(key, Some(|e| e.handshake += 1)),
+                Ok(0) => return self.fail_setup(key, |e| e.handshake += 1, "EOF"),
                 Ok(n) => c.tail.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.remove(key, Some(|e| e.handshake += 1)),
+                Err(e) => {
+                    let why = e.to_string();
+                    return self.fail_setup(key, |e| e.handshake += 1, &why);
+                }
             }
             if c.tail.len() > 16 << 10 {
                 break;
@@ -763,7 +809,7 @@ impl Thread {
                     self.read_frames(key);
                 }
             }
-            _ => self.remove(key, Some(|e| e.handshake += 1)),
+            _ => self.fail_setup(key, |e| e.handshake += 1, "not a valid 101 response"),
         }
     }
 
@@ -1044,7 +1090,10 @@ impl Thread {
             }
         }
         for (k, f) in dead {
-            self.remove(k, Some(f));
+            match self.conns.get(k).map(|c| c.state) {
+                Some(State::Connecting | State::Handshaking) => self.fail_setup(k, f, "timeout"),
+                _ => self.remove(k, Some(f)),
+            }
         }
     }
 
