@@ -2,7 +2,7 @@
 # One million WebSocket connections on ONE `percore serve` process, every one pinged.
 #
 #   scripts/million.sh [--connections 1000000] [--hold 130] [--idle 60] [--probe 60]
-#                      [--ramp 12000] [--shards 2] [--json] [-- SERVE_ARGS...]
+#                      [--ramp 12000] [--shards 2] [--json] [--keep DIR] [-- SERVE_ARGS...]
 #
 # Server: `percore serve --backend uring --direct-fds --shards S --idle-timeout-secs 60` (the
 # connections are io_uring direct descriptors; a shard whose connections outgrow one
@@ -33,6 +33,7 @@ PROBE=60
 RAMP=12000
 SHARDS=2
 JSON=0
+KEEP=
 while [ $# -gt 0 ]; do
     case "$1" in
         --connections) N=$2; shift 2 ;;
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
         --probe) PROBE=$2; shift 2 ;;
         --ramp) RAMP=$2; shift 2 ;;
         --json) JSON=1; shift ;;
+        --keep) KEEP=$2; shift 2 ;;
         --) shift; break ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -61,10 +63,24 @@ TMP=$(mktemp -d)
 SPID=
 LPID=
 MPID=
+ERRORS=unknown
+keep() {
+    mkdir -p "$1"
+    cp -p "$TMP"/* "$1"/ 2>/dev/null || true
+}
 cleanup() {
     [ -n "$MPID" ] && kill "$MPID" 2>/dev/null || true
     [ -n "$LPID" ] && kill "$LPID" 2>/dev/null || true
     if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
+    if [ -n "$KEEP" ]; then
+        keep "$KEEP"
+        echo "million.sh: evidence kept in $KEEP" >&2
+    elif [ "$ERRORS" != 0 ]; then
+        # A run with errors (or one that did not get as far as counting them) keeps its files.
+        KEPT=$(mktemp -d "${TMPDIR:-/tmp}/million-evidence.XXXXXX")
+        keep "$KEPT"
+        echo "million.sh: errors=$ERRORS: evidence kept in $KEPT" >&2
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -207,5 +223,10 @@ if not as_json:
     print()
     print("percore tune --connections", n, "(this host):")
     print(open(os.path.join(tmp, "tune.txt")).read().rstrip())
+with open(os.path.join(tmp, "result.json"), "w") as f:
+    f.write(json.dumps(out) + "\n")
+with open(os.path.join(tmp, "errors"), "w") as f:
+    f.write(f"{errors if lrc == '0' or errors != 0 else 'load-exit-' + lrc}\n")
 print(json.dumps(out))
 EOF
+ERRORS=$(cat "$TMP/errors" 2>/dev/null || echo unknown)
