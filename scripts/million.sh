@@ -112,6 +112,10 @@ healthz() { curl -s --max-time 5 "http://127.0.0.1:$PORT/healthz" | python3 -c '
   done ) >"$TMP/monitor.log" &
 MPID=$!
 
+# Kernel TCP counters (listen queue overflows, SYN cookies, failed connects) before, once all
+# are up, and at the end: a connection the server never accepted shows there.
+nstat_to() { nstat -az 2>/dev/null >"$TMP/$1" || true; }
+nstat_to nstat-start.txt
 log "million: $N connections, server pid $SPID on port $PORT: percore serve ${SERVE_ARGS[*]}"
 T0=$(date +%s.%N)
 nice -n 19 "$BIN" load --url "ws://127.0.0.1:$PORT/" --connections "$N" --mode idle \
@@ -128,6 +132,8 @@ while kill -0 "$LPID" 2>/dev/null; do
 done
 T_UP=$(date +%s.%N)
 log "million: $UP connections up after $(python3 -c "print(f'{$T_UP - $T0:.1f}')") s (script clock)"
+
+nstat_to nstat-up.txt
 
 # Settle, then memory with everything up; then the echo probe meanwhile.
 sleep 20
@@ -153,6 +159,7 @@ wait "$LPID" || LRC=$?
 LPID=
 kill "$MPID" 2>/dev/null || true
 MPID=
+nstat_to nstat-end.txt
 log "million: server stopped in $(python3 -c "print(f'{$TS1 - $TS0:.1f}')") s; load exit $LRC"
 
 python3 - "$TMP" "$N" "$EMPTY_KB" "$RSS_KB" "$SLAB0_KB" "$SLAB1_KB" "$TS0" "$TS1" "$JSON" "$HOLD" "$SHARDS" "$LRC" <<'EOF'
@@ -172,6 +179,15 @@ conns = idle.get("connections", 0)
 user = (rss - empty) * 1024 / max(conns, 1)
 slab = (slab1 - slab0) * 1024 / max(conns, 1)
 errors = idle.get("errors", -1) + echo.get("errors", 0)
+def nstat(p):
+    try:
+        return {l.split()[0]: int(l.split()[1]) for l in open(os.path.join(tmp, p)) if len(l.split()) >= 2 and l.split()[1].isdigit()}
+    except Exception:
+        return {}
+ns0, ns1 = nstat("nstat-start.txt"), nstat("nstat-end.txt")
+tcp_keys = ["TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv",
+            "TcpExtSyncookiesFailed", "TcpAttemptFails", "TcpExtTCPReqQFullDrop"]
+tcp = {k: ns1.get(k, 0) - ns0.get(k, 0) for k in tcp_keys if k in ns0 and k in ns1}
 out = {
     "connections": conns,
     "connections_target": n,
@@ -199,6 +215,7 @@ out = {
     "shutdown_s": round(float(ts1) - float(ts0), 1),
     "server_stop": stopd,
     "load_exit": int(lrc),
+    "tcp_counters": tcp,
 }
 if not as_json:
     print()
@@ -209,6 +226,7 @@ if not as_json:
     print(f"server CPU       {out['server_cpu_s_window']:.2f} s over the hold: {out['server_cpu_us_per_ping']} us per ping (echo probe included)")
     print(f"echo (100 conns) p50 {out['echo_p50_us']} us, p99 {out['echo_p99_us']} us, max {out['echo_max_us']} us over {out['echo_msgs']} echoes")
     print(f"shutdown         {out['shutdown_s']} s; close frames answered {out['closed_by_server']}; server: {stop[-1].strip() if stop else '?'}")
+    print(f"kernel TCP       {' '.join(f'{k}=+{v}' for k, v in tcp.items())} (host-wide, over the run)")
     print()
     print("kernel slab caches with everything up:")
     print(open(os.path.join(tmp, "slabinfo")).read().rstrip())
