@@ -6,11 +6,11 @@
 //! give back pages the next connections fault in again) the shard trims, at most once per
 //! [`TRIM_INTERVAL`]: it frees its stock of send-queue storage, the slab's table if no
 //! connection is left, and asks the allocator to return free pages to the system
-//! (`malloc_trim`). While the buffer pool of large message buffers holds anything the shard
-//! wakes every [`TRIM_INTERVAL`] to look at it; a pool that no message used for
-//! [`POOL_IDLE_LOOKS`] looks in a row is freed (large messages a few seconds apart keep it, so
-//! that RSS does not follow each of them down and up again), and when the pool a burst left
-//! behind is freed, the shard trims once more.
+//! (`malloc_trim`). While the buffer pool of large message buffers (or the stock of large send
+//! buffers) holds anything the shard wakes every [`TRIM_INTERVAL`] to look at it; pools that
+//! no message used for [`POOL_IDLE_LOOKS`] looks in a row are freed (large messages a few
+//! seconds apart keep them, so that RSS does not follow each of them down and up again), and
+//! when the pools a burst left behind are freed, the shard trims once more.
 //!
 //! Only memory that goes back to the allocator counts as freed: a dead connection's message
 //! buffer that the pool keeps does not (see `Shard::finalize`). Blocks of 128 KiB or more are
@@ -87,12 +87,13 @@ impl MemoryTrim {
         slab: &mut Slab<E>,
     ) {
         let pool = ep.pool();
-        let pooled = pool.bytes() > 0;
+        let pooled = pool.bytes() > 0 || queues.large_bytes() > 0;
         if self.freed < TRIM_FREED_BYTES && self.window_end.is_none_or(|end| now >= end) {
             self.freed = 0;
             self.window_end = Some(now + TRIM_FREED_WINDOW);
         }
-        self.freed += std::mem::take(&mut self.just_freed) + pool.take_released();
+        self.freed +=
+            std::mem::take(&mut self.just_freed) + pool.take_released() + queues.take_released();
         if self.at.is_none() && (self.freed >= TRIM_FREED_BYTES || pooled) {
             let earliest = self.last.map_or(now, |l| l + TRIM_INTERVAL);
             self.at = Some(earliest.max(now));
@@ -103,20 +104,21 @@ impl MemoryTrim {
         }
         self.at = None;
         let pool = ep.pool();
-        self.pool_idle = if pool.take_used() {
+        let used = pool.take_used() | queues.take_used();
+        self.pool_idle = if used {
             0
         } else {
             self.pool_idle.saturating_add(1)
         };
-        let drained = self.pool_idle >= POOL_IDLE_LOOKS && pool.drain() > 0;
-        let pooled = pool.bytes() > 0;
-        self.freed += pool.take_released();
+        let drained = self.pool_idle >= POOL_IDLE_LOOKS && pool.drain() + queues.drain_large() > 0;
+        let pooled = pool.bytes() > 0 || queues.large_bytes() > 0;
+        self.freed += pool.take_released() + queues.take_released();
         if self.freed >= TRIM_FREED_BYTES || (drained && self.after_burst) {
             self.freed = 0;
             self.last = Some(now);
             self.after_burst = pooled;
             // What a burst of connections left: refilled by the next sends.
-            *queues = QueuePool::default();
+            queues.clear();
             if slab.is_empty() {
                 *slab = Slab::new();
             }
