@@ -48,22 +48,29 @@ type Storage = (VecDeque<Chunk>, Vec<u8>);
 /// [`SPARE_BYTES_MAX`]) are kept apart, up to a byte bound, so that a stream of large frames
 /// does not allocate (and, from 128 KiB on, map and unmap) a buffer per frame.
 ///
+/// The large buffers are kept only while they are needed: the shard ages the stock once a
+/// second ([`QueuePool::age_large`]) and frees the buffers no frame took for a second or two,
+/// so that under a steady load the stock holds what that load uses (buffers of sizes no
+/// frame asks for, such as coalesced chunks that grew, do not pile up to the bound), and an
+/// unused stock empties.
+///
 /// Memory: at most [`QueuePool::ENTRIES_MAX`] entries of about 128 bytes of deque plus a
 /// buffer of at most 4 KiB, i.e. about 1 MiB per shard in the worst case, plus at most
-/// `large_bytes_max` bytes of large buffers (freed when unused for a while, as the receive
-/// side's pool is: `shard/memory.rs`).
+/// `large_bytes_max` bytes of large buffers, and no more than the large frames of the last
+/// two seconds left behind (`shard/memory.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct QueuePool {
     free: Vec<Storage>,
-    /// Empty buffers of more than [`SPARE_BYTES_MAX`] bytes.
-    large: Vec<Vec<u8>>,
+    /// Empty buffers of more than [`SPARE_BYTES_MAX`] bytes, in the order they were given
+    /// back, each with the value of `looks` then.
+    large: Vec<(Vec<u8>, u32)>,
+    /// Calls of [`QueuePool::age_large`] so far (wrapping).
+    looks: u32,
     /// Capacity of `large`.
     large_bytes: usize,
     large_bytes_max: usize,
     /// Capacity handed back to the allocator since the last [`QueuePool::take_released`].
     released: usize,
-    /// A large buffer was taken since the last [`QueuePool::take_used`].
-    used: bool,
 }
 
 impl QueuePool {
@@ -85,13 +92,14 @@ impl QueuePool {
 
     /// A kept large buffer of at least `cap_min` bytes and at most twice that, if there is one.
     fn take_large(&mut self, cap_min: usize) -> Option<Vec<u8>> {
-        self.used = true;
         let cap_max = cap_min.saturating_mul(2);
+        // The most recently given back that fits: the ones left at the front are those the
+        // load does not need, which `age_large` frees (`remove` keeps that order).
         let i = self
             .large
             .iter()
-            .rposition(|v| (cap_min..=cap_max).contains(&v.capacity()))?;
-        let v = self.large.swap_remove(i);
+            .rposition(|(v, _)| (cap_min..=cap_max).contains(&v.capacity()))?;
+        let (v, _) = self.large.remove(i);
         self.large_bytes -= v.capacity();
         Some(v)
     }
@@ -102,22 +110,23 @@ impl QueuePool {
         if self.large_bytes + cap <= self.large_bytes_max {
             v.clear();
             self.large_bytes += cap;
-            self.large.push(v);
+            self.large.push((v, self.looks));
         } else {
             self.released += cap;
         }
     }
 
-    /// Was a large buffer taken since the last call?
-    pub(crate) fn take_used(&mut self) -> bool {
-        std::mem::take(&mut self.used)
-    }
-
-    /// Free every large buffer. Returns the bytes freed (also counted as released).
-    pub(crate) fn drain_large(&mut self) -> usize {
-        let n = self.large_bytes;
-        self.large = Vec::new();
-        self.large_bytes = 0;
+    /// One more look (the shard calls this about once a second): free the large buffers
+    /// that no frame took during the last `looks_max` looks. Returns the bytes freed (also
+    /// counted as released).
+    pub(crate) fn age_large(&mut self, looks_max: u32) -> usize {
+        self.looks = self.looks.wrapping_add(1);
+        let now = self.looks;
+        let before = self.large_bytes;
+        self.large
+            .retain(|(_, given)| now.wrapping_sub(*given) < looks_max);
+        self.large_bytes = self.large.iter().map(|(v, _)| v.capacity()).sum();
+        let n = before - self.large_bytes;
         self.released += n;
         n
     }
@@ -552,14 +561,58 @@ mod tests {
         let p = q.chunks().0.next().map(<[u8]>::as_ptr);
         assert!(ptrs.contains(&p), "a kept buffer is reused");
         assert_eq!(pool.large_bytes(), 40 << 10);
-        // A much smaller frame does not take a large buffer; an idle stock is freed.
+        // A much smaller frame does not take a large buffer; a buffer no frame takes is freed
+        // at the second look.
         let mut small = SendQueue::default();
         small.reserve_large(8 << 10, &mut pool);
         assert_eq!(pool.large_bytes(), 40 << 10);
-        assert!(pool.take_used());
-        assert!(!pool.take_used());
-        assert_eq!(pool.drain_large(), 40 << 10);
+        assert_eq!(pool.age_large(2), 0);
+        assert_eq!(pool.age_large(2), 40 << 10);
         assert_eq!(pool.take_released(), 40 << 10);
+    }
+
+    #[test]
+    fn large_buffers_stock_holds_what_a_steady_load_uses_not_its_bound() {
+        // Every second (one look), 8 connections send a 16 KiB frame each, and one sends a
+        // frame of a size no earlier buffer fits (as a coalesced chunk that grew may be): more
+        // than 32 KiB (no 16 KiB frame takes it) and larger each time.
+        const LOOKS_MAX: u32 = 2;
+        let mut pool = QueuePool::new(1 << 20);
+        let steady = vec![1u8; 16 << 10];
+        let mut qs: Vec<SendQueue> = (0..9).map(|_| SendQueue::default()).collect();
+        let (mut odd_bytes, mut freed) = (0, 0);
+        for round in 0..60usize {
+            let odd = vec![2u8; (33 << 10) + round * 1000];
+            for (i, q) in qs.iter_mut().enumerate() {
+                let frame = if i == 8 { &odd } else { &steady };
+                q.reuse(&mut pool);
+                q.reserve_large(frame.len(), &mut pool);
+                q.push(frame);
+            }
+            for q in &mut qs {
+                let n = q.len();
+                q.advance(n);
+                q.recycle(&mut pool);
+            }
+            odd_bytes += odd.len();
+            let aged = pool.age_large(LOOKS_MAX);
+            assert_eq!(pool.take_released(), aged, "counted as released");
+            freed += aged;
+            // The 8 steady buffers, and the odd ones of the last looks only.
+            let most = 8 * steady.len() + LOOKS_MAX as usize * odd.len();
+            assert!(
+                pool.large_bytes() <= most,
+                "round {round}: {} bytes kept, at most {most}",
+                pool.large_bytes()
+            );
+        }
+        // The steady buffers were reused all along: only odd ones were freed.
+        assert!(pool.large_bytes() >= 8 * steady.len());
+        assert!(freed <= odd_bytes, "{freed} freed, odd frames {odd_bytes}");
+        assert!(
+            odd_bytes > 1 << 20,
+            "the old stock would have filled its bound"
+        );
     }
 
     #[test]
