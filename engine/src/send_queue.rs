@@ -44,18 +44,102 @@ type Storage = (VecDeque<Chunk>, Vec<u8>);
 /// A shard's stock of emptied send-queue storage: a connection that queues a frame takes its
 /// storage from here and gives it back once the queue is written ([`SendQueue::recycle`]),
 /// so that steady request/response traffic allocates nothing per message while idle
-/// connections still hold no send-queue memory.
+/// connections still hold no send-queue memory. Large chunk buffers (frames of more than
+/// [`SPARE_BYTES_MAX`]) are kept apart, up to a byte bound, so that a stream of large frames
+/// does not allocate (and, from 128 KiB on, map and unmap) a buffer per frame.
+///
+/// The large buffers are kept only while they are needed: the shard ages the stock once a
+/// second ([`QueuePool::age_large`]) and frees the buffers no frame took for a second or two,
+/// so that under a steady load the stock holds what that load uses (buffers of sizes no
+/// frame asks for, such as coalesced chunks that grew, do not pile up to the bound), and an
+/// unused stock empties.
 ///
 /// Memory: at most [`QueuePool::ENTRIES_MAX`] entries of about 128 bytes of deque plus a
-/// buffer of at most 4 KiB, i.e. about 1 MiB per shard in the worst case.
+/// buffer of at most 4 KiB, i.e. about 1 MiB per shard in the worst case, plus at most
+/// `large_bytes_max` bytes of large buffers, and no more than the large frames of the last
+/// two seconds left behind (`shard/memory.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct QueuePool {
     free: Vec<Storage>,
+    /// Empty buffers of more than [`SPARE_BYTES_MAX`] bytes, in the order they were given
+    /// back, each with the value of `looks` then.
+    large: Vec<(Vec<u8>, u32)>,
+    /// Calls of [`QueuePool::age_large`] so far (wrapping).
+    looks: u32,
+    /// Capacity of `large`.
+    large_bytes: usize,
+    large_bytes_max: usize,
+    /// Capacity handed back to the allocator since the last [`QueuePool::take_released`].
+    released: usize,
 }
 
 impl QueuePool {
     /// Most storages kept; more are freed (bounds the pool's memory, see the type docs).
     const ENTRIES_MAX: usize = 256;
+
+    /// A stock that keeps at most `large_bytes_max` bytes of large chunk buffers.
+    pub(crate) fn new(large_bytes_max: usize) -> Self {
+        Self {
+            large_bytes_max,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes of large buffers kept now.
+    pub(crate) fn large_bytes(&self) -> usize {
+        self.large_bytes
+    }
+
+    /// A kept large buffer of at least `cap_min` bytes and at most twice that, if there is one.
+    fn take_large(&mut self, cap_min: usize) -> Option<Vec<u8>> {
+        let cap_max = cap_min.saturating_mul(2);
+        // The most recently given back that fits: the ones left at the front are those the
+        // load does not need, which `age_large` frees (`remove` keeps that order).
+        let i = self
+            .large
+            .iter()
+            .rposition(|(v, _)| (cap_min..=cap_max).contains(&v.capacity()))?;
+        let (v, _) = self.large.remove(i);
+        self.large_bytes -= v.capacity();
+        Some(v)
+    }
+
+    /// Keep an emptied large buffer if there is room, else free it (counted as released).
+    fn give_large(&mut self, mut v: Vec<u8>) {
+        let cap = v.capacity();
+        if self.large_bytes + cap <= self.large_bytes_max {
+            v.clear();
+            self.large_bytes += cap;
+            self.large.push((v, self.looks));
+        } else {
+            self.released += cap;
+        }
+    }
+
+    /// One more look (the shard calls this about once a second): free the large buffers
+    /// that no frame took during the last `looks_max` looks. Returns the bytes freed (also
+    /// counted as released).
+    pub(crate) fn age_large(&mut self, looks_max: u32) -> usize {
+        self.looks = self.looks.wrapping_add(1);
+        let now = self.looks;
+        let before = self.large_bytes;
+        self.large
+            .retain(|(_, given)| now.wrapping_sub(*given) < looks_max);
+        self.large_bytes = self.large.iter().map(|(v, _)| v.capacity()).sum();
+        let n = before - self.large_bytes;
+        self.released += n;
+        n
+    }
+
+    /// Free everything kept (a trim after a burst); the bound stays.
+    pub(crate) fn clear(&mut self) {
+        *self = Self::new(self.large_bytes_max);
+    }
+
+    /// Bytes of large buffers handed back to the allocator since the last call.
+    pub(crate) fn take_released(&mut self) -> usize {
+        std::mem::take(&mut self.released)
+    }
 }
 
 /// How far from the back [`SendQueue::replace_shared`] looks for the chunk to replace (bounds
@@ -211,7 +295,9 @@ impl SendQueue {
                 self.head = 0;
                 self.submitted = self.submitted.saturating_sub(1);
                 if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
-                    if v.capacity() <= SPARE_BYTES_MAX && v.capacity() > self.spare.capacity() {
+                    // The largest buffer stays, for the next push or for `recycle` to hand
+                    // to the pool (a large one goes to its stock of large buffers).
+                    if v.capacity() > self.spare.capacity() {
                         v.clear();
                         self.spare = v;
                     }
@@ -237,11 +323,30 @@ impl SendQueue {
         if self.chunks.capacity() == 0 && self.spare.capacity() == 0 {
             return;
         }
-        let chunks = std::mem::take(&mut self.chunks);
-        let spare = std::mem::take(&mut self.spare);
+        // Empty (`len` is 0), but it may still hold chunks with no bytes (a transform that
+        // produced nothing): the stock takes only empty storage.
+        let mut chunks = std::mem::take(&mut self.chunks);
+        chunks.clear();
+        let mut spare = std::mem::take(&mut self.spare);
         self.head = 0;
+        if spare.capacity() > SPARE_BYTES_MAX {
+            pool.give_large(std::mem::take(&mut spare));
+        }
         if pool.free.len() < QueuePool::ENTRIES_MAX && chunks.capacity() <= 16 {
             pool.free.push((chunks, spare));
+        }
+    }
+
+    /// A frame of up to `extra` bytes is about to be pushed: if it is large and will need a
+    /// chunk of its own that the spare buffer cannot hold, take one from `pool`'s large
+    /// buffers instead of allocating it.
+    #[inline]
+    pub(crate) fn reserve_large(&mut self, extra: usize, pool: &mut QueuePool) {
+        if extra <= SPARE_BYTES_MAX || self.spare.capacity() >= extra {
+            return;
+        }
+        if let Some(v) = pool.take_large(extra) {
+            self.spare = v;
         }
     }
 
@@ -379,6 +484,20 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_left_with_a_chunk_of_no_bytes_is_recycled_empty() {
+        let mut pool = QueuePool::default();
+        let mut q = SendQueue::default();
+        q.push_with(100, |_| {});
+        assert!(q.is_empty());
+        q.recycle(&mut pool);
+        let mut r = SendQueue::default();
+        r.reuse(&mut pool);
+        assert_eq!(collect(&r), b"");
+        r.push(b"x");
+        assert_eq!(collect(&r), b"x");
+    }
+
+    #[test]
     fn send_queue_not_written_or_in_flight_is_not_recycled() {
         let mut pool = QueuePool::default();
         let mut q = SendQueue::default();
@@ -405,10 +524,95 @@ mod tests {
             assert_eq!(q.heap_bytes(), 0);
         }
         assert_eq!(pool.free.len(), QueuePool::ENTRIES_MAX);
+        // Without room for large buffers, a large chunk buffer is freed once written.
         let mut q = SendQueue::default();
         q.push(&vec![0u8; SPARE_BYTES_MAX + 1]);
         q.advance(SPARE_BYTES_MAX + 1);
-        assert!(q.spare.capacity() == 0);
+        q.recycle(&mut pool);
+        assert_eq!(q.heap_bytes(), 0);
+        assert_eq!(pool.large_bytes(), 0);
+        assert!(pool.take_released() > SPARE_BYTES_MAX);
+    }
+
+    #[test]
+    fn large_chunk_buffers_are_reused_through_the_pool_up_to_its_bound() {
+        let mut pool = QueuePool::new(100 << 10);
+        let frame = vec![7u8; 40 << 10];
+        let mut ptrs = Vec::new();
+        let mut qs: Vec<SendQueue> = (0..3).map(|_| SendQueue::default()).collect();
+        for q in &mut qs {
+            q.reuse(&mut pool);
+            q.reserve_large(frame.len(), &mut pool);
+            q.push(&frame);
+            ptrs.push(q.chunks().0.next().map(<[u8]>::as_ptr));
+        }
+        for q in &mut qs {
+            q.advance(frame.len());
+            q.recycle(&mut pool);
+            assert_eq!(q.heap_bytes(), 0);
+        }
+        // Two of three 40 KiB buffers fit the 100 KiB bound; the third was freed.
+        assert_eq!(pool.large_bytes(), 2 * (40 << 10));
+        assert_eq!(pool.take_released(), 40 << 10);
+        let mut q = SendQueue::default();
+        q.reuse(&mut pool);
+        q.reserve_large(frame.len(), &mut pool);
+        q.push(&frame);
+        let p = q.chunks().0.next().map(<[u8]>::as_ptr);
+        assert!(ptrs.contains(&p), "a kept buffer is reused");
+        assert_eq!(pool.large_bytes(), 40 << 10);
+        // A much smaller frame does not take a large buffer; a buffer no frame takes is freed
+        // at the second look.
+        let mut small = SendQueue::default();
+        small.reserve_large(8 << 10, &mut pool);
+        assert_eq!(pool.large_bytes(), 40 << 10);
+        assert_eq!(pool.age_large(2), 0);
+        assert_eq!(pool.age_large(2), 40 << 10);
+        assert_eq!(pool.take_released(), 40 << 10);
+    }
+
+    #[test]
+    fn large_buffers_stock_holds_what_a_steady_load_uses_not_its_bound() {
+        // Every second (one look), 8 connections send a 16 KiB frame each, and one sends a
+        // frame of a size no earlier buffer fits (as a coalesced chunk that grew may be): more
+        // than 32 KiB (no 16 KiB frame takes it) and larger each time.
+        const LOOKS_MAX: u32 = 2;
+        let mut pool = QueuePool::new(1 << 20);
+        let steady = vec![1u8; 16 << 10];
+        let mut qs: Vec<SendQueue> = (0..9).map(|_| SendQueue::default()).collect();
+        let (mut odd_bytes, mut freed) = (0, 0);
+        for round in 0..60usize {
+            let odd = vec![2u8; (33 << 10) + round * 1000];
+            for (i, q) in qs.iter_mut().enumerate() {
+                let frame = if i == 8 { &odd } else { &steady };
+                q.reuse(&mut pool);
+                q.reserve_large(frame.len(), &mut pool);
+                q.push(frame);
+            }
+            for q in &mut qs {
+                let n = q.len();
+                q.advance(n);
+                q.recycle(&mut pool);
+            }
+            odd_bytes += odd.len();
+            let aged = pool.age_large(LOOKS_MAX);
+            assert_eq!(pool.take_released(), aged, "counted as released");
+            freed += aged;
+            // The 8 steady buffers, and the odd ones of the last looks only.
+            let most = 8 * steady.len() + LOOKS_MAX as usize * odd.len();
+            assert!(
+                pool.large_bytes() <= most,
+                "round {round}: {} bytes kept, at most {most}",
+                pool.large_bytes()
+            );
+        }
+        // The steady buffers were reused all along: only odd ones were freed.
+        assert!(pool.large_bytes() >= 8 * steady.len());
+        assert!(freed <= odd_bytes, "{freed} freed, odd frames {odd_bytes}");
+        assert!(
+            odd_bytes > 1 << 20,
+            "the old stock would have filled its bound"
+        );
     }
 
     #[test]

@@ -234,10 +234,14 @@ impl ServerBuilder {
     /// Most bytes of large message buffers (64 KiB and more: messages split across reads or
     /// fragmented) each shard keeps between messages for reuse (default 4 MiB; 0 keeps none).
     /// A message that needs one takes it from the pool instead of allocating it, and a
-    /// connection that dies mid-message gives its buffer back. Cost: up to this much memory
-    /// per shard while large messages come in; a pool left unused for 5 s is freed, and
-    /// after a burst of freed buffers the shard asks the allocator to give free memory back to
-    /// the system.
+    /// connection that dies mid-message gives its buffer back. The same bound applies apart
+    /// to the buffers of large frames sent (more than 4 KiB each): once written they are kept
+    /// for the next large frames instead of being freed (from 128 KiB on the allocator would
+    /// map and unmap one per frame). Cost: up to twice this much memory per shard while large
+    /// messages flow; a receive pool left unused for 5 s is freed, a sent frame's buffer no
+    /// frame took again for 1-2 s is freed (so the send side keeps what the load of the last
+    /// second or two used, busy or not), and after a burst of freed buffers
+    /// the shard asks the allocator to give free memory back to the system.
     pub fn buffer_pool_bytes_max(mut self, n: usize) -> Self {
         self.config.buffer_pool_bytes_max = n;
         self

@@ -150,14 +150,23 @@ impl Partial {
             .unwrap_or(usize::MAX)
             .min(buf.len());
         let need = self.msg.len() + take;
-        if let Some(pool) = pool.filter(|_| need > self.msg.capacity() && need >= BufPool::LARGE) {
-            // Hold at most what is needed: the rest of this frame, but never more than twice
-            // what arrived (the header's length is not trusted with memory in advance).
+        if need > self.msg.capacity() {
+            // Hold at most what is needed: the rest of this frame, but never more than four
+            // times what arrived (the header's length is not trusted with memory in advance).
+            // Sized by that rather than by what arrived, so that a message that will not fit
+            // a small buffer goes to a pooled one at once, and a large one grows by four
+            // times, not two: each growth copies what is held (a 1 MiB message read 64 KiB at
+            // a time is copied 1.25 times instead of 1.6).
             let frame_end = (self.msg.len() as u64).saturating_add(self.frame_remaining);
-            let want = frame_end.min(need as u64 * 2) as usize;
-            let mut bigger = pool.take(want.max(need));
-            bigger.extend_from_slice(&self.msg);
-            pool.give(core::mem::replace(&mut self.msg, bigger));
+            let want = (frame_end.min(need as u64 * 4) as usize).max(need);
+            match pool.filter(|_| want >= BufPool::LARGE) {
+                Some(pool) => {
+                    let mut bigger = pool.take(want);
+                    bigger.extend_from_slice(&self.msg);
+                    pool.give(core::mem::replace(&mut self.msg, bigger));
+                }
+                None => self.msg.reserve(want - self.msg.len()),
+            }
         }
         let chunk = &mut buf[..take];
         if let Some(key) = self.frame_mask {

@@ -3,7 +3,7 @@
 //! A message that does not arrive whole in one receive buffer (split across reads, or
 //! fragmented) is assembled in a buffer of the connection's own. Small ones come from the
 //! allocator; from [`BufPool::LARGE`] bytes on they come from this pool, sized for what the
-//! frame header says is still to come (at most twice what is held: a header is not trusted with
+//! frame header says is still to come (at most four times what is held: a header is not trusted with
 //! memory before its bytes arrive), and go back to it when the message is delivered or the
 //! connection dies. The pool keeps at most [`BufPool::bytes_max`] bytes; beyond that, and when
 //! nothing was taken from it for a while ([`BufPool::drain_if_idle`]), buffers go back to the

@@ -92,6 +92,7 @@ impl Out<'_> {
     #[inline]
     fn push_encoded(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
         self.queue.reuse(&mut self.ctx.pool);
+        self.queue.reserve_large(len_max, &mut self.ctx.pool);
         self.queue.push_with(len_max, encode);
         ShardStats::bump(&self.ctx.stats.frames_sent, 1);
         self.queued();

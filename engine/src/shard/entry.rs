@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 
 use crate::counters::CloseReason;
 use crate::proto::{Connection, Request};
-use crate::send_queue::SendQueue;
+use crate::send_queue::{QueuePool, SendQueue};
 
 /// In the dirty list.
 pub(crate) const DIRTY: u16 = 1;
@@ -138,6 +138,15 @@ impl Queue {
         {
             self.0 = None;
         }
+    }
+
+    /// Hand the queue's storage to `pool` and free its box if nothing is queued and the
+    /// backend holds none of it.
+    pub(crate) fn recycle_if_idle(&mut self, pool: &mut QueuePool) {
+        if let Some(q) = self.0.as_deref_mut() {
+            q.recycle(pool);
+        }
+        self.release_if_idle();
     }
 
     /// Is the queue's memory allocated?

@@ -52,9 +52,10 @@ impl<H: Handler> Shard<H> {
                 self.finalize(key);
                 return;
             }
-            e.queue.recycle(&mut self.ctx.pool);
         }
-        e.queue.release_if_idle();
+        // Empty and not in flight (written now, or a completion came): its storage goes back
+        // to the stock before the queue's box is freed.
+        e.queue.recycle_if_idle(&mut self.ctx.pool);
         self.after_flush(driver, key, true);
     }
 

@@ -216,7 +216,7 @@ impl<H: Handler> Shard<H> {
             dirty: Vec::new(),
             now: 0,
             broadcasts: Vec::new(),
-            pool: QueuePool::default(),
+            pool: QueuePool::new(config.buffer_pool_bytes_max),
             topics: Topics::new(hub.clone(), index, stats.clone()),
             config,
             stats,
