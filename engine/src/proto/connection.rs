@@ -55,7 +55,7 @@ mod tests;
 use self::decode::{decode, decode_deflating};
 pub use self::event::{AppEvent, Link};
 use self::held::Held;
-pub use self::send::SendHalf;
+pub use self::send::{Deadline, SendHalf};
 use self::send::{Ending, Outcome, Phase, CLIENT, LINGER, OPENED, PING_OUT};
 use super::output::Output;
 
@@ -92,22 +92,6 @@ pub enum Timeout {
     Pinged,
     /// A handshake, pong or close deadline passed: the connection is finished.
     Expired,
-}
-
-/// Which deadline [`Connection::poll_timeout`] gives ([`Connection::deadline_kind`]): what
-/// [`Connection::handle_timeout`] does when it passes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Deadline {
-    /// The upgrade request (and its answer) must be complete: expiry ends the connection.
-    Handshake,
-    /// Nothing received for the idle timeout: expiry sends a ping.
-    Idle,
-    /// The answer to an idle ping: expiry ends the connection.
-    Pong,
-    /// The close handshake (or the flush and half-close before the end): expiry ends the
-    /// connection.
-    Close,
 }
 
 /// What to do with the transport once the output is flushed ([`Connection::handle_flushed`]).

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::Deadline;
 use crate::proto::close::CloseFrame;
 use crate::proto::close::CloseState;
 use crate::proto::close_code::CloseCode;
@@ -12,6 +11,23 @@ use crate::proto::endpoint::{Endpoint, Settings};
 use crate::proto::frame::{encode_frame, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
 use crate::proto::message::Message;
 use crate::proto::output::Output;
+
+/// Which deadline [`super::Connection::poll_timeout`] gives
+/// ([`super::Connection::deadline_kind`]): what [`super::Connection::handle_timeout`] does
+/// when it passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// The upgrade request (and its answer) must be complete: expiry ends the connection.
+    Handshake,
+    /// Nothing received for the idle timeout: expiry sends a ping.
+    Idle,
+    /// The answer to an idle ping: expiry ends the connection.
+    Pong,
+    /// The close handshake (or the flush and half-close before the end): expiry ends the
+    /// connection.
+    Close,
+}
 
 /// Append `msg` as one frame to `v`: compressed (RSV1) when permessage-deflate is on, the
 /// message reaches the threshold and compression pays off; else as it is.
