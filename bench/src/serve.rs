@@ -64,8 +64,8 @@ pub struct ServeArgs {
     /// Largest accepted upgrade request header block in bytes (larger: HTTP 431).
     #[arg(long, default_value_t = 8 << 10)]
     pub handshake_header_bytes_max: usize,
-    /// Listen backlog per shard.
-    #[arg(long, default_value_t = 4096)]
+    /// Listen backlog per shard (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 65535)]
     pub backlog: u32,
     /// Receive buffer per shard in bytes.
     #[arg(long, default_value_t = 64 << 10)]

@@ -152,7 +152,7 @@ impl Default for Config {
             shards: Shards::PerCore,
             pin: true,
             backend: Backend::Auto,
-            backlog: 4096,
+            backlog: 65535,
             connections_max: 200_000,
             handshake_header_bytes_max: 8 << 10,
             frame_bytes_max: 16 << 20,
