@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// on_drain threshold in bytes.
     #[arg(long, default_value_t = 64 << 10)]
     pub send_queue_low_water_bytes: usize,
+    /// Payloads of at least this many bytes sent onto an empty send queue are written at once,
+    /// header and payload in one `sendmsg`, without a copy (plain connections without
+    /// permessage-deflate; huge: never).
+    #[arg(long, default_value_t = 8 << 10)]
+    pub send_direct_bytes_min: usize,
     /// Close code for slow consumers: 1008 or 1013.
     #[arg(long, default_value_t = 1008)]
     pub slow_consumer_code: u16,
@@ -391,6 +396,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .frame_bytes_max(args.frame_bytes_max)
         .send_queue_bytes_max(args.send_queue_bytes_max)
         .send_queue_low_water_bytes(args.send_queue_low_water_bytes)
+        .send_direct_bytes_min(args.send_direct_bytes_min)
         .slow_consumer(slow)
         .handshake_header_bytes_max(args.handshake_header_bytes_max)
         .backlog(args.backlog)

@@ -97,6 +97,9 @@ const DIRECT_FDS_TABLE_MAX: u32 = 1 << 20;
 /// Most io_uring rings per shard (must match the driver's `RINGS_MAX`).
 const RINGS_PER_SHARD_MAX: u32 = 256;
 
+/// Default of [`crate::ServerBuilder::send_direct_bytes_min`].
+pub(crate) const SEND_DIRECT_BYTES_MIN: usize = 8 << 10;
+
 /// Everything a shard needs to know; built by [`crate::ServerBuilder`]. Limit names carry their
 /// unit last (`_bytes`, `_messages`…) and a `_max` when they bound something.
 #[derive(Clone, Debug)]
@@ -111,6 +114,7 @@ pub(crate) struct Config {
     pub(crate) message_bytes_max: usize,
     pub(crate) send_queue_bytes_max: usize,
     pub(crate) send_queue_low_water_bytes: usize,
+    pub(crate) send_direct_bytes_min: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
     pub(crate) recv_buffers: usize,
@@ -159,6 +163,7 @@ impl Default for Config {
             message_bytes_max: 16 << 20,
             send_queue_bytes_max: 4 << 20,
             send_queue_low_water_bytes: 64 << 10,
+            send_direct_bytes_min: SEND_DIRECT_BYTES_MIN,
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
             recv_buffers: 256,

@@ -29,6 +29,9 @@ pub struct Stats {
     pub messages_received: u64,
     /// Frames queued for sending (data and control).
     pub frames_sent: u64,
+    /// Of `frames_sent`, the data frames written straight from the handler's bytes, without
+    /// a copy into the send queue (see [`crate::ServerBuilder::send_direct_bytes_min`]).
+    pub frames_sent_direct: u64,
     /// Bytes received from sockets.
     pub bytes_received: u64,
     /// Bytes written to sockets.
@@ -134,6 +137,7 @@ pub(crate) struct ShardStats {
     pub(crate) http_requests: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) frames_sent: AtomicU64,
+    pub(crate) frames_sent_direct: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
@@ -185,6 +189,7 @@ impl ShardStats {
         s.http_requests += g(&self.http_requests);
         s.messages_received += g(&self.messages_received);
         s.frames_sent += g(&self.frames_sent);
+        s.frames_sent_direct += g(&self.frames_sent_direct);
         s.bytes_received += g(&self.bytes_received);
         s.bytes_sent += g(&self.bytes_sent);
         s.protocol_errors += g(&self.protocol_errors);

@@ -119,9 +119,11 @@ impl EpollDriver {
                     return;
                 }
                 Ok(n) => {
+                    let direct = Some(sock.stream.as_raw_fd());
                     let flow = on(Completion::Recv {
                         token,
                         buf: &mut self.scratch[..n],
+                        direct,
                     });
                     if flow == Flow::PauseRecv {
                         // What is left stays in the kernel; `resume_recv` reads it (no new

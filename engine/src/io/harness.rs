@@ -169,7 +169,7 @@ pub(crate) fn echo(st: &mut (), acts: &mut Vec<Action>, c: Completion<'_>) {
     let () = st;
     match c {
         Completion::Accepted { socket, .. } => acts.push(Action::Register(socket)),
-        Completion::Recv { token, buf } => acts.push(Action::Echo(token, buf.to_vec())),
+        Completion::Recv { token, buf, .. } => acts.push(Action::Echo(token, buf.to_vec())),
         Completion::Closed { token, .. } => acts.push(Action::Close(token)),
         _ => {}
     }

@@ -22,6 +22,9 @@
 //!   [`Completion::Sent`] (io_uring). While a queue is in flight the heap memory of its chunks
 //!   does not move: pushes never reallocate a chunk that is in flight (they start a new one), and
 //!   the shard never drops a queue that is in flight (it waits for the release after `close`).
+//!   During a `Recv` callback the shard may also write to the socket itself (the `direct`
+//!   descriptor the completion lends), but only while that connection's queue is empty and not
+//!   in flight, so no write of the backend's is pending and order holds.
 //! * **Closing.** The shard calls [`Driver::close`] exactly once per registered token. From then
 //!   on the driver reports nothing but (eventually) the release of that token; the shard keeps
 //!   the connection slot (and its send queue) until it is released.
@@ -131,6 +134,11 @@ pub(crate) enum Completion<'a> {
         token: Token,
         /// The received bytes; the shard may modify them in place.
         buf: &'a mut [u8],
+        /// The socket's descriptor, when the shard may write to it directly during this
+        /// callback ([`sys::send_vectored_nowait`]) while its queue is empty and not in flight
+        /// (no write of the backend's is pending then, so order holds); `None` when it may not
+        /// (an io_uring direct descriptor has no plain descriptor).
+        direct: Option<std::os::fd::RawFd>,
     },
     /// A send that the backend started asynchronously finished (io_uring; a failed one is
     /// reported as `n = 0` followed by [`Completion::Closed`] with the error), or (epoll) the

@@ -57,6 +57,19 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
 }
 
+/// `sendmsg(fd, parts, MSG_DONTWAIT | MSG_NOSIGNAL)`: write `parts` in order with one call,
+/// never blocking (whatever the socket's mode) and never raising `SIGPIPE`. Returns the bytes
+/// written (`WouldBlock` when the socket buffer is full).
+pub(crate) fn send_vectored_nowait(fd: RawFd, parts: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid empty msghdr (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` (std guarantees it on Unix).
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len() as _;
+    // sendmsg only reads the msghdr and the iovecs, which borrow `parts` for the call.
+    syscall!(sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)).map(|n| n as usize)
+}
+
 /// A new non-blocking, close-on-exec eventfd.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // eventfd(2) involves no memory.

@@ -14,6 +14,16 @@ pub trait Output {
     fn push_control(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
         self.push_frame(len_max, encode);
     }
+    /// Queue one frame given as its encoded header and its payload (unmasked, uncompressed).
+    /// An output may write them without copying the payload (the shard's, for a large payload
+    /// onto an empty queue); by default they are copied in as one frame.
+    fn push_frame_parts(&mut self, header: &[u8], payload: &[u8]) {
+        self.push_frame(header.len() + payload.len(), |v| {
+            v.extend_from_slice(header);
+            v.extend_from_slice(payload);
+        });
+    }
+
     /// Queue bytes that are not a frame (the handshake's HTTP request or response).
     fn push_bytes(&mut self, bytes: &[u8]);
     /// Queue an encoded frame shared with other connections (a broadcast or publish).

@@ -2,12 +2,15 @@
 //! output as the protocol layer writes it (its send queue, with the shard's accounting) and the
 //! send-queue limit with its slow-consumer policy.
 
+use std::io::IoSlice;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Weak};
 
 use super::entry::{mark_reason, Queue, DIRTY, DRAIN_WANTED};
 use super::topics::Topics;
 use crate::config::{Config, SlowConsumer};
 use crate::counters::{self, CloseReason};
+use crate::io::sys;
 use crate::proto::{CloseCode, Endpoint, Output, SendHalf};
 use crate::pubsub::PublishOptions;
 use crate::send_queue::QueuePool;
@@ -28,6 +31,9 @@ pub(crate) struct Ctx {
     pub(crate) broadcasts: Vec<Arc<[u8]>>,
     /// Send-queue storage of written-out queues, for the next frames queued.
     pub(crate) pool: QueuePool,
+    /// While a plain connection's received bytes are decoded: its key and socket, which a
+    /// large frame may be written to at once (see [`Out::push_frame_parts`]).
+    pub(crate) direct: Option<(u32, RawFd)>,
 }
 
 /// One connection's output: its send queue, plus the shard's accounting (dirty list, frames
@@ -63,6 +69,29 @@ impl Output for Out<'_> {
         self.push_encoded(len_max, encode);
     }
 
+    /// A large payload onto an empty queue while its connection's socket is at hand: header
+    /// and payload go out in one vectored write, and only what the socket did not take is
+    /// copied into the queue (so frames keep their order: anything pushed later follows it).
+    #[inline]
+    fn push_frame_parts(&mut self, header: &[u8], payload: &[u8]) {
+        counters::bump(&self.ctx.stats.metrics.messages_sent, 1);
+        let len = header.len() + payload.len();
+        match self.ctx.direct {
+            Some((key, fd))
+                if key == self.key
+                    && payload.len() >= self.ctx.config.send_direct_bytes_min
+                    && self.queue.is_empty()
+                    && !self.queue.in_flight() =>
+            {
+                self.push_direct(fd, header, payload)
+            }
+            _ => self.push_encoded(len, |v| {
+                v.extend_from_slice(header);
+                v.extend_from_slice(payload);
+            }),
+        }
+    }
+
     fn push_bytes(&mut self, bytes: &[u8]) {
         self.queue.push(bytes);
         self.queued();
@@ -95,6 +124,34 @@ impl Out<'_> {
         self.queue.reserve_large(len_max, &mut self.ctx.pool);
         self.queue.push_with(len_max, encode);
         ShardStats::bump(&self.ctx.stats.frames_sent, 1);
+        self.queued();
+    }
+
+    /// [`Output::push_frame_parts`]'s write to the socket `fd` (the queue is empty and not in
+    /// flight). A failed write queues it all: the flush meets the error and ends the
+    /// connection as for any other write.
+    #[inline(never)]
+    fn push_direct(&mut self, fd: RawFd, header: &[u8], payload: &[u8]) {
+        let stats = &self.ctx.stats;
+        ShardStats::bump(&stats.frames_sent, 1);
+        ShardStats::bump(&stats.frames_sent_direct, 1);
+        let parts = [IoSlice::new(header), IoSlice::new(payload)];
+        let written = sys::send_vectored_nowait(fd, &parts).unwrap_or(0);
+        ShardStats::bump(&stats.bytes_sent, written as u64);
+        let (header, payload) = match written.checked_sub(header.len()) {
+            Some(past) => (&[][..], payload.get(past..).unwrap_or_default()),
+            None => (&header[written..], payload),
+        };
+        let rest = header.len() + payload.len();
+        if rest == 0 {
+            return;
+        }
+        self.queue.reuse(&mut self.ctx.pool);
+        self.queue.reserve_large(rest, &mut self.ctx.pool);
+        self.queue.push_with(rest, |v| {
+            v.extend_from_slice(header);
+            v.extend_from_slice(payload);
+        });
         self.queued();
     }
 

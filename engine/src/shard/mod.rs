@@ -51,6 +51,7 @@ use std::collections::HashMap;
 use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -217,6 +218,7 @@ impl<H: Handler> Shard<H> {
             now: 0,
             broadcasts: Vec::new(),
             pool: QueuePool::new(config.buffer_pool_bytes_max),
+            direct: None,
             topics: Topics::new(hub.clone(), index, stats.clone()),
             config,
             stats,
@@ -331,7 +333,7 @@ impl<H: Handler> Shard<H> {
 
     fn on_completion(&mut self, c: Completion<'_>) -> Flow {
         match c {
-            Completion::Recv { token, buf } => return self.on_recv(token.0, buf),
+            Completion::Recv { token, buf, direct } => return self.on_recv(token.0, buf, direct),
             Completion::Sent { token, n } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     #[cfg(feature = "tls")]
@@ -418,7 +420,7 @@ impl<H: Handler> Shard<H> {
     /// Bytes arrived on connection `key` (an empty `buf`: decode what it holds). Decodes at
     /// most the frames left of its budget for this turn; with input left over it is paused
     /// (`PauseRecv`) and put on the backlog.
-    fn on_recv(&mut self, key: usize, buf: &mut [u8]) -> Flow {
+    fn on_recv(&mut self, key: usize, buf: &mut [u8], direct: Option<RawFd>) -> Flow {
         ShardStats::bump(&self.ctx.stats.bytes_received, buf.len() as u64);
         let Some(e) = self.slab.get_mut(key) else {
             return Flow::Continue;
@@ -445,6 +447,8 @@ impl<H: Handler> Shard<H> {
         } = e;
         let (handler, generation) = (&mut self.handler, *generation);
         let now = self.ctx.now;
+        // While this buffer is decoded, a large frame may go straight to the socket.
+        self.ctx.direct = direct.map(|fd| (key as u32, fd));
         let mut out = Out {
             key: key as u32,
             queue,
@@ -455,6 +459,7 @@ impl<H: Handler> Shard<H> {
             conn.handle_recv_budgeted(now, &mut self.ep, &mut out, buf, &mut frames, |ev, link| {
                 dispatch(handler, ev, link, state, peer, generation)
             });
+        self.ctx.direct = None;
         e.frames_left = frames as u16;
         let mut flow = Flow::Continue;
         if frames == 0 && e.conn.has_held_frames() {

@@ -229,9 +229,14 @@ impl UringDriver {
                     let mut pause = false;
                     if let Some((bid, (start, finished))) = taken {
                         if live {
+                            let direct = match c.sock {
+                                RingFd::Fd(fd) => Some(fd),
+                                RingFd::Fixed { .. } => None,
+                            };
                             let flow = on(Completion::Recv {
                                 token,
                                 buf: bufs.get(bid, start, len),
+                                direct,
                             });
                             pause = flow == Flow::PauseRecv;
                         }

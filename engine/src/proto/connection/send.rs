@@ -8,7 +8,9 @@ use crate::proto::close::CloseState;
 use crate::proto::close_code::CloseCode;
 use crate::proto::deflate::{encode_compressed, ConnDeflate, Terms};
 use crate::proto::endpoint::{Endpoint, Settings};
-use crate::proto::frame::{encode_frame, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN};
+use crate::proto::frame::{
+    encode_frame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN,
+};
 use crate::proto::message::Message;
 use crate::proto::output::Output;
 
@@ -222,6 +224,14 @@ impl SendHalf {
         }
         // The one place a message becomes a frame (compressed there, with permessage-deflate:
         // deciding it inside the framing call keeps this path as short as without).
+        if !self.is_client() && !self.deflate.is_on() {
+            // Unmasked and uncompressed: the payload goes out as it is, maybe without a copy.
+            let payload = msg.as_bytes();
+            let mut h = [0u8; MAX_HEADER_LEN];
+            let n = FrameHeader::new(true, msg.opcode(), None, payload.len() as u64).encode(&mut h);
+            out.push_frame_parts(&h[..n], payload);
+            return true;
+        }
         let mask = self.is_client().then(|| ep.mask());
         out.push_frame(msg.as_bytes().len() + MAX_HEADER_LEN, |v| {
             frame_message(v, msg, mask, self, ep)

@@ -1,0 +1,131 @@
+//! Large frames sent onto an empty send queue go to the socket at once, header and payload in
+//! one vectored write, without a copy (`send_direct_bytes_min`); what the socket does not take
+//! is queued. Whatever mix of such writes and queued frames, a connection's frames arrive in
+//! the order they were sent, whole: large echoes interleaved with small messages, a client
+//! that reads slowly (so writes are partial and the queue backs up and drains again), a 16 MiB
+//! message, fragmented messages, and a close after the data. Over TLS (every test runs there
+//! too) nothing is written directly: the same order through the TLS path.
+
+mod common;
+
+use common::raw::{op, RawClient};
+use percore::{CloseCode, Conn, Handler, Message};
+
+/// Echoes every message; a text `close` closes with 1000 after what was sent.
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        match msg {
+            Message::Text("close") => conn.close(CloseCode::NORMAL, "done"),
+            _ => {
+                let _ = conn.send(msg);
+            }
+        }
+    }
+}
+
+/// A payload of `len` bytes that differs with `seed` (so a reordered or shifted frame shows).
+fn payload(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(7)) as u8)
+        .collect()
+}
+
+fn is_plain(addr: std::net::SocketAddr) -> bool {
+    !common::tls::is_tls(addr)
+}
+
+every_backend! {
+    fn large_echoes_and_small_messages_keep_their_order_under_partial_writes(backend) {
+        let h = common::start_app(backend, |b| b.send_queue_bytes_max(256 << 20), |_| Echo);
+        let addr = common::addr_of(&h);
+        let mut c = RawClient::connect(addr).unwrap();
+        // Sizes around the default threshold (8 KiB) and far above it.
+        let sizes = [8191usize, 8192, 8193, 100, 16 << 10, 70_000, 300_000, 5, 1 << 20, 64 << 10];
+        let mut sent: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut got = 0usize;
+        for round in 0..24 {
+            // A batch written without reading: the server's socket buffer fills, its writes
+            // become partial and its queue backs up.
+            for (i, &len) in sizes.iter().enumerate() {
+                let seed = round * sizes.len() + i;
+                let p = payload(seed, len);
+                c.send_binary(&p).unwrap();
+                sent.push((op::BINARY, p));
+                let t = format!("#{seed}");
+                c.send_text(&t).unwrap();
+                sent.push((op::TEXT, t.into_bytes()));
+            }
+            // Read only part of what is due (the queue drains partly, sometimes fully, so the
+            // next large frame finds an empty queue and a socket with some room).
+            let due = sent.len() - got;
+            for _ in 0..due / 2 + round % 3 {
+                let (kind, data) = c.read_message().unwrap();
+                assert!(kind == sent[got].0 && data == sent[got].1, "message {got} out of order or damaged");
+                got += 1;
+            }
+        }
+        c.send_text("close").unwrap();
+        while got < sent.len() {
+            let (kind, data) = c.read_message().unwrap();
+            assert!(kind == sent[got].0 && data == sent[got].1, "message {got} out of order or damaged");
+            got += 1;
+        }
+        c.expect_close(1000);
+        let st = h.stats();
+        if is_plain(addr) {
+            assert!(st.frames_sent_direct > 0, "no frame was written directly");
+        } else {
+            assert_eq!(st.frames_sent_direct, 0, "a TLS frame was written directly");
+        }
+        assert!(st.frames_sent_direct < st.frames_sent);
+    }
+
+    fn a_16_mib_message_and_fragmented_ones_echo_whole(backend) {
+        let h = common::start_app(backend, |b| b.send_queue_bytes_max(64 << 20).message_bytes_max(17 << 20).frame_bytes_max(17 << 20), |_| Echo);
+        let addr = common::addr_of(&h);
+        let mut c = RawClient::connect(addr).unwrap();
+        let big = payload(1, 16 << 20);
+        c.send_binary(&big).unwrap();
+        let (kind, data) = c.read_message().unwrap();
+        assert!(kind == op::BINARY && data == big, "16 MiB echo damaged");
+        // 3 MiB in fragments of 100,000 bytes, then a small message after it.
+        let frag = payload(2, 3 << 20);
+        let chunks: Vec<&[u8]> = frag.chunks(100_000).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let opcode = if i == 0 { op::BINARY } else { op::CONT };
+            c.send_frame(i + 1 == chunks.len(), opcode, chunk).unwrap();
+        }
+        c.send_text("after").unwrap();
+        let (kind, data) = c.read_message().unwrap();
+        assert!(kind == op::BINARY && data == frag, "fragmented echo damaged");
+        assert_eq!(c.read_message().unwrap(), (op::TEXT, b"after".to_vec()));
+    }
+}
+
+plain_only! {
+    "over TLS nothing is written directly: the threshold has nothing to cross there";
+    fn send_direct_bytes_min_is_the_smallest_payload_written_directly(backend) {
+        let h = common::start_app(backend, |b| b.send_direct_bytes_min(1000), |_| Echo);
+        let mut c = RawClient::connect(common::addr_of(&h)).unwrap();
+        let direct = |h: &percore::ServerHandle| h.stats().frames_sent_direct;
+        // Each echo goes onto an empty queue: the client waits for it before the next.
+        let small = payload(3, 999);
+        c.send_binary(&small).unwrap();
+        assert_eq!(c.read_message().unwrap(), (op::BINARY, small));
+        assert_eq!(direct(&h), 0, "999 bytes, below the threshold, were written directly");
+        let at = payload(4, 1000);
+        c.send_binary(&at).unwrap();
+        assert_eq!(c.read_message().unwrap(), (op::BINARY, at));
+        assert_eq!(direct(&h), 1, "1000 bytes, at the threshold, were not written directly");
+        let h2 = common::start_app(backend, |b| b.send_direct_bytes_min(usize::MAX), |_| Echo);
+        let mut c2 = RawClient::connect(common::addr_of(&h2)).unwrap();
+        let big = payload(5, 1 << 20);
+        c2.send_binary(&big).unwrap();
+        assert_eq!(c2.read_message().unwrap(), (op::BINARY, big));
+        assert_eq!(direct(&h2), 0, "written directly although turned off");
+    }
+}
