@@ -147,6 +147,9 @@ fn start(backend: Backend, flooded: Arc<AtomicU64>) -> ServerHandle {
         .pong_timeout(Duration::from_millis(300))
         .close_timeout(Duration::from_millis(300))
         .send_queue_bytes_max(256 << 10)
+        // Every frame through the queue, so that the flood's count is exact: a 64 KiB frame
+        // written at once onto an empty queue would let the socket buffer take some first.
+        .send_direct_bytes_min(usize::MAX)
         .start(move |_| Probe {
             flooded: flooded.clone(),
         })
