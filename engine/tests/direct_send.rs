@@ -34,6 +34,28 @@ fn payload(seed: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A client whose receive buffer is 4 KiB, set before it connects: its small window keeps the
+/// server's socket buffer small and full, so a large frame written onto an empty queue is
+/// taken only in part.
+fn connect_small_window(addr: std::net::SocketAddr) -> RawClient {
+    use common::raw::{new_key, read_response_head, upgrade_request, IO_TIMEOUT};
+    use std::io::Write;
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let tcp: std::net::TcpStream = s.into();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = common::tls::Stream::over(tcp, addr);
+    stream
+        .write_all(upgrade_request(addr, "/", &new_key(), &[]).as_bytes())
+        .unwrap();
+    let (response, rest) = read_response_head(&mut stream).unwrap();
+    assert_eq!(response.status, 101);
+    RawClient::from_parts(stream, rest, response)
+}
+
 fn is_plain(addr: std::net::SocketAddr) -> bool {
     !common::tls::is_tls(addr)
 }
@@ -42,7 +64,7 @@ every_backend! {
     fn large_echoes_and_small_messages_keep_their_order_under_partial_writes(backend) {
         let h = common::start_app(backend, |b| b.send_queue_bytes_max(256 << 20), |_| Echo);
         let addr = common::addr_of(&h);
-        let mut c = RawClient::connect(addr).unwrap();
+        let mut c = connect_small_window(addr);
         // Sizes around the default threshold (8 KiB) and far above it.
         let sizes = [8191usize, 8192, 8193, 100, 16 << 10, 70_000, 300_000, 5, 1 << 20, 64 << 10];
         let mut sent: Vec<(u8, Vec<u8>)> = Vec::new();
