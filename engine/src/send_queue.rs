@@ -165,6 +165,9 @@ pub(crate) struct SendQueue {
     /// Chunks the queue held when it was last marked in flight: the backend may have submitted
     /// them, so they are never replaced (see [`SendQueue::replace_shared`]).
     submitted: usize,
+    /// The first chunk is the rest of a frame whose start was written without the queue (see
+    /// [`SendQueue::push_rest`]): like a partly written chunk, it is never discarded.
+    front_started: bool,
 }
 
 impl SendQueue {
@@ -177,6 +180,7 @@ impl SendQueue {
             in_flight: false,
             spare: Vec::new(),
             submitted: 0,
+            front_started: false,
         }
     }
 
@@ -227,6 +231,18 @@ impl SendQueue {
         let before = v.len();
         fill(v);
         self.len += v.len() - before;
+    }
+
+    /// Onto an empty queue: the rest of a frame whose first bytes were already written to the
+    /// socket (`a` then `b`), so that [`SendQueue::discard_unsent`] keeps it whole as it keeps a
+    /// partly written chunk.
+    pub(crate) fn push_rest(&mut self, a: &[u8], b: &[u8]) {
+        debug_assert!(self.is_empty() && !self.in_flight);
+        self.push_with(a.len() + b.len(), |v| {
+            v.extend_from_slice(a);
+            v.extend_from_slice(b);
+        });
+        self.front_started = !self.is_empty();
     }
 
     /// Append a copy of `bytes`.
@@ -293,6 +309,7 @@ impl SendQueue {
             if n >= left {
                 n -= left;
                 self.head = 0;
+                self.front_started = false;
                 self.submitted = self.submitted.saturating_sub(1);
                 if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
                     // The largest buffer stays, for the next push or for `recycle` to hand
@@ -311,6 +328,7 @@ impl SendQueue {
             // Keep the (empty) storage for the next push or for `recycle`.
             self.chunks.clear();
             self.head = 0;
+            self.front_started = false;
         }
     }
 
@@ -391,7 +409,7 @@ impl SendQueue {
         let first = if self.in_flight {
             self.submitted
         } else {
-            usize::from(self.head > 0)
+            usize::from(self.head > 0 || self.front_started)
         };
         let first = first.max(self.chunks.len().saturating_sub(REPLACE_SCAN_CHUNKS));
         let target = Weak::as_ptr(old) as *const u8;
@@ -412,9 +430,9 @@ impl SendQueue {
     /// Whatever is pushed next follows a complete frame.
     pub(crate) fn discard_unsent(&mut self) {
         let keep = if self.in_flight {
-            self.submitted
+            self.submitted.max(usize::from(self.front_started))
         } else {
-            usize::from(self.head > 0)
+            usize::from(self.head > 0 || self.front_started)
         };
         while self.chunks.len() > keep {
             if let Some(c) = self.chunks.pop_back() {
@@ -425,6 +443,7 @@ impl SendQueue {
             self.chunks = VecDeque::new();
             self.head = 0;
             self.len = 0;
+            self.front_started = false;
         }
     }
 
@@ -437,6 +456,7 @@ impl SendQueue {
         self.head = 0;
         self.len = 0;
         self.submitted = 0;
+        self.front_started = false;
     }
 }
 
@@ -677,6 +697,22 @@ mod tests {
         assert_eq!(collect(&q), b"me-oneclose");
         let mut q = SendQueue::default();
         q.push_shared(Arc::from(&b"sent"[..]));
+        q.discard_unsent();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn discard_unsent_keeps_the_rest_of_a_frame_started_outside_the_queue() {
+        let mut q = SendQueue::default();
+        q.push_rest(b"ad", b"er-rest");
+        q.push_shared(Arc::from(&b"next"[..]));
+        q.discard_unsent();
+        assert_eq!(collect(&q), b"ader-rest");
+        q.push(b"close");
+        assert_eq!(collect(&q), b"ader-restclose");
+        // Once that chunk is written, a whole frame behind it may be discarded again.
+        q.advance(14);
+        q.push_shared(Arc::from(&b"whole"[..]));
         q.discard_unsent();
         assert!(q.is_empty());
     }

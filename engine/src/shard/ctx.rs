@@ -148,10 +148,8 @@ impl Out<'_> {
         }
         self.queue.reuse(&mut self.ctx.pool);
         self.queue.reserve_large(rest, &mut self.ctx.pool);
-        self.queue.push_with(rest, |v| {
-            v.extend_from_slice(header);
-            v.extend_from_slice(payload);
-        });
+        // The frame's start is on the wire: the queue must never drop its rest.
+        self.queue.push_rest(header, payload);
         self.queued();
     }
 
