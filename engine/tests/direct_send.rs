@@ -128,6 +128,33 @@ every_backend! {
     }
 }
 
+every_backend! {
+    fn a_slow_consumer_gets_whole_frames_then_its_close(backend) {
+        let h = common::start_app(backend, |b| b.send_queue_bytes_max(256 << 10), |_| Echo);
+        let mut c = connect_small_window(common::addr_of(&h));
+        c.stream.tcp().set_write_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        // 4 MiB of echoes towards a 4 KiB window: the queue passes its limit while a large
+        // frame is on the wire in part (written at once onto an empty queue).
+        let p = payload(9, 100_000);
+        for _ in 0..40 {
+            if c.send_binary(&p).is_err() {
+                break;
+            }
+        }
+        loop {
+            let f = c.read_frame().expect("whole echoes, then a close frame");
+            match f.opcode {
+                op::BINARY => assert!(f.payload == p, "an echo was cut short or damaged"),
+                op::CLOSE => {
+                    assert_eq!(f.close_code(), Some(1008));
+                    break;
+                }
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+    }
+}
+
 plain_only! {
     "over TLS nothing is written directly: the threshold has nothing to cross there";
     fn send_direct_bytes_min_is_the_smallest_payload_written_directly(backend) {
