@@ -181,6 +181,8 @@ struct Shard<H: Handler> {
     expired: Vec<Scheduled>,
     next_generation: u32,
     shutdown_at: Option<Instant>,
+    /// A graceful shutdown's progress in beginning its close handshakes (`shutdown.rs`).
+    closing: Option<shutdown::Closing>,
     /// The loop turn, wrapping (what a connection's frame budget is counted against).
     turn: u8,
     /// `recv_frames_per_turn_max`.
@@ -238,6 +240,7 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             next_generation: 0,
             shutdown_at: None,
+            closing: None,
             turn: 0,
             frames_per_turn,
             backlog: Vec::new(),
@@ -261,6 +264,7 @@ impl<H: Handler> Shard<H> {
                 || self.ctx.topics.has_pending()
                 || self.mail_backlog
                 || !self.backlog.is_empty()
+                || self.closing_has_room()
             {
                 // Work left over from the last turn: no sleep.
                 timeout = Some(Duration::ZERO);
@@ -299,6 +303,7 @@ impl<H: Handler> Shard<H> {
             self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
+            self.close_batch();
             self.fire_timers(now);
             self.deliver_local();
             self.flush(&mut driver);
