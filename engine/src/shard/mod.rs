@@ -268,6 +268,10 @@ impl<H: Handler> Shard<H> {
             {
                 // Work left over from the last turn: no sleep.
                 timeout = Some(Duration::ZERO);
+            } else if self.closing_waits() {
+                // Closes wait for the room the unwritten ones leave: look again within a tick
+                // (the completions of a send on another io_uring ring need not wake this poll).
+                timeout = Some(timeout.map_or(TICK, |t| t.min(TICK)));
             }
             if let Some(at) = self.memory.due() {
                 let left = at.saturating_duration_since(now);

@@ -129,6 +129,13 @@ impl<H: Handler> Shard<H> {
         room && c.next < self.slab.capacity()
     }
 
+    /// Does a shutdown in progress have closes still to begin?
+    pub(super) fn closing_waits(&self) -> bool {
+        self.closing
+            .as_ref()
+            .is_some_and(|c| c.next < self.slab.capacity())
+    }
+
     /// Is connection `key` live with bytes not yet written out (its send queue, or what its
     /// TLS session sealed)?
     fn close_unsent(&self, key: usize) -> bool {
