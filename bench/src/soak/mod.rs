@@ -92,6 +92,10 @@ pub struct SoakArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// One more `percore serve` argument for every server, after the soak's own (repeatable;
+    /// e.g. `--serve-arg=--recv-buffers --serve-arg=16` to soak another receive ring).
+    #[arg(long, allow_hyphen_values = true)]
+    pub serve_arg: Vec<String>,
 }
 
 /// The soak servers' settings: small limits so hostile clients reach them quickly; keepalive
@@ -191,6 +195,7 @@ impl Run {
             "--shards".into(),
             args.server_shards.to_string(),
         ]);
+        serve.extend(args.serve_arg.iter().cloned());
         let echo = ServerProc::start(backend, "echo", &serve)?;
         let bcast = ServerProc::start(backend, "broadcast", &serve)?;
         let rates = Rates {
