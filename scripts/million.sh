@@ -16,7 +16,9 @@
 # Reports: connect time, errors, connections that answered a ping, server RSS and user bytes
 # per connection, kernel slab per connection (both ends are on this host: per pair), server
 # CPU per ping (server CPU over the hold / pings answered in it; includes the 100-connection
-# echo probe), echo p99, shutdown time. With --json the last line is one JSON object.
+# echo probe), echo p99, shutdown time and the server's RSS through the shutdown (sampled every
+# 0.1 s: at SIGINT and its peak). With --json the last line is one JSON object. PERCORE_BIN
+# names another build of the binary to run (a before/after comparison).
 #
 # Needs about 13 KiB of free memory per connection (kernel ~10 KiB per loopback pair): the
 # script refuses to start without it. The server runs under `nice -n 10`, the load under
@@ -57,12 +59,13 @@ if [ "$AVAIL_KB" -lt "$NEED_KB" ]; then
     exit 1
 fi
 
-BIN=./target/release/percore
+BIN=${PERCORE_BIN:-./target/release/percore}
 [ -x "$BIN" ] || cargo build --release -p percore-bench >&2
 TMP=$(mktemp -d)
 SPID=
 LPID=
 MPID=
+RPID=
 ERRORS=unknown
 keep() {
     mkdir -p "$1"
@@ -70,6 +73,7 @@ keep() {
 }
 cleanup() {
     [ -n "$MPID" ] && kill "$MPID" 2>/dev/null || true
+    [ -n "$RPID" ] && kill "$RPID" 2>/dev/null || true
     [ -n "$LPID" ] && kill "$LPID" 2>/dev/null || true
     if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
     if [ -n "$KEEP" ]; then
@@ -149,11 +153,20 @@ log "million: echo probe done"
 
 # The hold ends: graceful shutdown while the load lingers.
 while kill -0 "$LPID" 2>/dev/null && ! grep -q "window over" "$TMP/idle.err"; do sleep 1; done
+# The server's RSS through the shutdown, every 0.1 s until it exits (the 5 s monitor misses
+# its peak).
+( while kill -0 "$SPID" 2>/dev/null; do
+      echo "$(date +%s.%N) $(awk '/VmRSS/ {print $2}' "/proc/$SPID/status" 2>/dev/null)"
+      sleep 0.1
+  done ) >"$TMP/shutdown-rss.log" &
+RPID=$!
 TS0=$(date +%s.%N)
 kill -INT "$SPID"
 wait "$SPID" || true
 TS1=$(date +%s.%N)
 SPID=
+wait "$RPID" 2>/dev/null || true
+RPID=
 LRC=0
 wait "$LPID" || LRC=$?
 LPID=
@@ -175,6 +188,14 @@ def load(p):
 idle, echo = load("idle.json"), load("echo.json")
 stop = [l for l in open(os.path.join(tmp, "serve.log")) if l.startswith("stopped:")]
 stopd = dict(kv.split("=") for kv in stop[-1].split()[1:]) if stop else {}
+closes = [l for l in open(os.path.join(tmp, "serve.log")) if l.startswith("shutdown:")]
+closesd = {k: int(v) for k, v in (kv.split("=") for kv in closes[-1].split()[1:])} if closes else {}
+rss_rows = []
+for l in open(os.path.join(tmp, "shutdown-rss.log")):
+    f = l.split()
+    if len(f) == 2 and f[1].isdigit():
+        rss_rows.append((float(f[0]) - float(ts0), int(f[1])))
+rss_peak = max(rss_rows, key=lambda r: r[1]) if rss_rows else (None, None)
 conns = idle.get("connections", 0)
 user = (rss - empty) * 1024 / max(conns, 1)
 slab = (slab1 - slab0) * 1024 / max(conns, 1)
@@ -213,6 +234,11 @@ out = {
     "echo_max_us": echo.get("max_us"),
     "closed_by_server": idle.get("closed_by_server"),
     "shutdown_s": round(float(ts1) - float(ts0), 1),
+    "shutdown_rss_start_kib": rss_rows[0][1] if rss_rows else None,
+    "shutdown_rss_peak_kib": rss_peak[1],
+    "shutdown_rss_peak_at_s": round(rss_peak[0], 1) if rss_peak[0] is not None else None,
+    "shutdown_closes": closesd.get("closes"),
+    "shutdown_close_turns": closesd.get("turns"),
     "server_stop": stopd,
     "load_exit": int(lrc),
     "tcp_counters": tcp,
@@ -226,6 +252,7 @@ if not as_json:
     print(f"server CPU       {out['server_cpu_s_window']:.2f} s over the hold: {out['server_cpu_us_per_ping']} us per ping (echo probe included)")
     print(f"echo (100 conns) p50 {out['echo_p50_us']} us, p99 {out['echo_p99_us']} us, max {out['echo_max_us']} us over {out['echo_msgs']} echoes")
     print(f"shutdown         {out['shutdown_s']} s; close frames answered {out['closed_by_server']}; server: {stop[-1].strip() if stop else '?'}")
+    print(f"shutdown RSS     {out['shutdown_rss_start_kib']} KiB at SIGINT, peak {out['shutdown_rss_peak_kib']} KiB {out['shutdown_rss_peak_at_s']} s after it (sampled every 0.1 s); closes begun {out['shutdown_closes']} in {out['shutdown_close_turns']} loop turns")
     print(f"kernel TCP       {' '.join(f'{k}=+{v}' for k, v in tcp.items())} (host-wide, over the run)")
     print()
     print("kernel slab caches with everything up:")

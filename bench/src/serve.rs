@@ -114,6 +114,11 @@ pub struct ServeArgs {
     /// Seconds a graceful shutdown (SIGINT/SIGTERM) waits for close replies.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace_secs: u64,
+    /// Most close handshakes a graceful shutdown begins per shard and loop turn (the engine's
+    /// `shutdown_close_batch`): about 600 bytes each while queued; connections / N loop turns
+    /// before the last close begins.
+    #[arg(long, default_value_t = 4096)]
+    pub shutdown_close_batch: usize,
     /// Allow WebSocket upgrades from this browser origin (repeatable; none given: every
     /// origin). `https://example.com` is that origin exactly, `https://*.example.com` its
     /// subdomains, `example.com` / `*.example.com` the host / subdomains with any scheme and
@@ -412,6 +417,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .idle_timeout_jitter(Duration::from_millis(args.idle_timeout_jitter_ms))
         .pong_timeout(Duration::from_secs(args.pong_timeout_secs))
         .close_timeout(Duration::from_secs(args.close_timeout_secs))
+        .shutdown_close_batch(args.shutdown_close_batch)
         .http_response_bytes_max(args.http_response_bytes_max)
         .tls_handshake_bytes_max(args.tls_handshake_bytes_max)
         .topic_history_messages_max(args.topic_history_messages_max.unwrap_or(match args.mode {
@@ -523,6 +529,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     eprintln!(
         "stopped: accepted={} closed={} messages_received={} bytes_received={} bytes_sent={} protocol_errors={} timeouts={} timeouts_handshake={} timeouts_pong={} timeouts_close={} handler_panics={}",
         s.accepted, s.closed, s.messages_received, s.bytes_received, s.bytes_sent, s.protocol_errors, s.timeouts, s.timeouts_handshake, s.timeouts_pong, s.timeouts_close, s.handler_panics
+    );
+    eprintln!(
+        "shutdown: closes={} turns={}",
+        s.shutdown_closes, s.shutdown_close_turns
     );
     if server.tls_local_addr().is_some() {
         eprintln!(

@@ -94,6 +94,10 @@ const DIRECT_FDS_MAX: u32 = 1 << 20;
 /// Most entries in one io_uring fixed-file table (the kernel's bound, `IORING_MAX_FIXED_FILES`).
 /// The driver lowers it further to `RLIMIT_NOFILE`, which the kernel also applies.
 const DIRECT_FDS_TABLE_MAX: u32 = 1 << 20;
+/// Default most close handshakes a graceful shutdown begins per shard and loop turn: ~2.5 MiB of
+/// queued close frames at once (~600 bytes each), and 25 turns to begin closing 100,000
+/// connections.
+pub(crate) const SHUTDOWN_CLOSE_BATCH: usize = 4096;
 /// Most io_uring rings per shard (must match the driver's `RINGS_MAX`).
 const RINGS_PER_SHARD_MAX: u32 = 256;
 
@@ -129,6 +133,7 @@ pub(crate) struct Config {
     pub(crate) idle_timeout_jitter: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) close_timeout: Duration,
+    pub(crate) shutdown_close_batch: usize,
     pub(crate) topic_name_bytes_max: usize,
     pub(crate) mailbox_messages_max: usize,
     pub(crate) http_response_bytes_max: usize,
@@ -178,6 +183,7 @@ impl Default for Config {
             idle_timeout_jitter: Duration::from_secs(15),
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(5),
+            shutdown_close_batch: SHUTDOWN_CLOSE_BATCH,
             topic_name_bytes_max: 256,
             mailbox_messages_max: 65_536,
             http_response_bytes_max: 1 << 20,
@@ -227,6 +233,8 @@ impl Config {
         // `on_drain` is due when the queue falls below this: 0 would never be crossed.
         self.send_queue_low_water_bytes = self.send_queue_low_water_bytes.max(1);
         self.mailbox_messages_max = self.mailbox_messages_max.max(1);
+        // 0 closes a turn would never close anything.
+        self.shutdown_close_batch = self.shutdown_close_batch.max(1);
         self.deflate_level = self.deflate_level.min(9);
         self.deflate_server_max_window_bits = self.deflate_server_max_window_bits.clamp(9, 15);
         self.deflate_client_max_window_bits = self.deflate_client_max_window_bits.clamp(9, 15);

@@ -383,6 +383,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Most close handshakes a graceful shutdown ([`ServerHandle::shutdown`]) begins per shard
+    /// and loop turn (default 4096; 0 counts as 1). A batch begins only as far as the close
+    /// frames of the ones before it are written out, and the other connections stay open and
+    /// served until their turn. Costs: memory, about `n` × 600 bytes of queued close frames at
+    /// once (~2.5 MiB at the default); time, `connections / n` loop turns per shard before the
+    /// last close begins (25 turns for 100,000 at the default). The shutdown deadline ends every
+    /// connection still open, whether or not its close began.
+    pub fn shutdown_close_batch(mut self, n: usize) -> Self {
+        self.config.shutdown_close_batch = n;
+        self
+    }
+
     /// Longest topic name in bytes (default 256); longer names are refused with
     /// [`PubSubError::TopicTooLong`](crate::PubSubError::TopicTooLong). Each topic a shard has
     /// subscribers for costs its name (twice: shard table and the shared shard mask) plus one

@@ -85,6 +85,12 @@ pub struct Stats {
     /// budgeted by [`crate::ServerBuilder::deflate_dedicated_bytes_max`]; a gauge, updated once
     /// per loop turn).
     pub deflate_dedicated_bytes: u64,
+    /// Close handshakes (1001) a graceful shutdown began.
+    pub shutdown_closes: u64,
+    /// Loop turns in which a graceful shutdown began close handshakes: at least
+    /// `shutdown_closes / shutdown_close_batch` per shard (see
+    /// [`crate::ServerBuilder::shutdown_close_batch`]).
+    pub shutdown_close_turns: u64,
 }
 
 /// The cluster bridge's counters: what this server sent to and received from the broker, and
@@ -157,6 +163,8 @@ pub(crate) struct ShardStats {
     pub(crate) tls_failures: AtomicU64,
     /// A gauge: stored by the shard once per loop turn.
     pub(crate) deflate_dedicated_bytes: AtomicU64,
+    pub(crate) shutdown_closes: AtomicU64,
+    pub(crate) shutdown_close_turns: AtomicU64,
     /// What `crate::Metrics` adds to these (same single-writer rule).
     pub(crate) metrics: ShardMetrics,
 }
@@ -207,6 +215,8 @@ impl ShardStats {
         s.tls_handshakes += g(&self.tls_handshakes);
         s.tls_failures += g(&self.tls_failures);
         s.deflate_dedicated_bytes += g(&self.deflate_dedicated_bytes);
+        s.shutdown_closes += g(&self.shutdown_closes);
+        s.shutdown_close_turns += g(&self.shutdown_close_turns);
     }
 }
 

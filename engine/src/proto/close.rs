@@ -1,7 +1,10 @@
 //! Close codes, close frame payloads and the close handshake (RFC 6455 §5.5.1, §7).
 
+use std::sync::Arc;
+
 use super::close_code::CloseCode;
 use super::error::ProtocolError;
+use super::frame::{encode_frame, OpCode};
 use percore_simd::validate_utf8;
 
 /// A received close frame. `code == None` means an empty close payload.
@@ -54,6 +57,53 @@ pub fn close_payload(code: CloseCode, reason: &str) -> ([u8; 125], usize) {
     }
     out[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
     (out, 2 + end)
+}
+
+/// A close frame encoded once for every server connection it is sent to (a server's frames are
+/// unmasked, so the bytes are the same for each): a graceful shutdown sends one 1001 to every
+/// connection of a shard, and each send queue then holds a reference to these bytes instead of
+/// its own copy ([`super::SendHalf::close_shared`]).
+#[derive(Clone, Debug)]
+pub struct SharedClose {
+    code: CloseCode,
+    reason: Box<str>,
+    frame: Arc<[u8]>,
+}
+
+impl SharedClose {
+    /// The close frame for `code` and `reason` (truncated to 123 bytes on a char boundary; a
+    /// code that may not go on the wire gives an empty payload, as [`CloseState::initiate`]).
+    pub fn new(code: CloseCode, reason: &str) -> Self {
+        let (p, n) = close_payload(code, reason);
+        let reason = core::str::from_utf8(&p[2..n]).unwrap_or_default().into();
+        let payload = if code.is_valid_on_wire() {
+            &p[..n]
+        } else {
+            &[][..]
+        };
+        let mut frame = Vec::with_capacity(2 + payload.len());
+        encode_frame(&mut frame, OpCode::Close, true, payload, None);
+        Self {
+            code,
+            reason,
+            frame: frame.into(),
+        }
+    }
+
+    /// The close code.
+    pub fn code(&self) -> CloseCode {
+        self.code
+    }
+
+    /// The reason, as truncated.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The encoded, unmasked frame.
+    pub fn frame(&self) -> &Arc<[u8]> {
+        &self.frame
+    }
 }
 
 /// Where a connection stands in the close handshake.

@@ -30,7 +30,8 @@ mod rng;
 mod tests;
 
 pub use close::{
-    close_payload, parse_close_payload, CloseFrame, ClosePhase, CloseState, MAX_CLOSE_REASON_LEN,
+    close_payload, parse_close_payload, CloseFrame, ClosePhase, CloseState, SharedClose,
+    MAX_CLOSE_REASON_LEN,
 };
 pub use close_code::CloseCode;
 pub use codec::{Decoder, Event, Limits};

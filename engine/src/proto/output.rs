@@ -28,6 +28,12 @@ pub trait Output {
     fn push_bytes(&mut self, bytes: &[u8]);
     /// Queue an encoded frame shared with other connections (a broadcast or publish).
     fn push_shared(&mut self, frame: &Arc<[u8]>);
+    /// Queue an encoded control frame shared with other connections (a graceful shutdown's
+    /// close), as [`Output::push_shared`] does; separate for the same reason as
+    /// [`Output::push_control`].
+    fn push_shared_control(&mut self, frame: &Arc<[u8]>) {
+        self.push_shared(frame);
+    }
 }
 
 /// A `Vec` as output: everything appended, in order (tests, simple embedders).

@@ -157,6 +157,8 @@ impl ServerHandle {
     /// Graceful shutdown: stop accepting, send close 1001 to every open connection, keep
     /// flushing and wait for the close replies until `deadline` has passed, then drop the
     /// remaining sockets (their `on_close` gets 1006) and join the shard threads. Idempotent.
+    /// The closes begin in batches ([`crate::ServerBuilder::shutdown_close_batch`]); a
+    /// connection whose turn has not come by the deadline is dropped with the others.
     pub fn shutdown(&self, deadline: Duration) {
         let at = Instant::now() + deadline;
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));

@@ -103,6 +103,12 @@ impl Output for Out<'_> {
         counters::bump(&self.ctx.stats.metrics.messages_sent, 1);
         self.queued();
     }
+
+    fn push_shared_control(&mut self, frame: &Arc<[u8]>) {
+        self.queue.push_shared(frame.clone());
+        ShardStats::bump(&self.ctx.stats.frames_sent, 1);
+        self.queued();
+    }
 }
 
 impl Out<'_> {

@@ -182,6 +182,8 @@ struct Shard<H: Handler> {
     expired: Vec<Scheduled>,
     next_generation: u32,
     shutdown_at: Option<Instant>,
+    /// A graceful shutdown's progress in beginning its close handshakes (`shutdown.rs`).
+    closing: Option<shutdown::Closing>,
     /// The loop turn, wrapping (what a connection's frame budget is counted against).
     turn: u8,
     /// `recv_frames_per_turn_max`.
@@ -240,6 +242,7 @@ impl<H: Handler> Shard<H> {
             expired: Vec::new(),
             next_generation: 0,
             shutdown_at: None,
+            closing: None,
             turn: 0,
             frames_per_turn,
             backlog: Vec::new(),
@@ -263,9 +266,14 @@ impl<H: Handler> Shard<H> {
                 || self.ctx.topics.has_pending()
                 || self.mail_backlog
                 || !self.backlog.is_empty()
+                || self.closing_has_room()
             {
                 // Work left over from the last turn: no sleep.
                 timeout = Some(Duration::ZERO);
+            } else if self.closing_waits() {
+                // Closes wait for the room the unwritten ones leave: look again within a tick
+                // (the completions of a send on another io_uring ring need not wake this poll).
+                timeout = Some(timeout.map_or(TICK, |t| t.min(TICK)));
             }
             if let Some(at) = self.memory.due() {
                 let left = at.saturating_duration_since(now);
@@ -301,6 +309,7 @@ impl<H: Handler> Shard<H> {
             self.drain_backlog(&mut driver);
             self.register_accepted(&mut driver);
             self.read_mail(&mut driver);
+            self.close_batch();
             self.fire_timers(now);
             self.deliver_local();
             self.flush(&mut driver);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::proto::close::CloseFrame;
-use crate::proto::close::CloseState;
+use crate::proto::close::{CloseState, SharedClose};
 use crate::proto::close_code::CloseCode;
 use crate::proto::deflate::{encode_compressed, ConnDeflate, Terms};
 use crate::proto::endpoint::{Endpoint, Settings};
@@ -299,6 +299,29 @@ impl SendHalf {
         }
         if let Some((p, n)) = self.close.initiate(code, reason) {
             self.push_control(ep, out, OpCode::Close, &p[..n]);
+            self.mark = now;
+        }
+    }
+
+    /// [`SendHalf::close`] with a close frame encoded once for many connections: a server
+    /// connection queues a reference to `close`'s bytes instead of encoding its own copy; a
+    /// client, whose frames are each masked, encodes its own.
+    pub fn close_shared<O: Output>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        close: &SharedClose,
+    ) {
+        if self.is_client() {
+            self.close(now, ep, out, close.code(), close.reason());
+            return;
+        }
+        if self.phase != Phase::Open {
+            return;
+        }
+        if self.close.initiate(close.code(), close.reason()).is_some() {
+            out.push_shared_control(close.frame());
             self.mark = now;
         }
     }

@@ -329,6 +329,37 @@ fn server_initiated_close_waits_for_the_reply_then_closes() {
 }
 
 #[test]
+fn a_shared_close_queues_the_same_frame_and_state_as_close() {
+    let shared = crate::proto::SharedClose::new(CloseCode::GOING_AWAY, "server shutting down");
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    c.send_half().close_shared(4, &mut ep, &mut out, &shared);
+    assert_eq!(out, &shared.frame()[..]);
+    assert_eq!(
+        frames(Role::Client, &out),
+        vec![(
+            OpCode::Close,
+            close_payload_of(1001, "server shutting down")
+        )]
+    );
+    assert!(!c.can_send() && c.is_open());
+    assert_eq!(c.poll_timeout(&ep), Some(7), "close deadline");
+    out.clear();
+    c.send_half().close_shared(5, &mut ep, &mut out, &shared);
+    assert!(out.is_empty(), "no second close frame");
+    recv(
+        &mut c,
+        6,
+        &mut ep,
+        &mut out,
+        &cframe(OpCode::Close, &close_payload_of(1001, "")),
+    );
+    assert_eq!(c.handle_flushed(), AfterFlush::Close);
+    assert_eq!(c.close_outcome(), (Some(CloseCode::GOING_AWAY), ""));
+}
+
+#[test]
 fn unanswered_close_ends_at_the_close_timeout_with_1006() {
     let mut ep = endpoint();
     let mut c = open_server(&mut ep);
