@@ -191,15 +191,12 @@ impl ServerBuilder {
         self
     }
 
-    /// Payloads of at least this many bytes (default 8 KiB) that a handler sends while its
-    /// connection's send queue is empty go to the socket at once, frame header and payload in
-    /// one vectored write (`sendmsg` of two parts) straight from the handler's bytes (an echo:
-    /// the receive buffer), instead of being copied into the queue and written at the end of
-    /// the loop turn; only what the socket does not take is copied into the queue. It saves a
-    /// copy of the payload per message and costs one system call per such message (smaller
-    /// frames are batched into one write per connection per turn, which is cheaper than that
-    /// call). Applies to plain (not TLS) connections without permessage-deflate, during
-    /// `on_message` and the other receive callbacks; `usize::MAX` turns it off.
+    /// Payloads of at least this many bytes (default 8 KiB) sent onto an empty send queue go to
+    /// the socket at once, header and payload in one `sendmsg` straight from the handler's bytes
+    /// (an echo: the receive buffer); only what the socket does not take is copied into the
+    /// queue. Saves a copy of the payload per message, costs one system call per such message
+    /// (smaller frames share one write per connection per loop turn). Plain connections without
+    /// permessage-deflate, in the receive callbacks; `usize::MAX` turns it off.
     pub fn send_direct_bytes_min(mut self, n: usize) -> Self {
         self.config.send_direct_bytes_min = n;
         self
