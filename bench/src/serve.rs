@@ -60,8 +60,8 @@ pub struct ServeArgs {
     pub send_queue_low_water_bytes: usize,
     /// Payloads of at least this many bytes sent onto an empty send queue are written at once,
     /// header and payload in one `sendmsg`, without a copy (plain connections without
-    /// permessage-deflate; huge: never).
-    #[arg(long, default_value_t = 8 << 10)]
+    /// permessage-deflate; huge, the default: never; 8192 is the measured setting).
+    #[arg(long, default_value_t = usize::MAX)]
     pub send_direct_bytes_min: usize,
     /// Close code for slow consumers: 1008 or 1013.
     #[arg(long, default_value_t = 1008)]

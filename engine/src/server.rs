@@ -191,7 +191,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Payloads of at least this many bytes (default 8 KiB) sent onto an empty send queue go to
+    /// Payloads of at least this many bytes (default: off, `usize::MAX`; 8 KiB is the size the
+    /// copy-free measurements used) sent onto an empty send queue go to
     /// the socket at once, header and payload in one `sendmsg` straight from the handler's bytes
     /// (an echo: the receive buffer); only what the socket does not take is copied into the
     /// queue. Saves a copy of the payload per message, costs one system call per such message

@@ -62,10 +62,10 @@ fn is_plain(addr: std::net::SocketAddr) -> bool {
 
 every_backend! {
     fn large_echoes_and_small_messages_keep_their_order_under_partial_writes(backend) {
-        let h = common::start_app(backend, |b| b.send_queue_bytes_max(256 << 20), |_| Echo);
+        let h = common::start_app(backend, |b| b.send_direct_bytes_min(8 << 10).send_queue_bytes_max(256 << 20), |_| Echo);
         let addr = common::addr_of(&h);
         let mut c = connect_small_window(addr);
-        // Sizes around the default threshold (8 KiB) and far above it.
+        // Sizes around the threshold (8 KiB) and far above it.
         let sizes = [8191usize, 8192, 8193, 100, 16 << 10, 70_000, 300_000, 5, 1 << 20, 64 << 10];
         let mut sent: Vec<(u8, Vec<u8>)> = Vec::new();
         let mut got = 0usize;
@@ -107,7 +107,7 @@ every_backend! {
     }
 
     fn a_16_mib_message_and_fragmented_ones_echo_whole(backend) {
-        let h = common::start_app(backend, |b| b.send_queue_bytes_max(64 << 20).message_bytes_max(17 << 20).frame_bytes_max(17 << 20), |_| Echo);
+        let h = common::start_app(backend, |b| b.send_direct_bytes_min(8 << 10).send_queue_bytes_max(64 << 20).message_bytes_max(17 << 20).frame_bytes_max(17 << 20), |_| Echo);
         let addr = common::addr_of(&h);
         let mut c = RawClient::connect(addr).unwrap();
         let big = payload(1, 16 << 20);
@@ -130,7 +130,7 @@ every_backend! {
 
 every_backend! {
     fn a_slow_consumer_gets_whole_frames_then_its_close(backend) {
-        let h = common::start_app(backend, |b| b.send_queue_bytes_max(256 << 10), |_| Echo);
+        let h = common::start_app(backend, |b| b.send_direct_bytes_min(8 << 10).send_queue_bytes_max(256 << 10), |_| Echo);
         let mut c = connect_small_window(common::addr_of(&h));
         c.stream.tcp().set_write_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
         // 4 MiB of echoes towards a 4 KiB window: the queue passes its limit while a large
