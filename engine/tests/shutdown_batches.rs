@@ -38,18 +38,24 @@ fn clients(server: &common::TestServer, n: usize) -> Vec<RawClient> {
         .collect()
 }
 
+/// Shut `server` down with a 10 s grace while every client gets its 1001, answers it and sees
+/// the end of the stream; the server's counters once the shutdown returned.
+fn shut_down_answering_1001(server: &mut common::TestServer, cs: &mut [RawClient]) -> Stats {
+    let grace = Duration::from_secs(10);
+    let stats = shutdown_then_stats(server.take_handle(), grace);
+    for c in cs {
+        assert_eq!(c.read_until_close(), Ending::Close(Some(1001)));
+        let _ = c.send_close(1001, "");
+        c.expect_eof();
+    }
+    stats_after(&stats, grace)
+}
+
 every_backend! {
     fn twenty_connections_get_1001_in_batches_of_three(backend) {
         let mut server = common::start_with(backend, |b| b.shutdown_close_batch(3));
         let mut cs = clients(&server, 20);
-        let grace = Duration::from_secs(10);
-        let stats = shutdown_then_stats(server.take_handle(), grace);
-        for c in &mut cs {
-            assert_eq!(c.read_until_close(), Ending::Close(Some(1001)));
-            let _ = c.send_close(1001, "");
-            c.expect_eof();
-        }
-        let s = stats_after(&stats, grace);
+        let s = shut_down_answering_1001(&mut server, &mut cs);
         assert_eq!(s.shutdown_closes, 20, "closes begun");
         // 3 a turn: however the 20 are spread over the shards, at least ceil(20 / 3) turns.
         assert!(s.shutdown_close_turns >= 7, "closes began in {} turns", s.shutdown_close_turns);
@@ -60,14 +66,7 @@ every_backend! {
         let mut server = common::start_with(backend, |b| b.shutdown_close_batch(1000));
         let mut cs = clients(&server, 20);
         let shards = server.handle().shards() as u64;
-        let grace = Duration::from_secs(10);
-        let stats = shutdown_then_stats(server.take_handle(), grace);
-        for c in &mut cs {
-            assert_eq!(c.read_until_close(), Ending::Close(Some(1001)));
-            let _ = c.send_close(1001, "");
-            c.expect_eof();
-        }
-        let s = stats_after(&stats, grace);
+        let s = shut_down_answering_1001(&mut server, &mut cs);
         assert_eq!(s.shutdown_closes, 20, "closes begun");
         assert!(
             (1..=shards).contains(&s.shutdown_close_turns),
