@@ -9,6 +9,7 @@
 #
 #   scripts/callgrind-server.sh [--server BIN] [--load BIN] [--backends epoll,uring] [--runs N]
 #                               [--size BYTES] [--connections N] [--duration S] [--floor DIR]
+#                               [--server-args "ARGS"]
 #
 # Defaults: target/release/percore (built here) for both, both backends, 2 runs each, 10
 # connections of 20-byte messages for 5 s. The large cells of issue 14: `--size 16384`,
@@ -17,12 +18,13 @@
 # runs the raw echoes there (`rawecho`, `uring_echo`; no framing at all) under callgrind, driven
 # by `peerload raw` with the same connections and size: the user-space instructions a TCP echo
 # cannot avoid (their messages are peerload's rate times its 1 s intervals, approximate).
+# `--server-args` adds options to `percore serve` (e.g. "--send-direct-bytes-min 8192").
 # Prints one line per run: server, shard-thread Ir, messages, Ir per message. KEEP_DUMPS=DIR
 # keeps the dumps (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SERVER= LOAD= BACKENDS=epoll,uring RUNS=2 SIZE=20 CONNS=10 DURATION=5 FLOOR=
+SERVER= LOAD= BACKENDS=epoll,uring RUNS=2 SIZE=20 CONNS=10 DURATION=5 FLOOR= SERVER_ARGS=
 while [ $# -gt 0 ]; do
     case "$1" in
         --server) SERVER=$2; shift 2 ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --floor) FLOOR=$2; shift 2 ;;
+        --server-args) SERVER_ARGS=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -61,7 +64,7 @@ for backend in ${BACKENDS//,/ }; do
         rm -f "$TMP"/cg.* "$TMP"/serve.out
         port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$TMP/cg.%p" \
-            "$SERVER" serve --addr "127.0.0.1:$port" --backend "$backend" --shards 1 --no-pin \
+            "$SERVER" serve --addr "127.0.0.1:$port" --backend "$backend" --shards 1 --no-pin $SERVER_ARGS \
             >"$TMP/serve.out" 2>"$TMP/serve.err" &
         VG=$!
         for _ in $(seq 1 240); do

@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Receive buffer per shard in bytes.
     #[arg(long, default_value_t = 64 << 10)]
     pub recv_buffer_bytes: usize,
+    /// epoll: largest message (with its header) handed out in place from a shard's receive
+    /// buffer when the socket has it whole (the buffer grows to this; 0: off).
+    #[arg(long, default_value_t = 2 << 20)]
+    pub recv_in_place_bytes_max: usize,
     /// io_uring: receive buffers in each shard's buffer ring (each recv-buffer-bytes long).
     #[arg(long, default_value_t = 256)]
     pub recv_buffers: usize,
@@ -406,6 +410,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .handshake_header_bytes_max(args.handshake_header_bytes_max)
         .backlog(args.backlog)
         .recv_buffer_bytes(args.recv_buffer_bytes)
+        .recv_in_place_bytes_max(args.recv_in_place_bytes_max)
         .recv_buffers(args.recv_buffers)
         .recv_frames_per_turn_max(args.recv_frames_per_turn_max)
         .buffer_pool_bytes_max(args.buffer_pool_bytes_max)

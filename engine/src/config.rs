@@ -78,6 +78,9 @@ const RECV_BUFFER_BYTES_MIN: usize = 4 << 10;
 /// Largest receive buffer: an io_uring buffer length is a `u32`, and a gigabyte per buffer is
 /// past any sensible use.
 const RECV_BUFFER_BYTES_MAX: usize = 1 << 30;
+/// Default of [`crate::ServerBuilder::recv_in_place_bytes_max`]: 2 MiB, room for a 1 MiB
+/// message read whole.
+pub(crate) const RECV_IN_PLACE_BYTES_MAX: usize = 2 << 20;
 /// Most buffers in one io_uring provided-buffer ring (the kernel's bound).
 const RECV_BUFFERS_MAX: usize = 32_768;
 
@@ -123,6 +126,7 @@ pub(crate) struct Config {
     pub(crate) send_direct_bytes_min: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_buffer_bytes: usize,
+    pub(crate) recv_in_place_bytes_max: usize,
     pub(crate) recv_buffers: usize,
     pub(crate) recv_frames_per_turn_max: u32,
     pub(crate) buffer_pool_bytes_max: usize,
@@ -173,6 +177,7 @@ impl Default for Config {
             send_direct_bytes_min: SEND_DIRECT_BYTES_MIN,
             slow_consumer: SlowConsumer::Close1008,
             recv_buffer_bytes: 64 << 10,
+            recv_in_place_bytes_max: RECV_IN_PLACE_BYTES_MAX,
             recv_buffers: 256,
             recv_frames_per_turn_max: 256,
             buffer_pool_bytes_max: 4 << 20,
@@ -218,6 +223,7 @@ impl Config {
         self.recv_buffer_bytes = self
             .recv_buffer_bytes
             .clamp(RECV_BUFFER_BYTES_MIN, RECV_BUFFER_BYTES_MAX);
+        self.recv_in_place_bytes_max = self.recv_in_place_bytes_max.min(RECV_BUFFER_BYTES_MAX);
         // A provided-buffer ring holds a power of two of buffers.
         let n = self.recv_buffers.clamp(1, RECV_BUFFERS_MAX);
         self.recv_buffers = 1 << (usize::BITS - 1 - n.leading_zeros());

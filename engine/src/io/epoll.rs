@@ -46,7 +46,11 @@ pub(crate) struct EpollDriver {
     listeners: Vec<TcpListener>,
     waker: Arc<mio::Waker>,
     sockets: Vec<Option<Watched>>,
+    /// The one receive buffer: `read_bytes` for a first read, the rest for a message the shard
+    /// keeps whole in it ([`Flow::Keep`]).
     scratch: Box<[u8]>,
+    /// Bytes one read asks for unless it follows a keep.
+    read_bytes: usize,
     /// Sockets whose read loop stopped at `READS_PER_TURN` with data possibly left (no new
     /// edge will come for it): read again on the next `poll`, which then does not block.
     unfinished: Vec<(Token, bool)>,
@@ -55,7 +59,8 @@ pub(crate) struct EpollDriver {
 }
 
 /// Most reads of one socket per `poll` (fairness: one fast sender cannot starve the others;
-/// 16 reads of the 64 KiB default buffer = 1 MiB per connection per loop turn).
+/// 16 reads of the 64 KiB default buffer = 1 MiB per connection per loop turn, plus the rest
+/// of a message read whole into the buffer, `recv_keep_bytes` at most).
 const READS_PER_TURN: usize = 16;
 
 impl Wake for mio::Waker {
@@ -105,42 +110,68 @@ impl EpollDriver {
         drain: bool,
         on: &mut F,
     ) {
+        // Bytes at the front of `scratch` the shard kept (`Flow::Keep`): the next read goes
+        // after them, and they are presented again with what it brings.
+        let (mut kept, mut whole) = (0, 0);
+        // Bytes read this turn: past `READS_PER_TURN` buffers' worth, no new message is begun.
+        let mut read = 0;
         for _ in 0..READS_PER_TURN {
+            if kept == 0 && read >= READS_PER_TURN * self.read_bytes {
+                break;
+            }
             let Some(sock) = self.sockets.get_mut(token.0).and_then(Option::as_mut) else {
                 return;
             };
             if sock.done || sock.paused {
                 return;
             }
-            match sock.stream.read(&mut self.scratch) {
+            // A read asks for `read_bytes`; one after a keep, for as much as the kept frame
+            // needs to be whole if that is more.
+            let end = (kept + self.read_bytes).max(whole).min(self.scratch.len());
+            match sock.stream.read(&mut self.scratch[kept..end]) {
                 Ok(0) => {
                     sock.done = true;
+                    if kept > 0 {
+                        // What came before the EOF, then the EOF (the shard holds the EOF
+                        // back if this pauses it).
+                        self.present(token, kept, 0, on);
+                    }
                     on(Completion::Closed { token, error: None });
                     return;
                 }
                 Ok(n) => {
-                    let direct = Some(sock.stream.as_raw_fd());
-                    let flow = on(Completion::Recv {
-                        token,
-                        buf: &mut self.scratch[..n],
-                        direct,
-                    });
-                    if flow == Flow::PauseRecv {
-                        // What is left stays in the kernel; `resume_recv` reads it (no new
-                        // edge may come for it).
-                        if let Some(sock) = self.socket(token) {
-                            sock.paused = true;
+                    read += n;
+                    let len = kept + n;
+                    let keep_max = self.scratch.len();
+                    match self.present(token, len, keep_max, on) {
+                        Flow::Keep { kept: k, whole: w } if k > 0 && k < keep_max && k <= len => {
+                            if k < len {
+                                self.scratch.copy_within(len - k..len, 0);
+                            }
+                            (kept, whole) = (k, w);
+                            // Read at once whatever follows it (a `WouldBlock` hands it back).
+                            continue;
                         }
-                        return;
+                        Flow::Keep { kept: k, .. } => {
+                            debug_assert!(false, "kept {k} of {len} (at most {keep_max})");
+                            (kept, whole) = (0, 0);
+                        }
+                        Flow::PauseRecv => return,
+                        Flow::Continue => (kept, whole) = (0, 0),
                     }
-                    if n < self.scratch.len() && !drain {
+                    if n < end - (len - n) && !drain {
                         // A short read drained the socket (edge-triggered: the next arrival
                         // raises a new event), saving the read that would say WouldBlock.
                         // Not when the peer also closed: that EOF raises no further event.
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if kept > 0 {
+                        self.present(token, kept, 0, on);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     sock.done = true;
@@ -152,7 +183,37 @@ impl EpollDriver {
                 }
             }
         }
+        if kept > 0 && self.present(token, kept, 0, on) == Flow::PauseRecv {
+            return;
+        }
         self.unfinished.push((token, drain));
+    }
+
+    /// Lend `scratch[..len]` to the shard for `token`; a `PauseRecv` answer pauses the socket
+    /// (what is left stays in the kernel; `resume_recv` reads it, no new edge may come for it).
+    fn present<F: FnMut(Completion<'_>) -> Flow>(
+        &mut self,
+        token: Token,
+        len: usize,
+        keep_max: usize,
+        on: &mut F,
+    ) -> Flow {
+        let Some(sock) = self.sockets.get_mut(token.0).and_then(Option::as_mut) else {
+            return Flow::Continue;
+        };
+        let direct = Some(sock.stream.as_raw_fd());
+        let flow = on(Completion::Recv {
+            token,
+            buf: &mut self.scratch[..len],
+            direct,
+            keep_max,
+        });
+        if flow == Flow::PauseRecv {
+            if let Some(sock) = self.socket(token) {
+                sock.paused = true;
+            }
+        }
+        flow
     }
 }
 
@@ -182,7 +243,10 @@ impl Driver for EpollDriver {
             sockets: Vec::new(),
             unfinished: Vec::new(),
             accept_retry: false,
-            scratch: vec![0u8; cfg.recv_buffer_bytes].into_boxed_slice(),
+            // Zeroed by the allocator (fresh pages are not touched): only as much of it as
+            // the largest read reached becomes resident.
+            scratch: vec![0u8; cfg.recv_buffer_bytes.max(cfg.recv_keep_bytes)].into_boxed_slice(),
+            read_bytes: cfg.recv_buffer_bytes,
         })
     }
 

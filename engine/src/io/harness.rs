@@ -14,6 +14,7 @@ pub(crate) fn config(direct_fds: bool) -> DriverConfig {
         direct_fds_max: 2048,
         direct_fds_table_max: u32::MAX,
         recv_buffer_bytes: 4096,
+        recv_keep_bytes: 0,
         recv_buffers: 64,
         events_max: 64,
     }

@@ -15,6 +15,9 @@
 //!   [`Completion::Recv`]. The buffer is lent for the duration of the callback only: the shard
 //!   processes it in place (unmasking mutates it) and copies any unconsumed tail away. When the
 //!   callback returns, the driver reuses the buffer (epoll: next read; io_uring: back to the ring).
+//!   The exception: a `Recv` that allows it (`keep_max`, epoll) may be answered with
+//!   [`Flow::Keep`], and the driver then presents the kept end again with more bytes after it
+//!   (a large message read whole into one buffer instead of being copied piece by piece).
 //! * **Sending** goes through a per-connection [`SendQueue`] owned by the shard. The shard
 //!   calls [`Driver::send`] when the queue is non-empty and not [`SendQueue::in_flight`]. A backend
 //!   either writes synchronously and calls [`SendQueue::advance`] itself (epoll), or submits the
@@ -90,6 +93,11 @@ pub(crate) struct DriverConfig {
     /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
     /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
     pub(crate) recv_buffer_bytes: usize,
+    /// epoll: the receive buffer grows to this many bytes (when larger than
+    /// `recv_buffer_bytes`) to hold a message the shard keeps whole ([`Flow::Keep`]); only
+    /// what reads reach becomes resident. io_uring ignores it.
+    #[allow(dead_code)] // read by the epoll backend
+    pub(crate) recv_keep_bytes: usize,
     /// Number of receive buffers (io_uring buffer-ring entries; epoll ignores it).
     #[allow(dead_code)] // read by completion-based backends
     pub(crate) recv_buffers: usize,
@@ -139,6 +147,11 @@ pub(crate) enum Completion<'a> {
         /// (no write of the backend's is pending then, so order holds); `None` when it may not
         /// (an io_uring direct descriptor has no plain descriptor).
         direct: Option<std::os::fd::RawFd>,
+        /// The shard may answer [`Flow::Keep`] with up to this many bytes (0: it may not):
+        /// the driver can present the end of `buf` again at once, followed by more bytes of
+        /// the socket, in one buffer of `keep_max` bytes (epoll, after a read that filled
+        /// what it asked for).
+        keep_max: usize,
     },
     /// A send that the backend started asynchronously finished (io_uring; a failed one is
     /// reported as `n = 0` followed by [`Completion::Closed`] with the error), or (epoll) the
@@ -180,6 +193,18 @@ pub(crate) enum Flow {
     /// stays in the kernel); io_uring cancels the multishot receive, and the completions
     /// already produced still arrive (the shard holds them).
     PauseRecv,
+    /// Only in answer to a `Recv` with a `keep_max` larger than `kept`: the shard did not
+    /// consume (nor copy) the last `kept` bytes of the buffer. The driver presents them again,
+    /// first, in its next `Recv` for this token, at once, followed by what the socket has now
+    /// (with a `keep_max` of 0 if the socket has nothing more).
+    Keep {
+        /// Bytes left at the end of the buffer.
+        kept: usize,
+        /// Bytes the kept frame needs to be whole, header included, when the kept bytes say
+        /// (else 0): the driver reads no further than that for it (no more of its buffer
+        /// becomes resident than the message needs).
+        whole: usize,
+    },
 }
 
 /// A cross-thread wake-up for one shard's driver (mio `Waker`, eventfd, `msg_ring`...).

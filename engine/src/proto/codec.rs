@@ -246,7 +246,7 @@ impl Decoder {
     {
         let mut frames = u32::MAX;
         self.state
-            .decode(&self.limits, None, &mut frames, buf, on_event)
+            .decode(&self.limits, None, &mut frames, 0, buf, on_event)
     }
 
     /// Bytes currently held for a partial message (for memory accounting).
@@ -315,12 +315,19 @@ impl DecodeState {
     /// See [`Decoder::decode`]. Message buffers of [`BufPool::LARGE`] bytes and more come from
     /// and go back to `pool` (without one they are allocated and freed). Decodes at most `frames` frames (counting them down) and leaves
     /// the rest of `buf` unconsumed when it runs out.
+    ///
+    /// `keep_max` (0: never) is the size of a buffer in which the caller can present the
+    /// unconsumed tail of `buf` again followed by more bytes: a message of one frame that
+    /// starts in `buf` but ends beyond it, and whose header and payload fit in `keep_max`
+    /// bytes, is then left unconsumed (header included) instead of being assembled, so that it
+    /// can be handed out in place once it is whole.
     #[inline]
     pub(crate) fn decode<F>(
         &mut self,
         limits: &Limits,
         mut pool: Option<&mut BufPool>,
         frames: &mut u32,
+        keep_max: usize,
         buf: &mut [u8],
         mut on_event: F,
     ) -> Result<usize, ProtocolError>
@@ -336,7 +343,14 @@ impl DecodeState {
                 ))
             }
         }
-        let r = self.decode_frames(limits, pool.as_deref_mut(), frames, buf, &mut on_event);
+        let r = self.decode_frames(
+            limits,
+            pool.as_deref_mut(),
+            frames,
+            keep_max,
+            buf,
+            &mut on_event,
+        );
         if r.is_err() {
             self.status = Status::Failed;
             self.release(pool);
@@ -397,6 +411,7 @@ impl DecodeState {
         limits: &Limits,
         mut pool: Option<&mut BufPool>,
         frames: &mut u32,
+        keep_max: usize,
         buf: &mut [u8],
         on_event: &mut F,
     ) -> Result<usize, ProtocolError>
@@ -530,6 +545,11 @@ impl DecodeState {
                     return Ok(pos);
                 }
                 continue;
+            }
+
+            if h.fin && current == MsgKind::None && (n as u64) + h.payload_len <= keep_max as u64 {
+                // Split, but the caller can present it again with the rest: left whole.
+                return Ok(pos);
             }
 
             // Fragmented or split: stream the payload into the message buffer.

@@ -40,7 +40,7 @@ use super::codec::DecodeState;
 use super::deflate::{client_accept, Terms};
 use super::endpoint::Endpoint;
 use super::error::ProtocolError;
-use super::frame::Role;
+use super::frame::{FrameHeader, OpCode, Role};
 use super::handshake::{
     accept_response, parse_request, parse_response_with, reject_response, HandshakeError, Request,
 };
@@ -344,18 +344,63 @@ impl Connection {
         out: &mut O,
         buf: &mut [u8],
         frames: &mut u32,
-        mut on: F,
+        on: F,
     ) -> Received
     where
         O: Output,
         F: FnMut(AppEvent<'_>, Link<'_, O>),
     {
+        self.handle_recv_keeping(now, ep, out, buf, frames, 0, on).0
+    }
+
+    /// Bytes the frame that starts `kept` (what [`Connection::handle_recv_keeping`] left) needs
+    /// to be whole, header included; 0 while its header is incomplete.
+    pub fn kept_whole_bytes(&self, kept: &[u8]) -> usize {
+        let mut h = FrameHeader::new(false, OpCode::Continuation, None, 0);
+        match FrameHeader::parse_into(kept, &mut h, 7) {
+            Ok(n) if n > 0 => {
+                usize::try_from(h.payload_len).map_or(usize::MAX, |p| p.saturating_add(n))
+            }
+            _ => 0,
+        }
+    }
+
+    /// [`Connection::handle_recv_budgeted`] for a caller that can present the end of `buf`
+    /// again, followed by the bytes received next, in one buffer of `keep_max` bytes (0: it
+    /// cannot). Returns, with what happened, how many bytes at the end of `buf` it left
+    /// unconsumed and unheld for that: an incomplete frame header or control frame, or a
+    /// message of one frame that fits `keep_max` bytes with its header but ends beyond `buf`
+    /// (which is then handed out in place once whole, instead of being copied piece by piece
+    /// into a message buffer). The caller must present them again, first, in the next call,
+    /// and may present them alone with `keep_max` 0 when nothing more came (the connection
+    /// then holds them, as [`Connection::handle_recv_budgeted`] does).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_recv_keeping<O, F>(
+        &mut self,
+        now: u32,
+        ep: &mut Endpoint,
+        out: &mut O,
+        buf: &mut [u8],
+        frames: &mut u32,
+        keep_max: usize,
+        mut on: F,
+    ) -> (Received, usize)
+    where
+        O: Output,
+        F: FnMut(AppEvent<'_>, Link<'_, O>),
+    {
         self.send.last_rx = now;
-        match self.send.phase {
-            Phase::Open => match self.recv_frames(now, ep, out, buf, frames, &mut on) {
-                None => Received::Done,
-                Some(e) => Received::Failed(e),
-            },
+        let received = match self.send.phase {
+            Phase::Open => {
+                let mut kept = 0;
+                let r = match self
+                    .recv_frames(now, ep, out, buf, frames, keep_max, &mut kept, &mut on)
+                {
+                    None => Received::Done,
+                    Some(e) => Received::Failed(e),
+                };
+                return (r, kept);
+            }
             Phase::Handshake if self.send.is_client() => {
                 self.send.jitter = ep.idle_jitter();
                 self.recv_response(now, ep, out, buf, &mut on)
@@ -377,7 +422,8 @@ impl Connection {
             }
             // A plain request is answered and the connection closes: what follows is not read.
             Phase::Responding | Phase::Flushing | Phase::Linger | Phase::Closed => Received::Done,
-        }
+        };
+        (received, 0)
     }
 
     /// Server: answer the upgrade request ([`Received::Upgrade`]) with 101, `protocol` (one the
@@ -533,6 +579,7 @@ impl Connection {
 
     /// Frames in the open phase: `buf` in place, after completing any held partial frame; at
     /// most `frames` of them, the rest held.
+    #[allow(clippy::too_many_arguments)]
     fn recv_frames<O, F>(
         &mut self,
         now: u32,
@@ -540,6 +587,8 @@ impl Connection {
         out: &mut O,
         buf: &mut [u8],
         frames: &mut u32,
+        keep_max: usize,
+        kept: &mut usize,
         on: &mut F,
     ) -> Option<ProtocolError>
     where
@@ -558,11 +607,23 @@ impl Connection {
                 let rest = &mut buf[pos..];
                 let (d, s) = (&mut self.recv.decoder, &mut self.send);
                 let r = if s.deflate.is_on() {
-                    decode_deflating(d, s, now, ep, out, rest, frames, on)
+                    decode_deflating(d, s, now, ep, out, rest, frames, keep_max, on)
                 } else {
-                    decode(d, s, now, ep, out, rest, frames, on)
+                    decode(d, s, now, ep, out, rest, frames, keep_max, on)
                 };
                 match r {
+                    // An incomplete frame at the end, the frame budget not spent: the caller
+                    // presents it again with what comes next (it fits: `keep_max` bounds a
+                    // kept message, and a header or control frame is far smaller).
+                    Ok(c)
+                        if c < rest.len()
+                            && self.send.phase == Phase::Open
+                            && *frames > 0
+                            && !self.recv.decoder.received_close()
+                            && rest.len() - c < keep_max =>
+                    {
+                        *kept = rest.len() - c;
+                    }
                     Ok(c) if c < rest.len() && self.send.phase == Phase::Open => {
                         self.recv.held.set_frames(rest[c..].to_vec());
                     }
@@ -583,9 +644,9 @@ impl Connection {
             let mut bytes = self.recv.held.take_frames();
             let (d, s) = (&mut self.recv.decoder, &mut self.send);
             let r = if s.deflate.is_on() {
-                decode_deflating(d, s, now, ep, out, &mut bytes, frames, on)
+                decode_deflating(d, s, now, ep, out, &mut bytes, frames, 0, on)
             } else {
-                decode(d, s, now, ep, out, &mut bytes, frames, on)
+                decode(d, s, now, ep, out, &mut bytes, frames, 0, on)
             };
             match r {
                 // The old bytes and `c - old` new ones are consumed; go on in place.
@@ -717,8 +778,8 @@ impl Connection {
                     now,
                 };
                 on(AppEvent::Opened, link);
-                let mut unlimited = u32::MAX;
-                match self.recv_frames(now, ep, out, &mut rest, &mut unlimited, on) {
+                let (mut unlimited, mut kept) = (u32::MAX, 0);
+                match self.recv_frames(now, ep, out, &mut rest, &mut unlimited, 0, &mut kept, on) {
                     None => Received::Done,
                     Some(e) => Received::Failed(e),
                 }

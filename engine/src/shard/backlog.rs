@@ -23,7 +23,7 @@ impl<H: Handler> Shard<H> {
                 Some(e) if e.flags & (DEAD | BACKLOG) == BACKLOG => {}
                 _ => continue,
             }
-            let flow = self.on_recv(k, &mut [], None);
+            let flow = self.on_recv(k, &mut [], None, 0);
             let Some(e) = self.slab.get_mut(k) else {
                 continue;
             };

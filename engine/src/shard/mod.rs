@@ -64,7 +64,9 @@ use crate::config::Config;
 use crate::counters::{self, CloseReason};
 use crate::id::ConnId;
 use crate::io::{Completion, Driver, DriverConfig, Flow, Socket, Token, Waker, WithDriver};
-use crate::proto::{AppEvent, CloseCode, Connection, Deadline, Endpoint, Link, Received, Timeout};
+use crate::proto::{
+    AppEvent, CloseCode, Connection, Deadline, Endpoint, Link, Received, Timeout, MAX_HEADER_LEN,
+};
 use crate::send_queue::QueuePool;
 use crate::stats::ShardStats;
 
@@ -112,7 +114,12 @@ where
             core_affinity::set_for_current(core);
         }
         let dcfg = DriverConfig {
-            recv_buffer_bytes: self.config.recv_buffer_bytes,
+            // Room for a frame header beyond `recv_buffer_bytes`, so that a message of that
+            // size (64 KiB by default) arrives whole in one buffer with its header and is
+            // handed out where it landed, instead of being split across two reads and
+            // assembled (a copy of the payload).
+            recv_buffer_bytes: self.config.recv_buffer_bytes + MAX_HEADER_LEN,
+            recv_keep_bytes: self.config.recv_in_place_bytes_max,
             recv_buffers: self.config.recv_buffers,
             direct_fds: self.config.direct_fds,
             direct_fds_max: self.config.direct_fds_max,
@@ -188,6 +195,9 @@ struct Shard<H: Handler> {
     turn: u8,
     /// `recv_frames_per_turn_max`.
     frames_per_turn: u16,
+    /// Bytes the last `Recv` kept (`Flow::Keep`): the next one starts with them again, and
+    /// they are already counted as received.
+    kept: usize,
     /// Connections whose receiving is paused with frames held (`BACKLOG`): decoded first,
     /// within their budget, on the next turns.
     backlog: Vec<u32>,
@@ -245,6 +255,7 @@ impl<H: Handler> Shard<H> {
             closing: None,
             turn: 0,
             frames_per_turn,
+            kept: 0,
             backlog: Vec::new(),
             memory: MemoryTrim::default(),
             #[cfg(feature = "tls")]
@@ -342,7 +353,12 @@ impl<H: Handler> Shard<H> {
 
     fn on_completion(&mut self, c: Completion<'_>) -> Flow {
         match c {
-            Completion::Recv { token, buf, direct } => return self.on_recv(token.0, buf, direct),
+            Completion::Recv {
+                token,
+                buf,
+                direct,
+                keep_max,
+            } => return self.on_recv(token.0, buf, direct, keep_max),
             Completion::Sent { token, n } => {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     #[cfg(feature = "tls")]
@@ -429,8 +445,15 @@ impl<H: Handler> Shard<H> {
     /// Bytes arrived on connection `key` (an empty `buf`: decode what it holds). Decodes at
     /// most the frames left of its budget for this turn; with input left over it is paused
     /// (`PauseRecv`) and put on the backlog.
-    fn on_recv(&mut self, key: usize, buf: &mut [u8], direct: Option<RawFd>) -> Flow {
-        ShardStats::bump(&self.ctx.stats.bytes_received, buf.len() as u64);
+    fn on_recv(
+        &mut self,
+        key: usize,
+        buf: &mut [u8],
+        direct: Option<RawFd>,
+        keep_max: usize,
+    ) -> Flow {
+        let fresh = buf.len().saturating_sub(std::mem::take(&mut self.kept));
+        ShardStats::bump(&self.ctx.stats.bytes_received, fresh as u64);
         let Some(e) = self.slab.get_mut(key) else {
             return Flow::Continue;
         };
@@ -464,13 +487,26 @@ impl<H: Handler> Shard<H> {
             flags,
             ctx: &mut self.ctx,
         };
-        let received =
-            conn.handle_recv_budgeted(now, &mut self.ep, &mut out, buf, &mut frames, |ev, link| {
-                dispatch(handler, ev, link, state, peer, generation)
-            });
+        let (received, kept) = conn.handle_recv_keeping(
+            now,
+            &mut self.ep,
+            &mut out,
+            buf,
+            &mut frames,
+            keep_max,
+            |ev, link| dispatch(handler, ev, link, state, peer, generation),
+        );
         self.ctx.direct = None;
         e.frames_left = frames as u16;
-        let mut flow = Flow::Continue;
+        self.kept = kept;
+        let mut flow = if kept > 0 {
+            Flow::Keep {
+                kept,
+                whole: e.conn.kept_whole_bytes(&buf[buf.len() - kept..]),
+            }
+        } else {
+            Flow::Continue
+        };
         if frames == 0 && e.conn.has_held_frames() {
             flow = Flow::PauseRecv;
             if e.flags & BACKLOG == 0 {

@@ -237,6 +237,8 @@ impl UringDriver {
                                 token,
                                 buf: bufs.get(bid, start, len),
                                 direct,
+                                // A ring buffer is not presented again: the shard takes all.
+                                keep_max: 0,
                             });
                             pause = flow == Flow::PauseRecv;
                         }

@@ -102,6 +102,7 @@ fn recv_rearms_after_the_buffer_ring_runs_dry() {
     let cfg = DriverConfig {
         recv_buffers: 2,
         recv_buffer_bytes: 64,
+        recv_keep_bytes: 0,
         ..config(false)
     };
     let mut m = Mini::<UringDriver>::new(cfg);

@@ -13,7 +13,8 @@ use crate::proto::message::Message;
 use crate::proto::output::Output;
 
 /// Run the decoder over `buf` (at most `frames` frames), handing events to `on`. Returns the
-/// bytes consumed. The connection has no permessage-deflate (its decoder never hands out a
+/// bytes consumed (a message of one frame split at the end of `buf` that fits `keep_max`
+/// bytes is left unconsumed: see `DecodeState::decode`). The connection has no permessage-deflate (its decoder never hands out a
 /// compressed message): [`decode_deflating`] is the copy for one that has.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode<O, F>(
@@ -24,6 +25,7 @@ pub(super) fn decode<O, F>(
     out: &mut O,
     buf: &mut [u8],
     frames: &mut u32,
+    keep_max: usize,
     on: &mut F,
 ) -> Result<usize, ProtocolError>
 where
@@ -34,7 +36,7 @@ where
     let limits = ep.settings().limits;
     // The events lend `ep` to the application: the pool is out meanwhile.
     let mut pool = ep.take_pool();
-    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, buf, |ev| {
+    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, keep_max, buf, |ev| {
         match ev {
             Event::Text(s) => deliver(half, now, ep, out, Message::Text(s), on),
             Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
@@ -74,6 +76,7 @@ pub(super) fn decode_deflating<O, F>(
     out: &mut O,
     buf: &mut [u8],
     frames: &mut u32,
+    keep_max: usize,
     on: &mut F,
 ) -> Result<usize, ProtocolError>
 where
@@ -85,7 +88,7 @@ where
     let mut failed = None;
     // The events lend `ep` to the application: the pool is out meanwhile.
     let mut pool = ep.take_pool();
-    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, buf, |ev| {
+    let r = decoder.decode(&limits, pool.as_deref_mut(), frames, keep_max, buf, |ev| {
         let mut inflated = Vec::new();
         let msg = match ev {
             Event::Text(s) => Message::Text(s),

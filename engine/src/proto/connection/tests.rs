@@ -826,3 +826,57 @@ fn idle_pings_of_a_burst_of_connections_spread_over_the_jitter() {
     assert!(spread[101..].iter().all(|&p| p <= 90));
     assert!(spread.iter().sum::<usize>() >= 4000);
 }
+
+/// [`Connection::handle_recv_keeping`] over `bytes`: what was kept and the events.
+fn recv_keeping(
+    c: &mut Connection,
+    ep: &mut Endpoint,
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    keep_max: usize,
+) -> (usize, Vec<Got>) {
+    let mut buf = bytes.to_vec();
+    let mut got = Vec::new();
+    let mut left = u32::MAX;
+    let (r, kept) = c.handle_recv_keeping(1, ep, out, &mut buf, &mut left, keep_max, |ev, _| {
+        if let AppEvent::Message(m) = ev {
+            got.push(Got::Binary(m.as_bytes().to_vec()));
+        }
+    });
+    assert!(matches!(r, Received::Done), "{r:?}");
+    (kept, got)
+}
+
+#[test]
+fn a_split_message_that_fits_keep_max_is_kept_whole_and_one_that_does_not_is_assembled() {
+    let mut ep = endpoint();
+    let mut c = open_server(&mut ep);
+    let mut out = Vec::new();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = cframe(OpCode::Binary, &big);
+    let mut bytes = cframe(OpCode::Binary, b"first");
+    bytes.extend_from_slice(&frame[..5000]);
+    // Fits: the whole message after the first is left for the caller, header and all.
+    let (kept, got) = recv_keeping(&mut c, &mut ep, &mut out, &bytes, frame.len());
+    assert_eq!((kept, got), (5000, vec![Got::Binary(b"first".to_vec())]));
+    assert!(
+        !c.has_held_frames() && c.held_bytes() == 0,
+        "nothing held or copied"
+    );
+    // Presented again with the rest: handed out whole.
+    let (kept, got) = recv_keeping(&mut c, &mut ep, &mut out, &frame, frame.len());
+    assert_eq!((kept, got), (0, vec![Got::Binary(big.clone())]));
+    // One byte short of fitting: assembled as before (nothing kept).
+    let (kept, got) = recv_keeping(&mut c, &mut ep, &mut out, &frame[..5000], frame.len() - 1);
+    assert_eq!((kept, got.len()), (0, 0));
+    let (kept, got) = recv_keeping(&mut c, &mut ep, &mut out, &frame[5000..], frame.len() - 1);
+    assert_eq!((kept, got), (0, vec![Got::Binary(big.clone())]));
+    // A cut header is kept when the caller can, held when it cannot.
+    let (kept, _) = recv_keeping(&mut c, &mut ep, &mut out, &frame[..3], 64);
+    assert_eq!(kept, 3);
+    let (kept, _) = recv_keeping(&mut c, &mut ep, &mut out, &frame[..3], 0);
+    assert_eq!(kept, 0);
+    assert!(c.has_held_frames());
+    let (kept, got) = recv_keeping(&mut c, &mut ep, &mut out, &frame[3..], 0);
+    assert_eq!((kept, got), (0, vec![Got::Binary(big)]));
+}
