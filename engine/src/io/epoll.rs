@@ -175,6 +175,10 @@ impl EpollDriver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     sock.done = true;
+                    if kept > 0 {
+                        // Received before the error: handed over like any other bytes.
+                        self.present(token, kept, 0, on);
+                    }
                     on(Completion::Closed {
                         token,
                         error: Some(e),
