@@ -10,7 +10,7 @@
 # --server-pid PID --json` on CPU 1 (it answers the server's pings). Prints the load's result,
 # the server's RSS empty and at the end of the window (read by the load while every connection
 # is still open), bytes per connection, TCP sockets in use over time (/proc/net/sockstat), the
-# server's counters when it stops, and which memory mappings grew (smaps, 2 s before the end).
+# server's counters when it stops, and which memory mappings grew (smaps, the last second with all N open).
 #
 # "Empty" is the server after a warm-up of 100 idle connections for 3 s (pinged), all closed:
 # `percore serve` drops its start-up code pages once it listens, and the code that serves
@@ -74,12 +74,16 @@ LSTART=$(date +%s.%N)
 taskset -c 1 "$BIN" load --url "ws://127.0.0.1:$PORT/" --connections "$N" --mode idle \
     --duration "$DURATION" --server-pid "$SPID" --json >"$TMP/load.json" 2>"$TMP/load.err" &
 LPID=$!
-# smaps 2 s before the end of the window (connect phase first: watch the progress lines)
-( while ! grep -q "^\[ *$((DURATION - 2))\.[0-9]s\]" "$TMP/load.err" 2>/dev/null; do
-      kill -0 "$LPID" 2>/dev/null || exit 0
-      sleep 0.2
-  done
-  cp "/proc/$SPID/smaps" "$TMP/smaps-loaded" ) &
+# smaps while every connection is open (the last sample with all N of them in
+# /proc/net/sockstat, both ends on this host; the load's progress lines go nowhere without a
+# terminal)
+( while kill -0 "$LPID" 2>/dev/null; do
+      if [ "$(awk '/^TCP:/ {print $3}' /proc/net/sockstat)" -ge $((2 * N)) ]; then
+          cp "/proc/$SPID/smaps" "$TMP/smaps-loaded.new" 2>/dev/null &&
+              mv "$TMP/smaps-loaded.new" "$TMP/smaps-loaded"
+      fi
+      sleep 1
+  done ) &
 SMPID=$!
 LRC=0
 wait "$LPID" || LRC=$?
@@ -112,7 +116,7 @@ echo
 awk -v t0="$LSTART" '{ printf "    t=%5.1f  tcp_inuse=%7d  rss_kib=%s\n", $1 - t0, $2, $3 }' "$TMP/monitor.log"
 if [ -f "$TMP/smaps-loaded" ]; then
     echo
-    echo "Mappings that grew (KiB, empty -> 2 s before the end of the window):"
+    echo "Mappings that grew (KiB, empty -> the last second with every connection open):"
     echo
     python3 - "$TMP/smaps-empty" "$TMP/smaps-loaded" <<'EOF'
 import sys
