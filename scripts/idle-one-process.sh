@@ -3,19 +3,28 @@
 # not in the file table, so RLIMIT_NOFILE = 20000 does not cap them; each shard's ring has its
 # own table of --direct-fds-max entries).
 #
-#   scripts/idle-one-process.sh [--connections 100000] [--shards 6] [--duration 10] [-- SERVE_ARGS...]
+#   scripts/idle-one-process.sh [--connections 100000] [--shards 7] [--duration 10] [-- SERVE_ARGS...]
 #
 # Server: `percore serve --backend uring --direct-fds --shards S --no-pin --idle-timeout-secs 2`
 # on CPU 0 (plus SERVE_ARGS); load: `percore load --connections N --mode idle --duration D
 # --server-pid PID --json` on CPU 1 (it answers the server's pings). Prints the load's result,
 # the server's RSS empty and at the end of the window (read by the load while every connection
 # is still open), bytes per connection, TCP sockets in use over time (/proc/net/sockstat), the
-# server's counters when it stops, and which memory mappings grew (smaps, 2 s before the end).
+# server's counters when it stops, and which memory mappings grew (smaps, the last second with all N open).
+#
+# "Empty" is the server after a warm-up of 100 idle connections for 3 s (pinged), all closed:
+# `percore serve` drops its start-up code pages once it listens, and the code that serves
+# connections comes back on first use (~2.5 MB of the binary and libc, once); charged to the
+# N connections it would read as ~25 B per connection at 100k that no connection holds.
+# Shards: 7 by default, so that 100k connections (14,300 per shard) fit each shard's first
+# fixed-file table (RLIMIT_NOFILE = 20,000 entries here; a shard opens another ring, with its
+# own buffer ring, once a table is down to its last 4,097 entries: past 15,903 connections).
+# PERCORE_BIN=PATH runs another build (default ./target/release/percore).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 N=100000
-SHARDS=6
+SHARDS=7
 DURATION=10
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -28,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 EXTRA=("$@")
 
-BIN=./target/release/percore
+BIN=${PERCORE_BIN:-./target/release/percore}
 [ -x "$BIN" ] || cargo build --release -p percore-bench
 TMP=$(mktemp -d)
 SPID=
@@ -48,6 +57,8 @@ for _ in $(seq 100); do
     ss -ltnH "sport = :$PORT" | grep -q . && break
     sleep 0.05
 done
+taskset -c 1 "$BIN" load --url "ws://127.0.0.1:$PORT/" --connections 100 --mode idle \
+    --duration 3 --json >"$TMP/warmup.json" 2>"$TMP/warmup.err" || true
 sleep 1
 EMPTY_KB=$(awk '/VmRSS/ {print $2}' "/proc/$SPID/status")
 cp "/proc/$SPID/smaps" "$TMP/smaps-empty"
@@ -63,12 +74,16 @@ LSTART=$(date +%s.%N)
 taskset -c 1 "$BIN" load --url "ws://127.0.0.1:$PORT/" --connections "$N" --mode idle \
     --duration "$DURATION" --server-pid "$SPID" --json >"$TMP/load.json" 2>"$TMP/load.err" &
 LPID=$!
-# smaps 2 s before the end of the window (connect phase first: watch the progress lines)
-( while ! grep -q "^\[ *$((DURATION - 2))\.[0-9]s\]" "$TMP/load.err" 2>/dev/null; do
-      kill -0 "$LPID" 2>/dev/null || exit 0
-      sleep 0.2
-  done
-  cp "/proc/$SPID/smaps" "$TMP/smaps-loaded" ) &
+# smaps while every connection is open (the last sample with all N of them in
+# /proc/net/sockstat, both ends on this host; the load's progress lines go nowhere without a
+# terminal)
+( while kill -0 "$LPID" 2>/dev/null; do
+      if [ "$(awk '/^TCP:/ {print $3}' /proc/net/sockstat)" -ge $((2 * N)) ]; then
+          cp "/proc/$SPID/smaps" "$TMP/smaps-loaded.new" 2>/dev/null &&
+              mv "$TMP/smaps-loaded.new" "$TMP/smaps-loaded"
+      fi
+      sleep 1
+  done ) &
 SMPID=$!
 LRC=0
 wait "$LPID" || LRC=$?
@@ -81,7 +96,7 @@ SPID=
 kill "$MPID" 2>/dev/null || true
 MPID=
 
-echo "## $N idle connections, one \`percore serve --backend uring --direct-fds --shards $SHARDS --idle-timeout-secs 2 ${EXTRA[*]}\` process"
+echo "## $N idle connections, one \`$(basename "$BIN") serve --backend uring --direct-fds --shards $SHARDS --idle-timeout-secs 2 ${EXTRA[*]}\` process"
 echo
 echo "- date: $(date -u '+%F %H:%M') UTC, commit $(git rev-parse --short HEAD); load exit status $LRC"
 python3 - "$TMP/load.json" "$EMPTY_KB" "$N" <<'EOF'
@@ -101,7 +116,7 @@ echo
 awk -v t0="$LSTART" '{ printf "    t=%5.1f  tcp_inuse=%7d  rss_kib=%s\n", $1 - t0, $2, $3 }' "$TMP/monitor.log"
 if [ -f "$TMP/smaps-loaded" ]; then
     echo
-    echo "Mappings that grew (KiB, empty -> 2 s before the end of the window):"
+    echo "Mappings that grew (KiB, empty -> the last second with every connection open):"
     echo
     python3 - "$TMP/smaps-empty" "$TMP/smaps-loaded" <<'EOF'
 import sys

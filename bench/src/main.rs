@@ -1,5 +1,7 @@
 //! `percore`: echo/broadcast server, load generator, benchmark driver and host tuning checker.
-#![forbid(unsafe_code)]
+// One `unsafe` call, in `sys::release_startup_pages` (madvise), with its reasoning.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use clap::{Parser, Subcommand};
 

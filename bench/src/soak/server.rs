@@ -28,8 +28,11 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
-    /// Start `percore serve --addr 127.0.0.1:0 --backend BACKEND --mode ROLE ARGS...` (this
-    /// executable) and wait until it listens. The child dies with this process.
+    /// Start `percore serve --addr 127.0.0.1:0 --backend BACKEND --mode ROLE
+    /// --keep-startup-pages ARGS...` (this executable) and wait until it listens. The child dies
+    /// with this process. Its start-up code pages stay resident, as before `percore serve`
+    /// dropped them by default: code first run late in a soak (a rare close path) would
+    /// otherwise come back 64 KiB at a time and read as RSS growth that no buffer explains.
     pub fn start(backend: &str, role: &'static str, args: &[String]) -> Result<ServerProc, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut cmd = Command::new(exe);
@@ -41,6 +44,7 @@ impl ServerProc {
             backend,
             "--mode",
             role,
+            "--keep-startup-pages",
         ])
         .args(args)
         .stdin(Stdio::null())

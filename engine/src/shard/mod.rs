@@ -688,8 +688,8 @@ impl<H: Handler> Shard<H> {
 }
 
 /// [`Shard::settle`] for an entry at hand: schedule its next deadline (only ever earlier: a
-/// later one is found when the earlier wheel entry fires) and put a connection done talking on
-/// the dirty list. `false`: the connection is finished and must be finalized.
+/// later one is found when the earlier wheel entry fires; the entry it replaces is removed)
+/// and put a connection done talking on the dirty list. `false`: the connection is finished and must be finalized.
 #[inline(always)]
 fn schedule<S>(
     wheel: &mut TimerWheel,
@@ -703,6 +703,14 @@ fn schedule<S>(
     }
     if let Some(at) = e.conn.poll_timeout(ep) {
         if e.timer_at == 0 || at < e.timer_at {
+            if e.timer_at != 0 {
+                // The later entry would sit in the wheel, stale, until its tick: a pong that
+                // answers a ping leaves the pong deadline behind (up to `pong_timeout` away),
+                // one per ping when pings come more often than that, 12 bytes each plus its
+                // slot's growth. Its slot holds a handful of entries: a short scan, on phase
+                // changes only (an earlier deadline), never per message.
+                wheel.cancel(key as u32, e.generation, e.timer_at);
+            }
             e.timer_at = wheel.schedule(key as u32, e.generation, at);
         }
         if e.conn.is_flushing() && e.flags & DIRTY == 0 {
