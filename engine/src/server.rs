@@ -1,6 +1,7 @@
 //! The builder and shard spawning; the handle to a running server is in `server/handle.rs`.
 
 mod handle;
+mod receive;
 
 use std::any::TypeId;
 use std::io;
@@ -209,28 +210,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Size of each shard's receive buffer (default 64 KiB, one per shard on epoll; clamped
-    /// to 4 KiB..1 GiB), plus 14 bytes: a message of this size arrives in one buffer with its
-    /// frame header and is handed to the handler where it landed (larger ones are assembled:
-    /// one copy). Bigger means fewer reads per large message, at this cost per shard.
+    /// Size of each shard's receive buffer (default 64 KiB, one per shard on epoll, 4 KiB..1 GiB),
+    /// plus 14 bytes for the header of a message that size. Bigger: fewer reads, more memory.
     pub fn recv_buffer_bytes(mut self, n: usize) -> Self {
         self.config.recv_buffer_bytes = n;
-        self
-    }
-
-    /// epoll: the largest message (header included) a shard's receive buffer grows to hold so
-    /// that it is handed to the handler where it landed (default 2 MiB; 0, or anything up to
-    /// `recv_buffer_bytes`, leaves the buffer at that size). A read that ends inside such a message is followed
-    /// at once by reads into the same buffer after it; if the socket has the rest, the message
-    /// is handed out whole, without being copied into a message buffer of the connection (and
-    /// the echo sends it from there); if not, what came is copied there as before (costing one
-    /// read that finds nothing). Cost: one buffer of this size per shard (not per connection),
-    /// resident only as far as the largest message read whole into it reached (a read asks
-    /// for no more than the message needs); one connection's reads per loop turn stay bounded
-    /// (16 × `recv_buffer_bytes` as before, plus the rest of one such message). io_uring ignores it (its ring buffers are not
-    /// presented again).
-    pub fn recv_in_place_bytes_max(mut self, n: usize) -> Self {
-        self.config.recv_in_place_bytes_max = n;
         self
     }
 
