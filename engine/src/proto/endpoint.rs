@@ -2,11 +2,26 @@
 //! each [`super::Connection`] call instead of being stored per connection (which keeps a
 //! connection small).
 
+use std::sync::Arc;
+
 use super::codec::Limits;
 use super::deflate::{DeflateSettings, ShardDeflate};
+use super::frame::{encode_frame, OpCode};
 use super::handshake::HEADER_BYTES_MAX_DEFAULT;
 use super::pool::BufPool;
 use super::rng::MaskRng;
+
+/// Payload bytes of an idle ping: the tick it was sent at and the fine clock, 4 bytes each.
+pub(crate) const IDLE_PING_LEN: usize = 8;
+
+/// The payload of an idle ping sent at tick `now` with the fine clock at `clock_us` (the pong
+/// gives it back: the tick tells the answer to the outstanding ping, the clock its round trip).
+pub(crate) fn idle_ping_payload(now: u32, clock_us: u32) -> [u8; IDLE_PING_LEN] {
+    let mut p = [0; IDLE_PING_LEN];
+    p[..4].copy_from_slice(&now.to_be_bytes());
+    p[4..].copy_from_slice(&clock_us.to_be_bytes());
+    p
+}
 
 /// The protocol settings of a group of connections. Timeouts count *ticks*, a unit the caller
 /// picks (the shard's is 10 ms) and uses for the `now` it passes to every
@@ -73,6 +88,12 @@ pub struct Endpoint {
     pool: Option<Box<BufPool>>,
     /// The caller's fine clock ([`Endpoint::set_clock_us`]).
     clock_us: u32,
+    /// The idle ping last encoded for server connections, with the tick and fine clock in its
+    /// payload: every connection pinged in the same tick and turn gets the same bytes, so their
+    /// queues hold a reference to one frame instead of a buffer each ([`Endpoint::idle_ping`]).
+    idle_ping: Option<(u32, u32, Arc<[u8]>)>,
+    /// The pong that answers an empty ping, unmasked (server side), encoded once.
+    empty_pong: Arc<[u8]>,
 }
 
 impl Endpoint {
@@ -91,6 +112,12 @@ impl Endpoint {
             deflate: ShardDeflate::default(),
             pool,
             clock_us: 0,
+            idle_ping: None,
+            empty_pong: {
+                let mut v = Vec::with_capacity(2);
+                encode_frame(&mut v, OpCode::Pong, true, &[], None);
+                v.into()
+            },
         }
     }
 
@@ -139,6 +166,32 @@ impl Endpoint {
     #[inline]
     pub fn clock_us(&self) -> u32 {
         self.clock_us
+    }
+
+    /// The unmasked idle ping of tick `now` at the current fine clock, shared by the server
+    /// connections pinged with it (encoded again when the tick or the clock moved on). A ping
+    /// burst then allocates no frame buffer per connection: the frame lives for as long as a
+    /// queue (or a send in flight) holds a reference.
+    pub(crate) fn idle_ping(&mut self, now: u32) -> &Arc<[u8]> {
+        let clock = self.clock_us;
+        if !matches!(&self.idle_ping, Some((t, c, _)) if *t == now && *c == clock) {
+            self.idle_ping = None;
+        }
+        &self
+            .idle_ping
+            .get_or_insert_with(|| {
+                let p = idle_ping_payload(now, clock);
+                let mut v = Vec::with_capacity(2 + p.len());
+                encode_frame(&mut v, OpCode::Ping, true, &p, None);
+                (now, clock, v.into())
+            })
+            .2
+    }
+
+    /// The unmasked pong with an empty payload (a server's answer to an empty ping), encoded
+    /// once per endpoint.
+    pub(crate) fn empty_pong(&self) -> &Arc<[u8]> {
+        &self.empty_pong
     }
 
     /// A fresh idle-ping jitter for one connection (see [`Settings::idle_jitter_ticks`]).

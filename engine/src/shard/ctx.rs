@@ -105,6 +105,9 @@ impl Output for Out<'_> {
     }
 
     fn push_shared_control(&mut self, frame: &Arc<[u8]>) {
+        // An idle ping or empty pong to a connection with nothing queued: the queue's storage
+        // comes from the stock when there is some.
+        self.queue.reuse(&mut self.ctx.pool);
         self.queue.push_shared(frame.clone());
         ShardStats::bump(&self.ctx.stats.frames_sent, 1);
         self.queued();

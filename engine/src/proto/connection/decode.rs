@@ -8,7 +8,6 @@ use crate::proto::codec::{DecodeState, Event};
 use crate::proto::deflate::InflateError;
 use crate::proto::endpoint::Endpoint;
 use crate::proto::error::ProtocolError;
-use crate::proto::frame::OpCode;
 use crate::proto::message::Message;
 use crate::proto::output::Output;
 
@@ -42,7 +41,7 @@ where
             Event::Binary(b) => deliver(half, now, ep, out, Message::Binary(b), on),
             Event::Ping(p) => {
                 if half.can_send() {
-                    half.push_control(ep, out, OpCode::Pong, p);
+                    half.push_pong(ep, out, p);
                     on(AppEvent::Ping(p), Link { half, ep, out, now });
                 }
             }
@@ -113,7 +112,7 @@ where
             }
             Event::Ping(p) => {
                 if half.can_send() {
-                    half.push_control(ep, out, OpCode::Pong, p);
+                    half.push_pong(ep, out, p);
                     on(AppEvent::Ping(p), Link { half, ep, out, now });
                 }
                 return flow(half);

@@ -7,7 +7,7 @@ use crate::proto::close::CloseFrame;
 use crate::proto::close::{CloseState, SharedClose};
 use crate::proto::close_code::CloseCode;
 use crate::proto::deflate::{encode_compressed, ConnDeflate, Terms};
-use crate::proto::endpoint::{Endpoint, Settings};
+use crate::proto::endpoint::{idle_ping_payload, Endpoint, Settings};
 use crate::proto::frame::{
     encode_frame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD_LEN, MAX_HEADER_LEN,
 };
@@ -147,8 +147,6 @@ pub(super) const OPENED: u8 = 2;
 pub(super) const PING_OUT: u8 = 4;
 /// After the flush, half-close and linger instead of closing.
 pub(super) const LINGER: u8 = 8;
-/// Payload bytes of an idle ping: the tick it was sent at and the fine clock, 4 bytes each.
-pub(super) const IDLE_PING_LEN: usize = 8;
 
 impl SendHalf {
     /// How the connection ended, once known.
@@ -417,14 +415,30 @@ impl SendHalf {
     }
 
     /// Queue the idle ping: its payload is the tick it was sent at (`mark`, which the pong must
-    /// give back for the round trip to count) and the endpoint's fine clock, 4 bytes each.
+    /// give back for the round trip to count) and the endpoint's fine clock, 4 bytes each
+    /// ([`idle_ping_payload`]). A server connection queues a reference to the frame its shard
+    /// encoded for this tick ([`Endpoint::idle_ping`]): a burst of pings allocates no frame
+    /// buffer per connection. A client's frames are each masked: it encodes its own.
     pub(super) fn push_idle_ping<O: Output>(&mut self, now: u32, ep: &mut Endpoint, out: &mut O) {
         self.flags |= PING_OUT;
         self.mark = now;
-        let mut p = [0; IDLE_PING_LEN];
-        p[..4].copy_from_slice(&now.to_be_bytes());
-        p[4..].copy_from_slice(&ep.clock_us().to_be_bytes());
-        self.push_control(ep, out, OpCode::Ping, &p);
+        if self.is_client() {
+            let p = idle_ping_payload(now, ep.clock_us());
+            self.push_control(ep, out, OpCode::Ping, &p);
+        } else {
+            out.push_shared_control(ep.idle_ping(now));
+        }
+    }
+
+    /// Answer a ping with its payload: an empty one on a server connection with the shard's
+    /// one encoded empty pong ([`Endpoint::empty_pong`]), else a frame of its own.
+    #[inline]
+    pub(super) fn push_pong<O: Output>(&mut self, ep: &mut Endpoint, out: &mut O, p: &[u8]) {
+        if p.is_empty() && !self.is_client() {
+            out.push_shared_control(ep.empty_pong());
+        } else {
+            self.push_control(ep, out, OpCode::Pong, p);
+        }
     }
 
     /// A pong arrived: it ends the wait for one. The round trip in the fine clock's

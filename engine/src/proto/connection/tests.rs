@@ -880,3 +880,94 @@ fn a_split_message_that_fits_keep_max_is_kept_whole_and_one_that_does_not_is_ass
     let (kept, got) = recv_keeping(&mut c, &mut ep, &mut out, &frame[3..], 0);
     assert_eq!((kept, got), (0, vec![Got::Binary(big)]));
 }
+
+/// An output that records each frame and whether it came as a reference to a shared frame.
+#[derive(Default)]
+struct Recorded {
+    frames: Vec<Vec<u8>>,
+    shared: Vec<Option<std::sync::Arc<[u8]>>>,
+}
+
+impl Output for Recorded {
+    fn push_frame(&mut self, len_max: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut v = Vec::with_capacity(len_max);
+        encode(&mut v);
+        self.frames.push(v);
+        self.shared.push(None);
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        self.frames.push(bytes.to_vec());
+        self.shared.push(None);
+    }
+
+    fn push_shared(&mut self, frame: &std::sync::Arc<[u8]>) {
+        self.frames.push(frame.to_vec());
+        self.shared.push(Some(frame.clone()));
+    }
+}
+
+#[test]
+fn idle_pings_of_one_tick_share_one_frame_and_their_pongs_still_count() {
+    let mut ep = endpoint();
+    let mut conns: Vec<Connection> = (0..100).map(|_| open_server(&mut ep)).collect();
+    ep.set_clock_us(1234);
+    let mut out = Recorded::default();
+    for c in &mut conns {
+        assert_eq!(c.handle_timeout(10, &mut ep, &mut out), Timeout::Pinged);
+    }
+    // One encoded frame for the tick: every queue holds a reference to it, none a copy.
+    let first = out.shared[0]
+        .clone()
+        .expect("the ping is the shard's shared frame");
+    assert!(out.shared.iter().all(|s| s
+        .as_ref()
+        .is_some_and(|s| std::sync::Arc::ptr_eq(s, &first))));
+    let mut want = 10u32.to_be_bytes().to_vec();
+    want.extend_from_slice(&1234u32.to_be_bytes());
+    assert_eq!(&first[..], &sframe(OpCode::Ping, &want)[..]);
+    // The next tick encodes a new frame (its payload names the tick).
+    let mut c = open_server(&mut ep);
+    let mut later = Recorded::default();
+    assert_eq!(c.handle_timeout(11, &mut ep, &mut later), Timeout::Pinged);
+    let second = later.shared[0].clone().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&first, &second));
+    // The pong that gives the payload back is the answer to the ping: a round trip, and the
+    // connection is no longer waiting for a pong.
+    ep.set_clock_us(1334);
+    let mut rtt = None;
+    let mut sink = Vec::new();
+    let mut pong = cframe(OpCode::Pong, &want);
+    let _ = conns[0].handle_recv(11, &mut ep, &mut sink, &mut pong, |ev, _| {
+        if let AppEvent::Rtt { micros } = ev {
+            rtt = Some(micros);
+        }
+    });
+    assert_eq!(rtt, Some(100));
+    assert_eq!(conns[0].deadline_kind(&ep), Some(Deadline::Idle));
+}
+
+#[test]
+fn an_empty_ping_is_answered_with_the_shared_empty_pong_and_others_with_their_own() {
+    let mut ep = endpoint();
+    let mut a = open_server(&mut ep);
+    let mut b = open_server(&mut ep);
+    let mut out = Recorded::default();
+    let mut input = cframe(OpCode::Ping, b"");
+    input.extend_from_slice(&cframe(OpCode::Ping, b"hi"));
+    let _ = a.handle_recv(1, &mut ep, &mut out, &mut input, |_, _| {});
+    let mut empty = cframe(OpCode::Ping, b"");
+    let _ = b.handle_recv(1, &mut ep, &mut out, &mut empty, |_, _| {});
+    assert_eq!(out.frames[0], sframe(OpCode::Pong, b""));
+    assert_eq!(out.frames[1], sframe(OpCode::Pong, b"hi"));
+    assert_eq!(out.frames[2], sframe(OpCode::Pong, b""));
+    let (x, y) = (
+        out.shared[0].as_ref().unwrap(),
+        out.shared[2].as_ref().unwrap(),
+    );
+    assert!(std::sync::Arc::ptr_eq(x, y));
+    assert!(
+        out.shared[1].is_none(),
+        "a payload is echoed in a frame of its own"
+    );
+}
