@@ -53,7 +53,7 @@ impl<S> fmt::Debug for Conn<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
             .field("id", &self.id())
-            .field("peer", &self.peer.get())
+            .field("peer", &self.peer.get(*self.out.flags))
             .finish_non_exhaustive()
     }
 }
@@ -136,7 +136,7 @@ impl<S> Conn<'_, S> {
 
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer.get()
+        self.peer.get(*self.out.flags)
     }
 
     /// Subscribe this connection to `topic`. Returns `Ok(false)` if it already was. The

@@ -1,5 +1,5 @@
 //! A shard's slab entry: one connection's protocol state, send queue, application state and
-//! the shard's bookkeeping, in 104 bytes or less for `State = ()`.
+//! the shard's bookkeeping, in 96 bytes or less for `State = ()` (with or without `tls`).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -30,22 +30,26 @@ pub(crate) const RESUME: u16 = 64;
 /// The last free bit of the low byte.
 #[cfg(feature = "tls")]
 pub(crate) const TLS: u16 = 128;
-/// The high byte: the [`CloseReason`] recorded while the connection runs (its code; 0: none
-/// yet). Kept in the flags, whose low byte holds the flags above.
+/// The peer's address is an IPv6 one ([`PeerAddr`] keeps IPv4 ones IPv4-mapped): the top bit.
+pub(crate) const PEER_V6: u16 = 1 << 15;
+/// Bits 8..=14: the [`CloseReason`] recorded while the connection runs (its code; 0: none
+/// yet). Kept in the flags, whose low byte holds the flags above and top bit `PEER_V6`.
 const REASON_SHIFT: u32 = 8;
+/// The reason's bits, once shifted down (codes up to 127).
+const REASON_MASK: u16 = 0x7f;
 
 /// Record why the connection is ending, unless a reason was recorded before (the first cause
 /// is the one counted).
 #[inline]
 pub(crate) fn mark_reason(flags: &mut u16, reason: CloseReason) {
-    if *flags >> REASON_SHIFT == 0 {
-        *flags |= u16::from(reason.code()) << REASON_SHIFT;
+    if (*flags >> REASON_SHIFT) & REASON_MASK == 0 {
+        *flags |= (u16::from(reason.code()) & REASON_MASK) << REASON_SHIFT;
     }
 }
 
 /// The reason recorded by [`mark_reason`], if any.
 pub(crate) fn marked_reason(flags: u16) -> Option<CloseReason> {
-    CloseReason::from_code((flags >> REASON_SHIFT) as u8)
+    CloseReason::from_code(((flags >> REASON_SHIFT) & REASON_MASK) as u8)
 }
 
 /// One connection in the shard's slab.
@@ -61,17 +65,76 @@ pub(crate) struct Entry<S> {
     /// Tick the live timer-wheel entry fires at (0: none).
     pub(crate) timer_at: u32,
     /// `DIRTY`, `DRAIN_WANTED`, `OVER_CAPACITY`, `DEAD`, `BACKLOG`, `EOF_HELD`, `RESUME`,
-    /// `TLS`, and the close reason in the high byte ([`mark_reason`]).
+    /// `TLS`, the close reason ([`mark_reason`]) and `PEER_V6`.
     pub(crate) flags: u16,
-    /// The loop turn (its low bits) `frames_left` counts for: a receive in another turn starts
-    /// with a full budget.
-    pub(crate) turn: u8,
-    /// Frames it may still have decoded in turn `turn` (`recv_frames_per_turn_max`).
-    pub(crate) frames_left: u16,
-    /// With `TLS`: the connection's index in the shard's TLS sessions (3 bytes; they fit in
-    /// the entry's padding: 104 bytes with or without the `tls` feature).
+    /// A plain connection's frame budget ([`Entry::budget`]); a TLS connection's session index
+    /// ([`Entry::tls`]) instead, whose receives the budget does not pause (3 bytes either way:
+    /// 96 bytes with or without the `tls` feature).
+    lane: [u8; 3],
+}
+
+impl<S> Entry<S> {
+    /// A new entry (`flags` gets `PEER_V6` for an IPv6 peer); its frame budget is spent for
+    /// turn `turn - 1`, so its first receive starts a full one.
+    pub(crate) fn new(
+        conn: Connection,
+        queue: Queue,
+        state: Option<S>,
+        peer: std::net::SocketAddr,
+        generation: u32,
+        flags: u16,
+        turn: u8,
+    ) -> Self {
+        let (peer, v6) = PeerAddr::new(peer);
+        let mut e = Self {
+            conn,
+            queue,
+            state,
+            peer,
+            generation,
+            timer_at: 0,
+            flags: flags | if v6 { PEER_V6 } else { 0 },
+            lane: [0; 3],
+        };
+        e.set_budget(turn.wrapping_sub(1), 0);
+        e
+    }
+
+    /// The peer's address.
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
+        self.peer.get(self.flags)
+    }
+
+    /// A plain connection's frame budget: the loop turn (its low bits) it counts for (a
+    /// receive in another turn starts with a full one), and the frames it may still decode in
+    /// that turn (`recv_frames_per_turn_max`).
+    #[inline]
+    pub(crate) fn budget(&self) -> (u8, u16) {
+        (
+            self.lane[0],
+            u16::from_le_bytes([self.lane[1], self.lane[2]]),
+        )
+    }
+
+    /// Set a plain connection's frame budget (see [`Entry::budget`]).
+    #[inline]
+    pub(crate) fn set_budget(&mut self, turn: u8, frames_left: u16) {
+        let f = frames_left.to_le_bytes();
+        self.lane = [turn, f[0], f[1]];
+    }
+
+    /// With `TLS`: the connection's index in the shard's TLS sessions.
     #[cfg(feature = "tls")]
-    pub(crate) tls: TlsIndex,
+    #[inline]
+    pub(crate) fn tls(&self) -> TlsIndex {
+        TlsIndex(self.lane)
+    }
+
+    /// Make the entry a TLS connection's, with session `tls` (its frame budget is not kept).
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&mut self, tls: TlsIndex) {
+        self.lane = tls.0;
+    }
 }
 
 /// An index in the shard's TLS sessions, in 3 bytes: at most 2^24 TLS connections per shard
@@ -109,33 +172,32 @@ pub(crate) struct PendingUpgrade {
 /// stock (see [`SendQueue`]).
 pub(crate) type Queue = SendQueue;
 
-/// A peer address in 19 bytes, byte-aligned (`SocketAddr` takes 32): the IP (IPv4 as
-/// IPv4-mapped IPv6) and the port. An IPv6 peer's flow label and scope id are not kept.
+/// A peer address in 18 bytes, byte-aligned (`SocketAddr` takes 32): the IP (IPv4 as
+/// IPv4-mapped IPv6) and the port. Whether it was an IPv6 address (an IPv4-mapped one from a
+/// dual-stack socket stays one) is the entry's `PEER_V6` flag. An IPv6 peer's flow label and
+/// scope id are not kept.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct PeerAddr {
     ip: [u8; 16],
     port: [u8; 2],
-    v6: bool,
 }
 
 impl PeerAddr {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    /// The address, and whether it is an IPv6 one (for `PEER_V6`).
+    pub(crate) fn new(addr: SocketAddr) -> (Self, bool) {
         let (ip, v6) = match addr.ip() {
             IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
             IpAddr::V6(a) => (a.octets(), true),
         };
-        Self {
-            ip,
-            port: addr.port().to_ne_bytes(),
-            v6,
-        }
+        let port = addr.port().to_ne_bytes();
+        (Self { ip, port }, v6)
     }
 
-    /// The address as a `SocketAddr` (flow label and scope id 0).
-    pub(crate) fn get(&self) -> SocketAddr {
+    /// The address as a `SocketAddr` (flow label and scope id 0), given the entry's flags.
+    pub(crate) fn get(&self, flags: u16) -> SocketAddr {
         let ip = Ipv6Addr::from(self.ip);
         let port = u16::from_ne_bytes(self.port);
-        match (self.v6, ip.to_ipv4_mapped()) {
+        match (flags & PEER_V6 != 0, ip.to_ipv4_mapped()) {
             (false, Some(v4)) => SocketAddr::new(IpAddr::V4(v4), port),
             _ => SocketAddr::new(IpAddr::V6(ip), port),
         }
@@ -151,10 +213,45 @@ mod tests {
         let size = std::mem::size_of::<Entry<()>>();
         println!("slab entry for State = (): {size} bytes");
         // 48 bytes of protocol state, the 16-byte send queue (which holds an idle ping without
-        // heap memory), 33 bytes of addresses, timers, flags and the frame budget, and with
-        // the `tls` feature the 3-byte TLS index: 97 or 100 bytes, aligned to 104.
-        assert!(size <= 104, "slab entry grew to {size} bytes");
+        // heap memory), 1 of `Option<()>`, 18 of peer address, 4 + 4 + 2 of generation, timer
+        // tick and flags (the peer's family among them), and 3 shared by the frame budget and,
+        // with the `tls` feature, the TLS index: 96 bytes, with or without `tls`.
+        assert!(size <= 96, "slab entry grew to {size} bytes");
         assert_eq!(std::mem::size_of::<Queue>(), 16);
+    }
+
+    fn entry(peer: &str, flags: u16) -> Entry<()> {
+        let peer = peer.parse().unwrap();
+        Entry::new(
+            Connection::server(0),
+            Queue::default(),
+            None,
+            peer,
+            1,
+            flags,
+            7,
+        )
+    }
+
+    #[test]
+    fn a_new_entry_starts_with_a_budget_spent_for_the_turn_before() {
+        let mut e = entry("127.0.0.1:80", DIRTY);
+        assert_eq!(e.budget(), (6, 0));
+        e.set_budget(7, 65_535);
+        assert_eq!(e.budget(), (7, 65_535));
+        e.set_budget(0, 258);
+        assert_eq!(e.budget(), (0, 258));
+        assert_eq!(e.flags, DIRTY, "an IPv4 peer sets no flag");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_entry_keeps_its_session_index_where_the_budget_was() {
+        let mut e = entry("127.0.0.1:80", TLS);
+        let i = TlsIndex::new((1 << 24) - 2).unwrap();
+        e.set_tls(i);
+        assert_eq!(e.tls(), i);
+        assert_eq!(e.flags, TLS);
     }
 
     #[cfg(feature = "tls")]
@@ -221,7 +318,27 @@ mod tests {
             "[2001:db8::7]:65535",
         ] {
             let addr: SocketAddr = a.parse().unwrap();
-            assert_eq!(PeerAddr::new(addr).get(), addr, "{a}");
+            let (p, v6) = PeerAddr::new(addr);
+            assert_eq!(v6, addr.is_ipv6(), "{a}");
+            let flags = if v6 { PEER_V6 } else { 0 };
+            assert_eq!(p.get(flags), addr, "{a}");
+            // The flag beside the others, and the entry's own view.
+            let mut e = entry(a, OVER_CAPACITY);
+            mark_reason(&mut e.flags, CloseReason::Http);
+            assert_eq!(e.peer_addr(), addr, "{a}");
+            assert_eq!(e.flags & PEER_V6 != 0, v6, "{a}");
+            assert_eq!(marked_reason(e.flags), Some(CloseReason::Http), "{a}");
+        }
+    }
+
+    #[test]
+    fn every_close_reason_fits_beside_the_peer_family_bit() {
+        // Every reason the flags record (`Normal` and `Abnormal` are told apart at close).
+        for r in CloseReason::ALL.into_iter().filter(|r| r.code() != 0) {
+            let mut f = PEER_V6 | DEAD;
+            mark_reason(&mut f, r);
+            assert_eq!(marked_reason(f), Some(r));
+            assert_eq!(f & (PEER_V6 | 0xff), PEER_V6 | DEAD);
         }
     }
 }

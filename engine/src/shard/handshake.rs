@@ -29,7 +29,7 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get(key) else {
             return;
         };
-        let (generation, peer) = (e.generation, e.peer.get());
+        let (generation, peer) = (e.generation, e.peer_addr());
         let decided = if e.flags & OVER_CAPACITY != 0 {
             Decided::Reject(Reject::new(503, "server full").header("Retry-After", "1"))
         } else if !self.ctx.config.origins.allows(origins(&req)) {
@@ -184,7 +184,7 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let cx = HttpContext {
-            peer: e.peer.get(),
+            peer: e.peer_addr(),
             shard: self.ctx.shard as usize,
             hub: &self.hub,
             config: &self.ctx.config,

@@ -363,7 +363,7 @@ impl<H: Handler> Shard<H> {
                 if let Some(e) = self.slab.get_mut(token.0) {
                     #[cfg(feature = "tls")]
                     if e.flags & TLS != 0 {
-                        if let Some(t) = self.tls.conns.get_mut(e.tls.get()) {
+                        if let Some(t) = self.tls.conns.get_mut(e.tls().get()) {
                             t.wire.complete(n);
                         }
                     } else {
@@ -425,19 +425,15 @@ impl<H: Handler> Shard<H> {
         state: Option<H::State>,
     ) {
         self.next_generation = self.next_generation.wrapping_add(1);
-        let k = self.slab.insert(Entry {
+        let k = self.slab.insert(Entry::new(
             conn,
             queue,
             state,
-            peer: PeerAddr::new(peer),
-            generation: self.next_generation,
-            timer_at: 0,
+            peer,
+            self.next_generation,
             flags,
-            turn: self.turn.wrapping_sub(1),
-            frames_left: 0,
-            #[cfg(feature = "tls")]
-            tls: entry::TlsIndex::default(),
-        });
+            self.turn,
+        ));
         debug_assert_eq!(k, key);
         self.settle(key);
     }
@@ -463,11 +459,11 @@ impl<H: Handler> Shard<H> {
             self.on_recv_tls(key, buf);
             return Flow::Continue;
         }
-        if e.turn != self.turn {
-            e.turn = self.turn;
-            e.frames_left = self.frames_per_turn;
+        let (turn, mut frames_left) = e.budget();
+        if turn != self.turn {
+            frames_left = self.frames_per_turn;
         }
-        let mut frames = u32::from(e.frames_left);
+        let mut frames = u32::from(frames_left);
         let Entry {
             conn,
             queue,
@@ -497,7 +493,7 @@ impl<H: Handler> Shard<H> {
             |ev, link| dispatch(handler, ev, link, state, peer, generation),
         );
         self.ctx.direct = None;
-        e.frames_left = frames as u16;
+        e.set_budget(self.turn, frames as u16);
         self.kept = kept;
         let mut flow = if kept > 0 {
             Flow::Keep {
@@ -645,7 +641,7 @@ impl<H: Handler> Shard<H> {
         let e = self.slab.remove(key);
         #[cfg(feature = "tls")]
         if e.flags & TLS != 0 {
-            self.tls.conns.try_remove(e.tls.get());
+            self.tls.conns.try_remove(e.tls().get());
         }
         drop(e);
     }

@@ -111,7 +111,7 @@ impl<H: Handler> Shard<H> {
     #[cfg(feature = "tls")]
     fn set_tls(&mut self, key: usize, tls: TlsIndex) {
         if let Some(e) = self.slab.get_mut(key) {
-            e.tls = tls;
+            e.set_tls(tls);
         }
     }
 }

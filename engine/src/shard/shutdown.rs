@@ -147,7 +147,7 @@ impl<H: Handler> Shard<H> {
         }
         #[cfg(feature = "tls")]
         if e.flags & TLS != 0 {
-            if let Some(t) = self.tls.conns.get(e.tls.get()) {
+            if let Some(t) = self.tls.conns.get(e.tls().get()) {
                 if !t.wire.is_empty() || t.wire.in_flight() {
                     return true;
                 }

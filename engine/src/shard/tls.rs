@@ -120,7 +120,7 @@ impl TlsConns {
     /// an orderly EOF now is noted, and the connection ends once that answer is out (see
     /// `flush_tls`) instead of at once.
     pub(crate) fn answers_close<S>(&mut self, e: &Entry<S>) -> bool {
-        let Some(t) = self.conns.get_mut(e.tls.get()) else {
+        let Some(t) = self.conns.get_mut(e.tls().get()) else {
             return false;
         };
         let answers = e.conn.is_flushing() && t.session.peer_closed() && !t.notified;
@@ -175,7 +175,7 @@ impl<H: Handler> Shard<H> {
         let Some(e) = self.slab.get_mut(key) else {
             return;
         };
-        let Some(t) = self.tls.conns.get_mut(e.tls.get()) else {
+        let Some(t) = self.tls.conns.get_mut(e.tls().get()) else {
             return;
         };
         let Entry {
@@ -218,7 +218,7 @@ impl<H: Handler> Shard<H> {
         }
         match res {
             Err(err) => {
-                let who = peer.get();
+                let who = peer.get(*out.flags);
                 out.queue.discard_unsent();
                 conn.end_transport(now, &err.to_string(), linger);
                 t.notified = true;
@@ -231,8 +231,8 @@ impl<H: Handler> Shard<H> {
             Ok(()) => {}
         }
         let e = &mut self.slab[key];
-        if !self.tls.conns[e.tls.get()].wire.is_empty()
-            || self.tls.conns[e.tls.get()].session.wants_flush()
+        if !self.tls.conns[e.tls().get()].wire.is_empty()
+            || self.tls.conns[e.tls().get()].session.wants_flush()
             || !e.queue.is_empty()
         {
             mark_dirty(&mut self.ctx.dirty, key, e);
@@ -256,12 +256,12 @@ impl<H: Handler> Shard<H> {
         let held = self
             .tls
             .conns
-            .get(e.tls.get())
+            .get(e.tls().get())
             .map_or(0, |t| t.session.pending_bytes());
         if held > 0 {
             let err = TlsError::Truncated(held);
             e.conn.end_transport(self.ctx.now, &err.to_string(), false);
-            let peer = e.peer.get();
+            let peer = e.peer_addr();
             self.tls_failed(key, peer, &err);
         }
         false
@@ -290,7 +290,7 @@ impl<H: Handler> Shard<H> {
         if e.flags & TLS == 0 {
             return;
         }
-        if let Some(t) = self.tls.conns.get_mut(e.tls.get()) {
+        if let Some(t) = self.tls.conns.get_mut(e.tls().get()) {
             let name = t.session.take_server_name();
             req.set_tls(name.as_deref());
         }
@@ -306,7 +306,7 @@ impl<H: Handler> Shard<H> {
         if e.flags & TLS == 0 {
             return;
         }
-        let Some(t) = self.tls.conns.get_mut(e.tls.get()) else {
+        let Some(t) = self.tls.conns.get_mut(e.tls().get()) else {
             return;
         };
         if t.notified || !t.session.is_open() || t.wire.in_flight() || !t.wire.is_empty() {
@@ -329,7 +329,7 @@ impl<H: Handler> Shard<H> {
         if e.flags & DEAD != 0 {
             return;
         }
-        let Some(t) = self.tls.conns.get_mut(e.tls.get()) else {
+        let Some(t) = self.tls.conns.get_mut(e.tls().get()) else {
             return;
         };
         if t.wire.in_flight() {
@@ -361,14 +361,14 @@ impl<H: Handler> Shard<H> {
             t.notified = true;
         }
         if let Some(err) = failure {
-            let (now, who) = (self.ctx.now, e.peer.get());
+            let (now, who) = (self.ctx.now, e.peer_addr());
             e.queue.discard_unsent();
             e.conn.end_transport(now, &err.to_string(), true);
             t.notified = true;
             self.tls_failed(key, who, &err);
         }
         let e = &mut self.slab[key];
-        let t = &mut self.tls.conns[e.tls.get()];
+        let t = &mut self.tls.conns[e.tls().get()];
         if !t.wire.is_empty() {
             let before = t.wire.len();
             let res = driver.send(Token(key), &mut t.wire);
