@@ -166,6 +166,8 @@ where
 const TICK: Duration = Duration::from_millis(10);
 /// Timer wheel slots (one revolution = 40.96 s at 10 ms; longer deadlines take rounds).
 const WHEEL_SLOTS: usize = 4096;
+/// Room for expired timer entries kept between turns (8 KiB); a larger burst's is freed.
+const EXPIRED_KEEP: usize = 1024;
 
 /// One shard's state (everything but the driver, so completions can borrow it while the
 /// driver is polling).
@@ -587,7 +589,7 @@ impl<H: Handler> Shard<H> {
         }
         if e.timer_at != 0 {
             // Not left in the wheel, stale, until its tick (up to the idle timeout).
-            self.wheel.cancel(key as u32, e.generation, e.timer_at);
+            self.wheel.cancel(key as u32, e.timer_at);
             e.timer_at = 0;
         }
         // Freed is what goes back to the allocator: not what the buffer pool keeps for the
@@ -655,8 +657,10 @@ impl<H: Handler> Shard<H> {
             let Some(e) = self.slab.get_mut(key) else {
                 continue;
             };
-            if e.generation != ent.generation || e.timer_at != ent.at || e.flags & DEAD != 0 {
-                continue; // stale: the slot was reused or an earlier entry replaced this one
+            // Stale: an earlier entry replaced this one (a finished connection's entry was
+            // cancelled before its slot could be reused: `finalize`).
+            if e.timer_at != ent.at || e.flags & DEAD != 0 {
+                continue;
             }
             e.timer_at = 0;
             let mut out = Out {
@@ -679,6 +683,8 @@ impl<H: Handler> Shard<H> {
             }
             self.settle(key);
         }
+        // A late shard's burst (every connection's deadline at once) would keep its size here.
+        expired.shrink_to(EXPIRED_KEEP);
         self.expired = expired;
     }
 }
@@ -705,9 +711,9 @@ fn schedule<S>(
                 // one per ping when pings come more often than that, 12 bytes each plus its
                 // slot's growth. Its slot holds a handful of entries: a short scan, on phase
                 // changes only (an earlier deadline), never per message.
-                wheel.cancel(key as u32, e.generation, e.timer_at);
+                wheel.cancel(key as u32, e.timer_at);
             }
-            e.timer_at = wheel.schedule(key as u32, e.generation, at);
+            e.timer_at = wheel.schedule(key as u32, at);
         }
         if e.conn.is_flushing() && e.flags & DIRTY == 0 {
             e.flags |= DIRTY;

@@ -1,6 +1,6 @@
 //! A hashed timer wheel for one shard's connection deadlines.
 //!
-//! Each entry names a connection slot (key + generation) and the tick it fires at. Slots are
+//! Each entry names a connection slot (its key) and the tick it fires at, in 8 bytes. Slots are
 //! `Vec`s that keep their capacity, so scheduling allocates nothing once the wheel has warmed
 //! up. There is no cancellation: the connection remembers which tick its live entry fires at,
 //! and an entry whose tick no longer matches (or whose slot was reused) is simply dropped when
@@ -9,13 +9,15 @@
 
 use std::time::{Duration, Instant};
 
-/// One scheduled deadline.
+/// One scheduled deadline: 8 bytes, one per connection with a deadline (100k connections:
+/// 800 KB plus the slots' spare capacity). No generation: a connection's entry is cancelled
+/// when it finishes, before its slot can be reused, and the shard checks `at` against the
+/// tick the connection's live entry fires at (a stale entry is dropped; a deadline checked
+/// early only answers "not due").
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Scheduled {
     /// Connection slot.
     pub(crate) key: u32,
-    /// Generation of the slot when the entry was scheduled.
-    pub(crate) generation: u32,
     /// Tick the entry fires at.
     pub(crate) at: u32,
 }
@@ -90,30 +92,24 @@ impl TimerWheel {
         self.slots.iter().map(Vec::capacity).sum()
     }
 
-    /// Schedule `key`/`generation` at tick `at` (at the next tick if `at` has passed). Returns
-    /// the tick it will actually fire at.
-    pub(crate) fn schedule(&mut self, key: u32, generation: u32, at: u32) -> u32 {
+    /// Schedule `key` at tick `at` (at the next tick if `at` has passed). Returns the tick it
+    /// will actually fire at.
+    pub(crate) fn schedule(&mut self, key: u32, at: u32) -> u32 {
         let at = at.max(self.now.saturating_add(1));
         self.scanned = None;
         let mask = self.slots.len() - 1;
-        self.slots[at as usize & mask].push(Scheduled {
-            key,
-            generation,
-            at,
-        });
+        self.slots[at as usize & mask].push(Scheduled { key, at });
         self.len += 1;
         at
     }
 
-    /// Remove the entry of `key`/`generation` scheduled at tick `at` (a connection that is gone:
+    /// Remove the entry of `key` scheduled at tick `at` (a connection that is gone:
     /// its entry would otherwise sit in the wheel, stale, until its tick). An emptied slot gives
     /// its buffer back.
-    pub(crate) fn cancel(&mut self, key: u32, generation: u32, at: u32) {
+    pub(crate) fn cancel(&mut self, key: u32, at: u32) {
         let mask = self.slots.len() - 1;
         let slot = &mut self.slots[at as usize & mask];
-        let found = slot
-            .iter()
-            .position(|e| e.key == key && e.generation == generation && e.at == at);
+        let found = slot.iter().position(|e| e.key == key && e.at == at);
         if let Some(i) = found {
             slot.swap_remove(i);
             self.len -= 1;
@@ -201,32 +197,26 @@ mod tests {
     #[test]
     fn entry_fires_at_its_tick_and_not_before() {
         let (mut w, t0) = wheel();
-        w.schedule(1, 7, 3);
+        w.schedule(1, 3);
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_millis(29), &mut out);
         assert!(out.is_empty());
         w.advance(t0 + Duration::from_millis(30), &mut out);
-        assert_eq!(
-            out,
-            vec![Scheduled {
-                key: 1,
-                generation: 7,
-                at: 3
-            }]
-        );
+        assert_eq!(out, vec![Scheduled { key: 1, at: 3 }]);
+        assert_eq!(std::mem::size_of::<Scheduled>(), 8);
         assert_eq!(w.len(), 0);
     }
 
     #[test]
     fn a_cancelled_entry_never_fires_and_only_it_is_removed() {
         let (mut w, t0) = wheel();
-        let at = w.schedule(1, 7, 3);
-        w.schedule(2, 0, 3);
-        w.cancel(1, 6, at); // another generation: not this entry
+        let at = w.schedule(1, 3);
+        w.schedule(2, 3);
+        w.cancel(1, at + 8); // another tick of the same slot: not this entry
         assert_eq!(w.len(), 2);
-        w.cancel(1, 7, at);
+        w.cancel(1, at);
         assert_eq!(w.len(), 1);
-        w.cancel(1, 7, at); // already gone: nothing happens
+        w.cancel(1, at); // already gone: nothing happens
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_millis(100), &mut out);
         assert_eq!(out.iter().map(|e| e.key).collect::<Vec<_>>(), vec![2]);
@@ -237,7 +227,7 @@ mod tests {
     fn deadline_beyond_one_revolution_waits_its_rounds() {
         let (mut w, t0) = wheel();
         // 8 slots of 10 ms: tick 20 shares slot 4 with tick 4 and tick 12.
-        w.schedule(1, 0, 20);
+        w.schedule(1, 20);
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_millis(120), &mut out);
         assert!(out.is_empty());
@@ -249,7 +239,7 @@ mod tests {
     fn long_jump_fires_everything_due_once() {
         let (mut w, t0) = wheel();
         for k in 0..20 {
-            w.schedule(k, 0, k + 1);
+            w.schedule(k, k + 1);
         }
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_secs(5), &mut out);
@@ -265,7 +255,7 @@ mod tests {
         let (mut w, t0) = wheel();
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_millis(50), &mut out);
-        assert_eq!(w.schedule(1, 0, 2), 6);
+        assert_eq!(w.schedule(1, 2), 6);
         w.advance(t0 + Duration::from_millis(60), &mut out);
         assert_eq!(out.len(), 1);
     }
@@ -274,10 +264,10 @@ mod tests {
     fn next_timeout_skips_empty_slots() {
         let (mut w, t0) = wheel();
         assert_eq!(w.next_timeout(t0), None);
-        w.schedule(1, 0, 5);
+        w.schedule(1, 5);
         assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(50)));
         // A later round in an earlier slot: wake at that slot, early rather than late.
-        w.schedule(2, 0, 11);
+        w.schedule(2, 11);
         assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(30)));
     }
 
@@ -288,7 +278,7 @@ mod tests {
         // A burst of 10,000 deadlines in every slot, then every one fires and none is re-armed.
         for round in 0..3u32 {
             for k in 0..10_000u32 {
-                w.schedule(k, round, round * 8 + 1 + k % 8);
+                w.schedule(k, round * 8 + 1 + k % 8);
             }
             out.clear();
             w.advance(
@@ -306,7 +296,7 @@ mod tests {
         // A slot mostly drained keeps at most four times what it still holds.
         for k in 0..1000u32 {
             // Slot 1: 990 entries at tick 25, 10 a revolution later (tick 33).
-            w.schedule(k, 0, if k < 990 { 25 } else { 33 });
+            w.schedule(k, if k < 990 { 25 } else { 33 });
         }
         out.clear();
         w.advance(t0 + Duration::from_millis(250), &mut out);
@@ -321,9 +311,9 @@ mod tests {
     #[test]
     fn next_timeout_sees_entries_scheduled_or_expired_after_the_last_call() {
         let (mut w, t0) = wheel();
-        w.schedule(1, 0, 5);
+        w.schedule(1, 5);
         assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(50)));
-        w.schedule(2, 0, 2);
+        w.schedule(2, 2);
         assert_eq!(w.next_timeout(t0), Some(Duration::from_millis(20)));
         let mut out = Vec::new();
         w.advance(t0 + Duration::from_millis(20), &mut out);
