@@ -76,8 +76,8 @@ impl CloseReason {
     }
 
     /// A reason recorded while the connection runs (everything but `Normal` and `Abnormal`,
-    /// which are read from the close outcome when it ends), as a code in 1..=7, kept in the
-    /// high byte of the slab entry's flags.
+    /// which are read from the close outcome when it ends), as a code in 1..=7, kept in bits
+    /// 8..=14 of the slab entry's flags.
     pub(crate) fn code(self) -> u8 {
         (self as u8).saturating_sub(1)
     }
