@@ -708,7 +708,7 @@ fn schedule<S>(
             if e.timer_at != 0 {
                 // The later entry would sit in the wheel, stale, until its tick: a pong that
                 // answers a ping leaves the pong deadline behind (up to `pong_timeout` away),
-                // one per ping when pings come more often than that, 12 bytes each plus its
+                // one per ping when pings come more often than that, 8 bytes each plus its
                 // slot's growth. Its slot holds a handful of entries: a short scan, on phase
                 // changes only (an earlier deadline), never per message.
                 wheel.cancel(key as u32, e.timer_at);
