@@ -4,7 +4,7 @@
 #   scripts/bench.sh --quick --compare    # 1 s cells, with fastwebsockets and tokio-tungstenite
 #   scripts/bench.sh --idle 100000        # server memory per idle connection
 #   scripts/bench.sh --compare --save bench/results/$(date -u +%Y-%m-%d)-matrix
-#   scripts/bench.sh --open-loop 25,50,80 # latency at fixed shares of each server's maximum
+#   scripts/bench.sh --open-loop 25,50,80 # latency at fixed shares of the best server's maximum
 #   scripts/bench.sh --peer 'uwebsockets=~/.cache/percore-uws/uws_echo {port} echo none' \
 #       --generator load_test=~/.cache/percore-uws/load_test   # see bench/README.md
 set -euo pipefail

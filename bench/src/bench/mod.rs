@@ -68,10 +68,15 @@ pub struct BenchArgs {
     /// WebSocket generator named gets its own rows.
     #[arg(long, value_name = "KIND[=PATH]")]
     pub generator: Vec<String>,
-    /// Open-loop latency instead of the matrix: offered rates as percentages of each server's
-    /// closed-loop maximum, e.g. 25,50,80.
+    /// Open-loop latency instead of the matrix: offered rates as percentages of the closed-loop
+    /// maximum (see --open-loop-base), e.g. 25,50,80.
     #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
     pub open_loop: Option<Vec<f64>>,
+    /// Whose maximum the open-loop percentages are of: `best` (the highest closed-loop maximum
+    /// of the repetition: every server is offered the same rates, so their latencies compare at
+    /// the same load) or `own` (each server its own maximum: the same utilisation).
+    #[arg(long, value_enum, default_value_t = open_loop::Base::Best)]
+    pub open_loop_base: open_loop::Base,
     /// Connections of the open-loop cell.
     #[arg(long, default_value_t = 10_000)]
     pub open_loop_connections: u32,

@@ -2,8 +2,10 @@
 //!
 //! For each server, each repetition first measures its maximum: the rate `percore load`
 //! reaches in a closed loop on the open-loop cell (10,000 connections × 20 B by default).
-//! Then, for each percentage, `percore load --rate` offers that share of the server's own
-//! maximum, on a fixed schedule spread over all connections, and the latency of every message
+//! Then, for each percentage, `percore load --rate` offers that share of the highest maximum
+//! of the repetition (`--open-loop-base best`, the default: every server gets the same rates,
+//! so latencies compare at the same load) or of the server's own (`own`), on a fixed schedule
+//! spread over all connections, and the latency of every message
 //! counts from its intended send time (coordinated omission corrected; see load/schedule.rs).
 //! Servers alternate within each step of a repetition, as in the matrix; the table reports
 //! the medians over the repetitions.
@@ -17,7 +19,26 @@ use super::report::{median_row, Row};
 use super::server::ServerKind;
 use super::{count_label, run_cell, size_label, BenchArgs, Scenario};
 
-/// Offered rates as percentages of each server's maximum.
+/// Whose closed-loop maximum the percentages are of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Base {
+    /// The highest maximum of the repetition's servers: the same offered rates for all.
+    Best,
+    /// Each server's own maximum: the same share of what each sustains.
+    Own,
+}
+
+/// The offered rate (msg/s) of `pct` for the server whose maximum is `own`, given the
+/// repetition's maxima `all`.
+pub fn offered_rate(base: Base, own: f64, all: &[Option<f64>], pct: f64) -> f64 {
+    let m = match base {
+        Base::Own => own,
+        Base::Best => all.iter().flatten().copied().fold(own, f64::max),
+    };
+    (m * pct / 100.0).round().max(1.0)
+}
+
+/// Offered rates as percentages of a closed-loop maximum.
 pub fn parse_percentages(v: &[f64]) -> Result<Vec<f64>, String> {
     if v.is_empty() {
         return Err("--open-loop needs percentages, e.g. --open-loop 25,50,80".into());
@@ -92,11 +113,18 @@ pub fn run(args: &BenchArgs, kinds: &[ServerKind], pcts: &[f64], duration: f64) 
         for (j, (&pct, sc)) in pcts.iter().zip(&pct_sc).enumerate() {
             for (i, k) in kinds.iter().enumerate() {
                 let Some(m) = max[i] else { continue };
-                let rate = (m * pct / 100.0).round().max(1.0);
+                let rate = offered_rate(args.open_loop_base, m, &max, pct);
                 super::announce(args, k, &g, sc, round);
                 let mut row = run_cell(args, k, &g, sc, duration, Some(rate));
                 row.offered_per_s = Some(rate);
                 row.load_pct = Some(pct);
+                if args.open_loop_base == Base::Best {
+                    let own = format!("{:.0} % of its own maximum", rate / m * 100.0);
+                    row.note = Some(match row.note.take() {
+                        Some(n) => format!("{own}; {n}"),
+                        None => own,
+                    });
+                }
                 if row.measured() && row.msgs_per_s < SHORTFALL * rate {
                     let short = format!(
                         "answered {:.0} % of the offered rate in the window",
@@ -139,6 +167,20 @@ mod tests {
         assert!(parse_percentages(&[250.0]).is_err());
         assert!(parse_percentages(&[f64::NAN]).is_err());
         assert!(parse_percentages(&[120.0]).is_ok());
+    }
+
+    #[test]
+    fn the_best_base_offers_every_server_the_same_rate_the_own_base_its_share() {
+        let all = [Some(100_000.0), None, Some(150_000.0), Some(120_000.0)];
+        for own in [100_000.0, 150_000.0, 120_000.0] {
+            assert_eq!(offered_rate(Base::Best, own, &all, 50.0), 75_000.0);
+        }
+        assert_eq!(offered_rate(Base::Own, 100_000.0, &all, 50.0), 50_000.0);
+        assert_eq!(offered_rate(Base::Own, 120_000.0, &all, 25.0), 30_000.0);
+        // No other maximum known: its own.
+        assert_eq!(offered_rate(Base::Best, 80_000.0, &[None], 80.0), 64_000.0);
+        // Never below one message per second.
+        assert_eq!(offered_rate(Base::Own, 1.0, &[], 25.0), 1.0);
     }
 
     #[test]
