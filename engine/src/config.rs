@@ -106,7 +106,9 @@ const RINGS_PER_SHARD_MAX: u32 = 256;
 
 /// Default of [`crate::ServerBuilder::send_direct_bytes_min`]: off. With it on (8 KiB) CI's
 /// one-minute soak saw the epoll echo server's RSS rise past its 2 % gate in 2 of 7 runs (1 in 8
-/// without it): on by choice until that is understood.
+/// without it), and the shards' stocks aged as bench/results/2026-12-02-arena.md proposed did not
+/// make it pass reliably (bench/results/2026-12-02-direct-default.md): off until that is
+/// understood.
 pub(crate) const SEND_DIRECT_BYTES_MIN: usize = usize::MAX;
 
 /// Everything a shard needs to know; built by [`crate::ServerBuilder`]. Limit names carry their

@@ -71,6 +71,37 @@ every_backend! {
         }
     }
 
+    fn pinged_connections_closing_meanwhile_get_their_close_after_the_ping(backend) {
+        // Many connections pinged in the same ticks (the server holds each ping as one shared
+        // frame, also while its send is in flight), closing as the pings go out: some after
+        // reading their ping, some without reading it (their close crosses the ping, or
+        // arrives while it is in flight). Every one gets its ping(s), then the close reply.
+        let server = common::start_with(backend, quick_ping_patient_pong);
+        let mut cs: Vec<RawClient> =
+            (0..40).map(|_| RawClient::connect(server.addr).unwrap()).collect();
+        for (i, c) in cs.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                let f = c.read_frame().unwrap();
+                assert_eq!(f.opcode, op::PING);
+            }
+        }
+        for c in &mut cs {
+            c.send_close(1000, "bye").unwrap();
+        }
+        for (i, c) in cs.iter_mut().enumerate() {
+            let f = loop {
+                let f = c.read_frame().unwrap();
+                if f.opcode != op::PING {
+                    break f;
+                }
+            };
+            assert_eq!(f.opcode, op::CLOSE, "connection {i}");
+            assert_eq!(f.close_code(), Some(1000), "connection {i}");
+            c.expect_eof();
+        }
+        RawClient::connect(server.addr).unwrap().echo_text("others are served");
+    }
+
     fn busy_connection_is_not_pinged_into_closing(backend) {
         let server = common::start_with(backend, quick_ping_patient_pong);
         let mut c = RawClient::connect(server.addr).unwrap();

@@ -105,10 +105,10 @@ impl Output for Out<'_> {
     }
 
     fn push_shared_control(&mut self, frame: &Arc<[u8]>) {
-        // An idle ping or empty pong to a connection with nothing queued: the queue's storage
-        // comes from the stock when there is some.
-        self.queue.reuse(&mut self.ctx.pool);
-        self.queue.push_shared(frame.clone());
+        // An idle ping or empty pong to a connection with nothing queued takes no memory of
+        // the queue's (a thin reference from the stock); behind other bytes, the queue's
+        // storage comes from the stock when there is some.
+        self.queue.push_shared_control(frame, &mut self.ctx.pool);
         ShardStats::bump(&self.ctx.stats.frames_sent, 1);
         self.queued();
     }

@@ -1,12 +1,13 @@
 //! A shard's slab entry: one connection's protocol state, send queue, application state and
-//! the shard's bookkeeping, in 96 bytes or less for `State = ()`.
+//! the shard's bookkeeping, in 104 bytes or less for `State = ()`.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::ops::{Deref, DerefMut};
 
 use crate::counters::CloseReason;
 use crate::proto::{Connection, Request};
-use crate::send_queue::{QueuePool, SendQueue};
+#[cfg(test)]
+use crate::send_queue::QueuePool;
+use crate::send_queue::SendQueue;
 
 /// In the dirty list.
 pub(crate) const DIRTY: u16 = 1;
@@ -67,9 +68,8 @@ pub(crate) struct Entry<S> {
     pub(crate) turn: u8,
     /// Frames it may still have decoded in turn `turn` (`recv_frames_per_turn_max`).
     pub(crate) frames_left: u16,
-    /// With `TLS`: the connection's index in the shard's TLS sessions (3 bytes; beside the
-    /// frame budget's counters it makes the entry 96 bytes when the `tls` feature is built,
-    /// for plain connections too).
+    /// With `TLS`: the connection's index in the shard's TLS sessions (3 bytes; they fit in
+    /// the entry's padding: 104 bytes with or without the `tls` feature).
     #[cfg(feature = "tls")]
     pub(crate) tls: TlsIndex,
 }
@@ -103,58 +103,11 @@ pub(crate) struct PendingUpgrade {
     pub(crate) req: Box<Request>,
 }
 
-/// A connection's send queue, boxed: 8 bytes in the slab entry (a `SendQueue` takes 64) and
-/// no heap memory while nothing is queued or in flight, which is an idle connection's usual
-/// state. Reading an absent queue sees an empty one; writing allocates it (one 64-byte
-/// allocation per burst of sends).
-#[derive(Default)]
-pub(crate) struct Queue(Option<Box<SendQueue>>);
-
-/// What an absent [`Queue`] reads as.
-static EMPTY_QUEUE: SendQueue = SendQueue::new();
-
-impl Deref for Queue {
-    type Target = SendQueue;
-
-    #[inline]
-    fn deref(&self) -> &SendQueue {
-        self.0.as_deref().unwrap_or(&EMPTY_QUEUE)
-    }
-}
-
-impl DerefMut for Queue {
-    fn deref_mut(&mut self) -> &mut SendQueue {
-        self.0.get_or_insert_with(Box::default)
-    }
-}
-
-impl Queue {
-    /// Give the queue's memory back if nothing is queued and the backend holds none of it.
-    pub(crate) fn release_if_idle(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|q| q.is_empty() && !q.in_flight())
-        {
-            self.0 = None;
-        }
-    }
-
-    /// Hand the queue's storage to `pool` and free its box if nothing is queued and the
-    /// backend holds none of it.
-    pub(crate) fn recycle_if_idle(&mut self, pool: &mut QueuePool) {
-        if let Some(q) = self.0.as_deref_mut() {
-            q.recycle(pool);
-        }
-        self.release_if_idle();
-    }
-
-    /// Is the queue's memory allocated?
-    #[cfg(test)]
-    fn is_allocated(&self) -> bool {
-        self.0.is_some()
-    }
-}
+/// A connection's send queue, in the slab entry: 16 bytes, no heap memory while nothing is
+/// queued or in flight (an idle connection's usual state) nor while it holds one shared control
+/// frame (an idle ping, in flight or not); anything more takes a boxed body from the shard's
+/// stock (see [`SendQueue`]).
+pub(crate) type Queue = SendQueue;
 
 /// A peer address in 19 bytes, byte-aligned (`SocketAddr` takes 32): the IP (IPv4 as
 /// IPv4-mapped IPv6) and the port. An IPv6 peer's flow label and scope id are not kept.
@@ -197,12 +150,11 @@ mod tests {
     fn idle_connection_slab_entry_is_small() {
         let size = std::mem::size_of::<Entry<()>>();
         println!("slab entry for State = (): {size} bytes");
-        assert!(size <= 96, "slab entry grew to {size} bytes");
-        // With the `tls` feature the TLS index (3 bytes) no longer fits in the padding beside
-        // the 16-bit flags and the frame budget's counters (`turn`, `frames_left`): 96 bytes.
-        if cfg!(feature = "tls") {
-            assert_eq!(size, 96);
-        }
+        // 48 bytes of protocol state, the 16-byte send queue (which holds an idle ping without
+        // heap memory), 33 bytes of addresses, timers, flags and the frame budget, and with
+        // the `tls` feature the 3-byte TLS index: 97 or 100 bytes, aligned to 104.
+        assert!(size <= 104, "slab entry grew to {size} bytes");
+        assert_eq!(std::mem::size_of::<Queue>(), 16);
     }
 
     #[cfg(feature = "tls")]
@@ -243,20 +195,21 @@ mod tests {
 
     #[test]
     fn drained_send_queue_gives_its_memory_back() {
+        let mut pool = QueuePool::default();
         let mut q = Queue::default();
-        assert!(q.is_empty() && !q.is_allocated());
+        assert!(q.is_empty() && q.heap_bytes() == 0);
         q.push(b"hello");
         assert_eq!(q.len(), 5);
         q.set_in_flight(true);
-        q.release_if_idle();
-        assert!(q.is_allocated(), "released while the backend holds it");
+        q.recycle(&mut pool);
+        assert!(q.heap_bytes() > 0, "released while the backend holds it");
         q.complete(3);
-        q.release_if_idle();
-        assert!(q.is_allocated(), "released with bytes left");
+        q.recycle(&mut pool);
+        assert!(q.heap_bytes() > 0, "released with bytes left");
         q.set_in_flight(true);
         q.complete(2);
-        q.release_if_idle();
-        assert!(q.is_empty() && !q.is_allocated());
+        q.recycle(&mut pool);
+        assert!(q.is_empty() && q.heap_bytes() == 0);
     }
 
     #[test]

@@ -54,8 +54,8 @@ impl<H: Handler> Shard<H> {
             }
         }
         // Empty and not in flight (written now, or a completion came): its storage goes back
-        // to the stock before the queue's box is freed.
-        e.queue.recycle_if_idle(&mut self.ctx.pool);
+        // to the stock (the queue keeps no heap memory).
+        e.queue.recycle(&mut self.ctx.pool);
         self.after_flush(driver, key, true);
     }
 

@@ -381,11 +381,11 @@ impl<H: Handler> Shard<H> {
             }
         }
         // Empty and not in flight (written now, or a completion came): its storage goes back
-        // to the stock before the queue's box is freed.
-        t.wire.recycle_if_idle(&mut self.ctx.pool);
+        // to the stock (the queue keeps no heap memory).
+        t.wire.recycle(&mut self.ctx.pool);
         // The plaintext queue is never the backend's: once sealed it can go (an idle TLS
         // connection holds no queue, as a plain one).
-        e.queue.recycle_if_idle(&mut self.ctx.pool);
+        e.queue.recycle(&mut self.ctx.pool);
         let wire_done = t.wire.is_empty() && !t.wire.in_flight();
         // Plaintext left over (the per-flush budget, or the handshake still running): the next
         // turn goes on once the wire queue is out.

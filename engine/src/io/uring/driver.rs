@@ -150,7 +150,8 @@ pub(super) struct ConnIo {
     pub(super) gen: u32,
     /// Where its multishot recv stands.
     pub(super) recv: RecvArm,
-    /// A sendmsg is in flight; its iovecs live in `send`.
+    /// A send is in flight: a `sendmsg` whose msghdr and iovecs live in `send`, or a plain
+    /// send of one chunk (`send` is `None`).
     pub(super) send_in_flight: bool,
     /// [`Driver::close`] was called: report nothing more, release when idle.
     pub(super) closing: bool,
@@ -387,6 +388,9 @@ impl Driver for UringDriver {
         };
         if c.closing || c.send_in_flight {
             return Err(io::ErrorKind::NotConnected.into());
+        }
+        if let Some(one) = queue.single_slice() {
+            return self.send_one(token, one.as_ptr(), one.len(), queue);
         }
         let mut op = self.spare.pop().unwrap_or_else(|| Box::new(SendOp::new()));
         op.iov.clear();

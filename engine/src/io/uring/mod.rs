@@ -43,7 +43,8 @@
 //! buffers, 512 KiB at the default size, when the traffic is light; see `BufRing`), 16 bytes
 //! per buffer-ring entry, 64 bytes per SQ
 //! entry and 4 × 16 bytes per CQ entry; per connection, one [`ConnIo`] slot (24 bytes) and,
-//! only while a send is in flight, a pooled [`SendOp`] (msghdr + up to [`IOV_MAX`](crate::io::IOV_MAX) iovecs). In
+//! only while a `sendmsg` (more than one chunk) is in flight, a pooled [`SendOp`] (msghdr + up
+//! to [`IOV_MAX`](crate::io::IOV_MAX) iovecs; a plain send of one chunk takes none). In
 //! the kernel an idle connection holds its armed multishot recv (one request, ~256 bytes) where
 //! epoll holds an epitem (~128 bytes).
 //!

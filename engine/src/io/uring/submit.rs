@@ -12,6 +12,7 @@ use super::op::{OpId, OpKind};
 use super::ring::Ring;
 use crate::io::Token;
 use crate::io::ACCEPT_RETRY;
+use crate::send_queue::SendQueue;
 
 impl UringDriver {
     /// Forget `token` and close its socket (nothing of it may be in flight).
@@ -59,6 +60,58 @@ impl UringDriver {
             self.close_sock(RingFd::Fixed { ring, index })?;
         }
         Ok(())
+    }
+
+    /// [`Driver::send`](crate::io::Driver::send) of a queue whose unwritten bytes all lie in
+    /// one chunk (`len` bytes at `buf`, the queue's): a plain send pointing at them, with no
+    /// [`SendOp`]. The usual echo reply, and the idle ping: a ping burst to thousands of idle
+    /// connections allocates nothing per send in flight. A length past u32 is a short send,
+    /// resumed later.
+    pub(super) fn send_one(
+        &mut self,
+        token: Token,
+        buf: *const u8,
+        len: usize,
+        queue: &mut SendQueue,
+    ) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let Some(c) = self.conn_mut(token) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let ud = OpId {
+            gen: c.gen,
+            ..OpId::new(OpKind::Send, token.0, 0)
+        }
+        .encode();
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let flags = libc::MSG_NOSIGNAL;
+        let sqe = match c.sock {
+            RingFd::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
+                .flags(flags)
+                .build(),
+            RingFd::Fixed { index, .. } => opcode::Send::new(types::Fixed(index), buf, len)
+                .flags(flags)
+                .build(),
+        }
+        .user_data(ud);
+        let r = c.sock.ring();
+        c.send_in_flight = true;
+        queue.set_in_flight(true);
+        // SAFETY: the sqe points at the queue's one chunk (an owned buffer or a shared frame the
+        // queue holds a reference to), whose heap memory does not move or get freed while the
+        // queue is in flight (SendQueue contract: no append to an in-flight chunk, and the shard
+        // keeps the queue until `Sent` or `Released`).
+        let pushed = unsafe { self.push(r, &sqe) };
+        if pushed.is_err() {
+            // Never reached the kernel: nothing is in flight.
+            queue.set_in_flight(false);
+            if let Some(c) = self.conn_mut(token) {
+                c.send_in_flight = false;
+            }
+        }
+        pushed
     }
 
     pub(super) fn conn(&self, token: Token) -> Option<&ConnIo> {

@@ -158,6 +158,43 @@ fn teardown_cancels_a_send_stuck_on_a_peer_that_does_not_read() {
 }
 
 #[test]
+fn a_one_chunk_send_takes_no_send_op_and_a_close_while_it_is_in_flight_waits_for_it() {
+    for direct in [false, true] {
+        let mut m = Mini::<UringDriver>::new(config(direct));
+        let _peer = TcpStream::connect(m.addr).unwrap();
+        let mut st = ();
+        m.pump(
+            &mut st,
+            |_, acts, c| {
+                if let Completion::Accepted { socket, .. } = c {
+                    acts.push(Action::Register(socket));
+                }
+            },
+            |_, m| m.next == 1,
+        );
+        // One chunk the peer does not read: the send stays in flight.
+        m.queues.get_mut(&0).unwrap().push(&vec![1u8; 16 << 20]);
+        m.turn(&mut st, &mut |_, _, _| {});
+        assert!(m.queues[&0].in_flight());
+        let c = m.d.conn(Token(0)).unwrap();
+        assert!(c.send_in_flight, "direct {direct}");
+        assert!(
+            c.send.is_none(),
+            "a plain send holds no SendOp (direct {direct})"
+        );
+        assert!(m.d.spare.is_empty());
+        // The connection closes meanwhile: released (and its queue with it) only once the
+        // send's completion is reaped.
+        m.closing.push(0);
+        assert!(!m.d.close(Token(0)), "released with a send in flight");
+        assert!(m.queues.contains_key(&0));
+        m.pump(&mut st, |_, _, _| {}, |_, m| m.released == 1);
+        assert!(!m.queues.contains_key(&0));
+        assert!(m.d.conn(Token(0)).is_none());
+    }
+}
+
+#[test]
 fn unregistered_direct_descriptor_is_closed_when_dropped() {
     let mut m = Mini::<UringDriver>::new(config(true));
     let mut c = TcpStream::connect(m.addr).unwrap();
