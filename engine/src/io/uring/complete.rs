@@ -15,36 +15,11 @@ use crate::io::{Completion, Flow, Socket, Token};
 
 /// A batch this large suggests the kernel left deferred work for the next enter.
 const DEFERRED_BATCH: usize = 16;
-/// Most extra enters ([`UringDriver::run_deferred`]) in one poll.
+/// Most extra enters ([`UringDriver::enter_nowait`]) in one poll: with the kernel's ~20 items
+/// per enter, about 1,300 completions per poll on top of the waiting enter's.
 const DEFERRED_RUNS_MAX: u32 = 64;
 
 impl UringDriver {
-    /// Enter ring `r` without waiting, asking for up to a CQ's worth of completions: the kernel
-    /// runs that much of the work it deferred to this thread (not just its default ~20).
-    pub(super) fn run_deferred(&mut self, r: usize) -> io::Result<()> {
-        let Some(ring) = self.rings.get_mut(r) else {
-            return Ok(());
-        };
-        if r > 0 {
-            ring.queued = false;
-        }
-        let want = ring.ring.completion().capacity();
-        let ts = types::Timespec::new();
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match ring.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Submit everything queued and wait (one `io_uring_enter`) for a completion or `timeout`.
     pub(super) fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let r = match timeout {
@@ -96,7 +71,7 @@ impl UringDriver {
                         Some(n) if n.fired => n.fired = false,
                         _ => continue,
                     }
-                    self.enter_other(r)?;
+                    self.enter_nowait(r)?;
                 }
                 cqes.clear();
                 cqes.extend(self.rings[r].ring.completion());
@@ -111,10 +86,14 @@ impl UringDriver {
                 if (more_work || cqes.len() >= DEFERRED_BATCH) && deferred_runs < DEFERRED_RUNS_MAX
                 {
                     deferred_runs += 1;
-                    // The kernel runs at most ~20 deferred completions per enter (Linux ≥
-                    // 6.10): a burst (16 000 close replies at a graceful shutdown) would take
-                    // hundreds of loop turns, past the close timeout. Run the rest now.
-                    self.run_deferred(r)?;
+                    // The kernel runs about 20 deferred completions per enter (Linux ≥ 6.10):
+                    // a burst (16 000 close replies at a graceful shutdown) would take hundreds
+                    // of loop turns, past the close timeout. Run more of it now, without waiting: an enter that waits for more
+                    // completions than are ready (even with a zero timeout) stays in the
+                    // kernel's wait loop, running each piece of work as it arrives, until its
+                    // timer fires; under a steady echo load the shard spent about half its
+                    // time there (100 × 20 B: 6.3 µs of CPU per message instead of 3.2).
+                    self.enter_nowait(r)?;
                     any = true;
                 }
             }

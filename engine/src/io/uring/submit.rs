@@ -384,9 +384,10 @@ impl UringDriver {
         }
     }
 
-    /// Enter ring `r` (not 0) without waiting: submit what is queued on it and run the work the
-    /// kernel deferred to this thread (`DEFER_TASKRUN`: its completions are posted only then).
-    pub(super) fn enter_other(&mut self, r: usize) -> io::Result<()> {
+    /// Enter ring `r` without waiting (no minimum of completions, no timer): submit what is
+    /// queued on it and run the work the kernel deferred to this thread (`DEFER_TASKRUN`: its
+    /// completions are posted only then), as much as one enter runs.
+    pub(super) fn enter_nowait(&mut self, r: usize) -> io::Result<()> {
         let Some(ring) = self.rings.get_mut(r) else {
             return Ok(());
         };
@@ -414,7 +415,7 @@ impl UringDriver {
     pub(super) fn submit_others(&mut self) -> io::Result<()> {
         for r in 1..self.rings.len() {
             if self.rings[r].queued {
-                self.enter_other(r)?;
+                self.enter_nowait(r)?;
             }
         }
         Ok(())
@@ -440,7 +441,7 @@ impl UringDriver {
         let deadline = Instant::now() + limit;
         while self.in_flight > 0 && Instant::now() < deadline {
             for r in 1..self.rings.len() {
-                let _ = self.enter_other(r);
+                let _ = self.enter_nowait(r);
             }
             let _ = self.enter(Some(Duration::from_millis(10)));
             let finished: usize = self
