@@ -415,6 +415,13 @@ impl Driver for UringDriver {
             self.recycle_op(op);
             return Ok(());
         }
+        if let [one] = op.iov.as_slice() {
+            // The unwritten bytes lie in one chunk after all (the chunks before it are
+            // written): a plain send, as for a single slice.
+            let (buf, len) = (one.iov_base as *const u8, one.iov_len);
+            self.recycle_op(op);
+            return self.send_one(token, buf, len, queue);
+        }
         op.msg.msg_iov = op.iov.as_mut_ptr();
         op.msg.msg_iovlen = op.iov.len() as _;
         let msg: *const libc::msghdr = &op.msg;
@@ -424,30 +431,13 @@ impl Driver for UringDriver {
         };
         let ud = OpId { gen: c.gen, ..ud }.encode();
         let flags = libc::MSG_NOSIGNAL;
-        let sqe = if let [one] = op.iov.as_slice() {
-            // One contiguous chunk (the usual echo reply): a plain send skips the kernel's
-            // msghdr copy and iovec import. A length past u32 is a short send, resumed later.
-            let (buf, len) = (
-                one.iov_base as *const u8,
-                u32::try_from(one.iov_len).unwrap_or(u32::MAX),
-            );
-            match c.sock {
-                RingFd::Fd(fd) => opcode::Send::new(types::Fd(fd), buf, len)
-                    .flags(flags)
-                    .build(),
-                RingFd::Fixed { index, .. } => opcode::Send::new(types::Fixed(index), buf, len)
-                    .flags(flags)
-                    .build(),
-            }
-        } else {
-            match c.sock {
-                RingFd::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
-                    .flags(flags as u32)
-                    .build(),
-                RingFd::Fixed { index, .. } => opcode::SendMsg::new(types::Fixed(index), msg)
-                    .flags(flags as u32)
-                    .build(),
-            }
+        let sqe = match c.sock {
+            RingFd::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg)
+                .flags(flags as u32)
+                .build(),
+            RingFd::Fixed { index, .. } => opcode::SendMsg::new(types::Fixed(index), msg)
+                .flags(flags as u32)
+                .build(),
         }
         .user_data(ud);
         let r = c.sock.ring();
@@ -455,11 +445,9 @@ impl Driver for UringDriver {
         c.send_in_flight = true;
         queue.set_in_flight(true);
         // SAFETY: the sqe points at the msghdr and iovecs in `c.send` (boxed, kept until this
-        // op's completion is reaped) or, for a plain send, directly at the one chunk; either
-        // way at the chunks of `queue`, whose heap
-        // memory does not move or get freed while the queue is in flight (SendQueue contract:
-        // no append to an in-flight chunk, and the shard keeps the queue until `Sent` or
-        // `Released`).
+        // op's completion is reaped), and they at the chunks of `queue`, whose heap memory does
+        // not move or get freed while the queue is in flight (SendQueue contract: no append to
+        // an in-flight chunk, and the shard keeps the queue until `Sent` or `Released`).
         let pushed = unsafe { self.push(r, &sqe) };
         if pushed.is_err() {
             // Never reached the kernel: nothing is in flight.
