@@ -63,6 +63,14 @@ pub(crate) struct EpollDriver {
 /// of a message read whole into the buffer, `recv_keep_bytes` at most).
 const READS_PER_TURN: usize = 16;
 
+/// Bytes a read asks for beyond what it expects (the receive buffer's size, or the rest of a
+/// kept message): edge-triggered, a read that fills its request exactly cannot tell whether
+/// the socket has more, so it must be followed by one that finds nothing (`WouldBlock`). With
+/// one page more asked, a message of exactly the buffer's size (the 64 KiB one the buffer is
+/// sized for) that is all the socket has comes back as a short read instead: one `recv` per
+/// message, not two. The extra page becomes resident only when a read reaches it.
+const READ_SLACK_BYTES: usize = 4 << 10;
+
 impl Wake for mio::Waker {
     fn wake(&self) -> io::Result<()> {
         mio::Waker::wake(self)
@@ -126,8 +134,13 @@ impl EpollDriver {
                 return;
             }
             // A read asks for `read_bytes`; one after a keep, for as much as the kept frame
-            // needs to be whole if that is more.
-            let end = (kept + self.read_bytes).max(whole).min(self.scratch.len());
+            // needs to be whole (and a little more, see `READ_SLACK_BYTES`) if that is more.
+            let want = if whole > kept {
+                whole + READ_SLACK_BYTES
+            } else {
+                0
+            };
+            let end = (kept + self.read_bytes).max(want).min(self.scratch.len());
             match sock.stream.read(&mut self.scratch[kept..end]) {
                 Ok(0) => {
                     sock.done = true;
@@ -239,6 +252,7 @@ impl Driver for EpollDriver {
             )?;
         }
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let read_bytes = cfg.recv_buffer_bytes + READ_SLACK_BYTES;
         Ok(Self {
             poll,
             events: Events::with_capacity(cfg.events_max.max(16)),
@@ -249,8 +263,8 @@ impl Driver for EpollDriver {
             accept_retry: false,
             // Zeroed by the allocator (fresh pages are not touched): only as much of it as
             // the largest read reached becomes resident.
-            scratch: vec![0u8; cfg.recv_buffer_bytes.max(cfg.recv_keep_bytes)].into_boxed_slice(),
-            read_bytes: cfg.recv_buffer_bytes,
+            scratch: vec![0u8; read_bytes.max(cfg.recv_keep_bytes)].into_boxed_slice(),
+            read_bytes,
         })
     }
 

@@ -91,7 +91,9 @@ pub(crate) struct DriverConfig {
     /// clamps it to `RLIMIT_NOFILE`); past one table's worth a shard opens more rings.
     pub(crate) direct_fds_table_max: u32,
     /// Bytes per receive buffer (epoll: the one scratch buffer; io_uring: each ring buffer).
-    /// Also the upper bound on the length of one [`Completion::Recv`] buffer.
+    /// Also the upper bound on the length of one [`Completion::Recv`] buffer, but for epoll's
+    /// reads, which ask a page more (see `epoll::READ_SLACK_BYTES`) and, after a
+    /// [`Flow::Keep`], up to `recv_keep_bytes`.
     pub(crate) recv_buffer_bytes: usize,
     /// epoll: the receive buffer grows to this many bytes (when larger than
     /// `recv_buffer_bytes`) to hold a message the shard keeps whole ([`Flow::Keep`]); only
