@@ -235,6 +235,8 @@ impl EpollDriver {
 }
 
 impl Driver for EpollDriver {
+    const WRITES_AT_ONCE: bool = true;
+
     fn new(listeners: Vec<TcpListener>, cfg: &DriverConfig) -> io::Result<Self> {
         if listeners.len() > LISTENERS_MAX {
             return Err(io::Error::new(

@@ -27,7 +27,9 @@
 //!   the shard never drops a queue that is in flight (it waits for the release after `close`).
 //!   During a `Recv` callback the shard may also write to the socket itself (the `direct`
 //!   descriptor the completion lends), but only while that connection's queue is empty and not
-//!   in flight, so no write of the backend's is pending and order holds.
+//!   in flight, so no write of the backend's is pending and order holds: what it writes is
+//!   either a new frame or, with a backend that [`Driver::WRITES_AT_ONCE`], the queue's bytes
+//!   that this callback produced.
 //! * **Closing.** The shard calls [`Driver::close`] exactly once per registered token. From then
 //!   on the driver reports nothing but (eventually) the release of that token; the shard keeps
 //!   the connection slot (and its send queue) until it is released.
@@ -220,6 +222,14 @@ pub(crate) type Waker = Arc<dyn Wake>;
 
 /// One shard's I/O backend. All methods are called on the shard's own thread only.
 pub(crate) trait Driver: Sized {
+    /// [`Driver::send`] writes at once (a `write` per call, nothing batched): the shard then
+    /// writes a connection's reply during the `Recv` that produced it, through the descriptor
+    /// the completion lends, rather than at the end of the loop turn. No batching is lost, and
+    /// the bytes go out while they are in cache, from storage the next connection's reply
+    /// reuses (a turn over N connections holds one reply buffer, not N). `false` for a backend
+    /// that batches its sends (io_uring: one submit per turn).
+    const WRITES_AT_ONCE: bool = false;
+
     /// Take ownership of the shard's listeners (each already bound and listening,
     /// `SO_REUSEPORT`; at most [`LISTENERS_MAX`]) and prepare to accept on all of them. A
     /// listener may be blocking; the driver sets what it needs.

@@ -57,6 +57,19 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
 }
 
+/// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: as [`send_vectored_nowait`] for one slice
+/// (no message header to build and copy in).
+pub(crate) fn send_nowait(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // send only reads `buf.len()` bytes from `buf`, borrowed for the call.
+    syscall!(send(
+        fd,
+        buf.as_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+    ))
+    .map(|n| n as usize)
+}
+
 /// `sendmsg(fd, parts, MSG_DONTWAIT | MSG_NOSIGNAL)`: write `parts` in order with one call,
 /// never blocking (whatever the socket's mode) and never raising `SIGPIPE`. Returns the bytes
 /// written (`WouldBlock` when the socket buffer is full).

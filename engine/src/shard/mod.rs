@@ -200,6 +200,9 @@ struct Shard<H: Handler> {
     /// Bytes the last `Recv` kept (`Flow::Keep`): the next one starts with them again, and
     /// they are already counted as received.
     kept: usize,
+    /// The driver's [`Driver::WRITES_AT_ONCE`]: replies are written during the `Recv` that
+    /// produced them (`flush::write_during_recv`).
+    write_at_once: bool,
     /// Connections whose receiving is paused with frames held (`BACKLOG`): decoded first,
     /// within their budget, on the next turns.
     backlog: Vec<u32>,
@@ -258,6 +261,7 @@ impl<H: Handler> Shard<H> {
             turn: 0,
             frames_per_turn,
             kept: 0,
+            write_at_once: false,
             backlog: Vec::new(),
             memory: MemoryTrim::default(),
             #[cfg(feature = "tls")]
@@ -267,6 +271,7 @@ impl<H: Handler> Shard<H> {
     }
 
     fn run<D: Driver>(&mut self, mut driver: D) {
+        self.write_at_once = D::WRITES_AT_ONCE;
         loop {
             self.turn = self.turn.wrapping_add(1);
             let now = Instant::now();
@@ -477,6 +482,9 @@ impl<H: Handler> Shard<H> {
         } = e;
         let (handler, generation) = (&mut self.handler, *generation);
         let now = self.ctx.now;
+        // Nothing of the backend's is pending: what this buffer's frames queue may be written
+        // before the callback returns (see `flush::write_during_recv`).
+        let idle = self.write_at_once && queue.is_empty() && !queue.in_flight();
         // While this buffer is decoded, a large frame may go straight to the socket.
         self.ctx.direct = direct.map(|fd| (key as u32, fd));
         let mut out = Out {
@@ -495,6 +503,11 @@ impl<H: Handler> Shard<H> {
             |ev, link| dispatch(handler, ev, link, state, peer, generation),
         );
         self.ctx.direct = None;
+        if let (true, Some(fd)) = (idle, direct) {
+            if e.flags & DEAD == 0 && !e.queue.is_empty() {
+                flush::write_during_recv(fd, &mut e.queue, &mut self.ctx);
+            }
+        }
         e.set_budget(self.turn, frames as u16);
         self.kept = kept;
         let mut flow = if kept > 0 {
