@@ -107,8 +107,10 @@ const RINGS_PER_SHARD_MAX: u32 = 256;
 /// Default of [`crate::ServerBuilder::send_direct_bytes_min`]: off. With it on (8 KiB) CI's
 /// one-minute soak saw the epoll echo server's RSS rise past its 2 % gate in 2 of 7 runs (1 in 8
 /// without it), and the shards' stocks aged as bench/results/2026-12-02-arena.md proposed did not
-/// make it pass reliably (bench/results/2026-12-02-direct-default.md): off until that is
-/// understood.
+/// make it pass reliably (bench/results/2026-12-02-direct-default.md); with the rest of a
+/// partial direct write queued in a buffer sized for the whole frame it passed 2 of 3
+/// (bench/results/2026-12-02-direct-send.md: the growth is free memory inside glibc's arenas,
+/// not heap the engine holds): off until the soak passes reliably.
 pub(crate) const SEND_DIRECT_BYTES_MIN: usize = usize::MAX;
 
 /// Everything a shard needs to know; built by [`crate::ServerBuilder`]. Limit names carry their

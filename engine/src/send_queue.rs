@@ -306,13 +306,21 @@ impl SendQueue {
         self.fifo().push_with(extra, fill);
     }
 
-    /// Onto an empty queue: the rest of a frame whose first bytes were already written to the
-    /// socket (`a` then `b`), so that [`SendQueue::discard_unsent`] keeps it whole as it keeps a
-    /// partly written chunk.
-    pub(crate) fn push_rest(&mut self, a: &[u8], b: &[u8]) {
+    /// Onto an empty queue: the rest of a frame of `frame_len` bytes whose first bytes were
+    /// already written to the socket (`a` then `b`), so that [`SendQueue::discard_unsent`]
+    /// keeps it whole as it keeps a partly written chunk.
+    ///
+    /// A new buffer for it is as large as the whole frame, not as the rest: how much of a frame
+    /// the socket took is arbitrary, and buffers of arbitrary sizes (kept in the stock, freed
+    /// when it ages) leave holes of odd sizes in the shard's heap that the next frames' buffers
+    /// may not fit. Sized as the frame, the buffer is the one the queue would have taken
+    /// without the direct write (no more memory than that), and the stock serves both.
+    /// (bench/results/2026-12-02-direct-send.md: the soak's RSS growth with the direct send on
+    /// is free memory inside glibc's arenas; this alone did not end it.)
+    pub(crate) fn push_rest(&mut self, a: &[u8], b: &[u8], frame_len: usize) {
         debug_assert!(self.is_empty() && !self.in_flight());
         let f = self.fifo();
-        f.push_with(a.len() + b.len(), |v| {
+        f.push_sized(a.len() + b.len(), frame_len, |v| {
             v.extend_from_slice(a);
             v.extend_from_slice(b);
         });
@@ -529,6 +537,12 @@ impl SendQueue {
 impl Fifo {
     /// See [`SendQueue::push_with`].
     fn push_with(&mut self, extra: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.push_sized(extra, extra, fill);
+    }
+
+    /// [`Fifo::push_with`], a new chunk buffer (when one is needed) of at least `cap` bytes.
+    #[inline]
+    fn push_sized(&mut self, extra: usize, cap: usize, fill: impl FnOnce(&mut Vec<u8>)) {
         let coalesce = !self.in_flight
             && matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.len() + extra <= COALESCE_BYTES);
         let v = if coalesce {
@@ -540,7 +554,7 @@ impl Fifo {
             let v = if self.spare.capacity() >= extra {
                 std::mem::take(&mut self.spare)
             } else {
-                Vec::with_capacity(extra.max(CHUNK_BYTES_MIN))
+                Vec::with_capacity(extra.max(cap).max(CHUNK_BYTES_MIN))
             };
             self.chunks.push_back(Chunk::Owned(v));
             match self.chunks.back_mut() {

@@ -38,10 +38,15 @@ fn payload(seed: usize, len: usize) -> Vec<u8> {
 /// server's socket buffer small and full, so a large frame written onto an empty queue is
 /// taken only in part.
 fn connect_small_window(addr: std::net::SocketAddr) -> RawClient {
+    connect_window(addr, 4096)
+}
+
+/// A client whose receive buffer is `window` bytes, set before it connects.
+fn connect_window(addr: std::net::SocketAddr, window: usize) -> RawClient {
     use common::raw::{new_key, read_response_head, upgrade_request, IO_TIMEOUT};
     use std::io::Write;
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
+    s.set_recv_buffer_size(window).unwrap();
     s.connect(&addr.into()).unwrap();
     let tcp: std::net::TcpStream = s.into();
     tcp.set_nodelay(true).unwrap();
@@ -151,6 +156,66 @@ every_backend! {
                 }
                 other => panic!("unexpected opcode {other}"),
             }
+        }
+    }
+}
+
+every_backend! {
+    fn a_client_that_never_reads_is_closed_at_the_queue_limit_whatever_was_written_directly(backend) {
+        // The soak's never-reading client: 60 KiB messages towards a 256 KiB window, never
+        // read. Each echo finds the queue empty or not: written directly in whole, in part or
+        // not at all, and queued behind. Whatever the mix, the bytes the server holds unsent
+        // are bounded by `send_queue_bytes_max`: the connection must be closed (1008, or the
+        // socket dropped) long before the client has written 64 MiB, and not left open.
+        const QUEUE_MAX: usize = 1 << 20;
+        let h = common::start_app(backend, |b| b.send_direct_bytes_min(8 << 10).send_queue_bytes_max(QUEUE_MAX), |_| Echo);
+        let addr = common::addr_of(&h);
+        let mut c = connect_window(addr, 256 << 10);
+        c.stream.tcp().set_write_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        let p = payload(11, 60 << 10);
+        let mut written = 0usize;
+        let mut blocked = 0;
+        while written < 64 << 20 {
+            match c.send_binary(&p) {
+                Ok(()) => {
+                    written += p.len();
+                    blocked = 0;
+                }
+                // The server stopped reading: it must close before long. A write cut by the
+                // timeout left a partial frame: nothing more may be written after it.
+                Err(e) if common::raw::is_timeout(&e) => {
+                    blocked += 1;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // Reading now: whole echoes, then close 1008 or the end of the stream; never the
+        // read timeout (the server kept the connection open without a limit).
+        let mut echoed = 0usize;
+        let ending = loop {
+            match c.read_frame() {
+                Ok(f) if f.opcode == op::CLOSE => break Some(f.close_code()),
+                Ok(f) if f.opcode == op::BINARY => {
+                    assert!(f.payload == p, "an echo was cut short or damaged");
+                    echoed += f.payload.len();
+                }
+                Ok(f) if f.opcode == op::PING => {}
+                Ok(f) => panic!("unexpected opcode {}", f.opcode),
+                Err(e) if common::raw::is_timeout(&e) => panic!(
+                    "never-reading client neither closed nor served: {written} bytes written \
+                     (blocked {blocked}), {echoed} echoed, stats {:?}",
+                    h.stats()
+                ),
+                Err(_) => break None,
+            }
+        };
+        assert!(matches!(ending, Some(Some(1008)) | None), "ended with close {ending:?}");
+        assert!(echoed < written, "everything was echoed: no limit applied");
+        let st = h.stats();
+        assert!(st.slow_consumers >= 1, "slow consumer not counted: {st:?}");
+        if is_plain(addr) {
+            assert!(st.frames_sent_direct > 0, "no frame was written directly");
         }
     }
 }

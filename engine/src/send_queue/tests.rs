@@ -415,7 +415,7 @@ fn discard_unsent_keeps_a_partly_written_frame_whole() {
 #[test]
 fn discard_unsent_keeps_the_rest_of_a_frame_started_outside_the_queue() {
     let mut q = SendQueue::default();
-    q.push_rest(b"ad", b"er-rest");
+    q.push_rest(b"ad", b"er-rest", 12);
     q.push_shared(Arc::from(&b"next"[..]));
     q.discard_unsent();
     assert_eq!(collect(&q), b"ader-rest");
@@ -426,6 +426,32 @@ fn discard_unsent_keeps_the_rest_of_a_frame_started_outside_the_queue() {
     q.push_shared(Arc::from(&b"whole"[..]));
     q.discard_unsent();
     assert!(q.is_empty());
+}
+
+#[test]
+fn the_rest_of_a_frame_takes_a_buffer_sized_for_the_whole_frame() {
+    // Whatever part of a 60 KiB frame the socket took, the rest's buffer is the one the whole
+    // frame would have needed: the same size every time, so that the stock and the heap see
+    // one size per frame size and not one per partial write.
+    let frame = 60 << 10;
+    for rest in [1usize, 5000, 37_000, frame - 1] {
+        let mut q = SendQueue::default();
+        q.push_rest(&[], &vec![7u8; rest], frame);
+        assert_eq!(q.len(), rest);
+        assert_eq!(
+            q.heap_bytes() - std::mem::size_of::<Fifo>(),
+            q_deque_bytes(&q) + frame,
+            "rest {rest}"
+        );
+    }
+}
+
+/// Heap bytes of a queue's chunk deque.
+fn q_deque_bytes(q: &SendQueue) -> usize {
+    match &q.0 {
+        State::Full(f) => f.chunks.capacity() * std::mem::size_of::<Chunk>(),
+        _ => 0,
+    }
 }
 
 #[test]

@@ -144,6 +144,7 @@ impl Out<'_> {
         let stats = &self.ctx.stats;
         ShardStats::bump(&stats.frames_sent, 1);
         ShardStats::bump(&stats.frames_sent_direct, 1);
+        let frame_len = header.len() + payload.len();
         let parts = [IoSlice::new(header), IoSlice::new(payload)];
         let written = sys::send_vectored_nowait(fd, &parts).unwrap_or(0);
         ShardStats::bump(&stats.bytes_sent, written as u64);
@@ -155,10 +156,12 @@ impl Out<'_> {
         if rest == 0 {
             return;
         }
+        // The rest goes into a buffer sized for the whole frame, as without the direct write:
+        // see `SendQueue::push_rest`.
         self.queue.reuse(&mut self.ctx.pool);
-        self.queue.reserve_large(rest, &mut self.ctx.pool);
+        self.queue.reserve_large(frame_len, &mut self.ctx.pool);
         // The frame's start is on the wire: the queue must never drop its rest.
-        self.queue.push_rest(header, payload);
+        self.queue.push_rest(header, payload, frame_len);
         self.queued();
     }
 
