@@ -291,7 +291,8 @@ impl BufRing {
     /// Where bytes at `start` of buffer `bid` lie in the mapping (the offset
     /// [`BufRing::span`] takes).
     pub(super) fn offset(&self, bid: u16, start: usize) -> usize {
-        usize::from(bid % self.count) * self.size as usize + start
+        // `count` is a power of two (checked in `new`).
+        usize::from(bid & (self.count - 1)) * self.size as usize + start
     }
 
     /// Account for a completion that filled `len` bytes of buffer `bid` (`buf_more`: its

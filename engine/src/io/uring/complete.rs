@@ -206,7 +206,8 @@ impl UringDriver {
                 }
                 let live = !c.closing && !c.closed_reported;
                 // The bytes the shard kept from this connection's last `Recv`, if any.
-                let kept = if c.set_kept(false) {
+                let kept = if c.kept() {
+                    c.set_kept(false);
                     let i = self.kept.iter().position(|k| k.token == token);
                     i.map(|i| self.kept.swap_remove(i))
                 } else {
