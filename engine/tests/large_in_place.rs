@@ -1,7 +1,9 @@
 //! Large messages arrive whole however the socket splits them. On epoll a message of up to
 //! `recv_in_place_bytes_max` (header included) that a read ends inside is read on into the
-//! same buffer and handed out where it landed when the rest is there; otherwise (io_uring, a
-//! rest that has not come yet, a larger message) it is assembled as before. These tests cross
+//! same buffer and handed out where it landed when the rest is there; on io_uring one of up to
+//! a ring buffer is handed out in place when the rest lands right after it in the ring's
+//! mapping; otherwise (a rest that has not come yet or landed elsewhere, a larger message) it
+//! is assembled as before. These tests cross
 //! the bound (one byte under, at and over it), send messages in pieces with pauses (reads that
 //! end inside a header or a payload), back to back in one write (a kept message after whole
 //! ones), text and binary, 1 MiB and 16 MiB, and check every byte echoed, in order, and the

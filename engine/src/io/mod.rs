@@ -15,9 +15,12 @@
 //!   [`Completion::Recv`]. The buffer is lent for the duration of the callback only: the shard
 //!   processes it in place (unmasking mutates it) and copies any unconsumed tail away. When the
 //!   callback returns, the driver reuses the buffer (epoll: next read; io_uring: back to the ring).
-//!   The exception: a `Recv` that allows it (`keep_max`, epoll) may be answered with
-//!   [`Flow::Keep`], and the driver then presents the kept end again with more bytes after it
-//!   (a large message read whole into one buffer instead of being copied piece by piece).
+//!   The exception: a `Recv` that allows it (`keep_max`) may be answered with [`Flow::Keep`],
+//!   and the driver then presents the kept end again with more bytes after it (a large message
+//!   handed out whole where it landed instead of being copied piece by piece): epoll at once,
+//!   reading on into the same buffer; io_uring with the connection's next completion when its
+//!   bytes land right after the kept ones in the ring's mapping (else the kept bytes alone,
+//!   with `keep_max` 0), and alone at the latest before `poll` returns.
 //! * **Sending** goes through a per-connection [`SendQueue`] owned by the shard. The shard
 //!   calls [`Driver::send`] when the queue is non-empty and not [`SendQueue::in_flight`]. A backend
 //!   either writes synchronously and calls [`SendQueue::advance`] itself (epoll), or submits the
@@ -151,10 +154,10 @@ pub(crate) enum Completion<'a> {
         /// (no write of the backend's is pending then, so order holds); `None` when it may not
         /// (an io_uring direct descriptor has no plain descriptor).
         direct: Option<std::os::fd::RawFd>,
-        /// The shard may answer [`Flow::Keep`] with up to this many bytes (0: it may not):
-        /// the driver can present the end of `buf` again at once, followed by more bytes of
-        /// the socket, in one buffer of `keep_max` bytes (epoll, after a read that filled
-        /// what it asked for).
+        /// The shard may answer [`Flow::Keep`] with fewer than this many bytes (0: it may
+        /// not): the driver can present the end of `buf` again followed by more bytes of the
+        /// socket (epoll: at once, in one buffer of `keep_max` bytes, after a read that filled
+        /// what it asked for; io_uring: a message of up to one ring buffer, see [`Flow::Keep`]).
         keep_max: usize,
     },
     /// A send that the backend started asynchronously finished (io_uring; a failed one is
@@ -199,8 +202,12 @@ pub(crate) enum Flow {
     PauseRecv,
     /// Only in answer to a `Recv` with a `keep_max` larger than `kept`: the shard did not
     /// consume (nor copy) the last `kept` bytes of the buffer. The driver presents them again,
-    /// first, in its next `Recv` for this token, at once, followed by what the socket has now
-    /// (with a `keep_max` of 0 if the socket has nothing more).
+    /// first, in its next `Recv` for this token, followed by what the socket has now, or alone
+    /// with a `keep_max` of 0 (the shard then holds them). epoll does so at once; io_uring with
+    /// the connection's next receive completion in the same `poll` (followed by its bytes
+    /// when they land right after the kept ones, which the ring's consecutive buffers make the
+    /// usual case) or, if none comes, alone before `poll` returns, so that no receive buffer
+    /// stays held between polls.
     Keep {
         /// Bytes left at the end of the buffer.
         kept: usize,

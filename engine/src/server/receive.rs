@@ -16,8 +16,11 @@ impl ServerBuilder {
     /// Cost: one buffer of this size per shard (not per connection), resident only as far as
     /// the largest message read whole into it reached (a read asks for no more than the
     /// message needs). One connection's reads per loop turn stay bounded: 16 ×
-    /// `recv_buffer_bytes` as before, plus the rest of one such message. io_uring ignores it
-    /// (its ring buffers are not presented again).
+    /// `recv_buffer_bytes` as before, plus the rest of one such message. io_uring ignores it:
+    /// there a message of up to one ring buffer (`recv_buffer_bytes`, header included) that
+    /// a receive ends inside is handed out in place when the next receive of its connection
+    /// in the same loop turn lands right after it (the next buffer of the ring's mapping),
+    /// and is assembled as before otherwise; no memory beyond the ring's.
     pub fn recv_in_place_bytes_max(mut self, n: usize) -> Self {
         self.config.recv_in_place_bytes_max = n;
         self

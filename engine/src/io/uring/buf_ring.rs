@@ -90,6 +90,9 @@ pub(super) struct BufRing {
     calm_busy: bool,
     /// The largest batch of those trims.
     calm_peak: u16,
+    /// Per buffer: how many kept byte ranges ([`BufRing::hold`]) lie in it. A held buffer the
+    /// kernel finished goes back to the ring only once the last hold is dropped.
+    holds: Box<[u16]>,
 }
 
 /// Buffers the ring starts with (resident from the start) and never shrinks below (512 KiB
@@ -115,6 +118,8 @@ pub(super) const QUIET_USED: u16 = 1;
 const IN_RING: u8 = 1;
 /// `state` bit: the buffer's pages may be resident.
 const RESIDENT: u8 = 2;
+/// `state` bit: the kernel finished the buffer while it was held; recycled with the last hold.
+const FINISHED_HELD: u8 = 4;
 
 impl BufRing {
     pub(super) fn new(
@@ -162,6 +167,7 @@ impl BufRing {
             calm: 0,
             calm_busy: false,
             calm_peak: 0,
+            holds: vec![0; usize::from(count)].into_boxed_slice(),
         };
         me.top_up();
         // Make the first window resident now, so that a light load (which cycles through it)
@@ -245,8 +251,48 @@ impl BufRing {
         if bid >= self.count {
             return;
         }
+        if self.holds[usize::from(bid)] > 0 {
+            self.state[usize::from(bid)] |= FINISHED_HELD;
+            return;
+        }
         self.free.push(bid);
         self.top_up();
+    }
+
+    /// The buffers that bytes `off..off + len` of the mapping lie in.
+    fn spanned(&self, off: usize, len: usize) -> std::ops::Range<usize> {
+        let size = self.size as usize;
+        let first = off / size;
+        let last = (off + len.max(1) - 1) / size;
+        first.min(usize::from(self.count))..(last + 1).min(usize::from(self.count))
+    }
+
+    /// Keep bytes `off..off + len` of the mapping (lent out by completions) from going back to
+    /// the ring: each buffer they lie in is recycled only after [`BufRing::unhold`].
+    pub(super) fn hold(&mut self, off: usize, len: usize) {
+        for bid in self.spanned(off, len) {
+            self.holds[bid] = self.holds[bid].saturating_add(1);
+        }
+    }
+
+    /// Drop a [`BufRing::hold`] of the same range; a buffer the kernel finished meanwhile goes
+    /// back now.
+    pub(super) fn unhold(&mut self, off: usize, len: usize) {
+        for bid in self.spanned(off, len) {
+            let h = &mut self.holds[bid];
+            *h = h.saturating_sub(1);
+            if *h == 0 && self.state[bid] & FINISHED_HELD != 0 {
+                self.state[bid] &= !FINISHED_HELD;
+                self.recycle(bid as u16);
+            }
+        }
+    }
+
+    /// Where bytes at `start` of buffer `bid` lie in the mapping (the offset
+    /// [`BufRing::span`] takes).
+    pub(super) fn offset(&self, bid: u16, start: usize) -> usize {
+        // `count` is a power of two (checked in `new`).
+        usize::from(bid & (self.count - 1)) * self.size as usize + start
     }
 
     /// Account for a completion that filled `len` bytes of buffer `bid` (`buf_more`: its
@@ -399,6 +445,20 @@ impl BufRing {
     #[cfg(test)]
     pub(super) fn window(&self) -> u16 {
         self.window
+    }
+
+    /// Bytes `off..off + len` of the mapping (clamped to it), which may run over several
+    /// consecutive buffers: each of those bytes must be lent out (held, or carried by the
+    /// completion being handled).
+    pub(super) fn span(&mut self, off: usize, len: usize) -> &mut [u8] {
+        let off = off.min(self.bufs_len);
+        let len = len.min(self.bufs_len - off);
+        // SAFETY: the range lies inside the `bufs` mapping (clamped above). The caller passes
+        // only bytes the kernel handed to us with completions and does not write again: those
+        // of the completion being handled and kept ones whose buffers `hold` keeps out of the
+        // ring (an incremental ring only fills bytes after them). `&mut self` makes this the
+        // only view of them.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.as_ptr().add(off), len) }
     }
 
     /// Bytes `start..start + len` of buffer `bid`, lent out by a recv completion.

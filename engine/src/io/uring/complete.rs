@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::direct::DirectFd;
-use super::driver::{RecvArm, RingFd, UringDriver};
+use super::driver::{Kept, RecvArm, RingFd, UringDriver};
 use super::op::{OpId, OpKind};
 use crate::io::ACCEPT_RETRY;
 use crate::io::{Completion, Flow, Socket, Token};
@@ -102,6 +102,7 @@ impl UringDriver {
             }
         }
         self.cqes = cqes;
+        self.flush_kept(on);
         // Every completion is reaped and nothing was submitted since: no buffer is lent out and
         // none is being filled (with DEFER_TASKRUN a ring fills buffers only while this thread
         // enters it), the one point where unneeded buffers may be released, on every ring.
@@ -191,7 +192,7 @@ impl UringDriver {
                 let taken = cqueue::buffer_select(cqe.flags())
                     .map(|bid| (bid, bufs.consume(bid, len, buf_more)));
                 let conn = self.conns.get_mut(token.0).and_then(Option::as_mut);
-                let Some(c) = conn.filter(|c| c.gen == op.gen) else {
+                let Some(c) = conn.filter(|c| c.owns(op)) else {
                     if let Some((bid, (_, true))) = taken {
                         bufs.recycle(bid);
                     }
@@ -204,22 +205,86 @@ impl UringDriver {
                     };
                 }
                 let live = !c.closing && !c.closed_reported;
-                if res > 0 {
-                    let mut pause = false;
-                    if let Some((bid, (start, finished))) = taken {
+                // The bytes the shard kept from this connection's last `Recv`, if any.
+                let kept = if c.kept() {
+                    c.set_kept(false);
+                    let i = self.kept.iter().position(|k| k.token == token);
+                    i.map(|i| self.kept.swap_remove(i))
+                } else {
+                    None
+                };
+                let direct = match c.sock {
+                    RingFd::Fd(fd) => Some(fd),
+                    RingFd::Fixed { .. } => None,
+                };
+                let mut pause = false;
+                // Not followed by this completion's bytes in the mapping (or nothing came):
+                // presented alone, and the shard holds them.
+                let (mut from, mut again) = (usize::MAX, 0);
+                if let Some(k) = kept {
+                    let next = taken
+                        .filter(|_| res > 0)
+                        .map(|(bid, (start, _))| bufs.offset(bid, start));
+                    if live && next == Some(k.off + k.len) {
+                        (from, again) = (k.off, k.len);
+                    } else {
                         if live {
-                            let direct = match c.sock {
-                                RingFd::Fd(fd) => Some(fd),
-                                RingFd::Fixed { .. } => None,
-                            };
                             let flow = on(Completion::Recv {
                                 token,
-                                buf: bufs.get(bid, start, len),
+                                buf: bufs.span(k.off, k.len),
                                 direct,
-                                // A ring buffer is not presented again: the shard takes all.
                                 keep_max: 0,
                             });
                             pause = flow == Flow::PauseRecv;
+                        }
+                        bufs.unhold(k.off, k.len);
+                    }
+                }
+                if res > 0 {
+                    if let Some((bid, (start, finished))) = taken {
+                        if live {
+                            let off = bufs.offset(bid, start);
+                            if again == 0 {
+                                from = off;
+                            }
+                            // A message of up to one buffer (header included) that this
+                            // completion ends inside may be kept: it is presented again, in
+                            // place, with the bytes that follow it when they land right after
+                            // it (the kernel fills consecutive ring entries, which are mostly
+                            // consecutive buffers).
+                            let keep_max = bufs.size as usize;
+                            let total = again + len;
+                            let flow = on(Completion::Recv {
+                                token,
+                                buf: bufs.span(from, total),
+                                direct,
+                                keep_max,
+                            });
+                            match flow {
+                                Flow::Keep { kept: n, .. }
+                                    if n > 0 && n < keep_max && n <= total =>
+                                {
+                                    let k = Kept {
+                                        token,
+                                        off: from + total - n,
+                                        len: n,
+                                    };
+                                    bufs.hold(k.off, k.len);
+                                    c.set_kept(true);
+                                    self.kept.push(k);
+                                }
+                                Flow::Keep { kept: n, .. } => {
+                                    debug_assert!(
+                                        false,
+                                        "kept {n} of {total} (at most {keep_max})"
+                                    );
+                                }
+                                Flow::PauseRecv => pause = true,
+                                Flow::Continue => {}
+                            }
+                            if again > 0 {
+                                bufs.unhold(from, again);
+                            }
                         }
                         if finished {
                             bufs.recycle(bid);
@@ -239,6 +304,12 @@ impl UringDriver {
                 if res == -libc::ENOBUFS {
                     bufs.ran_dry();
                 }
+                if pause {
+                    self.pause_recv(token);
+                }
+                let Some(c) = self.conn_mut(token) else {
+                    return Ok(());
+                };
                 if res == -libc::ENOBUFS || !live || res == -libc::ECANCELED {
                     self.revisit.push(token);
                 } else {
@@ -249,7 +320,7 @@ impl UringDriver {
             }
             OpKind::Send => {
                 let token = Token(op.slot as usize);
-                let Some(c) = self.conn_mut(token).filter(|c| c.gen == op.gen) else {
+                let Some(c) = self.conn_mut(token).filter(|c| c.owns(op)) else {
                     return Ok(());
                 };
                 c.send_in_flight = false;
@@ -284,6 +355,50 @@ impl UringDriver {
             }
         }
         Ok(())
+    }
+
+    /// The poll ends: kept bytes that nothing followed are presented alone (the shard holds
+    /// them) and their buffers go back to the ring.
+    fn flush_kept<F: FnMut(Completion<'_>) -> Flow>(&mut self, on: &mut F) {
+        while let Some(k) = self.kept.pop() {
+            let Some(c) = self.conns.get_mut(k.token.0).and_then(Option::as_mut) else {
+                continue;
+            };
+            c.set_kept(false);
+            let live = !c.closing && !c.closed_reported;
+            let direct = match c.sock {
+                RingFd::Fd(fd) => Some(fd),
+                RingFd::Fixed { .. } => None,
+            };
+            let Some(ring) = self.rings.get_mut(c.sock.ring()) else {
+                continue;
+            };
+            let mut flow = Flow::Continue;
+            if live {
+                flow = on(Completion::Recv {
+                    token: k.token,
+                    buf: ring.bufs.span(k.off, k.len),
+                    direct,
+                    keep_max: 0,
+                });
+            }
+            ring.bufs.unhold(k.off, k.len);
+            if flow == Flow::PauseRecv {
+                self.pause_recv(k.token);
+            }
+        }
+    }
+
+    /// Connection `token` goes away with kept bytes: give their buffers back.
+    pub(super) fn drop_kept(&mut self, token: Token) {
+        let Some(i) = self.kept.iter().position(|k| k.token == token) else {
+            return;
+        };
+        let k = self.kept.swap_remove(i);
+        let r = self.conn(token).map_or(0, |c| c.sock.ring());
+        if let Some(ring) = self.rings.get_mut(r) {
+            ring.bufs.unhold(k.off, k.len);
+        }
     }
 
     pub(super) fn on_accept<F: FnMut(Completion<'_>) -> Flow>(

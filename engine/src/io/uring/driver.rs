@@ -147,6 +147,8 @@ pub(super) struct Listener {
 /// Per-connection state of the driver.
 pub(super) struct ConnIo {
     pub(super) sock: RingFd,
+    /// The generation in its low 24 bits ([`OpId::GEN_MASK`]; operations mask it off), and
+    /// [`KEPT`] (see [`ConnIo::kept`]) above: one word, so that the slot stays 24 bytes.
     pub(super) gen: u32,
     /// Where its multishot recv stands.
     pub(super) recv: RecvArm,
@@ -160,9 +162,34 @@ pub(super) struct ConnIo {
     pub(super) send: Option<Box<SendOp>>,
 }
 
+/// [`ConnIo::gen`] bit: the connection has an entry in [`UringDriver::kept`].
+pub(super) const KEPT: u32 = 1 << 31;
+
 impl ConnIo {
     pub(super) fn busy(&self) -> bool {
         self.recv.armed() || self.send_in_flight
+    }
+
+    /// Does operation `op` belong to this connection (and not an earlier one of its token)?
+    pub(super) fn owns(&self, op: OpId) -> bool {
+        self.gen & OpId::GEN_MASK == op.gen
+    }
+
+    /// The shard kept bytes at the end of its last `Recv` ([`Flow::Keep`]): they are in
+    /// [`UringDriver::kept`] until presented again.
+    pub(super) fn kept(&self) -> bool {
+        self.gen & KEPT != 0
+    }
+
+    /// Set or clear [`ConnIo::kept`]; returns what it was.
+    pub(super) fn set_kept(&mut self, kept: bool) -> bool {
+        let was = self.kept();
+        self.gen = if kept {
+            self.gen | KEPT
+        } else {
+            self.gen & !KEPT
+        };
+        was
     }
 }
 
@@ -185,6 +212,16 @@ impl RecvArm {
     pub(super) fn armed(self) -> bool {
         matches!(self, RecvArm::Armed | RecvArm::Cancelling)
     }
+}
+
+/// Bytes at the end of a `Recv` that the shard kept ([`Flow::Keep`]): `len` bytes at `off` in
+/// the receive-buffer mapping of the connection's ring, held out of the ring
+/// ([`BufRing::hold`](super::buf_ring::BufRing::hold)) until they are presented again.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Kept {
+    pub(super) token: Token,
+    pub(super) off: usize,
+    pub(super) len: usize,
 }
 
 /// One shard's io_uring driver.
@@ -222,6 +259,11 @@ pub(crate) struct UringDriver {
     /// Tokens to look at after the batch: re-arm a recv that ended (ENOBUFS, no F_MORE) once
     /// the batch's buffers are back in the ring, or release a closing connection that is idle.
     pub(super) revisit: Vec<Token>,
+    /// Kept bytes of connections ([`ConnIo::kept`]), one entry each: presented again in
+    /// front of the connection's next received bytes when those follow them in the mapping
+    /// (one slice, nothing copied), else alone; alone at the latest when the `poll` ends, so a
+    /// connection never holds a receive buffer between polls.
+    pub(super) kept: Vec<Kept>,
     /// Completions copied out of a CQ for the current batch.
     pub(super) cqes: Vec<cqueue::Entry>,
     /// Completions reaped early (with their ring) to let the kernel flush an overflowing CQ.
@@ -298,6 +340,7 @@ impl Driver for UringDriver {
             next_gen: 0,
             in_flight: 0,
             revisit: Vec::new(),
+            kept: Vec::new(),
             cqes: Vec::new(),
             backlog: Vec::new(),
             spare: Vec::new(),
@@ -506,6 +549,12 @@ impl Driver for UringDriver {
             return false;
         }
         c.closing = true;
+        if c.set_kept(false) {
+            self.drop_kept(token);
+        }
+        let Some(c) = self.conn_mut(token) else {
+            return true;
+        };
         if !c.busy() {
             self.release(token);
             return true;

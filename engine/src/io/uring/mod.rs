@@ -26,8 +26,14 @@
 //! - one multishot recv per connection, drawing from the shard's provided-buffer ring. The
 //!   received bytes are lent to the shard for one [`Completion::Recv`] callback, and the buffer
 //!   goes back to the ring as soon as it returns (on Linux ≥ 6.12 the ring is incremental: small
-//!   receives share a buffer, which goes back after its last slice). An idle connection owns no
-//!   receive buffer;
+//!   receives share a buffer, which goes back after its last slice). The exception: a message
+//!   of up to one buffer that a completion ends inside may be kept ([`Flow::Keep`](crate::io::Flow::Keep)); its
+//!   buffers stay out of the ring until the connection's next completion, whose bytes the
+//!   kernel mostly puts right after it (the next slice, or the next ring entry, which is
+//!   mostly the next buffer of the mapping): then both are presented as one slice, not copied
+//!   to be joined. Otherwise, and at the latest when the poll ends, the kept bytes are
+//!   presented alone (the shard copies them, as it does every split message without this). An
+//!   idle connection owns no receive buffer;
 //! - at most one send in flight per connection: a plain `send` when the unwritten bytes are one
 //!   chunk, else a `sendmsg` over the iovecs of its [`SendQueue`]'s chunks (which do not move
 //!   while the queue is in flight); every dirty connection's send is submitted by the

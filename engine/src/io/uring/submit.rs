@@ -17,6 +17,9 @@ use crate::send_queue::SendQueue;
 impl UringDriver {
     /// Forget `token` and close its socket (nothing of it may be in flight).
     pub(super) fn release(&mut self, token: Token) {
+        if self.conn(token).is_some_and(ConnIo::kept) {
+            self.drop_kept(token);
+        }
         let Some(c) = self.conns.get_mut(token.0).and_then(Option::take) else {
             return;
         };

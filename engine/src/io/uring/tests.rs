@@ -637,3 +637,78 @@ fn trimming_between_every_turn_loses_no_received_byte() {
     assert!(got == payload, "the stream arrived intact");
     drop(writer.join().unwrap());
 }
+
+#[test]
+fn kept_bytes_come_back_first_in_place_when_the_next_follow_them_and_alone_by_the_end_of_the_poll()
+{
+    use crate::io::Flow;
+    let cfg = DriverConfig {
+        recv_buffers: 8,
+        recv_buffer_bytes: 64,
+        recv_keep_bytes: 0,
+        ..config(false)
+    };
+    let mut m = Mini::<UringDriver>::new(cfg);
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let p2 = payload.clone();
+    let addr = m.addr;
+    let writer = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&p2).unwrap();
+        c
+    });
+    let mut st = ();
+    m.pump(
+        &mut st,
+        |_, acts, c| {
+            if let Completion::Accepted { socket, .. } = c {
+                acts.push(Action::Register(socket));
+            }
+        },
+        |_, m| m.next == 1,
+    );
+    // A shard that keeps the last 10 bytes of every buffer it may keep from.
+    let (mut got, mut kept, mut joined, mut alone) = (Vec::new(), Vec::new(), 0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < payload.len() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        m.d.poll(Some(Duration::from_millis(20)), |c| {
+            let Completion::Recv { buf, keep_max, .. } = c else {
+                return Flow::Continue;
+            };
+            assert!(buf.starts_with(&kept), "kept bytes come back first");
+            if buf.len() > 64 {
+                joined += 1;
+            }
+            if keep_max == 0 && buf.len() == kept.len() {
+                alone += 1;
+            }
+            let n = if keep_max > 10 && buf.len() > 10 {
+                10
+            } else {
+                0
+            };
+            // Kept bytes were not consumed: they count when presented again.
+            got.extend_from_slice(&buf[..buf.len() - n]);
+            kept = buf[buf.len() - n..].to_vec();
+            if n > 0 {
+                Flow::Keep { kept: n, whole: 0 }
+            } else {
+                Flow::Continue
+            }
+        })
+        .unwrap();
+        assert!(m.d.kept.is_empty(), "nothing stays kept between polls");
+        assert!(
+            kept.is_empty(),
+            "kept bytes are presented alone by the end of the poll"
+        );
+    }
+    assert_eq!(got, payload);
+    drop(writer.join().unwrap());
+    assert!(
+        joined > 0,
+        "some kept bytes were joined in place with the next ones"
+    );
+    assert!(alone > 0, "some kept bytes were presented alone");
+}
