@@ -198,10 +198,7 @@ impl ServerBuilder {
     /// (an echo: the receive buffer); only what the socket does not take is copied into the
     /// queue. Saves a copy of the payload per message, costs one system call per such message
     /// (smaller frames share one write per connection per loop turn). Plain connections without
-    /// permessage-deflate, in the receive callbacks; `usize::MAX` turns it off. Memory: none
-    /// of its own; the part of a frame the socket does not take is queued in a buffer sized for
-    /// the whole frame, as without it, and counts against `send_queue_bytes_max` as any queued
-    /// byte (what the kernel took does not).
+    /// permessage-deflate, in the receive callbacks; `usize::MAX` turns it off. Costs no memory.
     pub fn send_direct_bytes_min(mut self, n: usize) -> Self {
         self.config.send_direct_bytes_min = n;
         self
