@@ -107,13 +107,7 @@ fn recv_rearms_after_the_buffer_ring_runs_dry() {
     };
     let mut m = Mini::<UringDriver>::new(cfg);
     let payload: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let p2 = payload.clone();
-    let addr = m.addr;
-    let writer = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.write_all(&p2).unwrap();
-        c
-    });
+    let writer = write_in_background(m.addr, payload.clone());
     let mut st = (Vec::new(), false);
     m.pump(
         &mut st,
@@ -470,6 +464,18 @@ fn accept_one(m: &mut Mini<UringDriver>) {
     m.pump(&mut st, echo_none, |_, m| m.next == 1);
 }
 
+/// A client that connects to `addr` and writes `payload` whole from another thread.
+fn write_in_background(
+    addr: std::net::SocketAddr,
+    payload: Vec<u8>,
+) -> std::thread::JoinHandle<TcpStream> {
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&payload).unwrap();
+        c
+    })
+}
+
 fn echo_none(_: &mut (), acts: &mut Vec<Action>, c: Completion<'_>) {
     if let Completion::Accepted { socket, .. } = c {
         acts.push(Action::Register(socket));
@@ -650,23 +656,8 @@ fn kept_bytes_come_back_first_in_place_when_the_next_follow_them_and_alone_by_th
     };
     let mut m = Mini::<UringDriver>::new(cfg);
     let payload: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let p2 = payload.clone();
-    let addr = m.addr;
-    let writer = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.write_all(&p2).unwrap();
-        c
-    });
-    let mut st = ();
-    m.pump(
-        &mut st,
-        |_, acts, c| {
-            if let Completion::Accepted { socket, .. } = c {
-                acts.push(Action::Register(socket));
-            }
-        },
-        |_, m| m.next == 1,
-    );
+    let writer = write_in_background(m.addr, payload.clone());
+    accept_one(&mut m);
     // A shard that keeps the last 10 bytes of every buffer it may keep from.
     let (mut got, mut kept, mut joined, mut alone) = (Vec::new(), Vec::new(), 0, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
