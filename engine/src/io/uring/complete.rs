@@ -213,10 +213,7 @@ impl UringDriver {
                 } else {
                     None
                 };
-                let direct = match c.sock {
-                    RingFd::Fd(fd) => Some(fd),
-                    RingFd::Fixed { .. } => None,
-                };
+                let direct = c.sock.plain();
                 let mut pause = false;
                 // Not followed by this completion's bytes in the mapping (or nothing came):
                 // presented alone, and the shard holds them.
@@ -366,10 +363,7 @@ impl UringDriver {
             };
             c.set_kept(false);
             let live = !c.closing && !c.closed_reported;
-            let direct = match c.sock {
-                RingFd::Fd(fd) => Some(fd),
-                RingFd::Fixed { .. } => None,
-            };
+            let direct = c.sock.plain();
             let Some(ring) = self.rings.get_mut(c.sock.ring()) else {
                 continue;
             };

@@ -114,6 +114,14 @@ impl RingFd {
             RingFd::Fixed { ring, .. } => usize::from(ring),
         }
     }
+
+    /// The plain descriptor a `Recv` lends the shard to write to (none for a direct one).
+    pub(super) fn plain(self) -> Option<RawFd> {
+        match self {
+            RingFd::Fd(fd) => Some(fd),
+            RingFd::Fixed { .. } => None,
+        }
+    }
 }
 
 /// The msghdr and iovecs of one in-flight `sendmsg`. Boxed so that its address is stable
